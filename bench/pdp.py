@@ -1,0 +1,183 @@
+"""PDP suite: full decisions on the default bundle against raw rego-cpp in the same run.
+
+Measured, all in one process, interleaved so machine noise hits every series alike:
+
+* baseline `rego_raw_trivial`: regopy's own API evaluating a one-rule policy on a tiny
+  input (what any rego-cpp user pays at least);
+* `decision_uncached`: `PDP.decide` end to end (context, signals, input, policy, posture,
+  audit hand-off to an in-memory sink) with the decision cache off;
+* `decision_cached`: the same with the cache on, on a workload that repeats;
+* `input_build` and `engine_eval`: where the uncached time goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import regopy
+
+from bench.stats import Measurement, summarize, time_async, time_calls
+from interlock.core import rego as rego_mod
+from interlock.core.context import MemoryStore
+from interlock.core.model import Action, Agent, Operation
+from interlock.core.pdp import PDP
+from interlock.core.policy import DECISION_ENTRYPOINT, PolicyManager
+from interlock.core.rego import RegoEngine
+from interlock.testing import CaptureSink, FakeClock
+
+BUDGET_P99_US = 300.0
+BUDGET_RATIO = 3.0
+
+TRIVIAL = "package bench\nimport rego.v1\ndefault allow := false\nallow if input.x == 1\n"
+
+
+def workload() -> list[Action]:
+    """Realistic actions from three agents over the four protocols."""
+    analyst = Agent("reporter", ("analyst",), "alice@example.com", authn="token")
+    coder = Agent("coder", ("dev",), "bob@example.com", ("planner",), authn="jwt")
+    ops = Agent("runner", ("ops",), "carol@example.com", authn="ssh_key")
+    return [
+        Action(analyst, "postgres", Operation.READ, "public.orders",
+               {"tables": ["public.orders"], "columns": ["public.orders.id",
+                "public.orders.total"], "functions": [], "statement_kind": "select"}),
+        Action(analyst, "postgres", Operation.READ, "public.payroll",
+               {"tables": ["public.payroll"], "columns": ["public.payroll.salary"],
+                "functions": ["sum"], "statement_kind": "select"},
+               labels=frozenset({"financial", "restricted"})),
+        Action(analyst, "postgres", Operation.WRITE, "public.orders",
+               {"tables": ["public.orders"], "columns": ["public.orders.status"],
+                "functions": [], "statement_kind": "update"}),
+        Action(coder, "http", Operation.EGRESS, "api.github.com",
+               {"method": "GET", "scheme": "https", "port": 443, "path": "/repos/x/y",
+                "body_bytes": 0}),
+        Action(coder, "http", Operation.EGRESS, "pypi.org",
+               {"method": "GET", "scheme": "https", "port": 443, "path": "/simple/",
+                "body_bytes": 0}),
+        Action(coder, "http", Operation.TOOL_CALL, "search",
+               {"server": "mcp.example.com", "arguments": ["query"]}),
+        Action(coder, "http", Operation.PROMPT, "api.openai.com",
+               {"model": "gpt", "messages": 4}, prompt_hash="ab" * 32),
+        Action(ops, "ssh", Operation.EXEC, "db1.internal",
+               {"argv": ["ls", "-la", "/var/log"], "classes": ["read"]}),
+        Action(ops, "ssh", Operation.EXEC, "db1.internal",
+               {"argv": ["systemctl", "restart", "app"], "classes": ["admin"]}),
+        Action(ops, "ssh", Operation.FILE_READ, "db1.internal:/etc/app.conf",
+               {"path": "/etc/app.conf"}),
+        Action(coder, "envoy", Operation.EGRESS, "orders.svc",
+               {"method": "POST", "path": "/v1/orders", "port": 8080}),
+        Action(analyst, "envoy", Operation.READ, "orders.svc",
+               {"method": "GET", "path": "/v1/orders/7", "port": 8080}),
+    ]
+
+
+def _pdp(cache_size: int, clock: FakeClock) -> PDP:
+    manager = PolicyManager(engine=RegoEngine(cache_size=cache_size))
+    manager.load()
+    return PDP(manager, MemoryStore(clock), CaptureSink(), clock=clock)
+
+
+def _decider(pdp: PDP, clock: FakeClock, actions: list[Action]) -> Callable[[], Awaitable[object]]:
+    """Round-robin over `actions`, 0.1 s of fake time apart (about 200 actions a minute
+    per agent: a busy agent, well inside the default rate budget)."""
+    state = {"i": 0}
+    sink = pdp.audit
+    assert isinstance(sink, CaptureSink)
+
+    async def one() -> object:
+        action = actions[state["i"] % len(actions)]
+        state["i"] += 1
+        clock.advance(0.1)
+        if len(sink.records) > 10_000:
+            sink.records.clear()
+        return await pdp.decide(action)
+
+    return one
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    n, warmup = (1500, 300) if quick else (6000, 600)
+    actions = workload()
+
+    raw = regopy.Interpreter()
+    raw.add_module("bench.rego", TRIVIAL)
+    raw_bundle = raw.build(None, ["bench/allow"])
+
+    def raw_eval() -> object:
+        raw.set_input(regopy.Input({"x": 1}))
+        return raw.query_bundle_entrypoint(raw_bundle, "bench/allow")
+
+    cold_clock, warm_clock = FakeClock(), FakeClock()
+    cold = _pdp(0, cold_clock)
+    warm = _pdp(4096, warm_clock)
+    decide_cold = _decider(cold, cold_clock, actions)
+    decide_warm = _decider(warm, warm_clock, actions)
+
+    policy = cold.policy.current
+    sample_input = _capture_input(cold, actions[1])
+
+    def build_only() -> object:
+        p = rego_mod._new_input()
+        rego_mod._add(p, sample_input, 0)
+        rego_mod._free_input(p)
+        return None
+
+    def eval_only() -> object:
+        return policy.evaluate(DECISION_ENTRYPOINT, sample_input)
+
+    loop = asyncio.new_event_loop()
+    series: dict[str, list[float]] = {k: [] for k in ("raw", "cold", "warm", "build", "eval")}
+    sync_fns = {"raw": raw_eval, "build": build_only, "eval": eval_only}
+    async_fns = {"cold": decide_cold, "warm": decide_warm}
+    rounds = 10
+    for _ in range(rounds):
+        for key, fn in sync_fns.items():
+            series[key] += time_calls(fn, n // rounds, warmup // rounds)
+        for key, afn in async_fns.items():
+            series[key] += time_async(loop, afn, n // rounds, warmup // rounds)
+    loop.close()
+
+    base = summarize("rego_raw_trivial", series["raw"])
+    uncached = summarize("decision_uncached", series["cold"]).against(base)
+    cached = summarize("decision_cached", series["warm"]).against(base)
+    cached.notes["cache_hit_rate"] = round(
+        warm.policy.current.cache_hits
+        / max(1, warm.policy.current.cache_hits + warm.policy.current.cache_misses), 3)
+    build = summarize("input_build", series["build"]).against(base)
+    build.notes["input_nodes"] = _nodes(sample_input)
+    build.notes["input_json_bytes"] = len(json.dumps(sample_input))
+    evaluation = summarize("engine_eval", series["eval"]).against(base)
+    measurements = [base, uncached, cached, build, evaluation]
+    budgets = [
+        _budget(f"{m.name} p99 <= {BUDGET_P99_US:.0f} us", m.p99, BUDGET_P99_US)
+        for m in (uncached, cached)
+    ] + [
+        _budget(f"{m.name} p99 within {BUDGET_RATIO:.0f}x of raw engine", m.ratio_p99 or 0,
+                BUDGET_RATIO)
+        for m in (uncached, cached)
+    ]
+    return {"suite": "pdp", "measurements": [m.to_json() for m in measurements],
+            "budgets": budgets}
+
+
+def _budget(name: str, value: float, limit: float) -> dict[str, Any]:
+    return {"name": name, "value": value, "limit": limit, "pass": value <= limit}
+
+
+def _capture_input(pdp: PDP, action: Action) -> dict[str, Any]:
+    asyncio.run(pdp.decide(action))
+    sink = pdp.audit
+    assert isinstance(sink, CaptureSink)
+    return dict(sink.last.input)
+
+
+def _nodes(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + sum(1 + _nodes(v) for v in value.values())
+    if isinstance(value, list):
+        return 1 + sum(_nodes(v) for v in value)
+    return 1
+
+

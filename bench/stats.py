@@ -1,0 +1,101 @@
+"""Latency samples and the numbers reported from them."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class Measurement:
+    """One named latency distribution, optionally compared with a baseline."""
+
+    name: str
+    unit: str
+    n: int
+    p50: float
+    p99: float
+    mean: float
+    throughput: float | None = None
+    """Operations per second when run back to back (1 / mean)."""
+    baseline: str | None = None
+    baseline_p50: float | None = None
+    baseline_p99: float | None = None
+    ratio_p50: float | None = None
+    ratio_p99: float | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def against(self, base: Measurement) -> Measurement:
+        self.baseline = base.name
+        self.baseline_p50, self.baseline_p99 = base.p50, base.p99
+        self.ratio_p50 = round(self.p50 / base.p50, 2) if base.p50 else None
+        self.ratio_p99 = round(self.p99 / base.p99, 2) if base.p99 else None
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of already sorted values."""
+    if not sorted_values:
+        return math.nan
+    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def summarize(name: str, samples_s: list[float], unit: str = "us") -> Measurement:
+    scale = {"us": 1e6, "ms": 1e3, "s": 1.0}[unit]
+    values = sorted(s * scale for s in samples_s)
+    mean = sum(values) / len(values)
+    return Measurement(
+        name=name,
+        unit=unit,
+        n=len(values),
+        p50=round(percentile(values, 50), 1),
+        p99=round(percentile(values, 99), 1),
+        mean=round(mean, 1),
+        throughput=round(scale / mean, 1) if mean else None,
+    )
+
+
+def time_calls(fn: Callable[[], object], n: int, warmup: int) -> list[float]:
+    """Per-call wall time of `fn`, after `warmup` unmeasured calls."""
+    for _ in range(warmup):
+        fn()
+    gc.collect()
+    samples = []
+    clock = time.perf_counter
+    for _ in range(n):
+        t0 = clock()
+        fn()
+        samples.append(clock() - t0)
+    return samples
+
+
+def time_async(
+    loop: asyncio.AbstractEventLoop,
+    fn: Callable[[], Awaitable[object]],
+    n: int,
+    warmup: int,
+) -> list[float]:
+    """Per-await wall time of `fn()` inside one running loop (no loop start-up per call)."""
+
+    async def measure() -> list[float]:
+        for _ in range(warmup):
+            await fn()
+        gc.collect()
+        samples = []
+        clock = time.perf_counter
+        for _ in range(n):
+            t0 = clock()
+            await fn()
+            samples.append(clock() - t0)
+        return samples
+
+    return loop.run_until_complete(measure())

@@ -1,0 +1,1 @@
+"""Classification of what an action touches: SQL, content, shell commands."""

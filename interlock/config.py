@@ -1,0 +1,235 @@
+"""The configuration file (`interlock.toml`), validated by pydantic.
+
+Every section is optional: an absent section leaves its component off. `interlock up` with
+no file at all uses `Config.embedded()`. Errors name the dotted key and the reason, e.g.
+``interlock.toml: agents.reporter.roles: Input should be a valid list``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from interlock.core.model import MAX_NAME, Tier
+from interlock.errors import ConfigError
+
+DEFAULT_DATA_DIR = ".interlock"
+
+
+def _listen(value: str) -> str:
+    """`host:port` with a literal IP (or localhost) and a port in range."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected host:port, got {value!r}")
+    host = host.strip("[]")
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"host must be an IP address or localhost, got {host!r}") from None
+    return value
+
+
+Listen = Annotated[str, AfterValidator(_listen)]
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors, not silently ignored typos."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PolicyConfig(Section):
+    bundle: Path | None = None
+    """Bundle directory; None means the bundled default policy."""
+    watch_interval: float = Field(1.0, gt=0)
+    """Seconds between checks for changed bundle files (hot reload)."""
+    cache_size: int = Field(4096, ge=0)
+    """Decisions cached per bundle version, keyed by the exact policy input; 0 disables."""
+    timeout_ms: float = Field(50.0, gt=0)
+    """An evaluation slower than this is discarded and the action denied."""
+
+
+class AuditConfig(Section):
+    store: str = f"sqlite:///{DEFAULT_DATA_DIR}/audit.db"
+    fail_open_max_tier: Tier | Literal["none"] = Tier.LOW
+    """When the log cannot be written, allowed actions up to this tier still pass;
+    "none" denies everything the log cannot record."""
+
+
+class StateConfig(Section):
+    store: str = "memory"
+
+    @field_validator("store")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        if v != "memory" and not v.startswith(("redis://", "rediss://")):
+            raise ValueError("must be 'memory' or a redis:// URL")
+        return v
+
+
+def _name(v: str) -> str:
+    if not v or len(v) > MAX_NAME or any(c.isspace() or ord(c) < 32 for c in v):
+        raise ValueError(f"must be 1-{MAX_NAME} printable characters without spaces")
+    return v
+
+
+Name = Annotated[str, AfterValidator(_name)]
+
+
+class AgentConfig(Section):
+    token: str | None = Field(None, min_length=16)
+    token_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
+    roles: list[Name] = []
+    owner: str | None = None
+    ssh_keys: list[str] = []
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> AgentConfig:
+        if self.token and self.token_sha256:
+            raise ValueError("give token or token_sha256, not both")
+        return self
+
+    @property
+    def token_digest(self) -> bytes | None:
+        if self.token_sha256:
+            return bytes.fromhex(self.token_sha256)
+        if self.token:
+            return hashlib.sha256(self.token.encode()).digest()
+        return None
+
+
+class JwtConfig(Section):
+    issuer: str
+    audience: str
+    jwks_file: Path | None = None
+    jwks_url: str | None = None
+    algorithms: list[Literal["RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA", "PS256"]] = [
+        "RS256",
+        "ES256",
+        "EdDSA",
+    ]
+    jwks_cache_seconds: float = Field(300.0, gt=0)
+    leeway_seconds: float = Field(30.0, ge=0)
+    require_registered_agent: bool = True
+    """Only agents present in [agents] may authenticate by JWT (their `sub`)."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> JwtConfig:
+        if (self.jwks_file is None) == (self.jwks_url is None):
+            raise ValueError("give exactly one of jwks_file or jwks_url")
+        if self.jwks_url and not self.jwks_url.startswith(("https://", "http://")):
+            raise ValueError("jwks_url must be an http(s) URL")
+        return self
+
+
+class IdentityConfig(Section):
+    jwt: JwtConfig | None = None
+
+
+class HttpConfig(Section):
+    listen: Listen = "127.0.0.1:8080"
+
+
+class PostgresConfig(Section):
+    listen: Listen = "127.0.0.1:6432"
+    upstream: str = "postgresql://127.0.0.1:5432/postgres"
+
+
+class SshConfig(Section):
+    listen: Listen = "127.0.0.1:2222"
+
+
+class ExtAuthzConfig(Section):
+    grpc_listen: Listen = "127.0.0.1:9191"
+    http_listen: Listen = "127.0.0.1:9192"
+
+
+class AdminConfig(Section):
+    listen: Listen = "127.0.0.1:9180"
+
+
+class ClassificationConfig(Section):
+    postgres: dict[str, list[Name]] = {}
+    """Column labels: "schema.table.column" = ["label", ...]."""
+
+    @field_validator("postgres")
+    @classmethod
+    def _qualified(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for key in v:
+            if key.count(".") != 2 or "" in key.split("."):
+                raise ValueError(f"{key!r} must be schema.table.column")
+        return v
+
+
+class Config(Section):
+    """The whole file. Absent sections are None: that component does not run."""
+
+    data_dir: Path = Path(DEFAULT_DATA_DIR)
+    policy: PolicyConfig = PolicyConfig()
+    audit: AuditConfig = AuditConfig()
+    state: StateConfig = StateConfig()
+    identity: IdentityConfig = IdentityConfig()
+    agents: dict[Name, AgentConfig] = {}
+    http: HttpConfig | None = None
+    postgres: PostgresConfig | None = None
+    ssh: SshConfig | None = None
+    extauthz: ExtAuthzConfig | None = None
+    admin: AdminConfig | None = None
+    classification: ClassificationConfig = ClassificationConfig()
+
+    @classmethod
+    def embedded(cls) -> Config:
+        """The defaults `interlock up` runs with when there is no config file.
+
+        Only the components that exist in this build are switched on; the HTTP proxy and
+        ext_authz join here when they land."""
+        return cls(admin=AdminConfig())
+
+
+def _format(error: ValidationError, source: str) -> str:
+    lines = []
+    for err in error.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{source}: {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], source: str = "config") -> Config:
+    """Validate a decoded TOML document; raise ConfigError naming each bad key."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format(exc, source)) from None
+
+
+def load_config(path: Path | str) -> Config:
+    """Read and validate a TOML file."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 (byte {exc.start})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    return parse_config(data, str(path))

@@ -1,0 +1,1 @@
+"""The decision core: model, policy engine, context, risk signals and the PDP."""

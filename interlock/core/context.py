@@ -1,0 +1,253 @@
+"""Per-agent session context and posture, behind a store interface.
+
+Context is what the agent did recently (actions, live taint, targets it has used, rate);
+posture is what it may still do (restrictions, isolation). Both are keyed by agent id, so
+every PEP that sees the same identity reads and writes the same state. The in-memory store
+serves one process; a Redis store (issue 11) implements the same interface for several.
+
+PEPs subscribe to posture changes so a restriction reaches open sessions at once, not at
+the next action.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from interlock.core.model import parse_restriction
+
+log = logging.getLogger(__name__)
+
+RECENT_ACTIONS = 64
+"""Recent actions kept per agent: enough for the execution graph of one task."""
+SEEN_TARGETS = 10_000
+"""Targets remembered per agent before the oldest are forgotten (bounded memory)."""
+RATE_WINDOW_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Posture:
+    """What an agent may still do. `until` (epoch seconds) ends it; None means until restored."""
+
+    restrictions: frozenset[str] = frozenset()
+    isolated: bool = False
+    until: float | None = None
+    reason: str = ""
+
+    def active(self, now: float) -> Posture:
+        """The posture in force at `now` (an expired one is no posture at all)."""
+        if self.until is not None and now >= self.until:
+            return NORMAL
+        return self
+
+    @property
+    def normal(self) -> bool:
+        return not self.isolated and not self.restrictions
+
+
+NORMAL = Posture()
+
+
+@dataclass(frozen=True, slots=True)
+class RecentAction:
+    """One remembered action: enough to explain a later decision."""
+
+    decision_id: str
+    time: float
+    protocol: str
+    operation: str
+    target: str
+    effect: str
+
+
+@dataclass(frozen=True, slots=True)
+class ContextView:
+    """A consistent snapshot of an agent's context, taken for one decision."""
+
+    taints: frozenset[str] = frozenset()
+    first_seen: bool = True
+    actions_last_minute: int = 0
+    approved: int = 0
+    denied: int = 0
+    recent: tuple[RecentAction, ...] = ()
+
+
+PostureListener = Callable[[str, Posture], None]
+
+
+class StateStore(Protocol):
+    """Where context and posture live. All methods may be called concurrently."""
+
+    async def view(self, agent_id: str, target_key: str, now: float) -> ContextView: ...
+
+    async def record(
+        self,
+        agent_id: str,
+        action: RecentAction,
+        target_key: str,
+        taints: Mapping[str, float],
+    ) -> None:
+        """Remember an action; `taints` maps labels to their expiry (epoch seconds)."""
+        ...
+
+    async def add_taint(self, agent_id: str, label: str, until: float) -> None: ...
+
+    async def record_approval(self, agent_id: str, approved: bool) -> None: ...
+
+    async def posture(self, agent_id: str, now: float) -> Posture: ...
+
+    async def set_posture(self, agent_id: str, posture: Posture) -> None:
+        """Replace the posture and notify every subscriber."""
+        ...
+
+    async def restrict(
+        self,
+        agent_id: str,
+        restrictions: Iterable[str],
+        *,
+        isolate: bool = False,
+        reason: str = "",
+        until: float | None = None,
+    ) -> Posture:
+        """Add restrictions (or isolate) on top of the current posture; return the result."""
+        ...
+
+    def subscribe(self, listener: PostureListener) -> Callable[[], None]:
+        """Call `listener(agent_id, posture)` on every change; returns an unsubscribe."""
+        ...
+
+    def agents(self) -> list[str]: ...
+
+
+@dataclass
+class _Agent:
+    recent: deque[RecentAction] = field(default_factory=lambda: deque(maxlen=RECENT_ACTIONS))
+    taints: dict[str, float] = field(default_factory=dict)
+    seen: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    window: deque[float] = field(default_factory=deque)
+    approved: int = 0
+    denied: int = 0
+    posture: Posture = NORMAL
+
+
+class MemoryStore:
+    """The embedded store: one process, nothing persisted (restarts forget context)."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._agents: dict[str, _Agent] = {}
+        self._listeners: list[PostureListener] = []
+        self._clock = clock
+
+    def _get(self, agent_id: str) -> _Agent:
+        state = self._agents.get(agent_id)
+        if state is None:
+            state = self._agents[agent_id] = _Agent()
+        return state
+
+    async def view(self, agent_id: str, target_key: str, now: float) -> ContextView:
+        state = self._agents.get(agent_id)
+        if state is None:
+            return ContextView()
+        while state.window and state.window[0] <= now - RATE_WINDOW_S:
+            state.window.popleft()
+        for label in [t for t, until in state.taints.items() if until <= now]:
+            del state.taints[label]
+        return ContextView(
+            taints=frozenset(state.taints),
+            first_seen=target_key not in state.seen,
+            actions_last_minute=len(state.window),
+            approved=state.approved,
+            denied=state.denied,
+            recent=tuple(state.recent),
+        )
+
+    async def record(
+        self,
+        agent_id: str,
+        action: RecentAction,
+        target_key: str,
+        taints: Mapping[str, float],
+    ) -> None:
+        state = self._get(agent_id)
+        state.recent.append(action)
+        state.window.append(action.time)
+        state.seen[target_key] = None
+        state.seen.move_to_end(target_key)
+        while len(state.seen) > SEEN_TARGETS:
+            state.seen.popitem(last=False)
+        for label, until in taints.items():
+            state.taints[label] = max(until, state.taints.get(label, 0.0))
+
+    async def add_taint(self, agent_id: str, label: str, until: float) -> None:
+        state = self._get(agent_id)
+        state.taints[label] = max(until, state.taints.get(label, 0.0))
+
+    async def record_approval(self, agent_id: str, approved: bool) -> None:
+        state = self._get(agent_id)
+        if approved:
+            state.approved += 1
+        else:
+            state.denied += 1
+
+    async def posture(self, agent_id: str, now: float) -> Posture:
+        state = self._agents.get(agent_id)
+        return NORMAL if state is None else state.posture.active(now)
+
+    async def set_posture(self, agent_id: str, posture: Posture) -> None:
+        for r in posture.restrictions:
+            parse_restriction(r)
+        self._get(agent_id).posture = posture
+        self._notify(agent_id, posture)
+
+    async def restrict(
+        self,
+        agent_id: str,
+        restrictions: Iterable[str],
+        *,
+        isolate: bool = False,
+        reason: str = "",
+        until: float | None = None,
+    ) -> Posture:
+        current = await self.posture(agent_id, self._clock())
+        added = frozenset(parse_restriction(r) for r in restrictions)
+        updated = replace(
+            current,
+            restrictions=current.restrictions | added,
+            isolated=current.isolated or isolate,
+            reason=reason or current.reason,
+            until=until if current.normal else _later(current.until, until),
+        )
+        if updated != current:
+            await self.set_posture(agent_id, updated)
+        return updated
+
+    def subscribe(self, listener: PostureListener) -> Callable[[], None]:
+        self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return unsubscribe
+
+    def _notify(self, agent_id: str, posture: Posture) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(agent_id, posture)
+            except Exception:
+                # One broken PEP must not stop the others from hearing about a restriction.
+                log.exception("posture listener failed for agent %s", agent_id)
+
+    def agents(self) -> list[str]:
+        return sorted(self._agents)
+
+
+def _later(a: float | None, b: float | None) -> float | None:
+    """The later of two expiries, where None (no expiry) is latest of all."""
+    if a is None or b is None:
+        return None
+    return max(a, b)

@@ -1,0 +1,187 @@
+"""The one model every protocol speaks: Agent, Action, Decision and their parts.
+
+Protocol adapters turn what they see into an `Action`, the PDP answers with a `Decision`.
+Records are frozen so a decision can be cached, logged and shared between proxies without
+anyone changing it underneath the others.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any
+
+
+class Operation(StrEnum):
+    """The closed vocabulary of things an agent can do (DESIGN.md, "The model")."""
+
+    READ = "read"
+    WRITE = "write"
+    DDL = "ddl"
+    ADMIN = "admin"
+    EXEC = "exec"
+    EGRESS = "egress"
+    TOOL_CALL = "tool_call"
+    FILE_READ = "file_read"
+    FILE_WRITE = "file_write"
+    FORWARD = "forward"
+    CONNECT = "connect"
+    DELEGATE = "delegate"
+    SECRET_READ = "secret_read"  # noqa: S105 (an operation name, not a secret)
+    PROMPT = "prompt"
+    COMPLETION = "completion"
+
+
+class Effect(StrEnum):
+    """What the PEP must do, from most to least permissive."""
+
+    ALLOW = "allow"
+    APPROVE = "approve"
+    RESTRICT = "restrict"
+    DENY = "deny"
+    ISOLATE = "isolate"
+
+
+class Tier(StrEnum):
+    """Risk tiers; each maps to a default effect in the bundled policy."""
+
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+
+NAMED_RESTRICTIONS = frozenset({"read_only", "no_egress", "no_delegation", "rotate_credentials"})
+"""Restrictions that take no argument; `tool:<name>` disables one tool."""
+
+TOOL_PREFIX = "tool:"
+MAX_NAME = 256
+"""Longest agent id, role, label or restriction accepted: they go into keys and logs."""
+
+
+def parse_restriction(value: str) -> str:
+    """Return `value` if it names a known restriction, else raise ValueError."""
+    if value in NAMED_RESTRICTIONS:
+        return value
+    if value.startswith(TOOL_PREFIX) and 0 < len(value) - len(TOOL_PREFIX) <= MAX_NAME:
+        return value
+    raise ValueError(f"unknown restriction {value!r}")
+
+
+def freeze(value: Any) -> Any:
+    """Deep-freeze JSON-like data: dicts become read-only mappings, lists tuples."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({str(k): freeze(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(freeze(v) for v in value)
+    if isinstance(value, (set, frozenset)):
+        return tuple(sorted(freeze(v) for v in value))
+    return value
+
+
+def thaw(value: Any) -> Any:
+    """Inverse of `freeze`: plain dicts and lists, ready for JSON."""
+    if isinstance(value, Mapping):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [thaw(v) for v in value]
+    return value
+
+
+EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    """Who acts. `delegation` is the RFC 8693 `act` chain, nearest actor first."""
+
+    id: str
+    roles: tuple[str, ...] = ()
+    owner: str | None = None
+    delegation: tuple[str, ...] = ()
+    authn: str = "none"
+    """How the identity was established: token, jwt, ssh_key, ssh_cert, mtls, header, none."""
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One security-relevant thing an agent is about to do."""
+
+    agent: Agent
+    protocol: str
+    operation: Operation
+    target: str
+    details: Mapping[str, Any] = EMPTY
+    labels: frozenset[str] = frozenset()
+    """Data classification labels of what the action touches (e.g. pii, restricted)."""
+    parents: tuple[str, ...] = ()
+    """Decision ids this action follows from: the execution graph."""
+    taints: frozenset[str] = frozenset()
+    """Taint the agent's session acquires if this action goes ahead (untrusted_content, ...)."""
+    threat_matches: tuple[str, ...] = ()
+    """Threat-intel feed entries the target matched."""
+    prompt_hash: str | None = None
+    confidence: float | None = None
+    """Agent-reported confidence in [0, 1], when the framework sends one."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.details, MappingProxyType):
+            object.__setattr__(self, "details", freeze(self.details))
+
+
+@dataclass(frozen=True, slots=True)
+class Obligation:
+    """Something the PEP must carry out for the decision to hold (mask, redact, ...)."""
+
+    type: str
+    params: Mapping[str, Any] = EMPTY
+
+
+@dataclass(frozen=True, slots=True)
+class Risk:
+    """Score 0-100, its tier, and the signals it was computed from."""
+
+    score: int
+    tier: Tier
+    signals: Mapping[str, float] = EMPTY
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The PDP's answer. Every decision has an id, errors included."""
+
+    decision_id: str
+    effect: Effect
+    risk: Risk
+    policy_version: str
+    reasons: tuple[str, ...] = ()
+    restrictions: tuple[str, ...] = ()
+    obligations: tuple[Obligation, ...] = ()
+    time: float = field(default_factory=time.time)
+
+    @property
+    def allowed(self) -> bool:
+        """True only for `allow`; every other effect stops the action as it stands."""
+        return self.effect is Effect.ALLOW
+
+
+_last_ms = 0
+_seq = 0
+
+
+def new_decision_id() -> str:
+    """A UUIDv7 (RFC 9562): time-ordered, so ids sort like the decisions they name."""
+    global _last_ms, _seq
+    ms = time.time_ns() // 1_000_000
+    if ms == _last_ms:
+        _seq = (_seq + 1) & 0xFFF
+    else:
+        _last_ms, _seq = ms, int.from_bytes(os.urandom(2), "big") & 0x7FF
+    rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+    value = (ms << 80) | (0x7 << 76) | (_seq << 64) | (0b10 << 62) | rand
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

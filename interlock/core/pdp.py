@@ -1,0 +1,197 @@
+"""The Policy Decision Point: `await pdp.decide(action) -> Decision`.
+
+One decision, in order: read posture and context, compute risk signals and the score,
+evaluate the policy, enforce posture (defence in depth), apply the posture changes the
+decision asks for, remember the action, write the audit record, answer.
+
+Every path yields a Decision with an id, and every failure on the way (policy error,
+malformed result, state store down, audit log down) turns into a deny with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+from interlock.core.context import NORMAL, ContextView, Posture, RecentAction, StateStore
+from interlock.core.enforcement import enforce_posture
+from interlock.core.model import (
+    Action,
+    Decision,
+    Effect,
+    Operation,
+    Risk,
+    Tier,
+    new_decision_id,
+)
+from interlock.core.policy import DECISION_ENTRYPOINT, PolicyManager
+from interlock.core.policy_input import build_input
+from interlock.core.record import AuditSink, DecisionRecord
+from interlock.core.result import parse_result
+from interlock.core.signals import Facts, RiskModel, compute, score
+from interlock.errors import PolicyError
+
+log = logging.getLogger(__name__)
+
+UNKNOWN_RISK = Risk(100, Tier.CRITICAL)
+"""Risk stated on decisions made before the score could be computed (errors)."""
+
+READ_OPERATIONS = frozenset({Operation.READ, Operation.FILE_READ, Operation.SECRET_READ})
+_TIER_RANK = {Tier.LOW: 0, Tier.MEDIUM: 1, Tier.HIGH: 2, Tier.CRITICAL: 3}
+
+
+def target_key(action: Action) -> str:
+    """How "the same target" is recognised for first-seen destinations."""
+    return f"{action.protocol}:{action.operation.value}:{action.target}"
+
+
+class PDP:
+    """Decides actions. Cheap to call concurrently from every PEP on one loop."""
+
+    def __init__(
+        self,
+        policy: PolicyManager,
+        store: StateStore,
+        audit: AuditSink,
+        *,
+        clock: Callable[[], float] = time.time,
+        audit_fail_open_max_tier: Tier | None = Tier.LOW,
+        entrypoint: str = DECISION_ENTRYPOINT,
+    ) -> None:
+        self.policy = policy
+        self.store = store
+        self.audit = audit
+        self.clock = clock
+        self.audit_fail_open_max_tier = audit_fail_open_max_tier
+        self.entrypoint = entrypoint
+        self._model: tuple[str, RiskModel] | None = None
+
+    def _risk_model(self, version: str, data: Mapping[str, Any]) -> RiskModel:
+        """The bundle's risk model, converted once per bundle version."""
+        if self._model is None or self._model[0] != version:
+            self._model = (version, RiskModel.from_data(data.get("risk", {})))
+        return self._model[1]
+
+    async def decide(self, action: Action) -> Decision:
+        """Answer `action`. Never raises for anything the action or policy did."""
+        decision_id = new_decision_id()
+        now = self.clock()
+        version = "unknown"
+        risk = UNKNOWN_RISK
+        posture: Posture = NORMAL
+        input_doc: Mapping[str, Any] = {}
+        key = target_key(action)
+        data: Mapping[str, Any] = {}
+        try:
+            policy = self.policy.current
+            version = policy.version
+            data = policy.data.get("interlock", {})
+            posture = await self.store.posture(action.agent.id, now)
+            view = await self.store.view(action.agent.id, key, now)
+            model = self._risk_model(version, data)
+            risk = score(compute(self._facts(action, view), model), model)
+            input_doc = build_input(action, posture, view, risk, now)
+            result = policy.evaluate(self.entrypoint, input_doc)
+            decision = parse_result(
+                result, decision_id=decision_id, risk=risk, policy_version=version, now=now
+            )
+        except PolicyError as exc:
+            decision = self._deny(decision_id, risk, version, now, f"policy: {exc}")
+        except Exception as exc:
+            log.exception("decision %s failed", decision_id)
+            decision = self._deny(
+                decision_id, risk, version, now, f"internal error: {type(exc).__name__}"
+            )
+        decision = enforce_posture(decision, action, posture)
+        await self._apply(action, decision)
+        await self._remember(action, decision, key, now, data)
+        return await self._audit(action, decision, input_doc)
+
+    @staticmethod
+    def _facts(action: Action, view: ContextView) -> Facts:
+        return Facts(
+            operation=action.operation.value,
+            labels=action.labels,
+            first_seen=view.first_seen,
+            taints=view.taints,
+            threat_matches=action.threat_matches,
+            approved=view.approved,
+            denied=view.denied,
+            confidence=action.confidence,
+            authn=action.agent.authn,
+            actions_last_minute=view.actions_last_minute,
+        )
+
+    @staticmethod
+    def _deny(decision_id: str, risk: Risk, version: str, now: float, reason: str) -> Decision:
+        return Decision(decision_id, Effect.DENY, risk, version, reasons=(reason,), time=now)
+
+    async def _apply(self, action: Action, decision: Decision) -> None:
+        """Carry out the posture change a restrict or isolate decision asks for."""
+        try:
+            if decision.effect is Effect.RESTRICT and decision.restrictions:
+                await self.store.restrict(
+                    action.agent.id,
+                    decision.restrictions,
+                    reason=f"decision {decision.decision_id}",
+                )
+            elif decision.effect is Effect.ISOLATE:
+                await self.store.restrict(
+                    action.agent.id, (), isolate=True, reason=f"decision {decision.decision_id}"
+                )
+        except Exception:
+            # The action is denied either way; the failure to persist the posture is loud.
+            log.exception("could not apply posture of decision %s", decision.decision_id)
+
+    async def _remember(
+        self,
+        action: Action,
+        decision: Decision,
+        key: str,
+        now: float,
+        data: Mapping[str, Any],
+    ) -> None:
+        taints: dict[str, float] = {}
+        if decision.allowed:
+            conf = data.get("taint", {})
+            until = now + float(conf.get("ttl_seconds", 900))
+            for label in action.taints:
+                taints[label] = until
+            if action.operation in READ_OPERATIONS:
+                by_label = conf.get("on_read_labels", {})
+                for label in action.labels:
+                    if isinstance(by_label.get(label), str):
+                        taints[by_label[label]] = until
+        recent = RecentAction(
+            decision.decision_id,
+            now,
+            action.protocol,
+            action.operation.value,
+            action.target,
+            decision.effect.value,
+        )
+        try:
+            await self.store.record(action.agent.id, recent, key, taints)
+        except Exception:
+            log.exception("could not record context of decision %s", decision.decision_id)
+
+    async def _audit(
+        self, action: Action, decision: Decision, input_doc: Mapping[str, Any]
+    ) -> Decision:
+        try:
+            await self.audit.append(DecisionRecord(decision, action, input_doc))
+        except Exception as exc:
+            log.error("audit log write failed for %s: %s", decision.decision_id, exc)
+            limit = self.audit_fail_open_max_tier
+            if decision.allowed and (
+                limit is None or _TIER_RANK[decision.risk.tier] > _TIER_RANK[limit]
+            ):
+                return replace(
+                    decision,
+                    effect=Effect.DENY,
+                    reasons=(*decision.reasons, "audit log unavailable"),
+                )
+        return decision

@@ -1,0 +1,63 @@
+"""What the PDP hands to the audit log for every decision, and the sink interface.
+
+The verifiable Merkle log (issue 3) implements `AuditSink`; so does
+`interlock.testing.CaptureSink`. A sink acknowledges a record by returning from `append`;
+raising means the record was not kept, and the PDP then fails closed (see `PDP`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from interlock.core.model import Action, Decision, thaw
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    """One decision with the action it answered and the policy input it was made from."""
+
+    decision: Decision
+    action: Action
+    input: Mapping[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready view (the audit store defines the canonical, hashed form)."""
+        d, a = self.decision, self.action
+        return {
+            "decision_id": d.decision_id,
+            "time": d.time,
+            "agent": {
+                "id": a.agent.id,
+                "roles": list(a.agent.roles),
+                "owner": a.agent.owner,
+                "delegation": list(a.agent.delegation),
+                "authn": a.agent.authn,
+            },
+            "action": {
+                "protocol": a.protocol,
+                "operation": a.operation.value,
+                "target": a.target,
+                "details": thaw(a.details),
+                "labels": sorted(a.labels),
+            },
+            "parents": list(a.parents),
+            "prompt_hash": a.prompt_hash,
+            "policy_version": d.policy_version,
+            "risk": {
+                "score": d.risk.score,
+                "tier": d.risk.tier.value,
+                "signals": dict(d.risk.signals),
+            },
+            "effect": d.effect.value,
+            "reasons": list(d.reasons),
+            "restrictions": list(d.restrictions),
+            "obligations": [{"type": o.type, **thaw(o.params)} for o in d.obligations],
+        }
+
+
+class AuditSink(Protocol):
+    """Receives every decision. Returning from `append` acknowledges the record."""
+
+    async def append(self, record: DecisionRecord) -> None: ...

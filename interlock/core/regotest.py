@@ -1,0 +1,99 @@
+"""Running a bundle's Rego unit tests, the way `opa test` does.
+
+Every rule whose name starts with `test_` in any module is a test. It passes when it is
+defined and true; undefined or false is a failure, an evaluation error is an error.
+
+Tests run in a child process: rego-cpp 1.5 can crash outright on some constructs (`with
+input as ...` over rules that call built-ins), and a crash must be reported as a failed
+test, not take the command down with a segfault. When the child dies, each test is re-run
+alone so the report names the one that crashed.
+"""
+
+from __future__ import annotations
+
+import re
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, replace
+from multiprocessing import get_context
+
+from interlock.core.bundle import BundleSource
+from interlock.core.rego import RegoEngine
+from interlock.errors import PolicyError
+
+_PACKAGE = re.compile(r"^\s*package\s+([A-Za-z_][\w.]*)\s*$", re.M)
+_TEST_RULE = re.compile(r"^(test_\w+)\b", re.M)
+
+
+@dataclass(frozen=True, slots=True)
+class TestOutcome:
+    """One test's result: `status` is pass, fail or error."""
+
+    module: str
+    name: str
+    status: str
+    detail: str = ""
+
+
+def discover(source: BundleSource) -> list[tuple[str, str, str]]:
+    """(module path, package, rule) for every test rule, in file order."""
+    found: list[tuple[str, str, str]] = []
+    for path, text in {**source.modules, **source.tests}.items():
+        pkg = _PACKAGE.search(text)
+        if pkg is None:
+            continue
+        for rule in dict.fromkeys(_TEST_RULE.findall(text)):
+            found.append((path, pkg.group(1), rule))
+    return found
+
+
+def run_tests(source: BundleSource) -> list[TestOutcome]:
+    """Run every test in a child process; raises BundleError if the modules do not compile."""
+    tests = discover(source)
+    try:
+        return _in_child(source, tests)
+    except BrokenProcessPool:
+        pass
+    outcomes = []
+    for test in tests:
+        # Alone with the policy modules, so a crashing test module cannot sink the others.
+        own = {test[0]: source.tests[test[0]]} if test[0] in source.tests else {}
+        try:
+            outcomes.extend(_in_child(replace(source, tests=own), [test]))
+        except BrokenProcessPool:
+            outcomes.append(TestOutcome(test[0], test[2], "error", "the policy engine crashed"))
+    return outcomes
+
+
+def _in_child(source: BundleSource, tests: list[tuple[str, str, str]]) -> list[TestOutcome]:
+    """Run `tests` in a fresh interpreter process (spawned: no inherited engine state)."""
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(run_tests_here, source, tests).result()
+
+
+def run_tests_here(
+    source: BundleSource, tests: list[tuple[str, str, str]] | None = None
+) -> list[TestOutcome]:
+    """Run tests in this process (a crash in the engine ends the process)."""
+    engine = RegoEngine()
+    tests = discover(source) if tests is None else tests
+    results = engine.queries(
+        source, [f"x := data.{pkg}.{rule}" for _, pkg, rule in tests], with_tests=True
+    )
+    outcomes = []
+    for (path, _, rule), result in zip(tests, results, strict=True):
+        if isinstance(result, PolicyError):
+            outcomes.append(TestOutcome(path, rule, "error", str(result)))
+        elif _value(result) is True:
+            outcomes.append(TestOutcome(path, rule, "pass"))
+        else:
+            outcomes.append(TestOutcome(path, rule, "fail", "undefined or false"))
+    return outcomes
+
+
+def _value(result: object) -> object:
+    if isinstance(result, list):
+        result = result[0] if len(result) == 1 else None
+    if isinstance(result, dict):
+        return result.get("bindings", {}).get("x")
+    return None

@@ -1,0 +1,1 @@
+"""Who an agent is: the agent registry, JWT verification, delegation chains."""

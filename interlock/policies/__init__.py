@@ -1,0 +1,1 @@
+"""The bundled default policy (Rego modules, data.json and their Rego tests)."""

@@ -1,0 +1,98 @@
+# The bundled default policy: progressive enforcement by risk tier, plus hard rules that
+# no score can override. Input and result are documented in docs/policy-input.md.
+#
+# Written as pure functions of (input, config) so the Rego tests call them directly, and
+# strings are built with concat rather than sprintf: two rego-cpp 1.5 defects this avoids
+# are described in docs/policy-input.md ("Writing policies for rego-cpp").
+package interlock
+
+import rego.v1
+
+# The decision the PDP queries (entrypoint interlock/decision).
+decision := decide(input, data.interlock.policy)
+
+decide(inp, cfg) := {"effect": "isolate", "reasons": sort([r | some r in isolate_reasons(inp, cfg)])} if {
+	count(isolate_reasons(inp, cfg)) > 0
+} else := {"effect": "deny", "reasons": sort([r | some r in deny_reasons(inp, cfg)])} if {
+	count(deny_reasons(inp, cfg)) > 0
+} else := by_tier(inp, cfg)
+
+# --- hard rules: isolate ------------------------------------------------------------------
+
+isolate_reasons(inp, cfg) := exfiltration(inp, cfg) | intel_isolation(inp, cfg)
+
+intel_isolation(inp, cfg) := set() if {
+	count(inp.action.threat_matches) == 0
+} else := {concat("", ["threat intel: ", m]) |
+	cfg.isolate_on_threat_intel
+	some m in inp.action.threat_matches
+}
+
+# The sentence this product exists for: restricted data read, untrusted content ingested,
+# and now data leaving for a destination this agent has never used.
+exfiltration(inp, cfg) := set() if {
+	count(inp.context.taints) == 0
+} else := {"exfiltration pattern: restricted data read and untrusted content, then egress to a first-seen destination" |
+	inp.action.operation in cfg.egress_operations
+	"restricted_data_read" in inp.context.taints
+	count({t | some t in inp.context.taints; t in {"untrusted_content", "prompt_injection_suspected"}}) > 0
+	inp.context.first_seen
+}
+
+# --- hard rules: deny ---------------------------------------------------------------------
+
+deny_reasons(inp, cfg) := posture_denials(inp, cfg) | identity_denials(inp) | intel_denials(inp, cfg) | forbidden(inp, cfg)
+
+# Each set below starts with a guard for the common case (nothing to find), because
+# rego-cpp evaluates every comprehension otherwise and that is most of a decision's cost.
+posture_denials(inp, cfg) := set() if {
+	not inp.context.posture.isolated
+	count(inp.context.posture.restrictions) == 0
+} else := {"agent is isolated" | inp.context.posture.isolated} | {
+"posture read_only: this operation writes" |
+	"read_only" in inp.context.posture.restrictions
+	inp.action.operation in cfg.write_operations
+} | {"posture no_egress: this operation sends data out" |
+	"no_egress" in inp.context.posture.restrictions
+	inp.action.operation in cfg.egress_operations
+} | {concat("", ["posture tool:", inp.action.target, ": this tool is disabled"]) |
+	inp.action.operation == "tool_call"
+	concat("", ["tool:", inp.action.target]) in inp.context.posture.restrictions
+} | {"posture no_delegation: this agent may not delegate" |
+	"no_delegation" in inp.context.posture.restrictions
+	inp.action.operation == "delegate"
+}
+
+identity_denials(inp) := {"unauthenticated agent" | inp.agent.authn == "none"}
+
+intel_denials(inp, cfg) := set() if {
+	count(inp.action.threat_matches) == 0
+} else := {concat("", ["threat intel: ", m]) |
+	not cfg.isolate_on_threat_intel
+	some m in inp.action.threat_matches
+}
+
+forbidden(inp, cfg) := {concat("", ["operation ", inp.action.operation, " is never allowed on ", inp.action.protocol]) |
+	inp.action.operation in object.get(cfg.forbidden_operations, inp.action.protocol, [])
+}
+
+# --- progressive table --------------------------------------------------------------------
+
+by_tier(inp, cfg) := {"effect": "allow", "reasons": [score_reason(inp)]} if {
+	inp.risk.tier == "low"
+} else := {"effect": "approve", "reasons": [score_reason(inp)]} if {
+	inp.risk.tier == "medium"
+} else := {"effect": "restrict", "reasons": [score_reason(inp)], "restrictions": [restriction_for(inp, cfg)]} if {
+	inp.risk.tier == "high"
+} else := {"effect": "isolate", "reasons": [score_reason(inp)]} if {
+	inp.risk.tier == "critical"
+}
+
+score_reason(inp) := concat("", ["risk ", inp.risk.tier, " (", format_int(inp.risk.score, 10), ")"])
+
+# The one permission a high-risk action costs the agent.
+restriction_for(inp, cfg) := concat("", ["tool:", inp.action.target]) if {
+	inp.action.operation == "tool_call"
+} else := cfg.restriction_for_operation[inp.action.operation] if {
+	cfg.restriction_for_operation[inp.action.operation]
+} else := cfg.default_restriction

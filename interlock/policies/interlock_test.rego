@@ -1,0 +1,142 @@
+# Unit tests of the bundled policy; run with `interlock policy test`.
+package interlock_test
+
+import rego.v1
+
+import data.interlock
+
+cfg := data.interlock.policy
+
+base := {
+	"agent": {"id": "reporter", "roles": ["analyst"], "owner": "alice@example.com", "delegation": [], "authn": "token"},
+	"action": {"protocol": "postgres", "operation": "read", "target": "public.orders", "details": {}, "labels": [], "threat_matches": []},
+	"context": {"taints": [], "first_seen": false, "posture": {"restrictions": [], "isolated": false}},
+	"risk": {"score": 5, "tier": "low", "signals": {}},
+	"time": {"hour": 12, "weekday": 2},
+}
+
+tiered(doc, tier, score) := object.union(doc, {"risk": {"score": score, "tier": tier, "signals": {}}})
+
+acting(doc, op, target) := object.union(doc, {"action": object.union(doc.action, {"operation": op, "target": target})})
+
+postured(doc, restrictions, isolated) := object.union(doc, {"context": object.union(doc.context, {"posture": {"restrictions": restrictions, "isolated": isolated}})})
+
+tainted(doc, taints, first_seen) := object.union(doc, {"context": object.union(doc.context, {"taints": taints, "first_seen": first_seen})})
+
+test_low_tier_allows if {
+	interlock.decide(base, cfg).effect == "allow"
+}
+
+test_medium_tier_holds_for_approval if {
+	interlock.decide(tiered(base, "medium", 40), cfg).effect == "approve"
+}
+
+test_high_tier_write_restricts_to_read_only if {
+	d := interlock.decide(acting(tiered(base, "high", 70), "write", "public.orders"), cfg)
+	d.effect == "restrict"
+	d.restrictions == ["read_only"]
+}
+
+test_high_tier_egress_removes_egress if {
+	d := interlock.decide(acting(tiered(base, "high", 70), "egress", "api.example.com"), cfg)
+	d.restrictions == ["no_egress"]
+}
+
+test_high_tier_tool_call_disables_that_tool if {
+	d := interlock.decide(acting(tiered(base, "high", 70), "tool_call", "shell"), cfg)
+	d.restrictions == ["tool:shell"]
+}
+
+test_high_tier_unmapped_operation_gets_default_restriction if {
+	d := interlock.decide(acting(tiered(base, "high", 70), "connect", "db"), cfg)
+	d.restrictions == [cfg.default_restriction]
+}
+
+test_critical_tier_isolates if {
+	interlock.decide(tiered(base, "critical", 90), cfg).effect == "isolate"
+}
+
+test_unknown_tier_is_undefined_so_the_pdp_denies if {
+	not interlock.decide(tiered(base, "extreme", 99), cfg)
+}
+
+test_isolated_agent_denied_at_low_score if {
+	d := interlock.decide(postured(base, [], true), cfg)
+	d.effect == "deny"
+	"agent is isolated" in d.reasons
+}
+
+test_read_only_denies_write_at_low_score if {
+	interlock.decide(acting(postured(base, ["read_only"], false), "write", "public.orders"), cfg).effect == "deny"
+}
+
+test_read_only_keeps_reads if {
+	interlock.decide(postured(base, ["read_only"], false), cfg).effect == "allow"
+}
+
+test_no_egress_denies_egress if {
+	interlock.decide(acting(postured(base, ["no_egress"], false), "egress", "x.example"), cfg).effect == "deny"
+}
+
+test_disabled_tool_denied_other_tools_allowed if {
+	doc := postured(base, ["tool:shell"], false)
+	interlock.decide(acting(doc, "tool_call", "shell"), cfg).effect == "deny"
+	interlock.decide(acting(doc, "tool_call", "search"), cfg).effect == "allow"
+}
+
+test_no_delegation_denies_delegate if {
+	interlock.decide(acting(postured(base, ["no_delegation"], false), "delegate", "helper"), cfg).effect == "deny"
+}
+
+test_unauthenticated_agent_denied if {
+	doc := object.union(base, {"agent": object.union(base.agent, {"authn": "none"})})
+	interlock.decide(doc, cfg).effect == "deny"
+}
+
+test_threat_intel_match_denied if {
+	doc := object.union(base, {"action": object.union(base.action, {"threat_matches": ["feed:bad.example"]})})
+	d := interlock.decide(doc, cfg)
+	d.effect == "deny"
+	d.reasons == ["threat intel: feed:bad.example"]
+}
+
+test_threat_intel_can_isolate if {
+	doc := object.union(base, {"action": object.union(base.action, {"threat_matches": ["feed:bad.example"]})})
+	interlock.decide(doc, object.union(cfg, {"isolate_on_threat_intel": true})).effect == "isolate"
+}
+
+test_exfiltration_pattern_isolates if {
+	doc := tainted(acting(base, "egress", "paste.example"), ["restricted_data_read", "untrusted_content"], true)
+	interlock.decide(doc, cfg).effect == "isolate"
+}
+
+test_exfiltration_needs_first_seen_destination if {
+	doc := tainted(acting(base, "egress", "api.example"), ["restricted_data_read", "untrusted_content"], false)
+	interlock.decide(doc, cfg).effect == "allow"
+}
+
+test_exfiltration_needs_untrusted_content if {
+	doc := tainted(acting(base, "egress", "paste.example"), ["restricted_data_read"], true)
+	interlock.decide(doc, cfg).effect == "allow"
+}
+
+test_forbidden_operation_denied if {
+	doc := acting(base, "ddl", "public.orders")
+	interlock.decide(doc, object.union(cfg, {"forbidden_operations": {"postgres": ["ddl"]}})).effect == "deny"
+	interlock.decide(doc, cfg).effect == "allow"
+}
+
+test_hard_deny_reasons_are_all_listed if {
+	doc := acting(postured(base, ["read_only"], true), "write", "public.orders")
+	d := interlock.decide(doc, cfg)
+	d.reasons == ["agent is isolated", "posture read_only: this operation writes"]
+}
+
+test_disabled_tool_reason_names_the_tool if {
+	doc := acting(postured(base, ["tool:shell"], false), "tool_call", "shell")
+	interlock.decide(doc, cfg).reasons == ["posture tool:shell: this tool is disabled"]
+}
+
+test_score_reason_states_tier_and_score if {
+	interlock.decide(tiered(base, "medium", 42), cfg).reasons == ["risk medium (42)"]
+}

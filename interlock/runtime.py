@@ -1,0 +1,119 @@
+"""`interlock up`: wire what the config enables around one PDP on one asyncio loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from interlock.admin.server import make_app
+from interlock.audit.jsonl import JsonlSink
+from interlock.config import Config
+from interlock.core.context import MemoryStore
+from interlock.core.model import Tier
+from interlock.core.pdp import PDP
+from interlock.core.policy import PolicyManager
+from interlock.core.rego import RegoEngine
+from interlock.errors import ConfigError
+from interlock.identity.registry import AgentRegistry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """Everything `up` started, so tests and shutdown can reach it."""
+
+    config: Config
+    policy: PolicyManager
+    pdp: PDP
+    registry: AgentRegistry
+    endpoints: dict[str, str] = field(default_factory=dict)
+    _runners: list[web.AppRunner] = field(default_factory=list)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _closers: list[Callable[[], None]] = field(default_factory=list)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for runner in self._runners:
+            await runner.cleanup()
+        for close in self._closers:
+            close()
+
+
+def build(config: Config) -> Runtime:
+    """Load the policy and build the PDP; raises BundleError or ConfigError."""
+    if config.state.store != "memory":
+        raise ConfigError("state.store: only 'memory' is available in this build")
+    policy = PolicyManager(
+        config.policy.bundle,
+        engine=RegoEngine(cache_size=config.policy.cache_size, timeout_ms=config.policy.timeout_ms),
+    )
+    policy.load()
+    data_dir = config.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    sink = JsonlSink(data_dir / "decisions.jsonl")
+    fail_open = config.audit.fail_open_max_tier
+    pdp = PDP(
+        policy,
+        MemoryStore(),
+        sink,
+        audit_fail_open_max_tier=None if fail_open == "none" else Tier(fail_open),
+    )
+    runtime = Runtime(config, policy, pdp, AgentRegistry.from_config(config.agents))
+    runtime._closers.append(sink.close)
+    return runtime
+
+
+async def start(runtime: Runtime) -> None:
+    """Start listeners and background tasks; fills `runtime.endpoints`."""
+    cfg = runtime.config
+    runtime._tasks.append(asyncio.create_task(runtime.policy.watch(cfg.policy.watch_interval)))
+    if cfg.admin is not None:
+        host, _, port = cfg.admin.listen.rpartition(":")
+        runner = web.AppRunner(make_app(runtime.policy), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host.strip("[]"), int(port))
+        await site.start()
+        runtime._runners.append(runner)
+        bound = runner.addresses[0]
+        runtime.endpoints["admin"] = f"http://{bound[0]}:{bound[1]}"
+    runtime.endpoints["decisions"] = str(cfg.data_dir / "decisions.jsonl")
+
+
+def banner(runtime: Runtime) -> str:
+    lines = [
+        f"interlock up: policy {runtime.policy.bundle_dir} "
+        f"(version {runtime.policy.current.version[:12]}), "
+        f"{len(runtime.registry)} agent(s) registered"
+    ]
+    for name, where in runtime.endpoints.items():
+        lines.append(f"  {name:<10} {where}")
+    return "\n".join(lines)
+
+
+async def serve(config: Config, ready: Callable[[Runtime], None] | None = None) -> None:
+    """Run until SIGINT or SIGTERM."""
+    runtime = build(config)
+    await start(runtime)
+    print(banner(runtime), flush=True)
+    if ready:
+        ready(runtime)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await runtime.stop()

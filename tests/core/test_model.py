@@ -1,0 +1,61 @@
+"""The model: closed vocabularies, immutability, ids."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import pytest
+
+from interlock.core.model import (
+    Action,
+    Agent,
+    Effect,
+    Operation,
+    new_decision_id,
+    parse_restriction,
+    thaw,
+)
+
+UUID7 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+def test_operation_vocabulary_is_the_designed_one() -> None:
+    assert {o.value for o in Operation} == {
+        "read", "write", "ddl", "admin", "exec", "egress", "tool_call", "file_read",
+        "file_write", "forward", "connect", "delegate", "secret_read", "prompt", "completion",
+    }
+
+
+def test_effects_are_the_five_designed_ones() -> None:
+    assert {e.value for e in Effect} == {"allow", "deny", "approve", "restrict", "isolate"}
+
+
+@pytest.mark.parametrize("value", ["read_only", "no_egress", "no_delegation",
+                                   "rotate_credentials", "tool:shell"])
+def test_known_restrictions_parse(value: str) -> None:
+    assert parse_restriction(value) == value
+
+
+@pytest.mark.parametrize("value", ["", "readonly", "tool:", "tool:" + "x" * 300, "admin"])
+def test_unknown_restrictions_are_rejected(value: str) -> None:
+    with pytest.raises(ValueError, match="unknown restriction"):
+        parse_restriction(value)
+
+
+def test_action_details_are_deeply_frozen() -> None:
+    details = {"tables": ["a", "b"], "nested": {"k": [1, {"x": 2}]}}
+    action = Action(Agent("a"), "postgres", Operation.READ, "t", details)
+    details["tables"].append("c")
+    assert thaw(action.details) == {"tables": ["a", "b"], "nested": {"k": [1, {"x": 2}]}}
+    with pytest.raises(TypeError):
+        action.details["tables"] = []  # type: ignore[index]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        action.target = "other"  # type: ignore[misc]
+
+
+def test_decision_ids_are_uuid7_and_sort_in_creation_order() -> None:
+    ids = [new_decision_id() for _ in range(2000)]
+    assert all(UUID7.match(i) for i in ids)
+    assert len(set(ids)) == len(ids)
+    assert ids == sorted(ids)
