@@ -19,7 +19,7 @@ from typing import Any
 
 import regopy
 
-from bench.stats import Measurement, summarize, time_async, time_calls
+from bench.stats import summarize, time_async, time_calls
 from interlock.core import rego as rego_mod
 from interlock.core.context import MemoryStore
 from interlock.core.model import Action, Agent, Operation
@@ -40,36 +40,109 @@ def workload() -> list[Action]:
     coder = Agent("coder", ("dev",), "bob@example.com", ("planner",), authn="jwt")
     ops = Agent("runner", ("ops",), "carol@example.com", authn="ssh_key")
     return [
-        Action(analyst, "postgres", Operation.READ, "public.orders",
-               {"tables": ["public.orders"], "columns": ["public.orders.id",
-                "public.orders.total"], "functions": [], "statement_kind": "select"}),
-        Action(analyst, "postgres", Operation.READ, "public.payroll",
-               {"tables": ["public.payroll"], "columns": ["public.payroll.salary"],
-                "functions": ["sum"], "statement_kind": "select"},
-               labels=frozenset({"financial", "restricted"})),
-        Action(analyst, "postgres", Operation.WRITE, "public.orders",
-               {"tables": ["public.orders"], "columns": ["public.orders.status"],
-                "functions": [], "statement_kind": "update"}),
-        Action(coder, "http", Operation.EGRESS, "api.github.com",
-               {"method": "GET", "scheme": "https", "port": 443, "path": "/repos/x/y",
-                "body_bytes": 0}),
-        Action(coder, "http", Operation.EGRESS, "pypi.org",
-               {"method": "GET", "scheme": "https", "port": 443, "path": "/simple/",
-                "body_bytes": 0}),
-        Action(coder, "http", Operation.TOOL_CALL, "search",
-               {"server": "mcp.example.com", "arguments": ["query"]}),
-        Action(coder, "http", Operation.PROMPT, "api.openai.com",
-               {"model": "gpt", "messages": 4}, prompt_hash="ab" * 32),
-        Action(ops, "ssh", Operation.EXEC, "db1.internal",
-               {"argv": ["ls", "-la", "/var/log"], "classes": ["read"]}),
-        Action(ops, "ssh", Operation.EXEC, "db1.internal",
-               {"argv": ["systemctl", "restart", "app"], "classes": ["admin"]}),
-        Action(ops, "ssh", Operation.FILE_READ, "db1.internal:/etc/app.conf",
-               {"path": "/etc/app.conf"}),
-        Action(coder, "envoy", Operation.EGRESS, "orders.svc",
-               {"method": "POST", "path": "/v1/orders", "port": 8080}),
-        Action(analyst, "envoy", Operation.READ, "orders.svc",
-               {"method": "GET", "path": "/v1/orders/7", "port": 8080}),
+        Action(
+            analyst,
+            "postgres",
+            Operation.READ,
+            "public.orders",
+            {
+                "tables": ["public.orders"],
+                "columns": ["public.orders.id", "public.orders.total"],
+                "functions": [],
+                "statement_kind": "select",
+            },
+        ),
+        Action(
+            analyst,
+            "postgres",
+            Operation.READ,
+            "public.payroll",
+            {
+                "tables": ["public.payroll"],
+                "columns": ["public.payroll.salary"],
+                "functions": ["sum"],
+                "statement_kind": "select",
+            },
+            labels=frozenset({"financial", "restricted"}),
+        ),
+        Action(
+            analyst,
+            "postgres",
+            Operation.WRITE,
+            "public.orders",
+            {
+                "tables": ["public.orders"],
+                "columns": ["public.orders.status"],
+                "functions": [],
+                "statement_kind": "update",
+            },
+        ),
+        Action(
+            coder,
+            "http",
+            Operation.EGRESS,
+            "api.github.com",
+            {
+                "method": "GET",
+                "scheme": "https",
+                "port": 443,
+                "path": "/repos/x/y",
+                "body_bytes": 0,
+            },
+        ),
+        Action(
+            coder,
+            "http",
+            Operation.EGRESS,
+            "pypi.org",
+            {"method": "GET", "scheme": "https", "port": 443, "path": "/simple/", "body_bytes": 0},
+        ),
+        Action(
+            coder,
+            "http",
+            Operation.TOOL_CALL,
+            "search",
+            {"server": "mcp.example.com", "arguments": ["query"]},
+        ),
+        Action(
+            coder,
+            "http",
+            Operation.PROMPT,
+            "api.openai.com",
+            {"model": "gpt", "messages": 4},
+            prompt_hash="ab" * 32,
+        ),
+        Action(
+            ops,
+            "ssh",
+            Operation.EXEC,
+            "db1.internal",
+            {"argv": ["ls", "-la", "/var/log"], "classes": ["read"]},
+        ),
+        Action(
+            ops,
+            "ssh",
+            Operation.EXEC,
+            "db1.internal",
+            {"argv": ["systemctl", "restart", "app"], "classes": ["admin"]},
+        ),
+        Action(
+            ops, "ssh", Operation.FILE_READ, "db1.internal:/etc/app.conf", {"path": "/etc/app.conf"}
+        ),
+        Action(
+            coder,
+            "envoy",
+            Operation.EGRESS,
+            "orders.svc",
+            {"method": "POST", "path": "/v1/orders", "port": 8080},
+        ),
+        Action(
+            analyst,
+            "envoy",
+            Operation.READ,
+            "orders.svc",
+            {"method": "GET", "path": "/v1/orders/7", "port": 8080},
+        ),
     ]
 
 
@@ -144,7 +217,9 @@ def run(quick: bool = False) -> dict[str, Any]:
     cached = summarize("decision_cached", series["warm"]).against(base)
     cached.notes["cache_hit_rate"] = round(
         warm.policy.current.cache_hits
-        / max(1, warm.policy.current.cache_hits + warm.policy.current.cache_misses), 3)
+        / max(1, warm.policy.current.cache_hits + warm.policy.current.cache_misses),
+        3,
+    )
     build = summarize("input_build", series["build"]).against(base)
     build.notes["input_nodes"] = _nodes(sample_input)
     build.notes["input_json_bytes"] = len(json.dumps(sample_input))
@@ -154,12 +229,12 @@ def run(quick: bool = False) -> dict[str, Any]:
         _budget(f"{m.name} p99 <= {BUDGET_P99_US:.0f} us", m.p99, BUDGET_P99_US)
         for m in (uncached, cached)
     ] + [
-        _budget(f"{m.name} p99 within {BUDGET_RATIO:.0f}x of raw engine", m.ratio_p99 or 0,
-                BUDGET_RATIO)
+        _budget(
+            f"{m.name} p99 within {BUDGET_RATIO:.0f}x of raw engine", m.ratio_p99 or 0, BUDGET_RATIO
+        )
         for m in (uncached, cached)
     ]
-    return {"suite": "pdp", "measurements": [m.to_json() for m in measurements],
-            "budgets": budgets}
+    return {"suite": "pdp", "measurements": [m.to_json() for m in measurements], "budgets": budgets}
 
 
 def _budget(name: str, value: float, limit: float) -> dict[str, Any]:
@@ -179,5 +254,3 @@ def _nodes(value: Any) -> int:
     if isinstance(value, list):
         return 1 + sum(_nodes(v) for v in value)
     return 1
-
-

@@ -27,9 +27,11 @@ def _machine() -> dict[str, Any]:
 
 
 def _table(result: dict[str, Any]) -> str:
-    rows = [f"suite {result['suite']}",
-            f"{'measurement':<20} {'p50':>9} {'p99':>9} {'ops/s':>10} "
-            f"{'baseline':<18} {'x p50':>6} {'x p99':>6}"]
+    rows = [
+        f"suite {result['suite']}",
+        f"{'measurement':<20} {'p50':>9} {'p99':>9} {'ops/s':>10} "
+        f"{'baseline':<18} {'x p50':>6} {'x p99':>6}",
+    ]
     for m in result["measurements"]:
         rows.append(
             f"{m['name']:<20} {m['p50']:>7.1f}{m['unit']} {m['p99']:>7.1f}{m['unit']} "

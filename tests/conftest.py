@@ -34,6 +34,7 @@ def sink() -> CaptureSink:
 def bundle_copy(tmp_path: Path) -> Path:
     """A writable copy of the bundled policy."""
     target = tmp_path / "bundle"
-    shutil.copytree(bundled_policy_dir(), target,
-                    ignore=shutil.ignore_patterns("__init__.py", "__pycache__"))
+    shutil.copytree(
+        bundled_policy_dir(), target, ignore=shutil.ignore_patterns("__init__.py", "__pycache__")
+    )
     return target

@@ -30,15 +30,19 @@ def free_port() -> int:
 
 def require(path: str | None, what: str, install: str) -> str:
     if not path or not os.path.exists(path):
-        pytest.fail(f"{what} is required and was not found; install it with: {install}",
-                    pytrace=False)
+        pytest.fail(
+            f"{what} is required and was not found; install it with: {install}", pytrace=False
+        )
     return path
 
 
 def pg_bindir() -> str:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    initdb = require(found[-1] if found else None, "PostgreSQL server (initdb)",
-                     "apt-get install postgresql (or run `make test`, which does it)")
+    initdb = require(
+        found[-1] if found else None,
+        "PostgreSQL server (initdb)",
+        "apt-get install postgresql (or run `make test`, which does it)",
+    )
     return os.path.dirname(initdb)
 
 
@@ -52,10 +56,13 @@ class Postgres:
     password: str
     datadir: Path
 
-    def dsn(self, database: str = "postgres", user: str | None = None,
-            password: str | None = None) -> str:
-        return (f"postgresql://{user or self.user}:{password or self.password}"
-                f"@{self.host}:{self.port}/{database}")
+    def dsn(
+        self, database: str = "postgres", user: str | None = None, password: str | None = None
+    ) -> str:
+        return (
+            f"postgresql://{user or self.user}:{password or self.password}"
+            f"@{self.host}:{self.port}/{database}"
+        )
 
 
 def _as_postgres_user() -> list[str]:
@@ -65,8 +72,11 @@ def _as_postgres_user() -> list[str]:
     try:
         pwd.getpwnam("postgres")
     except KeyError:
-        pytest.fail("running as root needs a 'postgres' system user "
-                    "(apt-get install postgresql creates it)", pytrace=False)
+        pytest.fail(
+            "running as root needs a 'postgres' system user "
+            "(apt-get install postgresql creates it)",
+            pytrace=False,
+        )
     return ["runuser", "-u", "postgres", "--"]
 
 
@@ -85,15 +95,40 @@ def postgres_server() -> Iterator[Postgres]:
         shutil.chown(sockdir, "postgres")
         shutil.chown(pwfile, "postgres")
     subprocess.run(
-        [*prefix, f"{bindir}/initdb", "-D", str(datadir), "-U", "postgres",
-         "--auth=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8", "--no-sync"],
-        check=True, capture_output=True,
+        [
+            *prefix,
+            f"{bindir}/initdb",
+            "-D",
+            str(datadir),
+            "-U",
+            "postgres",
+            "--auth=scram-sha-256",
+            f"--pwfile={pwfile}",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ],
+        check=True,
+        capture_output=True,
     )
     port = free_port()
     proc = subprocess.Popen(
-        [*prefix, f"{bindir}/postgres", "-D", str(datadir), "-p", str(port),
-         "-k", str(sockdir), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            *prefix,
+            f"{bindir}/postgres",
+            "-D",
+            str(datadir),
+            "-p",
+            str(port),
+            "-k",
+            str(sockdir),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "fsync=off",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         deadline = time.monotonic() + 30
@@ -102,8 +137,10 @@ def postgres_server() -> Iterator[Postgres]:
                 err = proc.stderr.read().decode() if proc.stderr else ""
                 pytest.fail(f"postgres exited at start-up: {err}", pytrace=False)
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                ready = subprocess.run([f"{bindir}/pg_isready", "-h", "127.0.0.1",
-                                        "-p", str(port)], capture_output=True)
+                ready = subprocess.run(
+                    [f"{bindir}/pg_isready", "-h", "127.0.0.1", "-p", str(port)],
+                    capture_output=True,
+                )
                 if ready.returncode == 0:
                     break
             if time.monotonic() > deadline:

@@ -54,14 +54,22 @@ def run_tests(source: BundleSource) -> list[TestOutcome]:
         return _in_child(source, tests)
     except BrokenProcessPool:
         pass
+    # Narrow down: each module alone with the policy, then each test of a crashing module.
     outcomes = []
-    for test in tests:
-        # Alone with the policy modules, so a crashing test module cannot sink the others.
-        own = {test[0]: source.tests[test[0]]} if test[0] in source.tests else {}
+    for module in dict.fromkeys(path for path, _, _ in tests):
+        own = {module: source.tests[module]} if module in source.tests else {}
+        alone = replace(source, tests=own)
+        group = [t for t in tests if t[0] == module]
         try:
-            outcomes.extend(_in_child(replace(source, tests=own), [test]))
+            outcomes.extend(_in_child(alone, group))
+            continue
         except BrokenProcessPool:
-            outcomes.append(TestOutcome(test[0], test[2], "error", "the policy engine crashed"))
+            pass
+        for test in group:
+            try:
+                outcomes.extend(_in_child(alone, [test]))
+            except BrokenProcessPool:
+                outcomes.append(TestOutcome(module, test[2], "error", "the policy engine crashed"))
     return outcomes
 
 

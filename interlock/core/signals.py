@@ -164,12 +164,8 @@ def compute(facts: Facts, model: RiskModel) -> dict[str, float]:
     return {
         "data_sensitivity": round(data_sensitivity(facts.labels, model.label_sensitivity), 1),
         "operation_severity": round(operation_severity(op, model.operation_severity), 1),
-        "destination_novelty": destination_novelty(
-            facts.first_seen, op, model.novelty_operations
-        ),
-        "taint": round(
-            taint(facts.taints, op, model.taint_weights, model.taint_operations), 1
-        ),
+        "destination_novelty": destination_novelty(facts.first_seen, op, model.novelty_operations),
+        "taint": round(taint(facts.taints, op, model.taint_weights, model.taint_operations), 1),
         "threat_intel": threat_intel(facts.threat_matches),
         "approval_history": round(approval_history(facts.approved, facts.denied), 1),
         "confidence": round(confidence(facts.confidence), 1),

@@ -24,13 +24,18 @@ def write(root: Path, files: dict[str, str | bytes]) -> Path:
 
 
 def test_modules_tests_and_nested_data_are_separated(tmp_path: Path) -> None:
-    src = load_bundle(write(tmp_path, {
-        "p.rego": POLICY,
-        "p_test.rego": "package p_test\ntest_x if true\n",
-        "data.json": '{"top": 1}',
-        "a/b/data.json": '{"deep": true}',
-        ".hidden/x.rego": "not even rego",
-    }))
+    src = load_bundle(
+        write(
+            tmp_path,
+            {
+                "p.rego": POLICY,
+                "p_test.rego": "package p_test\ntest_x if true\n",
+                "data.json": '{"top": 1}',
+                "a/b/data.json": '{"deep": true}',
+                ".hidden/x.rego": "not even rego",
+            },
+        )
+    )
     assert set(src.modules) == {"p.rego"}
     assert set(src.tests) == {"p_test.rego"}
     assert src.data == {"top": 1, "a": {"b": {"deep": True}}}
@@ -58,14 +63,16 @@ def test_version_changes_when_a_file_is_renamed(tmp_path: Path) -> None:
         ({"p.rego": POLICY, "data.json": "{not json"}, r"data.json:1:2"),
         ({"p.rego": POLICY, "data.json": "[1, 2]"}, "must hold a JSON object"),
         ({"p.rego": b"package p\n\xff\xfe\n"}, "not UTF-8"),
-        ({"p.rego": POLICY, "data.json": '{"a": {"b": 1}}', "a/data.json": '{"b": 2}'},
-         "defined twice"),
-        ({"p.rego": POLICY, "data.json": '{"a": 1}', "a/data.json": '{"b": 2}'},
-         "defined twice"),
-        ({"p.rego": POLICY, "a/data.json": '{"b": 2}', "a/b/data.json": '{"c": 3}'},
-         "defined twice"),
-        ({"p.rego": POLICY, "x/data.json": '{"y": 2}', "x/y/data.json": '{"d": 3}'},
-         "collides"),
+        (
+            {"p.rego": POLICY, "data.json": '{"a": {"b": 1}}', "a/data.json": '{"b": 2}'},
+            "defined twice",
+        ),
+        ({"p.rego": POLICY, "data.json": '{"a": 1}', "a/data.json": '{"b": 2}'}, "defined twice"),
+        (
+            {"p.rego": POLICY, "a/data.json": '{"b": 2}', "a/b/data.json": '{"c": 3}'},
+            "defined twice",
+        ),
+        ({"p.rego": POLICY, "x/data.json": '{"y": 2}', "x/y/data.json": '{"d": 3}'}, "collides"),
     ],
 )
 def test_unusable_bundles_are_refused_with_the_reason(

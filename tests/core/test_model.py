@@ -22,8 +22,21 @@ UUID7 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-
 
 def test_operation_vocabulary_is_the_designed_one() -> None:
     assert {o.value for o in Operation} == {
-        "read", "write", "ddl", "admin", "exec", "egress", "tool_call", "file_read",
-        "file_write", "forward", "connect", "delegate", "secret_read", "prompt", "completion",
+        "read",
+        "write",
+        "ddl",
+        "admin",
+        "exec",
+        "egress",
+        "tool_call",
+        "file_read",
+        "file_write",
+        "forward",
+        "connect",
+        "delegate",
+        "secret_read",
+        "prompt",
+        "completion",
     }
 
 
@@ -31,8 +44,9 @@ def test_effects_are_the_five_designed_ones() -> None:
     assert {e.value for e in Effect} == {"allow", "deny", "approve", "restrict", "isolate"}
 
 
-@pytest.mark.parametrize("value", ["read_only", "no_egress", "no_delegation",
-                                   "rotate_credentials", "tool:shell"])
+@pytest.mark.parametrize(
+    "value", ["read_only", "no_egress", "no_delegation", "rotate_credentials", "tool:shell"]
+)
 def test_known_restrictions_parse(value: str) -> None:
     assert parse_restriction(value) == value
 

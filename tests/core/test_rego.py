@@ -67,13 +67,22 @@ def test_entrypoint_not_compiled_is_an_error(policy: RegoPolicy) -> None:
 
 
 def test_input_round_trips_json_types(policy: RegoPolicy) -> None:
-    doc = {"s": "héllo ✓", "i": -7, "f": 1.5, "b": True, "n": None, "l": [1, "a", [2]],
-           "o": {"k": {"v": False}}, "big": 2**70}
+    doc = {
+        "s": "héllo ✓",
+        "i": -7,
+        "f": 1.5,
+        "b": True,
+        "n": None,
+        "l": [1, "a", [2]],
+        "o": {"k": {"v": False}},
+        "big": 2**70,
+    }
     out = policy.evaluate("t/echo", doc)
     assert out["s"] == "héllo ✓"
     assert out["l"] == [1, "a", [2]]
     assert out["o"] == {"k": {"v": False}}
-    assert out["n"] is None and out["b"] is True
+    assert out["n"] is None
+    assert out["b"] is True
     assert out["big"] == pytest.approx(2**70)
 
 
@@ -131,7 +140,7 @@ def test_syntax_error_fails_compile_with_location(tmp_path: Path) -> None:
 
 
 def test_with_keyword_is_refused_in_policy_modules(tmp_path: Path) -> None:
-    text = POLICY + "w if allow with input as {\"x\": 1}\n"
+    text = POLICY + 'w if allow with input as {"x": 1}\n'
     with pytest.raises(BundleError, match="`with` keyword"):
         compile_text(tmp_path, text, ["t/allow"])
 
@@ -142,18 +151,19 @@ def test_with_in_a_comment_is_fine(tmp_path: Path) -> None:
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
-    | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=30,
 )
 
 
 @settings(max_examples=150, deadline=None)
 @given(doc=st.dictionaries(st.text(max_size=8), json_values, max_size=6))
-def test_any_json_input_yields_a_value_or_a_policy_error(tmp_path_factory: Any,
-                                                         doc: dict[str, Any]) -> None:
+def test_any_json_input_yields_a_value_or_a_policy_error(
+    tmp_path_factory: Any, doc: dict[str, Any]
+) -> None:
     policy = _shared_policy(tmp_path_factory)
     try:
         result = policy.evaluate("t/allow", doc)

@@ -1,0 +1,140 @@
+"""`interlock up` as a real process: banner, /healthz, hot reload, clean shutdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.services import free_port
+
+
+def get(url: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 (our own http URL)
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+class Up:
+    def __init__(self, args: list[str], cwd: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "interlock.cli", "up", *args],
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.banner: list[str] = []
+
+    def wait_ready(self, timeout: float = 60) -> str:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.banner.append(line)
+            if line.strip().startswith("admin"):
+                return line.split()[-1]
+        err = self.proc.stderr.read() if self.proc.stderr else ""
+        pytest.fail(f"interlock up did not print its admin endpoint: {self.banner} {err}")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def up_factory() -> Iterator[Any]:
+    started: list[Up] = []
+
+    def start(args: list[str], cwd: Path) -> Up:
+        u = Up(args, cwd)
+        started.append(u)
+        return u
+
+    yield start
+    for u in started:
+        if u.proc.poll() is None:
+            u.proc.kill()
+            u.proc.wait()
+
+
+def test_up_with_no_config_serves_healthz_on_the_default_port(
+    tmp_path: Path, up_factory: Any
+) -> None:
+    up = up_factory([], tmp_path)
+    admin = up.wait_ready()
+    assert admin == "http://127.0.0.1:9180"
+    status, body = get(admin + "/healthz")
+    assert status == 200
+    assert body["status"] == "ok"
+    assert len(body["policy_version"]) == 64
+    assert up.stop() == 0
+    assert (tmp_path / ".interlock").is_dir()
+    assert oct((tmp_path / ".interlock").stat().st_mode & 0o777) == "0o700"
+
+
+def test_up_reloads_the_bundle_and_reports_a_refused_one(
+    tmp_path: Path, bundle_copy: Path, up_factory: Any
+) -> None:
+    port = free_port()
+    cfg = tmp_path / "interlock.toml"
+    cfg.write_text(
+        f'data_dir = "{tmp_path / "data"}"\n[policy]\nbundle = "{bundle_copy}"\n'
+        f'watch_interval = 0.1\n[admin]\nlisten = "127.0.0.1:{port}"\n'
+    )
+    up = up_factory(["-c", str(cfg)], tmp_path)
+    admin = up.wait_ready()
+    _, first = get(admin + "/healthz")
+    data = json.loads((bundle_copy / "data.json").read_text())
+    data["interlock"]["risk"]["rate_per_minute"] = 900
+    (bundle_copy / "data.json").write_text(json.dumps(data))
+    second = _poll(admin, lambda b: b["policy_version"] != first["policy_version"])
+    (bundle_copy / "broken.rego").write_text("package interlock\nbroken := {\n")
+    third = _poll(admin, lambda b: b["policy_error"] is not None)
+    assert third["status"] == "ok"
+    assert third["policy_version"] == second["policy_version"], "old bundle keeps serving"
+    assert "broken.rego" in third["policy_error"]
+    assert up.stop() == 0
+
+
+def test_up_refuses_to_start_on_a_broken_bundle(tmp_path: Path) -> None:
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "p.rego").write_text("package interlock\nx := {\n")
+    cfg = tmp_path / "interlock.toml"
+    cfg.write_text(f'[policy]\nbundle = "{tmp_path / "b"}"\n[admin]\nlisten = "127.0.0.1:0"\n')
+    out = subprocess.run(
+        [sys.executable, "-m", "interlock.cli", "up", "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={**os.environ},
+    )
+    assert out.returncode == 1
+    assert "policy error:" in out.stderr
+    assert "p.rego" in out.stderr
+
+
+def _poll(admin: str, cond: Any, timeout: float = 20) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _, body = get(admin + "/healthz")
+        if cond(body):
+            return body
+        time.sleep(0.1)
+    pytest.fail("condition not reached on /healthz")

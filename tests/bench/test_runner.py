@@ -1,0 +1,81 @@
+"""`interlock bench` writes the documented structure (on a tiny run; no timing asserts)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from bench import pdp
+from bench.stats import percentile, summarize
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(i) for i in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile([7.0], 99) == 7.0
+
+
+def test_summary_against_a_baseline_reports_ratios() -> None:
+    base = summarize("base", [1e-6] * 10)
+    m = summarize("m", [3e-6] * 10).against(base)
+    assert (m.p50, m.p99, m.baseline, m.ratio_p50, m.ratio_p99) == (3.0, 3.0, "base", 3.0, 3.0)
+    assert m.throughput == round(1e6 / 3.0, 1)
+
+
+def test_pdp_suite_result_structure() -> None:
+    result = pdp.run(quick=True)
+    names = [m["name"] for m in result["measurements"]]
+    assert names == [
+        "rego_raw_trivial",
+        "decision_uncached",
+        "decision_cached",
+        "input_build",
+        "engine_eval",
+    ]
+    for m in result["measurements"]:
+        assert m["unit"] == "us"
+        assert m["p50"] > 0
+        assert m["p99"] >= m["p50"]
+        if m["name"] != "rego_raw_trivial":
+            assert m["baseline"] == "rego_raw_trivial"
+            assert m["ratio_p99"] is not None
+    assert all({"name", "value", "limit", "pass"} <= set(b) for b in result["budgets"])
+
+
+def test_cli_writes_json_and_exit_status_follows_budgets(tmp_path: Path) -> None:
+    out_json = tmp_path / "pdp.json"
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "interlock.cli",
+            "bench",
+            "--suite",
+            "pdp",
+            "--quick",
+            "--json",
+            str(out_json),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    report = json.loads(out_json.read_text())
+    budgets = report["suites"][0]["budgets"]
+    assert out.returncode == (0 if all(b["pass"] for b in budgets) else 1)
+    assert "decision_uncached" in out.stdout
+    assert report["machine"]["cpus"] >= 1
+
+
+def test_unknown_suite_is_a_usage_error() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "interlock.cli", "bench", "--suite", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert "unknown suite" in out.stderr
