@@ -49,30 +49,36 @@ def test_policy_test_passes_the_bundled_tests() -> None:
     assert out.stdout.strip().endswith("passed, 0 failed")
 
 
-def test_policy_test_fails_on_a_broken_test(bundle_copy: Path) -> None:
-    (bundle_copy / "broken_test.rego").write_text(
-        "package broken_test\nimport rego.v1\nimport data.interlock\n"
-        "test_wrong_expectation if {\n"
-        '\tinterlock.decide(data.interlock_test.base, data.interlock.policy).effect == "deny"\n'
-        "}\n"
+def add_test_module(bundle: Path, package: str, rule: str, body: str) -> None:
+    (bundle / f"{package}.rego").write_text(
+        f"package {package}\nimport rego.v1\nimport data.interlock\n{rule} if {{\n\t{body}\n}}\n"
     )
-    out = cli("policy", "test", "--bundle", str(bundle_copy))
-    assert out.returncode == 1
-    assert "FAIL  broken_test.rego: test_wrong_expectation" in out.stdout
-    assert out.stdout.strip().endswith("1 failed")
 
 
-def test_policy_test_reports_an_engine_crash_as_a_failure(bundle_copy: Path) -> None:
-    (bundle_copy / "crash_test.rego").write_text(
-        "package crash_test\nimport rego.v1\nimport data.interlock\n"
-        "test_with_over_builtins if {\n"
-        '\tinterlock.decision.effect == "allow" with input as {"risk": {"tier": "low"}}\n'
-        "}\n"
-    )
+@pytest.mark.parametrize(
+    ("rule", "body", "expected"),
+    [
+        (
+            "test_wrong_expectation",
+            'interlock.decide(data.interlock_test.base, data.interlock.policy).effect == "deny"',
+            "FAIL  extra_test.rego: test_wrong_expectation",
+        ),
+        (
+            "test_with_over_builtins",
+            'interlock.decision.effect == "allow" with input as {"risk": {"tier": "low"}}',
+            "ERROR extra_test.rego: test_with_over_builtins: the policy engine crashed",
+        ),
+    ],
+    ids=["wrong expectation", "engine crash"],
+)
+def test_policy_test_fails_on_a_broken_or_crashing_test(
+    bundle_copy: Path, rule: str, body: str, expected: str
+) -> None:
+    add_test_module(bundle_copy, "extra_test", rule, body)
     out = cli("policy", "test", "--bundle", str(bundle_copy))
     assert out.returncode == 1
-    assert "ERROR crash_test.rego: test_with_over_builtins: the policy engine crashed" in out.stdout
-    assert "1 failed" in out.stdout
+    assert expected in out.stdout
+    assert out.stdout.strip().endswith("passed, 1 failed")
 
 
 def test_policy_test_with_no_tests_fails(tmp_path: Path) -> None:
