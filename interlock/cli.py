@@ -7,8 +7,9 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from interlock.config import Config, load_config
 from interlock.core.bundle import bundled_policy_dir, load_bundle
@@ -16,6 +17,10 @@ from interlock.core.policy import DECISION_ENTRYPOINT, PolicyManager
 from interlock.core.regotest import run_tests
 from interlock.core.serialization import ActionFormatError, action_from_json, decision_to_json
 from interlock.errors import ConfigError, InterlockError, PolicyError
+
+if TYPE_CHECKING:
+    from interlock.audit.checkpoint import Verifier
+    from interlock.audit.store import AuditStore
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parent / "config_example.toml"
 
@@ -107,6 +112,195 @@ def cmd_policy_test(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _audit_store(args: argparse.Namespace) -> tuple[Config, AuditStore]:
+    from interlock.audit.factory import store_for
+    from interlock.audit.store import open_store
+
+    config = _config(args.config)
+    store = open_store(args.store, config.data_dir) if args.store else store_for(config)
+    return config, store
+
+
+def _verifier(args: argparse.Namespace, config: Config) -> Verifier:
+    """The trusted key: --key (a verifier string or a file holding one), else the public
+    half of this installation's signing key."""
+    from interlock.audit.checkpoint import Verifier
+    from interlock.audit.factory import signer_for
+
+    if args.key:
+        text = Path(args.key).read_text("utf-8") if Path(args.key).is_file() else args.key
+        return Verifier.parse(text)
+    if not (config.audit.key or config.data_dir / "audit.key").exists():
+        raise UsageError("no audit key here; pass --key NAME+ID+KEY")
+    return signer_for(config).verifier
+
+
+def _with_store(args: argparse.Namespace, work: Any) -> int:
+    async def run() -> int:
+        config, store = _audit_store(args)
+        await store.open()
+        try:
+            code: int = await work(config, store)
+            return code
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from interlock.audit import commands
+
+    if args.bundle:
+        config = _config(args.config)
+        report = commands.verify_bundle(Path(args.bundle), _verifier(args, config), None)
+        return _print_report(report)
+
+    async def work(config: Config, store: AuditStore) -> int:
+        verifier = _verifier(args, config)
+        report = await commands.verify_store(store, verifier, config.audit.origin)
+        return _print_report(report)
+
+    return _with_store(args, work)
+
+
+def _print_report(report: Any) -> int:
+    if report.ok:
+        print(f"ok: {report.records} records, {report.checkpoints} signed checkpoint(s) verify")
+        return 0
+    print(f"FAILED: {report.records} records, {report.checkpoints} signed checkpoint(s)")
+    if report.first_bad_index is not None:
+        print(f"first bad index: {report.first_bad_index}")
+    for finding in report.findings:
+        print(f"  {finding}")
+    return 1
+
+
+def cmd_audit_show(args: argparse.Namespace) -> int:
+    from interlock.audit import commands
+
+    async def work(config: Config, store: AuditStore) -> int:
+        found = await commands.show(store, args.ref)
+        if found is None:
+            print(f"no record {args.ref}", file=sys.stderr)
+            return 1
+        print(json.dumps(found, indent=2))
+        return 0
+
+    return _with_store(args, work)
+
+
+def cmd_audit_tail(args: argparse.Namespace) -> int:
+    from interlock.audit import commands
+
+    async def work(config: Config, store: AuditStore) -> int:
+        await commands.tail(store, args.n, args.follow, lambda line: print(line, flush=True))
+        return 0
+
+    try:
+        return _with_store(args, work)
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_audit_proof(args: argparse.Namespace) -> int:
+    from interlock.audit import commands
+
+    async def work(config: Config, store: AuditStore) -> int:
+        size = await store.size()
+        if args.consistency:
+            a, b = args.consistency
+            if not 0 <= a <= b <= size:
+                raise UsageError(f"need 0 <= A <= B <= {size}")
+            proof = await commands.consistency_proof(store, a, b)
+            out = {
+                "first": a,
+                "second": b,
+                "first_root": commands.b64([await commands.root(store, a)])[0],
+                "second_root": commands.b64([await commands.root(store, b)])[0],
+                "proof": commands.b64(proof),
+            }
+        else:
+            index, at = args.inclusion, args.size or size
+            if not 0 <= index < at <= size:
+                raise UsageError(f"need 0 <= INDEX < SIZE <= {size}")
+            proof = await commands.inclusion_proof(store, index, at)
+            out = {
+                "index": index,
+                "size": at,
+                "root": commands.b64([await commands.root(store, at)])[0],
+                "proof": commands.b64(proof),
+            }
+        print(json.dumps(out, indent=2))
+        return 0
+
+    return _with_store(args, work)
+
+
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    from interlock.audit import commands
+
+    async def work(config: Config, store: AuditStore) -> int:
+        counts = await commands.export(store, _verifier(args, config), Path(args.dir))
+        print(
+            f"exported {counts['records']} records and {counts['checkpoints']} "
+            f"checkpoint(s) to {args.dir}"
+        )
+        return 0
+
+    return _with_store(args, work)
+
+
+def cmd_audit_replay(args: argparse.Namespace) -> int:
+    from interlock.audit import commands
+
+    async def work(config: Config, store: AuditStore) -> int:
+        bundle = (
+            Path(args.policy) if args.policy else (config.policy.bundle or bundled_policy_dir())
+        )
+        policy = PolicyManager(bundle).load()
+        since = (
+            time.mktime(time.strptime(args.since, "%Y-%m-%dT%H:%M:%S")) - time.timezone
+            if args.since
+            else None
+        )
+        rows = await commands.replay(store, args.agent, since, commands.evaluator(policy))
+        changed = [r for r in rows if r.changed]
+        for r in rows:
+            mark = "CHANGED" if r.changed else "same   "
+            print(
+                f"{mark} #{r.index} {r.time} {r.operation} {r.target}: {r.recorded} -> {r.replayed}"
+            )
+        print(
+            f"{len(rows)} decisions replayed against policy {policy.version[:12]}, "
+            f"{len(changed)} would change"
+        )
+        return 0
+
+    return _with_store(args, work)
+
+
+def cmd_audit_checkpoint(args: argparse.Namespace) -> int:
+    from interlock.audit.factory import signer_for
+    from interlock.audit.log import AuditLog
+
+    async def work(config: Config, store: AuditStore) -> int:
+        log = AuditLog(store, signer_for(config), config.audit.origin, checkpoint_interval=0)
+        made = await log.checkpoint()
+        size = made[0] if made else await store.size()
+        print(f"checkpoint at size {size}")
+        return 0
+
+    return _with_store(args, work)
+
+
+def cmd_audit_key(args: argparse.Namespace) -> int:
+    from interlock.audit.factory import signer_for
+
+    print(signer_for(_config(args.config)).verifier.encode())
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from bench.runner import main as bench_main
 
@@ -146,6 +340,39 @@ def parser() -> argparse.ArgumentParser:
         if name == "test":
             sp.add_argument("-v", "--verbose", action="store_true", help="list passing tests")
 
+    audit = sub.add_parser("audit", help="verify, inspect, export and replay the audit log")
+    asub = audit.add_subparsers(dest="audit_command", required=True)
+
+    def audit_cmd(name: str, func: Any, text: str) -> argparse.ArgumentParser:
+        sp = asub.add_parser(name, help=text)
+        sp.add_argument("-c", "--config", help="interlock.toml (default: embedded defaults)")
+        sp.add_argument("--store", help="audit store URL (default: the config's)")
+        sp.set_defaults(func=func)
+        return sp
+
+    sp = audit_cmd("verify", cmd_audit_verify, "recompute the tree, check every checkpoint")
+    sp.add_argument("--key", help="trusted verifier key (NAME+ID+KEY, or a file with it)")
+    sp.add_argument("--bundle", help="verify an export directory instead of the store")
+    sp = audit_cmd("show", cmd_audit_show, "a record (by decision id or index) and its proof")
+    sp.add_argument("ref")
+    sp = audit_cmd("tail", cmd_audit_tail, "the last records, as canonical JSON lines")
+    sp.add_argument("-n", type=int, default=10)
+    sp.add_argument("-f", "--follow", action="store_true")
+    sp = audit_cmd("proof", cmd_audit_proof, "an inclusion or consistency proof")
+    group = sp.add_mutually_exclusive_group(required=True)
+    group.add_argument("--consistency", nargs=2, type=int, metavar=("A", "B"))
+    group.add_argument("--inclusion", type=int, metavar="INDEX")
+    sp.add_argument("--size", type=int, help="tree size for --inclusion (default: current)")
+    sp = audit_cmd("export", cmd_audit_export, "records, checkpoints and proofs as files")
+    sp.add_argument("dir")
+    sp.add_argument("--key", help=argparse.SUPPRESS)
+    sp = audit_cmd("replay", cmd_audit_replay, "re-decide an agent's actions under a policy")
+    sp.add_argument("--agent", required=True)
+    sp.add_argument("--since", help="UTC time, YYYY-MM-DDTHH:MM:SS")
+    sp.add_argument("--policy", help="bundle directory (default: the config's)")
+    audit_cmd("checkpoint", cmd_audit_checkpoint, "sign a checkpoint of the current tree now")
+    audit_cmd("key", cmd_audit_key, "print the log's verifier (public) key")
+
     bench = sub.add_parser("bench", help="run benchmark suites against their baselines")
     bench.add_argument("--suite", default="pdp")
     bench.add_argument("--json", help="write machine-readable results here")
@@ -175,6 +402,10 @@ def main(argv: list[str] | None = None) -> int:
     except InterlockError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except ValueError as exc:
+        # Malformed keys, notes or proofs given on the command line.
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return code
 
 

@@ -64,10 +64,30 @@ class PolicyConfig(Section):
 
 
 class AuditConfig(Section):
-    store: str = f"sqlite:///{DEFAULT_DATA_DIR}/audit.db"
+    store: str = "sqlite:///audit.db"
+    """sqlite:///path (relative paths are inside data_dir) or postgresql://..."""
     fail_open_max_tier: Tier | Literal["none"] = Tier.LOW
     """When the log cannot be written, allowed actions up to this tier still pass;
-    "none" denies everything the log cannot record."""
+    "none" denies everything the log cannot record (and makes every record durable)."""
+    origin: str = Field("interlock.local/audit", pattern=r"^[^\s+]+$")
+    """The log's name in checkpoints and its key name (c2sp.org/tlog-checkpoint)."""
+    key: Path | None = None
+    """Ed25519 signing key (PEM); default <data_dir>/audit.key, created on first run."""
+    checkpoint_interval: float = Field(60.0, ge=0)
+    """Seconds between signed checkpoints (0: only at shutdown and on demand)."""
+    max_delay_ms: float = Field(5.0, ge=0, le=1000)
+    """Group commit: how long a batch waits for more records before committing."""
+    max_batch: int = Field(512, ge=1, le=100_000)
+    max_pending: int = Field(100_000, ge=1)
+    """Records queued in memory before appends are refused."""
+    write_timeout: float = Field(5.0, gt=0)
+
+    @field_validator("store")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        if not v.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("must be sqlite:///path or a postgresql:// URL")
+        return v
 
 
 class StateConfig(Section):

@@ -11,7 +11,8 @@ Hierarchy::
     │   ├── PolicyTimeout      evaluation took longer than its budget
     │   └── MalformedResult    the value did not have the shape of a decision
     ├── IdentityError          credentials missing, wrong, expired or not verifiable
-    └── StateError             the session / posture store failed
+    ├── StateError             the session / posture store failed
+    └── AuditError             the audit log could not record (store down, disk full, ...)
 
 Every PolicyError becomes a `deny` decision with the error's text as its reason; nothing
 above the PDP ever sees one.
@@ -56,3 +57,7 @@ class IdentityError(InterlockError):
 
 class StateError(InterlockError):
     """The session or posture store failed."""
+
+
+class AuditError(InterlockError):
+    """The audit log could not make a record durable."""

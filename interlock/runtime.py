@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from interlock.admin.server import make_app
-from interlock.audit.jsonl import JsonlSink
+from interlock.audit.factory import log_for
+from interlock.audit.log import AuditLog
 from interlock.config import Config
 from interlock.core.context import MemoryStore
 from interlock.core.model import Tier
@@ -33,21 +34,21 @@ class Runtime:
     policy: PolicyManager
     pdp: PDP
     registry: AgentRegistry
+    audit: AuditLog
     endpoints: dict[str, str] = field(default_factory=dict)
     _runners: list[web.AppRunner] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    _closers: list[Callable[[], None]] = field(default_factory=list)
 
     async def stop(self) -> None:
+        """Stop accepting, then flush the audit log and write its final checkpoint."""
+        for runner in self._runners:
+            await runner.cleanup()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for runner in self._runners:
-            await runner.cleanup()
-        for close in self._closers:
-            close()
+        await self.audit.close()
 
 
 def build(config: Config) -> Runtime:
@@ -59,35 +60,34 @@ def build(config: Config) -> Runtime:
         engine=RegoEngine(cache_size=config.policy.cache_size, timeout_ms=config.policy.timeout_ms),
     )
     policy.load()
-    data_dir = config.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    sink = JsonlSink(data_dir / "decisions.jsonl")
+    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    audit = log_for(config)
     fail_open = config.audit.fail_open_max_tier
     pdp = PDP(
         policy,
         MemoryStore(),
-        sink,
+        audit,
         audit_fail_open_max_tier=None if fail_open == "none" else Tier(fail_open),
     )
-    runtime = Runtime(config, policy, pdp, AgentRegistry.from_config(config.agents))
-    runtime._closers.append(sink.close)
-    return runtime
+    return Runtime(config, policy, pdp, AgentRegistry.from_config(config.agents), audit)
 
 
 async def start(runtime: Runtime) -> None:
     """Start listeners and background tasks; fills `runtime.endpoints`."""
     cfg = runtime.config
+    await runtime.audit.start()
     runtime._tasks.append(asyncio.create_task(runtime.policy.watch(cfg.policy.watch_interval)))
     if cfg.admin is not None:
         host, _, port = cfg.admin.listen.rpartition(":")
-        runner = web.AppRunner(make_app(runtime.policy), access_log=None)
+        runner = web.AppRunner(make_app(runtime.policy, runtime.audit), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, host.strip("[]"), int(port))
         await site.start()
         runtime._runners.append(runner)
         bound = runner.addresses[0]
         runtime.endpoints["admin"] = f"http://{bound[0]}:{bound[1]}"
-    runtime.endpoints["decisions"] = str(cfg.data_dir / "decisions.jsonl")
+    runtime.endpoints["audit"] = cfg.audit.store
+    runtime.endpoints["audit key"] = runtime.audit.signer.verifier.encode()
 
 
 def banner(runtime: Runtime) -> str:

@@ -23,12 +23,14 @@ class CaptureSink:
 
     def __init__(self) -> None:
         self.records: list[DecisionRecord] = []
+        self.durable: list[bool] = []
         self.unavailable = False
 
-    async def append(self, record: DecisionRecord) -> None:
+    async def append(self, record: DecisionRecord, *, durable: bool = True) -> None:
         if self.unavailable:
             raise OSError("audit store unavailable (CaptureSink.unavailable is set)")
         self.records.append(record)
+        self.durable.append(durable)
 
     @property
     def last(self) -> DecisionRecord:

@@ -125,6 +125,8 @@ class Action:
     threat_matches: tuple[str, ...] = ()
     """Threat-intel feed entries the target matched."""
     prompt_hash: str | None = None
+    prompt_text: str | None = None
+    """The prompt itself, only where the configuration says to keep it (audit record)."""
     confidence: float | None = None
     """Agent-reported confidence in [0, 1], when the framework sends one."""
 

@@ -10,6 +10,7 @@ malformed result, state store down, audit log down) turns into a deny with the r
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -181,17 +182,26 @@ class PDP:
     async def _audit(
         self, action: Action, decision: Decision, input_doc: Mapping[str, Any]
     ) -> Decision:
+        """Audit before allow: above `low` (or always, with fail-open "none") the record
+        must be durable before the decision is returned."""
+        limit = self.audit_fail_open_max_tier
+        durable = limit is None or decision.risk.tier is not Tier.LOW
         try:
-            await self.audit.append(DecisionRecord(decision, action, input_doc))
+            await self.audit.append(DecisionRecord(decision, action, input_doc), durable=durable)
         except Exception as exc:
             log.error("audit log write failed for %s: %s", decision.decision_id, exc)
-            limit = self.audit_fail_open_max_tier
-            if decision.allowed and (
+            if decision.effect in (Effect.ALLOW, Effect.APPROVE) and (
                 limit is None or _TIER_RANK[decision.risk.tier] > _TIER_RANK[limit]
             ):
-                return replace(
+                denied = replace(
                     decision,
                     effect=Effect.DENY,
                     reasons=(*decision.reasons, "audit log unavailable"),
                 )
+                # The denial itself is queued, so the log shows it once the store is back.
+                with contextlib.suppress(Exception):
+                    await self.audit.append(
+                        DecisionRecord(denied, action, input_doc), durable=False
+                    )
+                return denied
         return decision

@@ -1,8 +1,7 @@
 """What the PDP hands to the audit log for every decision, and the sink interface.
 
-The verifiable Merkle log (issue 3) implements `AuditSink`; so does
-`interlock.testing.CaptureSink`. A sink acknowledges a record by returning from `append`;
-raising means the record was not kept, and the PDP then fails closed (see `PDP`).
+`interlock.audit.log.AuditLog` (the verifiable Merkle log) implements `AuditSink`; so does
+`interlock.testing.CaptureSink`.
 """
 
 from __future__ import annotations
@@ -58,6 +57,10 @@ class DecisionRecord:
 
 
 class AuditSink(Protocol):
-    """Receives every decision. Returning from `append` acknowledges the record."""
+    """Receives every decision.
 
-    async def append(self, record: DecisionRecord) -> None: ...
+    With `durable=True`, returning from `append` means the record is committed; raising
+    means it was not, and the PDP fails closed. With `durable=False` the sink may queue the
+    record and commit it shortly after (group commit)."""
+
+    async def append(self, record: DecisionRecord, *, durable: bool = True) -> None: ...

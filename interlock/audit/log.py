@@ -1,0 +1,233 @@
+"""The audit log the PDP writes to: group commit, durability rule, checkpoints.
+
+Durability rule ("audit before allow"): an append with `durable=True` returns only once
+its record is committed; the PDP asks for that for every decision above `low` (and for all
+of them when `audit.fail_open_max_tier = "none"`). Other records are queued and committed
+within `max_delay`, in order, with the next batch.
+
+When the store fails, the batch is rolled back as a whole. Durable appends in it fail at
+once (the PDP then denies the action) and are dropped, so the log never shows an `allow`
+that did not happen; queued records stay at the head of the queue and are retried with
+backoff until the store is back, so nothing the log accepted is lost while the process
+lives. A crash can lose queued records (at most `max_delay` worth); never durable ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from interlock.audit import merkle
+from interlock.audit.checkpoint import Signer, sign_checkpoint
+from interlock.audit.record import encode
+from interlock.audit.store import AuditStore
+from interlock.core.record import DecisionRecord
+from interlock.errors import AuditError
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_S = 1.0
+
+
+@dataclass(slots=True)
+class _Entry:
+    decision_id: str
+    record: DecisionRecord | None
+    data: bytes | None = None
+    done: asyncio.Future[None] | None = None
+
+
+@dataclass
+class AuditStats:
+    appended: int = 0
+    batches: int = 0
+    failures: int = 0
+    dropped_durable: int = 0
+    last_error: str | None = None
+    healthy: bool = True
+    last_checkpoint_size: int = -1
+    timings: list[float] = field(default_factory=list)
+
+
+class AuditLog:
+    """An `AuditSink` over an `AuditStore`, signing checkpoints with `signer`."""
+
+    def __init__(
+        self,
+        store: AuditStore,
+        signer: Signer,
+        origin: str,
+        *,
+        max_batch: int = 512,
+        max_delay: float = 0.005,
+        max_pending: int = 100_000,
+        write_timeout: float = 5.0,
+        checkpoint_interval: float = 60.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.signer = signer
+        self.origin = origin
+        self.max_batch = max_batch
+        self.max_delay = max_delay
+        self.max_pending = max_pending
+        self.write_timeout = write_timeout
+        self.checkpoint_interval = checkpoint_interval
+        self.clock = clock
+        self.stats = AuditStats()
+        self._queue: deque[_Entry] = deque()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+
+    async def start(self) -> None:
+        await self.store.open()
+        self._tasks = [asyncio.create_task(self._writer(), name="audit-writer")]
+        if self.checkpoint_interval > 0:
+            self._tasks.append(asyncio.create_task(self._checkpointer(), name="audit-ckpt"))
+
+    async def append(self, record: DecisionRecord, *, durable: bool = True) -> None:
+        """Accept a record; with `durable`, return only once it is committed."""
+        if self._closed:
+            raise AuditError("audit log is closed")
+        if len(self._queue) >= self.max_pending:
+            raise AuditError(f"audit queue full ({self.max_pending} records pending)")
+        entry = _Entry(record.decision.decision_id, record)
+        if durable:
+            entry.done = asyncio.get_running_loop().create_future()
+        self._queue.append(entry)
+        self._idle.clear()
+        self._wake.set()
+        if entry.done is not None:
+            await entry.done
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far is committed (or the writer gave up)."""
+        while self._queue or not self._idle.is_set():
+            await self._idle.wait()
+            if self._queue:
+                await asyncio.sleep(0)
+
+    async def _writer(self) -> None:
+        backoff = 0.01
+        while True:
+            if not self._queue:
+                self._idle.set()
+                self._wake.clear()
+                await self._wake.wait()
+            if len(self._queue) < self.max_batch and self.max_delay > 0:
+                await asyncio.sleep(self.max_delay)
+            batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
+            try:
+                await self._commit(batch)
+            except Exception as exc:
+                self._failed(batch, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+            else:
+                backoff = 0.01
+
+    async def _commit(self, batch: list[_Entry]) -> None:
+        todo = [e for e in batch if e.data is None]
+        if todo:
+            encoded = await asyncio.to_thread(
+                lambda: [encode(e.record) for e in todo if e.record is not None]
+            )
+            for e, data in zip(todo, encoded, strict=True):
+                e.data, e.record = data, None
+        start = time.perf_counter()
+        await asyncio.wait_for(
+            self.store.append([(e.decision_id, e.data or b"") for e in batch]),
+            self.write_timeout,
+        )
+        self.stats.timings.append(time.perf_counter() - start)
+        del self.stats.timings[:-1000]
+        self.stats.appended += len(batch)
+        self.stats.batches += 1
+        if not self.stats.healthy:
+            log.warning("audit store is writable again; %d records pending", len(self._queue))
+        self.stats.healthy = True
+        for e in batch:
+            if e.done is not None and not e.done.done():
+                e.done.set_result(None)
+
+    def _failed(self, batch: list[_Entry], exc: Exception) -> None:
+        reason = str(exc) or type(exc).__name__
+        self.stats.failures += 1
+        self.stats.healthy = False
+        self.stats.last_error = reason
+        keep = [e for e in batch if e.done is None]
+        for e in batch:
+            if e.done is not None:
+                self.stats.dropped_durable += 1
+                if not e.done.done():
+                    e.done.set_exception(AuditError(f"audit record not written: {reason}"))
+        self._queue.extendleft(reversed(keep))
+        log.error(
+            "audit store write failed (%d durable refused, %d queued kept): %s",
+            len(batch) - len(keep),
+            len(self._queue),
+            reason,
+        )
+
+    async def _checkpointer(self) -> None:
+        while True:
+            await asyncio.sleep(self.checkpoint_interval)
+            try:
+                await self.checkpoint()
+            except AuditError as exc:
+                log.error("checkpoint failed: %s", exc)
+
+    async def checkpoint(self) -> tuple[int, str] | None:
+        """Sign and store a checkpoint of the current tree, unless one exists for it."""
+        size = await self.store.size()
+        if size == self.stats.last_checkpoint_size:
+            return None
+        root = merkle.root_from(size, await self.store.nodes(merkle.frontier_keys(size)))
+        note = sign_checkpoint(self.signer, self.origin, size, root)
+        await self.store.add_checkpoint(size, note)
+        self.stats.last_checkpoint_size = size
+        return size, note
+
+    async def close(self) -> None:
+        """Commit what is queued, write a final checkpoint, stop."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await asyncio.wait_for(self.flush(), self.write_timeout * 2)
+        except TimeoutError:
+            log.error("audit log closed with %d records not written", len(self._queue))
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        try:
+            await self.checkpoint()
+        except AuditError as exc:
+            log.error("final checkpoint failed: %s", exc)
+        await self.store.close()
+
+    def status(self) -> dict[str, Any]:
+        s = self.stats
+        return {
+            "healthy": s.healthy,
+            "appended": s.appended,
+            "pending": len(self._queue),
+            "failures": s.failures,
+            "refused_durable": s.dropped_durable,
+            "last_error": s.last_error,
+        }
