@@ -55,6 +55,13 @@ class Postgres:
     user: str
     password: str
     datadir: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def stop(self) -> None:
+        """Shut the server down now (fast shutdown), e.g. to test an outage."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=20)
 
     def dsn(
         self, database: str = "postgres", user: str | None = None, password: str | None = None
@@ -146,7 +153,7 @@ def postgres_server() -> Iterator[Postgres]:
             if time.monotonic() > deadline:
                 pytest.fail("postgres did not become ready in 30 s", pytrace=False)
             time.sleep(0.1)
-        yield Postgres("127.0.0.1", port, "postgres", password, datadir)
+        yield Postgres("127.0.0.1", port, "postgres", password, datadir, proc)
     finally:
         proc.terminate()
         try:

@@ -74,11 +74,11 @@ def _encode(value: Any, out: list[str]) -> None:
             raise CanonicalizationError(f"{value} has no JSON representation")
         out.append(_number(value))
     elif isinstance(value, Mapping):
+        if not all(isinstance(key, str) for key in value):
+            raise CanonicalizationError("object keys must be strings")
         out.append("{")
         first = True
         for key in sorted(value, key=_utf16_key):
-            if not isinstance(key, str):
-                raise CanonicalizationError("object keys must be strings")
             if not first:
                 out.append(",")
             first = False

@@ -102,7 +102,7 @@ class LogVerifier:
             root = merkle.root_from(self._size, _as_nodes(self._size, self._front))
             if root != cp.root:
                 self._find(
-                    self._good_until if self._good_until < self._size else None,
+                    None,
                     f"records {self._good_until}..{self._size - 1} do not match the "
                     f"signed checkpoint at size {self._size} (changed, removed or "
                     "reordered)",

@@ -46,8 +46,9 @@ class Up:
             if not line:
                 break
             self.banner.append(line)
-            if line.strip().startswith("admin"):
-                return line.split()[-1]
+            if line.strip().startswith("audit key"):
+                admin = [x for x in self.banner if x.strip().startswith("admin")]
+                return admin[0].split()[-1]
         err = self.proc.stderr.read() if self.proc.stderr else ""
         pytest.fail(f"interlock up did not print its admin endpoint: {self.banner} {err}")
 
@@ -83,9 +84,22 @@ def test_up_with_no_config_serves_healthz_on_the_default_port(
     assert status == 200
     assert body["status"] == "ok"
     assert len(body["policy_version"]) == 64
+    assert body["audit"]["healthy"] is True
+    assert any(line.strip().startswith("audit key") for line in up.banner)
     assert up.stop() == 0
-    assert (tmp_path / ".interlock").is_dir()
-    assert oct((tmp_path / ".interlock").stat().st_mode & 0o777) == "0o700"
+    data = tmp_path / ".interlock"
+    assert oct(data.stat().st_mode & 0o777) == "0o700"
+    assert oct((data / "audit.key").stat().st_mode & 0o777) == "0o600"
+    assert oct((data / "audit.db").stat().st_mode & 0o777) == "0o600"
+    verify = subprocess.run(
+        [sys.executable, "-m", "interlock.cli", "audit", "verify"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert verify.returncode == 0, verify.stdout
+    assert "1 signed checkpoint(s)" in verify.stdout, "shutdown writes a final checkpoint"
 
 
 def test_up_reloads_the_bundle_and_reports_a_refused_one(

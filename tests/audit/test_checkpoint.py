@@ -44,11 +44,19 @@ def test_verifier_key_round_trips() -> None:
     text = SIGNER.verifier.encode()
     assert Verifier.parse(text) == SIGNER.verifier
     name, hexid, _ = text.split("+", 2)
-    assert name == "interlock.test/audit" and len(hexid) == 8
+    assert name == "interlock.test/audit"
+    assert len(hexid) == 8
 
 
-@pytest.mark.parametrize("text", ["nope", "a+b+c", "n+00000000+AAAA",
-                                  "n+" + "0" * 8 + "+" + base64.b64encode(b"\x01" + b"\0" * 32).decode()])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "nope",
+        "a+b+c",
+        "n+00000000+AAAA",
+        "n+" + "0" * 8 + "+" + base64.b64encode(b"\x01" + b"\0" * 32).decode(),
+    ],
+)
 def test_malformed_or_mismatched_verifier_keys_are_refused(text: str) -> None:
     with pytest.raises(CheckpointError):
         Verifier.parse(text)
@@ -77,8 +85,10 @@ def test_tampered_notes_are_rejected(mutate: object) -> None:
         open_checkpoint(mutate(note), SIGNER.verifier)
 
 
-@pytest.mark.parametrize("note", ["", "just text\n", "a\n1\nroot\n\nnot a sig\n",
-                                  "a\n1\n\x01\n\n\u2014 x AAAA\n", "x" * 70_000])
+@pytest.mark.parametrize(
+    "note",
+    ["", "just text\n", "a\n1\nroot\n\nnot a sig\n", "a\n1\n\x01\n\n\u2014 x AAAA\n", "x" * 70_000],
+)
 def test_garbage_is_rejected(note: str) -> None:
     with pytest.raises(CheckpointError):
         open_checkpoint(note, SIGNER.verifier)
@@ -97,9 +107,13 @@ def test_a_non_ed25519_key_file_is_refused(tmp_path: Path) -> None:
     from cryptography.hazmat.primitives.asymmetric import ec
 
     path = tmp_path / "audit.key"
-    path.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
+    path.write_bytes(
+        ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     os.chmod(path, 0o600)
     with pytest.raises(CheckpointError, match="not an Ed25519"):
         load_or_create_key(path)

@@ -133,24 +133,30 @@ def inclusion_mutations(i: int, n: int, proof: list[bytes]) -> list[tuple[str, A
     if i > 0:
         muts.append(("index minus one", (i - 1, n, leaf, proof, root)))
     for j in range(len(proof)):
-        muts.append((f"bit flip {j}", (i, n, leaf, [*proof[:j], flip(proof[j], j % 8),
-                                                     *proof[j + 1:]], root)))
-        muts.append((f"missing {j}", (i, n, leaf, proof[:j] + proof[j + 1:], root)))
+        muts.append(
+            (
+                f"bit flip {j}",
+                (i, n, leaf, [*proof[:j], flip(proof[j], j % 8), *proof[j + 1 :]], root),
+            )
+        )
+        muts.append((f"missing {j}", (i, n, leaf, proof[:j] + proof[j + 1 :], root)))
     if len(proof) > 1:
         muts.append(("swapped", (i, n, leaf, [proof[1], proof[0], *proof[2:]], root)))
     return muts
 
 
-@pytest.mark.parametrize(("i", "n"), [(0, 2), (3, 7), (5, 8), (12, 13), (63, 64), (64, 65),
-                                      (100, 140), (0, 140)])
+@pytest.mark.parametrize(
+    ("i", "n"), [(0, 2), (3, 7), (5, 8), (12, 13), (63, 64), (64, 65), (100, 140), (0, 140)]
+)
 def test_every_mutated_inclusion_proof_is_rejected(i: int, n: int) -> None:
     proof = BIG.inclusion(i, n)
     for name, args in inclusion_mutations(i, n, proof):
         assert not m.verify_inclusion(*args), name
 
 
-@pytest.mark.parametrize(("a", "b"), [(1, 2), (3, 7), (4, 8), (6, 13), (64, 140), (77, 140),
-                                      (1, 140), (139, 140)])
+@pytest.mark.parametrize(
+    ("a", "b"), [(1, 2), (3, 7), (4, 8), (6, 13), (64, 140), (77, 140), (1, 140), (139, 140)]
+)
 def test_every_mutated_consistency_proof_is_rejected(a: int, b: int) -> None:
     proof = BIG.consistency(a, b)
     r1, r2 = BIG.root(a), BIG.root(b)
@@ -164,8 +170,8 @@ def test_every_mutated_consistency_proof_is_rejected(a: int, b: int) -> None:
         ("empty", (a, b, r1, r2, [])),
     ]
     for j in range(len(proof)):
-        muts.append((f"flip {j}", (a, b, r1, r2, [*proof[:j], flip(proof[j]), *proof[j + 1:]])))
-        muts.append((f"missing {j}", (a, b, r1, r2, proof[:j] + proof[j + 1:])))
+        muts.append((f"flip {j}", (a, b, r1, r2, [*proof[:j], flip(proof[j]), *proof[j + 1 :]])))
+        muts.append((f"missing {j}", (a, b, r1, r2, proof[:j] + proof[j + 1 :])))
     for name, args in muts:
         assert not m.verify_consistency(*args), name
 

@@ -1,0 +1,93 @@
+"""The audit record: every field the issue lists, redaction, and always-encodable values."""
+
+from __future__ import annotations
+
+import json
+
+from interlock.audit.record import REDACTED, build, encode, sanitize
+from interlock.core.model import Action, Agent, Operation
+from interlock.testing import make_pdp
+
+
+async def test_record_has_the_documented_fields() -> None:
+    pdp = make_pdp()
+    agent = Agent("reporter", ("analyst",), "alice@example.com", ("planner",), "jwt")
+    await pdp.decide(
+        Action(
+            agent,
+            "http",
+            Operation.PROMPT,
+            "api.llm.example",
+            {"model": "m", "Authorization": "Bearer abc", "nested": {"api_key": "k", "ok": 1}},
+            labels=frozenset({"pii"}),
+            parents=("p1",),
+            prompt_hash="ab" * 32,
+            prompt_text="hello",
+        )
+    )
+    rec = build(pdp.audit.last)  # type: ignore[attr-defined]
+    assert set(rec) == {
+        "v",
+        "decision_id",
+        "time",
+        "agent",
+        "action",
+        "prompt",
+        "parents",
+        "context",
+        "time_features",
+        "policy_version",
+        "risk",
+        "effect",
+        "reasons",
+        "restrictions",
+        "obligations",
+        "approver",
+    }
+    assert rec["agent"] == {
+        "id": "reporter",
+        "roles": ["analyst"],
+        "owner": "alice@example.com",
+        "delegation": ["planner"],
+        "authn": "jwt",
+    }
+    assert rec["action"]["details"] == {
+        "model": "m",
+        "Authorization": REDACTED,
+        "nested": {"api_key": REDACTED, "ok": 1},
+    }
+    assert rec["prompt"] == {"hash": "ab" * 32, "text": "hello"}
+    assert rec["parents"] == ["p1"]
+    assert rec["action"]["labels"] == ["pii"]
+    assert rec["time"].endswith("Z")
+    assert set(rec["risk"]) == {"score", "tier", "signals"}
+
+
+def test_sanitize_makes_hostile_values_encodable() -> None:
+    value = sanitize(
+        {
+            "big": 2**64,
+            "nan": float("nan"),
+            "lone": "\ud800x",
+            "one": 1.0,
+            "set": {"b", "a"},
+            "obj": object(),
+            "deep": [[[[1]]]],
+        }
+    )
+    assert value["big"] == str(2**64)
+    assert value["nan"] == "nan"
+    assert value["lone"] == "?x"
+    assert value["one"] == 1
+    assert isinstance(value["one"], int)
+    assert value["set"] == ["a", "b"]
+    assert isinstance(value["obj"], str)
+    json.dumps(value)
+
+
+async def test_encoding_is_stable() -> None:
+    pdp = make_pdp()
+    await pdp.decide(Action(Agent("a", authn="token"), "postgres", Operation.READ, "t"))
+    rec = pdp.audit.last  # type: ignore[attr-defined]
+    assert encode(rec) == encode(rec)
+    assert json.loads(encode(rec))["decision_id"] == rec.decision.decision_id
