@@ -11,9 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import pdp
+from bench import audit, pdp
 
-SUITES: dict[str, Callable[[bool], dict[str, Any]]] = {"pdp": pdp.run}
+SUITES: dict[str, Callable[[bool], dict[str, Any]]] = {"pdp": pdp.run, "audit": audit.run}
 
 
 def _machine() -> dict[str, Any]:
@@ -33,6 +33,12 @@ def _table(result: dict[str, Any]) -> str:
         f"{'baseline':<18} {'x p50':>6} {'x p99':>6}",
     ]
     for m in result["measurements"]:
+        if m["unit"] == "rec/s":
+            rows.append(
+                f"{m['name']:<20} {'':>9} {'':>9} {m['throughput'] or 0:>10.0f} "
+                f"{m['baseline'] or '-':<18} {m['notes'].get('ratio_to_raw', '-'):>6}"
+            )
+            continue
         rows.append(
             f"{m['name']:<20} {m['p50']:>7.1f}{m['unit']} {m['p99']:>7.1f}{m['unit']} "
             f"{m['throughput'] or 0:>10.0f} {m['baseline'] or '-':<18} "

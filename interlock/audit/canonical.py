@@ -128,9 +128,22 @@ _fast = json.JSONEncoder(
 ).encode
 
 
-def canonical_json(value: Any) -> bytes:
-    """The RFC 8785 canonical UTF-8 bytes of `value`."""
-    if _plain(value):
+def is_plain_float(x: float) -> bool:
+    """True when Python and ECMAScript print this finite float identically."""
+    return repr(x) == _number(x)
+
+
+def plain_key(key: str) -> bool:
+    """True when sorting `key` by code point equals sorting it by UTF-16 code unit."""
+    return key.isascii() or max(key) <= "\uffff"
+
+
+def canonical_json(value: Any, *, known_plain: bool = False) -> bytes:
+    """The RFC 8785 canonical UTF-8 bytes of `value`.
+
+    `known_plain` skips the check that the C encoder's output is already canonical, for
+    callers that established it while building the value (see `audit.record.sanitize`)."""
+    if known_plain or _plain(value):
         text = _fast(value)
     else:
         out: list[str] = []

@@ -220,3 +220,38 @@ def verify_consistency(
         fn >>= 1
         sn >>= 1
     return sn == 0 and fr == first_root and sr == second_root
+
+
+TILE_LEVEL = 4
+"""Stores keep interior nodes from this level up and compute the levels below from the
+leaf hashes kept beside each record (at most 8 leaves per node): one stored node per 16
+records instead of one per record, at the cost of one more indexed read per proof."""
+
+
+def split_keys(keys: Iterable[NodeKey]) -> tuple[list[NodeKey], list[NodeKey]]:
+    """(keys a store reads from its node table, keys it computes from leaf hashes)."""
+    high: list[NodeKey] = []
+    low: list[NodeKey] = []
+    for key in keys:
+        (high if key[0] >= TILE_LEVEL else low).append(key)
+    return high, low
+
+
+def leaves_needed(keys: Iterable[NodeKey]) -> set[int]:
+    """Leaf indices whose hashes determine the given low-level nodes."""
+    return {i for level, idx in keys for i in range(idx << level, (idx + 1) << level)}
+
+
+def from_leaves(keys: Iterable[NodeKey], leaves: Mapping[int, bytes]) -> dict[NodeKey, bytes]:
+    """Hash low-level nodes up from leaf hashes; keys whose leaves are missing are left out."""
+    out: dict[NodeKey, bytes] = {}
+    for level, idx in keys:
+        start = idx << level
+        row = [leaves.get(i) for i in range(start, start + (1 << level))]
+        if any(h is None for h in row):
+            continue
+        hashes = [h for h in row if h is not None]
+        while len(hashes) > 1:
+            hashes = [node_hash(hashes[i], hashes[i + 1]) for i in range(0, len(hashes), 2)]
+        out[(level, idx)] = hashes[0]
+    return out

@@ -20,7 +20,8 @@ from interlock.errors import AuditError
 SCHEMA_LOCK = 0x696E746C  # "intl": serialises schema creation between instances
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit_records (
-    idx BIGINT PRIMARY KEY, decision_id TEXT NOT NULL, data BYTEA NOT NULL);
+    idx BIGINT PRIMARY KEY, decision_id TEXT NOT NULL, data BYTEA NOT NULL,
+    leaf BYTEA NOT NULL);
 CREATE INDEX IF NOT EXISTS audit_records_decision ON audit_records (decision_id);
 CREATE TABLE IF NOT EXISTS audit_nodes (
     level INT NOT NULL, idx BIGINT NOT NULL, hash BYTEA NOT NULL, PRIMARY KEY (level, idx));
@@ -73,20 +74,23 @@ class PostgresStore:
                 if len(found) != len(keys):
                     raise AuditError("audit tree is damaged: frontier nodes are missing")
                 front = merkle.frontier_from(size, found)
-                new, _ = merkle.extend(size, front, [merkle.leaf_hash(d) for _, d in entries])
+                leaves = [merkle.leaf_hash(d) for _, d in entries]
+                new, _ = merkle.extend(size, front, leaves)
+                high = [n for n in new if n[0] >= merkle.TILE_LEVEL]
                 await conn.execute(
-                    "INSERT INTO audit_records (idx, decision_id, data) "
-                    "SELECT * FROM unnest($1::bigint[], $2::text[], $3::bytea[])",
+                    "INSERT INTO audit_records (idx, decision_id, data, leaf) "
+                    "SELECT * FROM unnest($1::bigint[], $2::text[], $3::bytea[], $4::bytea[])",
                     [size + i for i in range(len(entries))],
                     [e[0] for e in entries],
                     [e[1] for e in entries],
+                    leaves,
                 )
                 await conn.execute(
                     "INSERT INTO audit_nodes (level, idx, hash) "
                     "SELECT * FROM unnest($1::int[], $2::bigint[], $3::bytea[])",
-                    [n[0] for n in new],
-                    [n[1] for n in new],
-                    [n[2] for n in new],
+                    [n[0] for n in high],
+                    [n[1] for n in high],
+                    [n[2] for n in high],
                 )
                 await conn.execute(
                     "UPDATE audit_head SET size = $1 WHERE id = 1", size + len(entries)
@@ -107,9 +111,11 @@ class PostgresStore:
         return int(rows[0]["size"])
 
     async def nodes(self, keys: Collection[NodeKey]) -> dict[NodeKey, bytes]:
-        keys = list(keys)
-        rows = await self._fetch(NODES_QUERY, [k[0] for k in keys], [k[1] for k in keys])
-        return {(int(r["level"]), int(r["idx"])): bytes(r["hash"]) for r in rows}
+        try:
+            async with self._p().acquire() as conn:
+                return await _nodes(conn, list(keys))
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            raise AuditError(f"postgres audit store: {exc}") from exc
 
     async def records(self, start: int, end: int) -> list[StoredRecord]:
         rows = await self._fetch(
@@ -144,8 +150,17 @@ class PostgresStore:
         return [(int(r["size"]), r["note"]) for r in rows]
 
 
-async def _nodes(conn: Any, keys: Sequence[NodeKey]) -> dict[NodeKey, bytes]:
-    if not keys:
-        return {}
-    rows = await conn.fetch(NODES_QUERY, [k[0] for k in keys], [k[1] for k in keys])
-    return {(int(r["level"]), int(r["idx"])): bytes(r["hash"]) for r in rows}
+async def _nodes(conn: Any, keys: Collection[NodeKey]) -> dict[NodeKey, bytes]:
+    """Stored nodes from the node table; low levels computed from the records' leaves."""
+    high, low = merkle.split_keys(keys)
+    found: dict[NodeKey, bytes] = {}
+    if high:
+        rows = await conn.fetch(NODES_QUERY, [k[0] for k in high], [k[1] for k in high])
+        found = {(int(r["level"]), int(r["idx"])): bytes(r["hash"]) for r in rows}
+    if low:
+        rows = await conn.fetch(
+            "SELECT idx, leaf FROM audit_records WHERE idx = ANY($1)",
+            sorted(merkle.leaves_needed(low)),
+        )
+        found.update(merkle.from_leaves(low, {int(r["idx"]): bytes(r["leaf"]) for r in rows}))
+    return found

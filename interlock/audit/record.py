@@ -12,9 +12,16 @@ import math
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
-from interlock.audit.canonical import MAX_SAFE_INTEGER, canonical_json
+from interlock.audit.canonical import (
+    MAX_SAFE_INTEGER,
+    CanonicalizationError,
+    canonical_json,
+    is_plain_float,
+    plain_key,
+)
 from interlock.core.record import DecisionRecord
 
 RECORD_VERSION = 1
@@ -26,31 +33,68 @@ SECRET_KEY = re.compile(
 )
 
 
-def sanitize(value: Any, depth: int = 0) -> Any:
-    """JSON-safe, canonicalizable, secret-free copy of `value`."""
-    if depth > 32:
-        return "[too deep]"
-    if isinstance(value, str):
+class _Plain:
+    """Tracks, during `sanitize`, whether the result can skip canonical.py's own check."""
+
+    __slots__ = ("ok",)
+
+    def __init__(self) -> None:
+        self.ok = True
+
+
+_secret_keys: dict[str, bool] = {}
+
+
+def _secret(key: str) -> bool:
+    """Whether `key` names a secret; memoised, since the same keys recur in every record."""
+    found = _secret_keys.get(key)
+    if found is None:
+        found = SECRET_KEY.search(key) is not None
+        if len(_secret_keys) < 10_000:
+            _secret_keys[key] = found
+    return found
+
+
+def sanitize(value: Any, depth: int = 0, plain: _Plain | None = None) -> Any:
+    """JSON-safe, canonicalizable, secret-free copy of `value` (one pass, hot path)."""
+    t = type(value)
+    if t is str:
         # Lone surrogates cannot be UTF-8; keep the record writable rather than lose it.
         return value if value.isascii() else value.encode("utf-8", "replace").decode()
-    if value is None or isinstance(value, bool):
+    if depth > 32:
+        return "[too deep]"
+    if t is dict or t is MappingProxyType or (t is not str and isinstance(value, Mapping)):
+        out = {}
+        for k, v in value.items():
+            key = k if type(k) is str and k.isascii() else sanitize(str(k))
+            if plain is not None and not plain_key(key):
+                plain.ok = False
+            out[key] = REDACTED if _secret(key) else sanitize(v, depth + 1, plain)
+        return out
+    if t is list or t is tuple:
+        return [sanitize(v, depth + 1, plain) for v in value]
+    if t is int:
+        return value if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER else str(value)
+    if value is None or t is bool:
         return value
-    if isinstance(value, int):
-        return value if abs(value) <= MAX_SAFE_INTEGER else str(value)
-    if isinstance(value, float):
+    if t is float:
         if not math.isfinite(value):
             return str(value)
         if value.is_integer() and abs(value) <= MAX_SAFE_INTEGER:
             return int(value)
+        if plain is not None and not is_plain_float(value):
+            plain.ok = False
         return value
-    if isinstance(value, Mapping):
-        return {
-            str(k): REDACTED if SECRET_KEY.search(str(k)) else sanitize(v, depth + 1)
-            for k, v in value.items()
-        }
-    if isinstance(value, (list, tuple, set, frozenset)):
-        items = sorted(value, key=str) if isinstance(value, (set, frozenset)) else value
-        return [sanitize(v, depth + 1) for v in items]
+    if isinstance(value, (set, frozenset)):
+        return [sanitize(v, depth + 1, plain) for v in sorted(value, key=str)]
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return sanitize(int(value), depth, plain)
+    if isinstance(value, float):
+        return sanitize(float(value), depth, plain)
+    if isinstance(value, str):
+        return sanitize(str(value), depth, plain)
     return str(value)
 
 
@@ -60,8 +104,8 @@ def timestamp(t: float) -> str:
 
 
 def build(rec: DecisionRecord) -> dict[str, Any]:
+    """The record as plain data (not yet sanitized; `encode` does that in one pass)."""
     d, a = rec.decision, rec.action
-    context = rec.input.get("context", {})
     prompt = None
     if a.prompt_hash or a.prompt_text:
         prompt = {"hash": a.prompt_hash, "text": a.prompt_text}
@@ -71,37 +115,63 @@ def build(rec: DecisionRecord) -> dict[str, Any]:
         "time": timestamp(d.time),
         "agent": {
             "id": a.agent.id,
-            "roles": list(a.agent.roles),
+            "roles": a.agent.roles,
             "owner": a.agent.owner,
-            "delegation": list(a.agent.delegation),
+            "delegation": a.agent.delegation,
             "authn": a.agent.authn,
         },
         "action": {
             "protocol": a.protocol,
             "operation": a.operation.value,
             "target": a.target,
-            "details": sanitize(a.details),
+            "details": a.details,
             "labels": sorted(a.labels),
-            "threat_matches": list(a.threat_matches),
+            "threat_matches": a.threat_matches,
         },
-        "prompt": sanitize(prompt),
-        "parents": list(a.parents),
-        "context": sanitize(context),
-        "time_features": sanitize(rec.input.get("time", {})),
+        "prompt": prompt,
+        "parents": a.parents,
+        "context": rec.input.get("context", {}),
+        "time_features": rec.input.get("time", {}),
         "policy_version": d.policy_version,
-        "risk": {
-            "score": d.risk.score,
-            "tier": d.risk.tier.value,
-            "signals": sanitize(dict(d.risk.signals)),
-        },
+        "risk": {"score": d.risk.score, "tier": d.risk.tier.value, "signals": d.risk.signals},
         "effect": d.effect.value,
-        "reasons": sanitize(list(d.reasons)),
-        "restrictions": list(d.restrictions),
-        "obligations": sanitize([{"type": o.type, **o.params} for o in d.obligations]),
+        "reasons": d.reasons,
+        "restrictions": d.restrictions,
+        "obligations": [{"type": o.type, **o.params} for o in d.obligations],
         "approver": None,
     }
 
 
+def document(rec: DecisionRecord) -> dict[str, Any]:
+    """The record exactly as it is hashed: built, then sanitized and redacted."""
+    value: dict[str, Any] = sanitize(build(rec))
+    return value
+
+
+def _fast_document(rec: DecisionRecord) -> dict[str, Any]:
+    """`document` without walking the parts interlock built itself: only what came from
+    a PEP or a policy author (details, prompt, context, obligations) is sanitized."""
+    doc = build(rec)
+    action = doc["action"]
+    action["details"] = sanitize(action["details"])
+    doc["prompt"] = sanitize(doc["prompt"])
+    doc["context"] = sanitize(doc["context"])
+    doc["obligations"] = sanitize(doc["obligations"])
+    risk = doc["risk"]
+    risk["signals"] = {
+        k: int(v) if float(v).is_integer() else v for k, v in risk["signals"].items()
+    }
+    return doc
+
+
 def encode(rec: DecisionRecord) -> bytes:
-    """The canonical bytes that become the Merkle leaf."""
-    return canonical_json(build(rec))
+    """The canonical bytes that become the Merkle leaf.
+
+    The fast path trusts interlock's own fields; anything it cannot encode (a lone
+    surrogate in an agent id from a JWT, say) goes through the full sanitizer, so every
+    record can be written and one bad record never blocks the queue behind it."""
+    try:
+        return canonical_json(_fast_document(rec))
+    except (CanonicalizationError, TypeError, ValueError):
+        plain = _Plain()
+        return canonical_json(sanitize(build(rec), 0, plain), known_plain=plain.ok)

@@ -24,7 +24,8 @@ T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit_records (
-    idx INTEGER PRIMARY KEY, decision_id TEXT NOT NULL, data BLOB NOT NULL);
+    idx INTEGER PRIMARY KEY, decision_id TEXT NOT NULL, data BLOB NOT NULL,
+    leaf BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS audit_records_decision ON audit_records (decision_id);
 CREATE TABLE IF NOT EXISTS audit_nodes (
     level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL,
@@ -90,12 +91,16 @@ class SqliteStore:
             try:
                 (size,) = db.execute("SELECT size FROM audit_head WHERE id = 1").fetchone()
                 front = merkle.frontier_from(size, _complete(db, merkle.frontier_keys(size)))
-                new, _ = merkle.extend(size, front, [merkle.leaf_hash(d) for _, d in entries])
+                leaves = [merkle.leaf_hash(d) for _, d in entries]
+                new, _ = merkle.extend(size, front, leaves)
                 db.executemany(
-                    "INSERT INTO audit_records (idx, decision_id, data) VALUES (?, ?, ?)",
-                    [(size + i, did, data) for i, (did, data) in enumerate(entries)],
+                    "INSERT INTO audit_records (idx, decision_id, data, leaf) VALUES (?, ?, ?, ?)",
+                    [(size + i, did, data, leaves[i]) for i, (did, data) in enumerate(entries)],
                 )
-                db.executemany("INSERT INTO audit_nodes (level, idx, hash) VALUES (?, ?, ?)", new)
+                db.executemany(
+                    "INSERT INTO audit_nodes (level, idx, hash) VALUES (?, ?, ?)",
+                    [n for n in new if n[0] >= merkle.TILE_LEVEL],
+                )
                 db.execute("UPDATE audit_head SET size = ? WHERE id = 1", (size + len(entries),))
                 db.execute("COMMIT")
             except BaseException:
@@ -158,12 +163,11 @@ def _complete(db: sqlite3.Connection, keys: Collection[NodeKey]) -> dict[NodeKey
 
 
 def _nodes(db: sqlite3.Connection, keys: Collection[NodeKey]) -> dict[NodeKey, bytes]:
-    if not keys:
-        return {}
+    """Stored nodes from the node table; low levels computed from the records' leaves."""
+    high, low = merkle.split_keys(keys)
     found: dict[NodeKey, bytes] = {}
-    keys = list(keys)
-    for i in range(0, len(keys), 400):
-        chunk = keys[i : i + 400]
+    for i in range(0, len(high), 400):
+        chunk = high[i : i + 400]
         where = " OR ".join(["(level = ? AND idx = ?)"] * len(chunk))
         params = [v for key in chunk for v in key]
         for level, idx, h in db.execute(
@@ -171,4 +175,16 @@ def _nodes(db: sqlite3.Connection, keys: Collection[NodeKey]) -> dict[NodeKey, b
             params,
         ):
             found[(int(level), int(idx))] = bytes(h)
+    if low:
+        wanted = sorted(merkle.leaves_needed(low))
+        leaves: dict[int, bytes] = {}
+        for i in range(0, len(wanted), 500):
+            chunk_idx = wanted[i : i + 500]
+            marks = ",".join("?" * len(chunk_idx))
+            for idx, leaf in db.execute(
+                f"SELECT idx, leaf FROM audit_records WHERE idx IN ({marks})",  # noqa: S608
+                chunk_idx,
+            ):
+                leaves[int(idx)] = bytes(leaf)
+        found.update(merkle.from_leaves(low, leaves))
     return found

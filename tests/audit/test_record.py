@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from interlock.audit.record import REDACTED, build, encode, sanitize
+from interlock.audit.record import REDACTED, document, encode, sanitize
 from interlock.core.model import Action, Agent, Operation
 from interlock.testing import make_pdp
 
@@ -25,7 +25,7 @@ async def test_record_has_the_documented_fields() -> None:
             prompt_text="hello",
         )
     )
-    rec = build(pdp.audit.last)  # type: ignore[attr-defined]
+    rec = document(pdp.audit.last)  # type: ignore[attr-defined]
     assert set(rec) == {
         "v",
         "decision_id",

@@ -18,6 +18,7 @@ from interlock.audit.factory import log_for
 from interlock.audit.sqlite import SqliteStore
 from interlock.config import load_config
 from tests.audit.test_log import sample_records
+from tests.audit.test_merkle import mth
 
 pytestmark = pytest.mark.integration
 
@@ -111,7 +112,7 @@ CASES: list[tuple[str, Callable[[Path], None], int | None, str]] = [
         7,
         "record 7: missing",
     ),
-    ("reordered records", swap, 3, "record 3: does not match the leaf hash"),
+    ("reordered records", swap, 0, "record 0: records 0..15 do not match the stored tree"),
     (
         "truncated tail",
         lambda db: sql(
@@ -159,14 +160,9 @@ def test_whole_log_rebuilt_under_another_key_is_rejected(
     forger = Signer("interlock.local/audit", load_or_create_key(tmp_path / "forged.key"))
     conn = sqlite3.connect(db)
     with conn:
+        data = [bytes(d) for (d,) in conn.execute("SELECT data FROM audit_records ORDER BY idx")]
         for (size,) in conn.execute("SELECT size FROM audit_checkpoints").fetchall():
-            nodes = {
-                (lv, i): bytes(h)
-                for lv, i, h in conn.execute("SELECT level, idx, hash FROM audit_nodes")
-            }
-            note = sign_checkpoint(
-                forger, "interlock.local/audit", size, merkle.root_from(size, nodes)
-            )
+            note = sign_checkpoint(forger, "interlock.local/audit", size, mth(data[:size]))
             conn.execute("UPDATE audit_checkpoints SET note = ? WHERE size = ?", (note, size))
     conn.close()
     out = verify(cfg, key)
@@ -176,12 +172,21 @@ def test_whole_log_rebuilt_under_another_key_is_rejected(
 
 
 def rebuild_tree(db: Path) -> None:
+    """What a careful attacker does after editing records: recompute every hash."""
     conn = sqlite3.connect(db)
-    rows = conn.execute("SELECT data FROM audit_records ORDER BY idx").fetchall()
-    new, _ = merkle.extend(0, {}, [merkle.leaf_hash(bytes(d)) for (d,) in rows])
+    rows = conn.execute("SELECT idx, data FROM audit_records ORDER BY idx").fetchall()
+    leaves = [merkle.leaf_hash(bytes(d)) for _, d in rows]
+    new, _ = merkle.extend(0, {}, leaves)
     with conn:
+        conn.executemany(
+            "UPDATE audit_records SET leaf = ? WHERE idx = ?",
+            [(leaf, idx) for (idx, _), leaf in zip(rows, leaves, strict=True)],
+        )
         conn.execute("DELETE FROM audit_nodes")
-        conn.executemany("INSERT INTO audit_nodes VALUES (?, ?, ?)", new)
+        conn.executemany(
+            "INSERT INTO audit_nodes VALUES (?, ?, ?)",
+            [n for n in new if n[0] >= merkle.TILE_LEVEL],
+        )
     conn.close()
 
 
