@@ -1,0 +1,1 @@
+"""Policy enforcement points: one package per protocol, none importing another."""

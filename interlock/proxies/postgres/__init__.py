@@ -1,0 +1,1 @@
+"""The PostgreSQL wire-protocol proxy: sans-IO codec, session state, asyncio driver."""
