@@ -116,6 +116,9 @@ class AgentConfig(Section):
     roles: list[Name] = []
     owner: str | None = None
     ssh_keys: list[str] = []
+    postgres_scram: str | None = Field(None, pattern=r"^SCRAM-SHA-256\$\d+:[^$]+\$[^:]+:.+$")
+    """A PostgreSQL SCRAM verifier for the Postgres proxy, for agents whose token is given
+    only as token_sha256 (a plain `token` gets one derived at start-up)."""
 
     @model_validator(mode="after")
     def _one_secret(self) -> AgentConfig:
@@ -167,6 +170,18 @@ class HttpConfig(Section):
 class PostgresConfig(Section):
     listen: Listen = "127.0.0.1:6432"
     upstream: str = "postgresql://127.0.0.1:5432/postgres"
+    """Where statements go, with the credentials the proxy logs in with (agents never
+    see them)."""
+    login_timeout: float = Field(10.0, gt=0)
+    """A client that has not finished logging in by then is disconnected."""
+    max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+
+    @field_validator("upstream")
+    @classmethod
+    def _upstream(cls, v: str) -> str:
+        if not v.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL")
+        return v
 
 
 class SshConfig(Section):

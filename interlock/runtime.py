@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -38,9 +38,12 @@ class Runtime:
     endpoints: dict[str, str] = field(default_factory=dict)
     _runners: list[web.AppRunner] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _stoppers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def stop(self) -> None:
         """Stop accepting, then flush the audit log and write its final checkpoint."""
+        for stop in self._stoppers:
+            await stop()
         for runner in self._runners:
             await runner.cleanup()
         for task in self._tasks:
@@ -86,6 +89,20 @@ async def start(runtime: Runtime) -> None:
         runtime._runners.append(runner)
         bound = runner.addresses[0]
         runtime.endpoints["admin"] = f"http://{bound[0]}:{bound[1]}"
+    if cfg.postgres is not None:
+        from interlock.classify.sql import Catalog, SqlClassifier
+        from interlock.proxies.postgres.server import PostgresProxy
+
+        proxy = PostgresProxy(
+            cfg.postgres,
+            cfg.agents,
+            runtime.pdp,
+            SqlClassifier(Catalog.from_config(cfg.classification.postgres)),
+        )
+        await proxy.start()
+        runtime._stoppers.append(proxy.stop)
+        assert proxy.address is not None
+        runtime.endpoints["postgres"] = f"postgresql://{proxy.address[0]}:{proxy.address[1]}"
     runtime.endpoints["audit"] = cfg.audit.store
     runtime.endpoints["audit key"] = runtime.audit.signer.verifier.encode()
 

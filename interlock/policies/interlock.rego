@@ -41,7 +41,7 @@ exfiltration(inp, cfg) := set() if {
 
 # --- hard rules: deny ---------------------------------------------------------------------
 
-deny_reasons(inp, cfg) := posture_denials(inp, cfg) | identity_denials(inp) | intel_denials(inp, cfg) | forbidden(inp, cfg)
+deny_reasons(inp, cfg) := posture_denials(inp, cfg) | identity_denials(inp) | intel_denials(inp, cfg) | forbidden(inp, cfg) | flag_denials(inp, cfg)
 
 # Each set below starts with a guard for the common case (nothing to find), because
 # rego-cpp evaluates every comprehension otherwise and that is most of a decision's cost.
@@ -74,6 +74,15 @@ intel_denials(inp, cfg) := set() if {
 
 forbidden(inp, cfg) := {concat("", ["operation ", inp.action.operation, " is never allowed on ", inp.action.protocol]) |
 	inp.action.operation in object.get(cfg.forbidden_operations, inp.action.protocol, [])
+}
+
+# Classifier flags that no score excuses, per protocol (unparsable SQL, COPY ... PROGRAM,
+# changing the session's role, ...).
+flag_denials(inp, cfg) := set() if {
+	count(object.get(inp.action.details, "flags", [])) == 0
+} else := {concat("", ["forbidden construct: ", f]) |
+	some f in inp.action.details.flags
+	f in object.get(cfg.forbidden_flags, inp.action.protocol, [])
 }
 
 # --- progressive table --------------------------------------------------------------------

@@ -140,3 +140,15 @@ test_disabled_tool_reason_names_the_tool if {
 test_score_reason_states_tier_and_score if {
 	interlock.decide(tiered(base, "medium", 42), cfg).reasons == ["risk medium (42)"]
 }
+
+test_forbidden_sql_flags_are_denied if {
+	doc := object.union(base, {"action": object.union(base.action, {"details": {"flags": ["copy", "copy_program"]}})})
+	d := interlock.decide(doc, cfg)
+	d.effect == "deny"
+	d.reasons == ["forbidden construct: copy_program"]
+}
+
+test_harmless_sql_flags_are_not_denied if {
+	doc := object.union(base, {"action": object.union(base.action, {"details": {"flags": ["copy"]}})})
+	interlock.decide(doc, cfg).effect == "allow"
+}

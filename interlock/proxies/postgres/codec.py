@@ -20,6 +20,8 @@ memory one connection can pin."""
 MAX_SERVER_MESSAGE = 1024 * 1024 * 1024
 """The server's own limit on one message (a row can be up to 1 GB)."""
 SMALL_MESSAGES = frozenset(b"SHXc")
+FRONTEND_TYPES = frozenset(b"QPBDECSHXpdcfF")
+"""Every message type a client may send after startup (PostgreSQL docs, Message Formats)."""
 """Messages with an empty body: Sync, Flush, Terminate, CopyDone."""
 
 
@@ -110,6 +112,9 @@ class _Reader:
         if len(self._buf) < 5:
             return None
         kind = bytes(self._buf[:1])
+        if self._role == "client" and kind[0] not in FRONTEND_TYPES:
+            # Refuse at once rather than wait for a body whose length is garbage.
+            raise ProtocolError(f"unknown frontend message type {kind!r}")
         (length,) = struct.unpack("!i", self._buf[1:5])
         if length < 4:
             raise ProtocolError(f"message length {length} is below the minimum of 4")

@@ -1,0 +1,376 @@
+"""The asyncio driver of the PostgreSQL proxy: accept, authenticate, decide, relay.
+
+Enforcement keeps the server in charge of protocol state. A denied statement is not
+dropped: it is replaced by one that fails at parse analysis on the server
+(`SELECT 1 FROM pg_catalog.interlock_denied_<nonce>_<n>`, a relation no one can create),
+and the server's error is rewritten into the denial on its way back. So the client sees
+exactly what PostgreSQL does after any error: in the simple protocol one ErrorResponse and
+one ReadyForQuery with the right transaction status, in the extended protocol an error,
+everything discarded until Sync, exactly one ReadyForQuery, all in order with the
+responses to the messages around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from interlock.classify.sql import SqlClassification, SqlClassifier
+from interlock.config import AgentConfig, PostgresConfig
+from interlock.core.context import Posture
+from interlock.core.model import Action, Agent, Decision, Effect
+from interlock.core.pdp import PDP
+from interlock.proxies.postgres import messages as m
+from interlock.proxies.postgres import upstream as up
+from interlock.proxies.postgres.codec import FrontendReader, ProtocolError
+from interlock.proxies.postgres.scram import MECHANISM, ScramError, ScramServer, Verifier
+
+log = logging.getLogger(__name__)
+
+ALLOWED_STARTUP = frozenset(
+    {
+        "database",
+        "application_name",
+        "client_encoding",
+        "DateStyle",
+        "TimeZone",
+        "extra_float_digits",
+        "IntervalStyle",
+    }
+)
+"""Startup parameters passed upstream. `options` (which can set any setting, `role`
+included) and `replication` are refused outright."""
+REFUSED_STARTUP = frozenset({"options", "replication"})
+READ_CHUNK = 256 * 1024
+
+
+@dataclass
+class _Session:
+    agent: Agent
+    database: str
+    client_writer: asyncio.StreamWriter
+    conn: up.Connection
+    pid: int
+    key: int
+    nonce: str = field(default_factory=lambda: secrets.token_hex(8))
+    denials: dict[str, str] = field(default_factory=dict)
+    seq: int = 0
+    status: str = "I"
+    closed: bool = False
+
+    def denial_sql(self, reason: str) -> str:
+        self.seq += 1
+        marker = f"interlock_denied_{self.nonce}_{self.seq}"
+        self.denials[marker] = reason
+        return f"SELECT 1 FROM pg_catalog.{marker}"  # noqa: S608 (hex nonce and a counter)
+
+
+class PostgresProxy:
+    """Serves one listener; every connection runs on the PDP's loop."""
+
+    def __init__(
+        self,
+        config: PostgresConfig,
+        agents: Mapping[str, AgentConfig],
+        pdp: PDP,
+        classifier: SqlClassifier,
+    ) -> None:
+        self.config = config
+        self.pdp = pdp
+        self.classifier = classifier
+        self.upstream = up.Upstream.parse(config.upstream)
+        self.agents = dict(agents)
+        self.verifiers: dict[str, Verifier] = {}
+        for name, a in agents.items():
+            if a.postgres_scram:
+                self.verifiers[name] = Verifier.parse(a.postgres_scram)
+            elif a.token:
+                self.verifiers[name] = Verifier.from_password(a.token)
+        self._sessions: dict[tuple[int, int], _Session] = {}
+        self._server: asyncio.Server | None = None
+        self._unsubscribe = pdp.store.subscribe(self._posture_changed)
+        self.address: tuple[str, int] | None = None
+
+    async def start(self) -> None:
+        host, _, port = self.config.listen.rpartition(":")
+        self._server = await asyncio.start_server(self._handle, host.strip("[]"), int(port))
+        sock = self._server.sockets[0].getsockname()
+        self.address = (sock[0], sock[1])
+
+    async def stop(self) -> None:
+        self._unsubscribe()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for session in list(self._sessions.values()):
+            await self._terminate(session, "the proxy is shutting down", "57P01")
+
+    # --- connection set-up ---------------------------------------------------------
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        session: _Session | None = None
+        try:
+            session = await asyncio.wait_for(self._login(reader, writer), self.config.login_timeout)
+            if session is not None:
+                await self._relay(reader, session)
+        except TimeoutError:
+            await self._fatal(writer, "login timed out", "08006")
+        except ProtocolError as exc:
+            await self._fatal(writer, f"protocol violation: {exc}", "08P01")
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except Exception:
+            log.exception("postgres proxy connection failed")
+            await self._fatal(writer, "internal error in the proxy", "XX000")
+        finally:
+            if session is not None:
+                self._sessions.pop((session.pid, session.key), None)
+                session.conn.writer.close()
+            writer.close()
+
+    async def _read_message(self, reader: asyncio.StreamReader, frontend: FrontendReader) -> object:
+        while (msg := frontend.next()) is None:
+            data = await reader.read(READ_CHUNK)
+            if not data:
+                raise ConnectionError("client went away")
+            frontend.feed(data)
+        return msg
+
+    async def _login(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> _Session | None:
+        frontend = FrontendReader(self.config.max_message_bytes)
+        while True:
+            msg = await self._read_message(reader, frontend)
+            if isinstance(msg, (m.SSLRequest, m.GSSENCRequest)):
+                writer.write(b"N")
+                await writer.drain()
+                continue
+            if isinstance(msg, m.CancelRequest):
+                target = self._sessions.get((msg.pid, msg.key))
+                if target is not None:
+                    await up.cancel(self.upstream, target.conn.pid, target.conn.key)
+                return None
+            if isinstance(msg, m.StartupMessage):
+                break
+            raise ProtocolError("expected a startup packet")
+        params = msg.params
+        user = params["user"]
+        refused = REFUSED_STARTUP & set(params)
+        if refused:
+            await self._fatal(
+                writer, f"startup parameter {sorted(refused)[0]} is not allowed", "08004"
+            )
+            return None
+        verifier = self.verifiers.get(user) or Verifier.from_password(secrets.token_hex(16))
+        if not await self._authenticate(reader, writer, frontend, verifier):
+            await self._fatal(writer, f'password authentication failed for user "{user}"', "28P01")
+            return None
+        if user not in self.verifiers:
+            await self._fatal(writer, f'password authentication failed for user "{user}"', "28P01")
+            return None
+        posture = await self.pdp.store.posture(user, self.pdp.clock())
+        if posture.isolated:
+            await self._fatal(writer, "interlock: agent is isolated", "42501")
+            return None
+        forward = {k: v for k, v in params.items() if k in ALLOWED_STARTUP}
+        try:
+            conn = await up.connect(self.upstream, forward)
+        except up.UpstreamError as exc:
+            await self._fatal(writer, str(exc), "08006")
+            return None
+        entry = self.agents[user]
+        agent = Agent(user, tuple(entry.roles), entry.owner, (), "token")
+        pid, key = self._new_key()
+        session = _Session(
+            agent,
+            forward.get("database", self.upstream.database),
+            writer,
+            conn,
+            pid,
+            key,
+            status=conn.status,
+        )
+        self._sessions[(pid, key)] = session
+        out = [m.Authentication(0).encode()]
+        out += [p.encode() for p in conn.parameters]
+        out += [m.BackendKeyData(pid, key).encode(), m.ReadyForQuery(conn.status).encode()]
+        writer.write(b"".join(out))
+        await writer.drain()
+        return session
+
+    async def _authenticate(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        frontend: FrontendReader,
+        verifier: Verifier,
+    ) -> bool:
+        writer.write(m.Authentication(10, m.cstr(MECHANISM) + b"\0").encode())
+        await writer.drain()
+        server = ScramServer(verifier)
+        try:
+            first = await self._read_message(reader, frontend)
+            if not isinstance(first, m.AuthResponse):
+                raise ProtocolError("expected SASLInitialResponse")
+            body = first.body
+            mech, _, rest = body.partition(b"\0")
+            if mech.decode("latin-1") != MECHANISM or len(rest) < 4:
+                return False
+            (length,) = struct.unpack("!i", rest[:4])
+            if length != len(rest) - 4:
+                raise ProtocolError("SASLInitialResponse length mismatch")
+            writer.write(m.Authentication(11, server.first(rest[4:])).encode())
+            await writer.drain()
+            final = await self._read_message(reader, frontend)
+            if not isinstance(final, m.AuthResponse):
+                raise ProtocolError("expected SASLResponse")
+            writer.write(m.Authentication(12, server.final(final.body)).encode())
+            return True
+        except ScramError:
+            return False
+
+    def _new_key(self) -> tuple[int, int]:
+        while True:
+            pid = int.from_bytes(os.urandom(4), "big") & 0x7FFFFFFF
+            key = int.from_bytes(os.urandom(4), "big")
+            if (pid, key) not in self._sessions:
+                return pid, key
+
+    # --- relaying --------------------------------------------------------------------
+
+    async def _relay(self, reader: asyncio.StreamReader, session: _Session) -> None:
+        down = asyncio.create_task(self._downstream(session))
+        try:
+            await self._upstream_loop(reader, session)
+        finally:
+            down.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await down
+
+    async def _upstream_loop(self, reader: asyncio.StreamReader, session: _Session) -> None:
+        frontend = FrontendReader(self.config.max_message_bytes)
+        frontend.in_startup = False
+        while not session.closed:
+            data = await reader.read(READ_CHUNK)
+            if not data:
+                return
+            frontend.feed(data)
+            out: list[bytes] = []
+            while (msg := frontend.next()) is not None:
+                if isinstance(msg, m.Terminate):
+                    session.conn.writer.write(b"".join(out) + msg.encode())
+                    return
+                out.append(await self._police(session, msg))
+            session.conn.writer.write(b"".join(out))
+            await session.conn.writer.drain()
+
+    async def _police(self, session: _Session, msg: object) -> bytes:
+        """The bytes to send upstream for one client message."""
+        if isinstance(msg, m.Query):
+            sql = await self._checked(session, msg.sql)
+            return msg.encode() if sql is None else m.Query(sql).encode()
+        if isinstance(msg, m.Parse):
+            sql = await self._checked(session, msg.sql)
+            return msg.encode() if sql is None else m.Parse(msg.name, sql, msg.param_types).encode()
+        if isinstance(msg, m.FunctionCall):
+            reason = "the function-call protocol message is not allowed"
+            return m.Query(session.denial_sql(reason)).encode()
+        if isinstance(msg, m.AuthResponse):
+            raise ProtocolError("authentication message after login")
+        encode = getattr(msg, "encode", None)
+        if encode is None:
+            raise ProtocolError(f"cannot forward {type(msg).__name__}")
+        data: bytes = encode()
+        return data
+
+    async def _checked(self, session: _Session, sql: str) -> str | None:
+        """None when `sql` may go through; else the replacement that fails with the denial."""
+        classification = self.classifier.classify(sql)
+        if not classification.statements:
+            return None
+        decision = await self.pdp.decide(self._action(session, classification))
+        if decision.effect is Effect.ALLOW:
+            return None
+        return session.denial_sql(_reason(decision))
+
+    def _action(self, session: _Session, cls: SqlClassification) -> Action:
+        first = cls.statements[0]
+        target = next(iter(sorted(first.writes or first.reads)), "") or session.database
+        details: dict[str, Any] = {"database": session.database, **cls.details()}
+        return Action(session.agent, "postgres", cls.operation, target, details, labels=cls.labels)
+
+    async def _downstream(self, session: _Session) -> None:
+        conn = session.conn
+        writer = session.client_writer
+        try:
+            while True:
+                data = await conn.reader.read(READ_CHUNK)
+                if not data:
+                    break
+                conn.backend.feed(data)
+                out: list[bytes] = []
+                while (msg := conn.backend.next()) is not None:
+                    if isinstance(msg, m.ErrorResponse) and session.denials:
+                        msg = self._rewrite(session, msg)
+                    elif isinstance(msg, m.ReadyForQuery):
+                        session.status = msg.status
+                    out.append(msg.encode())  # type: ignore[attr-defined]
+                writer.write(b"".join(out))
+                await writer.drain()
+        except (ConnectionError, ProtocolError):
+            pass
+        if not session.closed:
+            await self._fatal(writer, "the database closed the connection", "08006")
+            session.closed = True
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    @staticmethod
+    def _rewrite(session: _Session, err: m.ErrorResponse) -> m.ErrorResponse:
+        text = err.message
+        for marker, reason in list(session.denials.items()):
+            if marker in text:
+                del session.denials[marker]
+                return m.error(f"interlock: {reason}")
+        return err
+
+    # --- posture and termination ------------------------------------------------------
+
+    def _posture_changed(self, agent_id: str, posture: Posture) -> None:
+        if not posture.isolated:
+            return
+        for session in [s for s in self._sessions.values() if s.agent.id == agent_id]:
+            asyncio.get_running_loop().create_task(
+                self._terminate(session, "agent is isolated", "42501")
+            )
+
+    async def _terminate(self, session: _Session, reason: str, code: str) -> None:
+        if session.closed:
+            return
+        session.closed = True
+        with contextlib.suppress(Exception):
+            await up.cancel(self.upstream, session.conn.pid, session.conn.key)
+        await self._fatal(session.client_writer, f"interlock: {reason}", code)
+        session.client_writer.close()
+        session.conn.writer.close()
+
+    @staticmethod
+    async def _fatal(writer: asyncio.StreamWriter, message: str, code: str) -> None:
+        with contextlib.suppress(Exception):
+            writer.write(m.error(message, code, "FATAL").encode())
+            await writer.drain()
+
+
+def _reason(decision: Decision) -> str:
+    why = "; ".join(decision.reasons) or decision.effect.value
+    if decision.effect is Effect.APPROVE:
+        why = f"held for approval and no approval channel is configured ({why})"
+    return f"{why} (decision {decision.decision_id})"

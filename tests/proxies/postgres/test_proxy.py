@@ -1,0 +1,189 @@
+"""Real clients through the proxy to a real PostgreSQL: allowed, denied, and after."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+
+import asyncpg
+import pg8000.native
+import psycopg
+import pytest
+
+from interlock.core.model import Effect
+from interlock.proxies.postgres import messages as m
+from tests.proxies.postgres.conftest import TOKEN, Proxied
+
+pytestmark = pytest.mark.integration
+
+
+async def test_asyncpg_reads_through_the_proxy_and_each_statement_is_decided(
+    proxied: Proxied,
+) -> None:
+    conn = await asyncpg.connect(proxied.dsn())
+    try:
+        assert await conn.fetchval("select count(*) from orders") == 20
+        rows = await conn.fetch("select id, total from orders where id <= $1", 3)
+        assert [r["id"] for r in rows] == [1, 2, 3]
+    finally:
+        await conn.close()
+    decided = [r.action.details["reads"] for r in proxied.sink.records]
+    assert ("public.orders",) in decided
+    assert all(r.decision.effect is Effect.ALLOW for r in proxied.sink.records)
+
+
+async def test_wrong_password_and_unknown_agent_are_refused(proxied: Proxied) -> None:
+    with pytest.raises(asyncpg.InvalidPasswordError):
+        await asyncpg.connect(proxied.dsn(password="wrong-token-000000000"))
+    with pytest.raises(asyncpg.InvalidPasswordError):
+        await asyncpg.connect(proxied.dsn(user="stranger"))
+
+
+async def test_denied_simple_query_keeps_the_session_usable(proxied: Proxied) -> None:
+    conn = await asyncpg.connect(proxied.dsn())
+    try:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match=r"interlock:.*decision"):
+            await conn.execute("select 1; copy orders to program 'cat'")
+        assert await conn.fetchval("select 41 + 1") == 42
+    finally:
+        await conn.close()
+
+
+async def test_denied_prepared_statement_in_a_transaction(proxied: Proxied) -> None:
+    conn = await asyncpg.connect(proxied.dsn())
+    try:
+        tr = conn.transaction()
+        await tr.start()
+        assert await conn.fetchval("select 1") == 1
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="forbidden construct"):
+            await conn.fetch("select pg_read_file('/etc/passwd')")
+        with pytest.raises(asyncpg.InFailedSQLTransactionError):
+            await conn.fetchval("select 2")
+        await tr.rollback()
+        assert await conn.fetchval("select 3") == 3
+    finally:
+        await conn.close()
+
+
+async def test_ddl_is_held_for_approval_and_denied_without_a_channel(proxied: Proxied) -> None:
+    conn = await asyncpg.connect(proxied.dsn())
+    try:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="held for approval"):
+            await conn.execute("create table t_new (a int)")
+        assert await conn.fetchval("select count(*) from orders") == 20
+    finally:
+        await conn.close()
+
+
+async def test_psql_through_the_proxy(proxied: Proxied) -> None:
+    """Blocking clients run in a thread: the proxy serves them on this test's loop."""
+    await asyncio.to_thread(_psql, proxied)
+
+
+def _psql(proxied: Proxied) -> None:
+    env = {**os.environ, "PGPASSWORD": TOKEN}
+    base = [
+        "psql",
+        "-h",
+        proxied.host,
+        "-p",
+        str(proxied.port),
+        "-U",
+        "reporter",
+        "-d",
+        proxied.database,
+        "-v",
+        "ON_ERROR_STOP=0",
+        "-tA",
+    ]
+    ok = subprocess.run(
+        [*base, "-c", "select sum(total) from orders"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip() == "2100"
+    denied = subprocess.run(
+        [*base, "-c", "set role postgres"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert "interlock: forbidden construct: sensitive_setting" in denied.stderr
+    copied = subprocess.run(
+        [*base, "-c", "\\copy orders to stdout"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert copied.returncode == 0, copied.stderr
+    assert len(copied.stdout.strip().splitlines()) == 20
+
+
+async def test_pg8000_through_the_proxy(proxied: Proxied) -> None:
+    await asyncio.to_thread(_pg8000, proxied)
+
+
+def _pg8000(proxied: Proxied) -> None:
+    conn = pg8000.native.Connection(
+        "reporter", host=proxied.host, port=proxied.port, database=proxied.database, password=TOKEN
+    )
+    try:
+        assert conn.run("select count(*) from orders where id > :n", n=10) == [[10]]
+        with pytest.raises(pg8000.native.DatabaseError, match="42501"):
+            conn.run("DO $$ begin perform 1; end $$")
+        assert conn.run("select 7") == [[7]]
+    finally:
+        conn.close()
+
+
+async def test_psycopg_pipeline_mode_through_the_proxy(proxied: Proxied) -> None:
+    await asyncio.to_thread(_psycopg, proxied)
+
+
+def _psycopg(proxied: Proxied) -> None:
+    with psycopg.connect(proxied.dsn(), autocommit=True) as conn:
+        with conn.pipeline():
+            c1 = conn.execute("select count(*) from orders")
+            c2 = conn.execute("select max(id) from orders")
+        assert c1.fetchone() == (20,)
+        assert c2.fetchone() == (20,)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("select set_config('role', 'postgres', false)")
+        assert conn.execute("select 5").fetchone() == (5,)
+
+
+async def test_isolation_terminates_open_sessions(proxied: Proxied) -> None:
+    conn = await asyncpg.connect(proxied.dsn())
+    try:
+        assert await conn.fetchval("select 1") == 1
+        await proxied.pdp.store.restrict("reporter", [], isolate=True)
+        await asyncio.sleep(0.2)
+        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError)):
+            await conn.fetchval("select 2")
+    finally:
+        await conn.close()
+    with pytest.raises(asyncpg.PostgresError, match="isolated"):
+        await asyncpg.connect(proxied.dsn())
+
+
+async def test_cancellation_reaches_the_right_backend_and_forged_keys_do_nothing(
+    proxied: Proxied,
+) -> None:
+    slow = "select count(*) from generate_series(1, 300000000)"
+    conn = await asyncpg.connect(proxied.dsn())
+    try:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(asyncio.TimeoutError):
+            await conn.fetchval(slow, timeout=0.5)
+        assert await conn.fetchval("select 9") == 9
+        assert asyncio.get_running_loop().time() - started < 10, "the cancel reached it"
+        reader, writer = await asyncio.open_connection(proxied.host, proxied.port)
+        writer.write(m.CancelRequest(12345, 67890).encode())
+        await writer.drain()
+        assert await reader.read() == b"", "a cancel gets no answer, forged or not"
+        writer.close()
+        assert await conn.fetchval("select 10") == 10
+    finally:
+        await conn.close()
