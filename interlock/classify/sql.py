@@ -216,7 +216,7 @@ class _Scope:
             for c in body.find_all(exp.Column):
                 for lab in self.resolve(c).values():
                     labels |= lab
-            if any(True for _ in body.find_all(exp.Star)):
+            if any(not isinstance(x.parent, exp.Count) for x in body.find_all(exp.Star)):
                 for lab in self.labelled(self.tables).values():
                     labels |= lab
             self.derived[name] = frozenset(labels) | self.derived.get(name, frozenset())
@@ -268,8 +268,9 @@ def _labels_of(node: exp.Expression, scope: _Scope) -> tuple[set[str], set[str]]
         for qualified, lab in scope.resolve(c).items():
             cols.add(qualified)
             labels |= lab
-    for _ in node.find_all(exp.Star):
-        if not isinstance(_.parent, exp.Column):
+    for star in node.find_all(exp.Star):
+        # count(*) counts rows; it reads no column values.
+        if not isinstance(star.parent, (exp.Column, exp.Count)):
             for qualified, lab in scope.labelled(scope.tables).items():
                 cols.add(qualified)
                 labels |= lab

@@ -87,15 +87,27 @@ flag_denials(inp, cfg) := set() if {
 
 # --- progressive table --------------------------------------------------------------------
 
-by_tier(inp, cfg) := {"effect": "allow", "reasons": [score_reason(inp)]} if {
+by_tier(inp, cfg) := {"effect": "allow", "reasons": [score_reason(inp)], "obligations": obligations(inp, cfg)} if {
 	inp.risk.tier == "low"
-} else := {"effect": "approve", "reasons": [score_reason(inp)]} if {
+} else := {"effect": "approve", "reasons": [score_reason(inp)], "obligations": obligations(inp, cfg)} if {
 	inp.risk.tier == "medium"
 } else := {"effect": "restrict", "reasons": [score_reason(inp)], "restrictions": [restriction_for(inp, cfg)]} if {
 	inp.risk.tier == "high"
 } else := {"effect": "isolate", "reasons": [score_reason(inp)]} if {
 	inp.risk.tier == "critical"
 }
+
+# Masking: values carrying these labels are hidden from agents without an exempt role.
+obligations(inp, cfg) := [] if {
+	count(inp.action.labels) == 0
+} else := [] if {
+	count(masked_labels(inp, cfg)) == 0
+} else := [{"type": "mask", "labels": sort([l | some l in masked_labels(inp, cfg)])}]
+
+masked_labels(inp, cfg) := set() if {
+	some role in inp.agent.roles
+	role in cfg.mask.exempt_roles
+} else := {l | some l in inp.action.labels; l in cfg.mask.labels}
 
 score_reason(inp) := concat("", ["risk ", inp.risk.tier, " (", format_int(inp.risk.score, 10), ")"])
 

@@ -152,3 +152,18 @@ test_harmless_sql_flags_are_not_denied if {
 	doc := object.union(base, {"action": object.union(base.action, {"details": {"flags": ["copy"]}})})
 	interlock.decide(doc, cfg).effect == "allow"
 }
+
+test_pii_reads_carry_a_mask_obligation if {
+	doc := object.union(base, {"action": object.union(base.action, {"labels": ["pii", "financial"]})})
+	d := interlock.decide(doc, cfg)
+	d.effect == "allow"
+	d.obligations == [{"type": "mask", "labels": ["pii"]}]
+}
+
+test_exempt_role_reads_unmasked if {
+	doc := object.union(base, {
+		"agent": object.union(base.agent, {"roles": ["pii_reader"]}),
+		"action": object.union(base.action, {"labels": ["pii"]}),
+	})
+	interlock.decide(doc, cfg).obligations == []
+}

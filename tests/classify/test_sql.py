@@ -183,3 +183,8 @@ def test_classifier_never_raises_and_never_returns_an_unclassified_statement(sql
     for s in result.statements:
         assert isinstance(s.operation, Operation)
         assert s.kind
+
+
+def test_count_star_reads_no_labelled_values() -> None:
+    s = one("select count(*) from payroll")
+    assert s.output_labels == (frozenset(),)

@@ -30,6 +30,7 @@ from interlock.core.pdp import PDP
 from interlock.proxies.postgres import messages as m
 from interlock.proxies.postgres import upstream as up
 from interlock.proxies.postgres.codec import FrontendReader, ProtocolError
+from interlock.proxies.postgres.results import NO_MASK, Mask, ResultTracker
 from interlock.proxies.postgres.scram import MECHANISM, ScramError, ScramServer, Verifier
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,9 @@ class _Session:
     seq: int = 0
     status: str = "I"
     closed: bool = False
+    results: ResultTracker = field(default_factory=ResultTracker)
+    statements: dict[str, Mask] = field(default_factory=dict)
+    portals: dict[str, str] = field(default_factory=dict)
 
     def denial_sql(self, reason: str) -> str:
         self.seq += 1
@@ -275,15 +279,27 @@ class PostgresProxy:
     async def _police(self, session: _Session, msg: object) -> bytes:
         """The bytes to send upstream for one client message."""
         if isinstance(msg, m.Query):
-            sql = await self._checked(session, msg.sql)
+            sql, masks = await self._checked(session, msg.sql)
+            session.results.sent_query(masks)
             return msg.encode() if sql is None else m.Query(sql).encode()
         if isinstance(msg, m.Parse):
-            sql = await self._checked(session, msg.sql)
-            return msg.encode() if sql is None else m.Parse(msg.name, sql, msg.param_types).encode()
-        if isinstance(msg, m.FunctionCall):
+            sql, masks = await self._checked(session, msg.sql)
+            session.statements[msg.name] = masks[0] if masks else NO_MASK
+            if sql is None:
+                return msg.encode()
+            return m.Parse(msg.name, sql, msg.param_types).encode()
+        if isinstance(msg, m.Bind):
+            session.portals[msg.portal] = msg.statement
+        elif isinstance(msg, m.Execute):
+            statement = session.portals.get(msg.portal, "")
+            session.results.sent_execute(session.statements.get(statement, NO_MASK))
+        elif isinstance(msg, m.Sync):
+            session.results.sent_sync()
+        elif isinstance(msg, m.FunctionCall):
+            session.results.sent_query([NO_MASK])
             reason = "the function-call protocol message is not allowed"
             return m.Query(session.denial_sql(reason)).encode()
-        if isinstance(msg, m.AuthResponse):
+        elif isinstance(msg, m.AuthResponse):
             raise ProtocolError("authentication message after login")
         encode = getattr(msg, "encode", None)
         if encode is None:
@@ -291,15 +307,38 @@ class PostgresProxy:
         data: bytes = encode()
         return data
 
-    async def _checked(self, session: _Session, sql: str) -> str | None:
-        """None when `sql` may go through; else the replacement that fails with the denial."""
+    async def _checked(self, session: _Session, sql: str) -> tuple[str | None, list[Mask]]:
+        """(None, masks) when `sql` may go through with these output masks per statement;
+        else (the replacement that fails with the denial, [])."""
         classification = self.classifier.classify(sql)
         if not classification.statements:
-            return None
+            return None, [NO_MASK]
         decision = await self.pdp.decide(self._action(session, classification))
-        if decision.effect is Effect.ALLOW:
-            return None
-        return session.denial_sql(_reason(decision))
+        if decision.effect is not Effect.ALLOW:
+            return session.denial_sql(_reason(decision)), [NO_MASK]
+        hidden = frozenset(
+            label
+            for o in decision.obligations
+            if o.type == "mask"
+            for label in o.params.get("labels", ())
+        )
+        masks: list[Mask] = []
+        for statement in classification.statements:
+            if not hidden or not statement.labels & hidden:
+                masks.append(NO_MASK)
+            elif statement.output_labels is None:
+                why = (
+                    f"masking {', '.join(sorted(hidden & statement.labels))} needs the "
+                    f"result columns named, not * (decision {decision.decision_id})"
+                )
+                return session.denial_sql(why), [NO_MASK]
+            else:
+                masks.append(
+                    frozenset(
+                        i for i, labels in enumerate(statement.output_labels) if labels & hidden
+                    )
+                )
+        return None, masks
 
     def _action(self, session: _Session, cls: SqlClassification) -> Action:
         first = cls.statements[0]
@@ -317,11 +356,24 @@ class PostgresProxy:
                     break
                 conn.backend.feed(data)
                 out: list[bytes] = []
+                results = session.results
                 while (msg := conn.backend.next()) is not None:
-                    if isinstance(msg, m.ErrorResponse) and session.denials:
-                        msg = self._rewrite(session, msg)
+                    if isinstance(msg, m.Raw):
+                        if msg.kind == b"D":
+                            msg = results.row(msg)
+                        elif msg.kind == b"d":
+                            msg = results.copy_data(msg)
+                        elif msg.kind in (b"I", b"s"):
+                            results.completed()
+                    elif isinstance(msg, m.CommandComplete):
+                        results.completed()
+                    elif isinstance(msg, m.ErrorResponse):
+                        results.failed()
+                        if session.denials:
+                            msg = self._rewrite(session, msg)
                     elif isinstance(msg, m.ReadyForQuery):
                         session.status = msg.status
+                        results.ready()
                     out.append(msg.encode())  # type: ignore[attr-defined]
                 writer.write(b"".join(out))
                 await writer.drain()

@@ -19,7 +19,8 @@ from tests.audit.conftest import fresh_database
 from tests.services import Postgres
 
 TOKEN = "reporter-token-0123456789"
-LABELS = {"public.payroll.salary": ["financial", "restricted"]}
+LABELS = {"public.payroll.salary": ["financial", "restricted"], "public.payroll.name": ["pii"]}
+HR_TOKEN = "hr-agent-token-0123456789"
 
 
 @dataclass
@@ -52,7 +53,10 @@ async def proxied(postgres: Postgres) -> AsyncIterator[Proxied]:
     pdp = PDP(manager, MemoryStore(), sink)
     proxy = PostgresProxy(
         PostgresConfig(listen="127.0.0.1:0", upstream=upstream),
-        {"reporter": AgentConfig(token=TOKEN, roles=["analyst"])},
+        {
+            "reporter": AgentConfig(token=TOKEN, roles=["analyst"]),
+            "hr": AgentConfig(token=HR_TOKEN, roles=["pii_reader"]),
+        },
         pdp,
         SqlClassifier(Catalog.from_config(LABELS)),
     )

@@ -1,0 +1,122 @@
+"""Mask obligations: labelled values never reach the agent, whatever the query shape."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+
+import asyncpg
+import psycopg
+import pytest
+
+from tests.proxies.postgres.conftest import HR_TOKEN, TOKEN, Proxied
+
+pytestmark = pytest.mark.integration
+
+
+async def test_pii_column_is_nulled_and_other_columns_kept(proxied: Proxied) -> None:
+    conn = await asyncpg.connect(proxied.dsn())
+    try:
+        rows = await conn.fetch("select id, name, salary from payroll order by id")
+        assert [(r["id"], r["name"], int(r["salary"])) for r in rows] == [
+            (1, None, 100),
+            (2, None, 200),
+        ]
+        derived = await conn.fetch("select upper(name) || '!' as shout, id from payroll")
+        assert all(r["shout"] is None for r in derived)
+        whole = await conn.fetch("select row_to_json(p) as j from payroll p")
+        assert all(r["j"] is None for r in whole)
+    finally:
+        await conn.close()
+
+
+async def test_star_over_masked_data_is_denied(proxied: Proxied) -> None:
+    conn = await asyncpg.connect(proxied.dsn())
+    try:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="needs the result columns"):
+            await conn.fetch("select * from payroll")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.fetch("select p.* from payroll p")
+        assert await conn.fetchval("select count(*) from payroll") == 2
+    finally:
+        await conn.close()
+
+
+async def test_simple_protocol_masks_only_the_statement_that_needs_it(
+    proxied: Proxied,
+) -> None:
+    def run() -> list[list[tuple[object, ...]]]:
+        with psycopg.connect(proxied.dsn(), autocommit=True) as conn:
+            cur = conn.cursor()
+            cur.execute(
+                "select name from payroll order by id; select id from orders order by id limit 2",
+                prepare=False,
+            )
+            first = cur.fetchall()
+            assert cur.nextset()
+            return [first, cur.fetchall()]
+
+    first, second = await asyncio.to_thread(run)
+    assert first == [(None,), (None,)]
+    assert second == [(1,), (2,)]
+
+
+async def test_pipeline_mode_masks_each_execute(proxied: Proxied) -> None:
+    def run() -> tuple[object, object]:
+        with psycopg.connect(proxied.dsn(), autocommit=True) as conn:
+            with conn.pipeline():
+                a = conn.execute("select id from orders where id = 1")
+                b = conn.execute("select name, id from payroll where id = 1")
+            return a.fetchone(), b.fetchone()
+
+    a, b = await asyncio.to_thread(run)
+    assert a == (1,)
+    assert b == (None, 1)
+
+
+async def test_copy_to_stdout_masks_named_columns_and_refuses_unnamed(
+    proxied: Proxied,
+) -> None:
+    env = {**os.environ, "PGPASSWORD": TOKEN}
+    base = [
+        "psql",
+        "-h",
+        proxied.host,
+        "-p",
+        str(proxied.port),
+        "-U",
+        "reporter",
+        "-d",
+        proxied.database,
+        "-tA",
+    ]
+
+    def run(cmd: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*base, "-c", cmd], capture_output=True, text=True, env=env, timeout=60
+        )
+
+    named = await asyncio.to_thread(run, "\\copy payroll (id, name) to stdout")
+    assert named.returncode == 0, named.stderr
+    assert named.stdout.splitlines() == ["1\t\\N", "2\t\\N"]
+    unnamed = await asyncio.to_thread(run, "\\copy payroll to stdout")
+    assert "needs the result columns named" in unnamed.stderr
+
+
+async def test_an_exempt_role_sees_the_values(proxied: Proxied) -> None:
+    conn = await asyncpg.connect(proxied.dsn(user="hr", password=HR_TOKEN))
+    try:
+        assert await conn.fetchval("select name from payroll where id = 1") == "ann"
+    finally:
+        await conn.close()
+
+
+async def test_reading_restricted_data_taints_the_session(proxied: Proxied) -> None:
+    conn = await asyncpg.connect(proxied.dsn())
+    try:
+        await conn.fetch("select salary from payroll")
+    finally:
+        await conn.close()
+    view = await proxied.pdp.store.view("reporter", "x", proxied.pdp.clock())
+    assert "restricted_data_read" in view.taints
