@@ -175,6 +175,8 @@ class PostgresConfig(Section):
     login_timeout: float = Field(10.0, gt=0)
     """A client that has not finished logging in by then is disconnected."""
     max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    approval_timeout: float = Field(30.0, gt=0)
+    """How long a statement held for approval waits before it counts as denied."""
 
     @field_validator("upstream")
     @classmethod

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from interlock.admin.server import make_app
+from interlock.approvals.holds import Holds
 from interlock.audit.factory import log_for
 from interlock.audit.log import AuditLog
 from interlock.config import Config
@@ -35,6 +36,7 @@ class Runtime:
     pdp: PDP
     registry: AgentRegistry
     audit: AuditLog
+    holds: Holds = field(default_factory=Holds)
     endpoints: dict[str, str] = field(default_factory=dict)
     _runners: list[web.AppRunner] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -98,6 +100,7 @@ async def start(runtime: Runtime) -> None:
             cfg.agents,
             runtime.pdp,
             SqlClassifier(Catalog.from_config(cfg.classification.postgres)),
+            runtime.holds,
         )
         await proxy.start()
         runtime._stoppers.append(proxy.stop)

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from interlock.approvals.holds import Holds
 from interlock.classify.sql import SqlClassification, SqlClassifier
 from interlock.config import AgentConfig, PostgresConfig
 from interlock.core.context import Posture
@@ -85,8 +86,10 @@ class PostgresProxy:
         agents: Mapping[str, AgentConfig],
         pdp: PDP,
         classifier: SqlClassifier,
+        holds: Holds | None = None,
     ) -> None:
         self.config = config
+        self.holds = holds or Holds()
         self.pdp = pdp
         self.classifier = classifier
         self.upstream = up.Upstream.parse(config.upstream)
@@ -314,7 +317,12 @@ class PostgresProxy:
         if not classification.statements:
             return None, [NO_MASK]
         decision = await self.pdp.decide(self._action(session, classification))
-        if decision.effect is not Effect.ALLOW:
+        if decision.effect is Effect.APPROVE:
+            verdict = await self.holds.wait(decision, self.config.approval_timeout)
+            if not verdict.approved:
+                why = f"held for approval: {verdict.reason or 'denied'}; {_reason(decision)}"
+                return session.denial_sql(why), [NO_MASK]
+        elif decision.effect is not Effect.ALLOW:
             return session.denial_sql(_reason(decision)), [NO_MASK]
         hidden = frozenset(
             label
@@ -423,6 +431,4 @@ class PostgresProxy:
 
 def _reason(decision: Decision) -> str:
     why = "; ".join(decision.reasons) or decision.effect.value
-    if decision.effect is Effect.APPROVE:
-        why = f"held for approval and no approval channel is configured ({why})"
     return f"{why} (decision {decision.decision_id})"

@@ -52,7 +52,7 @@ async def proxied(postgres: Postgres) -> AsyncIterator[Proxied]:
     sink = CaptureSink()
     pdp = PDP(manager, MemoryStore(), sink)
     proxy = PostgresProxy(
-        PostgresConfig(listen="127.0.0.1:0", upstream=upstream),
+        PostgresConfig(listen="127.0.0.1:0", upstream=upstream, approval_timeout=1.0),
         {
             "reporter": AgentConfig(token=TOKEN, roles=["analyst"]),
             "hr": AgentConfig(token=HR_TOKEN, roles=["pii_reader"]),

@@ -66,12 +66,30 @@ async def test_denied_prepared_statement_in_a_transaction(proxied: Proxied) -> N
         await conn.close()
 
 
-async def test_ddl_is_held_for_approval_and_denied_without_a_channel(proxied: Proxied) -> None:
+async def test_ddl_is_held_and_denied_when_nobody_approves(proxied: Proxied) -> None:
     conn = await asyncpg.connect(proxied.dsn())
     try:
-        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="held for approval"):
+        with pytest.raises(asyncpg.InsufficientPrivilegeError,
+                           match="held for approval: approval not given within 1 s"):
             await conn.execute("create table t_new (a int)")
         assert await conn.fetchval("select count(*) from orders") == 20
+    finally:
+        await conn.close()
+
+
+async def test_held_ddl_runs_once_approved(proxied: Proxied) -> None:
+    conn = await asyncpg.connect(proxied.dsn())
+    try:
+        task = asyncio.create_task(conn.execute("create table t_approved (a int)"))
+        for _ in range(100):
+            if proxied.proxy.holds.pending():
+                break
+            await asyncio.sleep(0.01)
+        (held,) = proxied.proxy.holds.pending()
+        assert held.effect is Effect.APPROVE
+        assert proxied.proxy.holds.resolve(held.decision_id, True, "alice@example.com")
+        assert await task == "CREATE TABLE"
+        assert await conn.fetchval("select count(*) from t_approved") == 0
     finally:
         await conn.close()
 
