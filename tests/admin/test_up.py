@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -152,3 +153,39 @@ def _poll(admin: str, cond: Any, timeout: float = 20) -> dict[str, Any]:
             return body
         time.sleep(0.1)
     pytest.fail("condition not reached on /healthz")
+
+
+@pytest.mark.integration
+async def test_up_runs_the_postgres_proxy_and_audits_its_decisions(
+    tmp_path: Path, up_factory: Any, postgres: Any
+) -> None:
+    import asyncpg
+
+    from tests.audit.conftest import fresh_database
+
+    upstream = await fresh_database(postgres)
+    cfg = tmp_path / "interlock.toml"
+    cfg.write_text(
+        f'data_dir = "{tmp_path / "data"}"\n'
+        f'[agents.reporter]\ntoken = "reporter-token-0123456789"\n'
+        f'[admin]\nlisten = "127.0.0.1:{free_port()}"\n'
+        f'[postgres]\nlisten = "127.0.0.1:{free_port()}"\nupstream = "{upstream}"\n'
+    )
+    up = up_factory(["-c", str(cfg)], tmp_path)
+    await asyncio.to_thread(up.wait_ready)
+    line = next(x for x in up.banner if x.strip().startswith("postgres"))
+    host, port = line.split()[-1].rsplit("/", 1)[-1].split(":")
+    conn = await asyncpg.connect(host=host, port=int(port), user="reporter",
+                                 password="reporter-token-0123456789",
+                                 database=upstream.rsplit("/", 1)[1])
+    try:
+        assert await conn.fetchval("select 6 * 7") == 42
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("copy (select 1) to program 'true'")
+    finally:
+        await conn.close()
+    assert await asyncio.to_thread(up.stop) == 0
+    out = subprocess.run([sys.executable, "-m", "interlock.cli", "audit", "tail", "-n", "5",
+                          "-c", str(cfg)], capture_output=True, text=True, timeout=60)
+    effects = [json.loads(x)["effect"] for x in out.stdout.splitlines()]
+    assert effects == ["allow", "deny"]
