@@ -175,9 +175,13 @@ async def test_up_runs_the_postgres_proxy_and_audits_its_decisions(
     await asyncio.to_thread(up.wait_ready)
     line = next(x for x in up.banner if x.strip().startswith("postgres"))
     host, port = line.split()[-1].rsplit("/", 1)[-1].split(":")
-    conn = await asyncpg.connect(host=host, port=int(port), user="reporter",
-                                 password="reporter-token-0123456789",
-                                 database=upstream.rsplit("/", 1)[1])
+    conn = await asyncpg.connect(
+        host=host,
+        port=int(port),
+        user="reporter",
+        password="reporter-token-0123456789",
+        database=upstream.rsplit("/", 1)[1],
+    )
     try:
         assert await conn.fetchval("select 6 * 7") == 42
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
@@ -185,7 +189,12 @@ async def test_up_runs_the_postgres_proxy_and_audits_its_decisions(
     finally:
         await conn.close()
     assert await asyncio.to_thread(up.stop) == 0
-    out = subprocess.run([sys.executable, "-m", "interlock.cli", "audit", "tail", "-n", "5",
-                          "-c", str(cfg)], capture_output=True, text=True, timeout=60)
+    out = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "interlock.cli", "audit", "tail", "-n", "5", "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     effects = [json.loads(x)["effect"] for x in out.stdout.splitlines()]
     assert effects == ["allow", "deny"]

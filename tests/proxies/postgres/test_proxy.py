@@ -69,8 +69,10 @@ async def test_denied_prepared_statement_in_a_transaction(proxied: Proxied) -> N
 async def test_ddl_is_held_and_denied_when_nobody_approves(proxied: Proxied) -> None:
     conn = await asyncpg.connect(proxied.dsn())
     try:
-        with pytest.raises(asyncpg.InsufficientPrivilegeError,
-                           match="held for approval: approval not given within 1 s"):
+        with pytest.raises(
+            asyncpg.InsufficientPrivilegeError,
+            match="held for approval: approval not given within 1 s",
+        ):
             await conn.execute("create table t_new (a int)")
         assert await conn.fetchval("select count(*) from orders") == 20
     finally:

@@ -1,0 +1,198 @@
+"""Real servers on loopback for tests and benchmarks: PostgreSQL and PgBouncer.
+
+Each starts in a temporary directory on a free port and stops when its context ends. A
+missing binary raises `MissingService` saying how to install it; nothing falls back to a
+fake.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class MissingService(RuntimeError):
+    """A server binary is not installed, or could not start."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def pg_bindir() -> str:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not found:
+        raise MissingService(
+            "PostgreSQL server (initdb) is required; install it with: "
+            "apt-get install postgresql (or run `make test`, which does)"
+        )
+    return os.path.dirname(found[-1])
+
+
+@dataclass(frozen=True)
+class Postgres:
+    """A running throwaway PostgreSQL cluster with SCRAM-SHA-256 authentication."""
+
+    host: str
+    port: int
+    user: str
+    password: str
+    datadir: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def dsn(
+        self, database: str = "postgres", user: str | None = None, password: str | None = None
+    ) -> str:
+        return (
+            f"postgresql://{user or self.user}:{password or self.password}"
+            f"@{self.host}:{self.port}/{database}"
+        )
+
+    def stop(self) -> None:
+        """Shut the server down now (fast shutdown), e.g. to test an outage."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=20)
+
+
+def _as_postgres_user() -> list[str]:
+    """initdb refuses to run as root; run the server as `postgres` then."""
+    if os.geteuid() != 0:
+        return []
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        raise MissingService(
+            "running as root needs a 'postgres' system user (apt-get install postgresql creates it)"
+        ) from None
+    return ["runuser", "-u", "postgres", "--"]
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, ready: list[str]) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            raise MissingService(f"{what} exited at start-up: {err}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            if not ready or subprocess.run(ready, capture_output=True).returncode == 0:
+                return
+        if time.monotonic() > deadline:
+            raise MissingService(f"{what} did not become ready in 30 s")
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def postgres_server(settings: dict[str, str] | None = None) -> Iterator[Postgres]:
+    bindir = pg_bindir()
+    prefix = _as_postgres_user()
+    root = Path(tempfile.mkdtemp(prefix="interlock-pg-"))
+    datadir, sockdir = root / "data", root / "sock"
+    sockdir.mkdir()
+    password = "interlock-test-" + os.urandom(6).hex()
+    pwfile = root / "pwfile"
+    pwfile.write_text(password + "\n")
+    if prefix:
+        for p in (root, sockdir, pwfile):
+            shutil.chown(p, "postgres")
+    subprocess.run(
+        [
+            *prefix,
+            f"{bindir}/initdb",
+            "-D",
+            str(datadir),
+            "-U",
+            "postgres",
+            "--auth=scram-sha-256",
+            f"--pwfile={pwfile}",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    extra = [a for k, v in (settings or {}).items() for a in ("-c", f"{k}={v}")]
+    proc = subprocess.Popen(
+        [
+            *prefix,
+            f"{bindir}/postgres",
+            "-D",
+            str(datadir),
+            "-p",
+            str(port),
+            "-k",
+            str(sockdir),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "fsync=off",
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_port(
+            port, proc, "postgres", [f"{bindir}/pg_isready", "-h", "127.0.0.1", "-p", str(port)]
+        )
+        yield Postgres("127.0.0.1", port, "postgres", password, datadir, proc)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def pgbouncer(pg: Postgres, database: str, pool_size: int = 20) -> Iterator[int]:
+    """PgBouncer in transaction pooling mode in front of `pg`; yields its port."""
+    binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    if not os.path.exists(binary):
+        raise MissingService(
+            "PgBouncer is required for this baseline; install it with: apt-get install pgbouncer"
+        )
+    root = Path(tempfile.mkdtemp(prefix="interlock-pgb-"))
+    port = free_port()
+    (root / "users.txt").write_text(f'"{pg.user}" "{pg.password}"\n')
+    (root / "pgbouncer.ini").write_text(
+        f"[databases]\n{database} = host=127.0.0.1 port={pg.port} dbname={database}\n"
+        f"[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n"
+        f"auth_type = scram-sha-256\nauth_file = {root / 'users.txt'}\n"
+        f"pool_mode = transaction\ndefault_pool_size = {pool_size}\nmax_client_conn = 200\n"
+        f"unix_socket_dir =\nlogfile = {root / 'pgbouncer.log'}\n"
+        f"pidfile = {root / 'pgbouncer.pid'}\n"
+    )
+    prefix = _as_postgres_user()
+    if prefix:
+        for p in (root, root / "users.txt", root / "pgbouncer.ini"):
+            shutil.chown(p, "postgres")
+    proc = subprocess.Popen(
+        [*prefix, binary, str(root / "pgbouncer.ini")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_port(port, proc, "pgbouncer", [])
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        shutil.rmtree(root, ignore_errors=True)
