@@ -11,9 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import audit, pdp
+from bench import audit, pdp, postgres
 
-SUITES: dict[str, Callable[[bool], dict[str, Any]]] = {"pdp": pdp.run, "audit": audit.run}
+SUITES: dict[str, Callable[[bool], dict[str, Any]]] = {
+    "pdp": pdp.run,
+    "audit": audit.run,
+    "postgres": postgres.run,
+}
 
 
 def _machine() -> dict[str, Any]:

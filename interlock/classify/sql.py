@@ -25,7 +25,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
-from interlock.classify.sqlsplit import SplitError, split
+from interlock.classify.sqlsplit import SplitError, shape, split
 from interlock.core.model import Operation
 
 DEFAULT_SCHEMA = "public"
@@ -542,12 +542,13 @@ class SqlClassifier:
         self._cache_size = cache_size
 
     def classify(self, sql: str) -> SqlClassification:
-        hit = self._cache.get(sql)
+        key = shape(sql)
+        hit = self._cache.get(key)
         if hit is not None:
-            self._cache.move_to_end(sql)
+            self._cache.move_to_end(key)
             return hit
         result = self._classify(sql)
-        self._cache[sql] = result
+        self._cache[key] = result
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return result

@@ -90,3 +90,63 @@ def _quoted(sql: str, i: int, quote: str, backslash: bool) -> int:
             return j + 1
         j += 1
     raise SplitError(f"unterminated {quote}-quoted text")
+
+
+_NUMBER = re.compile(r"(?<![\w$.])\d+(?:\.\d+)?(?:[eE][+-]?\d+)?(?![\w$.])")
+
+
+def shape(sql: str) -> str:
+    """`sql` with numeric literals outside quotes and comments replaced by 0.
+
+    Classification never depends on a number's value, so statements that differ only in
+    their numbers (`... where aid = 17`) share one cache entry. Anything this scanner does
+    not understand is returned unchanged, which only costs a cache miss.
+    """
+    out: list[str] = []
+    i, n, plain_from = 0, len(sql), 0
+    try:
+        while i < n:
+            c = sql[i]
+            if c == "-" and sql.startswith("--", i):
+                end = sql.find("\n", i)
+                j = n if end < 0 else end + 1
+            elif c == "/" and sql.startswith("/*", i):
+                j = split_comment_end(sql, i)
+            elif c == "'":
+                escapes = i > 0 and sql[i - 1] in "eE" and (i < 2 or not _ident_char(sql[i - 2]))
+                j = _quoted(sql, i, "'", escapes)
+            elif c == '"':
+                j = _quoted(sql, i, '"', False)
+            elif (
+                c == "$"
+                and (m := _DOLLAR.match(sql, i))
+                and not (i > 0 and _ident_char(sql[i - 1]))
+            ):
+                end = sql.find(m.group(0), m.end())
+                if end < 0:
+                    return sql
+                j = end + len(m.group(0))
+            else:
+                i += 1
+                continue
+            out.append(_NUMBER.sub("0", sql[plain_from:i]))
+            out.append(sql[i:j])
+            i = plain_from = j
+    except SplitError:
+        return sql
+    out.append(_NUMBER.sub("0", sql[plain_from:]))
+    return "".join(out)
+
+
+def split_comment_end(sql: str, i: int) -> int:
+    depth, i, n = 1, i + 2, len(sql)
+    while depth:
+        if i >= n:
+            raise SplitError("unterminated /* comment")
+        if sql.startswith("/*", i):
+            depth, i = depth + 1, i + 2
+        elif sql.startswith("*/", i):
+            depth, i = depth - 1, i + 2
+        else:
+            i += 1
+    return i

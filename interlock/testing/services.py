@@ -163,7 +163,8 @@ def postgres_server(settings: dict[str, str] | None = None) -> Iterator[Postgres
 
 @contextlib.contextmanager
 def pgbouncer(pg: Postgres, database: str, pool_size: int = 20) -> Iterator[int]:
-    """PgBouncer in transaction pooling mode in front of `pg`; yields its port."""
+    """PgBouncer in session pooling mode in front of `pg` (1.18 cannot keep protocol-level
+    prepared statements in transaction mode); yields its port."""
     binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
     if not os.path.exists(binary):
         raise MissingService(
@@ -176,7 +177,7 @@ def pgbouncer(pg: Postgres, database: str, pool_size: int = 20) -> Iterator[int]
         f"[databases]\n{database} = host=127.0.0.1 port={pg.port} dbname={database}\n"
         f"[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n"
         f"auth_type = scram-sha-256\nauth_file = {root / 'users.txt'}\n"
-        f"pool_mode = transaction\ndefault_pool_size = {pool_size}\nmax_client_conn = 200\n"
+        f"pool_mode = session\ndefault_pool_size = {pool_size}\nmax_client_conn = 200\n"
         f"unix_socket_dir =\nlogfile = {root / 'pgbouncer.log'}\n"
         f"pidfile = {root / 'pgbouncer.pid'}\n"
     )

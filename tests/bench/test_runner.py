@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench import pdp
 from bench.stats import percentile, summarize
 
@@ -79,3 +81,20 @@ def test_unknown_suite_is_a_usage_error() -> None:
     )
     assert out.returncode == 2
     assert "unknown suite" in out.stderr
+
+
+@pytest.mark.integration
+def test_postgres_suite_runs_every_target_and_reports_budgets() -> None:
+    """A real (short) run: pgbench against PostgreSQL, PgBouncer and the proxy."""
+    from bench import postgres
+
+    result = postgres.run(quick=True)
+    names = {m["name"] for m in result["measurements"]}
+    for target in ("direct", "pgbouncer", "interlock"):
+        for mode in ("simple", "prepared"):
+            for clients in (1, 16):
+                assert f"{target}_{mode}_c{clients}" in names
+    for m in result["measurements"]:
+        assert m["throughput"] > 0
+        assert m["p99"] >= m["p50"] > 0
+    assert len(result["budgets"]) == 4

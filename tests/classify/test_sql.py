@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from interlock.classify.sql import Catalog, SqlClassifier
-from interlock.classify.sqlsplit import SplitError, split
+from interlock.classify.sqlsplit import SplitError, shape, split
 from interlock.core.model import Operation
 
 CATALOG = Catalog.from_config(
@@ -188,3 +188,27 @@ def test_classifier_never_raises_and_never_returns_an_unclassified_statement(sql
 def test_count_star_reads_no_labelled_values() -> None:
     s = one("select count(*) from payroll")
     assert s.output_labels == (frozenset(),)
+
+
+@pytest.mark.parametrize(
+    ("sql", "shaped"),
+    [
+        ("select * from t where id = 12345", "select * from t where id = 0"),
+        ("select 1.5e3, t1.c2, $1", "select 0, t1.c2, $1"),
+        ("select '42' /* 7 */ -- 8\n, 9", "select '42' /* 7 */ -- 8\n, 0"),
+        ("select $$ 9 $$, 10", "select $$ 9 $$, 0"),
+        ("select 'unterminated 5", "select 'unterminated 5"),
+    ],
+)
+def test_shape_replaces_only_numeric_literals(sql: str, shaped: str) -> None:
+    assert shape(sql) == shaped
+
+
+def test_statements_differing_only_in_numbers_share_a_classification() -> None:
+    c = SqlClassifier(CATALOG)
+    assert c.classify("select name from payroll where id = 1") is c.classify(
+        "select name from payroll where id = 2"
+    )
+    assert c.classify("select name from payroll where id = 1") is not c.classify(
+        "select salary from payroll where id = 1"
+    )
