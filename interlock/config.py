@@ -177,6 +177,25 @@ class PostgresConfig(Section):
     max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     approval_timeout: float = Field(30.0, gt=0)
     """How long a statement held for approval waits before it counts as denied."""
+    tls_cert: Path | None = None
+    """PEM certificate (chain) offered to clients that send SSLRequest."""
+    tls_key: Path | None = None
+    require_tls: bool = False
+    """Refuse clients that do not switch to TLS (needs tls_cert and tls_key)."""
+    upstream_tls: Literal["disable", "require", "verify-full"] = "disable"
+    """TLS to the database: require encrypts; verify-full also checks the certificate
+    against upstream_ca and the host name."""
+    upstream_ca: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls(self) -> PostgresConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("give both tls_cert and tls_key, or neither")
+        if self.require_tls and self.tls_cert is None:
+            raise ValueError("require_tls needs tls_cert and tls_key")
+        if self.upstream_tls == "verify-full" and self.upstream_ca is None:
+            raise ValueError("upstream_tls = verify-full needs upstream_ca")
+        return self
 
     @field_validator("upstream")
     @classmethod

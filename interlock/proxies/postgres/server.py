@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import secrets
+import ssl
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -102,6 +103,8 @@ class PostgresProxy:
                 self.verifiers[name] = Verifier.from_password(a.token)
         self._sessions: dict[tuple[int, int], _Session] = {}
         self._server: asyncio.Server | None = None
+        self.client_tls = _server_context(config)
+        self.upstream_tls = _client_context(config)
         self._unsubscribe = pdp.store.subscribe(self._posture_changed)
         self.address: tuple[str, int] | None = None
 
@@ -154,8 +157,18 @@ class PostgresProxy:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> _Session | None:
         frontend = FrontendReader(self.config.max_message_bytes)
+        encrypted = False
         while True:
             msg = await self._read_message(reader, frontend)
+            if isinstance(msg, m.SSLRequest) and self.client_tls is not None:
+                if frontend.buffered:
+                    # Bytes after SSLRequest arrived in the clear: a downgrade attempt.
+                    raise ProtocolError("data after SSLRequest before the TLS handshake")
+                writer.write(b"S")
+                await writer.drain()
+                await writer.start_tls(self.client_tls)
+                encrypted = True
+                continue
             if isinstance(msg, (m.SSLRequest, m.GSSENCRequest)):
                 writer.write(b"N")
                 await writer.drain()
@@ -168,6 +181,9 @@ class PostgresProxy:
             if isinstance(msg, m.StartupMessage):
                 break
             raise ProtocolError("expected a startup packet")
+        if self.config.require_tls and not encrypted:
+            await self._fatal(writer, "this proxy requires TLS (sslmode=require)", "28000")
+            return None
         params = msg.params
         user = params["user"]
         refused = REFUSED_STARTUP & set(params)
@@ -189,7 +205,7 @@ class PostgresProxy:
             return None
         forward = {k: v for k, v in params.items() if k in ALLOWED_STARTUP}
         try:
-            conn = await up.connect(self.upstream, forward)
+            conn = await up.connect(self.upstream, forward, self.upstream_tls)
         except up.UpstreamError as exc:
             await self._fatal(writer, str(exc), "08006")
             return None
@@ -427,6 +443,27 @@ class PostgresProxy:
         with contextlib.suppress(Exception):
             writer.write(m.error(message, code, "FATAL").encode())
             await writer.drain()
+
+
+def _server_context(config: PostgresConfig) -> ssl.SSLContext | None:
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(config.tls_cert, config.tls_key)
+    return ctx
+
+
+def _client_context(config: PostgresConfig) -> ssl.SSLContext | None:
+    if config.upstream_tls == "disable":
+        return None
+    ctx = ssl.create_default_context(cafile=config.upstream_ca)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if config.upstream_tls == "require":
+        # libpq's sslmode=require: encrypted, certificate not checked.
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 def _reason(decision: Decision) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ssl
 import struct
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
@@ -58,14 +59,25 @@ class Connection:
         return msg
 
 
-async def connect(up: Upstream, params: dict[str, str]) -> Connection:
+async def connect(
+    up: Upstream, params: dict[str, str], tls: ssl.SSLContext | None = None
+) -> Connection:
     """Open and authenticate a connection; `params` are the client's allowed startup
-    parameters (database, application_name, ...)."""
+    parameters (database, application_name, ...). With `tls`, the connection must be
+    encrypted: a server that declines SSLRequest is refused."""
     try:
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(up.host, up.port), CONNECT_TIMEOUT_S
         )
-    except (OSError, TimeoutError) as exc:
+        if tls is not None:
+            writer.write(m.SSLRequest().encode())
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.readexactly(1), CONNECT_TIMEOUT_S)
+            if answer != b"S":
+                writer.close()
+                raise UpstreamError("the database does not accept TLS")
+            await writer.start_tls(tls, server_hostname=up.host)
+    except (OSError, TimeoutError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
         raise UpstreamError(f"cannot reach the database: {exc}") from exc
     conn = Connection(reader, writer, BackendReader(), 0, 0, [], "I")
     startup = {"database": up.database, **params, "user": up.user}
