@@ -186,6 +186,9 @@ class PostgresConfig(Section):
     """TLS to the database: require encrypts; verify-full also checks the certificate
     against upstream_ca and the host name."""
     upstream_ca: Path | None = None
+    discover_labels: bool = False
+    """Read `COMMENT ON COLUMN ... IS 'classification: ...'` labels (and views over
+    labelled columns) from the database at start-up, in addition to the configured ones."""
 
     @model_validator(mode="after")
     def _tls(self) -> PostgresConfig:

@@ -541,6 +541,11 @@ class SqlClassifier:
         self._cache: OrderedDict[str, SqlClassification] = OrderedDict()
         self._cache_size = cache_size
 
+    def use_catalog(self, catalog: Catalog) -> None:
+        """Switch catalogs (labels discovered, reloaded); cached results are dropped."""
+        self.catalog = catalog
+        self._cache.clear()
+
     def classify(self, sql: str) -> SqlClassification:
         key = shape(sql)
         hit = self._cache.get(key)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from interlock.approvals.holds import Holds
-from interlock.classify.sql import SqlClassification, SqlClassifier
+from interlock.classify.sql import Catalog, SqlClassification, SqlClassifier
 from interlock.config import AgentConfig, PostgresConfig
 from interlock.core.context import Posture
 from interlock.core.model import Action, Agent, Decision, Effect
@@ -32,6 +32,7 @@ from interlock.core.pdp import PDP
 from interlock.proxies.postgres import messages as m
 from interlock.proxies.postgres import upstream as up
 from interlock.proxies.postgres.codec import FrontendReader, ProtocolError
+from interlock.proxies.postgres.discovery import discover
 from interlock.proxies.postgres.results import NO_MASK, Mask, ResultTracker
 from interlock.proxies.postgres.scram import MECHANISM, ScramError, ScramServer, Verifier
 
@@ -109,6 +110,11 @@ class PostgresProxy:
         self.address: tuple[str, int] | None = None
 
     async def start(self) -> None:
+        if self.config.discover_labels:
+            labels = await discover(
+                self.config.upstream, self.upstream_tls, dict(self.classifier.catalog.labels)
+            )
+            self.classifier.use_catalog(Catalog(labels))
         host, _, port = self.config.listen.rpartition(":")
         self._server = await asyncio.start_server(self._handle, host.strip("[]"), int(port))
         sock = self._server.sockets[0].getsockname()

@@ -1,0 +1,72 @@
+"""Label discovery from the database itself: `COMMENT ON COLUMN ... IS 'classification: x, y'`.
+
+Views inherit labels: every column of a view that reads a labelled column (found through
+the view's rewrite rule in pg_depend) carries the union of those labels. That is coarser
+than per-column lineage, and errs towards masking too much rather than too little.
+"""
+
+from __future__ import annotations
+
+import re
+import ssl
+
+import asyncpg
+
+PREFIX = re.compile(r"^\s*classification\s*:\s*(.+)$", re.I | re.S)
+
+COLUMNS = """
+SELECT n.nspname AS schema, c.relname AS rel, a.attname AS col, d.description AS text
+FROM pg_description d
+JOIN pg_class c ON d.classoid = 'pg_class'::regclass AND d.objoid = c.oid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = d.objsubid
+WHERE d.objsubid > 0 AND d.description ~* '^\\s*classification\\s*:'
+"""
+VIEWS = """
+SELECT DISTINCT vn.nspname AS vschema, v.relname AS view, va.attname AS vcol,
+       tn.nspname AS tschema, t.relname AS tab, ta.attname AS tcol
+FROM pg_depend dep
+JOIN pg_rewrite r ON dep.classid = 'pg_rewrite'::regclass AND dep.objid = r.oid
+JOIN pg_class v ON v.oid = r.ev_class AND v.relkind IN ('v', 'm')
+JOIN pg_namespace vn ON vn.oid = v.relnamespace
+JOIN pg_attribute va ON va.attrelid = v.oid AND va.attnum > 0 AND NOT va.attisdropped
+JOIN pg_class t ON t.oid = dep.refobjid AND dep.refobjsubid > 0
+JOIN pg_namespace tn ON tn.oid = t.relnamespace
+JOIN pg_attribute ta ON ta.attrelid = t.oid AND ta.attnum = dep.refobjsubid
+WHERE t.oid <> v.oid
+"""
+
+
+def parse_comment(text: str) -> frozenset[str]:
+    """Labels in a `classification: a, b` comment (empty if it is not one)."""
+    m = PREFIX.match(text or "")
+    if not m:
+        return frozenset()
+    return frozenset(x.strip().lower() for x in re.split(r"[,\s]+", m.group(1)) if x.strip())
+
+
+async def discover(
+    dsn: str, tls: ssl.SSLContext | None = None, known: dict[str, frozenset[str]] | None = None
+) -> dict[str, frozenset[str]]:
+    """Column labels from comments, plus view columns reading labelled columns, merged
+    with `known` (the configured catalog)."""
+    labels: dict[str, frozenset[str]] = dict(known or {})
+    conn = await asyncpg.connect(dsn, ssl=tls if tls is not None else False)
+    try:
+        for row in await conn.fetch(COLUMNS):
+            key = f"{row['schema']}.{row['rel']}.{row['col']}".lower()
+            labels[key] = labels.get(key, frozenset()) | parse_comment(row["text"])
+        views: dict[str, set[str]] = {}
+        columns: dict[str, set[str]] = {}
+        for row in await conn.fetch(VIEWS):
+            source = f"{row['tschema']}.{row['tab']}.{row['tcol']}".lower()
+            view = f"{row['vschema']}.{row['view']}".lower()
+            columns.setdefault(view, set()).add(f"{view}.{row['vcol']}".lower())
+            if source in labels:
+                views.setdefault(view, set()).update(labels[source])
+        for view, found in views.items():
+            for col in columns[view]:
+                labels[col] = labels.get(col, frozenset()) | frozenset(found)
+    finally:
+        await conn.close()
+    return labels
