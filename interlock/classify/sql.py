@@ -533,6 +533,21 @@ def _unparsed(text: str, why: str) -> SqlClassification:
     )
 
 
+_COPY_OPTIONS = re.compile(
+    r"^(\s*copy\b.*?\b(?:stdin|stdout|'[^']*'|program\s+'[^']*'))\s*(?:with\s*)?"
+    r"\(\s*(?:format|freeze|delimiter|null|header|quote|escape|force_quote|force_not_null|"
+    r"force_null|encoding|default)\b[^)]*\)\s*$",
+    re.I | re.S,
+)
+
+
+def _parsable(statement: str) -> str:
+    """The statement as sqlglot can read it. sqlglot does not parse COPY's option list
+    (`(FORMAT binary)`), which cannot change what COPY reads or writes, so it is cut."""
+    m = _COPY_OPTIONS.match(statement)
+    return m.group(1) if m else statement
+
+
 class SqlClassifier:
     """Classifies SQL text against a catalog, caching results by text (bounded LRU)."""
 
@@ -565,14 +580,20 @@ class SqlClassifier:
             return _unparsed(sql, "unterminated")
         if not pieces:
             return SqlClassification(())
-        try:
-            trees: list[exp.Expression] = [
-                t for t in sqlglot.parse(sql, read="postgres") if isinstance(t, exp.Expression)
-            ]
-        except (SqlglotError, ValueError, RecursionError):
-            return _unparsed(sql, "parse_error")
-        if len(trees) != len(pieces):
-            return _unparsed(sql, "ambiguous_boundaries")
+        trees: list[exp.Expression] = []
+        for piece in pieces:
+            try:
+                parsed = [
+                    t
+                    for t in sqlglot.parse(_parsable(piece), read="postgres")
+                    if isinstance(t, exp.Expression)
+                ]
+            except (SqlglotError, ValueError, RecursionError):
+                return _unparsed(sql, "parse_error")
+            if len(parsed) != 1:
+                # sqlglot sees more or fewer statements than PostgreSQL would.
+                return _unparsed(sql, "ambiguous_boundaries")
+            trees.append(parsed[0])
         try:
             return SqlClassification(
                 tuple(

@@ -27,6 +27,7 @@ from interlock.approvals.holds import Holds
 from interlock.classify.sql import Catalog, SqlClassification, SqlClassifier
 from interlock.config import AgentConfig, PostgresConfig
 from interlock.core.context import Posture
+from interlock.core.enforcement import posture_veto
 from interlock.core.model import Action, Agent, Decision, Effect
 from interlock.core.pdp import PDP
 from interlock.proxies.postgres import messages as m
@@ -70,7 +71,10 @@ class _Session:
     closed: bool = False
     results: ResultTracker = field(default_factory=ResultTracker)
     statements: dict[str, Mask] = field(default_factory=dict)
+    actions: dict[str, Action] = field(default_factory=dict)
+    """The action each prepared statement was decided as, to re-check posture at Execute."""
     portals: dict[str, str] = field(default_factory=dict)
+    last_action: Action | None = None
 
     def denial_sql(self, reason: str) -> str:
         self.seq += 1
@@ -310,6 +314,9 @@ class PostgresProxy:
         if isinstance(msg, m.Parse):
             sql, masks = await self._checked(session, msg.sql)
             session.statements[msg.name] = masks[0] if masks else NO_MASK
+            session.actions.pop(msg.name, None)
+            if sql is None and session.last_action is not None:
+                session.actions[msg.name] = session.last_action
             if sql is None:
                 return msg.encode()
             return m.Parse(msg.name, sql, msg.param_types).encode()
@@ -318,6 +325,10 @@ class PostgresProxy:
         elif isinstance(msg, m.Execute):
             statement = session.portals.get(msg.portal, "")
             session.results.sent_execute(session.statements.get(statement, NO_MASK))
+            veto = await self._posture_veto(session, statement)
+            if veto is not None:
+                # Fails on the server in order, like any denial; Execute's answer is the error.
+                return m.Parse("", session.denial_sql(veto)).encode()
         elif isinstance(msg, m.Sync):
             session.results.sent_sync()
         elif isinstance(msg, m.FunctionCall):
@@ -332,13 +343,26 @@ class PostgresProxy:
         data: bytes = encode()
         return data
 
+    async def _posture_veto(self, session: _Session, statement: str) -> str | None:
+        """A restriction that arrived after Parse still stops the Execute."""
+        action = session.actions.get(statement)
+        if action is None:
+            return None
+        posture = await self.pdp.store.posture(session.agent.id, self.pdp.clock())
+        if posture.normal:
+            return None
+        return posture_veto(action, posture)
+
     async def _checked(self, session: _Session, sql: str) -> tuple[str | None, list[Mask]]:
         """(None, masks) when `sql` may go through with these output masks per statement;
         else (the replacement that fails with the denial, [])."""
         classification = self.classifier.classify(sql)
+        session.last_action = None
         if not classification.statements:
             return None, [NO_MASK]
-        decision = await self.pdp.decide(self._action(session, classification))
+        action = self._action(session, classification)
+        session.last_action = action
+        decision = await self.pdp.decide(action)
         if decision.effect is Effect.APPROVE:
             verdict = await self.holds.wait(decision, self.config.approval_timeout)
             if not verdict.approved:

@@ -207,3 +207,34 @@ async def test_cancellation_reaches_the_right_backend_and_forged_keys_do_nothing
         assert await conn.fetchval("select 10") == 10
     finally:
         await conn.close()
+
+
+async def test_read_only_stops_a_prepared_write_at_execute(proxied: Proxied) -> None:
+    conn = await asyncpg.connect(proxied.dsn())
+    try:
+        update = await conn.prepare("update orders set total = total where id = $1")
+        await update.fetch(1)
+        await proxied.pdp.store.restrict("reporter", ["read_only"])
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="read_only"):
+            await update.fetch(2)
+        assert await conn.fetchval("select count(*) from orders") == 20, "reads go on"
+    finally:
+        await conn.close()
+
+
+async def test_copy_both_ways_with_asyncpg(proxied: Proxied) -> None:
+    conn = await asyncpg.connect(proxied.dsn())
+    try:
+        result = await conn.copy_records_to_table(
+            "orders", records=[(101, 5), (102, 6)], columns=["id", "total"]
+        )
+        assert result == "COPY 2"
+        rows: list[bytes] = []
+
+        async def sink(chunk: bytes) -> None:
+            rows.append(chunk)
+
+        await conn.copy_from_query("select id from orders where id > 100 order by id", output=sink)
+        assert b"".join(rows).split() == [b"101", b"102"]
+    finally:
+        await conn.close()
