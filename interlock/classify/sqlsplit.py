@@ -31,16 +31,7 @@ def split(sql: str) -> list[str]:
             i = n if end < 0 else end + 1
             continue
         if c == "/" and sql.startswith("/*", i):
-            depth, i = 1, i + 2
-            while depth:
-                if i >= n:
-                    raise SplitError("unterminated /* comment")
-                if sql.startswith("/*", i):
-                    depth, i = depth + 1, i + 2
-                elif sql.startswith("*/", i):
-                    depth, i = depth - 1, i + 2
-                else:
-                    i += 1
+            i = split_comment_end(sql, i)
             continue
         if c == ";":
             if meaningful:
@@ -139,6 +130,7 @@ def shape(sql: str) -> str:
 
 
 def split_comment_end(sql: str, i: int) -> int:
+    """Index just past the /* comment starting at i; PostgreSQL nests them."""
     depth, i, n = 1, i + 2, len(sql)
     while depth:
         if i >= n:

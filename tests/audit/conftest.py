@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -52,3 +54,13 @@ async def store(store_factory: StoreFactory) -> AsyncIterator[AuditStore]:
     await s.open()
     yield s
     await s.close()
+
+
+def audit_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """`interlock audit ARGS` as a real subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "interlock.cli", "audit", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,18 +12,12 @@ import pytest
 from interlock.audit import merkle
 from interlock.audit.factory import log_for
 from interlock.config import load_config
+from tests.audit.conftest import audit_cli
 from tests.audit.test_log import sample_records
 
 pytestmark = pytest.mark.integration
 
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "interlock.cli", "audit", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+cli = audit_cli
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.audit.conftest import audit_cli
+
 pytestmark = pytest.mark.integration
 
 CHILD = r"""
@@ -77,9 +79,9 @@ def test_kill_during_appends_keeps_every_acknowledged_record(tmp_path: Path) -> 
     # Lines the child printed after the last one we read were acknowledged too.
     acked += [x.strip() for x in proc.stdout.read().splitlines() if x.strip()]
 
-    key = _cli("key", "-c", str(cfg)).stdout.strip()
-    assert _cli("checkpoint", "-c", str(cfg)).returncode == 0
-    verify = _cli("verify", "-c", str(cfg), "--key", key)
+    key = audit_cli("key", "-c", str(cfg)).stdout.strip()
+    assert audit_cli("checkpoint", "-c", str(cfg)).returncode == 0
+    verify = audit_cli("verify", "-c", str(cfg), "--key", key)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert "2 signed checkpoint(s) verify" in verify.stdout, "old and new are consistent"
 
@@ -90,12 +92,3 @@ def test_kill_during_appends_keeps_every_acknowledged_record(tmp_path: Path) -> 
     conn.close()
     missing = [d for d in acked if d not in stored]
     assert not missing, f"{len(missing)} acknowledged records lost, e.g. {missing[:3]}"
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "interlock.cli", "audit", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )

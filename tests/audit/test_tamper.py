@@ -6,7 +6,6 @@ import asyncio
 import shutil
 import sqlite3
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,19 +16,13 @@ from interlock.audit.checkpoint import Signer, load_or_create_key, sign_checkpoi
 from interlock.audit.factory import log_for
 from interlock.audit.sqlite import SqliteStore
 from interlock.config import load_config
+from tests.audit.conftest import audit_cli
 from tests.audit.test_log import sample_records
 from tests.audit.test_merkle import mth
 
 pytestmark = pytest.mark.integration
 
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "interlock.cli", "audit", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+cli = audit_cli
 
 
 @pytest.fixture(scope="module")
