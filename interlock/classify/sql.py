@@ -548,6 +548,29 @@ def _parsable(statement: str) -> str:
     return m.group(1) if m else statement
 
 
+_IDENT = r'(?:"(?:[^"]|"")+"|[A-Za-z_][\w$]*)'
+_DECLARE = re.compile(
+    rf"^declare\s+({_IDENT})\s+(?:binary\s+)?(?:(?:no\s+)?scroll\s+)?cursor\s+"
+    rf"(?:with(?:out)?\s+hold\s+)?for\s+(.+)$",
+    re.I | re.S,
+)
+_FETCH = re.compile(
+    rf"^(?:fetch|move)\b(?:\s+(?:next|prior|first|last|all|forward|backward|absolute|"
+    rf"relative|[+-]?\d+))*\s+(?:(?:from|in)\s+)?({_IDENT})$",
+    re.I,
+)
+_CLOSE = re.compile(rf"^close\s+({_IDENT})$", re.I)
+_SIMPLE_ARGS = re.compile(rf"^\w+(?:\s+(?:{_IDENT}|\*))?$", re.I)
+_NOTIFY = re.compile(rf"^notify\s+{_IDENT}(?:\s*,\s*'(?:[^']|'')*')?$", re.I)
+
+
+def _name(ident: str) -> str:
+    """A PostgreSQL identifier as the server sees it (quoted: as is; else lower case)."""
+    if ident.startswith('"'):
+        return ident[1:-1].replace('""', '"')
+    return ident.lower()
+
+
 class SqlClassifier:
     """Classifies SQL text against a catalog, caching results by text (bounded LRU)."""
 
@@ -573,6 +596,48 @@ class SqlClassifier:
             self._cache.popitem(last=False)
         return result
 
+    def _utility(self, text: str) -> SqlStatement | None:
+        """Utility statements sqlglot misreads (`CLOSE c` parses as a column alias), by
+        their leading keywords; None for everything else."""
+        m = _DECLARE.match(text)
+        if m:
+            inner = self.classify(m.group(2))
+            if len(inner.statements) != 1 or inner.statements[0].kind == "unparsed":
+                return SqlStatement(
+                    text, "unparsed", Operation.ADMIN, flags=frozenset({"unparsed", "cursor"})
+                )
+            body = inner.statements[0]
+            return SqlStatement(
+                text,
+                "declare",
+                body.operation,
+                reads=body.reads,
+                writes=body.writes,
+                columns=body.columns,
+                functions=body.functions,
+                settings=body.settings,
+                flags=body.flags | {"cursor"},
+                labels=body.labels,
+                output_labels=body.output_labels,
+                name=_name(m.group(1)),
+            )
+        m = _FETCH.match(text)
+        if m:
+            return SqlStatement(
+                text, "fetch", Operation.READ, flags=frozenset({"cursor"}), name=_name(m.group(1))
+            )
+        m = _CLOSE.match(text)
+        if m:
+            return SqlStatement(
+                text, "close", Operation.READ, flags=frozenset({"cursor"}), name=_name(m.group(1))
+            )
+        word = text.split(None, 1)[0].lower() if text.split() else ""
+        if word in ("listen", "unlisten", "discard") and _SIMPLE_ARGS.match(text):
+            return SqlStatement(text, word, Operation.READ)
+        if word == "notify" and _NOTIFY.match(text):
+            return SqlStatement(text, "notify", Operation.WRITE)
+        return None
+
     def _classify(self, sql: str) -> SqlClassification:
         try:
             pieces = split(sql)
@@ -580,8 +645,12 @@ class SqlClassifier:
             return _unparsed(sql, "unterminated")
         if not pieces:
             return SqlClassification(())
-        trees: list[exp.Expression] = []
+        trees: list[exp.Expression | SqlStatement] = []
         for piece in pieces:
+            utility = self._utility(piece.strip())
+            if utility is not None:
+                trees.append(utility)
+                continue
             try:
                 parsed = [
                     t
@@ -597,7 +666,9 @@ class SqlClassifier:
         try:
             return SqlClassification(
                 tuple(
-                    _statement(text.strip(), tree, self.catalog)
+                    tree
+                    if isinstance(tree, SqlStatement)
+                    else _statement(text.strip(), tree, self.catalog)
                     for text, tree in zip(pieces, trees, strict=True)
                 )
             )

@@ -212,3 +212,34 @@ def test_statements_differing_only_in_numbers_share_a_classification() -> None:
     assert c.classify("select name from payroll where id = 1") is not c.classify(
         "select salary from payroll where id = 1"
     )
+
+
+@pytest.mark.parametrize(
+    ("sql", "kind", "name"),
+    [
+        ('DECLARE "C1" CURSOR WITHOUT HOLD FOR select name from payroll', "declare", "C1"),
+        ("fetch forward 100 from c1", "fetch", "c1"),
+        ("MOVE NEXT IN c1", "fetch", "c1"),
+        ('close "c1"', "close", "c1"),
+    ],
+)
+def test_cursor_statements(sql: str, kind: str, name: str) -> None:
+    s = one(sql)
+    assert (s.kind, s.name) == (kind, name)
+
+
+def test_declare_carries_its_query_labels() -> None:
+    s = one("declare c cursor for select salary from payroll")
+    assert s.output_labels == (frozenset({"financial", "restricted"}),)
+
+
+@pytest.mark.parametrize(
+    ("sql", "operation"),
+    [
+        ("listen ch", Operation.READ),
+        ("notify ch, 'hi'", Operation.WRITE),
+        ("discard all", Operation.READ),
+    ],
+)
+def test_listen_notify_discard(sql: str, operation: Operation) -> None:
+    assert one(sql).operation is operation

@@ -75,6 +75,8 @@ class _Session:
     """The action each prepared statement was decided as, to re-check posture at Execute."""
     portals: dict[str, str] = field(default_factory=dict)
     last_action: Action | None = None
+    cursors: dict[str, Mask] = field(default_factory=dict)
+    """SQL cursors declared through the proxy, with the mask their rows need."""
 
     def denial_sql(self, reason: str) -> str:
         self.seq += 1
@@ -378,6 +380,37 @@ class PostgresProxy:
         )
         masks: list[Mask] = []
         for statement in classification.statements:
+            if statement.kind == "fetch":
+                # A cursor's rows are masked as its DECLARE said; a cursor interlock did
+                # not see declared (a refcursor from a function, say) is refused.
+                if statement.name not in session.cursors:
+                    why = (
+                        f"cursor {statement.name!r} was not declared through interlock "
+                        f"(decision {decision.decision_id})"
+                    )
+                    return session.denial_sql(why), [NO_MASK]
+                masks.append(session.cursors[statement.name])
+                continue
+            if statement.kind == "declare" and statement.name is not None:
+                cursor_mask = NO_MASK
+                if hidden and statement.labels & hidden:
+                    if statement.output_labels is None:
+                        why = (
+                            f"masking needs the cursor's result columns named, not * "
+                            f"(decision {decision.decision_id})"
+                        )
+                        return session.denial_sql(why), [NO_MASK]
+                    cursor_mask = frozenset(
+                        i for i, labels in enumerate(statement.output_labels) if labels & hidden
+                    )
+                session.cursors[statement.name] = cursor_mask
+                masks.append(NO_MASK)
+                continue
+            if statement.kind == "close" and statement.name is not None:
+                if statement.name == "all":
+                    session.cursors.clear()
+                else:
+                    session.cursors.pop(statement.name, None)
             if not hidden or not statement.labels & hidden:
                 masks.append(NO_MASK)
             elif statement.output_labels is None:

@@ -120,3 +120,25 @@ async def test_reading_restricted_data_taints_the_session(proxied: Proxied) -> N
         await conn.close()
     view = await proxied.pdp.store.view("reporter", "x", proxied.pdp.clock())
     assert "restricted_data_read" in view.taints
+
+
+async def test_server_side_cursors_are_masked(proxied: Proxied) -> None:
+    """psycopg named cursors: DECLARE ... CURSOR, FETCH, CLOSE through the proxy."""
+
+    def run() -> list[tuple[object, ...]]:
+        with psycopg.connect(proxied.dsn()) as conn, conn.cursor(name="c1") as cur:
+            cur.itersize = 1
+            cur.execute("select id, name from payroll order by id")
+            return list(cur)
+
+    assert await asyncio.to_thread(run) == [(1, None), (2, None)]
+
+
+async def test_fetch_from_an_unknown_cursor_is_refused(proxied: Proxied) -> None:
+    conn = await asyncpg.connect(proxied.dsn())
+    try:
+        async with conn.transaction():
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="not declared"):
+                await conn.execute("fetch all from mystery")
+    finally:
+        await conn.close()
