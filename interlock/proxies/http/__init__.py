@@ -1,0 +1,1 @@
+"""The HTTPS egress proxy: mitmproxy addons around the PDP."""
