@@ -301,6 +301,17 @@ def cmd_audit_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ca_export(args: argparse.Namespace) -> int:
+    """Print the CA certificate agents must trust for HTTPS through the proxy."""
+    from interlock.proxies.http.server import CA_FILE
+
+    path = _config(args.config).data_dir / "ca" / CA_FILE
+    if not path.exists():
+        raise UsageError(f"no CA yet at {path}; run `interlock up` with [http] once")
+    sys.stdout.write(path.read_text("utf-8"))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from bench.runner import main as bench_main
 
@@ -372,6 +383,12 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--policy", help="bundle directory (default: the config's)")
     audit_cmd("checkpoint", cmd_audit_checkpoint, "sign a checkpoint of the current tree now")
     audit_cmd("key", cmd_audit_key, "print the log's verifier (public) key")
+
+    ca = sub.add_parser("ca", help="the HTTPS interception CA")
+    casub = ca.add_subparsers(dest="ca_command", required=True)
+    sp = casub.add_parser("export", help="print the CA certificate agents must trust")
+    sp.add_argument("-c", "--config", help="interlock.toml")
+    sp.set_defaults(func=cmd_ca_export)
 
     bench = sub.add_parser("bench", help="run benchmark suites against their baselines")
     bench.add_argument("--suite", default="pdp")

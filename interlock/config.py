@@ -165,6 +165,20 @@ class IdentityConfig(Section):
 
 class HttpConfig(Section):
     listen: Listen = "127.0.0.1:8080"
+    passthrough: list[str] = []
+    """Hosts tunnelled without TLS interception (decided by host at CONNECT)."""
+    allow_networks: list[str] = []
+    """Private or special networks agents may reach anyway (the SSRF guard denies them
+    otherwise), e.g. ["10.20.0.0/16"]."""
+    approval_timeout: float = Field(30.0, gt=0)
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for n in v:
+            ipaddress.ip_network(n, strict=False)
+        return v
 
 
 class PostgresConfig(Section):

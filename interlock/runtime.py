@@ -106,6 +106,17 @@ async def start(runtime: Runtime) -> None:
         runtime._stoppers.append(proxy.stop)
         assert proxy.address is not None
         runtime.endpoints["postgres"] = f"postgresql://{proxy.address[0]}:{proxy.address[1]}"
+    if cfg.http is not None:
+        from interlock.proxies.http.server import HttpProxy
+
+        http_proxy = HttpProxy(
+            cfg.http, cfg.data_dir, runtime.pdp, runtime.registry, holds=runtime.holds
+        )
+        await http_proxy.start()
+        runtime._stoppers.append(http_proxy.stop)
+        assert http_proxy.address is not None
+        runtime.endpoints["http"] = f"http://{http_proxy.address[0]}:{http_proxy.address[1]}"
+        runtime.endpoints["ca"] = str(http_proxy.ca_file)
     runtime.endpoints["audit"] = cfg.audit.store
     runtime.endpoints["audit key"] = runtime.audit.signer.verifier.encode()
 

@@ -198,3 +198,30 @@ async def test_up_runs_the_postgres_proxy_and_audits_its_decisions(
     )
     effects = [json.loads(x)["effect"] for x in out.stdout.splitlines()]
     assert effects == ["allow", "deny"]
+
+
+async def test_up_runs_the_http_proxy_and_exports_its_ca(tmp_path: Path, up_factory: Any) -> None:
+    cfg = tmp_path / "interlock.toml"
+    cfg.write_text(
+        f'data_dir = "{tmp_path / "data"}"\n'
+        f'[agents.coder]\ntoken = "coder-token-0123456789"\n'
+        f'[admin]\nlisten = "127.0.0.1:{free_port()}"\n'
+        f'[http]\nlisten = "127.0.0.1:{free_port()}"\n'
+    )
+    up = up_factory(["-c", str(cfg)], tmp_path)
+    await asyncio.to_thread(up.wait_ready)
+    line = next(x for x in up.banner if x.strip().startswith("http "))
+    proxy = line.split()[-1]
+    import httpx
+
+    async with httpx.AsyncClient(proxy=proxy) as client:
+        assert (await client.get("http://example.invalid/")).status_code == 407
+    out = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "interlock.cli", "ca", "export", "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.stdout.startswith("-----BEGIN CERTIFICATE-----")
+    assert await asyncio.to_thread(up.stop) == 0

@@ -1,0 +1,79 @@
+"""Who is behind a proxied request: `Proxy-Authorization` Basic agent:token or Bearer JWT.
+
+A CONNECT authenticates the whole tunnel (requests inside it carry no proxy header); a
+plain request authenticates itself. Missing or wrong credentials get 407 with a
+`Proxy-Authenticate` challenge. The header is always removed before anything goes
+upstream: the agent's token is never forwarded.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from mitmproxy import connection, http
+
+from interlock.core.model import Agent
+from interlock.errors import IdentityError
+from interlock.identity.jwt import JwtVerifier
+from interlock.identity.registry import AgentRegistry
+
+AGENT = "interlock.agent"
+"""flow.metadata key holding the authenticated Agent."""
+
+
+def challenge(flow: http.HTTPFlow, why: str) -> None:
+    flow.response = http.Response.make(
+        407,
+        f'{{"error": "proxy authentication required", "reason": "{why}"}}',
+        {"Proxy-Authenticate": 'Basic realm="interlock"', "Content-Type": "application/json"},
+    )
+
+
+class Identity:
+    """mitmproxy addon: authenticate every flow or answer 407."""
+
+    def __init__(self, registry: AgentRegistry, jwt: JwtVerifier | None = None) -> None:
+        self.registry = registry
+        self.jwt = jwt
+        self._tunnels: dict[str, Agent] = {}
+
+    async def _authenticate(self, flow: http.HTTPFlow) -> Agent | None:
+        header = flow.request.headers.get("Proxy-Authorization", "")
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() == "basic":
+            try:
+                decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError):
+                return None
+            agent_id, sep, token = decoded.partition(":")
+            return self.registry.authenticate(agent_id, token) if sep else None
+        if scheme.lower() == "bearer" and self.jwt is not None:
+            try:
+                return await self.jwt.verify(value.strip())
+            except IdentityError:
+                return None
+        return None
+
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
+        agent = await self._authenticate(flow)
+        if agent is None:
+            challenge(flow, "missing or invalid Proxy-Authorization on CONNECT")
+            return
+        self._tunnels[flow.client_conn.id] = agent
+        flow.metadata[AGENT] = agent
+
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None:
+            return
+        agent = self._tunnels.get(flow.client_conn.id)
+        if agent is None:
+            agent = await self._authenticate(flow)
+        flow.request.headers.pop("Proxy-Authorization", None)
+        if agent is None:
+            challenge(flow, "missing or invalid Proxy-Authorization")
+            return
+        flow.metadata[AGENT] = agent
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self._tunnels.pop(client.id, None)

@@ -1,0 +1,111 @@
+"""Running mitmproxy in-process, on interlock's loop, with only the addons it needs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+from pathlib import Path
+
+from mitmproxy import options
+from mitmproxy.addons import core, disable_h2c, next_layer, proxyserver, tlsconfig
+from mitmproxy.master import Master
+
+from interlock.approvals.holds import Holds
+from interlock.config import HttpConfig
+from interlock.core.pdp import PDP
+from interlock.identity.jwt import JwtVerifier
+from interlock.identity.registry import AgentRegistry
+from interlock.proxies.http.egress import Egress
+from interlock.proxies.http.failclosed import guard_all
+from interlock.proxies.http.identity import Identity
+from interlock.proxies.http.ssrf import SsrfGuard
+
+CA_FILE = "mitmproxy-ca-cert.pem"
+"""What agents must trust; `interlock ca export` prints it."""
+
+
+class HttpProxy:
+    def __init__(
+        self,
+        config: HttpConfig,
+        data_dir: Path,
+        pdp: PDP,
+        registry: AgentRegistry,
+        jwt: JwtVerifier | None = None,
+        holds: Holds | None = None,
+    ) -> None:
+        self.config = config
+        self.confdir = data_dir / "ca"
+        self.pdp = pdp
+        self.registry = registry
+        self.jwt = jwt
+        self.holds = holds or Holds()
+        self.master: Master | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.address: tuple[str, int] | None = None
+
+    def addons(self) -> list[object]:
+        allow = [ipaddress.ip_network(n, strict=False) for n in self.config.allow_networks]
+        return [
+            guard_all(Identity(self.registry, self.jwt)),
+            guard_all(SsrfGuard(allow)),
+            guard_all(
+                Egress(
+                    self.pdp,
+                    self.holds,
+                    self.config.approval_timeout,
+                    frozenset(h.lower() for h in self.config.passthrough),
+                )
+            ),
+        ]
+
+    async def start(self) -> None:
+        host, _, port = self.config.listen.rpartition(":")
+        self.confdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        opts = options.Options(
+            listen_host=host.strip("[]"),
+            listen_port=int(port),
+            confdir=str(self.confdir),
+            mode=["regular"],
+        )
+        master = Master(opts, event_loop=asyncio.get_running_loop(), with_termlog=False)
+        master.addons.add(
+            core.Core(),
+            proxyserver.Proxyserver(),
+            next_layer.NextLayer(),
+            tlsconfig.TlsConfig(),
+            disable_h2c.DisableH2C(),
+        )
+        master.addons.add(*self.addons())
+        # Options that addons declare exist only once the addons are loaded.
+        opts.update(
+            ssl_insecure=False,
+            ignore_hosts=[f"^{h.replace('.', '[.]')}:" for h in self.config.passthrough],
+            body_size_limit=str(self.config.max_body_bytes),
+            connection_strategy="lazy",
+        )
+        self.master = master
+        self._task = asyncio.create_task(master.run(), name="mitmproxy")
+        server = master.addons.get("proxyserver")
+        for _ in range(500):
+            instances = list(server.servers)
+            if instances and all(i.is_running for i in instances):
+                addr = instances[0].listen_addrs[0]
+                self.address = (str(addr[0]), int(addr[1]))
+                return
+            if self._task.done():
+                self._task.result()
+            await asyncio.sleep(0.01)
+        raise RuntimeError("the HTTP proxy did not start listening")
+
+    async def stop(self) -> None:
+        if self.master is not None:
+            self.master.shutdown()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._task, 10)
+
+    @property
+    def ca_file(self) -> Path:
+        return self.confdir / CA_FILE
