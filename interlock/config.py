@@ -172,6 +172,10 @@ class HttpConfig(Section):
     otherwise), e.g. ["10.20.0.0/16"]."""
     approval_timeout: float = Field(30.0, gt=0)
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    keep_prompts: bool = False
+    """Keep the text of LLM prompts in the audit record (the hash is always kept)."""
+    trusted_hosts: list[str] = []
+    """Hosts whose responses do not count as untrusted content."""
 
     @field_validator("allow_networks")
     @classmethod

@@ -56,6 +56,8 @@ class HttpProxy:
                     self.holds,
                     self.config.approval_timeout,
                     frozenset(h.lower() for h in self.config.passthrough),
+                    self.config.keep_prompts,
+                    frozenset(h.lower() for h in self.config.trusted_hosts),
                 )
             ),
         ]
