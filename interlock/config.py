@@ -176,6 +176,9 @@ class HttpConfig(Section):
     """Keep the text of LLM prompts in the audit record (the hash is always kept)."""
     trusted_hosts: list[str] = []
     """Hosts whose responses do not count as untrusted content."""
+    upstream_ca: Path | None = None
+    """Extra CA bundle for verifying upstream servers (internal PKI); the system store is
+    used otherwise. Upstream certificates are always verified."""
 
     @field_validator("allow_networks")
     @classmethod

@@ -87,6 +87,8 @@ class HttpProxy:
             body_size_limit=str(self.config.max_body_bytes),
             connection_strategy="lazy",
         )
+        if self.config.upstream_ca is not None:
+            opts.update(ssl_verify_upstream_trusted_ca=str(self.config.upstream_ca))
         self.master = master
         self._task = asyncio.create_task(master.run(), name="mitmproxy")
         server = master.addons.get("proxyserver")
