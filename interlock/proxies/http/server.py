@@ -18,6 +18,7 @@ from interlock.identity.jwt import JwtVerifier
 from interlock.identity.registry import AgentRegistry
 from interlock.proxies.http.egress import Egress
 from interlock.proxies.http.failclosed import guard_all
+from interlock.proxies.http.hygiene import Hygiene
 from interlock.proxies.http.identity import Identity
 from interlock.proxies.http.ssrf import SsrfGuard
 
@@ -48,6 +49,7 @@ class HttpProxy:
     def addons(self) -> list[object]:
         allow = [ipaddress.ip_network(n, strict=False) for n in self.config.allow_networks]
         return [
+            guard_all(Hygiene()),
             guard_all(Identity(self.registry, self.jwt)),
             guard_all(SsrfGuard(allow)),
             guard_all(
