@@ -11,12 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import audit, pdp, postgres
+from bench import audit, http, pdp, postgres
 
 SUITES: dict[str, Callable[[bool], dict[str, Any]]] = {
     "pdp": pdp.run,
     "audit": audit.run,
     "postgres": postgres.run,
+    "http": http.run,
 }
 
 

@@ -98,3 +98,19 @@ def test_postgres_suite_runs_every_target_and_reports_budgets() -> None:
         assert m["throughput"] > 0
         assert m["p99"] >= m["p50"] > 0
     assert len(result["budgets"]) == 4
+
+
+@pytest.mark.integration
+def test_http_suite_measures_direct_mitmdump_and_interlock() -> None:
+    """A real (short) run: three server processes, HTTP and HTTPS."""
+    from bench import http
+
+    result = http.run(quick=True)
+    names = {m["name"] for m in result["measurements"]}
+    assert names == {
+        f"{t}_{s}" for t in ("direct", "mitmdump", "interlock") for s in ("http", "https")
+    }
+    for m in result["measurements"]:
+        assert m["throughput"] > 0
+        assert m["p99"] >= m["p50"] > 0
+    assert len(result["budgets"]) == 4

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import os
 import shutil
 import ssl
@@ -15,16 +13,12 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from interlock.classify.sql import SqlClassifier
 from interlock.config import AgentConfig, PostgresConfig
 from interlock.proxies.postgres.server import PostgresProxy
 from interlock.testing import make_pdp
-from interlock.testing.services import postgres_server
+from interlock.testing.services import postgres_server, self_signed_cert
 from tests.audit.conftest import fresh_database
 from tests.services import Postgres
 
@@ -33,40 +27,7 @@ TOKEN = "reporter-token-0123456789"
 
 
 def self_signed(directory: Path, owner: str | None = None) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    directory.mkdir(parents=True, exist_ok=True)
-    cert_path, key_path = directory / "server.crt", directory / "server.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    os.chmod(key_path, 0o600)
-    if owner:
-        for p in (directory, cert_path, key_path):
-            shutil.chown(p, owner)
-    return cert_path, key_path
+    return self_signed_cert(directory, owner)
 
 
 async def start(config: PostgresConfig) -> PostgresProxy:
