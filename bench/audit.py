@@ -32,7 +32,7 @@ from interlock.audit.record import encode
 from interlock.audit.sqlite import SqliteStore
 from interlock.core.model import Action, Agent, Operation
 from interlock.core.record import DecisionRecord
-from interlock.testing import make_pdp
+from interlock.testing import CaptureSink, make_pdp
 
 BATCH = 512
 GOAL_RATIO = 0.5
@@ -41,7 +41,8 @@ GOAL_PROOF_P99_US = 1000.0
 
 
 async def _records(n: int) -> list[DecisionRecord]:
-    pdp = make_pdp()
+    sink = CaptureSink()
+    pdp = make_pdp(sink=sink)
     agent = Agent("reporter", ("analyst",), "alice@example.com", authn="token")
     for i in range(n):
         await pdp.decide(
@@ -53,7 +54,7 @@ async def _records(n: int) -> list[DecisionRecord]:
                 {"tables": [f"public.t{i % 50}"], "columns": ["id", "total"]},
             )
         )
-    return list(pdp.audit.records)  # type: ignore[attr-defined]
+    return list(sink.records)
 
 
 def _raw(path: Path, rows: list[tuple[int, str, bytes]]) -> float:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from typing import Any
 import httpx
 
 from bench.stats import Measurement, summarize
-from interlock.testing.services import free_port, self_signed_cert
+from interlock.testing.services import free_port, self_signed_cert, wait_port
 
 TOKEN = "bench-agent-token-0123456789"  # noqa: S105 (a throwaway benchmark agent)
 GOAL_RATIO = 0.9
@@ -52,30 +51,13 @@ asyncio.run(main())
 """
 
 
-def _wait(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(
-                f"{what} exited: {proc.stderr.read().decode()[-500:]}"
-                if proc.stderr
-                else f"{what} exited"
-            )
-        try:
-            with socket.create_connection(("127.0.0.1", port), 0.2):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{what} did not listen on {port}")
-
-
 @contextmanager
 def _process(
     cmd: list[str], port: int, what: str, cwd: Path | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cwd)
     try:
-        _wait(port, proc, what)
+        wait_port(port, proc, what, limit=60)
         yield proc
     finally:
         proc.terminate()

@@ -121,7 +121,10 @@ def _pgbench(
     )
     if out.returncode != 0:
         raise RuntimeError(f"pgbench failed: {out.stderr.strip()[-500:]}")
-    tps = float(re.search(r"tps = ([\d.]+)", out.stdout).group(1))  # type: ignore[union-attr]
+    found = re.search(r"tps = ([\d.]+)", out.stdout)
+    if found is None:
+        raise RuntimeError(f"pgbench printed no tps: {out.stdout[-500:]}")
+    tps = float(found.group(1))
     latencies = []
     for f in logdir.glob("pgbench_log*"):
         for line in f.read_text().splitlines():

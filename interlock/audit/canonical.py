@@ -11,17 +11,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-_escape = json.encoder.py_encode_basestring
-try:
-    from json.encoder import c_encode_basestring as _c_escape  # type: ignore[attr-defined]
-
-    if _c_escape is not None:
-        _escape = _c_escape
-except ImportError:  # pragma: no cover - every CPython has the C escaper
-    pass
+# The C escaper when CPython has it (it always does; typeshed just does not declare it).
+_escape: Callable[[str], str] = (
+    getattr(json.encoder, "c_encode_basestring", None) or json.encoder.py_encode_basestring
+)
 
 MAX_SAFE_INTEGER = 2**53 - 1
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import sqlglot
 from sqlglot import exp
@@ -306,7 +306,7 @@ def _outputs(select: exp.Expression, scope: _Scope) -> tuple[frozenset[str], ...
 _SET_NAME = re.compile(r"^\s*(?:session\s+|local\s+)?([A-Za-z_][\w.]*)", re.I)
 
 
-def _command(text: str, tree: exp.Command, catalog: Catalog) -> SqlStatement:
+def _command(text: str, tree: exp.Command) -> SqlStatement:
     word = str(tree.this).upper()
     rest = (
         tree.expression.name
@@ -328,33 +328,6 @@ def _command(text: str, tree: exp.Command, catalog: Catalog) -> SqlStatement:
         )
     if word == "DO":
         return SqlStatement(text, "do", Operation.ADMIN, flags=frozenset({"do_block"}))
-    if word == "PREPARE":
-        parts = re.split(r"\s+as\s+", rest, maxsplit=1, flags=re.I)
-        name = parts[0].split("(")[0].strip().lower()
-        inner = _PREPARED.classify(parts[1]) if len(parts) == 2 else None
-        if inner is None or len(inner.statements) != 1:
-            return SqlStatement(
-                text,
-                "unparsed",
-                Operation.ADMIN,
-                flags=frozenset({"unparsed", "sql_prepare"}),
-                name=name,
-            )
-        body = inner.statements[0]
-        return SqlStatement(
-            text,
-            "prepare",
-            body.operation,
-            reads=body.reads,
-            writes=body.writes,
-            columns=body.columns,
-            functions=body.functions,
-            settings=body.settings,
-            flags=body.flags | {"sql_prepare"},
-            labels=body.labels,
-            output_labels=body.output_labels,
-            name=name,
-        )
     if word == "EXECUTE":
         return SqlStatement(
             text,
@@ -454,8 +427,7 @@ def _copy(text: str, tree: exp.Copy, catalog: Catalog) -> SqlStatement:
 
 def _statement(text: str, tree: exp.Expression, catalog: Catalog) -> SqlStatement:
     if isinstance(tree, exp.Command):
-        _PREPARED.catalog = catalog
-        return _command(text, tree, catalog)
+        return _command(text, tree)
     if isinstance(tree, exp.Copy):
         return _copy(text, tree, catalog)
     if isinstance(tree, exp.Set):
@@ -554,6 +526,7 @@ _DECLARE = re.compile(
     rf"(?:with(?:out)?\s+hold\s+)?for\s+(.+)$",
     re.I | re.S,
 )
+_PREPARE = re.compile(rf"^prepare\s+({_IDENT})\s*(?:\([^)]*\)\s*)?as\s+(.+)$", re.I | re.S)
 _FETCH = re.compile(
     rf"^(?:fetch|move)\b(?:\s+(?:next|prior|first|last|all|forward|backward|absolute|"
     rf"relative|[+-]?\d+))*\s+(?:(?:from|in)\s+)?({_IDENT})$",
@@ -596,31 +569,25 @@ class SqlClassifier:
             self._cache.popitem(last=False)
         return result
 
+    def _wrapping(self, text: str, inner_sql: str, kind: str, flag: str, name: str) -> SqlStatement:
+        """DECLARE ... FOR q and PREPARE n AS q: classified as q, under their own kind."""
+        inner = self.classify(inner_sql)
+        if len(inner.statements) != 1 or inner.statements[0].kind == "unparsed":
+            return SqlStatement(
+                text, "unparsed", Operation.ADMIN, flags=frozenset({"unparsed", flag}), name=name
+            )
+        body = inner.statements[0]
+        return replace(body, text=text, kind=kind, flags=body.flags | {flag}, name=name)
+
     def _utility(self, text: str) -> SqlStatement | None:
         """Utility statements sqlglot misreads (`CLOSE c` parses as a column alias), by
         their leading keywords; None for everything else."""
         m = _DECLARE.match(text)
         if m:
-            inner = self.classify(m.group(2))
-            if len(inner.statements) != 1 or inner.statements[0].kind == "unparsed":
-                return SqlStatement(
-                    text, "unparsed", Operation.ADMIN, flags=frozenset({"unparsed", "cursor"})
-                )
-            body = inner.statements[0]
-            return SqlStatement(
-                text,
-                "declare",
-                body.operation,
-                reads=body.reads,
-                writes=body.writes,
-                columns=body.columns,
-                functions=body.functions,
-                settings=body.settings,
-                flags=body.flags | {"cursor"},
-                labels=body.labels,
-                output_labels=body.output_labels,
-                name=_name(m.group(1)),
-            )
+            return self._wrapping(text, m.group(2), "declare", "cursor", _name(m.group(1)))
+        m = _PREPARE.match(text)
+        if m:
+            return self._wrapping(text, m.group(2), "prepare", "sql_prepare", _name(m.group(1)))
         m = _FETCH.match(text)
         if m:
             return SqlStatement(
@@ -674,7 +641,3 @@ class SqlClassifier:
             )
         except (SqlglotError, AttributeError, TypeError, ValueError):
             return _unparsed(sql, "classifier_error")
-
-
-_PREPARED = SqlClassifier(cache_size=256)
-"""Classifies the bodies of SQL-level PREPARE (its catalog is set per call)."""

@@ -10,6 +10,7 @@ comments). This lexer follows PostgreSQL's scan.l for the constructs that matter
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 _DOLLAR = re.compile(r"\$([A-Za-z_\u0080-\uffff][A-Za-z0-9_\u0080-\uffff]*)?\$")
 
@@ -18,45 +19,62 @@ class SplitError(ValueError):
     """Unterminated string, identifier, dollar quote or comment."""
 
 
+CODE, COMMENT, LITERAL = "code", "comment", "literal"
+
+
+def _regions(sql: str) -> Iterator[tuple[str, int, int]]:
+    """(kind, start, end) runs covering `sql`: code, comments, and literals (quoted
+    strings and identifiers, dollar-quoted text). Raises SplitError if one is unterminated.
+    The one scanner both `split` and `shape` read the text through."""
+    i, n, code_from = 0, len(sql), 0
+    while i < n:
+        c = sql[i]
+        kind = None
+        if c == "-" and sql.startswith("--", i):
+            end = sql.find("\n", i)
+            kind, j = COMMENT, (n if end < 0 else end + 1)
+        elif c == "/" and sql.startswith("/*", i):
+            kind, j = COMMENT, split_comment_end(sql, i)
+        elif c == "'":
+            escapes = i > 0 and sql[i - 1] in "eE" and (i < 2 or not _ident_char(sql[i - 2]))
+            kind, j = LITERAL, _quoted(sql, i, "'", escapes)
+        elif c == '"':
+            kind, j = LITERAL, _quoted(sql, i, '"', False)
+        elif c == "$" and (m := _DOLLAR.match(sql, i)) and not (i > 0 and _ident_char(sql[i - 1])):
+            end = sql.find(m.group(0), m.end())
+            if end < 0:
+                raise SplitError(f"unterminated dollar quote {m.group(0)}")
+            kind, j = LITERAL, end + len(m.group(0))
+        if kind is None:
+            i += 1
+            continue
+        if code_from < i:
+            yield CODE, code_from, i
+        yield kind, i, j
+        i = code_from = j
+    if code_from < n:
+        yield CODE, code_from, n
+
+
 def split(sql: str) -> list[str]:
     """Statements in `sql`, without empty ones (comments and whitespace only)."""
     out: list[str] = []
     start = 0
-    i, n = 0, len(sql)
     meaningful = False
-    while i < n:
-        c = sql[i]
-        if c == "-" and sql.startswith("--", i):
-            end = sql.find("\n", i)
-            i = n if end < 0 else end + 1
+    for kind, a, b in _regions(sql):
+        if kind == COMMENT:
             continue
-        if c == "/" and sql.startswith("/*", i):
-            i = split_comment_end(sql, i)
-            continue
-        if c == ";":
-            if meaningful:
-                out.append(sql[start:i])
-            start, i, meaningful = i + 1, i + 1, False
-            continue
-        if not c.isspace():
+        if kind == LITERAL:
             meaningful = True
-        if c == "'":
-            escapes = i > 0 and sql[i - 1] in "eE" and (i < 2 or not _ident_char(sql[i - 2]))
-            i = _quoted(sql, i, "'", escapes)
             continue
-        if c == '"':
-            i = _quoted(sql, i, '"', False)
-            continue
-        if c == "$":
-            m = _DOLLAR.match(sql, i)
-            if m and not (i > 0 and _ident_char(sql[i - 1])):
-                tag = m.group(0)
-                end = sql.find(tag, m.end())
-                if end < 0:
-                    raise SplitError(f"unterminated dollar quote {tag}")
-                i = end + len(tag)
-                continue
-        i += 1
+        for i in range(a, b):
+            c = sql[i]
+            if c == ";":
+                if meaningful:
+                    out.append(sql[start:i])
+                start, meaningful = i + 1, False
+            elif not c.isspace():
+                meaningful = True
     if meaningful:
         out.append(sql[start:])
     return out
@@ -90,43 +108,15 @@ def shape(sql: str) -> str:
     """`sql` with numeric literals outside quotes and comments replaced by 0.
 
     Classification never depends on a number's value, so statements that differ only in
-    their numbers (`... where aid = 17`) share one cache entry. Anything this scanner does
-    not understand is returned unchanged, which only costs a cache miss.
+    their numbers (`... where aid = 17`) share one cache entry. Text the scanner cannot
+    read is returned unchanged, which only costs a cache miss.
     """
-    out: list[str] = []
-    i, n, plain_from = 0, len(sql), 0
     try:
-        while i < n:
-            c = sql[i]
-            if c == "-" and sql.startswith("--", i):
-                end = sql.find("\n", i)
-                j = n if end < 0 else end + 1
-            elif c == "/" and sql.startswith("/*", i):
-                j = split_comment_end(sql, i)
-            elif c == "'":
-                escapes = i > 0 and sql[i - 1] in "eE" and (i < 2 or not _ident_char(sql[i - 2]))
-                j = _quoted(sql, i, "'", escapes)
-            elif c == '"':
-                j = _quoted(sql, i, '"', False)
-            elif (
-                c == "$"
-                and (m := _DOLLAR.match(sql, i))
-                and not (i > 0 and _ident_char(sql[i - 1]))
-            ):
-                end = sql.find(m.group(0), m.end())
-                if end < 0:
-                    return sql
-                j = end + len(m.group(0))
-            else:
-                i += 1
-                continue
-            out.append(_NUMBER.sub("0", sql[plain_from:i]))
-            out.append(sql[i:j])
-            i = plain_from = j
+        return "".join(
+            _NUMBER.sub("0", sql[a:b]) if kind == CODE else sql[a:b] for kind, a, b in _regions(sql)
+        )
     except SplitError:
         return sql
-    out.append(_NUMBER.sub("0", sql[plain_from:]))
-    return "".join(out)
 
 
 def split_comment_end(sql: str, i: int) -> int:

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,17 +81,24 @@ def _as_postgres_user() -> list[str]:
     return ["runuser", "-u", "postgres", "--"]
 
 
-def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, ready: list[str]) -> None:
-    deadline = time.monotonic() + 30
+def wait_port(
+    port: int,
+    proc: subprocess.Popen[bytes],
+    what: str,
+    ready: Sequence[str] = (),
+    limit: float = 30.0,
+) -> None:
+    """Until `proc` listens on `port` (and the `ready` command, if any, succeeds)."""
+    deadline = time.monotonic() + limit
     while True:
         if proc.poll() is not None:
             err = proc.stderr.read().decode() if proc.stderr else ""
             raise MissingService(f"{what} exited at start-up: {err}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            if not ready or subprocess.run(ready, capture_output=True).returncode == 0:
+            if not ready or subprocess.run(list(ready), capture_output=True).returncode == 0:
                 return
         if time.monotonic() > deadline:
-            raise MissingService(f"{what} did not become ready in 30 s")
+            raise MissingService(f"{what} did not become ready in {limit:g} s")
         time.sleep(0.1)
 
 
@@ -147,7 +154,7 @@ def postgres_server(settings: dict[str, str] | None = None) -> Iterator[Postgres
         stderr=subprocess.PIPE,
     )
     try:
-        _wait_port(
+        wait_port(
             port, proc, "postgres", [f"{bindir}/pg_isready", "-h", "127.0.0.1", "-p", str(port)]
         )
         yield Postgres("127.0.0.1", port, "postgres", password, datadir, proc)
@@ -191,7 +198,7 @@ def pgbouncer(pg: Postgres, database: str, pool_size: int = 20) -> Iterator[int]
         stderr=subprocess.PIPE,
     )
     try:
-        _wait_port(port, proc, "pgbouncer", [])
+        wait_port(port, proc, "pgbouncer", [])
         yield port
     finally:
         proc.terminate()

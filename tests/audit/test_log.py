@@ -22,7 +22,7 @@ from interlock.core.pdp import PDP
 from interlock.core.policy import PolicyManager
 from interlock.core.record import DecisionRecord
 from interlock.errors import AuditError
-from interlock.testing import make_pdp
+from interlock.testing import CaptureSink, make_pdp
 from tests.audit.conftest import StoreFactory, fresh_database
 from tests.services import postgres_server
 
@@ -32,10 +32,11 @@ AGENT = Agent("reporter", authn="token")
 
 
 async def sample_records(n: int, op: Operation = Operation.READ) -> list[DecisionRecord]:
-    pdp = make_pdp()
+    sink = CaptureSink()
+    pdp = make_pdp(sink=sink)
     for i in range(n):
         await pdp.decide(Action(AGENT, "postgres", op, f"public.t{i}"))
-    return list(pdp.audit.records)  # type: ignore[attr-defined]
+    return list(sink.records)
 
 
 @pytest.fixture

@@ -6,11 +6,12 @@ import json
 
 from interlock.audit.record import REDACTED, document, encode, sanitize
 from interlock.core.model import Action, Agent, Operation
-from interlock.testing import make_pdp
+from interlock.testing import CaptureSink, make_pdp
 
 
 async def test_record_has_the_documented_fields() -> None:
-    pdp = make_pdp()
+    sink = CaptureSink()
+    pdp = make_pdp(sink=sink)
     agent = Agent("reporter", ("analyst",), "alice@example.com", ("planner",), "jwt")
     await pdp.decide(
         Action(
@@ -25,7 +26,7 @@ async def test_record_has_the_documented_fields() -> None:
             prompt_text="hello",
         )
     )
-    rec = document(pdp.audit.last)  # type: ignore[attr-defined]
+    rec = document(sink.last)
     assert set(rec) == {
         "v",
         "decision_id",
@@ -86,8 +87,9 @@ def test_sanitize_makes_hostile_values_encodable() -> None:
 
 
 async def test_encoding_is_stable() -> None:
-    pdp = make_pdp()
+    sink = CaptureSink()
+    pdp = make_pdp(sink=sink)
     await pdp.decide(Action(Agent("a", authn="token"), "postgres", Operation.READ, "t"))
-    rec = pdp.audit.last  # type: ignore[attr-defined]
+    rec = sink.last
     assert encode(rec) == encode(rec)
     assert json.loads(encode(rec))["decision_id"] == rec.decision.decision_id

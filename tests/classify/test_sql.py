@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from interlock.classify.sql import Catalog, SqlClassifier
+from interlock.classify.sql import Catalog, SqlClassifier, SqlStatement
 from interlock.classify.sqlsplit import SplitError, shape, split
 from interlock.core.model import Operation
 
@@ -20,7 +20,7 @@ CATALOG = Catalog.from_config(
 C = SqlClassifier(CATALOG)
 
 
-def one(sql: str):  # type: ignore[no-untyped-def]
+def one(sql: str) -> SqlStatement:
     result = C.classify(sql)
     assert len(result.statements) == 1, result
     return result.statements[0]

@@ -37,7 +37,7 @@ def guarded[A](hook: Callable[[A, Any], Awaitable[None]]) -> Callable[[A, Any], 
     return wrapper
 
 
-def guard_all(addon: object) -> object:
+def guard_all[T](addon: T) -> T:
     """Wrap every async hook of `addon` in `guarded`, in place."""
     for name in (
         "http_connect",

@@ -12,6 +12,7 @@ import asyncio
 import ipaddress
 import json
 import socket
+import time
 
 from mitmproxy import http
 from mitmproxy.proxy import server_hooks
@@ -20,6 +21,8 @@ from interlock.proxies.http.addresses import IP, allowed_by, blocked, parse_host
 
 Networks = list[ipaddress.IPv4Network | ipaddress.IPv6Network]
 RESOLVE_TIMEOUT_S = 5.0
+VERDICT_TTL_S = 5.0
+MAX_REMEMBERED = 4096
 
 
 class SsrfError(Exception):
@@ -70,6 +73,7 @@ class SsrfGuard:
 
     def __init__(self, allow: Networks) -> None:
         self.allow = allow
+        self._recent: dict[str, tuple[float, str | None]] = {}
 
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         await self._request(flow)
@@ -78,12 +82,27 @@ class SsrfGuard:
         await self._request(flow)
 
     async def _request(self, flow: http.HTTPFlow) -> None:
+        """The early, explained refusal. Its verdict per host is remembered briefly so a
+        keep-alive stream of requests does not resolve the name each time; the check
+        that guards the socket (`server_connect`) always resolves afresh."""
         if flow.response is not None:
             return
-        try:
-            await check(flow.request.host, self.allow)
-        except SsrfError as exc:
-            refuse(flow, str(exc))
+        host = flow.request.host
+        now = time.monotonic()
+        seen = self._recent.get(host)
+        if seen is not None and now - seen[0] < VERDICT_TTL_S:
+            why = seen[1]
+        else:
+            try:
+                await check(host, self.allow)
+                why = None
+            except SsrfError as exc:
+                why = str(exc)
+            if len(self._recent) >= MAX_REMEMBERED:
+                self._recent.clear()
+            self._recent[host] = (now, why)
+        if why is not None:
+            refuse(flow, why)
 
     async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         if data.server.address is None:

@@ -142,7 +142,7 @@ class FrontendReader(_Reader):
         super().__init__(max_message)
         self.in_startup = True
 
-    def next(self) -> object | None:
+    def next(self) -> m.Message | None:
         if self.in_startup:
             return self._startup()
         got = self._typed()
@@ -151,7 +151,7 @@ class FrontendReader(_Reader):
         kind, body = got
         return decode_frontend(kind, body)
 
-    def _startup(self) -> object | None:
+    def _startup(self) -> m.Message | None:
         if len(self._buf) < 4:
             return None
         (length,) = struct.unpack("!i", self._buf[:4])
@@ -185,7 +185,7 @@ class FrontendReader(_Reader):
         return m.StartupMessage(params, code)
 
 
-def decode_frontend(kind: bytes, body: bytes) -> object:
+def decode_frontend(kind: bytes, body: bytes) -> m.Message:
     c = _Cursor(body)
     if kind == b"Q":
         sql = c.cstr()
@@ -251,7 +251,7 @@ class BackendReader(_Reader):
     def __init__(self, max_message: int = MAX_SERVER_MESSAGE) -> None:
         super().__init__(max_message)
 
-    def next(self) -> object | None:
+    def next(self) -> m.Message | None:
         got = self._typed()
         if got is None:
             return None
@@ -259,7 +259,7 @@ class BackendReader(_Reader):
         return decode_backend(kind, body)
 
 
-def decode_backend(kind: bytes, body: bytes) -> object:
+def decode_backend(kind: bytes, body: bytes) -> m.Message:
     c = _Cursor(body)
     if kind == b"R":
         code = c.uint32()

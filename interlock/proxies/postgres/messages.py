@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import Protocol
 
 PROTOCOL_3_0 = 196608
 SSL_REQUEST_CODE = 80877103
 GSSENC_REQUEST_CODE = 80877104
 CANCEL_REQUEST_CODE = 80877102
+
+
+class Message(Protocol):
+    """Anything the codec yields: every message can turn itself back into bytes."""
+
+    def encode(self) -> bytes: ...
 
 
 def cstr(text: str) -> bytes:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from interlock.approvals.holds import Holds
-from interlock.classify.sql import Catalog, SqlClassification, SqlClassifier
+from interlock.classify.sql import Catalog, SqlClassification, SqlClassifier, SqlStatement
 from interlock.config import AgentConfig, PostgresConfig
 from interlock.core.context import Posture
 from interlock.core.enforcement import posture_veto
@@ -74,7 +74,6 @@ class _Session:
     actions: dict[str, Action] = field(default_factory=dict)
     """The action each prepared statement was decided as, to re-check posture at Execute."""
     portals: dict[str, str] = field(default_factory=dict)
-    last_action: Action | None = None
     cursors: dict[str, Mask] = field(default_factory=dict)
     """SQL cursors declared through the proxy, with the mask their rows need."""
 
@@ -157,7 +156,9 @@ class PostgresProxy:
                 session.conn.writer.close()
             writer.close()
 
-    async def _read_message(self, reader: asyncio.StreamReader, frontend: FrontendReader) -> object:
+    async def _read_message(
+        self, reader: asyncio.StreamReader, frontend: FrontendReader
+    ) -> m.Message:
         while (msg := frontend.next()) is None:
             data = await reader.read(READ_CHUNK)
             if not data:
@@ -307,18 +308,18 @@ class PostgresProxy:
             session.conn.writer.write(b"".join(out))
             await session.conn.writer.drain()
 
-    async def _police(self, session: _Session, msg: object) -> bytes:
+    async def _police(self, session: _Session, msg: m.Message) -> bytes:
         """The bytes to send upstream for one client message."""
         if isinstance(msg, m.Query):
-            sql, masks = await self._checked(session, msg.sql)
+            sql, masks, _ = await self._checked(session, msg.sql)
             session.results.sent_query(masks)
             return msg.encode() if sql is None else m.Query(sql).encode()
         if isinstance(msg, m.Parse):
-            sql, masks = await self._checked(session, msg.sql)
+            sql, masks, action = await self._checked(session, msg.sql)
             session.statements[msg.name] = masks[0] if masks else NO_MASK
             session.actions.pop(msg.name, None)
-            if sql is None and session.last_action is not None:
-                session.actions[msg.name] = session.last_action
+            if action is not None:
+                session.actions[msg.name] = action
             if sql is None:
                 return msg.encode()
             return m.Parse(msg.name, sql, msg.param_types).encode()
@@ -339,11 +340,7 @@ class PostgresProxy:
             return m.Query(session.denial_sql(reason)).encode()
         elif isinstance(msg, m.AuthResponse):
             raise ProtocolError("authentication message after login")
-        encode = getattr(msg, "encode", None)
-        if encode is None:
-            raise ProtocolError(f"cannot forward {type(msg).__name__}")
-        data: bytes = encode()
-        return data
+        return msg.encode()
 
     async def _posture_veto(self, session: _Session, statement: str) -> str | None:
         """A restriction that arrived after Parse still stops the Execute."""
@@ -355,23 +352,23 @@ class PostgresProxy:
             return None
         return posture_veto(action, posture)
 
-    async def _checked(self, session: _Session, sql: str) -> tuple[str | None, list[Mask]]:
-        """(None, masks) when `sql` may go through with these output masks per statement;
-        else (the replacement that fails with the denial, [])."""
+    async def _checked(
+        self, session: _Session, sql: str
+    ) -> tuple[str | None, list[Mask], Action | None]:
+        """(None, masks per statement, the action decided) when `sql` may go through;
+        else (the replacement that fails with the denial, [NO_MASK], None)."""
         classification = self.classifier.classify(sql)
-        session.last_action = None
         if not classification.statements:
-            return None, [NO_MASK]
+            return None, [NO_MASK], None
         action = self._action(session, classification)
-        session.last_action = action
         decision = await self.pdp.decide(action)
         if decision.effect is Effect.APPROVE:
             verdict = await self.holds.wait(decision, self.config.approval_timeout)
             if not verdict.approved:
                 why = f"held for approval: {verdict.reason or 'denied'}; {_reason(decision)}"
-                return session.denial_sql(why), [NO_MASK]
+                return session.denial_sql(why), [NO_MASK], None
         elif decision.effect is not Effect.ALLOW:
-            return session.denial_sql(_reason(decision)), [NO_MASK]
+            return session.denial_sql(_reason(decision)), [NO_MASK], None
         hidden = frozenset(
             label
             for o in decision.obligations
@@ -388,44 +385,26 @@ class PostgresProxy:
                         f"cursor {statement.name!r} was not declared through interlock "
                         f"(decision {decision.decision_id})"
                     )
-                    return session.denial_sql(why), [NO_MASK]
+                    return session.denial_sql(why), [NO_MASK], None
                 masks.append(session.cursors[statement.name])
                 continue
-            if statement.kind == "declare" and statement.name is not None:
-                cursor_mask = NO_MASK
-                if hidden and statement.labels & hidden:
-                    if statement.output_labels is None:
-                        why = (
-                            f"masking needs the cursor's result columns named, not * "
-                            f"(decision {decision.decision_id})"
-                        )
-                        return session.denial_sql(why), [NO_MASK]
-                    cursor_mask = frozenset(
-                        i for i, labels in enumerate(statement.output_labels) if labels & hidden
-                    )
-                session.cursors[statement.name] = cursor_mask
-                masks.append(NO_MASK)
-                continue
-            if statement.kind == "close" and statement.name is not None:
-                if statement.name == "all":
-                    session.cursors.clear()
-                else:
-                    session.cursors.pop(statement.name, None)
-            if not hidden or not statement.labels & hidden:
-                masks.append(NO_MASK)
-            elif statement.output_labels is None:
+            mask = _mask(statement, hidden)
+            if mask is None:
                 why = (
                     f"masking {', '.join(sorted(hidden & statement.labels))} needs the "
                     f"result columns named, not * (decision {decision.decision_id})"
                 )
-                return session.denial_sql(why), [NO_MASK]
-            else:
-                masks.append(
-                    frozenset(
-                        i for i, labels in enumerate(statement.output_labels) if labels & hidden
-                    )
-                )
-        return None, masks
+                return session.denial_sql(why), [NO_MASK], None
+            if statement.kind == "declare" and statement.name is not None:
+                # DECLARE itself returns no rows; its FETCHes get the mask.
+                session.cursors[statement.name] = mask
+                mask = NO_MASK
+            elif statement.kind == "close" and statement.name == "all":
+                session.cursors.clear()
+            elif statement.kind == "close" and statement.name is not None:
+                session.cursors.pop(statement.name, None)
+            masks.append(mask)
+        return None, masks, action
 
     def _action(self, session: _Session, cls: SqlClassification) -> Action:
         first = cls.statements[0]
@@ -461,7 +440,7 @@ class PostgresProxy:
                     elif isinstance(msg, m.ReadyForQuery):
                         session.status = msg.status
                         results.ready()
-                    out.append(msg.encode())  # type: ignore[attr-defined]
+                    out.append(msg.encode())
                 writer.write(b"".join(out))
                 await writer.drain()
         except (ConnectionError, ProtocolError):
@@ -527,6 +506,15 @@ def _client_context(config: PostgresConfig) -> ssl.SSLContext | None:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+def _mask(statement: SqlStatement, hidden: frozenset[str]) -> Mask | None:
+    """Output positions to hide for `statement`; None when they cannot be known (a star)."""
+    if not hidden or not statement.labels & hidden:
+        return NO_MASK
+    if statement.output_labels is None:
+        return None
+    return frozenset(i for i, labels in enumerate(statement.output_labels) if labels & hidden)
 
 
 def _reason(decision: Decision) -> str:

@@ -50,7 +50,7 @@ class Connection:
     parameters: list[m.ParameterStatus]
     status: str
 
-    async def next(self) -> object:
+    async def next(self) -> m.Message:
         while (msg := self.backend.next()) is None:
             data = await self.reader.read(65536)
             if not data:

@@ -19,7 +19,7 @@ class Exploding:
 async def test_a_raising_request_hook_answers_502_locally() -> None:
     addon = guard_all(Exploding())
     flow = tflow.tflow()
-    await addon.request(flow)  # type: ignore[attr-defined]
+    await addon.request(flow)
     assert flow.response is not None
     assert flow.response.status_code == 502
     assert b"interlock internal error" in (flow.response.content or b"")
@@ -29,5 +29,5 @@ async def test_a_raising_server_hook_kills_the_connection() -> None:
     addon = guard_all(Exploding())
     flow = tflow.tflow()
     data = server_hooks.ServerConnectionHookData(server=flow.server_conn, client=flow.client_conn)
-    await addon.server_connect(data)  # type: ignore[attr-defined]
+    await addon.server_connect(data)
     assert data.server.error == "interlock internal error: ValueError"

@@ -13,6 +13,7 @@ import uvicorn
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import MCPServer
+from mcp.types import TextContent
 
 from interlock.config import AgentConfig, HttpConfig
 from interlock.identity.registry import AgentRegistry
@@ -77,7 +78,9 @@ async def test_sdk_client_and_server_through_the_proxy(tmp_path: Path, mcp_serve
         ):
             await session.initialize()
             ok = await session.call_tool("search", {"q": "cats"})
-            assert "42 results for cats" in ok.content[0].text  # type: ignore[union-attr]
+            first = ok.content[0]
+            assert isinstance(first, TextContent)
+            assert "42 results for cats" in first.text
             tool_calls = [r.action for r in sink.records if r.action.operation.value == "tool_call"]
             assert [a.target for a in tool_calls] == ["search"]
             with pytest.raises(Exception, match="denied by interlock"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -34,6 +36,29 @@ class Proxied:
 
     def dsn(self, user: str = "reporter", password: str = TOKEN) -> str:
         return f"postgresql://{user}:{password}@{self.host}:{self.port}/{self.database}"
+
+    def psql(self, command: str) -> subprocess.CompletedProcess[str]:
+        """The real psql client running `command` as the reporter agent (blocking)."""
+        return subprocess.run(
+            [
+                "psql",
+                "-h",
+                self.host,
+                "-p",
+                str(self.port),
+                "-U",
+                "reporter",
+                "-d",
+                self.database,
+                "-tA",
+                "-c",
+                command,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PGPASSWORD": TOKEN},
+        )
 
 
 @pytest.fixture

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 
 import asyncpg
 import psycopg
 import pytest
 
-from tests.proxies.postgres.conftest import HR_TOKEN, TOKEN, Proxied
+from tests.proxies.postgres.conftest import HR_TOKEN, Proxied
 
 pytestmark = pytest.mark.integration
 
@@ -78,29 +76,10 @@ async def test_pipeline_mode_masks_each_execute(proxied: Proxied) -> None:
 async def test_copy_to_stdout_masks_named_columns_and_refuses_unnamed(
     proxied: Proxied,
 ) -> None:
-    env = {**os.environ, "PGPASSWORD": TOKEN}
-    base = [
-        "psql",
-        "-h",
-        proxied.host,
-        "-p",
-        str(proxied.port),
-        "-U",
-        "reporter",
-        "-d",
-        proxied.database,
-        "-tA",
-    ]
-
-    def run(cmd: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*base, "-c", cmd], capture_output=True, text=True, env=env, timeout=60
-        )
-
-    named = await asyncio.to_thread(run, "\\copy payroll (id, name) to stdout")
+    named = await asyncio.to_thread(proxied.psql, "\\copy payroll (id, name) to stdout")
     assert named.returncode == 0, named.stderr
     assert named.stdout.splitlines() == ["1\t\\N", "2\t\\N"]
-    unnamed = await asyncio.to_thread(run, "\\copy payroll to stdout")
+    unnamed = await asyncio.to_thread(proxied.psql, "\\copy payroll to stdout")
     assert "needs the result columns named" in unnamed.stderr
 
 

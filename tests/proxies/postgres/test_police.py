@@ -72,7 +72,7 @@ def proxy_and_session() -> tuple[PostgresProxy, _Session, CaptureSink]:
         pdp,
         SqlClassifier(Catalog.from_config({"public.payroll.name": ["pii"]})),
     )
-    session: Any = _Session(Agent("reporter", authn="token"), "app", None, None, 1, 2)  # type: ignore[arg-type]
+    session: Any = _Session(Agent("reporter", authn="token"), "app", None, None, 1, 2)  # type: ignore[arg-type]  # policing never touches the connections
     return proxy, session, sink
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 
 import asyncpg
 import pg8000.native
@@ -102,41 +100,12 @@ async def test_psql_through_the_proxy(proxied: Proxied) -> None:
 
 
 def _psql(proxied: Proxied) -> None:
-    env = {**os.environ, "PGPASSWORD": TOKEN}
-    base = [
-        "psql",
-        "-h",
-        proxied.host,
-        "-p",
-        str(proxied.port),
-        "-U",
-        "reporter",
-        "-d",
-        proxied.database,
-        "-v",
-        "ON_ERROR_STOP=0",
-        "-tA",
-    ]
-    ok = subprocess.run(
-        [*base, "-c", "select sum(total) from orders"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    ok = proxied.psql("select sum(total) from orders")
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.strip() == "2100"
-    denied = subprocess.run(
-        [*base, "-c", "set role postgres"], capture_output=True, text=True, env=env, timeout=60
-    )
+    denied = proxied.psql("set role postgres")
     assert "interlock: forbidden construct: sensitive_setting" in denied.stderr
-    copied = subprocess.run(
-        [*base, "-c", "\\copy orders to stdout"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    copied = proxied.psql("\\copy orders to stdout")
     assert copied.returncode == 0, copied.stderr
     assert len(copied.stdout.strip().splitlines()) == 20
 

@@ -70,12 +70,13 @@ async def test_clients_connect_over_tls(tls_proxy: tuple[PostgresProxy, str]) ->
     finally:
         await conn.close()
 
+    host, port = proxy.address
+
     def psql(mode: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [
                 "psql",
-                f"host={proxy.address[0]} port={proxy.address[1]} user=reporter "  # type: ignore[index]
-                f"dbname={database} sslmode={mode}",
+                f"host={host} port={port} user=reporter dbname={database} sslmode={mode}",
                 "-tAc",
                 "select ssl is not null from pg_stat_ssl limit 1",
             ],
