@@ -163,6 +163,43 @@ class IdentityConfig(Section):
     jwt: JwtConfig | None = None
 
 
+def dns_address(server: str) -> tuple[str, int]:
+    """`1.2.3.4`, `1.2.3.4:5353`, `[::1]:53` -> (ip, port)."""
+    host, port = server, 53
+    if server.startswith("["):
+        host, _, rest = server[1:].partition("]")
+        if rest:
+            port = int(rest.removeprefix(":"))
+    elif server.count(":") == 1:
+        host, _, p = server.partition(":")
+        port = int(p)
+    ipaddress.ip_address(host)
+    if not 0 < port < 65536:
+        raise ValueError(f"bad port in {server!r}")
+    return host, port
+
+
+class ReverseRoute(Section):
+    """A reverse-proxy (API gateway) listener in front of one upstream. Agents send their
+    credentials in `X-Interlock-Authorization` (or `Proxy-Authorization`), same schemes
+    as the forward proxy; the header is removed before forwarding."""
+
+    listen: Listen
+    upstream: str
+    """`http://host:port` or `https://host:port`; fixed, so the SSRF guard does not
+    apply to it (the operator chose it)."""
+
+    @field_validator("upstream")
+    @classmethod
+    def _upstream(cls, v: str) -> str:
+        scheme, sep, rest = v.partition("://")
+        if scheme not in ("http", "https") or not sep or not rest.strip("/"):
+            raise ValueError("upstream must be http://host[:port] or https://host[:port]")
+        if "/" in rest.rstrip("/") or "@" in rest:
+            raise ValueError("upstream takes no path or credentials")
+        return v.rstrip("/")
+
+
 class HttpConfig(Section):
     listen: Listen = "127.0.0.1:8080"
     passthrough: list[str] = []
@@ -179,6 +216,18 @@ class HttpConfig(Section):
     upstream_ca: Path | None = None
     """Extra CA bundle for verifying upstream servers (internal PKI); the system store is
     used otherwise. Upstream certificates are always verified."""
+    reverse: list[ReverseRoute] = []
+    """Reverse-proxy listeners (API-gateway use), decided like forward-proxy requests."""
+    dns_servers: list[str] = []
+    """Resolve destinations with these DNS servers (`ip` or `ip:port`, UDP/TCP) instead
+    of the system resolver, e.g. a resolver agents cannot influence."""
+
+    @field_validator("dns_servers")
+    @classmethod
+    def _dns(cls, v: list[str]) -> list[str]:
+        for server in v:
+            dns_address(server)
+        return v
 
     @field_validator("allow_networks")
     @classmethod

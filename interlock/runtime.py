@@ -22,6 +22,7 @@ from interlock.core.pdp import PDP
 from interlock.core.policy import PolicyManager
 from interlock.core.rego import RegoEngine
 from interlock.errors import ConfigError
+from interlock.identity.jwt import JwtVerifier
 from interlock.identity.registry import AgentRegistry
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class Runtime:
     registry: AgentRegistry
     audit: AuditLog
     holds: Holds = field(default_factory=Holds)
+    jwt: JwtVerifier | None = None
     endpoints: dict[str, str] = field(default_factory=dict)
     _runners: list[web.AppRunner] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -74,7 +76,9 @@ def build(config: Config) -> Runtime:
         audit,
         audit_fail_open_max_tier=None if fail_open == "none" else Tier(fail_open),
     )
-    return Runtime(config, policy, pdp, AgentRegistry.from_config(config.agents), audit)
+    registry = AgentRegistry.from_config(config.agents)
+    jwt = JwtVerifier(config.identity.jwt, registry) if config.identity.jwt else None
+    return Runtime(config, policy, pdp, registry, audit, jwt=jwt)
 
 
 async def start(runtime: Runtime) -> None:
@@ -110,12 +114,14 @@ async def start(runtime: Runtime) -> None:
         from interlock.proxies.http.server import HttpProxy
 
         http_proxy = HttpProxy(
-            cfg.http, cfg.data_dir, runtime.pdp, runtime.registry, holds=runtime.holds
+            cfg.http, cfg.data_dir, runtime.pdp, runtime.registry, runtime.jwt, runtime.holds
         )
         await http_proxy.start()
         runtime._stoppers.append(http_proxy.stop)
         assert http_proxy.address is not None
         runtime.endpoints["http"] = f"http://{http_proxy.address[0]}:{http_proxy.address[1]}"
+        for route, gw in zip(cfg.http.reverse, http_proxy.reverse_addresses, strict=True):
+            runtime.endpoints[f"gateway -> {route.upstream}"] = f"http://{gw[0]}:{gw[1]}"
         runtime.endpoints["ca"] = str(http_proxy.ca_file)
     runtime.endpoints["audit"] = cfg.audit.store
     runtime.endpoints["audit key"] = runtime.audit.signer.verifier.encode()

@@ -9,9 +9,19 @@ from collections.abc import Iterator
 import pytest
 
 from interlock.testing.services import MissingService, Postgres, free_port
+from interlock.testing.services import dns_server as _dns_server
 from interlock.testing.services import postgres_server as _postgres_server
 
-__all__ = ["Postgres", "free_port", "postgres_server"]
+__all__ = ["Postgres", "dns_server", "free_port", "postgres_server"]
+
+
+@contextlib.contextmanager
+def dns_server(records: dict[str, list[str]]) -> Iterator[int]:
+    try:
+        with _dns_server(records) as port:
+            yield port
+    except MissingService as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""Real servers on loopback for tests and benchmarks: PostgreSQL and PgBouncer.
+"""Real servers on loopback for tests and benchmarks: PostgreSQL, PgBouncer, dnsmasq.
 
 Each starts in a temporary directory on a free port and stops when its context ends. A
 missing binary raises `MissingService` saying how to install it; nothing falls back to a
@@ -192,18 +192,55 @@ def pgbouncer(pg: Postgres, database: str, pool_size: int = 20) -> Iterator[int]
     if prefix:
         for p in (root, root / "users.txt", root / "pgbouncer.ini"):
             shutil.chown(p, "postgres")
-    proc = subprocess.Popen(
-        [*prefix, binary, str(root / "pgbouncer.ini")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        wait_port(port, proc, "pgbouncer", [])
+    with _serving([*prefix, binary, str(root / "pgbouncer.ini")], port, "pgbouncer", root):
         yield port
+
+
+@contextlib.contextmanager
+def _serving(cmd: list[str], port: int, what: str, root: Path) -> Iterator[None]:
+    """Run `cmd` until the context ends, once it listens on `port`; then remove `root`."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_port(port, proc, what, [])
+        yield
     finally:
         proc.terminate()
         proc.wait(timeout=20)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def dns_server(records: dict[str, list[str]]) -> Iterator[int]:
+    """dnsmasq on 127.0.0.1 answering only `records` (name -> addresses, A and AAAA);
+    yields its port (UDP and TCP)."""
+    binary = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
+    if not os.path.exists(binary):
+        raise MissingService(
+            "dnsmasq is required for the DNS-based SSRF tests; install it with: "
+            "apt-get install dnsmasq-base (or run `make test`, which does)"
+        )
+    root = Path(tempfile.mkdtemp(prefix="interlock-dns-"))
+    hosts = root / "hosts"
+    hosts.write_text("".join(f"{ip} {name}\n" for name, ips in records.items() for ip in ips))
+    port = free_port()
+    user = pwd.getpwuid(os.getuid())
+    cmd = [
+        binary,
+        "--keep-in-foreground",
+        f"--port={port}",
+        "--listen-address=127.0.0.1",
+        "--bind-interfaces",
+        "--no-resolv",
+        "--no-hosts",
+        "--local=/test/",
+        f"--addn-hosts={hosts}",
+        "--conf-file=/dev/null",
+        "--pid-file=",
+        f"--user={user.pw_name}",
+        "--log-facility=-",
+    ]
+    with _serving(cmd, port, "dnsmasq", root):
+        yield port
 
 
 def self_signed_cert(directory: Path, owner: str | None = None) -> tuple[Path, Path]:

@@ -207,15 +207,20 @@ async def test_up_runs_the_http_proxy_and_exports_its_ca(tmp_path: Path, up_fact
         f'[agents.coder]\ntoken = "coder-token-0123456789"\n'
         f'[admin]\nlisten = "127.0.0.1:{free_port()}"\n'
         f'[http]\nlisten = "127.0.0.1:{free_port()}"\n'
+        f'[[http.reverse]]\nlisten = "127.0.0.1:{free_port()}"\n'
+        f'upstream = "http://127.0.0.1:9"\n'
     )
     up = up_factory(["-c", str(cfg)], tmp_path)
     await asyncio.to_thread(up.wait_ready)
     line = next(x for x in up.banner if x.strip().startswith("http "))
     proxy = line.split()[-1]
+    gateway = next(x for x in up.banner if "gateway -> http://127.0.0.1:9" in x).split()[-1]
     import httpx
 
     async with httpx.AsyncClient(proxy=proxy) as client:
         assert (await client.get("http://example.invalid/")).status_code == 407
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(gateway + "/")).status_code == 401
     out = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "interlock.cli", "ca", "export", "-c", str(cfg)],

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from mitmproxy import http
+from mitmproxy.proxy.mode_specs import ReverseMode
 
 from interlock.approvals.holds import Holds
 from interlock.classify.content import (
@@ -20,11 +21,16 @@ from interlock.classify.content import (
     InjectionDetector,
     scan,
 )
+from interlock.classify.mcp import tool_call
 from interlock.core.model import Action, Decision, Effect, Operation
 from interlock.core.pdp import PDP
 from interlock.proxies.http.identity import AGENT
+from interlock.proxies.http.llm import tool_calls
 
 DECISION = "interlock.decision"
+ACTION = "interlock.action"
+FORWARDED = "interlock.forwarded"
+"""Set on flows interlock let through: only their responses come from outside."""
 MCP_ID = "interlock.mcp_id"
 
 
@@ -105,6 +111,7 @@ def request_action(flow: http.HTTPFlow, keep_prompts: bool = False) -> Action:
     path = req.path.split("?", 1)[0]
     details: dict[str, Any] = {
         "method": req.method,
+        "mode": "reverse" if isinstance(flow.client_conn.proxy_mode, ReverseMode) else "forward",
         "scheme": req.scheme,
         "port": req.port,
         "path": path[:2048],
@@ -119,21 +126,11 @@ def request_action(flow: http.HTTPFlow, keep_prompts: bool = False) -> Action:
     if found.kinds:
         details["dlp"] = sorted(found.kinds)
     doc = _json(text)
-    if isinstance(doc, dict) and doc.get("jsonrpc") == "2.0" and doc.get("method") == "tools/call":
-        raw_params = doc.get("params")
-        params: dict[str, Any] = raw_params if isinstance(raw_params, dict) else {}
-        raw_args = params.get("arguments")
-        args: dict[str, Any] = raw_args if isinstance(raw_args, dict) else {}
-        flow.metadata[MCP_ID] = doc.get("id")
-        details.update(mcp_server=req.host, arguments=sorted(args)[:64])
-        return Action(
-            agent,
-            "mcp",
-            Operation.TOOL_CALL,
-            str(params.get("name", "")),
-            details,
-            labels=found.labels,
-        )
+    call = tool_call(doc)
+    if call is not None:
+        flow.metadata[MCP_ID] = call.id
+        details.update(mcp_server=req.host, arguments=sorted(call.arguments)[:64])
+        return Action(agent, "mcp", Operation.TOOL_CALL, call.name, details, labels=found.labels)
     if (
         isinstance(doc, dict)
         and req.method == "POST"
@@ -208,33 +205,70 @@ class Egress:
 
     async def response(self, flow: http.HTTPFlow) -> None:
         """Text from outside taints the session; text that tries to steer the agent
-        taints it harder. MCP tool results are outside text too."""
+        taints it harder. MCP tool results are outside text too.
+
+        A model's own answer to a prompt is not "content from outside" (every agent
+        would be tainted after its first LLM call and the signal would mean nothing),
+        but it is still scanned for injection, and the tool calls it asks for are
+        recorded as children of the prompt."""
         agent = flow.metadata.get(AGENT)
-        if agent is None or flow.response is None or DECISION not in flow.metadata:
-            return
-        if flow.request.host.lower() in self.trusted_hosts:
+        if agent is None or flow.response is None or not flow.metadata.get(FORWARDED):
             return
         text = body_text(flow.response)
         if text is None:
             return
+        action: Action | None = flow.metadata.get(ACTION)
+        is_prompt = action is not None and action.operation is Operation.PROMPT
+        if action is not None and is_prompt:
+            await self._record_tool_calls(flow, action, text)
+        if flow.request.host.lower() in self.trusted_hosts:
+            return
         until = self.pdp.clock() + self.taint_ttl
-        await self.pdp.store.add_taint(agent.id, "untrusted_content", until)
+        if not is_prompt:
+            await self.pdp.store.add_taint(agent.id, "untrusted_content", until)
         reasons = self.detector.scan(text)
         if reasons:
             flow.metadata["interlock.injection"] = reasons
             await self.pdp.store.add_taint(agent.id, "prompt_injection_suspected", until)
 
+    async def _record_tool_calls(self, flow: http.HTTPFlow, prompt: Action, text: str) -> None:
+        """Each tool call the model asked for becomes a decided, audited action whose
+        parent is the prompt's decision. It is recorded, not enforced here (`enforced`
+        is false): the agent's actual call is decided where it happens (MCP, SQL, SSH)."""
+        decision: Decision = flow.metadata[DECISION]
+        for call in tool_calls(text):
+            arguments = json.dumps(call.arguments, default=str)
+            child = Action(
+                prompt.agent,
+                "llm",
+                Operation.TOOL_CALL,
+                call.name[:256],
+                {
+                    "source": "llm_response",
+                    "enforced": False,
+                    "llm_host": flow.request.host,
+                    "model": prompt.details.get("model"),
+                    "call_id": call.call_id[:128],
+                    "arguments": sorted(call.arguments)[:64],
+                },
+                labels=scan(arguments[:MAX_SCAN]).labels,
+                parents=(decision.decision_id,),
+            )
+            await self.pdp.decide(child)
+
     async def _enforce(self, flow: http.HTTPFlow, action: Action) -> None:
         decision = await self.pdp.decide(action)
         flow.metadata[DECISION] = decision
+        flow.metadata[ACTION] = action
         if decision.effect is Effect.APPROVE:
             verdict = await self.holds.wait(decision, self.approval_timeout)
             if not verdict.approved:
                 deny(flow, decision, f"held for approval: {verdict.reason or 'denied'}")
-            return
-        if decision.effect is not Effect.ALLOW:
+                return
+        elif decision.effect is not Effect.ALLOW:
             deny(flow, decision)
             return
+        flow.metadata[FORWARDED] = True
         for o in decision.obligations:
             if o.type == "add_header":
                 flow.request.headers[str(o.params["name"])] = str(o.params["value"])

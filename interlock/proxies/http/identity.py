@@ -4,14 +4,19 @@ A CONNECT authenticates the whole tunnel (requests inside it carry no proxy head
 plain request authenticates itself. Missing or wrong credentials get 407 with a
 `Proxy-Authenticate` challenge. The header is always removed before anything goes
 upstream: the agent's token is never forwarded.
+
+A reverse-mode (gateway) listener is not a proxy to its clients, so there the credentials
+may also come in `X-Interlock-Authorization` (same schemes), and a failure is a 401.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
 
 from mitmproxy import connection, http
+from mitmproxy.proxy import mode_specs
 
 from interlock.core.model import Agent
 from interlock.errors import IdentityError
@@ -20,13 +25,18 @@ from interlock.identity.registry import AgentRegistry
 
 AGENT = "interlock.agent"
 """flow.metadata key holding the authenticated Agent."""
+GATEWAY_HEADER = "X-Interlock-Authorization"
 
 
 def challenge(flow: http.HTTPFlow, why: str) -> None:
+    if isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode):
+        status, header, error = 401, "WWW-Authenticate", "authentication required"
+    else:
+        status, header, error = 407, "Proxy-Authenticate", "proxy authentication required"
     flow.response = http.Response.make(
-        407,
-        f'{{"error": "proxy authentication required", "reason": "{why}"}}',
-        {"Proxy-Authenticate": 'Basic realm="interlock"', "Content-Type": "application/json"},
+        status,
+        json.dumps({"error": error, "reason": why}),
+        {header: 'Basic realm="interlock"', "Content-Type": "application/json"},
     )
 
 
@@ -40,6 +50,8 @@ class Identity:
 
     async def _authenticate(self, flow: http.HTTPFlow) -> Agent | None:
         header = flow.request.headers.get("Proxy-Authorization", "")
+        if not header and isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode):
+            header = flow.request.headers.get(GATEWAY_HEADER, "")
         scheme, _, value = header.partition(" ")
         if scheme.lower() == "basic":
             try:
@@ -70,8 +82,9 @@ class Identity:
         if agent is None:
             agent = await self._authenticate(flow)
         flow.request.headers.pop("Proxy-Authorization", None)
+        flow.request.headers.pop(GATEWAY_HEADER, None)
         if agent is None:
-            challenge(flow, "missing or invalid Proxy-Authorization")
+            challenge(flow, "missing or invalid credentials")
             return
         flow.metadata[AGENT] = agent
 

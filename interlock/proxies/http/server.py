@@ -12,7 +12,7 @@ from mitmproxy.addons import core, disable_h2c, next_layer, proxyserver, tlsconf
 from mitmproxy.master import Master
 
 from interlock.approvals.holds import Holds
-from interlock.config import HttpConfig
+from interlock.config import HttpConfig, dns_address
 from interlock.core.pdp import PDP
 from interlock.identity.jwt import JwtVerifier
 from interlock.identity.registry import AgentRegistry
@@ -20,7 +20,8 @@ from interlock.proxies.http.egress import Egress
 from interlock.proxies.http.failclosed import guard_all
 from interlock.proxies.http.hygiene import Hygiene
 from interlock.proxies.http.identity import Identity
-from interlock.proxies.http.ssrf import SsrfGuard
+from interlock.proxies.http.ssrf import DnsResolver, Resolver, SsrfGuard, SystemResolver
+from interlock.proxies.http.tunnel import Tunnels
 
 CA_FILE = "mitmproxy-ca-cert.pem"
 """What agents must trust; `interlock ca export` prints it."""
@@ -45,13 +46,22 @@ class HttpProxy:
         self.master: Master | None = None
         self._task: asyncio.Task[None] | None = None
         self.address: tuple[str, int] | None = None
+        """Where the forward proxy listens, once started."""
+        self.reverse_addresses: list[tuple[str, int]] = []
+        """Where each `reverse` route listens, in config order."""
 
     def addons(self) -> list[object]:
         allow = [ipaddress.ip_network(n, strict=False) for n in self.config.allow_networks]
+        resolver: Resolver = (
+            DnsResolver([dns_address(s) for s in self.config.dns_servers])
+            if self.config.dns_servers
+            else SystemResolver()
+        )
         return [
             guard_all(Hygiene()),
             guard_all(Identity(self.registry, self.jwt)),
-            guard_all(SsrfGuard(allow)),
+            guard_all(SsrfGuard(allow, resolver)),
+            guard_all(Tunnels(frozenset(self.config.passthrough))),
             guard_all(
                 Egress(
                     self.pdp,
@@ -65,14 +75,11 @@ class HttpProxy:
         ]
 
     async def start(self) -> None:
-        host, _, port = self.config.listen.rpartition(":")
         self.confdir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        opts = options.Options(
-            listen_host=host.strip("[]"),
-            listen_port=int(port),
-            confdir=str(self.confdir),
-            mode=["regular"],
-        )
+        modes = [f"regular@{self.config.listen}"] + [
+            f"reverse:{r.upstream}@{r.listen}" for r in self.config.reverse
+        ]
+        opts = options.Options(confdir=str(self.confdir), mode=modes)
         master = Master(opts, event_loop=asyncio.get_running_loop(), with_termlog=False)
         master.addons.add(
             core.Core(),
@@ -85,7 +92,6 @@ class HttpProxy:
         # Options that addons declare exist only once the addons are loaded.
         opts.update(
             ssl_insecure=False,
-            ignore_hosts=[f"^{h.replace('.', '[.]')}:" for h in self.config.passthrough],
             body_size_limit=str(self.config.max_body_bytes),
             connection_strategy="lazy",
         )
@@ -96,9 +102,10 @@ class HttpProxy:
         server = master.addons.get("proxyserver")
         for _ in range(500):
             instances = list(server.servers)
-            if instances and all(i.is_running for i in instances):
-                addr = instances[0].listen_addrs[0]
-                self.address = (str(addr[0]), int(addr[1]))
+            if len(instances) == len(modes) and all(i.is_running for i in instances):
+                by_mode = {i.mode.full_spec: i.listen_addrs[0] for i in instances}
+                addrs = [(str(a[0]), int(a[1])) for a in (by_mode[m] for m in modes)]
+                self.address, self.reverse_addresses = addrs[0], addrs[1:]
                 return
             if self._task.done():
                 self._task.result()

@@ -1,5 +1,9 @@
 """SSRF guard: resolve, check every answer, then connect to the address that was checked.
 
+Names are resolved by the system resolver, or by the DNS servers the config names (a
+resolver the agent cannot influence). Reverse-mode upstreams are fixed by the operator and
+not checked.
+
 Runs at two points. On each request (and CONNECT) it answers 403 with a reason before any
 decision, so agents see why. At `server_connect`, the moment mitmproxy is about to open a
 socket, it resolves again, checks all answers, and pins the connection to a checked
@@ -13,9 +17,14 @@ import ipaddress
 import json
 import socket
 import time
+from typing import Protocol
 
+import dns.asyncresolver
+import dns.exception
+import dns.nameserver
+import dns.resolver
 from mitmproxy import http
-from mitmproxy.proxy import server_hooks
+from mitmproxy.proxy import mode_specs, server_hooks
 
 from interlock.proxies.http.addresses import IP, allowed_by, blocked, parse_host
 
@@ -29,20 +38,16 @@ class SsrfError(Exception):
     pass
 
 
-async def resolve(host: str) -> list[IP]:
-    literal = parse_host(host)
-    if literal is not None:
-        return [literal]
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await asyncio.wait_for(
-            loop.getaddrinfo(host, None, type=socket.SOCK_STREAM), RESOLVE_TIMEOUT_S
-        )
-    except (OSError, TimeoutError) as exc:
-        raise SsrfError(f"cannot resolve {host}: {exc}") from exc
+class Resolver(Protocol):
+    async def resolve(self, host: str) -> list[IP]:
+        """Every address `host` has (IP literals in any spelling are their own answer);
+        raises SsrfError when there is none."""
+        ...
+
+
+def _unique(ips: list[IP], host: str) -> list[IP]:
     out: list[IP] = []
-    for info in infos:
-        ip = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+    for ip in ips:
         if ip not in out:
             out.append(ip)
     if not out:
@@ -50,9 +55,60 @@ async def resolve(host: str) -> list[IP]:
     return out
 
 
-async def check(host: str, allow: Networks) -> IP:
+class SystemResolver:
+    """getaddrinfo: /etc/hosts, then the system's DNS."""
+
+    async def resolve(self, host: str) -> list[IP]:
+        literal = parse_host(host)
+        if literal is not None:
+            return [literal]
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await asyncio.wait_for(
+                loop.getaddrinfo(host, None, type=socket.SOCK_STREAM), RESOLVE_TIMEOUT_S
+            )
+        except (OSError, TimeoutError) as exc:
+            raise SsrfError(f"cannot resolve {host}: {exc}") from exc
+        return _unique([ipaddress.ip_address(str(i[4][0]).split("%", 1)[0]) for i in infos], host)
+
+
+class DnsResolver:
+    """Asks the configured DNS servers directly for A and AAAA records."""
+
+    def __init__(self, servers: list[tuple[str, int]]) -> None:
+        self._resolver = dns.asyncresolver.Resolver(configure=False)
+        self._resolver.nameservers = [dns.nameserver.Do53Nameserver(h, p) for h, p in servers]
+        self._resolver.lifetime = RESOLVE_TIMEOUT_S
+
+    async def _query(self, host: str, rdtype: str) -> list[IP]:
+        try:
+            answer = await self._resolver.resolve(host, rdtype, search=False)
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            return []
+        except dns.exception.DNSException as exc:
+            raise SsrfError(f"cannot resolve {host}: {type(exc).__name__}") from exc
+        return [ipaddress.ip_address(r.address) for r in answer]
+
+    async def resolve(self, host: str) -> list[IP]:
+        literal = parse_host(host)
+        if literal is not None:
+            return [literal]
+        # Safe to use whichever family answered: the connection is pinned to an address
+        # from this list, so an address that was never seen is never dialled.
+        results = await asyncio.gather(
+            self._query(host, "A"), self._query(host, "AAAA"), return_exceptions=True
+        )
+        ips = [ip for r in results if isinstance(r, list) for ip in r]
+        if not ips:
+            for r in results:
+                if isinstance(r, BaseException):
+                    raise r
+        return _unique(ips, host)
+
+
+async def check(host: str, allow: Networks, resolver: Resolver | None = None) -> IP:
     """The first address of `host`; raises SsrfError if any answer is forbidden."""
-    ips = await resolve(host)
+    ips = await (resolver or SystemResolver()).resolve(host)
     for ip in ips:
         why = blocked(ip)
         if why and not allowed_by(ip, allow):
@@ -71,8 +127,9 @@ def refuse(flow: http.HTTPFlow, reason: str) -> None:
 class SsrfGuard:
     """mitmproxy addon."""
 
-    def __init__(self, allow: Networks) -> None:
+    def __init__(self, allow: Networks, resolver: Resolver | None = None) -> None:
         self.allow = allow
+        self.resolver: Resolver = resolver or SystemResolver()
         self._recent: dict[str, tuple[float, str | None]] = {}
 
     async def http_connect(self, flow: http.HTTPFlow) -> None:
@@ -85,7 +142,9 @@ class SsrfGuard:
         """The early, explained refusal. Its verdict per host is remembered briefly so a
         keep-alive stream of requests does not resolve the name each time; the check
         that guards the socket (`server_connect`) always resolves afresh."""
-        if flow.response is not None:
+        if flow.response is not None or isinstance(
+            flow.client_conn.proxy_mode, mode_specs.ReverseMode
+        ):
             return
         host = flow.request.host
         now = time.monotonic()
@@ -94,7 +153,7 @@ class SsrfGuard:
             why = seen[1]
         else:
             try:
-                await check(host, self.allow)
+                await check(host, self.allow, self.resolver)
                 why = None
             except SsrfError as exc:
                 why = str(exc)
@@ -107,9 +166,13 @@ class SsrfGuard:
     async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         if data.server.address is None:
             return
+        if isinstance(data.client.proxy_mode, mode_specs.ReverseMode):
+            mode = data.client.proxy_mode
+            if (mode.address[0], mode.address[1]) == tuple(data.server.address[:2]):
+                return
         host, port = data.server.address
         try:
-            ip = await check(str(host), self.allow)
+            ip = await check(str(host), self.allow, self.resolver)
         except SsrfError as exc:
             data.server.error = f"interlock SSRF guard: {exc}"
             return

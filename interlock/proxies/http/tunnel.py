@@ -1,0 +1,102 @@
+"""One destination per tunnel: the CONNECT target, the TLS SNI and the Host header agree.
+
+The decision is made on the CONNECT target (and the SSRF guard pins the socket to it), so
+anything inside the tunnel that names another host is an attempt to be judged as one
+destination and talk to another: domain fronting through a CDN, or an SNI that matches a
+pass-through host so the tunnel escapes inspection. Such a TLS handshake is refused (the
+client connection is closed before anything goes upstream) and such a request gets 421.
+
+Pass-through is decided here too, rather than with mitmproxy's `ignore_hosts`: that
+option skips interception when *any* of the CONNECT target, SNI or Host header matches,
+so a CONNECT to an undecided host with a pass-through SNI would become a blind tunnel.
+Here a tunnel is passed through only when its CONNECT target (which the egress policy
+decided at CONNECT) is a pass-through host and the SNI agrees with it.
+
+Reverse-mode listeners are exempt: their upstream is fixed by configuration and their
+clients name the gateway, not the upstream.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from mitmproxy import connection, http, tls
+from mitmproxy.net.http import url
+from mitmproxy.proxy import mode_specs
+
+log = logging.getLogger(__name__)
+
+
+def same_host(a: str, b: str) -> bool:
+    """Hosts compared as DNS compares them: case-blind, trailing dot, IDNA forms."""
+    return _norm(a) == _norm(b)
+
+
+def _norm(host: str) -> str:
+    h = host.strip().strip("[]").rstrip(".").lower()
+    try:
+        return h.encode("idna").decode("ascii")
+    except UnicodeError:
+        return h
+
+
+def misdirected(flow: http.HTTPFlow, reason: str) -> None:
+    flow.response = http.Response.make(
+        421,
+        json.dumps({"error": "misdirected request", "reason": reason}),
+        {"Content-Type": "application/json"},
+    )
+
+
+class Tunnels:
+    """mitmproxy addon."""
+
+    def __init__(self, passthrough: frozenset[str]) -> None:
+        self.passthrough = frozenset(_norm(h) for h in passthrough)
+        self._refused: dict[str, str] = {}
+
+    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        ctx = data.context
+        if not isinstance(ctx.client.proxy_mode, mode_specs.RegularMode):
+            return
+        if ctx.server.address is None:
+            self._refused[ctx.client.id] = "TLS without a CONNECT target"
+            return
+        target = str(ctx.server.address[0])
+        sni = data.client_hello.sni
+        if sni and not same_host(sni, target):
+            why = f"TLS SNI {sni!r} does not match the CONNECT target {target!r}"
+            log.warning("refusing tunnel from %s: %s", ctx.client.peername, why)
+            self._refused[ctx.client.id] = why
+            return
+        if _norm(target) in self.passthrough:
+            data.ignore_connection = True
+
+    def tls_start_client(self, data: tls.TlsData) -> None:
+        """Runs after mitmproxy's own TLS set-up; without a TLS context mitmproxy closes
+        the client connection, which is how a refused handshake ends."""
+        if self._refused.pop(data.context.client.id, None) is not None:
+            data.ssl_conn = None
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self._refused.pop(client.id, None)
+
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None or isinstance(
+            flow.client_conn.proxy_mode, mode_specs.ReverseMode
+        ):
+            return
+        authority = flow.request.host_header
+        if not authority:
+            return
+        try:
+            host, _ = url.parse_authority(authority, check=False)
+        except ValueError:
+            misdirected(flow, f"unreadable Host header {authority!r}")
+            return
+        if not same_host(host, flow.request.host):
+            misdirected(
+                flow,
+                f"Host {host!r} does not match the destination {flow.request.host!r}",
+            )

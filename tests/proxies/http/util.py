@@ -1,0 +1,76 @@
+"""Helpers for the HTTP proxy tests: start a proxy, speak raw HTTP/1.1 to it."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from pathlib import Path
+from typing import Any
+
+from interlock.config import AgentConfig, HttpConfig
+from interlock.identity.registry import AgentRegistry
+from interlock.proxies.http.server import HttpProxy
+from interlock.testing import CaptureSink, make_pdp
+
+TOKEN = "coder-token-0123456789"
+BASIC = base64.b64encode(f"coder:{TOKEN}".encode()).decode()
+
+
+async def start_proxy(tmp_path: Path, **config: Any) -> tuple[HttpProxy, CaptureSink]:
+    sink = CaptureSink()
+    proxy = HttpProxy(
+        HttpConfig(listen="127.0.0.1:0", **config),
+        tmp_path / "data",
+        make_pdp(sink=sink),
+        AgentRegistry.from_config({"coder": AgentConfig(token=TOKEN)}),
+    )
+    await proxy.start()
+    return proxy, sink
+
+
+def proxy_url(proxy: HttpProxy) -> str:
+    assert proxy.address is not None
+    return f"http://coder:{TOKEN}@{proxy.address[0]}:{proxy.address[1]}"
+
+
+async def raw_exchange(address: tuple[str, int], request: bytes, limit: float = 15) -> bytes:
+    """Send `request` as is and read until the proxy closes or stops talking."""
+    reader, writer = await asyncio.open_connection(*address)
+    try:
+        writer.write(request)
+        await writer.drain()
+        out = b""
+        while True:
+            try:
+                chunk = await asyncio.wait_for(reader.read(65536), limit)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            out += chunk
+            if b"\r\n\r\n" in out and out.startswith(b"HTTP/1.1 4"):
+                # A refusal is complete once its declared body has arrived.
+                head, _, body = out.partition(b"\r\n\r\n")
+                length = [
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                ]
+                if length and len(body) >= length[0]:
+                    break
+        return out
+    finally:
+        writer.close()
+
+
+def absolute_form(target: str, path: str = "/x") -> bytes:
+    return (
+        f"GET http://{target}{path} HTTP/1.1\r\nHost: {target}\r\n"
+        f"Proxy-Authorization: Basic {BASIC}\r\nConnection: close\r\n\r\n"
+    ).encode()
+
+
+def connect(target: str) -> bytes:
+    return (
+        f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: Basic {BASIC}\r\n\r\n"
+    ).encode()
