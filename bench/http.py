@@ -13,19 +13,17 @@ import asyncio
 import os
 import shutil
 import ssl
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from bench.procs import bench_bundle, process
 from bench.stats import Measurement, summarize
-from interlock.testing.services import free_port, self_signed_cert, wait_port
+from interlock.testing.services import free_port, self_signed_cert
 
 TOKEN = "bench-agent-token-0123456789"  # noqa: S105 (a throwaway benchmark agent)
 GOAL_RATIO = 0.9
@@ -51,22 +49,6 @@ asyncio.run(main())
 """
 
 
-@contextmanager
-def _process(
-    cmd: list[str], port: int, what: str, cwd: Path | None = None
-) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cwd)
-    try:
-        wait_port(port, proc, what, limit=60)
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
 async def _measure(
     proxy: str | None, verify: Any, url: str, sequential: int, total: int
 ) -> tuple[list[float], float]:
@@ -90,22 +72,6 @@ async def _measure(
     return samples, rps
 
 
-def _bundle(target: Path) -> Path:
-    """The bundled policy with a rate budget a benchmark cannot exhaust: otherwise the
-    rate signal (correctly) starts holding the flood of requests for approval."""
-    import json
-
-    from interlock.core.bundle import bundled_policy_dir
-
-    shutil.copytree(
-        bundled_policy_dir(), target, ignore=shutil.ignore_patterns("__init__.py", "__pycache__")
-    )
-    data = json.loads((target / "data.json").read_text())
-    data["interlock"]["risk"]["rate_per_minute"] = 10_000_000
-    (target / "data.json").write_text(json.dumps(data))
-    return target
-
-
 def run(quick: bool = False) -> dict[str, Any]:
     sequential, total = (200, 600) if quick else (1000, 3000)
     bindir = Path(sys.executable).parent
@@ -115,7 +81,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         cert, key = self_signed_cert(root / "up")
         http_port, https_port, bare_port, ours_port = (free_port() for _ in range(4))
         admin_port = free_port()
-        bundle = _bundle(root / "bundle")
+        bundle = bench_bundle(root / "bundle")
         cfg = root / "interlock.toml"
         cfg.write_text(
             f'data_dir = "{root / "data"}"\n[policy]\nbundle = "{bundle}"\n'
@@ -126,7 +92,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         )
         mitmdump = shutil.which("mitmdump", path=str(bindir)) or "mitmdump"
         with (
-            _process(
+            process(
                 [
                     sys.executable,
                     "-c",
@@ -139,7 +105,7 @@ def run(quick: bool = False) -> dict[str, Any]:
                 https_port,
                 "upstream",
             ),
-            _process(
+            process(
                 [
                     mitmdump,
                     "-q",
@@ -155,7 +121,7 @@ def run(quick: bool = False) -> dict[str, Any]:
                 bare_port,
                 "mitmdump",
             ),
-            _process(
+            process(
                 [sys.executable, "-m", "interlock.cli", "up", "-c", str(cfg)],
                 ours_port,
                 "interlock",

@@ -11,13 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import audit, http, pdp, postgres
+from bench import audit, extauthz, http, pdp, postgres
 
 SUITES: dict[str, Callable[[bool], dict[str, Any]]] = {
     "pdp": pdp.run,
     "audit": audit.run,
     "postgres": postgres.run,
     "http": http.run,
+    "extauthz": extauthz.run,
 }
 
 

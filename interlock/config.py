@@ -284,7 +284,38 @@ class SshConfig(Section):
 
 class ExtAuthzConfig(Section):
     grpc_listen: Listen = "127.0.0.1:9191"
-    http_listen: Listen = "127.0.0.1:9192"
+    http_listen: Listen | None = "127.0.0.1:9192"
+    """The HTTP authz endpoint (NGINX auth_request, Envoy's HTTP ext_authz service);
+    empty to turn it off."""
+    mode: Literal["interlock", "opa-envoy"] = "interlock"
+    """interlock: requests become Actions for the PDP. opa-envoy: the input document of
+    OPA's Envoy plugin is evaluated at `decision_path` (the interlock context is added
+    under `input.interlock`)."""
+    decision_path: str = "envoy/authz/allow"
+    """OPA-Envoy mode: the rule to evaluate (`envoy/authz/allow` or
+    `data.envoy.authz.allow`); it must be in the policy bundle."""
+    identity_header: str | None = None
+    """A header the mesh sets to the calling agent's id. Only safe when the mesh removes
+    it from what clients send."""
+    principals: dict[str, str] = {}
+    """mTLS source principal (e.g. a SPIFFE id) -> agent id."""
+    max_body_bytes: int = Field(1024 * 1024, ge=0)
+    """Bodies larger than this are denied (Envoy's `max_request_bytes` should be lower)."""
+    http_path_prefix: str = ""
+    """Envoy's HTTP ext_authz `path_prefix`, stripped before deciding."""
+
+    @field_validator("http_listen", mode="before")
+    @classmethod
+    def _off(cls, v: object) -> object:
+        return None if v == "" else v
+
+    @field_validator("decision_path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        path = v.removeprefix("data.").replace(".", "/").strip("/")
+        if not path or any(not part for part in path.split("/")):
+            raise ValueError("decision_path must name a rule, e.g. envoy/authz/allow")
+        return path
 
 
 class AdminConfig(Section):

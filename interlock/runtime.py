@@ -19,7 +19,7 @@ from interlock.config import Config
 from interlock.core.context import MemoryStore
 from interlock.core.model import Tier
 from interlock.core.pdp import PDP
-from interlock.core.policy import PolicyManager
+from interlock.core.policy import DECISION_ENTRYPOINT, PolicyManager
 from interlock.core.rego import RegoEngine
 from interlock.errors import ConfigError
 from interlock.identity.jwt import JwtVerifier
@@ -62,9 +62,13 @@ def build(config: Config) -> Runtime:
     """Load the policy and build the PDP; raises BundleError or ConfigError."""
     if config.state.store != "memory":
         raise ConfigError("state.store: only 'memory' is available in this build")
+    entrypoints = [DECISION_ENTRYPOINT]
+    if config.extauthz is not None and config.extauthz.mode == "opa-envoy":
+        entrypoints.append(config.extauthz.decision_path)
     policy = PolicyManager(
         config.policy.bundle,
         engine=RegoEngine(cache_size=config.policy.cache_size, timeout_ms=config.policy.timeout_ms),
+        entrypoints=entrypoints,
     )
     policy.load()
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -123,8 +127,33 @@ async def start(runtime: Runtime) -> None:
         for route, gw in zip(cfg.http.reverse, http_proxy.reverse_addresses, strict=True):
             runtime.endpoints[f"gateway -> {route.upstream}"] = f"http://{gw[0]}:{gw[1]}"
         runtime.endpoints["ca"] = str(http_proxy.ca_file)
+    if cfg.extauthz is not None:
+        await _start_extauthz(runtime)
     runtime.endpoints["audit"] = cfg.audit.store
     runtime.endpoints["audit key"] = runtime.audit.signer.verifier.encode()
+
+
+async def _start_extauthz(runtime: Runtime) -> None:
+    from interlock.extauthz.authorizer import Authorizer
+    from interlock.extauthz.grpc_server import ExtAuthzServer
+    from interlock.extauthz.http_server import make_app as make_authz_app
+
+    cfg = runtime.config.extauthz
+    assert cfg is not None
+    authorizer = Authorizer(cfg, runtime.pdp, runtime.registry, runtime.jwt)
+    grpc_server = ExtAuthzServer(authorizer, cfg.grpc_listen)
+    await grpc_server.start()
+    runtime._stoppers.append(grpc_server.stop)
+    host = cfg.grpc_listen.rpartition(":")[0]
+    runtime.endpoints["ext_authz gRPC"] = f"{host}:{grpc_server.port}"
+    if cfg.http_listen:
+        host, _, port = cfg.http_listen.rpartition(":")
+        runner = web.AppRunner(make_authz_app(authorizer), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, host.strip("[]"), int(port)).start()
+        runtime._runners.append(runner)
+        bound = runner.addresses[0]
+        runtime.endpoints["ext_authz HTTP"] = f"http://{bound[0]}:{bound[1]}"
 
 
 def banner(runtime: Runtime) -> str:

@@ -10,9 +10,18 @@ import pytest
 
 from interlock.testing.services import MissingService, Postgres, free_port
 from interlock.testing.services import dns_server as _dns_server
+from interlock.testing.services import envoy_server as _envoy_server
+from interlock.testing.services import nginx_server as _nginx_server
 from interlock.testing.services import postgres_server as _postgres_server
 
-__all__ = ["Postgres", "dns_server", "free_port", "postgres_server"]
+__all__ = [
+    "Postgres",
+    "dns_server",
+    "envoy_server",
+    "free_port",
+    "nginx_server",
+    "postgres_server",
+]
 
 
 @contextlib.contextmanager
@@ -29,5 +38,23 @@ def postgres_server() -> Iterator[Postgres]:
     try:
         with _postgres_server() as pg:
             yield pg
+    except MissingService as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@contextlib.contextmanager
+def envoy_server(app_port: int, authz_port: int) -> Iterator[int]:
+    try:
+        with _envoy_server(app_port, authz_port) as port:
+            yield port
+    except MissingService as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@contextlib.contextmanager
+def nginx_server(app_port: int, authz_port: int) -> Iterator[int]:
+    try:
+        with _nginx_server(app_port, authz_port) as port:
+            yield port
     except MissingService as exc:
         pytest.fail(str(exc), pytrace=False)

@@ -72,8 +72,20 @@ def parse_restriction(value: str) -> str:
     raise ValueError(f"unknown restriction {value!r}")
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def freeze(value: Any) -> Any:
     """Deep-freeze JSON-like data: dicts become read-only mappings, lists tuples."""
+    # Exact-type checks first: this runs for every detail of every action, and the
+    # abstract-class isinstance checks below cost several times more.
+    t = type(value)
+    if t in _SCALARS:
+        return value
+    if t is list or t is tuple:
+        return tuple(freeze(v) for v in value)
+    if t is dict or t is MappingProxyType:
+        return MappingProxyType({str(k): freeze(v) for k, v in value.items()})
     if isinstance(value, Mapping):
         return MappingProxyType({str(k): freeze(v) for k, v in value.items()})
     if isinstance(value, (list, tuple)):

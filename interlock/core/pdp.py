@@ -6,6 +6,11 @@ decision asks for, remember the action, write the audit record, answer.
 
 Every path yields a Decision with an id, and every failure on the way (policy error,
 malformed result, state store down, audit log down) turns into a deny with the reason.
+
+A PEP whose policy speaks another language (ext_authz in OPA-Envoy mode) uses the two
+halves: `assess` (context, risk, the interlock input document) and `settle` (posture,
+context, audit) around its own evaluation. A PEP that cannot even read a request uses
+`refuse`, which denies and audits without asking the policy.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from interlock.core.context import NORMAL, ContextView, Posture, RecentAction, StateStore
@@ -42,6 +47,26 @@ UNKNOWN_RISK = Risk(100, Tier.CRITICAL)
 
 READ_OPERATIONS = frozenset({Operation.READ, Operation.FILE_READ, Operation.SECRET_READ})
 _TIER_RANK = {Tier.LOW: 0, Tier.MEDIUM: 1, Tier.HIGH: 2, Tier.CRITICAL: 3}
+
+
+@dataclass
+class Assessment:
+    """What the PDP knows about an action before any policy is evaluated."""
+
+    decision_id: str
+    now: float
+    version: str = "unknown"
+    risk: Risk = UNKNOWN_RISK
+    posture: Posture = NORMAL
+    input_doc: Mapping[str, Any] = field(default_factory=dict)
+    data: Mapping[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    """Set when assessing failed; the decision must then be a deny with this reason."""
+
+    def deny(self, reason: str) -> Decision:
+        return Decision(
+            self.decision_id, Effect.DENY, self.risk, self.version, reasons=(reason,), time=self.now
+        )
 
 
 def target_key(action: Action) -> str:
@@ -78,38 +103,63 @@ class PDP:
 
     async def decide(self, action: Action) -> Decision:
         """Answer `action`. Never raises for anything the action or policy did."""
-        decision_id = new_decision_id()
-        now = self.clock()
-        version = "unknown"
-        risk = UNKNOWN_RISK
-        posture: Posture = NORMAL
-        input_doc: Mapping[str, Any] = {}
-        key = target_key(action)
-        data: Mapping[str, Any] = {}
+        a = await self.assess(action)
+        if a.error is not None:
+            return await self.settle(action, a, a.deny(a.error))
         try:
-            policy = self.policy.current
-            version = policy.version
-            data = policy.data.get("interlock", {})
-            posture = await self.store.posture(action.agent.id, now)
-            view = await self.store.view(action.agent.id, key, now)
-            model = self._risk_model(version, data)
-            risk = score(compute(self._facts(action, view), model), model)
-            input_doc = build_input(action, posture, view, risk, now)
-            result = policy.evaluate(self.entrypoint, input_doc)
+            result = self.policy.current.evaluate(self.entrypoint, a.input_doc)
             decision = parse_result(
-                result, decision_id=decision_id, risk=risk, policy_version=version, now=now
+                result, decision_id=a.decision_id, risk=a.risk, policy_version=a.version, now=a.now
             )
         except PolicyError as exc:
-            decision = self._deny(decision_id, risk, version, now, f"policy: {exc}")
+            decision = a.deny(f"policy: {exc}")
         except Exception as exc:
-            log.exception("decision %s failed", decision_id)
-            decision = self._deny(
-                decision_id, risk, version, now, f"internal error: {type(exc).__name__}"
-            )
-        decision = enforce_posture(decision, action, posture)
+            log.exception("decision %s failed", a.decision_id)
+            decision = a.deny(f"internal error: {type(exc).__name__}")
+        return await self.settle(action, a, decision)
+
+    async def assess(self, action: Action) -> Assessment:
+        """Posture, context and risk of `action`, and the policy input built from them.
+        Never raises: a failure is recorded in `error`."""
+        a = Assessment(new_decision_id(), self.clock())
+        try:
+            policy = self.policy.current
+            a.version = policy.version
+            a.data = policy.data.get("interlock", {})
+            a.posture = await self.store.posture(action.agent.id, a.now)
+            view = await self.store.view(action.agent.id, target_key(action), a.now)
+            model = self._risk_model(a.version, a.data)
+            a.risk = score(compute(self._facts(action, view), model), model)
+            a.input_doc = build_input(action, a.posture, view, a.risk, a.now)
+        except PolicyError as exc:
+            a.error = f"policy: {exc}"
+        except Exception as exc:
+            log.exception("assessing decision %s failed", a.decision_id)
+            a.error = f"internal error: {type(exc).__name__}"
+        return a
+
+    async def settle(self, action: Action, a: Assessment, decision: Decision) -> Decision:
+        """Everything after evaluation: posture veto, posture changes, context, audit.
+        Returns the decision the PEP must enforce (possibly stricter than `decision`)."""
+        decision = enforce_posture(decision, action, a.posture)
         await self._apply(action, decision)
-        await self._remember(action, decision, key, now, data)
-        return await self._audit(action, decision, input_doc)
+        await self._remember(action, decision, target_key(action), a.now, a.data)
+        return await self._audit(action, decision, a.input_doc)
+
+    async def refuse(self, action: Action, reason: str) -> Decision:
+        """Deny and audit without asking the policy: for requests a PEP cannot read."""
+        version = "unknown"
+        with contextlib.suppress(Exception):
+            version = self.policy.current.version
+        decision = Decision(
+            new_decision_id(),
+            Effect.DENY,
+            UNKNOWN_RISK,
+            version,
+            reasons=(reason,),
+            time=self.clock(),
+        )
+        return await self._audit(action, decision, {})
 
     @staticmethod
     def _facts(action: Action, view: ContextView) -> Facts:
@@ -125,10 +175,6 @@ class PDP:
             authn=action.agent.authn,
             actions_last_minute=view.actions_last_minute,
         )
-
-    @staticmethod
-    def _deny(decision_id: str, risk: Risk, version: str, now: float, reason: str) -> Decision:
-        return Decision(decision_id, Effect.DENY, risk, version, reasons=(reason,), time=now)
 
     async def _apply(self, action: Action, decision: Decision) -> None:
         """Carry out the posture change a restrict or isolate decision asks for."""

@@ -31,6 +31,11 @@ def _plain(value: Any, budget: _Budget) -> Any:
     budget.left -= 1
     if budget.left < 0:
         raise PolicyError(f"action details exceed {MAX_DETAIL_NODES} values")
+    t = type(value)
+    if t is str or t is int or t is bool or t is float or value is None:
+        return value
+    if t is tuple or t is list:
+        return [_plain(v, budget) for v in value]
     if isinstance(value, Mapping):
         return {str(k): _plain(v, budget) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

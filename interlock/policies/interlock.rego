@@ -97,12 +97,20 @@ by_tier(inp, cfg) := {"effect": "allow", "reasons": [score_reason(inp)], "obliga
 	inp.risk.tier == "critical"
 }
 
+obligations(inp, cfg) := array.concat(mask_obligations(inp, cfg), header_obligations(inp, cfg))
+
 # Masking: values carrying these labels are hidden from agents without an exempt role.
-obligations(inp, cfg) := [] if {
+mask_obligations(inp, cfg) := [] if {
 	count(inp.action.labels) == 0
 } else := [] if {
 	count(masked_labels(inp, cfg)) == 0
 } else := [{"type": "mask", "labels": sort([l | some l in masked_labels(inp, cfg)])}]
+
+# The verified agent id, on requests to services behind a mesh (ext_authz), so the
+# service need not trust what the caller claims.
+header_obligations(inp, cfg) := [{"type": "add_header", "name": cfg.identity_header.name, "value": inp.agent.id}] if {
+	inp.action.protocol in object.get(object.get(cfg, "identity_header", {}), "protocols", [])
+} else := []
 
 masked_labels(inp, cfg) := set() if {
 	some role in inp.agent.roles

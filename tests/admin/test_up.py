@@ -230,3 +230,32 @@ async def test_up_runs_the_http_proxy_and_exports_its_ca(tmp_path: Path, up_fact
     )
     assert out.stdout.startswith("-----BEGIN CERTIFICATE-----")
     assert await asyncio.to_thread(up.stop) == 0
+
+
+async def test_up_runs_the_ext_authz_servers(tmp_path: Path, up_factory: Any) -> None:
+    cfg = tmp_path / "interlock.toml"
+    cfg.write_text(
+        f'data_dir = "{tmp_path / "data"}"\n'
+        f'[agents.coder]\ntoken = "coder-token-0123456789"\n'
+        f'[admin]\nlisten = "127.0.0.1:{free_port()}"\n'
+        f'[extauthz]\ngrpc_listen = "127.0.0.1:{free_port()}"\n'
+        f'http_listen = "127.0.0.1:{free_port()}"\nidentity_header = "x-mesh-agent"\n'
+    )
+    up = up_factory(["-c", str(cfg)], tmp_path)
+    await asyncio.to_thread(up.wait_ready)
+    grpc_at = next(x for x in up.banner if "ext_authz gRPC" in x).split()[-1]
+    http_at = next(x for x in up.banner if "ext_authz HTTP" in x).split()[-1]
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    async with grpc.aio.insecure_channel(grpc_at) as channel:
+        r = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        assert r.status == health_pb2.HealthCheckResponse.SERVING
+    import httpx
+
+    async with httpx.AsyncClient() as client:
+        ok = await client.get(http_at + "/x", headers={"x-mesh-agent": "coder"})
+        assert ok.status_code == 200
+        assert ok.headers["x-interlock-agent"] == "coder"
+        assert (await client.get(http_at + "/x")).status_code == 401
+    assert await asyncio.to_thread(up.stop) == 0

@@ -1,0 +1,200 @@
+"""ext_authz suite: interlock's Check against a no-op Check server on the same stack
+(Python grpc.aio, raw bytes in and out), at constant arrival rates of 500 and 1,000 per
+second; and end to end through Envoy with interlock, with the no-op server, and without
+the ext_authz filter at all.
+
+Every server is its own process (`interlock up`, the no-op server, the app, Envoy), the
+load generator is this process, open loop (see `bench.load`).
+Goal: Check p99 <= 2 ms at 1,000 requests per second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+from envoy.service.auth.v3 import external_auth_pb2
+
+from bench.load import OpenLoopResult, open_loop
+from bench.procs import bench_bundle, process
+from bench.stats import Measurement, summarize
+from interlock.testing.services import envoy_server, free_port
+
+GOAL_P99_MS = 2.0
+MESH_HEADER = "x-mesh-agent"
+NOOP = """
+import asyncio, sys, grpc
+from envoy.service.auth.v3 import external_auth_pb2 as pb
+from google.rpc import code_pb2, status_pb2
+OK = pb.CheckResponse(status=status_pb2.Status(code=code_pb2.OK)).SerializeToString()
+async def check(raw, context):
+    return OK
+async def main():
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "envoy.service.auth.v3.Authorization",
+        {"Check": grpc.unary_unary_rpc_method_handler(check)}),))
+    server.add_insecure_port("127.0.0.1:" + sys.argv[1])
+    await server.start()
+    await server.wait_for_termination()
+asyncio.run(main())
+"""
+APP = """
+import asyncio, sys
+from aiohttp import web
+async def ok(request):
+    return web.Response(text="ok")
+async def main():
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", ok)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", int(sys.argv[1])).start()
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+
+def _requests() -> list[bytes]:
+    """A small rotating set, as a service sees a handful of routes over and over."""
+    out = []
+    for i in range(10):
+        req = external_auth_pb2.CheckRequest()
+        http = req.attributes.request.http
+        http.method, http.path, http.host = "GET", f"/api/items/{i}?page=1", "app.mesh"
+        http.scheme, http.protocol = "http", "HTTP/1.1"
+        http.headers.update({MESH_HEADER: "bench", "user-agent": "bench", "accept": "*/*"})
+        out.append(req.SerializeToString())
+    return out
+
+
+async def _check_load(port: int, rate: float, seconds: float) -> OpenLoopResult:
+    bodies = _requests()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary(
+            "/envoy.service.auth.v3.Authorization/Check",
+            request_serializer=None,
+            response_deserializer=external_auth_pb2.CheckResponse.FromString,
+        )
+        counter = iter(range(10**9))
+
+        async def send() -> None:
+            r = await call(bodies[next(counter) % len(bodies)], timeout=5)
+            if r.status.code != 0:
+                raise RuntimeError("denied")
+
+        for _ in range(200):
+            await send()
+        return await open_loop(send, rate, seconds)
+
+
+async def _http_load(url: str, rate: float, seconds: float) -> OpenLoopResult:
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(timeout=10, limits=limits) as client:
+
+        async def send() -> None:
+            r = await client.get(url, headers={MESH_HEADER: "bench"})
+            r.raise_for_status()
+
+        for _ in range(100):
+            await send()
+        return await open_loop(send, rate, seconds)
+
+
+def _settle(admin_port: int, limit: float = 60.0) -> None:
+    """Wait until interlock's audit log has caught up, so one phase's backlog does not
+    eat the next phase's CPU."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        doc = httpx.get(f"http://127.0.0.1:{admin_port}/healthz", timeout=5).json()
+        if doc["audit"]["pending"] == 0:
+            return
+        time.sleep(0.2)
+
+
+def _measure(name: str, r: OpenLoopResult) -> Measurement:
+    m = summarize(name, r.latencies, unit="ms")
+    m.throughput = round(r.achieved, 1)
+    m.notes["rate"], m.notes["errors"] = r.rate, r.errors
+    return m
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    seconds = 3.0 if quick else 10.0
+    e2e_rate = 200.0
+    results: dict[str, OpenLoopResult] = {}
+    with tempfile.TemporaryDirectory(prefix="interlock-bench-extauthz-") as tmp:
+        root = Path(tmp)
+        noop_port, ours_port, app_port, admin_port = (free_port() for _ in range(4))
+        bundle = bench_bundle(root / "bundle")
+        cfg = root / "interlock.toml"
+        cfg.write_text(
+            f'data_dir = "{root / "data"}"\n[policy]\nbundle = "{bundle}"\n'
+            f"[agents.bench]\n"
+            f'[admin]\nlisten = "127.0.0.1:{admin_port}"\n'
+            f'[extauthz]\ngrpc_listen = "127.0.0.1:{ours_port}"\nhttp_listen = ""\n'
+            f'identity_header = "{MESH_HEADER}"\n'
+        )
+        with (
+            process([sys.executable, "-c", NOOP, str(noop_port)], noop_port, "no-op Check"),
+            process([sys.executable, "-c", APP, str(app_port)], app_port, "app"),
+            process(
+                [sys.executable, "-m", "interlock.cli", "up", "-c", str(cfg)],
+                ours_port,
+                "interlock",
+                cwd=root,
+            ),
+        ):
+            time.sleep(0.5)
+            for rate in (500.0, 1000.0):
+                for name, port in (("noop", noop_port), ("interlock", ours_port)):
+                    _settle(admin_port)
+                    results[f"check_{name}_{rate:.0f}"] = asyncio.run(
+                        _check_load(port, rate, seconds)
+                    )
+            with (
+                envoy_server(app_port, ours_port) as with_ours,
+                envoy_server(app_port, noop_port) as with_noop,
+                envoy_server(app_port, noop_port, ext_authz=False) as without,
+            ):
+                for name, port in (
+                    ("envoy_plain", without),
+                    ("envoy_noop_authz", with_noop),
+                    ("envoy_interlock", with_ours),
+                ):
+                    _settle(admin_port)
+                    results[name] = asyncio.run(
+                        _http_load(f"http://127.0.0.1:{port}/api/items/1", e2e_rate, seconds)
+                    )
+    measurements: list[Measurement] = []
+    for label in ("500", "1000"):
+        base = _measure(f"check_noop_{label}", results[f"check_noop_{label}"])
+        ours = _measure(f"check_interlock_{label}", results[f"check_interlock_{label}"])
+        ours.against(base)
+        measurements += [base, ours]
+    plain = _measure("envoy_plain", results["envoy_plain"])
+    measurements.append(plain)
+    for name in ("envoy_noop_authz", "envoy_interlock"):
+        m = _measure(name, results[name]).against(plain)
+        m.notes["added_p50_ms"] = round(m.p50 - plain.p50, 3)
+        measurements.append(m)
+    at_1000 = next(m for m in measurements if m.name == "check_interlock_1000")
+    budgets = [
+        {
+            "name": f"extauthz: Check p99 <= {GOAL_P99_MS} ms at 1000/s",
+            "value": at_1000.p99,
+            "limit": GOAL_P99_MS,
+            "pass": at_1000.p99 <= GOAL_P99_MS and at_1000.notes["errors"] == 0,
+        }
+    ]
+    return {
+        "suite": "extauthz",
+        "measurements": [m.to_json() for m in measurements],
+        "budgets": budgets,
+    }

@@ -1,0 +1,179 @@
+"""Evaluate: one `AuthzRequest` in, one `AuthzResponse` out, every path decided and audited.
+
+Both doors (gRPC Check, HTTP authz) call `Authorizer.check`, which never raises. A request
+that cannot be read (undecodable bytes, an ambiguous path, a body that is not what it
+claims) is refused through `PDP.refuse`, so the denial has a decision id and an audit
+record like any other.
+
+Who the agent is: a bearer JWT (when `[identity.jwt]` is configured), else the identity
+header the mesh sets (when configured), else the mTLS source principal mapped in
+`principals`. In interlock mode an unidentified request is denied with 401; in OPA-Envoy
+mode the policy decides on its own and the interlock context names an anonymous agent.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from interlock.classify.content import MAX_SCAN, scan
+from interlock.classify.mcp import tool_call
+from interlock.config import ExtAuthzConfig
+from interlock.core.model import Action, Agent, Decision, Effect, Operation
+from interlock.core.pdp import PDP
+from interlock.errors import IdentityError, PolicyError
+from interlock.extauthz import opa
+from interlock.extauthz.body import BadBody, Body, read_body
+from interlock.extauthz.paths import BadPath, NormalPath, normalise
+from interlock.extauthz.request import AuthzRequest
+from interlock.extauthz.verdict import AuthzResponse, denial, from_decision, metadata
+from interlock.identity.jwt import JwtVerifier
+from interlock.identity.registry import AgentRegistry
+
+log = logging.getLogger(__name__)
+
+ANONYMOUS = Agent("anonymous", authn="none")
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+@dataclass(frozen=True)
+class Unidentified:
+    reason: str
+
+
+def _host(authority: str) -> str:
+    host = authority.strip().lower()
+    if host.startswith("["):
+        return host.split("]", 1)[0] + "]"
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+class Authorizer:
+    def __init__(
+        self,
+        config: ExtAuthzConfig,
+        pdp: PDP,
+        registry: AgentRegistry,
+        jwt: JwtVerifier | None = None,
+    ) -> None:
+        self.config = config
+        self.pdp = pdp
+        self.registry = registry
+        self.jwt = jwt
+        self.identity_header = (config.identity_header or "").lower() or None
+
+    async def check(self, req: AuthzRequest) -> AuthzResponse:
+        try:
+            return await self._check(req)
+        except Exception as exc:
+            log.exception("ext_authz check failed")
+            decision = await self.pdp.refuse(
+                self._action(ANONYMOUS, req, None, None), f"internal error: {type(exc).__name__}"
+            )
+            return denial(decision)
+
+    async def _check(self, req: AuthzRequest) -> AuthzResponse:
+        who = await self.identify(req)
+        agent = who if isinstance(who, Agent) else ANONYMOUS
+        if req.undecodable is not None:
+            return await self._refuse(agent, req, req.undecodable)
+        try:
+            path = normalise(req.path or "/")
+            body = read_body(req.body, req.headers, self.config.max_body_bytes)
+        except (BadPath, BadBody) as exc:
+            return await self._refuse(agent, req, str(exc))
+        action = self._action(agent, req, path, body)
+        if self.config.mode == "opa-envoy":
+            return await self._opa(action, req, path, body)
+        if isinstance(who, Unidentified):
+            decision = await self.pdp.refuse(action, who.reason)
+            return denial(decision, 401)
+        return from_decision(await self.pdp.decide(action))
+
+    async def identify(self, req: AuthzRequest) -> Agent | Unidentified:
+        scheme, _, token = req.headers.get("authorization", "").partition(" ")
+        if self.jwt is not None and scheme.lower() == "bearer" and token.strip():
+            try:
+                return await self.jwt.verify(token.strip())
+            except IdentityError as exc:
+                return Unidentified(f"invalid bearer token: {exc}")
+        if self.identity_header is not None and self.identity_header in req.headers:
+            agent_id = req.headers[self.identity_header].strip()
+            entry = self.registry.get(agent_id)
+            if entry is None:
+                return Unidentified(f"unknown agent {agent_id[:64]!r} in {self.identity_header}")
+            return entry.agent("mesh-header")
+        if req.source_principal:
+            agent_id = self.config.principals.get(req.source_principal, "")
+            entry = self.registry.get(agent_id) if agent_id else None
+            if entry is not None:
+                return entry.agent("mtls")
+        return Unidentified("no agent identity (bearer JWT, identity header or mTLS principal)")
+
+    async def _refuse(self, agent: Agent, req: AuthzRequest, reason: str) -> AuthzResponse:
+        decision = await self.pdp.refuse(self._action(agent, req, None, None), reason)
+        return denial(decision)
+
+    def _action(
+        self, agent: Agent, req: AuthzRequest, path: NormalPath | None, body: Body | None
+    ) -> Action:
+        details: dict[str, Any] = {
+            "method": req.method[:16],
+            "raw_path": req.path[:2048],
+            "scheme": req.scheme[:16],
+            "protocol": req.protocol[:16],
+            "headers": sorted(req.headers)[:64],
+            "source_principal": req.source_principal[:256],
+            "destination_principal": req.destination_principal[:256],
+        }
+        operation = Operation.READ if req.method.upper() in READ_METHODS else Operation.WRITE
+        target = _host(req.host) or "unknown"
+        labels: frozenset[str] = frozenset()
+        if path is not None:
+            details["path"] = path.path[:2048]
+            details["query_keys"] = sorted(
+                {k.split("=", 1)[0] for k in path.query.split("&") if k}
+            )[:64]
+        if body is not None:
+            details.update(
+                body_bytes=body.size,
+                truncated_body=body.truncated,
+                content_type=req.headers.get("content-type", "").split(";", 1)[0][:128],
+            )
+            if body.text:
+                found = scan(body.text[:MAX_SCAN])
+                labels = found.labels
+                if found.kinds:
+                    details["dlp"] = sorted(found.kinds)
+            call = tool_call(body.parsed)
+            if call is not None:
+                details.update(mcp_server=target, arguments=sorted(call.arguments)[:64])
+                return Action(
+                    agent, "envoy", Operation.TOOL_CALL, call.name, details, labels=labels
+                )
+        return Action(agent, "envoy", operation, target, details, labels=labels)
+
+    async def _opa(
+        self, action: Action, req: AuthzRequest, path: NormalPath, body: Body
+    ) -> AuthzResponse:
+        a = await self.pdp.assess(action)
+        if a.error is not None:
+            return denial(await self.pdp.settle(action, a, a.deny(a.error)))
+        try:
+            doc = opa.build_input(req, path, body)
+            doc["interlock"] = {**a.input_doc, "raw_path": req.path, "path": path.path}
+            value = self.pdp.policy.current.evaluate(self.config.decision_path, doc)
+            result = opa.parse_result(value)
+        except (PolicyError, opa.BadResult, BadPath) as exc:
+            return denial(await self.pdp.settle(action, a, a.deny(f"policy: {exc}")))
+        effect = Effect.ALLOW if result.allowed else Effect.DENY
+        reason = f"{self.config.decision_path} = {'allowed' if result.allowed else 'denied'}"
+        proposed = Decision(a.decision_id, effect, a.risk, a.version, reasons=(reason,), time=a.now)
+        decision = await self.pdp.settle(action, a, proposed)
+        if result.allowed and decision.effect is not Effect.ALLOW:
+            return denial(decision)  # posture or the audit log overruled the policy
+        result.metadata = {**result.metadata, "interlock": metadata(decision)}
+        if not result.allowed:
+            result.headers.append(("x-interlock-decision-id", decision.decision_id))
+        return result
