@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import audit, extauthz, http, pdp, postgres
+from bench import audit, extauthz, http, pdp, postgres, ssh
 
 SUITES: dict[str, Callable[[bool], dict[str, Any]]] = {
     "pdp": pdp.run,
@@ -19,6 +19,7 @@ SUITES: dict[str, Callable[[bool], dict[str, Any]]] = {
     "postgres": postgres.run,
     "http": http.run,
     "extauthz": extauthz.run,
+    "ssh": ssh.run,
 }
 
 
@@ -39,7 +40,7 @@ def _table(result: dict[str, Any]) -> str:
         f"{'baseline':<18} {'x p50':>6} {'x p99':>6}",
     ]
     for m in result["measurements"]:
-        if m["unit"] == "rec/s":
+        if m["unit"] in ("rec/s", "MB/s"):
             rows.append(
                 f"{m['name']:<20} {'':>9} {'':>9} {m['throughput'] or 0:>10.0f} "
                 f"{m['baseline'] or '-':<18} {m['notes'].get('ratio_to_raw', '-'):>6}"

@@ -405,8 +405,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # Client libraries log every request at INFO; interlock's own lines are what matter.
-    for noisy in ("httpx", "httpcore", "hpack"):
+    # Client libraries log every request (asyncssh every channel) at INFO; interlock's own
+    # lines are what matter.
+    for noisy in ("httpx", "httpcore", "hpack", "asyncssh"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         code: int = args.func(args)

@@ -278,8 +278,41 @@ class PostgresConfig(Section):
         return v
 
 
+class SshTarget(Section):
+    """A host agents reach through the SSH proxy, and how the proxy logs in there."""
+
+    host: str
+    port: int = Field(22, gt=0, lt=65536)
+    user: str
+    key: Path
+    """The private key the proxy logs in with (agents never see it)."""
+    known_hosts: Path
+    """OpenSSH known_hosts with the target's host key: it is checked, never learned."""
+
+
 class SshConfig(Section):
     listen: Listen = "127.0.0.1:2222"
+    host_key: Path | None = None
+    """The proxy's own host key; created under <data_dir>/ssh/ on first start if unset."""
+    user_ca_keys: list[str] = []
+    """OpenSSH public keys of CAs whose user certificates agents may log in with (the
+    certificate's principals must include the agent id)."""
+    targets: dict[str, SshTarget] = {}
+    routes: dict[str, str] = {}
+    """agent id -> target name, for agents that log in as plain `agent`; `agent+target`
+    in the user name chooses explicitly."""
+    login_timeout: float = Field(30.0, gt=0)
+    max_command_bytes: int = Field(16 * 1024, ge=64)
+    env_allow: list[str] = ["LANG", "LC_*"]
+    """Environment variables a client may set (shell-style patterns); others are dropped."""
+    approval_timeout: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _routes(self) -> SshConfig:
+        for agent, target in self.routes.items():
+            if target not in self.targets:
+                raise ValueError(f"routes.{agent}: unknown target {target!r}")
+        return self
 
 
 class ExtAuthzConfig(Section):

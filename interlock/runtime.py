@@ -127,6 +127,17 @@ async def start(runtime: Runtime) -> None:
         for route, gw in zip(cfg.http.reverse, http_proxy.reverse_addresses, strict=True):
             runtime.endpoints[f"gateway -> {route.upstream}"] = f"http://{gw[0]}:{gw[1]}"
         runtime.endpoints["ca"] = str(http_proxy.ca_file)
+    if cfg.ssh is not None:
+        from interlock.proxies.ssh.server import SshProxy
+
+        ssh = SshProxy(
+            cfg.ssh, cfg.agents, cfg.data_dir, runtime.pdp, runtime.registry, runtime.holds
+        )
+        await ssh.start()
+        runtime._stoppers.append(ssh.stop)
+        assert ssh.address is not None
+        runtime.endpoints["ssh"] = f"ssh://{ssh.address[0]}:{ssh.address[1]}"
+        runtime.endpoints["ssh host key"] = f"{ssh.host_key_path}.pub"
     if cfg.extauthz is not None:
         await _start_extauthz(runtime)
     runtime.endpoints["audit"] = cfg.audit.store

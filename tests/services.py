@@ -8,19 +8,22 @@ from collections.abc import Iterator
 
 import pytest
 
-from interlock.testing.services import MissingService, Postgres, free_port
+from interlock.testing.services import MissingService, Postgres, Sshd, free_port
 from interlock.testing.services import dns_server as _dns_server
 from interlock.testing.services import envoy_server as _envoy_server
 from interlock.testing.services import nginx_server as _nginx_server
 from interlock.testing.services import postgres_server as _postgres_server
+from interlock.testing.services import sshd_server as _sshd_server
 
 __all__ = [
     "Postgres",
+    "Sshd",
     "dns_server",
     "envoy_server",
     "free_port",
     "nginx_server",
     "postgres_server",
+    "sshd_server",
 ]
 
 
@@ -56,5 +59,14 @@ def nginx_server(app_port: int, authz_port: int) -> Iterator[int]:
     try:
         with _nginx_server(app_port, authz_port) as port:
             yield port
+    except MissingService as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@contextlib.contextmanager
+def sshd_server(extra: str = "") -> Iterator[Sshd]:
+    try:
+        with _sshd_server(extra) as sshd:
+            yield sshd
     except MissingService as exc:
         pytest.fail(str(exc), pytrace=False)

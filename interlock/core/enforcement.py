@@ -27,9 +27,12 @@ def posture_veto(action: Action, posture: Posture) -> str | None:
     if not r:
         return None
     op = action.operation
-    if "read_only" in r and op in WRITE_OPERATIONS:
+    # A PEP that knows what an action does beyond its operation (a shell command that
+    # writes or reaches the network) says so in details.effects.
+    effects = action.details.get("effects", ())
+    if "read_only" in r and (op in WRITE_OPERATIONS or "write" in effects):
         return "posture read_only: this operation writes"
-    if "no_egress" in r and op in EGRESS_OPERATIONS:
+    if "no_egress" in r and (op in EGRESS_OPERATIONS or "egress" in effects):
         return "posture no_egress: this operation sends data out"
     if "no_delegation" in r and op is Operation.DELEGATE:
         return "posture no_delegation: this agent may not delegate"

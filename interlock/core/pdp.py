@@ -146,6 +146,24 @@ class PDP:
         await self._remember(action, decision, target_key(action), a.now, a.data)
         return await self._audit(action, decision, a.input_doc)
 
+    async def observe(self, action: Action, reason: str, parent: Decision) -> Decision:
+        """Audit what happened under an earlier decision (an interactive session's
+        transcript hash, say) without asking the policy: effect `allow`, the parent's risk
+        and policy version, durable."""
+        decision = Decision(
+            new_decision_id(),
+            Effect.ALLOW,
+            parent.risk,
+            parent.policy_version,
+            reasons=(reason,),
+            time=self.clock(),
+        )
+        try:
+            await self.audit.append(DecisionRecord(decision, action, {}), durable=True)
+        except Exception as exc:
+            log.error("audit log write failed for observation %s: %s", decision.decision_id, exc)
+        return decision
+
     async def refuse(self, action: Action, reason: str) -> Decision:
         """Deny and audit without asking the policy: for requests a PEP cannot read."""
         version = "unknown"

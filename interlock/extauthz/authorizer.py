@@ -103,7 +103,7 @@ class Authorizer:
             entry = self.registry.get(agent_id)
             if entry is None:
                 return Unidentified(f"unknown agent {agent_id[:64]!r} in {self.identity_header}")
-            return entry.agent("mesh-header")
+            return entry.agent("header")
         if req.source_principal:
             agent_id = self.config.principals.get(req.source_principal, "")
             entry = self.registry.get(agent_id) if agent_id else None

@@ -41,7 +41,7 @@ exfiltration(inp, cfg) := set() if {
 
 # --- hard rules: deny ---------------------------------------------------------------------
 
-deny_reasons(inp, cfg) := posture_denials(inp, cfg) | identity_denials(inp) | intel_denials(inp, cfg) | forbidden(inp, cfg) | flag_denials(inp, cfg)
+deny_reasons(inp, cfg) := posture_denials(inp, cfg) | identity_denials(inp) | intel_denials(inp, cfg) | forbidden(inp, cfg) | flag_denials(inp, cfg) | path_denials(inp, cfg)
 
 # Each set below starts with a guard for the common case (nothing to find), because
 # rego-cpp evaluates every comprehension otherwise and that is most of a decision's cost.
@@ -58,6 +58,12 @@ posture_denials(inp, cfg) := set() if {
 } | {concat("", ["posture tool:", inp.action.target, ": this tool is disabled"]) |
 	inp.action.operation == "tool_call"
 	concat("", ["tool:", inp.action.target]) in inp.context.posture.restrictions
+} | {"posture read_only: this command writes" |
+	"read_only" in inp.context.posture.restrictions
+	"write" in object.get(inp.action.details, "effects", [])
+} | {"posture no_egress: this command sends data out" |
+	"no_egress" in inp.context.posture.restrictions
+	"egress" in object.get(inp.action.details, "effects", [])
 } | {"posture no_delegation: this agent may not delegate" |
 	"no_delegation" in inp.context.posture.restrictions
 	inp.action.operation == "delegate"
@@ -125,3 +131,14 @@ restriction_for(inp, cfg) := concat("", ["tool:", inp.action.target]) if {
 } else := cfg.restriction_for_operation[inp.action.operation] if {
 	cfg.restriction_for_operation[inp.action.operation]
 } else := cfg.default_restriction
+
+# Files no agent reads or writes through a proxy: credentials, sudoers, SSH keys.
+path_denials(inp, cfg) := set() if {
+	not inp.action.operation in {"file_read", "file_write"}
+} else := {concat("", ["protected path: ", inp.action.target]) |
+	some p in object.get(object.get(cfg, "protected_paths", {}), inp.action.protocol, [])
+	startswith(inp.action.target, p)
+} | {concat("", ["protected path: ", inp.action.target]) |
+	some p in object.get(object.get(cfg, "protected_paths", {}), concat("", [inp.action.protocol, "_suffixes"]), [])
+	endswith(inp.action.target, p)
+}

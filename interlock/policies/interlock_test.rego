@@ -181,3 +181,30 @@ test_other_protocols_get_no_identity_header if {
 		o.type != "add_header"
 	}
 }
+
+ssh_exec(details) := object.union(base, {"action": object.union(base.action, {"protocol": "ssh", "operation": "exec", "target": "web1", "details": details})})
+
+test_ssh_evasion_flags_are_denied if {
+	d := interlock.decide(ssh_exec({"flags": ["obfuscation"], "effects": ["write"]}), cfg)
+	d.effect == "deny"
+	"forbidden construct: obfuscation" in d.reasons
+}
+
+test_read_only_posture_stops_commands_that_write if {
+	d := interlock.decide(postured(ssh_exec({"effects": ["write"]}), ["read_only"], false), cfg)
+	d.effect == "deny"
+	interlock.decide(postured(ssh_exec({"effects": []}), ["read_only"], false), cfg).effect == "allow"
+}
+
+test_no_egress_posture_stops_commands_that_reach_out if {
+	d := interlock.decide(postured(ssh_exec({"effects": ["egress"]}), ["no_egress"], false), cfg)
+	d.effect == "deny"
+}
+
+ssh_file(op, path) := object.union(base, {"action": object.union(base.action, {"protocol": "ssh", "operation": op, "target": path})})
+
+test_protected_paths_are_denied if {
+	interlock.decide(ssh_file("file_read", "/etc/shadow"), cfg).effect == "deny"
+	interlock.decide(ssh_file("file_write", "/home/deploy/.ssh/authorized_keys"), cfg).effect == "deny"
+	interlock.decide(ssh_file("file_write", "/tmp/report.txt"), cfg).effect == "allow"
+}

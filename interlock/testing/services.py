@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 
 class MissingService(RuntimeError):
@@ -90,13 +91,18 @@ def wait_port(
     what: str,
     ready: Sequence[str] = (),
     limit: float = 30.0,
+    log: IO[bytes] | None = None,
 ) -> None:
-    """Until `proc` listens on `port` (and the `ready` command, if any, succeeds)."""
+    """Until `proc` listens on `port` (and the `ready` command, if any, succeeds); `log`
+    is where its stderr goes, for the error when it exits instead."""
     deadline = time.monotonic() + limit
     while True:
         if proc.poll() is not None:
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            raise MissingService(f"{what} exited at start-up: {err}")
+            err = proc.stderr.read() if proc.stderr else b""
+            if not err and log is not None:
+                log.seek(0)
+                err = log.read()
+            raise MissingService(f"{what} exited at start-up: {err.decode(errors='replace')}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
             if not ready or subprocess.run(list(ready), capture_output=True).returncode == 0:
                 return
@@ -137,6 +143,9 @@ def postgres_server(settings: dict[str, str] | None = None) -> Iterator[Postgres
     )
     port = free_port()
     extra = [a for k, v in (settings or {}).items() for a in ("-c", f"{k}={v}")]
+    # A file, not a pipe: the server logs every failed statement, and an undrained pipe
+    # would eventually block it.
+    log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in the finally below)
     proc = subprocess.Popen(
         [
             *prefix,
@@ -154,11 +163,15 @@ def postgres_server(settings: dict[str, str] | None = None) -> Iterator[Postgres
             *extra,
         ],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log,
     )
     try:
         wait_port(
-            port, proc, "postgres", [f"{bindir}/pg_isready", "-h", "127.0.0.1", "-p", str(port)]
+            port,
+            proc,
+            "postgres",
+            [f"{bindir}/pg_isready", "-h", "127.0.0.1", "-p", str(port)],
+            log=log,
         )
         yield Postgres("127.0.0.1", port, "postgres", password, datadir, proc)
     finally:
@@ -168,6 +181,7 @@ def postgres_server(settings: dict[str, str] | None = None) -> Iterator[Postgres
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        log.close()
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -210,9 +224,12 @@ def serving(
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run `cmd` until the context ends, once it listens on `port`; then stop it (killing
     it if it will not stop) and remove `root`."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cwd)
+    # stderr goes to a file, not a pipe: a long-running server that logs would block on
+    # a pipe nobody drains.
+    log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in the finally below)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, cwd=cwd)
     try:
-        wait_port(port, proc, what, [], limit=limit)
+        wait_port(port, proc, what, [], limit=limit, log=log)
         yield proc
     finally:
         proc.terminate()
@@ -221,6 +238,7 @@ def serving(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=20)
+        log.close()
         if root is not None:
             shutil.rmtree(root, ignore_errors=True)
 
@@ -257,6 +275,67 @@ def dns_server(records: dict[str, list[str]]) -> Iterator[int]:
     ]
     with serving(cmd, port, "dnsmasq", root):
         yield port
+
+
+@dataclass
+class Sshd:
+    port: int
+    user: str
+    client_key: Path
+    """A private key the server accepts for `user`."""
+    known_hosts: Path
+    """A known_hosts file naming this server's host key."""
+    root: Path
+    pid: int
+    """The listening sshd (sessions run in its children)."""
+
+
+def _ssh_keygen(path: Path, comment: str) -> None:
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
+        check=True,
+        capture_output=True,
+    )
+
+
+@contextlib.contextmanager
+def sshd_server(extra: str = "") -> Iterator[Sshd]:
+    """OpenSSH's sshd on 127.0.0.1 with throwaway host and client keys, logging in the
+    current user by key only; yields where it listens and how to log in."""
+    binary = shutil.which("sshd") or "/usr/sbin/sshd"
+    if not os.path.exists(binary) or not shutil.which("ssh-keygen"):
+        raise MissingService(
+            "OpenSSH server is required; install it with: apt-get install openssh-server "
+            "(or run `make test`, which does)"
+        )
+    root = Path(tempfile.mkdtemp(prefix="interlock-sshd-"))
+    port = free_port()
+    user = pwd.getpwuid(os.getuid()).pw_name
+    _ssh_keygen(root / "host_key", "host")
+    _ssh_keygen(root / "client_key", "client")
+    (root / "authorized_keys").write_text((root / "client_key.pub").read_text())
+    host_pub = (root / "host_key.pub").read_text().split()
+    (root / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
+    sftp_server = next(
+        (
+            p
+            for p in ("/usr/lib/openssh/sftp-server", "/usr/libexec/sftp-server")
+            if os.path.exists(p)
+        ),
+        "internal-sftp",
+    )
+    (root / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {root / 'host_key'}\n"
+        f"PidFile {root / 'sshd.pid'}\nAuthorizedKeysFile {root / 'authorized_keys'}\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
+        "PermitRootLogin prohibit-password\nStrictModes no\nAcceptEnv LANG LC_*\n"
+        f"Subsystem sftp {sftp_server}\nLogLevel ERROR\n{extra}"
+    )
+    if os.geteuid() == 0:
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    cmd = [binary, "-D", "-e", "-f", str(root / "sshd_config")]
+    with serving(cmd, port, "sshd", root) as proc:
+        yield Sshd(port, user, root / "client_key", root / "known_hosts", root, proc.pid)
 
 
 COMPOSE = Path(__file__).resolve().parents[2] / "compose"

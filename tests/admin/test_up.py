@@ -259,3 +259,22 @@ async def test_up_runs_the_ext_authz_servers(tmp_path: Path, up_factory: Any) ->
         assert ok.headers["x-interlock-agent"] == "coder"
         assert (await client.get(http_at + "/x")).status_code == 401
     assert await asyncio.to_thread(up.stop) == 0
+
+
+async def test_up_runs_the_ssh_proxy(tmp_path: Path, up_factory: Any) -> None:
+    cfg = tmp_path / "interlock.toml"
+    cfg.write_text(
+        f'data_dir = "{tmp_path / "data"}"\n'
+        f'[admin]\nlisten = "127.0.0.1:{free_port()}"\n'
+        f'[ssh]\nlisten = "127.0.0.1:{free_port()}"\n'
+    )
+    up = up_factory(["-c", str(cfg)], tmp_path)
+    await asyncio.to_thread(up.wait_ready)
+    where = next(x for x in up.banner if x.strip().startswith("ssh ")).split()[-1]
+    key = next(x for x in up.banner if "ssh host key" in x).split()[-1]
+    assert (await asyncio.to_thread(Path(key).read_text)).startswith("ssh-ed25519 ")
+    host, port = where.removeprefix("ssh://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"SSH-2.0-")
+    writer.close()
+    assert await asyncio.to_thread(up.stop) == 0

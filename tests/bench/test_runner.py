@@ -114,3 +114,51 @@ def test_http_suite_measures_direct_mitmdump_and_interlock() -> None:
         assert m["throughput"] > 0
         assert m["p99"] >= m["p50"] > 0
     assert len(result["budgets"]) == 4
+
+
+@pytest.mark.integration
+def test_extauthz_suite_measures_checks_and_envoy() -> None:
+    """A real (short) run: no-op Check server, `interlock up`, app, three Envoys."""
+    from bench import extauthz
+
+    result = extauthz.run(quick=True)
+    names = [m["name"] for m in result["measurements"]]
+    assert names == [
+        "check_noop_500",
+        "check_interlock_500",
+        "check_noop_1000",
+        "check_interlock_1000",
+        "envoy_plain",
+        "envoy_noop_authz",
+        "envoy_interlock",
+    ]
+    for m in result["measurements"]:
+        assert m["n"] > 0
+        assert m["p99"] >= m["p50"] > 0
+        # Requests that time out on a saturated server are counted, not dropped silently.
+        assert m["notes"]["errors"] >= 0
+        if "noop" in m["name"] or m["name"] == "envoy_plain":
+            assert m["notes"]["errors"] == 0
+    budget = result["budgets"][0]
+    at_1000 = next(m for m in result["measurements"] if m["name"] == "check_interlock_1000")
+    assert budget["limit"] == 2.0
+    assert budget["pass"] == (at_1000["p99"] <= 2.0 and at_1000["notes"]["errors"] == 0)
+
+
+@pytest.mark.integration
+def test_ssh_suite_compares_the_proxy_with_direct_openssh() -> None:
+    from bench import ssh
+
+    result = ssh.run(quick=True)
+    by_name = {m["name"]: m for m in result["measurements"]}
+    assert set(by_name) == {
+        "exec_direct",
+        "exec_interlock",
+        "connect_direct",
+        "connect_interlock",
+        "bulk_direct",
+        "bulk_interlock",
+    }
+    assert by_name["exec_interlock"]["baseline"] == "exec_direct"
+    assert by_name["bulk_interlock"]["throughput"] > 0
+    assert [b["limit"] for b in result["budgets"]] == [2.0, 0.35]

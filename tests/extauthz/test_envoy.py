@@ -69,8 +69,9 @@ async def test_the_body_reaches_the_decision(
         "tool_call",
         "search",
     )
-    # A card number in the arguments labels the action and raises its risk: held.
-    call["params"] = {"name": "search", "arguments": {"q": "card 4111 1111 1111 1111"}}
+    # A card number in the arguments of a tool this agent has not used before labels the
+    # action and raises its risk to medium: held (an Envoy request cannot wait, so 403).
+    call["params"] = {"name": "lookup", "arguments": {"q": "card 4111 1111 1111 1111"}}
     held = await client.post(envoy + "/mcp", json=call, headers={MESH_HEADER: "coder"})
     assert held.status_code == 403
     assert held.headers["x-interlock-approval-required"] == held.json()["decision_id"]

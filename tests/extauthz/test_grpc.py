@@ -41,7 +41,7 @@ async def test_an_allowed_request_carries_the_agent_and_the_decision(authz: Auth
         Operation.READ,
         "app.mesh",
     )
-    assert action.agent.authn == "mesh-header"
+    assert action.agent.authn == "header"
 
 
 async def test_a_request_without_identity_is_denied_with_401(authz: Authz) -> None:

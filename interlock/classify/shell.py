@@ -1,0 +1,524 @@
+"""Shell command lines: what a command would run, read, write and reach, before it runs.
+
+`analyse` parses a command line with bashlex into every simple command it contains
+(pipelines, lists, compound commands, command and process substitutions, the string given
+to `sh -c` and friends, the command `find -exec`, `xargs`, `sudo`, `env` and other
+wrappers would start) and classifies each program. The result carries:
+
+- `classes`: what the command does: read, write, destructive, network, privilege,
+  interpreter, nested_shell.
+- `effects`: what a posture restricts: `write` (read_only stops it) and `egress`
+  (no_egress stops it). Anything not known to only read is assumed to write.
+- `flags`: evasion and escalation patterns the bundled policy refuses outright:
+  obfuscation (decoded text run as code), pipe_to_shell, dynamic_command (the program
+  name is computed at run time), env_injection (LD_PRELOAD and other variables that load
+  code), privilege_escalation, shell_escape (vim -c ':!sh', awk system(), find -exec sh),
+  destructive_system (rm -rf /, mkfs, shutdown), dev_tcp (bash's /dev/tcp sockets),
+  function_definition, code_from_stdin (a shell or interpreter that would read its
+  program from stdin, where no decision sees it).
+
+A command bashlex cannot parse (or nests deeper than `MAX_DEPTH`) raises
+`ShellParseError`, and the PEP denies it: what cannot be read cannot be judged.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import bashlex
+
+MAX_COMMAND = 16 * 1024
+MAX_DEPTH = 4
+MAX_RECORDED = 32
+
+SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "fish", "busybox", "rbash"})
+INTERPRETERS = frozenset(
+    {
+        "python", "python2", "python3", "perl", "ruby", "node", "nodejs", "php", "lua",
+        "tclsh", "Rscript", "julia", "deno", "bun", "osascript", "pwsh", "powershell",
+        "groovy", "java", "jshell", "irb", "gdb",
+    }
+)  # fmt: skip
+INLINE_CODE = {"-c", "-e", "-E", "-r", "--eval", "--command", "-x"}
+AWKS = frozenset({"awk", "gawk", "mawk", "nawk"})
+EDITORS = frozenset({"vi", "vim", "nvim", "ex", "view", "rvim", "vimdiff", "emacs", "nano"})
+PAGERS = frozenset({"less", "more", "man", "most"})
+READERS = frozenset(
+    {
+        "cat", "ls", "ll", "dir", "head", "tail", "grep", "egrep", "fgrep", "rg", "ag",
+        "find", "locate", "stat", "du", "df", "ps", "top", "id", "whoami", "groups", "uname",
+        "hostname", "uptime", "date", "pwd", "echo", "printf", "wc", "sort", "uniq", "cut",
+        "tr", "less", "more", "file", "which", "whereis", "type", "printenv", "diff", "cmp",
+        "md5sum", "sha1sum", "sha256sum", "sha512sum", "base64", "xxd", "od", "hexdump",
+        "strings", "jq", "yq", "column", "nl", "tac", "rev", "realpath", "readlink",
+        "basename", "dirname", "true", "false", "test", "[", "sleep", "free", "lsblk",
+        "lscpu", "lsof", "netstat", "ss", "ip", "ifconfig", "env", "getent", "last", "w",
+        "who", "history", "man", "tree", "seq", "yes", "expr", "zcat", "zgrep", "journalctl",
+        "dmesg", "vmstat", "iostat", "git-log", ":", "cd", "export", "set", "unset", "read",
+        "wait", "exit", "return", "local", "shift", "umask", "alias",
+    }
+)  # fmt: skip
+WRITERS = frozenset(
+    {
+        "cp", "mv", "mkdir", "touch", "tee", "ln", "install", "chmod", "chown", "chgrp",
+        "tar", "unzip", "gunzip", "gzip", "zip", "bzip2", "xz", "patch", "sed", "awk",
+        "make", "cmake", "gcc", "cc", "go", "cargo", "rsync", "git", "npm", "pip", "pip3",
+        "yarn", "pnpm", "docker", "kubectl", "helm", "terraform", "crontab", "systemctl",
+        "service", "apt", "apt-get", "dpkg", "yum", "dnf", "apk", "brew", "truncate",
+        "split", "mktemp", "dd", "sqlite3", "psql", "mysql", "redis-cli", "editor",
+    }
+)  # fmt: skip
+DESTRUCTIVE = frozenset(
+    {
+        "rm", "rmdir", "shred", "unlink", "wipefs", "mkfs", "fdisk", "parted", "kill",
+        "killall", "pkill", "shutdown", "reboot", "halt", "poweroff", "init", "truncate",
+    }
+)  # fmt: skip
+NETWORK = frozenset(
+    {
+        "curl", "wget", "nc", "ncat", "netcat", "socat", "ssh", "scp", "sftp", "rsync", "ftp",
+        "tftp", "telnet", "ping", "dig", "nslookup", "host", "traceroute", "nmap", "aria2c",
+        "lftp", "smbclient", "mail", "sendmail", "openssl", "http", "httpie",
+    }
+)  # fmt: skip
+PRIVILEGE = frozenset(
+    {
+        "sudo", "su", "doas", "pkexec", "runuser", "setcap", "chroot", "nsenter", "unshare",
+        "passwd", "useradd", "usermod", "userdel", "groupadd", "visudo", "chpasswd",
+        "capsh", "setpriv",
+    }
+)  # fmt: skip
+WRAPPERS = frozenset(
+    {
+        "nohup", "nice", "ionice", "time", "timeout", "stdbuf", "setsid", "exec", "command",
+        "builtin", "chrt", "taskset", "flock", "xargs", "watch", "strace", "ltrace",
+        "unbuffer", "script", "eval",
+    }
+)  # fmt: skip
+GIT_READS = frozenset({"status", "log", "diff", "show", "branch", "blame", "grep", "ls-files",
+                       "rev-parse", "describe", "remote", "config", "tag"})  # fmt: skip
+DECODERS = frozenset({"base64", "base32", "xxd", "openssl", "rev", "gpg", "uudecode", "gzip",
+                      "gunzip", "zcat", "printf", "tr"})  # fmt: skip
+LOADER_VARIABLES = re.compile(
+    r"^(LD_[A-Z_]+|BASH_ENV|ENV|PROMPT_COMMAND|IFS|PS4|SHELLOPTS|BASHOPTS|PYTHONSTARTUP|"
+    r"PYTHONPATH|PYTHONINSPECT|PERL5OPT|PERL5LIB|PERLLIB|RUBYOPT|RUBYLIB|NODE_OPTIONS|"
+    r"GIT_SSH_COMMAND|GIT_EXTERNAL_DIFF|GIT_PAGER|PAGER|EDITOR|VISUAL|LESSOPEN|"
+    r"DYLD_[A-Z_]+)$"
+)
+SYSTEM_PATHS = (
+    "/", "/*", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/opt",
+    "/proc", "/root", "/sbin", "/sys", "/usr", "/var", "~", "~/", "$HOME", ".",
+)  # fmt: skip
+
+
+class ShellParseError(ValueError):
+    """A command line that cannot be read; the PEP denies it."""
+
+
+@dataclass
+class Analysis:
+    commands: list[list[str]] = field(default_factory=list)
+    """argv of every simple command found (at most MAX_RECORDED), nested ones included."""
+    programs: set[str] = field(default_factory=set)
+    classes: set[str] = field(default_factory=set)
+    effects: set[str] = field(default_factory=set)
+    flags: set[str] = field(default_factory=set)
+    reads: list[str] = field(default_factory=list)
+    writes: list[str] = field(default_factory=list)
+    substitutions: int = 0
+
+    def details(self) -> dict[str, Any]:
+        """The action details a decision sees (bounded)."""
+        return {
+            "programs": sorted(self.programs)[:64],
+            "classes": sorted(self.classes),
+            "effects": sorted(self.effects),
+            "flags": sorted(self.flags),
+            "argv": [c[:16] for c in self.commands[:MAX_RECORDED]],
+            "reads": self.reads[:MAX_RECORDED],
+            "writes": self.writes[:MAX_RECORDED],
+            "substitutions": self.substitutions,
+        }
+
+
+def _name(word: str) -> str:
+    base = os.path.basename(word)
+    # python3.11 -> python3, pip3.12 -> pip3: versioned names run the same thing.
+    return re.sub(r"(\d)\.\d+$", r"\1", base)
+
+
+def _dynamic(node: Any) -> bool:
+    """A word whose value is only known when it runs ($VAR, $(...), `...`)."""
+    for part in getattr(node, "parts", []) or []:
+        if part.kind in ("parameter", "commandsubstitution", "processsubstitution"):
+            return True
+    return False
+
+
+class _Walker:
+    def __init__(self, out: Analysis, depth: int) -> None:
+        self.out = out
+        self.depth = depth
+
+    # --- traversal ------------------------------------------------------------------------
+
+    def node(self, n: Any) -> None:
+        kind = n.kind
+        if kind == "command":
+            self.command(n)
+        elif kind == "pipeline":
+            self.pipeline(n)
+        elif kind == "function":
+            self.out.flags.add("function_definition")
+            self.out.effects.add("write")
+            for p in n.parts:
+                self.node(p)
+        elif kind in ("commandsubstitution", "processsubstitution"):
+            self.out.substitutions += 1
+            self.node(n.command)
+        else:
+            for p in getattr(n, "parts", None) or []:
+                self.node(p)
+            for p in getattr(n, "list", None) or []:
+                self.node(p)
+
+    def pipeline(self, n: Any) -> None:
+        commands = [p for p in n.parts if p.kind == "command"]
+        for p in n.parts:
+            self.node(p)
+        # Text piped into something that executes its input.
+        for i, c in enumerate(commands[1:], start=1):
+            argv = [w.word for w in c.parts if w.kind == "word"]
+            if not argv:
+                continue
+            prog = _name(argv[0])
+            if prog in ("sudo", "env", "nohup", "exec", "command", "timeout"):
+                rest = [a for a in argv[1:] if not a.startswith("-") and "=" not in a]
+                prog = _name(rest[0]) if rest else prog
+            runs_stdin = (prog in SHELLS and not any(a in ("-c",) for a in argv[1:])) or (
+                prog in INTERPRETERS and len([a for a in argv[1:] if not a.startswith("-")]) == 0
+            )
+            if runs_stdin or (prog == "xargs" and any(_name(a) in SHELLS for a in argv[1:])):
+                self.out.flags.add("pipe_to_shell")
+                upstream = {
+                    _name(w.word) for cmd in commands[:i] for w in cmd.parts[:1] if w.kind == "word"
+                }
+                if upstream & DECODERS:
+                    self.out.flags.add("obfuscation")
+
+    def command(self, n: Any) -> None:
+        words: list[Any] = []
+        for p in n.parts:
+            if p.kind == "assignment":
+                self.assignment(p.word)
+                self.sub(p)
+            elif p.kind == "word":
+                words.append(p)
+                self.sub(p)
+            elif p.kind == "redirect":
+                self.redirect(p)
+            else:
+                self.node(p)
+        if not words:
+            return
+        if _dynamic(words[0]):
+            self.out.flags.add("dynamic_command")
+            self.out.effects.update(("write", "egress"))
+        self.argv([w.word for w in words])
+
+    def sub(self, word: Any) -> None:
+        for part in getattr(word, "parts", None) or []:
+            if part.kind in ("commandsubstitution", "processsubstitution"):
+                self.out.substitutions += 1
+                self.node(part.command)
+
+    def assignment(self, text: str) -> None:
+        name = text.split("=", 1)[0].removeprefix("export ").strip()
+        if LOADER_VARIABLES.match(name):
+            self.out.flags.add("env_injection")
+
+    def redirect(self, r: Any) -> None:
+        target = r.output.word if hasattr(r.output, "word") else None
+        if target is None:
+            return
+        self.sub(r.output)
+        if target.startswith(("/dev/tcp/", "/dev/udp/")):
+            self.out.flags.add("dev_tcp")
+            self.out.classes.add("network")
+            self.out.effects.add("egress")
+            return
+        if r.type in (">", ">>", ">|", "&>", ">&", "<>") and target not in ("/dev/null", "1", "2"):
+            if not target.isdigit():
+                self.out.writes.append(target)
+                self.out.classes.add("write")
+                self.out.effects.add("write")
+        elif r.type == "<":
+            self.out.reads.append(target)
+
+    # --- one program --------------------------------------------------------------------
+
+    def argv(self, argv: list[str]) -> None:
+        if len(self.out.commands) < MAX_RECORDED:
+            self.out.commands.append(argv)
+        prog = _name(argv[0])
+        args = argv[1:]
+        self.out.programs.add(prog)
+        if prog in ("sudo", "doas", "su", "pkexec", "runuser"):
+            self.out.classes.add("privilege")
+            self.out.flags.add("privilege_escalation")
+            self.out.effects.update(("write",))
+            if prog == "su":
+                if "-c" in args:
+                    self.nested(args[args.index("-c") + 1 :][:1])
+                return
+            self.unwrap(args)
+            return
+        if prog == "env":
+            self.env(args)
+            return
+        if prog in ("export", "declare", "typeset", "local", "readonly"):
+            for a in args:
+                if "=" in a:
+                    self.assignment(a)
+            self.out.classes.add("read")
+            return
+        if prog in WRAPPERS:
+            if prog == "eval":
+                self.out.classes.add("nested_shell")
+                self.nested([" ".join(args)])
+                return
+            self.unwrap(args, wrapper=prog)
+            return
+        if prog in SHELLS:
+            self.shell(args)
+            return
+        if prog in INTERPRETERS:
+            self.out.classes.add("interpreter")
+            self.out.effects.update(("write", "egress"))
+            if prog == "gdb" or any(a in INLINE_CODE for a in args):
+                self.out.classes.add("inline_code")
+            elif not [a for a in args if not a.startswith("-")]:
+                self.out.flags.add("code_from_stdin")
+            return
+        if prog in AWKS:
+            program = next((a for a in args if not a.startswith("-")), "")
+            if re.search(r"\bsystem\s*\(|\|\s*getline|\|&|print[^;]*\|", program):
+                self.out.flags.add("shell_escape")
+            self.out.classes.add("read")
+            if re.search(r">\s*\"", program):
+                self.out.effects.add("write")
+            return
+        if prog in EDITORS:
+            joined = " ".join(args)
+            if (
+                re.search(r"(^|\s)(-c|\+)\S*\s*\S*(!|shell|term|system|py3?|lua|perl|ruby)", joined)
+                or "!" in joined
+            ):
+                self.out.flags.add("shell_escape")
+            self.out.classes.add("write")
+            self.out.effects.add("write")
+            return
+        if prog == "find":
+            self.find(args)
+            return
+        if (
+            prog in ("git",)
+            and any(a.startswith(("core.pager", "core.sshCommand", "-c")) for a in args)
+            and any("!" in a or "sh" in a for a in args)
+        ):
+            self.out.flags.add("shell_escape")
+        if prog in ("tar",) and any(
+            a.startswith(("--to-command", "--checkpoint-action", "--use-compress-program", "-I"))
+            for a in args
+        ):
+            self.out.flags.add("shell_escape")
+        if prog in ("rsync", "ssh", "scp") and any(
+            a.startswith(("-e", "--rsh", "ProxyCommand", "-oProxyCommand", "LocalCommand"))
+            or "ProxyCommand" in a
+            for a in args
+        ):
+            self.out.flags.add("shell_escape")
+        self.classify(prog, args)
+
+    def classify(self, prog: str, args: list[str]) -> None:
+        if prog == "sed" and not any(a.startswith("-i") or a == "--in-place" for a in args):
+            prog = "cat"  # a stream editor that writes only to stdout reads
+        if prog == "git" and args[:1] and args[0] in GIT_READS:
+            prog = "cat"
+        if prog in ("curl", "wget") and any(a in ("-o", "-O", "--output") for a in args):
+            self.out.effects.add("write")
+        known = False
+        if prog in DESTRUCTIVE or prog.startswith("mkfs"):
+            known = True
+            self.out.classes.add("destructive")
+            self.out.effects.add("write")
+            if self.system_wide(prog, args):
+                self.out.flags.add("destructive_system")
+        if prog == "dd" and any(a.startswith("of=/dev/") for a in args):
+            self.out.flags.add("destructive_system")
+        if prog in ("chmod",) and any(
+            re.match(r"^([ugoa]*\+[rwx]*s|[0-7]?[4-7][0-7]{3})$", a) for a in args
+        ):
+            self.out.classes.add("privilege")
+            self.out.flags.add("privilege_escalation")
+        if prog in PRIVILEGE:
+            known = True
+            self.out.classes.add("privilege")
+            self.out.flags.add("privilege_escalation")
+            self.out.effects.add("write")
+        if prog in NETWORK:
+            known = True
+            self.out.classes.add("network")
+            self.out.effects.add("egress")
+        if prog in WRITERS:
+            known = True
+            self.out.classes.add("write")
+            self.out.effects.add("write")
+            self.out.writes.extend(a for a in args[-1:] if a.startswith(("/", "./", "~")))
+        if prog in READERS and not known:
+            known = True
+            self.out.classes.add("read")
+            self.out.reads.extend(a for a in args if a.startswith(("/", "./", "~")))
+        if not known:
+            # An unknown program may do anything: it counts as writing.
+            self.out.classes.add("unknown")
+            self.out.effects.add("write")
+
+    @staticmethod
+    def system_wide(prog: str, args: list[str]) -> bool:
+        if prog in (
+            "shutdown",
+            "reboot",
+            "halt",
+            "poweroff",
+            "init",
+            "wipefs",
+            "fdisk",
+            "parted",
+        ) or prog.startswith("mkfs"):
+            return True
+        if prog in ("rm", "shred"):
+            recursive = any(
+                a.startswith("-") and ("r" in a.lower() or a == "--recursive") for a in args
+            )
+            paths = [a.rstrip("/") or "/" for a in args if not a.startswith("-")]
+            return recursive and any(p in SYSTEM_PATHS or p.rstrip("*") in ("/", "") for p in paths)
+        if prog in ("kill", "killall", "pkill"):
+            return any(a in ("-1", "1", "init", "systemd", "sshd") for a in args)
+        return False
+
+    # --- things that run other things ---------------------------------------------------
+
+    def unwrap(self, args: list[str], wrapper: str = "") -> None:
+        """The command a wrapper (sudo, nohup, timeout, xargs, ...) starts."""
+        rest = list(args)
+        while rest and rest[0].startswith("-"):
+            flag = rest.pop(0)
+            # Options that take a value (sudo -u root, timeout -s KILL, xargs -n 1, ...).
+            if (
+                flag
+                in ("-u", "-g", "-s", "-k", "-n", "-I", "-P", "-L", "-d", "-E", "-C", "-p", "-c")
+                and rest
+            ):
+                if wrapper == "watch" or (flag == "-c" and wrapper not in ("xargs", "sudo")):
+                    break
+                rest.pop(0)
+        if wrapper in ("timeout",) and rest and re.match(r"^\d+[smhd]?$", rest[0]):
+            rest.pop(0)
+        if (
+            wrapper in ("nice", "ionice", "chrt", "taskset")
+            and rest
+            and re.match(r"^-?\d+$", rest[0])
+        ):
+            rest.pop(0)
+        if wrapper == "watch":
+            self.nested([" ".join(rest)])
+            return
+        if rest:
+            self.argv(rest)
+
+    def env(self, args: list[str]) -> None:
+        rest = list(args)
+        while rest and (rest[0].startswith("-") or "=" in rest[0]):
+            item = rest.pop(0)
+            if "=" in item and not item.startswith("-"):
+                self.assignment(item)
+            elif item in ("-u", "-C", "-S") and rest:
+                if item == "-S":
+                    self.nested([rest.pop(0)])
+                    return
+                rest.pop(0)
+        if rest:
+            self.argv(rest)
+        else:
+            self.out.classes.add("read")
+
+    def shell(self, args: list[str]) -> None:
+        self.out.classes.add("nested_shell")
+        if "-c" in args:
+            i = args.index("-c")
+            self.nested(args[i + 1 : i + 2])
+            return
+        scripts = [a for a in args if not a.startswith("-")]
+        self.out.effects.update(("write", "egress"))
+        if scripts:
+            # A script file: its contents are unknown here.
+            self.out.classes.add("interpreter")
+        else:
+            # Commands would arrive on stdin, unseen by any decision.
+            self.out.flags.add("code_from_stdin")
+
+    def nested(self, texts: list[str]) -> None:
+        for text in texts:
+            if self.depth + 1 > MAX_DEPTH:
+                raise ShellParseError(f"commands nested deeper than {MAX_DEPTH}")
+            _parse_into(text, self.out, self.depth + 1)
+
+    def find(self, args: list[str]) -> None:
+        self.out.classes.add("read")
+        for i, a in enumerate(args):
+            if a in ("-delete",):
+                self.out.classes.add("destructive")
+                self.out.effects.add("write")
+            if a in ("-exec", "-execdir", "-ok", "-okdir"):
+                inner: list[str] = []
+                for b in args[i + 1 :]:
+                    if b in (";", "+", "\\;"):
+                        break
+                    inner.append(b)
+                if inner:
+                    if _name(inner[0]) in SHELLS or _name(inner[0]) in INTERPRETERS:
+                        self.out.flags.add("shell_escape")
+                    self.argv([x for x in inner if x != "{}"] or inner)
+            if a in ("-fprint", "-fprintf", "-fls"):
+                self.out.effects.add("write")
+
+
+def _parse_into(text: str, out: Analysis, depth: int) -> None:
+    if not text.strip():
+        return
+    try:
+        parts = bashlex.parse(text)
+    except Exception as exc:  # bashlex raises ParsingError, NotImplementedError, others
+        raise ShellParseError(f"cannot parse command: {type(exc).__name__}: {exc}"[:300]) from None
+    walker = _Walker(out, depth)
+    for p in parts:
+        walker.node(p)
+
+
+def analyse(command: str) -> Analysis:
+    if len(command) > MAX_COMMAND:
+        raise ShellParseError(f"command longer than {MAX_COMMAND} characters")
+    if "\x00" in command:
+        raise ShellParseError("NUL byte in command")
+    out = Analysis()
+    try:
+        _parse_into(command, out, 0)
+    except RecursionError:
+        raise ShellParseError("command nests too deeply") from None
+    if not out.commands and command.strip():
+        raise ShellParseError("no command found")
+    return out

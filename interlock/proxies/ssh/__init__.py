@@ -1,0 +1,1 @@
+"""The SSH proxy: per-command, per-file-operation and per-forward decisions on asyncssh."""

@@ -1,0 +1,257 @@
+"""The SSH proxy: agents log in here, commands and file operations are decided one by one,
+and the allowed ones run on the target over the proxy's own login.
+
+Forwarding: local and dynamic forwards (direct-tcpip) are `egress` actions on
+`host:port` carrying the `port_forward` flag, which the bundled policy refuses (a user
+policy may allow a target; the connection is then tunnelled through the target's SSH
+connection). Remote forwards (`-R`) are refused and audited. Agent and X11 forwarding
+are never offered. Isolating an agent closes every SSH connection it has, at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from interlock.approvals.holds import Holds
+from interlock.config import AgentConfig, SshConfig
+from interlock.core.context import Posture
+from interlock.core.model import Action, Agent, Decision, Effect, Operation
+from interlock.core.pdp import PDP
+from interlock.identity.registry import AgentRegistry
+from interlock.proxies.ssh import session, upstream
+from interlock.proxies.ssh.auth import Keys, Login, parse_login
+from interlock.proxies.ssh.sftp import ProxySFTP
+
+log = logging.getLogger(__name__)
+
+HOST_KEY_FILE = "ssh_host_ed25519_key"
+
+
+def load_host_key(path: Path) -> asyncssh.SSHKey:
+    """The proxy's host key, created (0600) on first start."""
+    if path.exists():
+        return asyncssh.read_private_key(str(path))
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    key.write_private_key(str(path))
+    path.chmod(0o600)
+    key.write_public_key(str(path) + ".pub")
+    return key
+
+
+class Connection(asyncssh.SSHServer):
+    """One agent's SSH connection to the proxy (asyncssh's per-connection server)."""
+
+    def __init__(self, proxy: SshProxy) -> None:
+        self.proxy = proxy
+        self.conn: asyncssh.SSHServerConnection | None = None
+        self.login: Login | None = None
+        self._agent: Agent | None = None
+        self._upstream: asyncssh.SSHClientConnection | None = None
+        self._upstream_lock = asyncio.Lock()
+        self._authn = "ssh_key"
+
+    # --- lifecycle and authentication ---------------------------------------------------
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.conn = conn
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.proxy.forget(self)
+        if self._upstream is not None:
+            self._upstream.close()
+
+    def begin_auth(self, username: str) -> bool:
+        self.login = parse_login(username, self.proxy.config)
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return False
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        return self.login is not None and self.proxy.keys.agent_key(self.login.agent_id, key)
+
+    def validate_ca_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        if self.login is not None and self.proxy.keys.ca_key(key):
+            self._authn = "ssh_cert"
+            return True
+        return False
+
+    def auth_completed(self) -> None:
+        assert self.login is not None
+        entry = self.proxy.registry.get(self.login.agent_id)
+        self._agent = (
+            entry.agent(self._authn)
+            if entry is not None
+            else Agent(self.login.agent_id, authn="none")
+        )
+        self.proxy.remember(self)
+
+    @property
+    def agent(self) -> Agent:
+        assert self._agent is not None
+        return self._agent
+
+    @property
+    def target_name(self) -> str:
+        assert self.login is not None
+        return self.login.target
+
+    async def upstream(self) -> asyncssh.SSHClientConnection:
+        """The proxy's connection to the target, opened on first use and shared by the
+        sessions of this client connection."""
+        async with self._upstream_lock:
+            if self._upstream is None:
+                target = self.proxy.config.targets[self.target_name]
+                self._upstream = await upstream.connect(target)
+            return self._upstream
+
+    # --- forwarding -----------------------------------------------------------------------
+
+    def connection_requested(
+        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+    ) -> Any:
+        return self._forward(dest_host, dest_port)
+
+    async def _forward(self, dest_host: str, dest_port: int) -> Any:
+        action = Action(
+            self.agent,
+            "ssh",
+            Operation.EGRESS,
+            f"{dest_host}:{dest_port}",
+            {"forward": "direct-tcpip", "flags": ["port_forward"], "effects": ["egress"]},
+        )
+        decision = await self.proxy.decide(action)
+        if decision.effect is not Effect.ALLOW:
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                f"denied by interlock ({decision.decision_id})",
+            )
+        assert self.conn is not None
+        up = await self.upstream()
+        return await self.conn.forward_tunneled_connection(up, dest_host, dest_port)
+
+    def server_requested(self, listen_host: str, listen_port: int) -> Any:
+        return self._remote_forward(listen_host, listen_port)
+
+    async def _remote_forward(self, listen_host: str, listen_port: int) -> bool:
+        action = Action(
+            self.agent,
+            "ssh",
+            Operation.FORWARD,
+            f"{listen_host}:{listen_port}",
+            {"forward": "tcpip-forward", "flags": ["remote_forward"], "effects": ["egress"]},
+        )
+        await self.proxy.pdp.refuse(action, "remote port forwarding is not supported")
+        return False
+
+    def unix_connection_requested(self, dest_path: str) -> bool:
+        return False
+
+    def unix_server_requested(self, listen_path: str) -> bool:
+        return False
+
+
+class SshProxy:
+    def __init__(
+        self,
+        config: SshConfig,
+        agents: dict[str, AgentConfig],
+        data_dir: Path,
+        pdp: PDP,
+        registry: AgentRegistry,
+        holds: Holds | None = None,
+    ) -> None:
+        self.config = config
+        self.pdp = pdp
+        self.registry = registry
+        self.holds = holds or Holds()
+        self.keys = Keys(agents, config.user_ca_keys)
+        self.host_key_path = config.host_key or data_dir / "ssh" / HOST_KEY_FILE
+        self.server: asyncssh.SSHAcceptor | None = None
+        self.address: tuple[str, int] | None = None
+        self._by_agent: dict[str, set[Connection]] = {}
+        self._unsubscribe: Any = None
+
+    async def decide(self, action: Action) -> Decision:
+        """Decide; a hold waits for a human (expiry is a denial)."""
+        decision = await self.pdp.decide(action)
+        if decision.effect is Effect.APPROVE:
+            verdict = await self.holds.wait(decision, self.config.approval_timeout)
+            if verdict.approved:
+                return replace(decision, effect=Effect.ALLOW)
+            return replace(
+                decision,
+                effect=Effect.DENY,
+                reasons=(*decision.reasons, f"held for approval: {verdict.reason or 'denied'}"),
+            )
+        return decision
+
+    def remember(self, conn: Connection) -> None:
+        self._by_agent.setdefault(conn.agent.id, set()).add(conn)
+
+    def forget(self, conn: Connection) -> None:
+        if conn._agent is not None:
+            self._by_agent.get(conn._agent.id, set()).discard(conn)
+
+    def _posture_changed(self, agent_id: str, posture: Posture) -> None:
+        if not posture.isolated:
+            return
+        for conn in list(self._by_agent.get(agent_id, ())):
+            log.warning("agent %s isolated: closing its SSH connection", agent_id)
+            if conn.conn is not None:
+                conn.conn.disconnect(asyncssh.DISC_BY_APPLICATION, "interlock: agent isolated")
+
+    async def start(self) -> None:
+        host, _, port = self.config.listen.rpartition(":")
+        key = load_host_key(self.host_key_path)
+
+        def process(proc: asyncssh.SSHServerProcess[bytes]) -> Any:
+            return session.handle(proc, proc.get_extra_info("connection").get_owner())
+
+        def sftp(chan: asyncssh.SSHServerChannel[bytes]) -> ProxySFTP:
+            owner = chan.get_connection().get_owner()
+            assert isinstance(owner, Connection)
+            return ProxySFTP(chan, owner)
+
+        self.server = await asyncssh.create_server(
+            lambda: Connection(self),
+            host.strip("[]"),
+            int(port),
+            server_host_keys=[key],
+            process_factory=process,
+            sftp_factory=sftp,
+            allow_scp=True,
+            encoding=None,
+            login_timeout=self.config.login_timeout,
+            agent_forwarding=False,
+            x11_forwarding=False,
+            allow_pty=True,
+            line_editor=False,
+            keepalive_interval=30,
+        )
+        sock = self.server.sockets[0].getsockname()
+        self.address = (str(sock[0]), int(sock[1]))
+        self._unsubscribe = self.pdp.store.subscribe(self._posture_changed)
+
+    async def stop(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        if self.server is not None:
+            self.server.close()
+            with contextlib.suppress(Exception):
+                await self.server.wait_closed()
+        for conns in list(self._by_agent.values()):
+            for conn in list(conns):
+                if conn.conn is not None:
+                    conn.conn.close()

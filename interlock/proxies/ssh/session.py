@@ -1,0 +1,205 @@
+"""`exec` and `shell` requests: decide, then relay to the target.
+
+A command is parsed and classified (`classify/shell.py`) and decided once; denied, the
+client reads `interlock: denied (<decision id>): <reason>` on stderr and exit status 126.
+Allowed, stdin, stdout, stderr, terminal size changes, signals, the exit status and an
+exit signal are relayed between the client's channel and the target's.
+
+An interactive shell (no command) is an action of its own (flag `interactive_shell`, which
+the bundled policy refuses); where a policy allows it, both directions of the session are
+hashed and the SHA-256 is audited as an observation under the shell's decision when it
+ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import hashlib
+import logging
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import asyncssh
+
+from interlock.classify.content import MAX_SCAN, scan
+from interlock.classify.shell import ShellParseError, analyse
+from interlock.core.model import Action, Agent, Decision, Effect, Operation
+
+if TYPE_CHECKING:
+    from interlock.proxies.ssh.server import Connection
+
+log = logging.getLogger(__name__)
+
+DENIED_EXIT = 126
+UPSTREAM_FAILED_EXIT = 255
+CHUNK = 64 * 1024
+
+
+def command_action(agent: Agent, target: str, command: str, max_bytes: int) -> Action:
+    details: dict[str, Any] = {"command": command[:4096], "interactive": False}
+    if len(command.encode("utf-8", "replace")) > max_bytes:
+        details["flags"] = ["unparsable"]
+        details["parse_error"] = f"command longer than {max_bytes} bytes"
+    else:
+        try:
+            details.update(analyse(command).details())
+        except ShellParseError as exc:
+            details.update(flags=["unparsable"], parse_error=str(exc), effects=["write", "egress"])
+    found = scan(command[:MAX_SCAN])
+    if found.kinds:
+        details["dlp"] = sorted(found.kinds)
+    return Action(agent, "ssh", Operation.EXEC, target, details, labels=found.labels)
+
+
+def shell_action(agent: Agent, target: str, term: str | None) -> Action:
+    details = {
+        "interactive": True,
+        "term": term or "",
+        "flags": ["interactive_shell"],
+        "effects": ["write", "egress"],
+    }
+    return Action(agent, "ssh", Operation.EXEC, target, details)
+
+
+def allowed_env(env: Mapping[str, str], patterns: list[str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if any(fnmatch.fnmatchcase(k, p) for p in patterns)}
+
+
+def _denial_text(decision: Decision) -> bytes:
+    reason = "; ".join(decision.reasons) or decision.effect.value
+    return f"interlock: denied ({decision.decision_id}): {reason}\r\n".encode()
+
+
+async def _pump(
+    read: Callable[[int], Any],
+    write: Callable[[bytes], None],
+    on_data: Callable[[bytes], None] | None = None,
+) -> None:
+    while True:
+        data = await read(CHUNK)
+        if not data:
+            return
+        if on_data is not None:
+            on_data(data)
+        write(data)
+
+
+async def handle(process: asyncssh.SSHServerProcess[bytes], conn: Connection) -> None:
+    """The process_factory: one exec or shell request (SFTP and scp go to `ProxySFTP`)."""
+    command = process.command
+    if process.subsystem is not None:
+        process.stderr.write(
+            f"interlock: subsystem {process.subsystem!r} is not served\r\n".encode()
+        )
+        process.exit(DENIED_EXIT)
+        return
+    term = process.get_terminal_type()
+    if command is None:
+        action = shell_action(conn.agent, conn.target_name, term)
+    else:
+        action = command_action(
+            conn.agent, conn.target_name, command, conn.proxy.config.max_command_bytes
+        )
+    decision = await conn.proxy.decide(action)
+    if decision.effect is not Effect.ALLOW:
+        process.stderr.write(_denial_text(decision))
+        process.exit(DENIED_EXIT)
+        return
+    try:
+        upstream = await conn.upstream()
+    except (OSError, asyncssh.Error) as exc:
+        process.stderr.write(
+            f"interlock: cannot reach target {conn.target_name}: {exc}\r\n".encode()
+        )
+        process.exit(UPSTREAM_FAILED_EXIT)
+        return
+    transcript = hashlib.sha256() if command is None else None
+    size = process.get_terminal_size()
+    env = allowed_env(process.env, conn.proxy.config.env_allow)
+    try:
+        up = await upstream.create_process(
+            command,
+            env=env,
+            term_type=term,
+            term_size=size if term else None,
+            encoding=None,
+        )
+    except (OSError, asyncssh.Error) as exc:
+        process.stderr.write(f"interlock: target refused the session: {exc}\r\n".encode())
+        process.exit(UPSTREAM_FAILED_EXIT)
+        return
+    code = await _relay(process, up, transcript)
+    if transcript is not None:
+        await conn.proxy.pdp.observe(
+            Action(
+                conn.agent,
+                "ssh",
+                Operation.EXEC,
+                conn.target_name,
+                {"interactive": True, "transcript_sha256": transcript.hexdigest()},
+                parents=(decision.decision_id,),
+            ),
+            "interactive session transcript",
+            decision,
+        )
+    if isinstance(code, tuple):
+        process.exit_with_signal(*code)
+    else:
+        process.exit(code)
+
+
+async def _relay(
+    process: asyncssh.SSHServerProcess[bytes],
+    up: asyncssh.SSHClientProcess[bytes],
+    transcript: Any,
+) -> int | tuple[str, bool, str, str]:
+    hash_data = transcript.update if transcript is not None else None
+
+    async def client_to_target() -> None:
+        while True:
+            try:
+                data = await process.stdin.read(CHUNK)
+            except asyncssh.TerminalSizeChanged as exc:
+                with contextlib.suppress(OSError, asyncssh.Error):
+                    up.change_terminal_size(exc.width, exc.height, exc.pixwidth, exc.pixheight)
+                continue
+            except asyncssh.SignalReceived as exc:
+                with contextlib.suppress(OSError, asyncssh.Error):
+                    up.send_signal(exc.signal)
+                continue
+            except asyncssh.BreakReceived as exc:
+                with contextlib.suppress(OSError, asyncssh.Error):
+                    up.send_break(exc.msec)
+                continue
+            if not data:
+                with contextlib.suppress(OSError, asyncssh.Error):
+                    up.stdin.write_eof()
+                return
+            if hash_data is not None:
+                hash_data(data)
+            up.stdin.write(data)
+
+    feed = asyncio.create_task(client_to_target())
+    try:
+        await asyncio.gather(
+            _pump(up.stdout.read, process.stdout.write, hash_data),
+            _pump(up.stderr.read, process.stderr.write, hash_data),
+        )
+        await up.wait_closed()
+    except (OSError, asyncssh.Error) as exc:
+        with contextlib.suppress(Exception):
+            process.stderr.write(f"\r\ninterlock: target connection lost: {exc}\r\n".encode())
+        return UPSTREAM_FAILED_EXIT
+    finally:
+        feed.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await feed
+    if up.exit_signal is not None:
+        signal, core, msg, lang = up.exit_signal
+        return (signal, core, msg, lang)
+    if up.exit_status is None:
+        process.stderr.write(b"\r\ninterlock: target connection lost\r\n")
+        return UPSTREAM_FAILED_EXIT
+    return up.exit_status

@@ -1,0 +1,211 @@
+"""SFTP (and scp, which asyncssh serves on the same interface) proxied operation by
+operation to the target's SFTP server.
+
+Opening a file for reading and listing a directory are `file_read` actions; opening for
+writing, remove, rename, mkdir, rmdir, setstat, symlink and link are `file_write` actions,
+each on its path. Metadata lookups (stat, realpath, readlink) pass undecided. Every
+method of asyncssh's SFTPServer that would touch the proxy's own filesystem is overridden:
+nothing here ever reads or writes a local file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import posixpath
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import asyncssh
+from asyncssh import SFTPAttrs, SFTPError, SFTPName
+
+from interlock.core.model import Action, Effect, Operation
+
+if TYPE_CHECKING:
+    from interlock.proxies.ssh.server import Connection
+
+log = logging.getLogger(__name__)
+
+_WRITE_FLAGS = asyncssh.FXF_WRITE | asyncssh.FXF_APPEND | asyncssh.FXF_CREAT | asyncssh.FXF_TRUNC
+
+
+def _path(raw: bytes) -> str:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SFTPError(asyncssh.FX_FAILURE, "path is not UTF-8") from None
+    if "\x00" in text:
+        raise SFTPError(asyncssh.FX_FAILURE, "NUL in path")
+    return text
+
+
+class ProxySFTP(asyncssh.SFTPServer):
+    """One instance per SFTP (or scp) channel."""
+
+    def __init__(self, chan: asyncssh.SSHServerChannel[bytes], conn: Connection) -> None:
+        super().__init__(chan)
+        self.conn = conn
+        self._client: asyncssh.SFTPClient | None = None
+        self._cwd = "."
+
+    async def _sftp(self) -> asyncssh.SFTPClient:
+        if self._client is None:
+            try:
+                upstream = await self.conn.upstream()
+                self._client = await upstream.start_sftp_client()
+            except (OSError, asyncssh.Error) as exc:
+                raise SFTPError(asyncssh.FX_CONNECTION_LOST, f"target unreachable: {exc}") from None
+        return self._client
+
+    async def _decide(self, operation: Operation, path: str, **details: Any) -> None:
+        absolute = await self._absolute(path)
+        action = Action(
+            self.conn.agent,
+            "ssh",
+            operation,
+            absolute,
+            {"sftp": True, **details},
+        )
+        decision = await self.conn.proxy.decide(action)
+        if decision.effect is not Effect.ALLOW:
+            reason = "; ".join(decision.reasons) or decision.effect.value
+            raise SFTPError(
+                asyncssh.FX_PERMISSION_DENIED,
+                f"denied by interlock ({decision.decision_id}): {reason}",
+            )
+
+    async def _absolute(self, path: str) -> str:
+        """Decide on the path the target will really use: relative paths against its home,
+        symlinks resolved (a link to /etc/shadow is a read of /etc/shadow). For a file that
+        does not exist yet, its directory is resolved instead."""
+        client = await self._sftp()
+        try:
+            return str(await client.realpath(path))
+        except (OSError, asyncssh.Error):
+            pass
+        parent, name = posixpath.split(path.rstrip("/") or "/")
+        try:
+            resolved = str(await client.realpath(parent or "."))
+        except (OSError, asyncssh.Error):
+            resolved = posixpath.normpath(parent) if parent.startswith("/") else "/"
+        return posixpath.join(resolved, name)
+
+    # --- files ----------------------------------------------------------------------------
+
+    async def open(self, path: bytes, pflags: int, attrs: SFTPAttrs) -> object:
+        p = _path(path)
+        writing = bool(pflags & _WRITE_FLAGS)
+        await self._decide(
+            Operation.FILE_WRITE if writing else Operation.FILE_READ,
+            p,
+            op="open",
+            open_flags=pflags,
+        )
+        client = await self._sftp()
+        return await client.open(path, pflags, attrs, encoding=None)
+
+    async def open56(
+        self, path: bytes, desired_access: int, flags: int, attrs: SFTPAttrs
+    ) -> object:
+        raise SFTPError(asyncssh.FX_OP_UNSUPPORTED, "SFTPv5+ open is not proxied")
+
+    async def close(self, file_obj: object) -> None:
+        await file_obj.close()  # type: ignore[attr-defined]
+
+    async def read(self, file_obj: object, offset: int, size: int) -> bytes:
+        data: bytes = await file_obj.read(size, offset)  # type: ignore[attr-defined]
+        return data
+
+    async def write(self, file_obj: object, offset: int, data: bytes) -> int:
+        written: int = await file_obj.write(data, offset)  # type: ignore[attr-defined]
+        return written
+
+    async def fstat(self, file_obj: object) -> SFTPAttrs:
+        attrs: SFTPAttrs = await file_obj.stat()  # type: ignore[attr-defined]
+        return attrs
+
+    async def fsetstat(self, file_obj: object, attrs: SFTPAttrs) -> None:
+        await file_obj.setstat(attrs)  # type: ignore[attr-defined]
+
+    async def fsync(self, file_obj: object) -> None:
+        await file_obj.fsync()  # type: ignore[attr-defined]
+
+    async def fstatvfs(self, file_obj: object) -> Any:
+        return await file_obj.statvfs()  # type: ignore[attr-defined]
+
+    def lock(self, file_obj: object, offset: int, length: int, flags: int) -> None:
+        raise SFTPError(asyncssh.FX_OP_UNSUPPORTED, "locking is not proxied")
+
+    def unlock(self, file_obj: object, offset: int, length: int) -> None:
+        raise SFTPError(asyncssh.FX_OP_UNSUPPORTED, "locking is not proxied")
+
+    # --- paths ----------------------------------------------------------------------------
+
+    async def stat(self, path: bytes) -> SFTPAttrs:
+        return await (await self._sftp()).stat(path)
+
+    async def lstat(self, path: bytes) -> SFTPAttrs:
+        return await (await self._sftp()).lstat(path)
+
+    async def realpath(self, path: bytes) -> bytes:
+        result = await (await self._sftp()).realpath(path)
+        return result if isinstance(result, bytes) else str(result).encode()
+
+    async def readlink(self, path: bytes) -> bytes:
+        result = await (await self._sftp()).readlink(path)
+        return result if isinstance(result, bytes) else str(result).encode()
+
+    async def statvfs(self, path: bytes) -> Any:
+        return await (await self._sftp()).statvfs(path)
+
+    async def scandir(self, path: bytes) -> AsyncIterator[SFTPName]:
+        await self._decide(Operation.FILE_READ, _path(path), op="list")
+        async for name in (await self._sftp()).scandir(path):
+            yield name
+
+    async def setstat(self, path: bytes, attrs: SFTPAttrs) -> None:
+        await self._decide(Operation.FILE_WRITE, _path(path), op="setstat")
+        await (await self._sftp()).setstat(path, attrs)
+
+    async def lsetstat(self, path: bytes, attrs: SFTPAttrs) -> None:
+        await self._decide(Operation.FILE_WRITE, _path(path), op="setstat")
+        await (await self._sftp()).setstat(path, attrs, follow_symlinks=False)
+
+    async def remove(self, path: bytes) -> None:
+        await self._decide(Operation.FILE_WRITE, _path(path), op="remove")
+        await (await self._sftp()).remove(path)
+
+    async def mkdir(self, path: bytes, attrs: SFTPAttrs) -> None:
+        await self._decide(Operation.FILE_WRITE, _path(path), op="mkdir")
+        await (await self._sftp()).mkdir(path, attrs)
+
+    async def rmdir(self, path: bytes) -> None:
+        await self._decide(Operation.FILE_WRITE, _path(path), op="rmdir")
+        await (await self._sftp()).rmdir(path)
+
+    async def rename(self, oldpath: bytes, newpath: bytes) -> None:
+        await self._decide(Operation.FILE_WRITE, _path(oldpath), op="rename_from")
+        await self._decide(Operation.FILE_WRITE, _path(newpath), op="rename_to")
+        await (await self._sftp()).rename(oldpath, newpath)
+
+    async def posix_rename(self, oldpath: bytes, newpath: bytes) -> None:
+        await self._decide(Operation.FILE_WRITE, _path(oldpath), op="rename_from")
+        await self._decide(Operation.FILE_WRITE, _path(newpath), op="rename_to")
+        await (await self._sftp()).posix_rename(oldpath, newpath)
+
+    async def symlink(self, oldpath: bytes, newpath: bytes) -> None:
+        await self._decide(Operation.FILE_WRITE, _path(newpath), op="symlink", to=_path(oldpath))
+        await (await self._sftp()).symlink(oldpath, newpath)
+
+    async def link(self, oldpath: bytes, newpath: bytes) -> None:
+        await self._decide(Operation.FILE_WRITE, _path(newpath), op="link", to=_path(oldpath))
+        await (await self._sftp()).link(oldpath, newpath)
+
+    def exit(self) -> None:
+        if self._client is not None:
+            self._client.exit()
+            self._client = None
+        # asyncssh ends an SFTP or scp channel without an exit status, which OpenSSH's
+        # scp reports as a failure after a good transfer; errors travel in the protocol.
+        with contextlib.suppress(Exception):
+            self.channel.exit(0)
