@@ -16,17 +16,13 @@ from interlock.core.bundle import bundled_policy_dir, load_bundle
 from interlock.core.policy import DECISION_ENTRYPOINT, PolicyManager
 from interlock.core.regotest import run_tests
 from interlock.core.serialization import ActionFormatError, action_from_json, decision_to_json
-from interlock.errors import ConfigError, InterlockError, PolicyError
+from interlock.errors import ConfigError, InterlockError, PolicyError, UsageError
 
 if TYPE_CHECKING:
     from interlock.audit.checkpoint import Verifier
     from interlock.audit.store import AuditStore
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parent / "config_example.toml"
-
-
-class UsageError(Exception):
-    """A command-line mistake: printed without a traceback, exit status 2."""
 
 
 def _config(path: str | None) -> Config:
@@ -301,6 +297,30 @@ def cmd_audit_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_agents(args: argparse.Namespace) -> int:
+    from interlock.admin.client import call
+
+    config = _config(args.config)
+    action = args.agents_command
+    if action == "list":
+        for a in call(config, "GET", "/v1/agents")["agents"]:
+            p = a["posture"]
+            state = "isolated" if p["isolated"] else ", ".join(p["restrictions"]) or "normal"
+            print(f"{a['id']:<24} {state}")
+        return 0
+    if action == "show":
+        print(json.dumps(call(config, "GET", f"/v1/agents/{args.agent}"), indent=2))
+        return 0
+    body: dict[str, Any] = {"reason": args.reason} if args.reason else {}
+    if action == "restrict":
+        body["restrictions"] = args.restrictions
+        if args.minutes is not None:
+            body["minutes"] = args.minutes
+    out = call(config, "POST", f"/v1/agents/{args.agent}/{action}", body)
+    print(json.dumps(out["posture"], indent=2))
+    return 0
+
+
 def cmd_ca_export(args: argparse.Namespace) -> int:
     """Print the CA certificate agents must trust for HTTPS through the proxy."""
     from interlock.proxies.http.server import CA_FILE
@@ -383,6 +403,32 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--policy", help="bundle directory (default: the config's)")
     audit_cmd("checkpoint", cmd_audit_checkpoint, "sign a checkpoint of the current tree now")
     audit_cmd("key", cmd_audit_key, "print the log's verifier (public) key")
+
+    agents = sub.add_parser("agents", help="see and change agents' posture (admin API)")
+    asub = agents.add_subparsers(dest="agents_command", required=True)
+    sp = asub.add_parser("list", help="every agent and its posture")
+    sp.add_argument("-c", "--config", help="interlock.toml")
+    sp.set_defaults(func=cmd_agents)
+    sp = asub.add_parser("show", help="posture, taints and recent decisions of one agent")
+    sp.add_argument("agent")
+    sp.add_argument("-c", "--config", help="interlock.toml")
+    sp.set_defaults(func=cmd_agents)
+    sp = asub.add_parser("restrict", help="add restrictions (read_only, no_egress, tool:X, ...)")
+    sp.add_argument("agent")
+    sp.add_argument("restrictions", nargs="+")
+    sp.add_argument("--minutes", type=float, help="lift them after this long")
+    sp.add_argument("--reason", default="")
+    sp.add_argument("-c", "--config", help="interlock.toml")
+    sp.set_defaults(func=cmd_agents)
+    for name, text in (
+        ("isolate", "end every session, deny everything"),
+        ("restore", "lift it all"),
+    ):
+        sp = asub.add_parser(name, help=text)
+        sp.add_argument("agent")
+        sp.add_argument("--reason", default="")
+        sp.add_argument("-c", "--config", help="interlock.toml")
+        sp.set_defaults(func=cmd_agents)
 
     ca = sub.add_parser("ca", help="the HTTPS interception CA")
     casub = ca.add_subparsers(dest="ca_command", required=True)

@@ -353,6 +353,16 @@ class ExtAuthzConfig(Section):
 
 class AdminConfig(Section):
     listen: Listen = "127.0.0.1:9180"
+    token: str | None = Field(None, min_length=16)
+    """Bearer token for everything but /healthz. Unset: one is generated on first start
+    into <data_dir>/admin.token (0600), which `interlock agents` reads."""
+    token_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
+
+    @model_validator(mode="after")
+    def _one_token(self) -> AdminConfig:
+        if self.token and self.token_sha256:
+            raise ValueError("give token or token_sha256, not both")
+        return self
 
 
 class ClassificationConfig(Section):
@@ -366,6 +376,11 @@ class ClassificationConfig(Section):
             if key.count(".") != 2 or "" in key.split("."):
                 raise ValueError(f"{key!r} must be schema.table.column")
         return v
+
+
+class IntelConfig(Section):
+    feeds: list[Path] = []
+    """Indicator files (plain lists or JSON, see docs/risk.md), re-read when they change."""
 
 
 class Config(Section):
@@ -382,6 +397,7 @@ class Config(Section):
     ssh: SshConfig | None = None
     extauthz: ExtAuthzConfig | None = None
     admin: AdminConfig | None = None
+    intel: IntelConfig = IntelConfig()
     classification: ClassificationConfig = ClassificationConfig()
 
     @classmethod

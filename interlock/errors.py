@@ -12,7 +12,8 @@ Hierarchy::
     │   └── MalformedResult    the value did not have the shape of a decision
     ├── IdentityError          credentials missing, wrong, expired or not verifiable
     ├── StateError             the session / posture store failed
-    └── AuditError             the audit log could not record (store down, disk full, ...)
+    ├── AuditError             the audit log could not record (store down, disk full, ...)
+    └── UsageError             a command-line mistake (printed without a traceback, exit 2)
 
 Every PolicyError becomes a `deny` decision with the error's text as its reason; nothing
 above the PDP ever sees one.
@@ -61,3 +62,7 @@ class StateError(InterlockError):
 
 class AuditError(InterlockError):
     """The audit log could not make a record durable."""
+
+
+class UsageError(InterlockError):
+    """A command-line mistake: printed without a traceback, exit status 2."""

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import secrets
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from interlock.admin.server import make_app
+from interlock.admin.server import Admin, make_app
 from interlock.approvals.holds import Holds
 from interlock.audit.factory import log_for
 from interlock.audit.log import AuditLog
@@ -24,6 +26,7 @@ from interlock.core.rego import RegoEngine
 from interlock.errors import ConfigError
 from interlock.identity.jwt import JwtVerifier
 from interlock.identity.registry import AgentRegistry
+from interlock.intel.feeds import ThreatIntel
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,9 @@ class Runtime:
     audit: AuditLog
     holds: Holds = field(default_factory=Holds)
     jwt: JwtVerifier | None = None
+    intel: ThreatIntel | None = None
+    sessions: dict[str, Callable[[], int]] = field(default_factory=dict)
+    """Open client sessions per proxy, for metrics."""
     endpoints: dict[str, str] = field(default_factory=dict)
     _runners: list[web.AppRunner] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -74,15 +80,36 @@ def build(config: Config) -> Runtime:
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     audit = log_for(config)
     fail_open = config.audit.fail_open_max_tier
+    intel = ThreatIntel(config.intel.feeds) if config.intel.feeds else None
     pdp = PDP(
         policy,
         MemoryStore(),
         audit,
         audit_fail_open_max_tier=None if fail_open == "none" else Tier(fail_open),
+        intel=intel,
     )
     registry = AgentRegistry.from_config(config.agents)
     jwt = JwtVerifier(config.identity.jwt, registry) if config.identity.jwt else None
-    return Runtime(config, policy, pdp, registry, audit, jwt=jwt)
+    return Runtime(config, policy, pdp, registry, audit, jwt=jwt, intel=intel)
+
+
+ADMIN_TOKEN_FILE = "admin.token"  # noqa: S105 (a file name)
+
+
+def admin_token_digest(config: Config) -> tuple[bytes, str | None]:
+    """The admin API token's SHA-256, and where a generated token was written (if one was:
+    no token configured means one is created once under the data directory)."""
+    admin = config.admin
+    assert admin is not None
+    if admin.token_sha256:
+        return bytes.fromhex(admin.token_sha256), None
+    if admin.token:
+        return hashlib.sha256(admin.token.encode()).digest(), None
+    path = config.data_dir / ADMIN_TOKEN_FILE
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(32) + "\n")
+        path.chmod(0o600)
+    return hashlib.sha256(path.read_text().strip().encode()).digest(), str(path)
 
 
 async def start(runtime: Runtime) -> None:
@@ -92,7 +119,18 @@ async def start(runtime: Runtime) -> None:
     runtime._tasks.append(asyncio.create_task(runtime.policy.watch(cfg.policy.watch_interval)))
     if cfg.admin is not None:
         host, _, port = cfg.admin.listen.rpartition(":")
-        runner = web.AppRunner(make_app(runtime.policy, runtime.audit), access_log=None)
+        digest, token_file = admin_token_digest(cfg)
+        if token_file is not None:
+            runtime.endpoints["API token file"] = token_file
+        admin = Admin(
+            pdp=runtime.pdp,
+            registry=runtime.registry,
+            holds=runtime.holds,
+            token_digest=digest,
+            sessions=lambda: {name: count() for name, count in runtime.sessions.items()},
+            intel_status=runtime.intel.status if runtime.intel is not None else None,
+        )
+        runner = web.AppRunner(make_app(runtime.policy, runtime.audit, admin), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, host.strip("[]"), int(port))
         await site.start()
@@ -112,6 +150,7 @@ async def start(runtime: Runtime) -> None:
         )
         await proxy.start()
         runtime._stoppers.append(proxy.stop)
+        runtime.sessions["postgres"] = proxy.open_sessions
         assert proxy.address is not None
         runtime.endpoints["postgres"] = f"postgresql://{proxy.address[0]}:{proxy.address[1]}"
     if cfg.http is not None:
@@ -135,6 +174,7 @@ async def start(runtime: Runtime) -> None:
         )
         await ssh.start()
         runtime._stoppers.append(ssh.stop)
+        runtime.sessions["ssh"] = ssh.open_sessions
         assert ssh.address is not None
         runtime.endpoints["ssh"] = f"ssh://{ssh.address[0]}:{ssh.address[1]}"
         runtime.endpoints["ssh host key"] = f"{ssh.host_key_path}.pub"

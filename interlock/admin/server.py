@@ -1,19 +1,46 @@
-"""The admin HTTP server. For now: `/healthz` (liveness plus the serving policy version).
+"""The admin HTTP server: health, Prometheus metrics, agents and their posture, recent
+decisions, and the audit log's checkpoint and proofs.
 
-It binds loopback by default; later issues add authenticated approvals, posture and metrics
-endpoints here.
+It binds loopback by default. Everything but `/healthz` needs `Authorization: Bearer
+<token>` (compared by SHA-256 digest in constant time). `interlock agents ...` is a client
+of this API.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
 from aiohttp import web
 
+from interlock.approvals.holds import Holds
 from interlock.audit.log import AuditLog
+from interlock.core.context import Posture
+from interlock.core.model import parse_restriction
+from interlock.core.pdp import PDP
 from interlock.core.policy import PolicyManager
 from interlock.errors import BundleError
+from interlock.identity.registry import AgentRegistry
 
 POLICY_KEY = web.AppKey("policy", PolicyManager)
 AUDIT_KEY = web.AppKey("audit", AuditLog)
+ADMIN_KEY = web.AppKey("admin", object)
+
+
+@dataclass
+class Admin:
+    """What the API acts on (absent parts: their endpoints answer 404)."""
+
+    pdp: PDP | None = None
+    registry: AgentRegistry | None = None
+    holds: Holds | None = None
+    token_digest: bytes | None = None
+    sessions: Callable[[], Mapping[str, int]] = field(default=lambda: {})
+    intel_status: Callable[[], Mapping[str, Any]] | None = None
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -37,9 +64,221 @@ async def healthz(request: web.Request) -> web.Response:
     )
 
 
-def make_app(policy: PolicyManager, audit: AuditLog) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def bearer(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path == "/healthz":
+        return await handler(request)
+    admin: Admin = request.app[ADMIN_KEY]  # type: ignore[assignment]
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    digest = hashlib.sha256(token.strip().encode()).digest()
+    if (
+        admin.token_digest is None
+        or scheme.lower() != "bearer"
+        or not hmac.compare_digest(digest, admin.token_digest)
+    ):
+        return web.json_response(
+            {"error": "a valid bearer token is required"},
+            status=401,
+            headers={"WWW-Authenticate": 'Bearer realm="interlock admin"'},
+        )
+    return await handler(request)
+
+
+def _admin(request: web.Request) -> Admin:
+    admin: Admin = request.app[ADMIN_KEY]  # type: ignore[assignment]
+    return admin
+
+
+def _pdp(request: web.Request) -> PDP:
+    pdp = _admin(request).pdp
+    if pdp is None:
+        raise web.HTTPNotFound(text='{"error": "no decision point here"}')
+    return pdp
+
+
+def _posture(p: Posture) -> dict[str, Any]:
+    return {
+        "restrictions": sorted(p.restrictions),
+        "isolated": p.isolated,
+        "until": p.until,
+        "reason": p.reason,
+    }
+
+
+def _known(request: web.Request, agent_id: str) -> None:
+    admin = _admin(request)
+    pdp = _pdp(request)
+    registered = admin.registry is not None and agent_id in admin.registry
+    if not registered and agent_id not in pdp.store.agents():
+        raise web.HTTPNotFound(
+            text=json.dumps({"error": f"unknown agent {agent_id!r}"}),
+            content_type="application/json",
+        )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    from interlock.admin.metrics import render
+
+    admin = _admin(request)
+    pdp = _pdp(request)
+    text = render(
+        pdp.stats,
+        request.app[AUDIT_KEY].status(),
+        len(admin.holds.pending()) if admin.holds is not None else 0,
+        admin.sessions(),
+    )
+    return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+
+async def agents(request: web.Request) -> web.Response:
+    admin = _admin(request)
+    pdp = _pdp(request)
+    ids = set(pdp.store.agents()) | set(admin.registry.ids() if admin.registry else [])
+    now = pdp.clock()
+    out = []
+    for agent_id in sorted(ids):
+        posture = await pdp.store.posture(agent_id, now)
+        out.append({"id": agent_id, "posture": _posture(posture)})
+    return web.json_response({"agents": out})
+
+
+async def agent(request: web.Request) -> web.Response:
+    agent_id = request.match_info["agent"]
+    _known(request, agent_id)
+    pdp = _pdp(request)
+    now = pdp.clock()
+    view = await pdp.store.view(agent_id, "", now)
+    posture = await pdp.store.posture(agent_id, now)
+    return web.json_response(
+        {
+            "id": agent_id,
+            "posture": _posture(posture),
+            "taints": sorted(view.taints),
+            "taint_sources": dict(view.taint_sources),
+            "actions_last_minute": view.actions_last_minute,
+            "baseline_per_minute": view.baseline_per_minute,
+            "decisions": pdp.stats.for_agent(agent_id, 50),
+        }
+    )
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        doc = await request.json()
+    except ValueError:
+        raise web.HTTPBadRequest(text='{"error": "body must be JSON"}') from None
+    if not isinstance(doc, dict):
+        raise web.HTTPBadRequest(text='{"error": "body must be a JSON object"}')
+    return doc
+
+
+async def restrict(request: web.Request) -> web.Response:
+    agent_id = request.match_info["agent"]
+    _known(request, agent_id)
+    pdp = _pdp(request)
+    doc = await _body(request)
+    names = doc.get("restrictions", [])
+    minutes = doc.get("minutes")
+    try:
+        if not isinstance(names, list) or not names:
+            raise ValueError("restrictions must be a non-empty list")
+        restrictions = [parse_restriction(str(r)) for r in names]
+        until = pdp.clock() + float(minutes) * 60 if minutes is not None else None
+    except (ValueError, TypeError) as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+    posture = await pdp.store.restrict(
+        agent_id, restrictions, reason=str(doc.get("reason", "admin API")), until=until
+    )
+    return web.json_response({"id": agent_id, "posture": _posture(posture)})
+
+
+async def isolate(request: web.Request) -> web.Response:
+    agent_id = request.match_info["agent"]
+    _known(request, agent_id)
+    pdp = _pdp(request)
+    doc = await _body(request)
+    posture = await pdp.store.restrict(
+        agent_id, (), isolate=True, reason=str(doc.get("reason", "admin API"))
+    )
+    return web.json_response({"id": agent_id, "posture": _posture(posture)})
+
+
+async def restore(request: web.Request) -> web.Response:
+    agent_id = request.match_info["agent"]
+    _known(request, agent_id)
+    pdp = _pdp(request)
+    doc = await _body(request)
+    await pdp.store.restore(agent_id, str(doc.get("reason", "restored via admin API")))
+    posture = await pdp.store.posture(agent_id, pdp.clock())
+    return web.json_response({"id": agent_id, "posture": _posture(posture)})
+
+
+async def decisions(request: web.Request) -> web.Response:
+    pdp = _pdp(request)
+    try:
+        limit = max(1, min(1000, int(request.query.get("limit", "100"))))
+    except ValueError:
+        return web.json_response({"error": "limit must be a number"}, status=400)
+    rows = pdp.stats.for_agent(request.query.get("agent"), limit)
+    return web.json_response({"decisions": rows})
+
+
+async def checkpoint(request: web.Request) -> web.Response:
+    latest = await request.app[AUDIT_KEY].checkpoint()
+    if latest is None:
+        return web.json_response({"error": "no records yet"}, status=404)
+    size, note = latest
+    return web.json_response({"size": size, "checkpoint": note})
+
+
+async def proof(request: web.Request) -> web.Response:
+    from interlock.audit import commands
+
+    store = request.app[AUDIT_KEY].store
+    try:
+        index = int(request.query["index"])
+        size = int(request.query.get("size", 0)) or await store.size()
+    except (KeyError, ValueError):
+        return web.json_response({"error": "give ?index=N (and optionally size)"}, status=400)
+    if not 0 <= index < size <= await store.size():
+        return web.json_response({"error": "index out of range"}, status=400)
+    path = await commands.inclusion_proof(store, index, size)
+    return web.json_response(
+        {
+            "index": index,
+            "size": size,
+            "root": commands.b64([await commands.root(store, size)])[0],
+            "proof": commands.b64(path),
+        }
+    )
+
+
+async def intel(request: web.Request) -> web.Response:
+    status = _admin(request).intel_status
+    if status is None:
+        return web.json_response({"error": "no threat feeds configured"}, status=404)
+    return web.json_response(dict(status()))
+
+
+def make_app(policy: PolicyManager, audit: AuditLog, admin: Admin | None = None) -> web.Application:
+    app = web.Application(client_max_size=64 * 1024, middlewares=[bearer])
     app[POLICY_KEY] = policy
     app[AUDIT_KEY] = audit
+    app[ADMIN_KEY] = admin or Admin()
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/v1/agents", agents)
+    app.router.add_get("/v1/agents/{agent}", agent)
+    app.router.add_post("/v1/agents/{agent}/restrict", restrict)
+    app.router.add_post("/v1/agents/{agent}/isolate", isolate)
+    app.router.add_post("/v1/agents/{agent}/restore", restore)
+    app.router.add_get("/v1/decisions", decisions)
+    app.router.add_get("/v1/audit/checkpoint", checkpoint)
+    app.router.add_get("/v1/audit/proof", proof)
+    app.router.add_get("/v1/intel", intel)
     return app

@@ -16,6 +16,8 @@ class McpCall:
     arguments: dict[str, Any]
     id: Any
     """The JSON-RPC id, so a denial can answer that very call."""
+    confidence: float | None = None
+    """`params._meta.confidence`, when the agent framework reports one."""
 
 
 def tool_call(doc: Any) -> McpCall | None:
@@ -27,8 +29,20 @@ def tool_call(doc: Any) -> McpCall | None:
     params = doc.get("params")
     params = params if isinstance(params, dict) else {}
     args = params.get("arguments")
+    meta = params.get("_meta")
     return McpCall(
         str(params.get("name", "")),
         args if isinstance(args, dict) else {},
         doc.get("id"),
+        confidence_value(meta.get("confidence") if isinstance(meta, dict) else None),
     )
+
+
+def confidence_value(value: Any) -> float | None:
+    """A reported confidence in [0, 1], or None for anything else (absent or malformed
+    reports are neutral rather than errors: they come from the agent)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if 0.0 <= number <= 1.0 else None

@@ -27,6 +27,12 @@ RECENT_ACTIONS = 64
 SEEN_TARGETS = 10_000
 """Targets remembered per agent before the oldest are forgotten (bounded memory)."""
 RATE_WINDOW_S = 60.0
+BASELINE_MINUTES = 60
+"""Per-minute action counts kept per agent for its own moving average."""
+BASELINE_MIN_HISTORY = 5
+"""Minutes of history before the baseline means anything."""
+MAX_FINGERPRINTS = 50_000
+"""Fingerprints of labelled values remembered per agent (oldest forgotten first)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +80,18 @@ class ContextView:
     approved: int = 0
     denied: int = 0
     recent: tuple[RecentAction, ...] = ()
+    taint_sources: Mapping[str, str] = field(default_factory=dict)
+    """Live taint -> the decision that caused it."""
+    baseline_per_minute: float | None = None
+    """The agent's own average actions per minute over the last hour (None: too new)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """Labelled data read under `source` that an outgoing action carries."""
+
+    source: str
+    labels: frozenset[str]
 
 
 PostureListener = Callable[[str, Posture], None]
@@ -94,7 +112,23 @@ class StateStore(Protocol):
         """Remember an action; `taints` maps labels to their expiry (epoch seconds)."""
         ...
 
-    async def add_taint(self, agent_id: str, label: str, until: float) -> None: ...
+    async def add_taint(
+        self, agent_id: str, label: str, until: float, source: str | None = None
+    ) -> None: ...
+
+    async def add_fingerprints(
+        self, agent_id: str, source: str, labels: frozenset[str], fps: Iterable[str], until: float
+    ) -> None:
+        """Remember fingerprints of labelled values read under decision `source`."""
+        ...
+
+    async def flows(self, agent_id: str, fps: frozenset[str], now: float) -> list[Flow]:
+        """The remembered reads `fps` carry data from."""
+        ...
+
+    async def restore(self, agent_id: str, reason: str = "") -> None:
+        """Lift every restriction and the isolation."""
+        ...
 
     async def record_approval(self, agent_id: str, approved: bool) -> None: ...
 
@@ -129,6 +163,12 @@ class _Agent:
     taints: dict[str, float] = field(default_factory=dict)
     seen: OrderedDict[str, None] = field(default_factory=OrderedDict)
     window: deque[float] = field(default_factory=deque)
+    minutes: deque[list[int]] = field(default_factory=lambda: deque(maxlen=BASELINE_MINUTES + 1))
+    """[minute, count] per minute with actions, newest last."""
+    taint_sources: dict[str, str] = field(default_factory=dict)
+    fingerprints: OrderedDict[str, tuple[str, frozenset[str], float]] = field(
+        default_factory=OrderedDict
+    )
     approved: int = 0
     denied: int = 0
     posture: Posture = NORMAL
@@ -156,6 +196,7 @@ class MemoryStore:
             state.window.popleft()
         for label in [t for t, until in state.taints.items() if until <= now]:
             del state.taints[label]
+            state.taint_sources.pop(label, None)
         return ContextView(
             taints=frozenset(state.taints),
             first_seen=target_key not in state.seen,
@@ -163,6 +204,8 @@ class MemoryStore:
             approved=state.approved,
             denied=state.denied,
             recent=tuple(state.recent),
+            taint_sources=dict(state.taint_sources),
+            baseline_per_minute=_baseline(state.minutes, now),
         )
 
     async def record(
@@ -175,16 +218,53 @@ class MemoryStore:
         state = self._get(agent_id)
         state.recent.append(action)
         state.window.append(action.time)
+        minute = int(action.time // 60)
+        if state.minutes and state.minutes[-1][0] == minute:
+            state.minutes[-1][1] += 1
+        else:
+            state.minutes.append([minute, 1])
         state.seen[target_key] = None
         state.seen.move_to_end(target_key)
         while len(state.seen) > SEEN_TARGETS:
             state.seen.popitem(last=False)
         for label, until in taints.items():
             state.taints[label] = max(until, state.taints.get(label, 0.0))
+            state.taint_sources[label] = action.decision_id
 
-    async def add_taint(self, agent_id: str, label: str, until: float) -> None:
+    async def add_taint(
+        self, agent_id: str, label: str, until: float, source: str | None = None
+    ) -> None:
         state = self._get(agent_id)
         state.taints[label] = max(until, state.taints.get(label, 0.0))
+        if source is not None:
+            state.taint_sources[label] = source
+
+    async def add_fingerprints(
+        self, agent_id: str, source: str, labels: frozenset[str], fps: Iterable[str], until: float
+    ) -> None:
+        prints = self._get(agent_id).fingerprints
+        for fp in fps:
+            prints[fp] = (source, labels, until)
+            prints.move_to_end(fp)
+        while len(prints) > MAX_FINGERPRINTS:
+            prints.popitem(last=False)
+
+    async def flows(self, agent_id: str, fps: frozenset[str], now: float) -> list[Flow]:
+        state = self._agents.get(agent_id)
+        if state is None or not state.fingerprints:
+            return []
+        found: dict[str, set[str]] = {}
+        prints = state.fingerprints
+        small, large = (fps, prints) if len(fps) < len(prints) else (prints, fps)
+        for fp in small:
+            if fp in large:
+                source, labels, until = prints[fp]
+                if until > now:
+                    found.setdefault(source, set()).update(labels)
+        return [Flow(s, frozenset(labels)) for s, labels in sorted(found.items())]
+
+    async def restore(self, agent_id: str, reason: str = "") -> None:
+        await self.set_posture(agent_id, replace(NORMAL, reason=reason))
 
     async def record_approval(self, agent_id: str, approved: bool) -> None:
         state = self._get(agent_id)
@@ -244,6 +324,20 @@ class MemoryStore:
 
     def agents(self) -> list[str]:
         return sorted(self._agents)
+
+
+def _baseline(minutes: deque[list[int]], now: float) -> float | None:
+    """Average actions per minute over the last hour, counting quiet minutes as zero and
+    leaving out the current one; None with less than BASELINE_MIN_HISTORY minutes."""
+    current = int(now // 60)
+    past = [c for m, c in minutes if current - BASELINE_MINUTES <= m < current]
+    if not minutes:
+        return None
+    first = min(m for m, _ in minutes)
+    span = min(BASELINE_MINUTES, current - first)
+    if span < BASELINE_MIN_HISTORY:
+        return None
+    return sum(past) / span
 
 
 def _later(a: float | None, b: float | None) -> float | None:

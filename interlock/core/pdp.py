@@ -20,9 +20,9 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
-from interlock.core.context import NORMAL, ContextView, Posture, RecentAction, StateStore
+from interlock.core.context import NORMAL, ContextView, Flow, Posture, RecentAction, StateStore
 from interlock.core.enforcement import enforce_posture
 from interlock.core.model import (
     Action,
@@ -38,6 +38,7 @@ from interlock.core.policy_input import build_input
 from interlock.core.record import AuditSink, DecisionRecord
 from interlock.core.result import parse_result
 from interlock.core.signals import Facts, RiskModel, compute, score
+from interlock.core.stats import DecisionStats
 from interlock.errors import PolicyError
 
 log = logging.getLogger(__name__)
@@ -49,12 +50,22 @@ READ_OPERATIONS = frozenset({Operation.READ, Operation.FILE_READ, Operation.SECR
 _TIER_RANK = {Tier.LOW: 0, Tier.MEDIUM: 1, Tier.HIGH: 2, Tier.CRITICAL: 3}
 
 
+MAX_PARENTS = 16
+
+
+class Intel(Protocol):
+    def match(self, action: Action) -> tuple[str, ...]: ...
+
+
 @dataclass
 class Assessment:
     """What the PDP knows about an action before any policy is evaluated."""
 
     decision_id: str
     now: float
+    action: Action
+    """The action as decided: the PEP's, plus what the PDP found (threat intel matches,
+    data flows, and the decisions behind its taints and flows as `parents`)."""
     version: str = "unknown"
     risk: Risk = UNKNOWN_RISK
     posture: Posture = NORMAL
@@ -62,6 +73,8 @@ class Assessment:
     data: Mapping[str, Any] = field(default_factory=dict)
     error: str | None = None
     """Set when assessing failed; the decision must then be a deny with this reason."""
+    started: float | None = None
+    """perf_counter() when the decision began, for the latency histogram."""
 
     def deny(self, reason: str) -> Decision:
         return Decision(
@@ -86,6 +99,7 @@ class PDP:
         clock: Callable[[], float] = time.time,
         audit_fail_open_max_tier: Tier | None = Tier.LOW,
         entrypoint: str = DECISION_ENTRYPOINT,
+        intel: Intel | None = None,
     ) -> None:
         self.policy = policy
         self.store = store
@@ -93,6 +107,8 @@ class PDP:
         self.clock = clock
         self.audit_fail_open_max_tier = audit_fail_open_max_tier
         self.entrypoint = entrypoint
+        self.intel = intel
+        self.stats = DecisionStats()
         self._model: tuple[str, RiskModel] | None = None
 
     def _risk_model(self, version: str, data: Mapping[str, Any]) -> RiskModel:
@@ -103,9 +119,11 @@ class PDP:
 
     async def decide(self, action: Action) -> Decision:
         """Answer `action`. Never raises for anything the action or policy did."""
+        started = time.perf_counter()
         a = await self.assess(action)
+        a.started = started
         if a.error is not None:
-            return await self.settle(action, a, a.deny(a.error))
+            return await self.settle(a.action, a, a.deny(a.error))
         try:
             result = self.policy.current.evaluate(self.entrypoint, a.input_doc)
             decision = parse_result(
@@ -116,20 +134,26 @@ class PDP:
         except Exception as exc:
             log.exception("decision %s failed", a.decision_id)
             decision = a.deny(f"internal error: {type(exc).__name__}")
-        return await self.settle(action, a, decision)
+        return await self.settle(a.action, a, decision)
 
     async def assess(self, action: Action) -> Assessment:
         """Posture, context and risk of `action`, and the policy input built from them.
         Never raises: a failure is recorded in `error`."""
-        a = Assessment(new_decision_id(), self.clock())
+        a = Assessment(new_decision_id(), self.clock(), action)
         try:
             policy = self.policy.current
             a.version = policy.version
             a.data = policy.data.get("interlock", {})
             a.posture = await self.store.posture(action.agent.id, a.now)
             view = await self.store.view(action.agent.id, target_key(action), a.now)
+            flows = (
+                await self.store.flows(action.agent.id, action.fingerprints, a.now)
+                if action.fingerprints
+                else []
+            )
+            action = a.action = self._enrich(action, view, flows)
             model = self._risk_model(a.version, a.data)
-            a.risk = score(compute(self._facts(action, view), model), model)
+            a.risk = score(compute(self._facts(action, view, len(flows)), model), model)
             a.input_doc = build_input(action, a.posture, view, a.risk, a.now)
         except PolicyError as exc:
             a.error = f"policy: {exc}"
@@ -144,7 +168,10 @@ class PDP:
         decision = enforce_posture(decision, action, a.posture)
         await self._apply(action, decision)
         await self._remember(action, decision, target_key(action), a.now, a.data)
-        return await self._audit(action, decision, a.input_doc)
+        decision = await self._audit(action, decision, a.input_doc)
+        elapsed = time.perf_counter() - a.started if a.started is not None else None
+        self.stats.add(action, decision, elapsed)
+        return decision
 
     async def observe(self, action: Action, reason: str, parent: Decision) -> Decision:
         """Audit what happened under an earlier decision (an interactive session's
@@ -177,10 +204,30 @@ class PDP:
             reasons=(reason,),
             time=self.clock(),
         )
-        return await self._audit(action, decision, {})
+        decision = await self._audit(action, decision, {})
+        self.stats.add(action, decision, None)
+        return decision
+
+    def _enrich(self, action: Action, view: ContextView, flows: list[Flow]) -> Action:
+        matches = self.intel.match(action) if self.intel is not None else ()
+        sources = [view.taint_sources[t] for t in sorted(view.taints) if t in view.taint_sources]
+        parents = tuple(dict.fromkeys([*action.parents, *sources, *(f.source for f in flows)]))[
+            :MAX_PARENTS
+        ]
+        if not matches and not flows and parents == action.parents:
+            return action
+        details = dict(action.details)
+        if flows:
+            details["flows"] = [{"source": f.source, "labels": sorted(f.labels)} for f in flows[:8]]
+        return replace(
+            action,
+            details=details,
+            parents=parents,
+            threat_matches=tuple(dict.fromkeys([*action.threat_matches, *matches])),
+        )
 
     @staticmethod
-    def _facts(action: Action, view: ContextView) -> Facts:
+    def _facts(action: Action, view: ContextView, flows: int = 0) -> Facts:
         return Facts(
             operation=action.operation.value,
             labels=action.labels,
@@ -192,6 +239,8 @@ class PDP:
             confidence=action.confidence,
             authn=action.agent.authn,
             actions_last_minute=view.actions_last_minute,
+            flows=flows,
+            baseline_per_minute=view.baseline_per_minute,
         )
 
     async def _apply(self, action: Action, decision: Decision) -> None:

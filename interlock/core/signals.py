@@ -45,16 +45,38 @@ def destination_novelty(first_seen: bool, operation: str, operations: Collection
     return 1.0 if first_seen and operation in operations else 0.0
 
 
+READS = frozenset({"read", "file_read", "secret_read"})
+UNTRUSTED = frozenset({"untrusted_content", "prompt_injection_suspected"})
+
+
 def taint(
     active: Iterable[str],
     operation: str,
     weights: Mapping[str, float],
     operations: Collection[str],
+    labels: Collection[str] = (),
 ) -> float:
-    """The heaviest live taint, for operations through which taint can do harm."""
-    if operation not in operations:
+    """The heaviest live taint, for operations through which taint can do harm; and for
+    reads of labelled data, the heaviest untrusted-content taint (an agent steered by
+    injected text reading payroll; not an agent that simply read payroll before)."""
+    if operation in operations:
+        return data_sensitivity(active, weights)
+    if operation in READS and labels:
+        return data_sensitivity([t for t in active if t in UNTRUSTED], weights)
+    return 0.0
+
+
+def data_flow(flows: int) -> float:
+    """Data read under a label is leaving in this action."""
+    return 1.0 if flows else 0.0
+
+
+def baseline_rate(current: int, baseline: float | None, factor: float) -> float:
+    """How far above its own average the agent is acting: 0 at or below the average,
+    1 at `factor` times it. No baseline yet: no signal."""
+    if baseline is None or factor <= 1:
         return 0.0
-    return data_sensitivity(active, weights)
+    return _clamp((current / max(baseline, 1.0) - 1.0) / (factor - 1.0))
 
 
 def threat_intel(matches: Collection[str]) -> float:
@@ -101,6 +123,8 @@ class Facts:
     confidence: float | None
     authn: str
     actions_last_minute: int
+    flows: int = 0
+    baseline_per_minute: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +142,7 @@ class RiskModel:
     taint_operations: frozenset[str]
     identity_weakness: Mapping[str, float]
     rate_per_minute: float
+    baseline_factor: float = 3.0
 
     @classmethod
     def from_data(cls, risk: Any) -> RiskModel:
@@ -143,6 +168,9 @@ class RiskModel:
         rate_limit = risk.get("rate_per_minute", 600)
         if isinstance(rate_limit, bool) or not isinstance(rate_limit, (int, float)):
             raise PolicyError("data.interlock.risk.rate_per_minute must be a number")
+        factor = risk.get("baseline_factor", 3.0)
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)):
+            raise PolicyError("data.interlock.risk.baseline_factor must be a number")
         return cls(
             weights=table("weights"),
             medium=tiers.get("medium", 30.0),
@@ -155,6 +183,7 @@ class RiskModel:
             taint_operations=names("taint_operations"),
             identity_weakness=table("identity_weakness"),
             rate_per_minute=float(rate_limit),
+            baseline_factor=float(factor),
         )
 
 
@@ -165,12 +194,21 @@ def compute(facts: Facts, model: RiskModel) -> dict[str, float]:
         "data_sensitivity": round(data_sensitivity(facts.labels, model.label_sensitivity), 1),
         "operation_severity": round(operation_severity(op, model.operation_severity), 1),
         "destination_novelty": destination_novelty(facts.first_seen, op, model.novelty_operations),
-        "taint": round(taint(facts.taints, op, model.taint_weights, model.taint_operations), 1),
+        "taint": round(
+            taint(facts.taints, op, model.taint_weights, model.taint_operations, facts.labels), 1
+        ),
+        "data_flow": data_flow(facts.flows),
         "threat_intel": threat_intel(facts.threat_matches),
         "approval_history": round(approval_history(facts.approved, facts.denied), 1),
         "confidence": round(confidence(facts.confidence), 1),
         "identity_weakness": round(identity_weakness(facts.authn, model.identity_weakness), 1),
         "rate": round(rate(facts.actions_last_minute, model.rate_per_minute), 1),
+        "baseline_rate": round(
+            baseline_rate(
+                facts.actions_last_minute, facts.baseline_per_minute, model.baseline_factor
+            ),
+            1,
+        ),
     }
 
 

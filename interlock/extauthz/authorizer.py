@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from interlock.classify.content import MAX_SCAN, scan
+from interlock.classify.dataflow import candidates
 from interlock.classify.mcp import tool_call
 from interlock.config import ExtAuthzConfig
 from interlock.core.model import Action, Agent, Decision, Effect, Operation
@@ -130,6 +131,7 @@ class Authorizer:
         operation = Operation.READ if req.method.upper() in READ_METHODS else Operation.WRITE
         target = _host(req.host) or "unknown"
         labels: frozenset[str] = frozenset()
+        prints: frozenset[str] = frozenset()
         if path is not None:
             details["path"] = path.path[:2048]
             details["query_keys"] = sorted(
@@ -146,31 +148,42 @@ class Authorizer:
                 labels = found.labels
                 if found.kinds:
                     details["dlp"] = sorted(found.kinds)
+            if body.text:
+                prints = candidates(body.text[:MAX_SCAN])
             call = tool_call(body.parsed)
             if call is not None:
                 details.update(mcp_server=target, arguments=sorted(call.arguments)[:64])
                 return Action(
-                    agent, "envoy", Operation.TOOL_CALL, call.name, details, labels=labels
+                    agent,
+                    "envoy",
+                    Operation.TOOL_CALL,
+                    call.name,
+                    details,
+                    labels=labels,
+                    confidence=call.confidence,
+                    fingerprints=prints,
                 )
-        return Action(agent, "envoy", operation, target, details, labels=labels)
+        return Action(
+            agent, "envoy", operation, target, details, labels=labels, fingerprints=prints
+        )
 
     async def _opa(
         self, action: Action, req: AuthzRequest, path: NormalPath, body: Body
     ) -> AuthzResponse:
         a = await self.pdp.assess(action)
         if a.error is not None:
-            return denial(await self.pdp.settle(action, a, a.deny(a.error)))
+            return denial(await self.pdp.settle(a.action, a, a.deny(a.error)))
         try:
             doc = opa.build_input(req, path, body)
             doc["interlock"] = {**a.input_doc, "raw_path": req.path, "path": path.path}
             value = self.pdp.policy.current.evaluate(self.config.decision_path, doc)
             result = opa.parse_result(value)
         except (PolicyError, opa.BadResult, BadPath) as exc:
-            return denial(await self.pdp.settle(action, a, a.deny(f"policy: {exc}")))
+            return denial(await self.pdp.settle(a.action, a, a.deny(f"policy: {exc}")))
         effect = Effect.ALLOW if result.allowed else Effect.DENY
         reason = f"{self.config.decision_path} = {'allowed' if result.allowed else 'denied'}"
         proposed = Decision(a.decision_id, effect, a.risk, a.version, reasons=(reason,), time=a.now)
-        decision = await self.pdp.settle(action, a, proposed)
+        decision = await self.pdp.settle(a.action, a, proposed)
         if result.allowed and decision.effect is not Effect.ALLOW:
             return denial(decision)  # posture or the audit log overruled the policy
         result.metadata = {**result.metadata, "interlock": metadata(decision)}

@@ -278,3 +278,35 @@ async def test_up_runs_the_ssh_proxy(tmp_path: Path, up_factory: Any) -> None:
     assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"SSH-2.0-")
     writer.close()
     assert await asyncio.to_thread(up.stop) == 0
+
+
+async def test_agents_cli_changes_posture_through_the_running_instance(
+    tmp_path: Path, up_factory: Any
+) -> None:
+    cfg = tmp_path / "interlock.toml"
+    cfg.write_text(
+        f'data_dir = "{tmp_path / "data"}"\n'
+        f'[agents.coder]\ntoken = "coder-token-0123456789"\n'
+        f'[admin]\nlisten = "127.0.0.1:{free_port()}"\n'
+    )
+    up = up_factory(["-c", str(cfg)], tmp_path)
+    await asyncio.to_thread(up.wait_ready)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "interlock.cli", "agents", *args, "-c", str(cfg)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    assert (await asyncio.to_thread(cli, "list")).stdout.split() == ["coder", "normal"]
+    out = await asyncio.to_thread(cli, "restrict", "coder", "read_only", "no_egress")
+    assert '"read_only"' in out.stdout
+    assert "no_egress, read_only" in (await asyncio.to_thread(cli, "list")).stdout
+    assert '"isolated": true' in (await asyncio.to_thread(cli, "isolate", "coder")).stdout
+    assert '"isolated": false' in (await asyncio.to_thread(cli, "restore", "coder")).stdout
+    missing = await asyncio.to_thread(cli, "show", "nobody")
+    assert missing.returncode == 2
+    assert "404" in missing.stderr
+    assert await asyncio.to_thread(up.stop) == 0

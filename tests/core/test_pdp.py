@@ -70,8 +70,12 @@ async def test_hard_rule_beats_a_low_score(pdp: PDP) -> None:
 
 
 async def test_payroll_then_injection_then_new_host_isolates(pdp: PDP) -> None:
-    """The sequence DESIGN.md is built around, decided across protocols: untrusted
-    content, then a legitimate-looking payroll read, then egress to a new host."""
+    """The sequence DESIGN.md is built around, decided across protocols: a legitimate
+    payroll read, then untrusted content, then egress to a new host."""
+    payroll = await pdp.decide(
+        act(target="public.payroll", labels=frozenset({"financial", "restricted"}))
+    )
+    assert payroll.effect is Effect.ALLOW
     page = await pdp.decide(
         act(
             Operation.EGRESS,
@@ -81,10 +85,6 @@ async def test_payroll_then_injection_then_new_host_isolates(pdp: PDP) -> None:
         )
     )
     assert page.effect is Effect.ALLOW
-    payroll = await pdp.decide(
-        act(target="public.payroll", labels=frozenset({"financial", "restricted"}))
-    )
-    assert payroll.effect is Effect.ALLOW
     exfil = await pdp.decide(act(Operation.EGRESS, "paste.example.net", protocol="http"))
     assert exfil.effect is Effect.ISOLATE
     assert "exfiltration pattern" in exfil.reasons[0]
@@ -203,3 +203,13 @@ async def test_identical_decisions_hit_the_cache(pdp: PDP) -> None:
     for _ in range(3):
         await pdp.decide(act())
     assert pdp.policy.current.cache_hits >= 1
+
+
+async def test_untrusted_content_raises_the_risk_of_later_sensitive_reads(pdp: PDP) -> None:
+    before = await pdp.decide(act(target="public.payroll", labels=frozenset({"financial"})))
+    await pdp.store.add_taint(AGENT.id, "prompt_injection_suspected", pdp.clock() + 60)
+    after = await pdp.decide(act(target="public.payroll", labels=frozenset({"financial"})))
+    assert after.risk.signals["taint"] == 1.0
+    assert after.risk.score > before.risk.score
+    plain = await pdp.decide(act(target="public.orders"))
+    assert plain.risk.signals["taint"] == 0.0  # unlabelled reads are not affected

@@ -21,7 +21,8 @@ from interlock.classify.content import (
     InjectionDetector,
     scan,
 )
-from interlock.classify.mcp import tool_call
+from interlock.classify.dataflow import candidates
+from interlock.classify.mcp import confidence_value, tool_call
 from interlock.core.model import Action, Decision, Effect, Operation
 from interlock.core.pdp import PDP
 from interlock.proxies.http.identity import AGENT
@@ -32,6 +33,9 @@ ACTION = "interlock.action"
 FORWARDED = "interlock.forwarded"
 """Set on flows interlock let through: only their responses come from outside."""
 MCP_ID = "interlock.mcp_id"
+CONFIDENCE_HEADER = "X-Interlock-Confidence"
+"""Where an agent framework reports its confidence in what it is doing ([0, 1]);
+removed before the request goes upstream."""
 
 
 def deny(flow: http.HTTPFlow, decision: Decision, why: str | None = None) -> None:
@@ -123,6 +127,8 @@ def request_action(flow: http.HTTPFlow, keep_prompts: bool = False) -> Action:
     agent = flow.metadata[AGENT]
     text = body_text(req)
     found = scan(text) if text else Findings()
+    prints = candidates(text) if text else frozenset()
+    reported = confidence_value(req.headers.pop(CONFIDENCE_HEADER, None))
     if found.kinds:
         details["dlp"] = sorted(found.kinds)
     doc = _json(text)
@@ -130,7 +136,16 @@ def request_action(flow: http.HTTPFlow, keep_prompts: bool = False) -> Action:
     if call is not None:
         flow.metadata[MCP_ID] = call.id
         details.update(mcp_server=req.host, arguments=sorted(call.arguments)[:64])
-        return Action(agent, "mcp", Operation.TOOL_CALL, call.name, details, labels=found.labels)
+        return Action(
+            agent,
+            "mcp",
+            Operation.TOOL_CALL,
+            call.name,
+            details,
+            labels=found.labels,
+            confidence=call.confidence if call.confidence is not None else reported,
+            fingerprints=prints,
+        )
     if (
         isinstance(doc, dict)
         and req.method == "POST"
@@ -148,6 +163,8 @@ def request_action(flow: http.HTTPFlow, keep_prompts: bool = False) -> Action:
             labels=found.labels | scan(prompt).labels,
             prompt_hash=hashlib.sha256(prompt.encode()).hexdigest(),
             prompt_text=prompt if keep_prompts else None,
+            confidence=reported,
+            fingerprints=prints,
         )
     if req.method == "GET" and path.startswith("/v1/") and "x-vault-token" in details["headers"]:
         return Action(
@@ -158,7 +175,16 @@ def request_action(flow: http.HTTPFlow, keep_prompts: bool = False) -> Action:
             details,
             labels=found.labels | {"credentials"},
         )
-    return Action(agent, "http", Operation.EGRESS, req.host, details, labels=found.labels)
+    return Action(
+        agent,
+        "http",
+        Operation.EGRESS,
+        req.host,
+        details,
+        labels=found.labels,
+        confidence=reported,
+        fingerprints=prints,
+    )
 
 
 class Egress:
@@ -224,12 +250,13 @@ class Egress:
         if flow.request.host.lower() in self.trusted_hosts:
             return
         until = self.pdp.clock() + self.taint_ttl
+        source = flow.metadata[DECISION].decision_id
         if not is_prompt:
-            await self.pdp.store.add_taint(agent.id, "untrusted_content", until)
+            await self.pdp.store.add_taint(agent.id, "untrusted_content", until, source)
         reasons = self.detector.scan(text)
         if reasons:
             flow.metadata["interlock.injection"] = reasons
-            await self.pdp.store.add_taint(agent.id, "prompt_injection_suspected", until)
+            await self.pdp.store.add_taint(agent.id, "prompt_injection_suspected", until, source)
 
     async def _record_tool_calls(self, flow: http.HTTPFlow, prompt: Action, text: str) -> None:
         """Each tool call the model asked for becomes a decided, audited action whose

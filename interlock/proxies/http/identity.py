@@ -47,6 +47,8 @@ class Identity:
         self.registry = registry
         self.jwt = jwt
         self._tunnels: dict[str, Agent] = {}
+        self.clients: dict[str, str] = {}
+        """Client connection id -> agent id, for closing an isolated agent's connections."""
 
     async def _authenticate(self, flow: http.HTTPFlow) -> Agent | None:
         header = flow.request.headers.get("Proxy-Authorization", "")
@@ -73,6 +75,7 @@ class Identity:
             challenge(flow, "missing or invalid Proxy-Authorization on CONNECT")
             return
         self._tunnels[flow.client_conn.id] = agent
+        self.clients[flow.client_conn.id] = agent.id
         flow.metadata[AGENT] = agent
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -87,6 +90,8 @@ class Identity:
             challenge(flow, "missing or invalid credentials")
             return
         flow.metadata[AGENT] = agent
+        self.clients[flow.client_conn.id] = agent.id
 
     def client_disconnected(self, client: connection.Client) -> None:
         self._tunnels.pop(client.id, None)
+        self.clients.pop(client.id, None)

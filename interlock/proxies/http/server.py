@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import logging
 from pathlib import Path
 
 from mitmproxy import options
@@ -13,6 +14,7 @@ from mitmproxy.master import Master
 
 from interlock.approvals.holds import Holds
 from interlock.config import HttpConfig, dns_address
+from interlock.core.context import Posture
 from interlock.core.pdp import PDP
 from interlock.identity.jwt import JwtVerifier
 from interlock.identity.registry import AgentRegistry
@@ -22,6 +24,8 @@ from interlock.proxies.http.hygiene import Hygiene
 from interlock.proxies.http.identity import Identity
 from interlock.proxies.http.ssrf import DnsResolver, Resolver, SsrfGuard, SystemResolver
 from interlock.proxies.http.tunnel import Tunnels
+
+log = logging.getLogger(__name__)
 
 CA_FILE = "mitmproxy-ca-cert.pem"
 """What agents must trust; `interlock ca export` prints it."""
@@ -47,8 +51,25 @@ class HttpProxy:
         self._task: asyncio.Task[None] | None = None
         self.address: tuple[str, int] | None = None
         """Where the forward proxy listens, once started."""
+        self.identity = Identity(registry, jwt)
+        self._unsubscribe = pdp.store.subscribe(self._posture_changed)
         self.reverse_addresses: list[tuple[str, int]] = []
         """Where each `reverse` route listens, in config order."""
+
+    def _posture_changed(self, agent_id: str, posture: Posture) -> None:
+        """Isolation closes the agent's open client connections (tunnels and keep-alive
+        connections) at once; every other restriction applies from the next request."""
+        if not posture.isolated or self.master is None:
+            return
+        ids = {cid for cid, aid in self.identity.clients.items() if aid == agent_id}
+        server = self.master.addons.get("proxyserver")
+        for handler in list(server.connections.values()):
+            client = handler.client
+            if client.id in ids and client in handler.transports:
+                writer = handler.transports[client].writer
+                if writer is not None:
+                    log.warning("agent %s isolated: closing its proxy connection", agent_id)
+                    writer.close()
 
     def addons(self) -> list[object]:
         allow = [ipaddress.ip_network(n, strict=False) for n in self.config.allow_networks]
@@ -59,7 +80,7 @@ class HttpProxy:
         )
         return [
             guard_all(Hygiene()),
-            guard_all(Identity(self.registry, self.jwt)),
+            guard_all(self.identity),
             guard_all(SsrfGuard(allow, resolver)),
             guard_all(Tunnels(frozenset(self.config.passthrough))),
             guard_all(
@@ -113,6 +134,7 @@ class HttpProxy:
         raise RuntimeError("the HTTP proxy did not start listening")
 
     async def stop(self) -> None:
+        self._unsubscribe()
         if self.master is not None:
             self.master.shutdown()
         if self._task is not None:

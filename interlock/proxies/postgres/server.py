@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from interlock.approvals.holds import Holds
+from interlock.classify.dataflow import value_fingerprints
 from interlock.classify.sql import Catalog, SqlClassification, SqlClassifier, SqlStatement
 from interlock.config import AgentConfig, PostgresConfig
 from interlock.core.context import Posture
@@ -34,7 +35,7 @@ from interlock.proxies.postgres import messages as m
 from interlock.proxies.postgres import upstream as up
 from interlock.proxies.postgres.codec import FrontendReader, ProtocolError
 from interlock.proxies.postgres.discovery import discover
-from interlock.proxies.postgres.results import NO_MASK, Mask, ResultTracker
+from interlock.proxies.postgres.results import NO_MASK, Mask, ResultTracker, Watch
 from interlock.proxies.postgres.scram import MECHANISM, ScramError, ScramServer, Verifier
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ ALLOWED_STARTUP = frozenset(
 included) and `replication` are refused outright."""
 REFUSED_STARTUP = frozenset({"options", "replication"})
 READ_CHUNK = 256 * 1024
+FINGERPRINT_TTL_S = 3600.0
+"""How long values read under a label are recognised in what the agent sends out."""
 
 
 @dataclass
@@ -71,6 +74,7 @@ class _Session:
     closed: bool = False
     results: ResultTracker = field(default_factory=ResultTracker)
     statements: dict[str, Mask] = field(default_factory=dict)
+    watches: dict[str, Watch | None] = field(default_factory=dict)
     actions: dict[str, Action] = field(default_factory=dict)
     """The action each prepared statement was decided as, to re-check posture at Execute."""
     portals: dict[str, str] = field(default_factory=dict)
@@ -124,6 +128,9 @@ class PostgresProxy:
         self._server = await asyncio.start_server(self._handle, host.strip("[]"), int(port))
         sock = self._server.sockets[0].getsockname()
         self.address = (sock[0], sock[1])
+
+    def open_sessions(self) -> int:
+        return len(self._sessions)
 
     async def stop(self) -> None:
         self._unsubscribe()
@@ -311,12 +318,13 @@ class PostgresProxy:
     async def _police(self, session: _Session, msg: m.Message) -> bytes:
         """The bytes to send upstream for one client message."""
         if isinstance(msg, m.Query):
-            sql, masks, _ = await self._checked(session, msg.sql)
-            session.results.sent_query(masks)
+            sql, masks, _, watches = await self._checked(session, msg.sql)
+            session.results.sent_query(masks, watches)
             return msg.encode() if sql is None else m.Query(sql).encode()
         if isinstance(msg, m.Parse):
-            sql, masks, action = await self._checked(session, msg.sql)
+            sql, masks, action, watches = await self._checked(session, msg.sql)
             session.statements[msg.name] = masks[0] if masks else NO_MASK
+            session.watches[msg.name] = watches[0] if watches else None
             session.actions.pop(msg.name, None)
             if action is not None:
                 session.actions[msg.name] = action
@@ -327,7 +335,9 @@ class PostgresProxy:
             session.portals[msg.portal] = msg.statement
         elif isinstance(msg, m.Execute):
             statement = session.portals.get(msg.portal, "")
-            session.results.sent_execute(session.statements.get(statement, NO_MASK))
+            session.results.sent_execute(
+                session.statements.get(statement, NO_MASK), session.watches.get(statement)
+            )
             veto = await self._posture_veto(session, statement)
             if veto is not None:
                 # Fails on the server in order, like any denial; Execute's answer is the error.
@@ -354,21 +364,21 @@ class PostgresProxy:
 
     async def _checked(
         self, session: _Session, sql: str
-    ) -> tuple[str | None, list[Mask], Action | None]:
+    ) -> tuple[str | None, list[Mask], Action | None, list[Watch | None]]:
         """(None, masks per statement, the action decided) when `sql` may go through;
         else (the replacement that fails with the denial, [NO_MASK], None)."""
         classification = self.classifier.classify(sql)
         if not classification.statements:
-            return None, [NO_MASK], None
+            return None, [NO_MASK], None, []
         action = self._action(session, classification)
         decision = await self.pdp.decide(action)
         if decision.effect is Effect.APPROVE:
             verdict = await self.holds.wait(decision, self.config.approval_timeout)
             if not verdict.approved:
                 why = f"held for approval: {verdict.reason or 'denied'}; {_reason(decision)}"
-                return session.denial_sql(why), [NO_MASK], None
+                return session.denial_sql(why), [NO_MASK], None, []
         elif decision.effect is not Effect.ALLOW:
-            return session.denial_sql(_reason(decision)), [NO_MASK], None
+            return session.denial_sql(_reason(decision)), [NO_MASK], None, []
         hidden = frozenset(
             label
             for o in decision.obligations
@@ -376,7 +386,9 @@ class PostgresProxy:
             for label in o.params.get("labels", ())
         )
         masks: list[Mask] = []
+        watches: list[Watch | None] = []
         for statement in classification.statements:
+            watches.append(_watch(statement, decision.decision_id))
             if statement.kind == "fetch":
                 # A cursor's rows are masked as its DECLARE said; a cursor interlock did
                 # not see declared (a refcursor from a function, say) is refused.
@@ -385,7 +397,7 @@ class PostgresProxy:
                         f"cursor {statement.name!r} was not declared through interlock "
                         f"(decision {decision.decision_id})"
                     )
-                    return session.denial_sql(why), [NO_MASK], None
+                    return session.denial_sql(why), [NO_MASK], None, []
                 masks.append(session.cursors[statement.name])
                 continue
             mask = _mask(statement, hidden)
@@ -394,7 +406,7 @@ class PostgresProxy:
                     f"masking {', '.join(sorted(hidden & statement.labels))} needs the "
                     f"result columns named, not * (decision {decision.decision_id})"
                 )
-                return session.denial_sql(why), [NO_MASK], None
+                return session.denial_sql(why), [NO_MASK], None, []
             if statement.kind == "declare" and statement.name is not None:
                 # DECLARE itself returns no rows; its FETCHes get the mask.
                 session.cursors[statement.name] = mask
@@ -404,7 +416,27 @@ class PostgresProxy:
             elif statement.kind == "close" and statement.name is not None:
                 session.cursors.pop(statement.name, None)
             masks.append(mask)
-        return None, masks, action
+        return None, masks, action, watches
+
+    async def _remember_values(
+        self, session: _Session, seen: list[tuple[str, frozenset[str], bytes]]
+    ) -> None:
+        """Fingerprints of the labelled values the agent just received, so they are
+        recognised if they leave through another proxy (classify/dataflow.py)."""
+        by_source: dict[tuple[str, frozenset[str]], list[str]] = {}
+        for decision_id, labels, raw in seen:
+            try:
+                by_source.setdefault((decision_id, labels), []).append(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                continue  # binary-format values do not travel as text
+        until = self.pdp.clock() + FINGERPRINT_TTL_S
+        try:
+            for (decision_id, labels), values in by_source.items():
+                await self.pdp.store.add_fingerprints(
+                    session.agent.id, decision_id, labels, value_fingerprints(values), until
+                )
+        except Exception:
+            log.exception("could not remember labelled values for agent %s", session.agent.id)
 
     def _action(self, session: _Session, cls: SqlClassification) -> Action:
         first = cls.statements[0]
@@ -440,6 +472,8 @@ class PostgresProxy:
                     elif isinstance(msg, m.ReadyForQuery):
                         session.status = msg.status
                         results.ready()
+                        if results.seen:
+                            await self._remember_values(session, results.take_seen())
                     out.append(msg.encode())
                 writer.write(b"".join(out))
                 await writer.drain()
@@ -506,6 +540,15 @@ def _client_context(config: PostgresConfig) -> ssl.SSLContext | None:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+def _watch(statement: SqlStatement, decision_id: str) -> Watch | None:
+    """Labelled output columns to fingerprint (named columns only: a star's positions are
+    not known here)."""
+    if not statement.labels or not statement.output_labels:
+        return None
+    columns = tuple((i, labels) for i, labels in enumerate(statement.output_labels) if labels)
+    return Watch(decision_id, columns) if columns else None
 
 
 def _mask(statement: SqlStatement, hidden: frozenset[str]) -> Mask | None:

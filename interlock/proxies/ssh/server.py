@@ -197,6 +197,9 @@ class SshProxy:
             )
         return decision
 
+    def open_sessions(self) -> int:
+        return sum(len(conns) for conns in self._by_agent.values())
+
     def remember(self, conn: Connection) -> None:
         self._by_agent.setdefault(conn.agent.id, set()).add(conn)
 

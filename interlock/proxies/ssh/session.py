@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 
 from interlock.classify.content import MAX_SCAN, scan
+from interlock.classify.dataflow import candidates
 from interlock.classify.shell import ShellParseError, analyse
 from interlock.core.model import Action, Agent, Decision, Effect, Operation
 
@@ -50,7 +51,15 @@ def command_action(agent: Agent, target: str, command: str, max_bytes: int) -> A
     found = scan(command[:MAX_SCAN])
     if found.kinds:
         details["dlp"] = sorted(found.kinds)
-    return Action(agent, "ssh", Operation.EXEC, target, details, labels=found.labels)
+    return Action(
+        agent,
+        "ssh",
+        Operation.EXEC,
+        target,
+        details,
+        labels=found.labels,
+        fingerprints=candidates(command[:MAX_SCAN]),
+    )
 
 
 def shell_action(agent: Agent, target: str, term: str | None) -> Action:

@@ -18,6 +18,7 @@ from interlock.config import AgentConfig, HttpConfig
 from interlock.identity.registry import AgentRegistry
 from interlock.proxies.http.server import HttpProxy
 from interlock.testing import CaptureSink, make_pdp
+from tests.proxies.http.util import start_proxy
 
 pytestmark = pytest.mark.integration
 TOKEN = "coder-token-0123456789"
@@ -191,3 +192,26 @@ async def test_the_ca_is_created_for_agents_to_trust(proxy: tuple[HttpProxy, Cap
     p, _ = proxy
     assert p.ca_file.exists()
     assert b"BEGIN CERTIFICATE" in p.ca_file.read_bytes()
+
+
+async def test_reported_confidence_is_taken_and_not_forwarded(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    # A trusted upstream, so its answers do not taint the session and move the scores.
+    p, sink = await start_proxy(
+        tmp_path, allow_networks=["127.0.0.0/8"], trusted_hosts=["127.0.0.1"]
+    )
+    async with httpx.AsyncClient(proxy=proxy_url(p)) as client:
+        await client.get(upstream.url + "/a", headers={"X-Interlock-Confidence": "0.6"})
+        call = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": "search", "_meta": {"confidence": 0.9}},
+        }
+        await client.post(upstream.url + "/mcp", json=call)
+        await client.get(upstream.url + "/b", headers={"X-Interlock-Confidence": "banana"})
+    assert [r.action.confidence for r in sink.records] == [0.6, 0.9, None]
+    assert all("X-Interlock-Confidence" not in seen for seen in upstream.seen)
+    assert sink.records[0].decision.risk.signals["confidence"] == 0.4
+    await p.stop()

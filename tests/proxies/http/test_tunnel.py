@@ -171,3 +171,24 @@ async def test_a_host_header_naming_another_host_gets_421(
     finally:
         await proxy.stop()
     assert https_upstream.hits == []
+
+
+async def test_isolation_closes_the_agents_open_tunnels(
+    tmp_path: Path, https_upstream: Upstream
+) -> None:
+    proxy, _ = await start_proxy(tmp_path, allow_networks=["127.0.0.0/8"])
+    try:
+        assert proxy.address is not None
+        reader, writer = await asyncio.open_connection(*proxy.address)
+        writer.write(connect(f"localhost:{https_upstream.port}"))
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 200")
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await proxy.pdp.store.restrict("coder", (), isolate=True)
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the proxy
+        assert loop.time() - t0 < 1.0
+        writer.close()
+    finally:
+        await proxy.stop()

@@ -120,6 +120,8 @@ async def test_an_agent_isolated_mid_session_is_disconnected(rig: Rig) -> None:
     again = await rig.ssh("echo hi")
     assert again.returncode == 126
     assert b"isolated" in again.stderr
+    await rig.proxy.pdp.store.restore("coder")
+    assert (await rig.ssh("echo back")).stdout == b"back\n"
 
 
 async def test_login_timeout_and_garbage_leave_the_proxy_serving(rig: Rig) -> None:

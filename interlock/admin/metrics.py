@@ -1,0 +1,79 @@
+"""Prometheus text exposition of what interlock is doing, without a client library."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from interlock.core.stats import BUCKETS, DecisionStats
+
+
+def _labels(pairs: Mapping[str, str]) -> str:
+    if not pairs:
+        return ""
+    inner = ",".join(
+        f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
+        for k, v in pairs.items()
+    )
+    return "{" + inner + "}"
+
+
+def render(
+    stats: DecisionStats,
+    audit: Mapping[str, Any],
+    holds_pending: int,
+    sessions: Mapping[str, int],
+) -> str:
+    out: list[str] = []
+
+    def metric(name: str, kind: str, help_text: str) -> None:
+        out.append(f"# HELP {name} {help_text}")
+        out.append(f"# TYPE {name} {kind}")
+
+    metric("interlock_decisions_total", "counter", "Decisions by protocol and effect.")
+    for (protocol, effect), n in sorted(stats.decisions.items()):
+        out.append(
+            f"interlock_decisions_total{_labels({'protocol': protocol, 'effect': effect})} {n}"
+        )
+    metric("interlock_decision_seconds", "histogram", "Time to decide, from PEP call to answer.")
+    running = 0
+    for bound, n in zip((*BUCKETS, float("inf")), stats.latency_buckets, strict=True):
+        running += n
+        le = "+Inf" if bound == float("inf") else repr(bound)
+        out.append(f'interlock_decision_seconds_bucket{{le="{le}"}} {running}')
+    out.append(f"interlock_decision_seconds_sum {stats.latency_sum}")
+    out.append(f"interlock_decision_seconds_count {stats.latency_count}")
+
+    def single(name: str, kind: str, help_text: str, value: object) -> None:
+        metric(name, kind, help_text)
+        out.append(f"{name} {value}")
+
+    single(
+        "interlock_audit_pending",
+        "gauge",
+        "Audit records accepted, not yet stored.",
+        audit.get("pending", 0),
+    )
+    single(
+        "interlock_audit_appended_total",
+        "counter",
+        "Audit records stored.",
+        audit.get("appended", 0),
+    )
+    single(
+        "interlock_audit_failures_total",
+        "counter",
+        "Failed audit store writes.",
+        audit.get("failures", 0),
+    )
+    single(
+        "interlock_audit_healthy",
+        "gauge",
+        "1 while the audit store accepts writes.",
+        1 if audit.get("healthy") else 0,
+    )
+    single("interlock_holds_pending", "gauge", "Actions waiting for a human.", holds_pending)
+    metric("interlock_open_sessions", "gauge", "Open client sessions per proxy.")
+    for proxy, n in sorted(sessions.items()):
+        out.append(f"interlock_open_sessions{_labels({'proxy': proxy})} {n}")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,1 @@
+"""Threat intelligence: domain and IP indicators from feed files, matched against actions."""
