@@ -99,14 +99,42 @@ WRAPPERS = frozenset(
     }
 )  # fmt: skip
 GIT_READS = frozenset({"status", "log", "diff", "show", "branch", "blame", "grep", "ls-files",
-                       "rev-parse", "describe", "remote", "config", "tag"})  # fmt: skip
+                       "rev-parse", "describe"})  # fmt: skip
+GIT_NETWORK = frozenset({"clone", "fetch", "pull", "push", "remote", "submodule", "ls-remote"})
+TRUSTED_DIRS = ("/bin/", "/usr/bin/", "/usr/local/bin/", "/sbin/", "/usr/sbin/")
+STDIN_FILES = frozenset({"-", "/dev/stdin", "/proc/self/fd/0", "/dev/fd/0"})
+# Options that take a value, per wrapper, so the wrapped command is found correctly.
+WRAPPER_VALUES = {
+    "exec": {"-a"},
+    "strace": {"-o", "-e", "-p", "-s", "-u", "-P", "-I", "-b", "-E", "-X", "-O", "-S"},
+    "ltrace": {"-o", "-e", "-p", "-s", "-u", "-n", "-l", "-x"},
+    "time": {"-f", "-o", "--format", "--output"},
+    "timeout": {"-s", "-k", "--signal", "--kill-after"},
+    "nice": {"-n", "--adjustment"},
+    "ionice": {"-c", "-n", "-p", "-t"},
+    "stdbuf": {"-i", "-o", "-e"},
+    "xargs": {"-n", "-I", "-P", "-L", "-d", "-E", "-s", "-a", "-i"},
+    "sudo": {"-u", "-g", "-C", "-h", "-p", "-r", "-t", "-U", "-D", "-R"},
+    "doas": {"-u", "-C"},
+    "runuser": {"-u", "-g", "-G"},
+    "flock": {"-w", "-E", "--timeout", "--conflict-exit-code"},
+    "chrt": set(),
+    "taskset": set(),
+    "setsid": set(),
+    "nohup": set(),
+    "command": set(),
+    "builtin": set(),
+    "unbuffer": set(),
+    "watch": {"-n", "-d", "--interval"},
+}
 DECODERS = frozenset({"base64", "base32", "xxd", "openssl", "rev", "gpg", "uudecode", "gzip",
                       "gunzip", "zcat", "printf", "tr"})  # fmt: skip
 LOADER_VARIABLES = re.compile(
     r"^(LD_[A-Z_]+|BASH_ENV|ENV|PROMPT_COMMAND|IFS|PS4|SHELLOPTS|BASHOPTS|PYTHONSTARTUP|"
     r"PYTHONPATH|PYTHONINSPECT|PERL5OPT|PERL5LIB|PERLLIB|RUBYOPT|RUBYLIB|NODE_OPTIONS|"
     r"GIT_SSH_COMMAND|GIT_EXTERNAL_DIFF|GIT_PAGER|PAGER|EDITOR|VISUAL|LESSOPEN|"
-    r"DYLD_[A-Z_]+)$"
+    r"DYLD_[A-Z_]+|PATH|MANPAGER|SYSTEMD_PAGER|GIT_CONFIG\w*|GIT_EXEC_PATH|GIT_ASKPASS|"
+    r"SSH_ASKPASS|GIT_TEMPLATE_DIR|BASH_FUNC_.*)$"
 )
 SYSTEM_PATHS = (
     "/", "/*", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/opt",
@@ -184,6 +212,10 @@ class _Walker:
                 self.node(p)
             for p in getattr(n, "list", None) or []:
                 self.node(p)
+            # Redirections of a compound command ({ ...; } > file, ( ... ) > /dev/tcp/..).
+            for r in getattr(n, "redirects", None) or []:
+                if getattr(r, "kind", "") == "redirect":
+                    self.redirect(r)
 
     def pipeline(self, n: Any) -> None:
         commands = [p for p in n.parts if p.kind == "command"]
@@ -250,7 +282,11 @@ class _Walker:
             self.out.classes.add("network")
             self.out.effects.add("egress")
             return
-        if r.type in (">", ">>", ">|", "&>", ">&", "<>") and target not in ("/dev/null", "1", "2"):
+        if r.type in (">", ">>", ">|", "&>", "&>>", ">&", "<>") and target not in (
+            "/dev/null",
+            "1",
+            "2",
+        ):
             if not target.isdigit():
                 self.out.writes.append(target)
                 self.out.classes.add("write")
@@ -266,6 +302,18 @@ class _Walker:
         prog = _name(argv[0])
         args = argv[1:]
         self.out.programs.add(prog)
+        if "/" in argv[0] and not argv[0].startswith(TRUSTED_DIRS):
+            # ./ls or /tmp/x/cat: a file that only looks like a known program.
+            self.out.classes.add("unknown")
+            self.out.effects.update(("write", "egress"))
+            return
+        if prog == "busybox" and args:
+            self.argv(args)
+            return
+        if prog == "script":
+            self.out.flags.add("code_from_stdin")
+            self.out.effects.update(("write", "egress"))
+            return
         if prog in ("sudo", "doas", "su", "pkexec", "runuser"):
             self.out.classes.add("privilege")
             self.out.flags.add("privilege_escalation")
@@ -300,11 +348,26 @@ class _Walker:
             self.out.effects.update(("write", "egress"))
             if prog == "gdb" or any(a in INLINE_CODE for a in args):
                 self.out.classes.add("inline_code")
-            elif not [a for a in args if not a.startswith("-")]:
+            elif not [a for a in args if not a.startswith("-")] or any(
+                a in STDIN_FILES for a in args
+            ):
                 self.out.flags.add("code_from_stdin")
             return
         if prog in AWKS:
-            program = next((a for a in args if not a.startswith("-")), "")
+            program, skip = "", False
+            for a in args:
+                if skip:
+                    skip = False
+                    continue
+                if a in ("-v", "-f", "-F", "--assign", "--file", "--field-separator"):
+                    skip = True
+                    continue
+                if not a.startswith("-"):
+                    program = a
+                    break
+            if any(a in ("-f", "--file") for a in args):
+                self.out.classes.add("interpreter")
+                self.out.effects.update(("write", "egress"))
             if re.search(r"\bsystem\s*\(|\|\s*getline|\|&|print[^;]*\|", program):
                 self.out.flags.add("shell_escape")
             self.out.classes.add("read")
@@ -324,12 +387,9 @@ class _Walker:
         if prog == "find":
             self.find(args)
             return
-        if (
-            prog in ("git",)
-            and any(a.startswith(("core.pager", "core.sshCommand", "-c")) for a in args)
-            and any("!" in a or "sh" in a for a in args)
-        ):
-            self.out.flags.add("shell_escape")
+        if prog == "git":
+            self.git(args)
+            return
         if prog in ("tar",) and any(
             a.startswith(("--to-command", "--checkpoint-action", "--use-compress-program", "-I"))
             for a in args
@@ -344,10 +404,31 @@ class _Walker:
         self.classify(prog, args)
 
     def classify(self, prog: str, args: list[str]) -> None:
-        if prog == "sed" and not any(a.startswith("-i") or a == "--in-place" for a in args):
-            prog = "cat"  # a stream editor that writes only to stdout reads
-        if prog == "git" and args[:1] and args[0] in GIT_READS:
-            prog = "cat"
+        if prog == "sed":
+            scripts = " ".join(a for a in args if not a.startswith("-"))
+            if re.search(r"(^|[;}\s\d,$/])e(\s|$|;)|/[gpIi0-9]*e[gpIi0-9]*(\s|$|;)", scripts):
+                self.out.flags.add("shell_escape")  # GNU sed's e command or s///e
+            if re.search(r"(^|[;}\s\d,$/])w\s|/[gpIi0-9]*w\s", scripts):
+                self.out.effects.add("write")
+            if not any(a.startswith("-i") or a == "--in-place" for a in args):
+                prog = "cat"  # a stream editor that writes only to stdout reads
+        if prog == "sort" and any(a.startswith(("--compress-program", "--compress")) for a in args):
+            self.out.flags.add("shell_escape")
+        if prog == "sort" and any(a.startswith(("-o", "--output")) for a in args):
+            self.out.effects.add("write")
+        if prog == "uniq" and len([a for a in args if not a.startswith("-")]) >= 2:
+            self.out.effects.add("write")
+        if prog == "xxd" and any(a.startswith("-r") for a in args):
+            self.out.effects.add("write")
+        if prog == "journalctl" and any(
+            a.startswith(("--vacuum", "--rotate", "--flush")) for a in args
+        ):
+            self.out.effects.add("write")
+        if prog == "man" and any(a.startswith(("-P", "--pager", "-H", "--html")) for a in args):
+            self.out.flags.add("shell_escape")
+        if prog == "getent" and any(a in ("hosts", "ahosts", "ahostsv4", "ahostsv6") for a in args):
+            self.out.classes.add("network")
+            self.out.effects.add("egress")
         if prog in ("curl", "wget") and any(a in ("-o", "-O", "--output") for a in args):
             self.out.effects.add("write")
         known = False
@@ -412,20 +493,45 @@ class _Walker:
 
     # --- things that run other things ---------------------------------------------------
 
+    def git(self, args: list[str]) -> None:
+        sub = next((a for a in args if not a.startswith("-")), "")
+        dangerous = ("core.pager", "core.sshcommand", "core.fsmonitor", "core.hookspath",
+                     "core.editor", "core.gitproxy", "diff.external", "alias.", "credential.helper",
+                     "protocol.ext", "uploadpack.", "receivepack.", "sequence.editor")  # fmt: skip
+        if any(a.lower().startswith(dangerous) or "=!" in a for a in args) or "-c" in args:
+            self.out.flags.add("shell_escape")
+        if any(a.startswith("--output") for a in args):
+            self.out.effects.add("write")
+        if sub in GIT_NETWORK:
+            self.out.classes.add("network")
+            self.out.effects.update(("egress", "write"))
+        elif sub in GIT_READS:
+            self.out.classes.add("read")
+        else:
+            self.out.classes.add("write")
+            self.out.effects.add("write")
+
     def unwrap(self, args: list[str], wrapper: str = "") -> None:
-        """The command a wrapper (sudo, nohup, timeout, xargs, ...) starts."""
+        """The command a wrapper (sudo, nohup, timeout, xargs, ...) starts; a wrapper this
+        does not know the options of is assumed to run anything."""
         rest = list(args)
-        while rest and rest[0].startswith("-"):
+        takes = WRAPPER_VALUES.get(wrapper)
+        if takes is None and wrapper:
+            self.out.classes.add("unknown")
+            self.out.effects.update(("write", "egress"))
+        while rest and rest[0].startswith("-") and rest[0] != "-":
             flag = rest.pop(0)
-            # Options that take a value (sudo -u root, timeout -s KILL, xargs -n 1, ...).
-            if (
-                flag
-                in ("-u", "-g", "-s", "-k", "-n", "-I", "-P", "-L", "-d", "-E", "-C", "-p", "-c")
-                and rest
-            ):
-                if wrapper == "watch" or (flag == "-c" and wrapper not in ("xargs", "sudo")):
-                    break
+            if "=" in flag:
+                continue
+            valued = takes if takes is not None else {"-u", "-g", "-s", "-k", "-n"}
+            if flag in valued and rest:
                 rest.pop(0)
+        if wrapper == "flock" and rest:
+            rest.pop(0)  # the lock file
+        if wrapper == "xargs" and rest and _name(rest[0]) in SHELLS:
+            shell_args = rest[1:]
+            if "-c" in shell_args and shell_args.index("-c") + 1 >= len(shell_args):
+                self.out.flags.add("code_from_stdin")  # the program is what xargs reads
         if wrapper in ("timeout",) and rest and re.match(r"^\d+[smhd]?$", rest[0]):
             rest.pop(0)
         if (
@@ -444,10 +550,13 @@ class _Walker:
         rest = list(args)
         while rest and (rest[0].startswith("-") or "=" in rest[0]):
             item = rest.pop(0)
+            if item.startswith(("--split-string=", "-S")) and item not in ("-S",):
+                self.nested([item.split("=", 1)[1] if "=" in item else item[2:]])
+                return
             if "=" in item and not item.startswith("-"):
                 self.assignment(item)
-            elif item in ("-u", "-C", "-S") and rest:
-                if item == "-S":
+            elif item in ("-u", "-C", "-S", "--unset", "--chdir", "--split-string") and rest:
+                if item in ("-S", "--split-string"):
                     self.nested([rest.pop(0)])
                     return
                 rest.pop(0)
@@ -462,9 +571,11 @@ class _Walker:
             i = args.index("-c")
             self.nested(args[i + 1 : i + 2])
             return
-        scripts = [a for a in args if not a.startswith("-")]
+        scripts = [a for a in args if not a.startswith("-") or a == "-"]
         self.out.effects.update(("write", "egress"))
-        if scripts:
+        if scripts and scripts[0] in STDIN_FILES:
+            self.out.flags.add("code_from_stdin")
+        elif scripts:
             # A script file: its contents are unknown here.
             self.out.classes.add("interpreter")
         else:
@@ -521,4 +632,11 @@ def analyse(command: str) -> Analysis:
         raise ShellParseError("command nests too deeply") from None
     if not out.commands and command.strip():
         raise ShellParseError("no command found")
+    # Substitutions bashlex does not walk (inside here-documents, ${x:-$(...)}, array
+    # subscripts evaluated by printf -v / test -v / read, single-quoted text later eval'd)
+    # would run unseen: their presence is a flag.
+    visible = len(re.findall(r"\$\((?!\()", command)) + command.count("`") // 2
+    if visible > out.substitutions:
+        out.flags.add("hidden_substitution")
+        out.effects.update(("write", "egress"))
     return out

@@ -15,7 +15,8 @@ from interlock.core.model import TOOL_PREFIX, Action, Decision, Effect, Operatio
 WRITE_OPERATIONS = frozenset(
     {Operation.WRITE, Operation.DDL, Operation.ADMIN, Operation.FILE_WRITE}
 )
-EGRESS_OPERATIONS = frozenset({Operation.EGRESS, Operation.FORWARD})
+EGRESS_OPERATIONS = frozenset({Operation.EGRESS, Operation.FORWARD, Operation.CONNECT})
+"""CONNECT is a pass-through tunnel out: no_egress stops it like any other egress."""
 _PERMISSIVE = frozenset({Effect.ALLOW, Effect.APPROVE})
 
 

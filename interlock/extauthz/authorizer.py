@@ -26,7 +26,7 @@ from interlock.core.pdp import PDP
 from interlock.errors import IdentityError, PolicyError
 from interlock.extauthz import opa
 from interlock.extauthz.body import BadBody, Body, read_body
-from interlock.extauthz.paths import BadPath, NormalPath, normalise
+from interlock.extauthz.paths import BadPath, NormalPath, normalise, parse_query
 from interlock.extauthz.request import AuthzRequest
 from interlock.extauthz.verdict import AuthzResponse, denial, from_decision, metadata
 from interlock.identity.jwt import JwtVerifier
@@ -82,9 +82,16 @@ class Authorizer:
         try:
             path = normalise(req.path or "/")
             body = read_body(req.body, req.headers, self.config.max_body_bytes)
+            query = parse_query(path.query)
         except (BadPath, BadBody) as exc:
             return await self._refuse(agent, req, str(exc))
-        action = self._action(agent, req, path, body)
+        if body.truncated and "json" in req.headers.get("content-type", "").lower():
+            # A JSON body cut short by Envoy cannot be read (an MCP tools/call padded past
+            # max_request_bytes would otherwise pass as a plain write).
+            return await self._refuse(
+                agent, req, "JSON body larger than the proxy forwards for inspection"
+            )
+        action = self._action(agent, req, path, body, sorted(query)[:64])
         if self.config.mode == "opa-envoy":
             return await self._opa(action, req, path, body)
         if isinstance(who, Unidentified):
@@ -117,7 +124,12 @@ class Authorizer:
         return denial(decision)
 
     def _action(
-        self, agent: Agent, req: AuthzRequest, path: NormalPath | None, body: Body | None
+        self,
+        agent: Agent,
+        req: AuthzRequest,
+        path: NormalPath | None,
+        body: Body | None,
+        query_keys: list[str] | None = None,
     ) -> Action:
         details: dict[str, Any] = {
             "method": req.method[:16],
@@ -134,9 +146,7 @@ class Authorizer:
         prints: frozenset[str] = frozenset()
         if path is not None:
             details["path"] = path.path[:2048]
-            details["query_keys"] = sorted(
-                {k.split("=", 1)[0] for k in path.query.split("&") if k}
-            )[:64]
+            details["query_keys"] = query_keys or []
         if body is not None:
             details.update(
                 body_bytes=body.size,

@@ -132,13 +132,32 @@ restriction_for(inp, cfg) := concat("", ["tool:", inp.action.target]) if {
 	cfg.restriction_for_operation[inp.action.operation]
 } else := cfg.default_restriction
 
-# Files no agent reads or writes through a proxy: credentials, sudoers, SSH keys.
+# Files no agent reads or writes through a proxy: credentials, sudoers, SSH keys. File
+# operations are checked on their path; shell commands on the paths they name.
 path_denials(inp, cfg) := set() if {
-	not inp.action.operation in {"file_read", "file_write"}
-} else := {concat("", ["protected path: ", inp.action.target]) |
-	some p in object.get(object.get(cfg, "protected_paths", {}), inp.action.protocol, [])
-	startswith(inp.action.target, p)
-} | {concat("", ["protected path: ", inp.action.target]) |
-	some p in object.get(object.get(cfg, "protected_paths", {}), concat("", [inp.action.protocol, "_suffixes"]), [])
-	endswith(inp.action.target, p)
+	not inp.action.operation in {"file_read", "file_write", "exec"}
+} else := {concat("", ["protected path: ", path]) |
+	some path in touched_paths(inp)
+	protected(path, inp.action.protocol, object.get(cfg, "protected_paths", {}))
+}
+
+touched_paths(inp) := {inp.action.target} if {
+	inp.action.operation in {"file_read", "file_write"}
+} else := {p | some p in array.concat(object.get(inp.action.details, "reads", []), object.get(inp.action.details, "writes", []))}
+
+protected(path, protocol, table) if {
+	some p in object.get(table, protocol, [])
+	startswith(path, p)
+}
+
+# A prefix names the directory itself too: "/root/.ssh/" protects "/root/.ssh".
+protected(path, protocol, table) if {
+	some p in object.get(table, protocol, [])
+	endswith(p, "/")
+	path == trim_suffix(p, "/")
+}
+
+protected(path, protocol, table) if {
+	some p in object.get(table, concat("", [protocol, "_suffixes"]), [])
+	endswith(path, p)
 }

@@ -208,3 +208,10 @@ test_protected_paths_are_denied if {
 	interlock.decide(ssh_file("file_write", "/home/deploy/.ssh/authorized_keys"), cfg).effect == "deny"
 	interlock.decide(ssh_file("file_write", "/tmp/report.txt"), cfg).effect == "allow"
 }
+
+test_protected_directories_and_commands if {
+	interlock.decide(ssh_file("file_write", "/root/.ssh"), cfg).effect == "deny"
+	interlock.decide(ssh_file("file_write", "/home/deploy/.ssh"), cfg).effect == "deny"
+	interlock.decide(ssh_exec({"reads": ["/etc/shadow"], "effects": []}), cfg).effect == "deny"
+	interlock.decide(ssh_exec({"reads": ["/etc/hosts"], "effects": []}), cfg).effect == "allow"
+}

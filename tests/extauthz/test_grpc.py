@@ -188,3 +188,16 @@ async def test_arbitrary_bytes_always_get_an_answer(authz: Authz, raw: bytes) ->
     assert r.allowed in (True, False)
     if not r.allowed:
         assert r.body
+
+
+async def test_a_json_body_cut_short_by_envoy_is_refused(authz: Authz) -> None:
+    call = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "x"}})
+    headers = {MESH_HEADER: "coder", "content-type": "application/json", "content-length": "99999"}
+    r = await authz.check(check_request("POST", "/mcp", headers, call))
+    assert r.status.code == code_pb2.PERMISSION_DENIED
+    assert "larger than the proxy forwards" in json.loads(r.denied_response.body)["reason"]
+
+
+async def test_query_keys_are_decided_decoded(authz: Authz) -> None:
+    await authz.check(check_request(path="/x?%64ebug=1&a=2"))
+    assert list(authz.sink.last.action.details["query_keys"]) == ["a", "debug"]

@@ -27,6 +27,7 @@ from interlock.core.model import Action, Decision, Effect, Operation
 from interlock.core.pdp import PDP
 from interlock.proxies.http.identity import AGENT
 from interlock.proxies.http.llm import tool_calls
+from interlock.proxies.http.tunnel import same_host
 
 DECISION = "interlock.decision"
 ACTION = "interlock.action"
@@ -213,7 +214,9 @@ class Egress:
         """Pass-through hosts are decided here, by host alone: nothing inside is seen."""
         if flow.response is not None or AGENT not in flow.metadata:
             return
-        if flow.request.host.lower() not in self.passthrough:
+        # The same host comparison as the Tunnels addon (case, trailing dot, IDNA), so no
+        # spelling of a pass-through host escapes its CONNECT decision.
+        if not any(same_host(flow.request.host, h) for h in self.passthrough):
             return
         action = Action(
             flow.metadata[AGENT],

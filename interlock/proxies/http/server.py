@@ -28,6 +28,7 @@ from interlock.proxies.http.tunnel import Tunnels
 log = logging.getLogger(__name__)
 
 CA_FILE = "mitmproxy-ca-cert.pem"
+CLOSE_GRACE_S = 0.5
 """What agents must trust; `interlock ca export` prints it."""
 
 
@@ -60,6 +61,13 @@ class HttpProxy:
         """Isolation closes the agent's open client connections (tunnels and keep-alive
         connections) at once; every other restriction applies from the next request."""
         if not posture.isolated or self.master is None:
+            return
+        # A moment's grace: the request whose decision isolated the agent is still being
+        # answered on one of these connections, and its 403 should reach the agent.
+        asyncio.get_running_loop().call_later(CLOSE_GRACE_S, self._close_connections, agent_id)
+
+    def _close_connections(self, agent_id: str) -> None:
+        if self.master is None:
             return
         ids = {cid for cid, aid in self.identity.clients.items() if aid == agent_id}
         server = self.master.addons.get("proxyserver")

@@ -55,6 +55,8 @@ class Tunnels:
     def __init__(self, passthrough: frozenset[str]) -> None:
         self.passthrough = frozenset(_norm(h) for h in passthrough)
         self._refused: dict[str, str] = {}
+        self.tunnelled: set[str] = set()
+        """Client connections that opened a CONNECT tunnel."""
 
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         ctx = data.context
@@ -79,14 +81,28 @@ class Tunnels:
         if self._refused.pop(data.context.client.id, None) is not None:
             data.ssl_conn = None
 
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
+        self.tunnelled.add(flow.client_conn.id)
+
     def client_disconnected(self, client: connection.Client) -> None:
         self._refused.pop(client.id, None)
+        self.tunnelled.discard(client.id)
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or isinstance(
             flow.client_conn.proxy_mode, mode_specs.ReverseMode
         ):
             return
+        if flow.request.authority and flow.client_conn.id in self.tunnelled:
+            # An absolute-form request inside a tunnel: upstream servers route by the URL,
+            # which must then name the tunnel's destination too.
+            try:
+                named, _ = url.parse_authority(flow.request.authority, check=False)
+            except ValueError:
+                named = ""
+            if not same_host(named, flow.request.host):
+                misdirected(flow, f"request URL names {named!r}, the tunnel {flow.request.host!r}")
+                return
         authority = flow.request.host_header
         if not authority:
             return

@@ -138,7 +138,12 @@ class Connection(asyncssh.SSHServer):
                 f"denied by interlock ({decision.decision_id})",
             )
         assert self.conn is not None
-        up = await self.upstream()
+        try:
+            up = await self.upstream()
+        except (OSError, asyncssh.Error) as exc:
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_CONNECT_FAILED, f"target unreachable: {exc}"
+            ) from None
         return await self.conn.forward_tunneled_connection(up, dest_host, dest_port)
 
     def server_requested(self, listen_host: str, listen_port: int) -> Any:

@@ -19,6 +19,7 @@ import fnmatch
 import hashlib
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
@@ -105,12 +106,19 @@ async def handle(process: asyncssh.SSHServerProcess[bytes], conn: Connection) ->
         process.exit(DENIED_EXIT)
         return
     term = process.get_terminal_type()
-    if command is None:
+    if command is None or not command.strip():
+        # An empty exec request is a shell too (the target's sshd starts one).
         action = shell_action(conn.agent, conn.target_name, term)
+        command = None
     else:
         action = command_action(
             conn.agent, conn.target_name, command, conn.proxy.config.max_command_bytes
         )
+        if term is not None:
+            # A command on a terminal can take input no decision sees (a pager's !sh, a
+            # REPL): it is interactive.
+            flags = [*action.details.get("flags", ()), "interactive_shell"]
+            action = replace(action, details={**action.details, "flags": flags, "term": term})
     decision = await conn.proxy.decide(action)
     if decision.effect is not Effect.ALLOW:
         process.stderr.write(_denial_text(decision))

@@ -46,7 +46,8 @@ class ProxySFTP(asyncssh.SFTPServer):
         super().__init__(chan)
         self.conn = conn
         self._client: asyncssh.SFTPClient | None = None
-        self._cwd = "."
+        self._opened: dict[int, tuple[str, bool]] = {}
+        """id(handle) -> (decided path, opened for writing)."""
 
     async def _sftp(self) -> asyncssh.SFTPClient:
         if self._client is None:
@@ -57,7 +58,9 @@ class ProxySFTP(asyncssh.SFTPServer):
                 raise SFTPError(asyncssh.FX_CONNECTION_LOST, f"target unreachable: {exc}") from None
         return self._client
 
-    async def _decide(self, operation: Operation, path: str, **details: Any) -> None:
+    async def _decide(self, operation: Operation, path: str, **details: Any) -> str:
+        """Decide on the resolved path; return it (the operation then uses that very path,
+        so a symlink swapped in between cannot redirect it elsewhere)."""
         absolute = await self._absolute(path)
         action = Action(
             self.conn.agent,
@@ -73,6 +76,7 @@ class ProxySFTP(asyncssh.SFTPServer):
                 asyncssh.FX_PERMISSION_DENIED,
                 f"denied by interlock ({decision.decision_id}): {reason}",
             )
+        return absolute
 
     async def _absolute(self, path: str) -> str:
         """Decide on the path the target will really use: relative paths against its home,
@@ -95,14 +99,16 @@ class ProxySFTP(asyncssh.SFTPServer):
     async def open(self, path: bytes, pflags: int, attrs: SFTPAttrs) -> object:
         p = _path(path)
         writing = bool(pflags & _WRITE_FLAGS)
-        await self._decide(
+        resolved = await self._decide(
             Operation.FILE_WRITE if writing else Operation.FILE_READ,
             p,
             op="open",
             open_flags=pflags,
         )
         client = await self._sftp()
-        return await client.open(path, pflags, attrs, encoding=None)
+        handle = await client.open(resolved.encode(), pflags, attrs, encoding=None)
+        self._opened[id(handle)] = (resolved, writing)
+        return handle
 
     async def open56(
         self, path: bytes, desired_access: int, flags: int, attrs: SFTPAttrs
@@ -110,6 +116,7 @@ class ProxySFTP(asyncssh.SFTPServer):
         raise SFTPError(asyncssh.FX_OP_UNSUPPORTED, "SFTPv5+ open is not proxied")
 
     async def close(self, file_obj: object) -> None:
+        self._opened.pop(id(file_obj), None)
         await file_obj.close()  # type: ignore[attr-defined]
 
     async def read(self, file_obj: object, offset: int, size: int) -> bytes:
@@ -125,6 +132,10 @@ class ProxySFTP(asyncssh.SFTPServer):
         return attrs
 
     async def fsetstat(self, file_obj: object, attrs: SFTPAttrs) -> None:
+        # Changing attributes is a write, even on a handle opened for reading.
+        path, writing = self._opened.get(id(file_obj), ("", False))
+        if not writing:
+            await self._decide(Operation.FILE_WRITE, path or "/", op="fsetstat")
         await file_obj.setstat(attrs)  # type: ignore[attr-defined]
 
     async def fsync(self, file_obj: object) -> None:
@@ -198,6 +209,9 @@ class ProxySFTP(asyncssh.SFTPServer):
         await (await self._sftp()).symlink(oldpath, newpath)
 
     async def link(self, oldpath: bytes, newpath: bytes) -> None:
+        # A hard link is a second name for the file: both names are decided, so linking
+        # a protected file somewhere harmless-looking is refused.
+        await self._decide(Operation.FILE_WRITE, _path(oldpath), op="link_from")
         await self._decide(Operation.FILE_WRITE, _path(newpath), op="link", to=_path(oldpath))
         await (await self._sftp()).link(oldpath, newpath)
 

@@ -122,3 +122,29 @@ async def test_an_allowed_network_is_reached_through_the_configured_resolver(
     finally:
         await proxy.stop()
         await runner.cleanup()
+
+
+@pytest.mark.parametrize("spelling", ["loop.test.", "LOOP.test"])
+async def test_no_spelling_of_a_passthrough_host_skips_its_decision(
+    tmp_path: Path, dns_port: int, spelling: str
+) -> None:
+    proxy, sink = await start_proxy(
+        tmp_path,
+        dns_servers=[f"127.0.0.1:{dns_port}"],
+        allow_networks=["127.0.0.0/8"],
+        passthrough=["loop.test"],
+    )
+    try:
+        assert proxy.address is not None
+        await proxy.pdp.store.restrict("coder", ["no_egress"])
+        raw = await raw_exchange(proxy.address, connect(f"{spelling}:443"))
+        assert raw.startswith(b"HTTP/1.1 403"), raw[:200]
+        assert sink.last.action.operation.value == "connect"
+        assert "no_egress" in refusal_reason(raw)
+    finally:
+        await proxy.stop()
+
+
+def refusal_reason(raw: bytes) -> str:
+    reason: str = json.loads(raw.partition(b"\r\n\r\n")[2])["reason"]
+    return reason

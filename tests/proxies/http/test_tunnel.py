@@ -192,3 +192,29 @@ async def test_isolation_closes_the_agents_open_tunnels(
         writer.close()
     finally:
         await proxy.stop()
+
+
+async def test_an_absolute_url_inside_a_tunnel_must_name_the_tunnel(
+    tmp_path: Path, https_upstream: Upstream
+) -> None:
+    proxy, _ = await start_proxy(tmp_path, allow_networks=["127.0.0.0/8"])
+    try:
+        assert proxy.address is not None
+        reader, writer = await asyncio.open_connection(*proxy.address)
+        writer.write(connect(f"127.0.0.1:{https_upstream.port}"))
+        await writer.drain()
+        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        ctx = ssl.create_default_context(cafile=str(proxy.ca_file))
+        ctx.check_hostname = False
+        await writer.start_tls(ctx, server_hostname=None)
+        writer.write(
+            f"GET http://evil.example/x HTTP/1.1\r\nHost: 127.0.0.1:{https_upstream.port}\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
+        await writer.drain()
+        head = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        assert head.startswith(b"HTTP/1.1 421"), head[:100]
+    finally:
+        await proxy.stop()
+    assert https_upstream.hits == []

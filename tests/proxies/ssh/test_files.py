@@ -73,3 +73,40 @@ async def test_a_symlink_does_not_launder_a_protected_path(rig: Rig, tmp_path: P
     r = await run(rig.scp_args(f"coder@127.0.0.1:{link}", str(tmp_path / "copy")))
     assert r.returncode != 0
     assert "protected path: /etc/shadow" in rig.sink.last.decision.reasons
+
+
+async def test_a_hard_link_to_a_protected_file_is_refused(rig: Rig, tmp_path: Path) -> None:
+    args = rig.scp_args()
+    args[0] = "sftp"
+    r = await run([*args, "-b", "-", "coder@127.0.0.1"], f"ln /etc/shadow {tmp_path}/k\n".encode())
+    assert r.returncode != 0
+    assert not (tmp_path / "k").exists()
+    assert any("protected path: /etc/shadow" in x.decision.reasons for x in rig.sink.records)
+
+
+async def test_changing_attributes_through_a_read_handle_is_a_write(
+    rig: Rig, tmp_path: Path
+) -> None:
+    import asyncssh
+
+    target = tmp_path / "plain.txt"
+    target.write_text("x")
+    target.chmod(0o600)
+    await rig.proxy.pdp.store.restrict("coder", ["read_only"])
+    async with (
+        asyncssh.connect(
+            "127.0.0.1",
+            rig.port,
+            username="coder",
+            client_keys=[str(rig.agent_key)],
+            known_hosts=str(rig.known_hosts),
+            agent_path=None,
+            config=[],
+        ) as conn,
+        conn.start_sftp_client() as sftp,
+        sftp.open(str(target), "rb") as f,
+    ):
+        assert await f.read() == b"x"
+        with pytest.raises(asyncssh.SFTPPermissionDenied):
+            await f.chmod(0o777)
+    assert target.stat().st_mode & 0o777 == 0o600

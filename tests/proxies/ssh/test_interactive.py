@@ -49,3 +49,16 @@ async def test_an_allowed_shell_is_relayed_and_its_transcript_audited(
         assert transcript.decision.reasons == ("interactive session transcript",)
     finally:
         await rig.proxy.stop()
+
+
+async def test_an_empty_command_is_a_shell_and_refused(rig: Rig) -> None:
+    r = await rig.ssh("")
+    assert r.returncode == 126
+    assert rig.sink.last.action.details["interactive"] is True
+
+
+async def test_a_command_on_a_terminal_is_interactive(rig: Rig) -> None:
+    """`less` on a pty would accept `!bash` on stdin, unseen by any decision."""
+    r = await rig.ssh("less /etc/hostname", "-tt", stdin=b"!id\nq\n")
+    assert r.returncode == 126
+    assert "interactive_shell" in rig.sink.last.action.details["flags"]
