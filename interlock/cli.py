@@ -321,6 +321,23 @@ def cmd_agents(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_approvals(args: argparse.Namespace) -> int:
+    from interlock.admin.client import call
+
+    config = _config(args.config)
+    if args.approvals_command == "list":
+        for r in call(config, "GET", "/v1/approvals")["pending"]:
+            print(f"{r['id']}  {r['risk']['tier']:<6} {r['summary']}")
+        return 0
+    if args.approvals_command == "show":
+        print(json.dumps(call(config, "GET", f"/v1/approvals/{args.id}"), indent=2))
+        return 0
+    body = {"approver": args.approver, "reason": args.reason, "channel": "cli"}
+    out = call(config, "POST", f"/v1/approvals/{args.id}/{args.approvals_command}", body)
+    print(f"{'approved' if out['approved'] else 'denied'} {out['id']} as {out['approver']}")
+    return 0
+
+
 def cmd_ca_export(args: argparse.Namespace) -> int:
     """Print the CA certificate agents must trust for HTTPS through the proxy."""
     from interlock.proxies.http.server import CA_FILE
@@ -429,6 +446,23 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--reason", default="")
         sp.add_argument("-c", "--config", help="interlock.toml")
         sp.set_defaults(func=cmd_agents)
+
+    approvals = sub.add_parser("approvals", help="held actions waiting for a human")
+    psub = approvals.add_subparsers(dest="approvals_command", required=True)
+    sp = psub.add_parser("list", help="pending approvals")
+    sp.add_argument("-c", "--config", help="interlock.toml")
+    sp.set_defaults(func=cmd_approvals)
+    sp = psub.add_parser("show", help="one pending approval, with the action's hash")
+    sp.add_argument("id")
+    sp.add_argument("-c", "--config", help="interlock.toml")
+    sp.set_defaults(func=cmd_approvals)
+    for verb in ("approve", "deny"):
+        sp = psub.add_parser(verb, help=f"{verb} a held action")
+        sp.add_argument("id")
+        sp.add_argument("--as", dest="approver", required=True, help="who answers (the owner)")
+        sp.add_argument("--reason", default="")
+        sp.add_argument("-c", "--config", help="interlock.toml")
+        sp.set_defaults(func=cmd_approvals)
 
     ca = sub.add_parser("ca", help="the HTTPS interception CA")
     casub = ca.add_subparsers(dest="ca_command", required=True)

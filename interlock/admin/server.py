@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from interlock.approvals.holds import Holds
+from interlock.approvals.holds import ApprovalError, ApprovalRequest, Holds
 from interlock.audit.log import AuditLog
 from interlock.core.context import Posture
 from interlock.core.model import parse_restriction
@@ -258,6 +258,68 @@ async def proof(request: web.Request) -> web.Response:
     )
 
 
+def _holds(request: web.Request) -> Holds:
+    holds = _admin(request).holds
+    if holds is None:
+        raise web.HTTPNotFound(text='{"error": "no holds here"}', content_type="application/json")
+    return holds
+
+
+async def approvals(request: web.Request) -> web.Response:
+    return web.json_response({"pending": [r.to_json() for r in _holds(request).pending()]})
+
+
+async def approval(request: web.Request) -> web.Response:
+    request_ = _holds(request).get(request.match_info["id"])
+    if request_ is None:
+        return web.json_response({"error": "unknown or expired approval"}, status=404)
+    return web.json_response(request_.to_json())
+
+
+async def answer(request: web.Request) -> web.Response:
+    """Approve or deny a held action; the answer, approver and channel are audited as an
+    observation under the held decision."""
+    decision_id = request.match_info["id"]
+    approved = request.match_info["verb"] == "approve"
+    doc = await _body(request)
+    approver = str(doc.get("approver", "")).strip()
+    if not approver:
+        return web.json_response({"error": "approver is required"}, status=400)
+    channel = str(doc.get("channel", "api"))[:32]
+    try:
+        held = _holds(request).answer(
+            decision_id, approved, approver, channel, str(doc.get("reason", ""))[:500]
+        )
+    except ApprovalError as exc:
+        return web.json_response({"error": str(exc)}, status=exc.status)
+    pdp = _admin(request).pdp
+    if pdp is not None:
+        await _record_answer(pdp, held, approved, approver, channel)
+    return web.json_response({"id": decision_id, "approved": approved, "approver": approver})
+
+
+async def _record_answer(
+    pdp: PDP, held: ApprovalRequest, approved: bool, approver: str, channel: str
+) -> None:
+    from interlock.core.model import Action, Agent, Decision, Effect, Operation, Risk, Tier
+
+    risk = Risk(int(held.risk.get("score", 0)), Tier(held.risk.get("tier", "medium")))
+    parent = Decision(held.decision_id, Effect.APPROVE, risk, pdp.policy.current.version)
+    await pdp.observe(
+        Action(
+            Agent(held.agent or "unknown", owner=held.owner, authn="none"),
+            "approval",
+            Operation.DELEGATE,
+            held.decision_id,
+            {"approved": approved, "approver": approver, "channel": channel,
+             "action_sha256": held.action_hash},
+            parents=(held.decision_id,),
+        ),
+        f"{'approved' if approved else 'denied'} by {approver} via {channel}",
+        parent,
+    )  # fmt: skip
+
+
 async def intel(request: web.Request) -> web.Response:
     status = _admin(request).intel_status
     if status is None:
@@ -281,4 +343,7 @@ def make_app(policy: PolicyManager, audit: AuditLog, admin: Admin | None = None)
     app.router.add_get("/v1/audit/checkpoint", checkpoint)
     app.router.add_get("/v1/audit/proof", proof)
     app.router.add_get("/v1/intel", intel)
+    app.router.add_get("/v1/approvals", approvals)
+    app.router.add_get("/v1/approvals/{id}", approval)
+    app.router.add_post("/v1/approvals/{id}/{verb:approve|deny}", answer)
     return app

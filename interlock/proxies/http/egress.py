@@ -291,7 +291,7 @@ class Egress:
         flow.metadata[DECISION] = decision
         flow.metadata[ACTION] = action
         if decision.effect is Effect.APPROVE:
-            verdict = await self.holds.wait(decision, self.approval_timeout)
+            verdict = await self.holds.wait(decision, self.approval_timeout, action)
             if not verdict.approved:
                 deny(flow, decision, f"held for approval: {verdict.reason or 'denied'}")
                 return

@@ -373,7 +373,7 @@ class PostgresProxy:
         action = self._action(session, classification)
         decision = await self.pdp.decide(action)
         if decision.effect is Effect.APPROVE:
-            verdict = await self.holds.wait(decision, self.config.approval_timeout)
+            verdict = await self.holds.wait(decision, self.config.approval_timeout, action)
             if not verdict.approved:
                 why = f"held for approval: {verdict.reason or 'denied'}; {_reason(decision)}"
                 return session.denial_sql(why), [NO_MASK], None, []

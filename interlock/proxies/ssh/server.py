@@ -192,7 +192,7 @@ class SshProxy:
         """Decide; a hold waits for a human (expiry is a denial)."""
         decision = await self.pdp.decide(action)
         if decision.effect is Effect.APPROVE:
-            verdict = await self.holds.wait(decision, self.config.approval_timeout)
+            verdict = await self.holds.wait(decision, self.config.approval_timeout, action)
             if verdict.approved:
                 return replace(decision, effect=Effect.ALLOW)
             return replace(

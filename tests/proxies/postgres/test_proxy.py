@@ -86,7 +86,8 @@ async def test_held_ddl_runs_once_approved(proxied: Proxied) -> None:
                 break
             await asyncio.sleep(0.01)
         (held,) = proxied.proxy.holds.pending()
-        assert held.effect is Effect.APPROVE
+        assert held.risk["tier"] == "medium"
+        assert held.summary.startswith("reporter: postgres ddl")
         assert proxied.proxy.holds.resolve(held.decision_id, True, "alice@example.com")
         assert await task == "CREATE TABLE"
         assert await conn.fetchval("select count(*) from t_approved") == 0
