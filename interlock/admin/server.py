@@ -28,7 +28,6 @@ from interlock.identity.registry import AgentRegistry
 
 POLICY_KEY = web.AppKey("policy", PolicyManager)
 AUDIT_KEY = web.AppKey("audit", AuditLog)
-ADMIN_KEY = web.AppKey("admin", object)
 
 
 @dataclass
@@ -41,6 +40,9 @@ class Admin:
     token_digest: bytes | None = None
     sessions: Callable[[], Mapping[str, int]] = field(default=lambda: {})
     intel_status: Callable[[], Mapping[str, Any]] | None = None
+
+
+ADMIN_KEY = web.AppKey("admin", Admin)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -71,7 +73,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def bearer(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path == "/healthz":
         return await handler(request)
-    admin: Admin = request.app[ADMIN_KEY]  # type: ignore[assignment]
+    admin = request.app[ADMIN_KEY]
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     digest = hashlib.sha256(token.strip().encode()).digest()
     if (
@@ -88,8 +90,7 @@ async def bearer(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 def _admin(request: web.Request) -> Admin:
-    admin: Admin = request.app[ADMIN_KEY]  # type: ignore[assignment]
-    return admin
+    return request.app[ADMIN_KEY]
 
 
 def _pdp(request: web.Request) -> PDP:

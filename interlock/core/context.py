@@ -122,6 +122,10 @@ class StateStore(Protocol):
         """Remember fingerprints of labelled values read under decision `source`."""
         ...
 
+    async def has_fingerprints(self, agent_id: str) -> bool:
+        """Whether any labelled values of this agent are remembered."""
+        ...
+
     async def flows(self, agent_id: str, fps: frozenset[str], now: float) -> list[Flow]:
         """The remembered reads `fps` carry data from."""
         ...
@@ -248,6 +252,10 @@ class MemoryStore:
             prints.move_to_end(fp)
         while len(prints) > MAX_FINGERPRINTS:
             prints.popitem(last=False)
+
+    async def has_fingerprints(self, agent_id: str) -> bool:
+        state = self._agents.get(agent_id)
+        return state is not None and bool(state.fingerprints)
 
     async def flows(self, agent_id: str, fps: frozenset[str], now: float) -> list[Flow]:
         state = self._agents.get(agent_id)

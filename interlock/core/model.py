@@ -141,9 +141,9 @@ class Action:
     """The prompt itself, only where the configuration says to keep it (audit record)."""
     confidence: float | None = None
     """Agent-reported confidence in [0, 1], when the framework sends one."""
-    fingerprints: frozenset[str] = frozenset()
-    """Fingerprints of what the action carries out (classify/dataflow.py), matched against
-    labelled values the agent read; used by the PDP, never recorded."""
+    payload: str = ""
+    """The text the action carries out (a request body, a command line), for data-flow
+    matching against labelled values the agent read; used by the PDP, never recorded."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.details, MappingProxyType):

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from interlock.classify.dataflow import candidates
 from interlock.core.context import NORMAL, ContextView, Flow, Posture, RecentAction, StateStore
 from interlock.core.enforcement import enforce_posture
 from interlock.core.model import (
@@ -146,9 +147,11 @@ class PDP:
             a.data = policy.data.get("interlock", {})
             a.posture = await self.store.posture(action.agent.id, a.now)
             view = await self.store.view(action.agent.id, target_key(action), a.now)
+            # Fingerprinting the payload costs a hash per word run: only when this
+            # agent has read labelled values that could be in it.
             flows = (
-                await self.store.flows(action.agent.id, action.fingerprints, a.now)
-                if action.fingerprints
+                await self.store.flows(action.agent.id, candidates(action.payload), a.now)
+                if action.payload and await self.store.has_fingerprints(action.agent.id)
                 else []
             )
             action = a.action = self._enrich(action, view, flows)

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from interlock.classify.content import MAX_SCAN, scan
-from interlock.classify.dataflow import candidates
 from interlock.classify.mcp import tool_call
 from interlock.config import ExtAuthzConfig
 from interlock.core.model import Action, Agent, Decision, Effect, Operation
@@ -143,7 +142,7 @@ class Authorizer:
         operation = Operation.READ if req.method.upper() in READ_METHODS else Operation.WRITE
         target = _host(req.host) or "unknown"
         labels: frozenset[str] = frozenset()
-        prints: frozenset[str] = frozenset()
+        payload = ""
         if path is not None:
             details["path"] = path.path[:2048]
             details["query_keys"] = query_keys or []
@@ -159,7 +158,7 @@ class Authorizer:
                 if found.kinds:
                     details["dlp"] = sorted(found.kinds)
             if body.text:
-                prints = candidates(body.text[:MAX_SCAN])
+                payload = body.text[:MAX_SCAN]
             call = tool_call(body.parsed)
             if call is not None:
                 details.update(mcp_server=target, arguments=sorted(call.arguments)[:64])
@@ -171,11 +170,9 @@ class Authorizer:
                     details,
                     labels=labels,
                     confidence=call.confidence,
-                    fingerprints=prints,
+                    payload=payload,
                 )
-        return Action(
-            agent, "envoy", operation, target, details, labels=labels, fingerprints=prints
-        )
+        return Action(agent, "envoy", operation, target, details, labels=labels, payload=payload)
 
     async def _opa(
         self, action: Action, req: AuthzRequest, path: NormalPath, body: Body

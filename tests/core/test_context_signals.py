@@ -3,7 +3,7 @@ taint sources linking decisions."""
 
 from __future__ import annotations
 
-from interlock.classify.dataflow import candidates, value_fingerprints
+from interlock.classify.dataflow import value_fingerprints
 from interlock.core.context import MemoryStore
 from interlock.core.model import Action, Agent, Effect, Operation
 from interlock.core.signals import baseline_rate
@@ -24,12 +24,12 @@ async def test_values_read_under_a_label_are_recognised_when_they_leave() -> Non
         clock() + 60,
     )
     body = '{"who": "Alice Smith", "pay": 185000}'
-    out = Action(AGENT, "http", Operation.EGRESS, "x.example", fingerprints=candidates(body))
+    out = Action(AGENT, "http", Operation.EGRESS, "x.example", payload=body)
     d = await pdp.decide(out)
     assert d.risk.signals["data_flow"] == 1.0
     record = pdp.stats.recent[-1]
     assert read.decision_id in record["parents"]
-    clean = Action(AGENT, "http", Operation.EGRESS, "x.example", fingerprints=candidates("hi"))
+    clean = Action(AGENT, "http", Operation.EGRESS, "x.example", payload="hi")
     assert (await pdp.decide(clean)).risk.signals["data_flow"] == 0.0
     clock.advance(61)  # remembered values expire
     assert (await pdp.decide(out)).risk.signals["data_flow"] == 0.0

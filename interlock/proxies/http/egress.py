@@ -21,7 +21,6 @@ from interlock.classify.content import (
     InjectionDetector,
     scan,
 )
-from interlock.classify.dataflow import candidates
 from interlock.classify.mcp import confidence_value, tool_call
 from interlock.core.model import Action, Decision, Effect, Operation
 from interlock.core.pdp import PDP
@@ -128,7 +127,7 @@ def request_action(flow: http.HTTPFlow, keep_prompts: bool = False) -> Action:
     agent = flow.metadata[AGENT]
     text = body_text(req)
     found = scan(text) if text else Findings()
-    prints = candidates(text) if text else frozenset()
+    payload = text or ""
     reported = confidence_value(req.headers.pop(CONFIDENCE_HEADER, None))
     if found.kinds:
         details["dlp"] = sorted(found.kinds)
@@ -145,7 +144,7 @@ def request_action(flow: http.HTTPFlow, keep_prompts: bool = False) -> Action:
             details,
             labels=found.labels,
             confidence=call.confidence if call.confidence is not None else reported,
-            fingerprints=prints,
+            payload=payload,
         )
     if (
         isinstance(doc, dict)
@@ -165,7 +164,7 @@ def request_action(flow: http.HTTPFlow, keep_prompts: bool = False) -> Action:
             prompt_hash=hashlib.sha256(prompt.encode()).hexdigest(),
             prompt_text=prompt if keep_prompts else None,
             confidence=reported,
-            fingerprints=prints,
+            payload=payload,
         )
     if req.method == "GET" and path.startswith("/v1/") and "x-vault-token" in details["headers"]:
         return Action(
@@ -184,7 +183,7 @@ def request_action(flow: http.HTTPFlow, keep_prompts: bool = False) -> Action:
         details,
         labels=found.labels,
         confidence=reported,
-        fingerprints=prints,
+        payload=payload,
     )
 
 

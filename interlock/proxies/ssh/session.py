@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 
 from interlock.classify.content import MAX_SCAN, scan
-from interlock.classify.dataflow import candidates
 from interlock.classify.shell import ShellParseError, analyse
 from interlock.core.model import Action, Agent, Decision, Effect, Operation
 
@@ -59,7 +58,7 @@ def command_action(agent: Agent, target: str, command: str, max_bytes: int) -> A
         target,
         details,
         labels=found.labels,
-        fingerprints=candidates(command[:MAX_SCAN]),
+        payload=command[:MAX_SCAN],
     )
 
 

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import posixpath
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import asyncssh
 from asyncssh import SFTPAttrs, SFTPError, SFTPName
@@ -37,6 +37,12 @@ def _path(raw: bytes) -> str:
     if "\x00" in text:
         raise SFTPError(asyncssh.FX_FAILURE, "NUL in path")
     return text
+
+
+def _file(obj: object) -> asyncssh.SFTPClientFile:
+    """asyncssh hands back the handle `open` returned, typed as object: ours are the
+    target's SFTP files."""
+    return cast(asyncssh.SFTPClientFile, obj)
 
 
 class ProxySFTP(asyncssh.SFTPServer):
@@ -117,18 +123,18 @@ class ProxySFTP(asyncssh.SFTPServer):
 
     async def close(self, file_obj: object) -> None:
         self._opened.pop(id(file_obj), None)
-        await file_obj.close()  # type: ignore[attr-defined]
+        await _file(file_obj).close()
 
     async def read(self, file_obj: object, offset: int, size: int) -> bytes:
-        data: bytes = await file_obj.read(size, offset)  # type: ignore[attr-defined]
+        data: bytes = await _file(file_obj).read(size, offset)
         return data
 
     async def write(self, file_obj: object, offset: int, data: bytes) -> int:
-        written: int = await file_obj.write(data, offset)  # type: ignore[attr-defined]
+        written: int = await _file(file_obj).write(data, offset)
         return written
 
     async def fstat(self, file_obj: object) -> SFTPAttrs:
-        attrs: SFTPAttrs = await file_obj.stat()  # type: ignore[attr-defined]
+        attrs: SFTPAttrs = await _file(file_obj).stat()
         return attrs
 
     async def fsetstat(self, file_obj: object, attrs: SFTPAttrs) -> None:
@@ -136,13 +142,13 @@ class ProxySFTP(asyncssh.SFTPServer):
         path, writing = self._opened.get(id(file_obj), ("", False))
         if not writing:
             await self._decide(Operation.FILE_WRITE, path or "/", op="fsetstat")
-        await file_obj.setstat(attrs)  # type: ignore[attr-defined]
+        await _file(file_obj).setstat(attrs)
 
     async def fsync(self, file_obj: object) -> None:
-        await file_obj.fsync()  # type: ignore[attr-defined]
+        await _file(file_obj).fsync()
 
     async def fstatvfs(self, file_obj: object) -> Any:
-        return await file_obj.statvfs()  # type: ignore[attr-defined]
+        return await _file(file_obj).statvfs()
 
     def lock(self, file_obj: object, offset: int, length: int, flags: int) -> None:
         raise SFTPError(asyncssh.FX_OP_UNSUPPORTED, "locking is not proxied")

@@ -106,7 +106,7 @@ async def h2_upstream(tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
     config.bind = [f"127.0.0.1:{port}"]
     config.certfile, config.keyfile = str(cert), str(key)
     stop = asyncio.Event()
-    task = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
+    task = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))
     await asyncio.to_thread(wait_listening, port)
     yield f"https://localhost:{port}", cert
     stop.set()
