@@ -321,6 +321,25 @@ def cmd_agents(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    """Print an scrypt hash for `[approvals.web] users` (the password from a prompt, or
+    one line of stdin when it is not a terminal)."""
+    import getpass
+
+    from interlock.approvals.web import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            raise UsageError("the passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if len(password) < 12:
+        raise UsageError("use a password of at least 12 characters")
+    print(hash_password(password))
+    return 0
+
+
 def cmd_approvals(args: argparse.Namespace) -> int:
     from interlock.admin.client import call
 
@@ -463,6 +482,8 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--reason", default="")
         sp.add_argument("-c", "--config", help="interlock.toml")
         sp.set_defaults(func=cmd_approvals)
+    sp = psub.add_parser("hash-password", help="hash a password for [approvals.web] users")
+    sp.set_defaults(func=cmd_hash_password)
 
     ca = sub.add_parser("ca", help="the HTTPS interception CA")
     casub = ca.add_subparsers(dest="ca_command", required=True)

@@ -336,6 +336,9 @@ class ExtAuthzConfig(Section):
     """Bodies larger than this are denied (Envoy's `max_request_bytes` should be lower)."""
     http_path_prefix: str = ""
     """Envoy's HTTP ext_authz `path_prefix`, stripped before deciding."""
+    approval_timeout: float = Field(300.0, gt=0)
+    """How long a request refused for approval stays open for a human to answer; once
+    approved, a retry of the same request passes (`[approvals] grant_ttl`, `grant_uses`)."""
 
     @field_validator("http_listen", mode="before")
     @classmethod
@@ -363,6 +366,66 @@ class AdminConfig(Section):
         if self.token and self.token_sha256:
             raise ValueError("give token or token_sha256, not both")
         return self
+
+
+class WebApprovalsConfig(Section):
+    users: dict[str, str] = {}
+    """Who may sign in to the approvals page: name = password hash from
+    `interlock approvals hash-password` (scrypt). No users: the page is off."""
+    session_ttl: float = Field(3600.0, gt=0)
+    secure_cookies: bool = False
+    """Mark the session cookie Secure (set when the admin server is reached over HTTPS,
+    e.g. behind a TLS-terminating proxy)."""
+
+    @field_validator("users")
+    @classmethod
+    def _hashes(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, digest in v.items():
+            if not digest.startswith("scrypt$") or digest.count("$") != 5:
+                raise ValueError(f"{name}: not a hash from `interlock approvals hash-password`")
+        return v
+
+
+class WebhookConfig(Section):
+    url: str = Field(pattern=r"^https?://")
+    secret: str = Field(min_length=16)
+    """Signs each POST (`X-Interlock-Signature: t=<unix time>,v1=<HMAC-SHA256 hex>`)."""
+    timeout: float = Field(5.0, gt=0)
+    attempts: int = Field(3, ge=1, le=10)
+
+
+class CibaConfig(Section):
+    issuer: str = Field(pattern=r"^https?://")
+    """The provider; endpoints come from its discovery document unless given below."""
+    client_id: str
+    client_secret: str
+    backchannel_endpoint: str | None = None
+    token_endpoint: str | None = None
+    scope: str = "openid"
+    binding_message_max: int = Field(160, ge=0, le=1000)
+    """Longest binding message the provider accepts (0: send none)."""
+    timeout: float = Field(5.0, gt=0)
+    """Per HTTP request to the provider."""
+
+
+class ApprovalsConfig(Section):
+    owner_only: bool = True
+    """Only the agent's owner (or someone in `approvers`) may answer for it."""
+    approvers: list[str] = []
+    """People who may answer for any agent besides its owner (e.g. the on-call)."""
+    grant_ttl: float = Field(300.0, gt=0)
+    """ext_authz: how long an approval lets the same request through on retry."""
+    grant_uses: int = Field(1, ge=1)
+    """ext_authz: how many retries one approval lets through."""
+    public_url: str | None = Field(None, pattern=r"^https?://")
+    """Base URL people reach the admin server at (for webhook links); default: its
+    listen address."""
+    link_ttl: float = Field(3600.0, gt=0)
+    link_key: Path | None = None
+    """Key signing webhook links; default: generated under the data directory."""
+    web: WebApprovalsConfig = WebApprovalsConfig()
+    webhook: WebhookConfig | None = None
+    ciba: CibaConfig | None = None
 
 
 class ClassificationConfig(Section):
@@ -398,6 +461,7 @@ class Config(Section):
     extauthz: ExtAuthzConfig | None = None
     admin: AdminConfig | None = None
     intel: IntelConfig = IntelConfig()
+    approvals: ApprovalsConfig = ApprovalsConfig()
     classification: ClassificationConfig = ClassificationConfig()
 
     @classmethod

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from interlock.admin.server import Admin, make_app
 from interlock.approvals.holds import Holds
+from interlock.approvals.web import WebApprovals
 from interlock.audit.factory import log_for
 from interlock.audit.log import AuditLog
 from interlock.config import Config
@@ -90,7 +91,46 @@ def build(config: Config) -> Runtime:
     )
     registry = AgentRegistry.from_config(config.agents)
     jwt = JwtVerifier(config.identity.jwt, registry) if config.identity.jwt else None
-    return Runtime(config, policy, pdp, registry, audit, jwt=jwt, intel=intel)
+    ap = config.approvals
+    holds = Holds(ap.owner_only, ap.approvers, grant_ttl=ap.grant_ttl, grant_uses=ap.grant_uses)
+    holds.pdp = pdp
+    return Runtime(config, policy, pdp, registry, audit, holds=holds, jwt=jwt, intel=intel)
+
+
+LINK_KEY_FILE = "approvals.key"
+
+
+def link_key(config: Config) -> bytes:
+    """The key signing webhook links: configured, or generated once (0600)."""
+    path = config.approvals.link_key or config.data_dir / LINK_KEY_FILE
+    if config.approvals.link_key is None and not path.exists():
+        path.write_bytes(secrets.token_bytes(32))
+        path.chmod(0o600)
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"approvals.link_key: cannot read {path}: {exc.strerror}") from None
+
+
+def _approval_channels(runtime: Runtime, admin_url: str | None) -> WebApprovals | None:
+    """Attach the configured channels to the holds; the web state if the admin runs."""
+    from interlock.approvals.ciba import Ciba
+    from interlock.approvals.links import LinkSigner
+    from interlock.approvals.webhook import Webhook
+
+    ap = runtime.config.approvals
+    public_url = ap.public_url or admin_url
+    links = None
+    if ap.webhook is not None:
+        if public_url is None:
+            raise ConfigError("approvals.webhook needs [admin] (links are answered there)")
+        links = LinkSigner(link_key(runtime.config), ap.link_ttl)
+        runtime.holds.channels.append(Webhook(ap.webhook, links, public_url))
+    if ap.ciba is not None:
+        runtime.holds.channels.append(Ciba(ap.ciba))
+    if admin_url is None:
+        return None
+    return WebApprovals(runtime.holds, ap.web, links=links, public_url=public_url)
 
 
 ADMIN_TOKEN_FILE = "admin.token"  # noqa: S105 (a file name)
@@ -112,6 +152,17 @@ def admin_token_digest(config: Config) -> tuple[bytes, str | None]:
     return hashlib.sha256(path.read_text().strip().encode()).digest(), str(path)
 
 
+def _set_public_url(runtime: Runtime, admin: Admin, url: str) -> None:
+    """Links name the bound address (the configured port may have been 0)."""
+    from interlock.approvals.webhook import Webhook
+
+    for channel in runtime.holds.channels:
+        if isinstance(channel, Webhook):
+            channel.public_url = url
+    if admin.web is not None:
+        admin.web.public_url = url
+
+
 async def start(runtime: Runtime) -> None:
     """Start listeners and background tasks; fills `runtime.endpoints`."""
     cfg = runtime.config
@@ -122,7 +173,9 @@ async def start(runtime: Runtime) -> None:
         digest, token_file = admin_token_digest(cfg)
         if token_file is not None:
             runtime.endpoints["API token file"] = token_file
+        admin_url = f"http://{host.strip('[]')}:{port}"
         admin = Admin(
+            web=_approval_channels(runtime, admin_url),
             pdp=runtime.pdp,
             registry=runtime.registry,
             holds=runtime.holds,
@@ -137,6 +190,13 @@ async def start(runtime: Runtime) -> None:
         runtime._runners.append(runner)
         bound = runner.addresses[0]
         runtime.endpoints["admin"] = f"http://{bound[0]}:{bound[1]}"
+        if cfg.approvals.public_url is None:
+            _set_public_url(runtime, admin, runtime.endpoints["admin"])
+        if cfg.approvals.web.users:
+            runtime.endpoints["approvals page"] = f"{runtime.endpoints['admin']}/ui/approvals"
+    else:
+        _approval_channels(runtime, None)
+    runtime._stoppers.append(runtime.holds.close)
     if cfg.postgres is not None:
         from interlock.classify.sql import Catalog, SqlClassifier
         from interlock.proxies.postgres.server import PostgresProxy
@@ -191,7 +251,7 @@ async def _start_extauthz(runtime: Runtime) -> None:
 
     cfg = runtime.config.extauthz
     assert cfg is not None
-    authorizer = Authorizer(cfg, runtime.pdp, runtime.registry, runtime.jwt)
+    authorizer = Authorizer(cfg, runtime.pdp, runtime.registry, runtime.jwt, runtime.holds)
     grpc_server = ExtAuthzServer(authorizer, cfg.grpc_listen)
     await grpc_server.start()
     runtime._stoppers.append(grpc_server.stop)

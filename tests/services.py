@@ -8,20 +8,23 @@ from collections.abc import Iterator
 
 import pytest
 
-from interlock.testing.services import MissingService, Postgres, Sshd, free_port
+from interlock.testing.services import MissingService, OidcProvider, Postgres, Sshd, free_port
 from interlock.testing.services import dns_server as _dns_server
 from interlock.testing.services import envoy_server as _envoy_server
 from interlock.testing.services import nginx_server as _nginx_server
+from interlock.testing.services import oidc_provider as _oidc_provider
 from interlock.testing.services import postgres_server as _postgres_server
 from interlock.testing.services import sshd_server as _sshd_server
 
 __all__ = [
+    "OidcProvider",
     "Postgres",
     "Sshd",
     "dns_server",
     "envoy_server",
     "free_port",
     "nginx_server",
+    "oidc_provider",
     "postgres_server",
     "sshd_server",
 ]
@@ -68,5 +71,14 @@ def sshd_server(extra: str = "") -> Iterator[Sshd]:
     try:
         with _sshd_server(extra) as sshd:
             yield sshd
+    except MissingService as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@contextlib.contextmanager
+def oidc_provider(accounts: tuple[str, ...] = ("alice",)) -> Iterator[OidcProvider]:
+    try:
+        with _oidc_provider(accounts) as op:
+            yield op
     except MissingService as exc:
         pytest.fail(str(exc), pytrace=False)

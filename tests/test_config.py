@@ -106,6 +106,11 @@ def test_the_shipped_example_is_valid() -> None:
         ("[classification.postgres]\n'payroll.salary' = ['x']\n", r"schema.table.column"),
         ("[audit]\nfail_open_max_tier = 'medium-ish'\n", r"audit.fail_open_max_tier"),
         ("[identity.jwt]\nissuer = 'i'\naudience = 'a'\n", r"identity.jwt: .*exactly one"),
+        ("[approvals.web.users]\nalice = 'plaintext'\n", r"approvals.web.users: .*hash-password"),
+        ("[approvals.webhook]\nurl = 'http://x'\nsecret = 'short'\n", r"webhook.secret"),
+        ("[approvals.webhook]\nurl = 'ftp://x'\nsecret = '" + "s" * 16 + "'\n", r"webhook.url"),
+        ("[approvals.ciba]\nissuer = 'https://i'\n", r"approvals.ciba.client_id: Field required"),
+        ("[approvals]\ngrant_uses = 0\n", r"approvals.grant_uses"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, text: str, message: str) -> None:

@@ -17,7 +17,8 @@ from typing import Any
 
 from aiohttp import web
 
-from interlock.approvals.holds import ApprovalError, ApprovalRequest, Holds
+from interlock.approvals.holds import ApprovalError, Holds
+from interlock.approvals.web import WebApprovals, add_routes
 from interlock.audit.log import AuditLog
 from interlock.core.context import Posture
 from interlock.core.model import parse_restriction
@@ -40,6 +41,8 @@ class Admin:
     token_digest: bytes | None = None
     sessions: Callable[[], Mapping[str, int]] = field(default=lambda: {})
     intel_status: Callable[[], Mapping[str, Any]] | None = None
+    web: WebApprovals | None = None
+    """The approvals page and webhook links (under /ui/)."""
 
 
 ADMIN_KEY = web.AppKey("admin", Admin)
@@ -71,7 +74,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def bearer(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path == "/healthz":
+    if request.path == "/healthz" or request.path.startswith("/ui/"):
+        # /ui/ pages authenticate people themselves (sessions, signed links).
         return await handler(request)
     admin = request.app[ADMIN_KEY]
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
@@ -293,32 +297,7 @@ async def answer(request: web.Request) -> web.Response:
         )
     except ApprovalError as exc:
         return web.json_response({"error": str(exc)}, status=exc.status)
-    pdp = _admin(request).pdp
-    if pdp is not None:
-        await _record_answer(pdp, held, approved, approver, channel)
-    return web.json_response({"id": decision_id, "approved": approved, "approver": approver})
-
-
-async def _record_answer(
-    pdp: PDP, held: ApprovalRequest, approved: bool, approver: str, channel: str
-) -> None:
-    from interlock.core.model import Action, Agent, Decision, Effect, Operation, Risk, Tier
-
-    risk = Risk(int(held.risk.get("score", 0)), Tier(held.risk.get("tier", "medium")))
-    parent = Decision(held.decision_id, Effect.APPROVE, risk, pdp.policy.current.version)
-    await pdp.observe(
-        Action(
-            Agent(held.agent or "unknown", owner=held.owner, authn="none"),
-            "approval",
-            Operation.DELEGATE,
-            held.decision_id,
-            {"approved": approved, "approver": approver, "channel": channel,
-             "action_sha256": held.action_hash},
-            parents=(held.decision_id,),
-        ),
-        f"{'approved' if approved else 'denied'} by {approver} via {channel}",
-        parent,
-    )  # fmt: skip
+    return web.json_response({"id": held.decision_id, "approved": approved, "approver": approver})
 
 
 async def intel(request: web.Request) -> web.Response:
@@ -347,4 +326,7 @@ def make_app(policy: PolicyManager, audit: AuditLog, admin: Admin | None = None)
     app.router.add_get("/v1/approvals", approvals)
     app.router.add_get("/v1/approvals/{id}", approval)
     app.router.add_post("/v1/approvals/{id}/{verb:approve|deny}", answer)
+    web_state = app[ADMIN_KEY].web
+    if web_state is not None:
+        add_routes(app, web_state)
     return app

@@ -138,7 +138,7 @@ def build(rec: DecisionRecord) -> dict[str, Any]:
         "reasons": d.reasons,
         "restrictions": d.restrictions,
         "obligations": [{"type": o.type, **o.params} for o in d.obligations],
-        "approver": None,
+        "approver": dict(rec.approver) if rec.approver is not None else None,
     }
 
 

@@ -33,6 +33,8 @@ BASELINE_MIN_HISTORY = 5
 """Minutes of history before the baseline means anything."""
 MAX_FINGERPRINTS = 50_000
 """Fingerprints of labelled values remembered per agent (oldest forgotten first)."""
+MAX_ANSWER_KINDS = 1_000
+"""Kinds of action whose approval history is kept per agent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +136,9 @@ class StateStore(Protocol):
         """Lift every restriction and the isolation."""
         ...
 
-    async def record_approval(self, agent_id: str, approved: bool) -> None: ...
+    async def record_approval(self, agent_id: str, kind: str, approved: bool) -> None:
+        """Count a human's answer for this kind of action (`target_key`)."""
+        ...
 
     async def posture(self, agent_id: str, now: float) -> Posture: ...
 
@@ -173,8 +177,8 @@ class _Agent:
     fingerprints: OrderedDict[str, tuple[str, frozenset[str], float]] = field(
         default_factory=OrderedDict
     )
-    approved: int = 0
-    denied: int = 0
+    answers: OrderedDict[str, list[int]] = field(default_factory=OrderedDict)
+    """kind -> [approved, denied], least recently answered first."""
     posture: Posture = NORMAL
 
 
@@ -205,8 +209,8 @@ class MemoryStore:
             taints=frozenset(state.taints),
             first_seen=target_key not in state.seen,
             actions_last_minute=len(state.window),
-            approved=state.approved,
-            denied=state.denied,
+            approved=state.answers.get(target_key, (0, 0))[0],
+            denied=state.answers.get(target_key, (0, 0))[1],
             recent=tuple(state.recent),
             taint_sources=dict(state.taint_sources),
             baseline_per_minute=_baseline(state.minutes, now),
@@ -274,12 +278,13 @@ class MemoryStore:
     async def restore(self, agent_id: str, reason: str = "") -> None:
         await self.set_posture(agent_id, replace(NORMAL, reason=reason))
 
-    async def record_approval(self, agent_id: str, approved: bool) -> None:
-        state = self._get(agent_id)
-        if approved:
-            state.approved += 1
-        else:
-            state.denied += 1
+    async def record_approval(self, agent_id: str, kind: str, approved: bool) -> None:
+        answers = self._get(agent_id).answers
+        counts = answers.setdefault(kind, [0, 0])
+        answers.move_to_end(kind)
+        counts[0 if approved else 1] += 1
+        while len(answers) > MAX_ANSWER_KINDS:
+            answers.popitem(last=False)
 
     async def posture(self, agent_id: str, now: float) -> Posture:
         state = self._agents.get(agent_id)

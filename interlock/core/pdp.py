@@ -176,10 +176,16 @@ class PDP:
         self.stats.add(action, decision, elapsed)
         return decision
 
-    async def observe(self, action: Action, reason: str, parent: Decision) -> Decision:
+    async def observe(
+        self,
+        action: Action,
+        reason: str,
+        parent: Decision,
+        approver: Mapping[str, Any] | None = None,
+    ) -> Decision:
         """Audit what happened under an earlier decision (an interactive session's
-        transcript hash, say) without asking the policy: effect `allow`, the parent's risk
-        and policy version, durable."""
+        transcript hash, a person's answer to a hold) without asking the policy: effect
+        `allow`, the parent's risk and policy version, durable."""
         decision = Decision(
             new_decision_id(),
             Effect.ALLOW,
@@ -189,7 +195,7 @@ class PDP:
             time=self.clock(),
         )
         try:
-            await self.audit.append(DecisionRecord(decision, action, {}), durable=True)
+            await self.audit.append(DecisionRecord(decision, action, {}, approver), durable=True)
         except Exception as exc:
             log.error("audit log write failed for observation %s: %s", decision.decision_id, exc)
         return decision

@@ -20,6 +20,9 @@ class DecisionRecord:
     decision: Decision
     action: Action
     input: Mapping[str, Any]
+    approver: Mapping[str, Any] | None = None
+    """On the record of a human's answer to a held action: who, via which channel, and
+    whether they approved."""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready view (the audit store defines the canonical, hashed form)."""

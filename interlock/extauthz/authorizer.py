@@ -13,10 +13,12 @@ mode the policy decides on its own and the interlock context names an anonymous 
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from interlock.approvals.holds import Holds
 from interlock.classify.content import MAX_SCAN, scan
 from interlock.classify.mcp import tool_call
 from interlock.config import ExtAuthzConfig
@@ -56,8 +58,10 @@ class Authorizer:
         pdp: PDP,
         registry: AgentRegistry,
         jwt: JwtVerifier | None = None,
+        holds: Holds | None = None,
     ) -> None:
         self.config = config
+        self.holds = holds
         self.pdp = pdp
         self.registry = registry
         self.jwt = jwt
@@ -96,7 +100,41 @@ class Authorizer:
         if isinstance(who, Unidentified):
             decision = await self.pdp.refuse(action, who.reason)
             return denial(decision, 401)
-        return from_decision(await self.pdp.decide(action))
+        decision = await self.pdp.decide(action)
+        if decision.effect is Effect.APPROVE and self.holds is not None:
+            return await self._approval(decision, action)
+        return from_decision(decision)
+
+    async def _approval(self, decision: Decision, action: Action) -> AuthzResponse:
+        """Envoy cannot wait for a person: the first attempt opens an approval request and
+        is refused with its id; a retry of the same request after approval passes."""
+        assert self.holds is not None
+        retry = self.holds.retry(decision, self.config.approval_timeout, action)
+        if retry.state == "granted":
+            assert retry.verdict is not None
+            await self.pdp.observe(
+                Action(
+                    action.agent,
+                    "approval",
+                    Operation.DELEGATE,
+                    retry.approval_id,
+                    {"used": True, "approval_id": retry.approval_id,
+                     "approver": retry.verdict.approver},
+                    parents=(retry.approval_id, decision.decision_id),
+                ),
+                f"released by approval {retry.approval_id} ({retry.verdict.approver})",
+                decision,
+                approver={"id": retry.verdict.approver, "channel": "retry", "approved": True},
+            )  # fmt: skip
+            return from_decision(decision, released=True)
+        if retry.state == "denied":
+            assert retry.verdict is not None
+            why = retry.verdict.reason or "denied"
+            if retry.verdict.approver:
+                why = f"denied by {retry.verdict.approver}"
+            refused = replace(decision, effect=Effect.DENY, reasons=(*decision.reasons, why))
+            return denial(refused)
+        return denial(decision, approval_id=retry.approval_id)
 
     async def identify(self, req: AuthzRequest) -> Agent | Unidentified:
         scheme, _, token = req.headers.get("authorization", "").partition(" ")
@@ -149,6 +187,7 @@ class Authorizer:
         if body is not None:
             details.update(
                 body_bytes=body.size,
+                body_sha256=hashlib.sha256(req.body).hexdigest(),
                 truncated_body=body.truncated,
                 content_type=req.headers.get("content-type", "").split(";", 1)[0][:128],
             )

@@ -40,22 +40,28 @@ def metadata(decision: Decision) -> dict[str, Any]:
     }
 
 
-def denial(decision: Decision, status: int = 403) -> AuthzResponse:
+def denial(decision: Decision, status: int = 403, approval_id: str | None = None) -> AuthzResponse:
+    """A refusal; `approval_id` names the open approval request a retry waits on."""
     reason = "; ".join(decision.reasons) or decision.effect.value
     headers = [(DECISION_HEADER, decision.decision_id), ("content-type", "application/json")]
-    if decision.effect is Effect.APPROVE:
+    body: dict[str, Any] = {"error": "denied by interlock", "decision_id": decision.decision_id}
+    if approval_id is not None:
+        reason = f"human approval required (retry once approved): {reason}"
+        headers.append((APPROVAL_HEADER, approval_id))
+        body["approval_id"] = approval_id
+    elif decision.effect is Effect.APPROVE:
         reason = f"human approval required: {reason}"
         headers.append((APPROVAL_HEADER, decision.decision_id))
-    body = {"error": "denied by interlock", "decision_id": decision.decision_id, "reason": reason}
+    body["reason"] = reason
     return AuthzResponse(
         False, status, headers, body=json.dumps(body), metadata={"interlock": metadata(decision)}
     )
 
 
-def from_decision(decision: Decision) -> AuthzResponse:
-    """Interlock mode: allow with the header obligations, anything else is a denial
-    (ext_authz cannot hold a request for a human; approval comes with issue 9)."""
-    if decision.effect is not Effect.ALLOW:
+def from_decision(decision: Decision, released: bool = False) -> AuthzResponse:
+    """Interlock mode: allow with the header obligations, anything else is a denial.
+    `released`: an `approve` decision a person already approved (see `Holds.retry`)."""
+    if decision.effect is not Effect.ALLOW and not (released and decision.effect is Effect.APPROVE):
         return denial(decision)
     ok = AuthzResponse(True, 200, [(DECISION_HEADER, decision.decision_id)])
     for o in decision.obligations:

@@ -1,5 +1,6 @@
 """Real servers on loopback for tests and benchmarks: PostgreSQL, PgBouncer, dnsmasq,
-Envoy and NGINX (the last two from the configs in compose/).
+OpenSSH, Envoy and NGINX (the last two from the configs in compose/), and an OpenID
+provider (npm `oidc-provider`, from tests/oidc/).
 
 Each starts in a temporary directory on a free port and stops when its context ends. A
 missing binary raises `MissingService` saying how to install it; nothing falls back to a
@@ -13,6 +14,7 @@ import glob
 import os
 import pwd
 import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -221,13 +223,14 @@ def serving(
     root: Path | None = None,
     cwd: Path | None = None,
     limit: float = 30.0,
+    env: dict[str, str] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run `cmd` until the context ends, once it listens on `port`; then stop it (killing
     it if it will not stop) and remove `root`."""
     # stderr goes to a file, not a pipe: a long-running server that logs would block on
     # a pipe nobody drains.
     log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in the finally below)
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, cwd=cwd)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, cwd=cwd, env=env)
     try:
         wait_port(port, proc, what, [], limit=limit, log=log)
         yield proc
@@ -474,3 +477,44 @@ def self_signed_cert(directory: Path, owner: str | None = None) -> tuple[Path, P
         for p in (directory, cert_path, key_path):
             shutil.chown(p, owner)
     return cert_path, key_path
+
+
+@dataclass(frozen=True)
+class OidcProvider:
+    """A real OpenID provider (npm `oidc-provider`, CIBA poll mode) and its test control
+    server, which plays the user's device: `GET /pending`, `POST /approve|deny/<id>`."""
+
+    issuer: str
+    control: str
+    client_id: str
+    client_secret: str
+
+
+OIDC_DIR = Path(__file__).resolve().parents[2] / "tests" / "oidc"
+
+
+@contextlib.contextmanager
+def oidc_provider(accounts: tuple[str, ...] = ("alice",)) -> Iterator[OidcProvider]:
+    node = shutil.which("node")
+    if node is None:
+        raise MissingService("node >= 20 is needed for the OpenID provider (tests/oidc)")
+    if not (OIDC_DIR / "node_modules" / "oidc-provider").is_dir():
+        raise MissingService(f"oidc-provider is not installed: npm ci --prefix {OIDC_DIR}")
+    op_port, control_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "OP_PORT": str(op_port),
+        "CONTROL_PORT": str(control_port),
+        "CLIENT_ID": "interlock",
+        "CLIENT_SECRET": secrets.token_urlsafe(24),
+        "ACCOUNTS": ",".join(accounts),
+    }
+    cmd = [node, str(OIDC_DIR / "provider.mjs")]
+    with serving(cmd, control_port, "oidc-provider", env=env) as proc:
+        wait_port(op_port, proc, "oidc-provider")
+        yield OidcProvider(
+            f"http://127.0.0.1:{op_port}",
+            f"http://127.0.0.1:{control_port}",
+            env["CLIENT_ID"],
+            env["CLIENT_SECRET"],
+        )

@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 
+from interlock.approvals.holds import Holds
 from interlock.config import AgentConfig, ExtAuthzConfig
 from interlock.core.pdp import PDP
 from interlock.extauthz.authorizer import Authorizer
@@ -32,6 +33,11 @@ class Authz:
     sink: CaptureSink
     runner: web.AppRunner
     """The HTTP authz endpoint's runner."""
+
+    @property
+    def holds(self) -> Holds:
+        assert self.authorizer.holds is not None
+        return self.authorizer.holds
 
     @property
     def http_port(self) -> int:
@@ -100,7 +106,9 @@ async def start_authz(
     registry = AgentRegistry.from_config(
         {"coder": AgentConfig(token="coder-token-0123456789"), "admin-bot": AgentConfig()}
     )
-    authorizer = Authorizer(config, pdp, registry)
+    holds = Holds()
+    holds.pdp = pdp
+    authorizer = Authorizer(config, pdp, registry, holds=holds)
     server = ExtAuthzServer(authorizer, "127.0.0.1:0")
     await server.start()
     runner = web.AppRunner(make_app(authorizer))
@@ -113,6 +121,7 @@ async def start_authz(
 async def authz() -> AsyncIterator[Authz]:
     a = await start_authz(ExtAuthzConfig(grpc_listen="127.0.0.1:0", identity_header=MESH_HEADER))
     yield a
+    await a.holds.close()
     await a.server.stop(0)
     await a.runner.cleanup()
 

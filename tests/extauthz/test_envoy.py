@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.extauthz.conftest import MESH_HEADER, App, Authz
+from interlock.config import ExtAuthzConfig
+from tests.extauthz.conftest import MESH_HEADER, App, Authz, start_authz
 from tests.services import envoy_server
 
 pytestmark = pytest.mark.integration
@@ -77,6 +80,57 @@ async def test_the_body_reaches_the_decision(
     assert held.headers["x-interlock-approval-required"] == held.json()["decision_id"]
     assert "financial" in authz.sink.last.action.labels
     assert [s["path"] for s in app.seen] == ["/mcp"]
+
+
+@pytest.fixture
+async def strict(bundle_copy: Path, app: App) -> AsyncIterator[tuple[Authz, str]]:
+    """Every unsure tool call stays medium risk however often it is approved (history
+    weight 0, medium from 30), so what lets the retry through is the approval itself."""
+    data = json.loads((bundle_copy / "data.json").read_text())
+    data["interlock"]["risk"]["weights"]["approval_history"] = 0
+    data["interlock"]["risk"]["tiers"]["medium"] = 30
+    (bundle_copy / "data.json").write_text(json.dumps(data))
+    a = await start_authz(
+        ExtAuthzConfig(grpc_listen="127.0.0.1:0", identity_header=MESH_HEADER), bundle_copy
+    )
+    with envoy_server(app.port, a.grpc_port) as port:
+        yield a, f"http://127.0.0.1:{port}"
+    await a.holds.close()
+    await a.server.stop(0)
+    await a.runner.cleanup()
+
+
+async def test_a_retry_after_approval_passes_envoy(
+    strict: tuple[Authz, str], app: App, client: httpx.AsyncClient
+) -> None:
+    """Envoy cannot wait for a person: refused with the approval id; the same request
+    retried after approval passes, as often as the grant allows (once by default)."""
+    authz, envoy = strict
+    unsure = {"name": "lookup", "arguments": {"q": "weather"}, "_meta": {"confidence": 0.1}}
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": unsure}
+    headers = {MESH_HEADER: "coder"}
+    first = await client.post(envoy + "/mcp", json=call, headers=headers)
+    assert first.status_code == 403
+    approval_id = first.headers["x-interlock-approval-required"]
+    assert first.json()["approval_id"] == approval_id
+    again = await client.post(envoy + "/mcp", json=call, headers=headers)
+    assert again.status_code == 403
+    assert again.headers["x-interlock-approval-required"] == approval_id, "one request"
+    (pending,) = authz.holds.pending()
+    assert pending.decision_id == approval_id
+    authz.holds.answer(approval_id, True, "alice@example.com", "test")
+    await asyncio.sleep(0.05)
+    other = {**call, "params": {**unsure, "arguments": {"q": "rain"}}}
+    changed = await client.post(envoy + "/mcp", json=other, headers=headers)
+    assert changed.status_code == 403, "the approval covers that exact request only"
+    assert changed.headers["x-interlock-approval-required"] != approval_id
+    retried = await client.post(envoy + "/mcp", json=call, headers=headers)
+    assert retried.status_code == 200, retried.text
+    assert [s["path"] for s in app.seen] == ["/mcp"]
+    assert authz.sink.last.decision.reasons[0].startswith(f"released by approval {approval_id}")
+    spent = await client.post(envoy + "/mcp", json=call, headers=headers)
+    assert spent.status_code == 403, "one approval, one use"
+    assert spent.headers["x-interlock-approval-required"] != approval_id
 
 
 async def test_bad_paths_are_denied_through_envoy(

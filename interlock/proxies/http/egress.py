@@ -122,6 +122,9 @@ def request_action(flow: http.HTTPFlow, keep_prompts: bool = False) -> Action:
         "query_keys": sorted(set(req.query))[:64],
         "headers": sorted({k.lower() for k in req.headers})[:64],
         "body_bytes": len(req.raw_content or b""),
+        # The exact request a person approves (query values and body are not recorded).
+        "query_sha256": hashlib.sha256(req.url.partition("?")[2].encode()).hexdigest(),
+        "body_sha256": hashlib.sha256(req.raw_content or b"").hexdigest(),
         "content_type": req.headers.get("content-type", "").split(";", 1)[0][:128],
     }
     agent = flow.metadata[AGENT]

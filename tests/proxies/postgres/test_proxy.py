@@ -9,6 +9,7 @@ import pg8000.native
 import psycopg
 import pytest
 
+from interlock.approvals.holds import ApprovalRequest
 from interlock.core.model import Effect
 from interlock.proxies.postgres import messages as m
 from tests.proxies.postgres.conftest import TOKEN, Proxied
@@ -77,15 +78,20 @@ async def test_ddl_is_held_and_denied_when_nobody_approves(proxied: Proxied) -> 
         await conn.close()
 
 
+async def _held(proxied: Proxied) -> ApprovalRequest:
+    for _ in range(100):
+        if proxied.proxy.holds.pending():
+            break
+        await asyncio.sleep(0.01)
+    (held,) = proxied.proxy.holds.pending()
+    return held
+
+
 async def test_held_ddl_runs_once_approved(proxied: Proxied) -> None:
     conn = await asyncpg.connect(proxied.dsn())
     try:
         task = asyncio.create_task(conn.execute("create table t_approved (a int)"))
-        for _ in range(100):
-            if proxied.proxy.holds.pending():
-                break
-            await asyncio.sleep(0.01)
-        (held,) = proxied.proxy.holds.pending()
+        held = await _held(proxied)
         assert held.risk["tier"] == "medium"
         assert held.summary.startswith("reporter: postgres ddl")
         assert proxied.proxy.holds.resolve(held.decision_id, True, "alice@example.com")
@@ -93,6 +99,27 @@ async def test_held_ddl_runs_once_approved(proxied: Proxied) -> None:
         assert await conn.fetchval("select count(*) from t_approved") == 0
     finally:
         await conn.close()
+
+
+async def test_a_denied_statement_fails_cleanly_while_others_are_served(
+    proxied: Proxied,
+) -> None:
+    waiting = await asyncpg.connect(proxied.dsn())
+    other = await asyncpg.connect(proxied.dsn())
+    try:
+        task = asyncio.create_task(waiting.execute("create table t_denied (a int)"))
+        held = await _held(proxied)
+        # Another client's statements run while this one waits for a person.
+        assert await other.fetchval("select count(*) from orders") == 20
+        proxied.proxy.holds.answer(held.decision_id, False, "alice@example.com", "test")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="held for approval"):
+            await task
+        assert await waiting.fetchval("select 1") == 1, "the session goes on"
+        exists = await other.fetchval("select to_regclass('t_denied') is not null")
+        assert exists is False
+    finally:
+        await waiting.close()
+        await other.close()
 
 
 async def test_psql_through_the_proxy(proxied: Proxied) -> None:

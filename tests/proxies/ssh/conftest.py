@@ -83,7 +83,14 @@ async def rig(tmp_path: Path, sshd: Sshd) -> AsyncIterator[Rig]:
     await r.proxy.stop()
 
 
-async def make_rig(tmp_path: Path, sshd: Sshd, user_ca_keys: list[str] | None = None) -> Rig:
+async def make_rig(
+    tmp_path: Path,
+    sshd: Sshd,
+    user_ca_keys: list[str] | None = None,
+    *,
+    bundle: Path | None = None,
+    approval_timeout: float = 30.0,
+) -> Rig:
     agent_key = tmp_path / "agent_key"
     await asyncio.to_thread(
         subprocess.run,
@@ -105,11 +112,20 @@ async def make_rig(tmp_path: Path, sshd: Sshd, user_ca_keys: list[str] | None = 
         routes={"coder": "web1"},
         login_timeout=5,
         user_ca_keys=user_ca_keys or [],
+        approval_timeout=approval_timeout,
     )
-    agents = {"coder": AgentConfig(ssh_keys=[(tmp_path / "agent_key.pub").read_text()])}
+    agents = {
+        "coder": AgentConfig(
+            ssh_keys=[(tmp_path / "agent_key.pub").read_text()], owner="alice@example.com"
+        )
+    }
     sink = CaptureSink()
     proxy = SshProxy(
-        config, agents, tmp_path / "data", make_pdp(sink=sink), AgentRegistry.from_config(agents)
+        config,
+        agents,
+        tmp_path / "data",
+        make_pdp(bundle, sink=sink),
+        AgentRegistry.from_config(agents),
     )
     await proxy.start()
     assert proxy.address is not None

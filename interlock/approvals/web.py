@@ -1,0 +1,331 @@
+"""The approvals page on the admin server, and the pages behind webhook links.
+
+People sign in with a name and password from `[approvals.web] users` (scrypt hashes made
+by `interlock approvals hash-password`), not with the admin API token: the approver
+recorded in the audit log is then the person who clicked, and the owner-only rule can
+hold. The session is a random id in an HttpOnly, SameSite=Strict cookie, kept server-side.
+
+Forgery defences, each enough on its own for today's browsers, together for the rest:
+SameSite=Strict cookies; every state-changing POST carries the session's CSRF token
+(compared in constant time); and POSTs must come from our own origin (`Origin`, else
+`Referer`; neither = refused). The pages set a CSP with `frame-ancestors 'none'` (no
+clickjacking of the buttons), no scripts at all, `Referrer-Policy: same-origin` (link
+tokens stay out of other sites' logs) and `Cache-Control: no-store`. Everything shown is
+HTML-escaped: summaries contain agent-controlled text (SQL, command lines, paths).
+
+Webhook links (`/ui/approvals/link/<token>`) need no session: the signed token is the
+credential. GET shows what will be answered with one button; only the POST answers, so a
+link preview fetching the URL answers nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import html
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from interlock.approvals.holds import ApprovalError, ApprovalRequest, Holds
+from interlock.approvals.links import LinkError, LinkSigner
+from interlock.config import WebApprovalsConfig
+
+COOKIE = "interlock_session"
+MAX_FAILURES = 5
+"""Failed sign-ins per user per minute before further attempts are refused."""
+MAX_TRACKED = 10_000
+"""Names whose recent sign-in failures are remembered."""
+SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, dklen=32, **SCRYPT)
+    params = f"{SCRYPT['n']}${SCRYPT['r']}${SCRYPT['p']}"
+    return f"scrypt${params}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def check_password(password: str, stored: str) -> bool:
+    try:
+        _, n, r, p, salt, digest = stored.split("$")
+        expected = base64.b64decode(digest)
+        got = hashlib.scrypt(
+            password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p),
+            dklen=len(expected), maxmem=64 * 1024 * 1024,
+        )  # fmt: skip
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(got, expected)
+
+
+@dataclass
+class _Session:
+    user: str
+    csrf: str
+    expires: float
+
+
+@dataclass
+class WebApprovals:
+    """State of the page: sessions and sign-in throttling (in memory, per instance)."""
+
+    holds: Holds
+    config: WebApprovalsConfig
+    links: LinkSigner | None = None
+    public_url: str | None = None
+    clock: Callable[[], float] = time.time
+    sessions: dict[str, _Session] = field(default_factory=dict)
+    failures: dict[str, deque[float]] = field(default_factory=dict)
+    _dummy: str = field(default_factory=lambda: hash_password(secrets.token_hex(8)))
+
+    def prune(self, now: float) -> None:
+        """Forget expired sessions and old failures (bounded memory under attack)."""
+        for sid in [s for s, v in self.sessions.items() if v.expires <= now]:
+            del self.sessions[sid]
+        for name in [n for n, q in self.failures.items() if not q or q[-1] <= now - 60]:
+            del self.failures[name]
+        while len(self.failures) > MAX_TRACKED:
+            del self.failures[next(iter(self.failures))]
+
+    def session(self, request: web.Request) -> _Session | None:
+        sid = request.cookies.get(COOKIE, "")
+        found = self.sessions.get(sid)
+        if found is None or found.expires <= self.clock():
+            self.sessions.pop(sid, None)
+            return None
+        return found
+
+
+WEB_KEY = web.AppKey("approvals_web", WebApprovals)
+
+_STYLE = (
+    "body{font:15px system-ui,sans-serif;margin:2em;max-width:70em}"
+    "table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ccc;"
+    "padding:.4em;text-align:left;vertical-align:top}code{word-break:break-all}"
+    ".high{color:#a00}.msg{padding:.5em;background:#eef}form{display:inline}"
+)
+_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    # Not no-referrer: browsers then send `Origin: null` on our own form posts.
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+e = html.escape
+
+
+def _page(title: str, body: str, status: int = 200, refresh: bool = False) -> web.Response:
+    meta = '<meta http-equiv="refresh" content="5">' if refresh else ""
+    text = (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8">{meta}'
+        f"<title>{e(title)}</title><style>{_STYLE}</style></head>"
+        f"<body><h1>{e(title)}</h1>{body}</body></html>"
+    )
+    return web.Response(
+        text=text, status=status, content_type="text/html", charset="utf-8", headers=_HEADERS
+    )
+
+
+def _state(request: web.Request) -> WebApprovals:
+    return request.app[WEB_KEY]
+
+
+def _same_origin(request: web.Request, state: WebApprovals) -> bool:
+    """The POST came from a page of ours (Origin, else Referer; neither = no)."""
+    origin = request.headers.get("Origin")
+    if origin is None or origin == "null":
+        ref = request.headers.get("Referer")
+        if not ref:
+            return False
+        parts = urlsplit(ref)
+        origin = f"{parts.scheme}://{parts.netloc}"
+    allowed = {f"{request.scheme}://{request.host}"}
+    if state.public_url:
+        parts = urlsplit(state.public_url)
+        allowed.add(f"{parts.scheme}://{parts.netloc}")
+    return origin in allowed
+
+
+def _forbidden(message: str) -> web.Response:
+    return _page("Refused", f"<p>{e(message)}</p>", status=403)
+
+
+async def login_form(request: web.Request) -> web.Response:
+    if not _state(request).config.users:
+        return _page("Approvals", "<p>No approvers are configured ([approvals.web]).</p>", 404)
+    return _page(
+        "Sign in to approve",
+        '<form method="post" action="/ui/login">'
+        '<p><label>Name <input name="user" autocomplete="username" required></label></p>'
+        '<p><label>Password <input name="password" type="password" '
+        'autocomplete="current-password" required></label></p>'
+        '<p><button type="submit">Sign in</button></p></form>',
+    )
+
+
+async def login(request: web.Request) -> web.StreamResponse:
+    state = _state(request)
+    if not _same_origin(request, state):
+        return _forbidden("cross-site request refused")
+    form = await request.post()
+    user, password = str(form.get("user", ""))[:128], str(form.get("password", ""))[:1024]
+    now = state.clock()
+    state.prune(now)
+    recent = state.failures.setdefault(user, deque(maxlen=MAX_FAILURES))
+    while recent and recent[0] <= now - 60:
+        recent.popleft()
+    if len(recent) >= MAX_FAILURES:
+        return _page("Sign in to approve", "<p>Too many attempts; wait a minute.</p>", 429)
+    stored = state.config.users.get(user)
+    # Hash either way, so timing does not tell which names exist.
+    ok = await asyncio.to_thread(check_password, password, stored or state._dummy)
+    if stored is None or not ok:
+        recent.append(now)
+        return _page("Sign in to approve", "<p>Wrong name or password.</p>", 401)
+    state.failures.pop(user, None)
+    sid = secrets.token_urlsafe(32)
+    state.sessions[sid] = _Session(user, secrets.token_urlsafe(32), now + state.config.session_ttl)
+    resp = web.HTTPSeeOther("/ui/approvals")
+    resp.set_cookie(
+        COOKIE, sid, httponly=True, samesite="Strict", path="/ui",
+        secure=state.config.secure_cookies, max_age=int(state.config.session_ttl),
+    )  # fmt: skip
+    raise resp
+
+
+async def logout(request: web.Request) -> web.StreamResponse:
+    state = _state(request)
+    session = state.session(request)
+    if session is not None and _same_origin(request, state):
+        form = await request.post()
+        if hmac.compare_digest(str(form.get("csrf", "")), session.csrf):
+            state.sessions.pop(request.cookies.get(COOKIE, ""), None)
+    resp = web.HTTPSeeOther("/ui/login")
+    resp.del_cookie(COOKIE, path="/ui")
+    raise resp
+
+
+def _row(r: ApprovalRequest, user: str, csrf: str, holds: Holds, now: float) -> str:
+    tier = str(r.risk.get("tier", ""))
+    if holds.may_answer(r, user):
+        buttons = "".join(
+            f'<form method="post" action="/ui/approvals/{e(r.decision_id)}/{verb}">'
+            f'<input type="hidden" name="csrf" value="{e(csrf)}">'
+            f'<button type="submit" name="verb" value="{verb}">{verb.title()}</button></form> '
+            for verb in ("approve", "deny")
+        )
+    else:
+        buttons = f"only {e(r.owner or '')} may answer"
+    return (
+        f'<tr data-id="{e(r.decision_id)}"><td>{e(r.agent)}<br><small>owner: '
+        f"{e(r.owner or '-')}</small></td><td>{e(r.summary)}<br><small>{e(r.kind)}</small>"
+        f"<br><small>sha256 <code>{e(r.action_hash)}</code></small></td>"
+        f'<td class="{e(tier)}">{e(tier)} ({e(str(r.risk.get("score", "")))})</td>'
+        f"<td>{max(0, int(r.expires - now))} s</td><td>{buttons}</td></tr>"
+    )
+
+
+async def listing(request: web.Request) -> web.StreamResponse:
+    state = _state(request)
+    session = state.session(request)
+    if session is None:
+        raise web.HTTPSeeOther("/ui/login")
+    message = str(request.query.get("done", ""))[:200]
+    pending = sorted(state.holds.pending(), key=lambda r: r.created)
+    now = state.clock()
+    rows = "".join(_row(r, session.user, session.csrf, state.holds, now) for r in pending)
+    table = (
+        "<table><tr><th>Agent</th><th>Action</th><th>Risk</th><th>Expires in</th><th></th></tr>"
+        f"{rows}</table>"
+        if rows
+        else '<p id="empty">Nothing is waiting for approval.</p>'
+    )
+    out = (
+        (f'<p class="msg" id="msg">{e(message)}</p>' if message else "")
+        + f"<p>Signed in as <b>{e(session.user)}</b>. "
+        f'<form method="post" action="/ui/logout"><input type="hidden" name="csrf" '
+        f'value="{e(session.csrf)}"><button type="submit">Sign out</button></form></p>{table}'
+    )
+    return _page("Pending approvals", out, refresh=True)
+
+
+async def answer(request: web.Request) -> web.StreamResponse:
+    state = _state(request)
+    session = state.session(request)
+    if session is None:
+        return _forbidden("not signed in")
+    if not _same_origin(request, state):
+        return _forbidden("cross-site request refused")
+    form = await request.post()
+    if not hmac.compare_digest(str(form.get("csrf", "")), session.csrf):
+        return _forbidden("missing or wrong CSRF token")
+    verb = request.match_info["verb"]
+    decision_id = request.match_info["id"]
+    try:
+        state.holds.answer(decision_id, verb == "approve", session.user, "web")
+    except ApprovalError as exc:
+        return _page("Not answered", f"<p>{e(str(exc))}</p>", exc.status)
+    done = f"{'approved' if verb == 'approve' else 'denied'} {decision_id}"
+    raise web.HTTPSeeOther(f"/ui/approvals?done={done.replace(' ', '+')}")
+
+
+async def link_page(request: web.Request) -> web.Response:
+    state = _state(request)
+    if state.links is None:
+        return _forbidden("links are not enabled")
+    token = request.match_info["token"]
+    try:
+        link = state.links.verify(token)
+    except LinkError as exc:
+        return _page("Link refused", f"<p>{e(str(exc))}</p>", exc.status)
+    held = state.holds.get(link.decision_id)
+    if held is None:
+        return _page("Link refused", "<p>This request is no longer pending.</p>", 404)
+    return _page(
+        f"{link.verb.title()} this action?",
+        f"<p>{e(held.summary)}</p><p><small>sha256 <code>{e(held.action_hash)}</code>"
+        f"</small></p><p>Answering as <b>{e(link.approver)}</b>.</p>"
+        f'<form method="post"><button type="submit">{e(link.verb.title())}</button></form>',
+    )
+
+
+async def link_answer(request: web.Request) -> web.Response:
+    state = _state(request)
+    if state.links is None:
+        return _forbidden("links are not enabled")
+    if not _same_origin(request, state):
+        return _forbidden("cross-site request refused")
+    try:
+        link = state.links.verify(request.match_info["token"])
+    except LinkError as exc:
+        return _page("Link refused", f"<p>{e(str(exc))}</p>", exc.status)
+    state.links.consume(link)
+    try:
+        state.holds.answer(link.decision_id, link.verb == "approve", link.approver, "webhook")
+    except ApprovalError as exc:
+        return _page("Not answered", f"<p>{e(str(exc))}</p>", exc.status)
+    verb = "Approved" if link.verb == "approve" else "Denied"
+    return _page(verb, f"<p>{verb} as {e(link.approver)}.</p>")
+
+
+def add_routes(app: web.Application, state: WebApprovals) -> None:
+    app[WEB_KEY] = state
+    app.router.add_get("/ui/login", login_form)
+    app.router.add_post("/ui/login", login)
+    app.router.add_post("/ui/logout", logout)
+    app.router.add_get("/ui/approvals", listing)
+    app.router.add_get("/ui/approvals/link/{token}", link_page)
+    app.router.add_post("/ui/approvals/link/{token}", link_answer)
+    app.router.add_post("/ui/approvals/{id}/{verb:approve|deny}", answer)
