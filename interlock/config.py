@@ -12,6 +12,7 @@ import ipaddress
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -284,8 +285,9 @@ class SshTarget(Section):
     host: str
     port: int = Field(22, gt=0, lt=65536)
     user: str
-    key: Path
-    """The private key the proxy logs in with (agents never see it)."""
+    key: Path | None = None
+    """The private key the proxy logs in with (agents never see it). Unset: a key made
+    per connection and a certificate signed for it by Vault (`[credentials.ssh]`)."""
     known_hosts: Path
     """OpenSSH known_hosts with the target's host key: it is checked, never learned."""
 
@@ -394,13 +396,29 @@ class WebhookConfig(Section):
     attempts: int = Field(3, ge=1, le=10)
 
 
+def tls_unless_loopback(url: str) -> str:
+    """https, or http to this machine only: the token endpoint's answer is trusted as it
+    arrives (OpenID Connect Core 3.1.3.7), which is only sound over TLS."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return url
+    if parts.scheme == "http" and parts.hostname in ("127.0.0.1", "::1", "localhost"):
+        return url
+    raise ValueError(f"{url!r}: use https (http only to a loopback address)")
+
+
+SecureUrl = Annotated[str, AfterValidator(tls_unless_loopback)]
+
+
 class CibaConfig(Section):
-    issuer: str = Field(pattern=r"^https?://")
+    issuer: SecureUrl
     """The provider; endpoints come from its discovery document unless given below."""
     client_id: str
     client_secret: str
-    backchannel_endpoint: str | None = None
-    token_endpoint: str | None = None
+    backchannel_endpoint: SecureUrl | None = None
+    token_endpoint: SecureUrl | None = None
+    subject_claim: str = "sub"
+    """The ID token claim that must equal the agent's owner (the `login_hint`)."""
     scope: str = "openid"
     binding_message_max: int = Field(160, ge=0, le=1000)
     """Longest binding message the provider accepts (0: send none)."""
@@ -426,6 +444,59 @@ class ApprovalsConfig(Section):
     web: WebApprovalsConfig = WebApprovalsConfig()
     webhook: WebhookConfig | None = None
     ciba: CibaConfig | None = None
+
+
+class VaultPostgresConfig(Section):
+    mount: str = "database"
+    role: str
+    """The database secrets engine role an agent's session logs in with."""
+    read_only_role: str | None = None
+    """Used instead of `role` while the agent is `read_only`."""
+    static_fallback: bool = False
+    """Vault unreachable: log in with the upstream URL's own user (only if set)."""
+
+
+class VaultSshConfig(Section):
+    mount: str = "ssh"
+    role: str
+    """The SSH secrets engine role that signs the proxy's per-connection key."""
+    ttl: str = Field("5m", pattern=r"^\d+[smh]?$")
+
+
+class InjectRule(Section):
+    """Agents call an API without holding its key: matching requests get the header."""
+
+    host: str
+    path_prefix: str = "/"
+    secret: str = Field(pattern=r"^[^#\s]+#[^#\s]+$")
+    """`<kv v2 mount>/<path>#<key>`, e.g. `secret/saas#api_key`."""
+    header: str = "Authorization"
+    template: str = Field("Bearer {secret}", pattern=r"\{secret\}")
+
+
+class CredentialsConfig(Section):
+    address: str = Field(pattern=r"^https?://")
+    token: str | None = None
+    token_file: Path | None = None
+    approle_role_id: str | None = None
+    approle_secret_id_file: Path | None = None
+    namespace: str | None = None
+    ca_cert: Path | None = None
+    timeout: float = Field(5.0, gt=0)
+    secret_cache_seconds: float = Field(60.0, ge=0)
+    """How long an injected secret is reused before it is read again."""
+    postgres: VaultPostgresConfig | None = None
+    ssh: VaultSshConfig | None = None
+    inject: list[InjectRule] = []
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> CredentialsConfig:
+        ways = [bool(self.token), bool(self.token_file), bool(self.approle_role_id)]
+        if sum(ways) != 1:
+            raise ValueError("give exactly one of token, token_file, approle_role_id")
+        if self.approle_role_id and not self.approle_secret_id_file:
+            raise ValueError("approle_role_id needs approle_secret_id_file")
+        return self
 
 
 class ClassificationConfig(Section):
@@ -462,6 +533,7 @@ class Config(Section):
     admin: AdminConfig | None = None
     intel: IntelConfig = IntelConfig()
     approvals: ApprovalsConfig = ApprovalsConfig()
+    credentials: CredentialsConfig | None = None
     classification: ClassificationConfig = ClassificationConfig()
 
     @classmethod

@@ -6,10 +6,12 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 import secrets
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiohttp import web
 
@@ -24,6 +26,7 @@ from interlock.core.model import Tier
 from interlock.core.pdp import PDP
 from interlock.core.policy import DECISION_ENTRYPOINT, PolicyManager
 from interlock.core.rego import RegoEngine
+from interlock.credentials.broker import Broker
 from interlock.errors import ConfigError
 from interlock.identity.jwt import JwtVerifier
 from interlock.identity.registry import AgentRegistry
@@ -42,6 +45,7 @@ class Runtime:
     registry: AgentRegistry
     audit: AuditLog
     holds: Holds = field(default_factory=Holds)
+    credentials: Broker | None = None
     jwt: JwtVerifier | None = None
     intel: ThreatIntel | None = None
     sessions: dict[str, Callable[[], int]] = field(default_factory=dict)
@@ -94,18 +98,37 @@ def build(config: Config) -> Runtime:
     ap = config.approvals
     holds = Holds(ap.owner_only, ap.approvers, grant_ttl=ap.grant_ttl, grant_uses=ap.grant_uses)
     holds.pdp = pdp
-    return Runtime(config, policy, pdp, registry, audit, holds=holds, jwt=jwt, intel=intel)
+    credentials = None
+    if config.credentials is not None:
+        credentials = Broker(config.credentials, config.data_dir)
+    if config.ssh is not None:
+        signed = config.credentials is not None and config.credentials.ssh is not None
+        for name, target in config.ssh.targets.items():
+            if target.key is None and not signed:
+                raise ConfigError(f"ssh.targets.{name}: set key, or [credentials.ssh]")
+    return Runtime(
+        config, policy, pdp, registry, audit, holds=holds, jwt=jwt, intel=intel,
+        credentials=credentials,
+    )  # fmt: skip
 
 
 LINK_KEY_FILE = "approvals.key"
+
+
+def _write_secret(path: Path, data: bytes) -> None:
+    """Create `path` readable by its owner only from the first byte (no umask window)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
 
 
 def link_key(config: Config) -> bytes:
     """The key signing webhook links: configured, or generated once (0600)."""
     path = config.approvals.link_key or config.data_dir / LINK_KEY_FILE
     if config.approvals.link_key is None and not path.exists():
-        path.write_bytes(secrets.token_bytes(32))
-        path.chmod(0o600)
+        _write_secret(path, secrets.token_bytes(32))
     try:
         return path.read_bytes()
     except OSError as exc:
@@ -147,8 +170,7 @@ def admin_token_digest(config: Config) -> tuple[bytes, str | None]:
         return hashlib.sha256(admin.token.encode()).digest(), None
     path = config.data_dir / ADMIN_TOKEN_FILE
     if not path.exists():
-        path.write_text(secrets.token_urlsafe(32) + "\n")
-        path.chmod(0o600)
+        _write_secret(path, (secrets.token_urlsafe(32) + "\n").encode())
     return hashlib.sha256(path.read_text().strip().encode()).digest(), str(path)
 
 
@@ -197,6 +219,12 @@ async def start(runtime: Runtime) -> None:
     else:
         _approval_channels(runtime, None)
     runtime._stoppers.append(runtime.holds.close)
+    if runtime.credentials is not None:
+        await runtime.credentials.start(runtime.pdp.store)
+        runtime.endpoints["vault"] = cfg.credentials.address if cfg.credentials else ""
+        if runtime.credentials.revoked_on_start:
+            n = runtime.credentials.revoked_on_start
+            runtime.endpoints["leases revoked"] = f"{n} left by an earlier run"
     if cfg.postgres is not None:
         from interlock.classify.sql import Catalog, SqlClassifier
         from interlock.proxies.postgres.server import PostgresProxy
@@ -207,6 +235,7 @@ async def start(runtime: Runtime) -> None:
             runtime.pdp,
             SqlClassifier(Catalog.from_config(cfg.classification.postgres)),
             runtime.holds,
+            runtime.credentials,
         )
         await proxy.start()
         runtime._stoppers.append(proxy.stop)
@@ -217,7 +246,13 @@ async def start(runtime: Runtime) -> None:
         from interlock.proxies.http.server import HttpProxy
 
         http_proxy = HttpProxy(
-            cfg.http, cfg.data_dir, runtime.pdp, runtime.registry, runtime.jwt, runtime.holds
+            cfg.http,
+            cfg.data_dir,
+            runtime.pdp,
+            runtime.registry,
+            runtime.jwt,
+            runtime.holds,
+            runtime.credentials,
         )
         await http_proxy.start()
         runtime._stoppers.append(http_proxy.stop)
@@ -230,7 +265,13 @@ async def start(runtime: Runtime) -> None:
         from interlock.proxies.ssh.server import SshProxy
 
         ssh = SshProxy(
-            cfg.ssh, cfg.agents, cfg.data_dir, runtime.pdp, runtime.registry, runtime.holds
+            cfg.ssh,
+            cfg.agents,
+            cfg.data_dir,
+            runtime.pdp,
+            runtime.registry,
+            runtime.holds,
+            runtime.credentials,
         )
         await ssh.start()
         runtime._stoppers.append(ssh.stop)
@@ -240,6 +281,9 @@ async def start(runtime: Runtime) -> None:
         runtime.endpoints["ssh host key"] = f"{ssh.host_key_path}.pub"
     if cfg.extauthz is not None:
         await _start_extauthz(runtime)
+    if runtime.credentials is not None:
+        # Last to stop: sessions end first and give their leases back.
+        runtime._stoppers.append(runtime.credentials.stop)
     runtime.endpoints["audit"] = cfg.audit.store
     runtime.endpoints["audit key"] = runtime.audit.signer.verifier.encode()
 

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from interlock.testing.openbao import OpenBao
+from interlock.testing.openbao import openbao_server as _openbao_server
 from interlock.testing.services import MissingService, OidcProvider, Postgres, Sshd, free_port
 from interlock.testing.services import dns_server as _dns_server
 from interlock.testing.services import envoy_server as _envoy_server
@@ -18,6 +20,7 @@ from interlock.testing.services import sshd_server as _sshd_server
 
 __all__ = [
     "OidcProvider",
+    "OpenBao",
     "Postgres",
     "Sshd",
     "dns_server",
@@ -25,60 +28,47 @@ __all__ = [
     "free_port",
     "nginx_server",
     "oidc_provider",
+    "openbao_server",
     "postgres_server",
     "sshd_server",
 ]
 
 
 @contextlib.contextmanager
-def dns_server(records: dict[str, list[str]]) -> Iterator[int]:
+def _required[T](service: contextlib.AbstractContextManager[T]) -> Iterator[T]:
+    """Run `service`; a missing one fails the test run with how to install it."""
     try:
-        with _dns_server(records) as port:
-            yield port
+        with service as value:
+            yield value
     except MissingService as exc:
         pytest.fail(str(exc), pytrace=False)
 
 
-@contextlib.contextmanager
-def postgres_server() -> Iterator[Postgres]:
-    try:
-        with _postgres_server() as pg:
-            yield pg
-    except MissingService as exc:
-        pytest.fail(str(exc), pytrace=False)
+def dns_server(records: dict[str, list[str]]) -> contextlib.AbstractContextManager[int]:
+    return _required(_dns_server(records))
 
 
-@contextlib.contextmanager
-def envoy_server(app_port: int, authz_port: int) -> Iterator[int]:
-    try:
-        with _envoy_server(app_port, authz_port) as port:
-            yield port
-    except MissingService as exc:
-        pytest.fail(str(exc), pytrace=False)
+def postgres_server() -> contextlib.AbstractContextManager[Postgres]:
+    return _required(_postgres_server())
 
 
-@contextlib.contextmanager
-def nginx_server(app_port: int, authz_port: int) -> Iterator[int]:
-    try:
-        with _nginx_server(app_port, authz_port) as port:
-            yield port
-    except MissingService as exc:
-        pytest.fail(str(exc), pytrace=False)
+def envoy_server(app_port: int, authz_port: int) -> contextlib.AbstractContextManager[int]:
+    return _required(_envoy_server(app_port, authz_port))
 
 
-@contextlib.contextmanager
-def sshd_server(extra: str = "") -> Iterator[Sshd]:
-    try:
-        with _sshd_server(extra) as sshd:
-            yield sshd
-    except MissingService as exc:
-        pytest.fail(str(exc), pytrace=False)
+def nginx_server(app_port: int, authz_port: int) -> contextlib.AbstractContextManager[int]:
+    return _required(_nginx_server(app_port, authz_port))
 
 
-@contextlib.contextmanager
-def oidc_provider(accounts: tuple[str, ...] = ("alice",)) -> Iterator[OidcProvider]:
-    try:
-        with _oidc_provider(accounts) as op:
-            yield op
-    except MissingService as exc:
-        pytest.fail(str(exc), pytrace=False)
+def sshd_server(extra: str = "") -> contextlib.AbstractContextManager[Sshd]:
+    return _required(_sshd_server(extra))
+
+
+def oidc_provider(
+    accounts: tuple[str, ...] = ("alice",),
+) -> contextlib.AbstractContextManager[OidcProvider]:
+    return _required(_oidc_provider(accounts))
+
+
+def openbao_server() -> contextlib.AbstractContextManager[OpenBao]:
+    return _required(_openbao_server())

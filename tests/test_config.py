@@ -111,6 +111,26 @@ def test_the_shipped_example_is_valid() -> None:
         ("[approvals.webhook]\nurl = 'ftp://x'\nsecret = '" + "s" * 16 + "'\n", r"webhook.url"),
         ("[approvals.ciba]\nissuer = 'https://i'\n", r"approvals.ciba.client_id: Field required"),
         ("[approvals]\ngrant_uses = 0\n", r"approvals.grant_uses"),
+        (
+            "[approvals.ciba]\nissuer = 'http://idp.example.com'\nclient_id = 'c'\n"
+            "client_secret = 's'\n",
+            r"approvals.ciba.issuer: .*use https",
+        ),
+        ("[credentials]\naddress = 'http://127.0.0.1:8200'\n", r"credentials: .*exactly one"),
+        (
+            "[credentials]\naddress = 'http://v:8200'\ntoken = 't'\n[[credentials.inject]]\n"
+            "host = 'api.example.com'\nsecret = 'secret/saas'\n",
+            r"credentials.inject.0.secret",
+        ),
+        (
+            "[credentials]\naddress = 'http://v:8200'\ntoken = 't'\n[[credentials.inject]]\n"
+            "host = 'a'\nsecret = 'secret/saas#k'\ntemplate = 'Bearer'\n",
+            r"credentials.inject.0.template",
+        ),
+        (
+            "[credentials]\naddress = 'http://v:8200'\napprole_role_id = 'r'\n",
+            r"approle_secret_id_file",
+        ),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, text: str, message: str) -> None:
@@ -131,3 +151,13 @@ def test_non_utf8_file_is_refused(tmp_path: Path) -> None:
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_an_ssh_target_needs_a_key_or_vault_signed_certificates(tmp_path: Path) -> None:
+    from interlock.config import SshConfig, SshTarget
+    from interlock.runtime import build
+
+    target = SshTarget(host="10.0.0.5", user="deploy", known_hosts=tmp_path / "known_hosts")
+    config = Config(data_dir=tmp_path / "data", ssh=SshConfig(targets={"web1": target}))
+    with pytest.raises(ConfigError, match=r"ssh.targets.web1: set key, or \[credentials.ssh\]"):
+        build(config)

@@ -288,9 +288,10 @@ async def answer(request: web.Request) -> web.Response:
     approved = request.match_info["verb"] == "approve"
     doc = await _body(request)
     approver = str(doc.get("approver", "")).strip()
-    if not approver:
-        return web.json_response({"error": "approver is required"}, status=400)
-    channel = str(doc.get("channel", "api"))[:32]
+    if not approver or len(approver) > 256:
+        return web.json_response({"error": "approver is required (<= 256 chars)"}, status=400)
+    # The API's own channels only: an API caller cannot pass as the web page or CIBA.
+    channel = "cli" if doc.get("channel") == "cli" else "api"
     try:
         held = _holds(request).answer(
             decision_id, approved, approver, channel, str(doc.get("reason", ""))[:500]

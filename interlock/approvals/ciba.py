@@ -27,7 +27,7 @@ from urllib.parse import quote
 import aiohttp
 
 from interlock.approvals.holds import ApprovalError, ApprovalRequest, ChannelError
-from interlock.config import CibaConfig
+from interlock.config import CibaConfig, tls_unless_loopback
 
 if TYPE_CHECKING:
     from interlock.approvals.holds import Holds
@@ -48,16 +48,16 @@ def binding_message(request: ApprovalRequest, limit: int) -> str:
     return text[: limit - len(tail)] + tail
 
 
-def id_token_subject(token: object) -> str | None:
+def id_token_claims(token: object) -> dict[str, Any]:
+    """The ID token's claims (empty when there is none or it is malformed)."""
     if not isinstance(token, str) or token.count(".") != 2:
-        return None
+        return {}
     try:
         part = token.split(".")[1]
         claims = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
     except ValueError:
-        return None
-    sub = claims.get("sub") if isinstance(claims, dict) else None
-    return str(sub)[:256] if sub else None
+        return {}
+    return claims if isinstance(claims, dict) else {}
 
 
 class Ciba:
@@ -80,6 +80,11 @@ class Ciba:
             token = self.config.token_endpoint or doc.get("token_endpoint")
             if not isinstance(bc, str) or not isinstance(token, str):
                 raise ChannelError("approval provider offers no backchannel endpoint (CIBA)")
+            try:
+                tls_unless_loopback(bc)
+                tls_unless_loopback(token)
+            except ValueError as exc:
+                raise ChannelError(f"approval provider discovery: {exc}") from None
             self._endpoints = (bc, token)
         return self._endpoints
 
@@ -133,7 +138,7 @@ class Ciba:
             )
             error = doc.get("error")
             if status == 200 and "access_token" in doc:
-                who = id_token_subject(doc.get("id_token")) or request.owner
+                who = self._approver(doc.get("id_token"), request.owner)
                 self._answer(holds, request, True, who, "approved at the provider")
                 return
             if error == "authorization_pending":
@@ -148,6 +153,22 @@ class Ciba:
                 holds.expire(request.decision_id, "the provider's request expired", self.name)
                 return
             raise ChannelError(f"approval provider: {_error(status, doc)}")
+
+    def _approver(self, id_token: object, owner: str) -> str:
+        """Who approved, from the ID token, which must be for this client from this
+        issuer and name the owner; anything else is not the owner's approval."""
+        claims = id_token_claims(id_token)
+        if not claims:
+            raise ChannelError("the provider approved without an ID token")
+        if str(claims.get("iss", "")).rstrip("/") != self.config.issuer.rstrip("/"):
+            raise ChannelError("the ID token is from another issuer")
+        aud = claims.get("aud")
+        if self.config.client_id not in (aud if isinstance(aud, list) else [aud]):
+            raise ChannelError("the ID token is for another client")
+        who = str(claims.get(self.config.subject_claim, ""))[:256]
+        if who != owner:
+            raise ChannelError(f"approved as {who or 'nobody'}, not as the owner {owner}")
+        return who
 
     def _answer(
         self, holds: Holds, request: ApprovalRequest, approved: bool, who: str, reason: str

@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import time
+import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -63,6 +64,8 @@ class ApprovalRequest:
     kind: str = ""
     """protocol:operation:target, the unit approval history is kept by."""
     protocol: str = ""
+    text: str = ""
+    """The exact statement, command line or request, for people to read (escaped)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -72,36 +75,59 @@ class ApprovalRequest:
             "summary": self.summary,
             "action_sha256": self.action_hash,
             "kind": self.kind,
+            "text": self.text,
             "risk": self.risk,
             "created": self.created,
             "expires": self.expires,
         }
 
 
-def action_hash(action: Action) -> str:
-    """SHA-256 of the action's identity: agent, protocol, operation, target and details
-    (the statement, the command line, or method, path and the hashes of query and body)."""
+MAX_TEXT = 16 * 1024
+"""Longest exact text kept on a request (longer: cut, and the cut is marked)."""
+MAX_PENDING_PER_AGENT = 20
+"""Open requests per agent; more are refused at once (a flood buries the one that matters)."""
+
+
+def action_hash(action: Action, text: str = "") -> str:
+    """SHA-256 of the action's identity: agent, protocol, operation, target, details, and
+    the exact text the PEP holds (statement, command line, or request line)."""
     doc = {
         "agent": action.agent.id,
         "protocol": action.protocol,
         "operation": action.operation.value,
         "target": action.target,
         "details": thaw(action.details),
+        "text": text,
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def summary(action: Action) -> str:
-    """One line a person can judge: who, what, on what, and the words of it."""
+def visible(text: str, limit: int) -> str:
+    """`text` safe to show a person: control and format characters (newlines aside)
+    written as escapes, so nothing is hidden or reordered (bidi overrides), and anything
+    past `limit` replaced by a marker saying how much was cut."""
+    out = []
+    for ch in text[:limit]:
+        if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Co", "Cn"):
+            out.append(ch)
+        else:
+            out.append(f"\\u{ord(ch):04x}")
+    cut = len(text) - limit
+    return "".join(out) + (f" …[+{cut} chars]" if cut > 0 else "")
+
+
+def summary(action: Action, text: str = "") -> str:
+    """One line a person can judge: who, what, on what, and the start of the words."""
     d = action.details
     what = (
-        d.get("command")
-        or d.get("sql")
+        text
+        or d.get("command")
         or " ".join(str(x) for x in (d.get("method", ""), d.get("path", "")) if x)
         or ""
     )
     line = f"{action.agent.id}: {action.protocol} {action.operation.value} {action.target}"
-    return f"{line}: {str(what)[:200]}" if what else line
+    flat = " ".join(str(what).split())
+    return f"{line}: {visible(flat, 200)}" if flat else line
 
 
 class ApprovalError(Exception):
@@ -176,22 +202,28 @@ class Holds:
         self._grants: dict[str, _Grant] = {}
         self._refusals: dict[str, tuple[Verdict, float]] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     # --- holding -------------------------------------------------------------------------
 
-    async def wait(self, decision: Decision, limit: float, action: Action | None = None) -> Verdict:
-        """Hold until answered or `limit` seconds pass (a denial)."""
-        hold = self._open(decision, limit, action)
+    async def wait(
+        self, decision: Decision, limit: float, action: Action, text: str = ""
+    ) -> Verdict:
+        """Hold until answered or `limit` seconds pass (a denial). `text` is the exact
+        statement, command or request the PEP will carry out if approved."""
+        hold = self._open(decision, limit, action, text)
         try:
             verdict = await self._settle(hold, limit)
         finally:
             self._close(hold)
-        await self._record(hold.request, verdict)
+        if not await self._record(hold.request, verdict) and verdict.approved:
+            # An approval nobody can later prove is not one.
+            return Verdict(False, verdict.approver, "the approval could not be audited")
         return verdict
 
-    def retry(self, decision: Decision, limit: float, action: Action) -> Retry:
+    def retry(self, decision: Decision, limit: float, action: Action, text: str = "") -> Retry:
         """ext_authz: pass an approved action again, report a pending one, or open one."""
-        digest = action_hash(action)
+        digest = action_hash(action, text)
         now = self._clock()
         grant = self._grants.get(digest)
         if grant is not None and grant.expires > now and grant.uses > 0:
@@ -206,7 +238,7 @@ class Holds:
         refused = self._refusals.get(digest)
         if refused is not None and refused[1] > now:
             return Retry("denied", "", refused[0])
-        hold = self._open(decision, limit, action)
+        hold = self._open(decision, limit, action, text)
         self._by_hash[digest] = decision.decision_id
         task = asyncio.create_task(self._await_retry(hold, limit, digest))
         self._background.add(task)
@@ -229,21 +261,29 @@ class Holds:
             self._refusals[digest] = (verdict, until)
         await self._record(hold.request, verdict)
 
-    def _open(self, decision: Decision, limit: float, action: Action | None) -> _Hold:
+    def _open(self, decision: Decision, limit: float, action: Action, text: str) -> _Hold:
         now = self._clock()
         request = ApprovalRequest(
             decision.decision_id,
-            action.agent.id if action is not None else "",
-            action.agent.owner if action is not None else None,
-            summary(action) if action is not None else "",
-            action_hash(action) if action is not None else "",
+            action.agent.id,
+            action.agent.owner,
+            summary(action, text),
+            action_hash(action, text),
             {"score": decision.risk.score, "tier": decision.risk.tier.value},
             now,
             now + limit,
-            kind=_kind(action) if action is not None else "",
-            protocol=action.protocol if action is not None else "",
+            kind=_kind(action),
+            protocol=action.protocol,
+            text=visible(text, MAX_TEXT),
         )
         hold = _Hold(request, asyncio.get_running_loop().create_future())
+        open_for_agent = sum(
+            1 for h in self._waiting.values() if h.request.agent == action.agent.id
+        )
+        if self._closed or open_for_agent >= MAX_PENDING_PER_AGENT:
+            why = "interlock is stopping" if self._closed else "too many approvals pending"
+            hold.future.set_result(Verdict(False, None, why, "limit"))
+            return hold
         self._waiting[decision.decision_id] = hold
         for channel in self.channels:
             hold.tasks.append(asyncio.create_task(self._ask(channel, hold)))
@@ -337,11 +377,12 @@ class Holds:
             return False
         return True
 
-    async def _record(self, request: ApprovalRequest, verdict: Verdict) -> None:
-        """Audit the outcome under the held decision; human answers become history."""
+    async def _record(self, request: ApprovalRequest, verdict: Verdict) -> bool:
+        """Audit the outcome under the held decision; human answers become history.
+        False when the record could not be written."""
         pdp = self.pdp
         if pdp is None:
-            return
+            return True
         if verdict.approved:
             outcome = f"approved by {verdict.approver} via {verdict.channel}"
         elif verdict.approver is not None:
@@ -360,7 +401,7 @@ class Holds:
         if verdict.reason:
             details["reason"] = verdict.reason[:500]
         try:
-            await pdp.observe(
+            written = await pdp.observe(
                 Action(
                     Agent(request.agent or "unknown", owner=request.owner, authn="none"),
                     "approval",
@@ -378,23 +419,28 @@ class Holds:
                     "channel": verdict.channel,
                     "approved": verdict.approved,
                 },
+                required=True,
             )
             if verdict.approver is not None and request.agent and request.kind:
                 await pdp.store.record_approval(request.agent, request.kind, verdict.approved)
         except Exception:
-            # The held action was already decided either way; losing this note is loud.
             log.exception("could not record the answer to %s", request.decision_id)
+            return False
+        return written is not None
 
     async def close(self) -> None:
-        """Deny everything still waiting (the PEPs answer their clients cleanly)."""
+        """Deny everything still waiting and anything asked from now on (the PEPs answer
+        their clients cleanly); give the outcomes a moment to be recorded."""
+        self._closed = True
         for hold in list(self._waiting.values()):
             if not hold.future.done():
                 hold.future.set_result(Verdict(False, None, "interlock is stopping", "shutdown"))
-        await asyncio.sleep(0)
-        for task in list(self._background):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._background:
+            _, late = await asyncio.wait(list(self._background), timeout=2.0)
+            for task in late:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
 
 def _kind(action: Action) -> str:

@@ -40,7 +40,11 @@ from interlock.config import WebApprovalsConfig
 
 COOKIE = "interlock_session"
 MAX_FAILURES = 5
-"""Failed sign-ins per user per minute before further attempts are refused."""
+"""Sign-in attempts per name per minute that may fail before more are refused."""
+MAX_PER_ADDRESS = 20
+"""Sign-in attempts per client address per minute."""
+HASHING = asyncio.Semaphore(2)
+"""Password checks at once (scrypt takes 16 MiB and tens of ms each)."""
 MAX_TRACKED = 10_000
 """Names whose recent sign-in failures are remembered."""
 SCRYPT = {"n": 2**14, "r": 8, "p": 1}
@@ -84,13 +88,15 @@ class WebApprovals:
     clock: Callable[[], float] = time.time
     sessions: dict[str, _Session] = field(default_factory=dict)
     failures: dict[str, deque[float]] = field(default_factory=dict)
+    """Recent attempts per name and per client address (`@<address>`), counted before
+    the password is checked, so concurrent guesses count too."""
     _dummy: str = field(default_factory=lambda: hash_password(secrets.token_hex(8)))
 
     def prune(self, now: float) -> None:
         """Forget expired sessions and old failures (bounded memory under attack)."""
         for sid in [s for s, v in self.sessions.items() if v.expires <= now]:
             del self.sessions[sid]
-        for name in [n for n, q in self.failures.items() if not q or q[-1] <= now - 60]:
+        for name in [n for n, q in self.failures.items() if q and q[-1] <= now - 60]:
             del self.failures[name]
         while len(self.failures) > MAX_TRACKED:
             del self.failures[next(iter(self.failures))]
@@ -126,10 +132,9 @@ _HEADERS = {
 e = html.escape
 
 
-def _page(title: str, body: str, status: int = 200, refresh: bool = False) -> web.Response:
-    meta = '<meta http-equiv="refresh" content="5">' if refresh else ""
+def _page(title: str, body: str, status: int = 200) -> web.Response:
     text = (
-        f'<!doctype html><html lang="en"><head><meta charset="utf-8">{meta}'
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f"<title>{e(title)}</title><style>{_STYLE}</style></head>"
         f"<body><h1>{e(title)}</h1>{body}</body></html>"
     )
@@ -151,11 +156,16 @@ def _same_origin(request: web.Request, state: WebApprovals) -> bool:
             return False
         parts = urlsplit(ref)
         origin = f"{parts.scheme}://{parts.netloc}"
-    allowed = {f"{request.scheme}://{request.host}"}
-    if state.public_url:
-        parts = urlsplit(state.public_url)
-        allowed.add(f"{parts.scheme}://{parts.netloc}")
-    return origin in allowed
+    # Not the Host header (DNS rebinding could make it anything): the configured URL, or
+    # the address the admin server is bound to.
+    if not state.public_url:
+        return False
+    parts = urlsplit(state.public_url)
+    return origin == f"{parts.scheme}://{parts.netloc}"
+
+
+def _same_token(sent: object, expected: str) -> bool:
+    return isinstance(sent, str) and hmac.compare_digest(sent.encode(), expected.encode())
 
 
 def _forbidden(message: str) -> web.Response:
@@ -183,16 +193,25 @@ async def login(request: web.Request) -> web.StreamResponse:
     user, password = str(form.get("user", ""))[:128], str(form.get("password", ""))[:1024]
     now = state.clock()
     state.prune(now)
-    recent = state.failures.setdefault(user, deque(maxlen=MAX_FAILURES))
-    while recent and recent[0] <= now - 60:
-        recent.popleft()
-    if len(recent) >= MAX_FAILURES:
-        return _page("Sign in to approve", "<p>Too many attempts; wait a minute.</p>", 429)
+    counters = [
+        (state.failures.setdefault(user, deque(maxlen=MAX_FAILURES)), MAX_FAILURES),
+        (
+            state.failures.setdefault(f"@{request.remote}", deque(maxlen=MAX_PER_ADDRESS)),
+            MAX_PER_ADDRESS,
+        ),
+    ]
+    for recent, limit in counters:
+        while recent and recent[0] <= now - 60:
+            recent.popleft()
+        if len(recent) >= limit:
+            return _page("Sign in to approve", "<p>Too many attempts; wait a minute.</p>", 429)
+    for recent, _ in counters:
+        recent.append(now)  # counted now, so parallel guesses cannot all pass the check
     stored = state.config.users.get(user)
-    # Hash either way, so timing does not tell which names exist.
-    ok = await asyncio.to_thread(check_password, password, stored or state._dummy)
+    async with HASHING:
+        # Hash either way, so timing does not tell which names exist.
+        ok = await asyncio.to_thread(check_password, password, stored or state._dummy)
     if stored is None or not ok:
-        recent.append(now)
         return _page("Sign in to approve", "<p>Wrong name or password.</p>", 401)
     state.failures.pop(user, None)
     sid = secrets.token_urlsafe(32)
@@ -210,28 +229,25 @@ async def logout(request: web.Request) -> web.StreamResponse:
     session = state.session(request)
     if session is not None and _same_origin(request, state):
         form = await request.post()
-        if hmac.compare_digest(str(form.get("csrf", "")), session.csrf):
+        if _same_token(form.get("csrf"), session.csrf):
             state.sessions.pop(request.cookies.get(COOKIE, ""), None)
     resp = web.HTTPSeeOther("/ui/login")
     resp.del_cookie(COOKIE, path="/ui")
     raise resp
 
 
-def _row(r: ApprovalRequest, user: str, csrf: str, holds: Holds, now: float) -> str:
+def _row(r: ApprovalRequest, csrf: str, now: float) -> str:
     tier = str(r.risk.get("tier", ""))
-    if holds.may_answer(r, user):
-        buttons = "".join(
-            f'<form method="post" action="/ui/approvals/{e(r.decision_id)}/{verb}">'
-            f'<input type="hidden" name="csrf" value="{e(csrf)}">'
-            f'<button type="submit" name="verb" value="{verb}">{verb.title()}</button></form> '
-            for verb in ("approve", "deny")
-        )
-    else:
-        buttons = f"only {e(r.owner or '')} may answer"
+    buttons = "".join(
+        f'<form method="post" action="/ui/approvals/{e(r.decision_id)}/{verb}">'
+        f'<input type="hidden" name="csrf" value="{e(csrf)}">'
+        f'<button type="submit" name="verb" value="{verb}">{verb.title()}</button></form> '
+        for verb in ("approve", "deny")
+    )
     return (
         f'<tr data-id="{e(r.decision_id)}"><td>{e(r.agent)}<br><small>owner: '
         f"{e(r.owner or '-')}</small></td><td>{e(r.summary)}<br><small>{e(r.kind)}</small>"
-        f"<br><small>sha256 <code>{e(r.action_hash)}</code></small></td>"
+        f"<pre>{e(r.text)}</pre><small>sha256 <code>{e(r.action_hash)}</code></small></td>"
         f'<td class="{e(tier)}">{e(tier)} ({e(str(r.risk.get("score", "")))})</td>'
         f"<td>{max(0, int(r.expires - now))} s</td><td>{buttons}</td></tr>"
     )
@@ -243,9 +259,13 @@ async def listing(request: web.Request) -> web.StreamResponse:
     if session is None:
         raise web.HTTPSeeOther("/ui/login")
     message = str(request.query.get("done", ""))[:200]
-    pending = sorted(state.holds.pending(), key=lambda r: r.created)
+    # Only what this person may answer: others' statements are not theirs to read.
+    pending = sorted(
+        (r for r in state.holds.pending() if state.holds.may_answer(r, session.user)),
+        key=lambda r: r.created,
+    )
     now = state.clock()
-    rows = "".join(_row(r, session.user, session.csrf, state.holds, now) for r in pending)
+    rows = "".join(_row(r, session.csrf, now) for r in pending)
     table = (
         "<table><tr><th>Agent</th><th>Action</th><th>Risk</th><th>Expires in</th><th></th></tr>"
         f"{rows}</table>"
@@ -256,9 +276,11 @@ async def listing(request: web.Request) -> web.StreamResponse:
         (f'<p class="msg" id="msg">{e(message)}</p>' if message else "")
         + f"<p>Signed in as <b>{e(session.user)}</b>. "
         f'<form method="post" action="/ui/logout"><input type="hidden" name="csrf" '
-        f'value="{e(session.csrf)}"><button type="submit">Sign out</button></form></p>{table}'
+        f'value="{e(session.csrf)}"><button type="submit">Sign out</button></form> '
+        f'<a href="/ui/approvals">Refresh</a></p>{table}'
     )
-    return _page("Pending approvals", out, refresh=True)
+    # No automatic refresh: rows must not move under a person's pointer.
+    return _page("Pending approvals", out)
 
 
 async def answer(request: web.Request) -> web.StreamResponse:
@@ -269,7 +291,7 @@ async def answer(request: web.Request) -> web.StreamResponse:
     if not _same_origin(request, state):
         return _forbidden("cross-site request refused")
     form = await request.post()
-    if not hmac.compare_digest(str(form.get("csrf", "")), session.csrf):
+    if not _same_token(form.get("csrf"), session.csrf):
         return _forbidden("missing or wrong CSRF token")
     verb = request.match_info["verb"]
     decision_id = request.match_info["id"]
@@ -295,7 +317,8 @@ async def link_page(request: web.Request) -> web.Response:
         return _page("Link refused", "<p>This request is no longer pending.</p>", 404)
     return _page(
         f"{link.verb.title()} this action?",
-        f"<p>{e(held.summary)}</p><p><small>sha256 <code>{e(held.action_hash)}</code>"
+        f"<p>{e(held.summary)}</p><pre>{e(held.text)}</pre>"
+        f"<p><small>sha256 <code>{e(held.action_hash)}</code>"
         f"</small></p><p>Answering as <b>{e(link.approver)}</b>.</p>"
         f'<form method="post"><button type="submit">{e(link.verb.title())}</button></form>',
     )

@@ -182,10 +182,13 @@ class PDP:
         reason: str,
         parent: Decision,
         approver: Mapping[str, Any] | None = None,
-    ) -> Decision:
+        *,
+        required: bool = False,
+    ) -> Decision | None:
         """Audit what happened under an earlier decision (an interactive session's
         transcript hash, a person's answer to a hold) without asking the policy: effect
-        `allow`, the parent's risk and policy version, durable."""
+        `allow`, the parent's risk and policy version, durable. None when the record
+        could not be written and `required` (an approval must be provable to count)."""
         decision = Decision(
             new_decision_id(),
             Effect.ALLOW,
@@ -198,6 +201,8 @@ class PDP:
             await self.audit.append(DecisionRecord(decision, action, {}, approver), durable=True)
         except Exception as exc:
             log.error("audit log write failed for observation %s: %s", decision.decision_id, exc)
+            if required:
+                return None
         return decision
 
     async def refuse(self, action: Action, reason: str) -> Decision:

@@ -14,6 +14,7 @@ mode the policy decides on its own and the interlock context names an anonymous 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass, replace
 from typing import Any
@@ -36,6 +37,12 @@ from interlock.identity.registry import AgentRegistry
 log = logging.getLogger(__name__)
 
 ANONYMOUS = Agent("anonymous", authn="none")
+VOLATILE_HEADERS = frozenset(
+    {"x-request-id", "traceparent", "tracestate", "x-amzn-trace-id", "x-cloud-trace-context",
+     "grpc-timeout", "date"}
+)  # fmt: skip
+VOLATILE_PREFIXES = ("x-b3-", "x-envoy-", "x-forwarded-", "x-ot-span-context")
+"""Headers that differ on every attempt of the same request (not part of its identity)."""
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -102,30 +109,64 @@ class Authorizer:
             return denial(decision, 401)
         decision = await self.pdp.decide(action)
         if decision.effect is Effect.APPROVE and self.holds is not None:
-            return await self._approval(decision, action)
+            return await self._approval(decision, action, req)
         return from_decision(decision)
 
-    async def _approval(self, decision: Decision, action: Action) -> AuthzResponse:
+    def request_identity(self, req: AuthzRequest) -> str:
+        """SHA-256 of everything that makes this request this request: method, scheme,
+        authority with port, the whole raw path and query, and every header value but
+        the per-attempt ones (and the agent's own bearer token when it is its identity,
+        which may be refreshed between attempts: the agent id is hashed instead)."""
+        skip_auth = self.jwt is not None
+        headers = sorted(
+            (k, v)
+            for k, v in req.headers.items()
+            if k not in VOLATILE_HEADERS
+            and not k.startswith(VOLATILE_PREFIXES)
+            and not (skip_auth and k == "authorization")
+        )
+        doc = [req.method, req.scheme, req.host, req.path, headers]
+        return hashlib.sha256(json.dumps(doc).encode()).hexdigest()
+
+    async def _approval(
+        self, decision: Decision, action: Action, req: AuthzRequest
+    ) -> AuthzResponse:
         """Envoy cannot wait for a person: the first attempt opens an approval request and
         is refused with its id; a retry of the same request after approval passes."""
         assert self.holds is not None
-        retry = self.holds.retry(decision, self.config.approval_timeout, action)
+        if action.details.get("truncated_body"):
+            why = "approval needs the whole body, and Envoy forwarded only part of it"
+            return denial(replace(decision, effect=Effect.DENY, reasons=(why,)))
+        d = action.details
+        text = (
+            f"{req.method} {req.scheme}://{req.host}{req.path}\n"
+            f"body {d.get('body_bytes', 0)} bytes, sha256 {d.get('body_sha256', '')}\n"
+            f"request sha256 {self.request_identity(req)}"
+        )
+        retry = self.holds.retry(decision, self.config.approval_timeout, action, text)
         if retry.state == "granted":
             assert retry.verdict is not None
-            await self.pdp.observe(
+            written = await self.pdp.observe(
                 Action(
                     action.agent,
                     "approval",
                     Operation.DELEGATE,
                     retry.approval_id,
-                    {"used": True, "approval_id": retry.approval_id,
-                     "approver": retry.verdict.approver},
+                    {
+                        "used": True,
+                        "approval_id": retry.approval_id,
+                        "approver": retry.verdict.approver,
+                    },
                     parents=(retry.approval_id, decision.decision_id),
                 ),
                 f"released by approval {retry.approval_id} ({retry.verdict.approver})",
                 decision,
                 approver={"id": retry.verdict.approver, "channel": "retry", "approved": True},
-            )  # fmt: skip
+                required=True,
+            )
+            if written is None:
+                why = "the release by approval could not be audited"
+                return denial(replace(decision, effect=Effect.DENY, reasons=(why,)))  # fmt: skip
             return from_decision(decision, released=True)
         if retry.state == "denied":
             assert retry.verdict is not None

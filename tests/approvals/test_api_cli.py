@@ -29,7 +29,7 @@ async def test_the_owner_approves_through_the_api_and_the_request_proceeds(
         (pending,) = (await c.get("/v1/approvals")).json()["pending"]
         assert pending["agent"] == "coder"
         assert pending["owner"] == OWNER
-        assert "GET /report" in pending["summary"]
+        assert "/report" in pending["summary"]
         assert len(pending["action_sha256"]) == 64
         assert (await c.get(f"/v1/approvals/{pending['id']}")).json() == pending
         url = f"/v1/approvals/{pending['id']}/approve"

@@ -5,6 +5,8 @@ unreachable or refusing provider denies the hold with the reason."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -58,7 +60,7 @@ async def test_the_owner_approves_on_their_device(make_rig: RigFactory, op: Oidc
     item = await on_device(op, held.action_hash)
     assert item["account"] == OWNER
     assert item["binding_message"] == binding_message(held, 160)
-    assert "GET /report" in item["binding_message"]
+    assert "/report" in item["binding_message"]
     await device(op, "approve", item["id"])
     assert (await task).text == "done"
     details, reason = rig.outcome(held.decision_id)
@@ -135,22 +137,38 @@ async def test_no_answer_before_expiry_is_a_denial(make_rig: RigFactory, op: Oid
     assert "approval not given within 2 s" in reason or "request expired" in reason
 
 
+OK = (200, '{"auth_req_id": "a", "interval": 0}')
+
+
+def _jwt(claims: dict[str, str]) -> str:
+    """An unsigned token with these claims."""
+    body = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    return f"e30.{body}.sig"
+
+
 @pytest.mark.parametrize(
     ("backchannel", "token", "reason"),
     [
         ((200, "<html>not json</html>"), (200, "{}"), "refused the request: HTTP 200"),
         ((400, '{"error": "x"}'), (200, "{}"), "refused the request: x"),
-        ((200, '{"auth_req_id": "a", "interval": 0}'), (500, "oops"), "provider: HTTP 500"),
-        ((200, '{"auth_req_id": "a", "interval": 0}'), (400, '{"error": "invalid_grant"}'),
-         "approval provider: invalid_grant"),
+        (OK, (500, "oops"), "provider: HTTP 500"),
+        (OK, (400, '{"error": "invalid_grant"}'), "approval provider: invalid_grant"),
         ((200, '{"auth_req_id": "a", "interval": "NaN"}'), (200, "[]"), "provider: HTTP 200"),
+        (OK, (200, '{"access_token": "t"}'), "approved without an ID token"),
+        (OK, {"sub": OWNER, "iss": "https://elsewhere"}, "the ID token is from another issuer"),
+        (OK, {"sub": OWNER, "aud": "other"}, "the ID token is for another client"),
+        (OK, {"sub": "mallory"}, f"approved as mallory, not as the owner {OWNER}"),
     ],
-)  # fmt: skip
+)
 async def test_a_broken_provider_denies_the_hold(
-    make_rig: RigFactory, backchannel: tuple[int, str], token: tuple[int, str], reason: str
+    make_rig: RigFactory,
+    backchannel: tuple[int, str],
+    token: tuple[int, str] | dict[str, str],
+    reason: str,
 ) -> None:
-    """Not a real provider: a deliberately broken server, for answers oidc-provider never
-    gives (the real one is tested above)."""
+    """Not a real provider: a deliberately broken or lying server, for answers
+    oidc-provider never gives (the real one is tested above). A dict `token` is the
+    claims of an ID token issued with an access token."""
 
     async def discovery(request: web.Request) -> web.Response:
         base = f"http://{request.host}"
@@ -164,10 +182,15 @@ async def test_a_broken_provider_denies_the_hold(
 
         return handler
 
+    async def tokens(request: web.Request) -> web.Response:
+        assert isinstance(token, dict)
+        claims = {"iss": f"http://{request.host}", "aud": "c", **token}
+        return web.json_response({"access_token": "t", "id_token": _jwt(claims)})
+
     app = web.Application()
     app.router.add_get("/.well-known/openid-configuration", discovery)
     app.router.add_post("/bc", fixed(backchannel))
-    app.router.add_post("/t", fixed(token))
+    app.router.add_post("/t", tokens if isinstance(token, dict) else fixed(token))
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()

@@ -8,11 +8,14 @@ from dataclasses import replace
 import pytest
 
 from interlock.approvals.holds import (
+    MAX_PENDING_PER_AGENT,
     ApprovalError,
     ApprovalRequest,
     ChannelError,
     Holds,
     action_hash,
+    summary,
+    visible,
 )
 from interlock.audit.record import document
 from interlock.core.model import Action, Agent, Decision, Effect, Operation
@@ -201,3 +204,50 @@ async def test_stopping_denies_what_still_waits(pdp: PDP) -> None:
     await holds.close()
     verdict = await waiting
     assert (verdict.approved, verdict.reason) == (False, "interlock is stopping")
+
+
+async def test_an_approval_that_cannot_be_audited_does_not_count(
+    pdp: PDP, sink: CaptureSink
+) -> None:
+    holds = holds_for(pdp)
+    decision = await pdp.decide(ddl())
+    waiting = asyncio.create_task(holds.wait(decision, 5, ddl()))
+    await asyncio.sleep(0.01)
+    sink.unavailable = True
+    holds.answer(decision.decision_id, True, OWNER, "test")
+    verdict = await waiting
+    assert not verdict.approved
+    assert verdict.reason == "the approval could not be audited"
+
+
+async def test_an_agent_cannot_flood_its_owner_with_requests(pdp: PDP) -> None:
+    holds = holds_for(pdp)
+    waiting = []
+    for i in range(MAX_PENDING_PER_AGENT):
+        decision = await pdp.decide(ddl(f"public.t{i}"))
+        waiting.append(asyncio.create_task(holds.wait(decision, 5, ddl())))
+    await asyncio.sleep(0.01)
+    extra = await holds.wait(await pdp.decide(ddl()), 5, ddl())
+    assert (extra.approved, extra.reason) == (False, "too many approvals pending")
+    assert len(holds.pending()) == MAX_PENDING_PER_AGENT
+    await holds.close()
+    verdicts = await asyncio.gather(*waiting)
+    assert not any(v.approved for v in verdicts)
+
+
+def test_what_a_person_reads_hides_nothing() -> None:
+    shown = visible("rm -rf /tmp/x \u202e\u0007\x00 ok", 100)
+    assert "\u202e" not in shown
+    assert "\\u202e" in shown
+    assert "\\u0007" in shown
+    assert "\\u0000" in shown
+    assert visible("a" * 10, 4) == "aaaa …[+6 chars]"
+    assert visible("line one\nline two", 100) == "line one\nline two"
+    long = "select 1; " + " " * 300 + "drop table payroll"
+    assert summary(ddl(), long).endswith("drop table payroll"), "whitespace padding folds"
+
+
+def test_the_exact_text_is_part_of_the_hash() -> None:
+    assert action_hash(ddl(), "create table t (a int)") != action_hash(
+        ddl(), "create table t (a int); drop table payroll"
+    )

@@ -75,7 +75,7 @@ def _sign_in_and_approve(driver: webdriver.Chrome, admin: str, decision_id: str)
     row = wait.until(
         ec.presence_of_element_located((By.CSS_SELECTOR, f'tr[data-id="{decision_id}"]'))
     )
-    assert "GET /report" in row.text
+    assert "/report" in row.text
     assert "medium" in row.text
     row.find_element(By.CSS_SELECTOR, 'button[value="approve"]').click()
     return str(wait.until(ec.presence_of_element_located((By.ID, "msg"))).text)
@@ -143,8 +143,8 @@ async def test_someone_else_cannot_answer_for_the_owner(
     held = await rig.pending()
     async with signed_in(rig, BOB, PASSWORD + "!") as c:
         page = await c.get("/ui/approvals")
-        assert f"only {OWNER} may answer" in page.text
-        assert 'value="approve"' not in page.text
+        assert held.decision_id not in page.text, "not shown to someone who may not answer"
+        assert 'id="empty"' in page.text
         refused = await c.post(
             f"/ui/approvals/{held.decision_id}/approve", data={"csrf": csrf_of(page.text)}
         )
@@ -160,16 +160,19 @@ async def test_agent_text_is_escaped_and_the_page_cannot_be_framed(
     rig = await web_rig(make_rig, users)
     hostile = Action(
         Agent("coder", owner=OWNER), "postgres", Operation.DDL, "public.t",
-        {"sql": "drop table t; -- <script>alert(1)</script>"},
+        {},
     )  # fmt: skip
+    sql = "select 1; -- <script>alert(1)</script> \u202edrop table t"
     decision = await rig.rt.pdp.decide(hostile)
-    task = asyncio.create_task(rig.rt.holds.wait(decision, 30, hostile))
+    task = asyncio.create_task(rig.rt.holds.wait(decision, 30, hostile, sql))
     held = await rig.pending()
     async with signed_in(rig, OWNER, PASSWORD) as c:
         page = await c.get("/ui/approvals")
         assert held.decision_id in page.text
         assert "<script>" not in page.text
         assert "&lt;script&gt;" in page.text
+        assert "\u202e" not in page.text, "a bidi override cannot reorder what is shown"
+        assert "\\u202edrop table t" in page.text
         assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
         assert page.headers["x-frame-options"] == "DENY"
         assert page.headers["referrer-policy"] == "same-origin"

@@ -190,6 +190,22 @@ def request_action(flow: http.HTTPFlow, keep_prompts: bool = False) -> Action:
     )
 
 
+def held_text(flow: http.HTTPFlow, action: Action) -> str:
+    """What a person approving this request reads: the request line with the whole URL
+    (query values too: the owner judges them; the audit log keeps only their hash) and
+    what the body is. The body itself is not shown (webhooks carry this text out)."""
+    if action.operation is Operation.CONNECT:
+        return f"CONNECT {flow.request.host}:{flow.request.port}"
+    d = action.details
+    line = f"{flow.request.method} {flow.request.pretty_url}"
+    body = f"body {d.get('body_bytes', 0)} bytes"
+    if d.get("content_type"):
+        body += f" {d['content_type']}"
+    if d.get("dlp"):
+        body += f", contains {', '.join(d['dlp'])}"
+    return f"{line}\n{body}, sha256 {d.get('body_sha256', '')}"
+
+
 class Egress:
     """mitmproxy addon: decide every request."""
 
@@ -293,7 +309,9 @@ class Egress:
         flow.metadata[DECISION] = decision
         flow.metadata[ACTION] = action
         if decision.effect is Effect.APPROVE:
-            verdict = await self.holds.wait(decision, self.approval_timeout, action)
+            verdict = await self.holds.wait(
+                decision, self.approval_timeout, action, held_text(flow, action)
+            )
             if not verdict.approved:
                 deny(flow, decision, f"held for approval: {verdict.reason or 'denied'}")
                 return

@@ -16,12 +16,14 @@ from interlock.approvals.holds import Holds
 from interlock.config import HttpConfig, dns_address
 from interlock.core.context import Posture
 from interlock.core.pdp import PDP
+from interlock.credentials.broker import Broker
 from interlock.identity.jwt import JwtVerifier
 from interlock.identity.registry import AgentRegistry
 from interlock.proxies.http.egress import Egress
 from interlock.proxies.http.failclosed import guard_all
 from interlock.proxies.http.hygiene import Hygiene
 from interlock.proxies.http.identity import Identity
+from interlock.proxies.http.inject import Inject
 from interlock.proxies.http.ssrf import DnsResolver, Resolver, SsrfGuard, SystemResolver
 from interlock.proxies.http.tunnel import Tunnels
 
@@ -41,8 +43,10 @@ class HttpProxy:
         registry: AgentRegistry,
         jwt: JwtVerifier | None = None,
         holds: Holds | None = None,
+        credentials: Broker | None = None,
     ) -> None:
         self.config = config
+        self.credentials = credentials
         self.confdir = data_dir / "ca"
         self.pdp = pdp
         self.registry = registry
@@ -101,6 +105,11 @@ class HttpProxy:
                     frozenset(h.lower() for h in self.config.trusted_hosts),
                 )
             ),
+            *(
+                [guard_all(Inject(self.credentials, self.credentials.config.inject))]
+                if self.credentials is not None and self.credentials.config.inject
+                else []
+            ),
         ]
 
     async def start(self) -> None:
@@ -131,7 +140,11 @@ class HttpProxy:
         server = master.addons.get("proxyserver")
         for _ in range(500):
             instances = list(server.servers)
-            if len(instances) == len(modes) and all(i.is_running for i in instances):
+            # mitmproxy makes its CA in TlsConfig.running, which can come after the
+            # listeners are up: not started until both are there (an HTTPS client in
+            # that gap would fail).
+            listening = len(instances) == len(modes) and all(i.is_running for i in instances)
+            if listening and self.ca_file.exists():
                 by_mode = {i.mode.full_spec: i.listen_addrs[0] for i in instances}
                 addrs = [(str(a[0]), int(a[1])) for a in (by_mode[m] for m in modes)]
                 self.address, self.reverse_addresses = addrs[0], addrs[1:]

@@ -20,7 +20,7 @@ import secrets
 import ssl
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from interlock.approvals.holds import Holds
@@ -31,6 +31,8 @@ from interlock.core.context import Posture
 from interlock.core.enforcement import posture_veto
 from interlock.core.model import Action, Agent, Decision, Effect
 from interlock.core.pdp import PDP
+from interlock.credentials.broker import Broker, CredentialError
+from interlock.credentials.leases import Lease
 from interlock.proxies.postgres import messages as m
 from interlock.proxies.postgres import upstream as up
 from interlock.proxies.postgres.codec import FrontendReader, ProtocolError
@@ -80,6 +82,8 @@ class _Session:
     portals: dict[str, str] = field(default_factory=dict)
     cursors: dict[str, Mask] = field(default_factory=dict)
     """SQL cursors declared through the proxy, with the mask their rows need."""
+    lease: Lease | None = None
+    """The dynamic credentials this session logged in upstream with (revoked at its end)."""
 
     def denial_sql(self, reason: str) -> str:
         self.seq += 1
@@ -98,9 +102,12 @@ class PostgresProxy:
         pdp: PDP,
         classifier: SqlClassifier,
         holds: Holds | None = None,
+        credentials: Broker | None = None,
     ) -> None:
         self.config = config
         self.holds = holds or Holds()
+        self.credentials = credentials if credentials and credentials.config.postgres else None
+        """Vault: each session logs in upstream with its own dynamic role."""
         self.pdp = pdp
         self.classifier = classifier
         self.upstream = up.Upstream.parse(config.upstream)
@@ -161,6 +168,8 @@ class PostgresProxy:
             if session is not None:
                 self._sessions.pop((session.pid, session.key), None)
                 session.conn.writer.close()
+                if session.lease is not None and self.credentials is not None:
+                    await self.credentials.release(session.lease)
             writer.close()
 
     async def _read_message(
@@ -224,9 +233,26 @@ class PostgresProxy:
             await self._fatal(writer, "interlock: agent is isolated", "42501")
             return None
         forward = {k: v for k, v in params.items() if k in ALLOWED_STARTUP}
+        upstream, lease = self.upstream, None
+        ended: list[_Session] = []
+        if self.credentials is not None:
+            try:
+                login = await self.credentials.database_login(
+                    user,
+                    "read_only" in posture.restrictions,
+                    lambda reason: self._end_for_credentials(ended, reason),
+                )
+            except CredentialError as exc:
+                await self._fatal(writer, f"interlock: no database credentials: {exc}", "08006")
+                return None
+            if login is not None:
+                upstream = replace(upstream, user=login.username, password=login.password)
+                lease = login.lease
         try:
-            conn = await up.connect(self.upstream, forward, self.upstream_tls)
+            conn = await up.connect(upstream, forward, self.upstream_tls)
         except up.UpstreamError as exc:
+            if lease is not None and self.credentials is not None:
+                await self.credentials.release(lease)
             await self._fatal(writer, str(exc), "08006")
             return None
         entry = self.agents[user]
@@ -240,7 +266,9 @@ class PostgresProxy:
             pid,
             key,
             status=conn.status,
+            lease=lease,
         )
+        ended.append(session)
         self._sessions[(pid, key)] = session
         out = [m.Authentication(0).encode()]
         out += [p.encode() for p in conn.parameters]
@@ -373,7 +401,7 @@ class PostgresProxy:
         action = self._action(session, classification)
         decision = await self.pdp.decide(action)
         if decision.effect is Effect.APPROVE:
-            verdict = await self.holds.wait(decision, self.config.approval_timeout, action)
+            verdict = await self.holds.wait(decision, self.config.approval_timeout, action, sql)
             if not verdict.approved:
                 why = f"held for approval: {verdict.reason or 'denied'}; {_reason(decision)}"
                 return session.denial_sql(why), [NO_MASK], None, []
@@ -503,6 +531,11 @@ class PostgresProxy:
             asyncio.get_running_loop().create_task(
                 self._terminate(session, "agent is isolated", "42501")
             )
+
+    def _end_for_credentials(self, sessions: list[_Session], reason: str) -> None:
+        """Its lease was revoked (rotation, isolation, renewal failed): end the session."""
+        for session in sessions:
+            asyncio.get_running_loop().create_task(self._terminate(session, reason, "57P01"))
 
     async def _terminate(self, session: _Session, reason: str, code: str) -> None:
         if session.closed:

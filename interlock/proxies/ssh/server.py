@@ -24,6 +24,7 @@ from interlock.config import AgentConfig, SshConfig
 from interlock.core.context import Posture
 from interlock.core.model import Action, Agent, Decision, Effect, Operation
 from interlock.core.pdp import PDP
+from interlock.credentials.broker import Broker
 from interlock.identity.registry import AgentRegistry
 from interlock.proxies.ssh import session, upstream
 from interlock.proxies.ssh.auth import Keys, Login, parse_login
@@ -113,7 +114,7 @@ class Connection(asyncssh.SSHServer):
         async with self._upstream_lock:
             if self._upstream is None:
                 target = self.proxy.config.targets[self.target_name]
-                self._upstream = await upstream.connect(target)
+                self._upstream = await upstream.connect(target, self.proxy.credentials)
             return self._upstream
 
     # --- forwarding -----------------------------------------------------------------------
@@ -176,8 +177,11 @@ class SshProxy:
         pdp: PDP,
         registry: AgentRegistry,
         holds: Holds | None = None,
+        credentials: Broker | None = None,
     ) -> None:
         self.config = config
+        self.credentials = credentials
+        """Vault: upstream logins with a certificate signed per connection."""
         self.pdp = pdp
         self.registry = registry
         self.holds = holds or Holds()
@@ -188,11 +192,13 @@ class SshProxy:
         self._by_agent: dict[str, set[Connection]] = {}
         self._unsubscribe: Any = None
 
-    async def decide(self, action: Action) -> Decision:
-        """Decide; a hold waits for a human (expiry is a denial)."""
+    async def decide(self, action: Action, text: str = "") -> Decision:
+        """Decide; a hold waits for a human (expiry is a denial). `text`: the exact
+        command line, for the person asked."""
         decision = await self.pdp.decide(action)
         if decision.effect is Effect.APPROVE:
-            verdict = await self.holds.wait(decision, self.config.approval_timeout, action)
+            limit = self.config.approval_timeout
+            verdict = await self.holds.wait(decision, limit, action, text)
             if verdict.approved:
                 return replace(decision, effect=Effect.ALLOW)
             return replace(

@@ -1,0 +1,110 @@
+"""Secret injection: the agent calls an API that needs a key it never holds; the key comes
+from a real OpenBao at request time and never reaches the agent or the audit log."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import hvac
+import pytest
+from aiohttp import web
+
+from interlock.config import (
+    AgentConfig,
+    Config,
+    CredentialsConfig,
+    HttpConfig,
+    InjectRule,
+)
+from interlock.runtime import Runtime, build, start
+from interlock.testing.openbao import OpenBao
+
+pytestmark = pytest.mark.integration
+TOKEN = "coder-token-0123456789"
+SECRET = "sk-live-3f9a7c1e5b2d4a6f8e0c"
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[str]:
+    """A SaaS API that wants the key, and (badly) echoes it back."""
+
+    async def handler(request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != f"Bearer {SECRET}":
+            return web.json_response({"error": "bad key"}, status=401)
+        return web.json_response(
+            {"ok": True, "debug": f"you sent {request.headers['Authorization']}"},
+            headers={"X-Echo-Key": SECRET},
+        )
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def rt(bao: OpenBao, tmp_path: Path) -> AsyncIterator[Runtime]:
+    client = hvac.Client(url=bao.address, token=bao.root_token)
+    await asyncio.to_thread(
+        client.secrets.kv.v2.create_or_update_secret,
+        path="saas", secret={"api_key": SECRET}, mount_point="secret",
+    )  # fmt: skip
+    config = Config(
+        data_dir=tmp_path / "data",
+        audit={"store": f"sqlite:///{tmp_path / 'audit.db'}"},
+        agents={"coder": AgentConfig(token=TOKEN)},
+        http=HttpConfig(listen="127.0.0.1:0", allow_networks=["127.0.0.0/8"]),
+        credentials=CredentialsConfig(
+            address=bao.address,
+            token=bao.root_token,
+            timeout=2,
+            inject=[InjectRule(host="127.0.0.1", path_prefix="/v1/", secret="secret/saas#api_key")],
+        ),
+    )
+    runtime = build(config)
+    await start(runtime)
+    yield runtime
+    await runtime.stop()
+
+
+def _audit_bytes(directory: Path) -> bytes:
+    """The audit database as stored, with its write-ahead log."""
+    return b"".join(p.read_bytes() for p in sorted(directory.glob("audit.db*")))
+
+
+def proxy(rt: Runtime) -> str:
+    return f"http://coder:{TOKEN}@" + rt.endpoints["http"].removeprefix("http://")
+
+
+async def test_the_agent_calls_the_api_without_ever_holding_the_key(
+    rt: Runtime, api: str, tmp_path: Path
+) -> None:
+    async with httpx.AsyncClient(proxy=proxy(rt), timeout=10) as c:
+        r = await c.get(api + "/v1/things", headers={"Authorization": "Bearer agent-guess"})
+        assert r.status_code == 200, r.text
+        assert r.json()["ok"] is True
+        assert SECRET not in r.text
+        assert "[redacted]" in r.json()["debug"]
+        assert r.headers["x-echo-key"] == "[redacted]"
+        outside = await c.get(api + "/other")
+        assert outside.status_code == 401, "only matching requests get the key"
+    await rt.audit.flush()
+    log = await asyncio.to_thread(_audit_bytes, tmp_path)
+    assert SECRET.encode() not in log
+    assert b"/v1/things" in log
+
+
+async def test_with_vault_down_the_request_is_denied_with_the_reason(
+    rt: Runtime, api: str, bao: OpenBao
+) -> None:
+    bao.stop()
+    async with httpx.AsyncClient(proxy=proxy(rt), timeout=10) as c:
+        r = await c.get(api + "/v1/things")
+    assert r.status_code == 403
+    assert "credential for 127.0.0.1 unavailable: Vault unreachable" in r.json()["reason"]
