@@ -467,7 +467,12 @@ class InjectRule(Section):
     """Agents call an API without holding its key: matching requests get the header."""
 
     host: str
+    scheme: Literal["https", "http"] = "https"
+    """http only if the API is reached without TLS on purpose (the key crosses in clear)."""
+    port: int | None = Field(None, gt=0, lt=65536)
+    """Default: 443 for https, 80 for http. Nothing else gets the key."""
     path_prefix: str = "/"
+    """Matched on whole path segments of the normalised path."""
     secret: str = Field(pattern=r"^[^#\s]+#[^#\s]+$")
     """`<kv v2 mount>/<path>#<key>`, e.g. `secret/saas#api_key`."""
     header: str = "Authorization"
@@ -475,7 +480,8 @@ class InjectRule(Section):
 
 
 class CredentialsConfig(Section):
-    address: str = Field(pattern=r"^https?://")
+    address: SecureUrl
+    """https (http only to a loopback address: the token and secrets cross this link)."""
     token: str | None = None
     token_file: Path | None = None
     approle_role_id: str | None = None

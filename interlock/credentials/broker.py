@@ -30,7 +30,7 @@ import asyncssh
 from interlock.config import CredentialsConfig
 from interlock.core.context import Posture, StateStore
 from interlock.credentials.leases import Lease, LeaseBook
-from interlock.credentials.vault import CredentialError, Issued, Vault
+from interlock.credentials.vault import CredentialError, Issued, Vault, VaultUnavailable
 
 log = logging.getLogger(__name__)
 ROTATE = "rotate_credentials"
@@ -47,6 +47,8 @@ class _Live:
     seconds: float
     renewable: bool
     on_revoke: Callable[[str], None] | None = None
+    read_only: bool = False
+    """Issued for the read-only role."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,12 +72,17 @@ class Broker:
         self._task: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._store: StateStore | None = None
+        self._epochs: dict[str, int] = {}
+        """Per agent, bumped by every revocation of its leases: a login that saw another
+        epoch before and after issuing gives its credentials back (it raced a rotation)."""
+        self._tasks: set[asyncio.Task[None]] = set()
         self.revoked_on_start = 0
 
     # --- lifecycle -----------------------------------------------------------------------
 
     async def start(self, store: StateStore) -> None:
         """Revoke what a previous run left, follow posture, keep leases renewed."""
+        self.book.lock()
         leftover = self.book.leftover()
         kept = []
         for lease in leftover:
@@ -99,8 +106,10 @@ class Broker:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for live in list(self._live.values()):
-            await self._revoke(live.lease, "interlock is stopping")
+        held = [live.lease for live in self._live.values()]
+        await self._revoke_all(held, "interlock is stopping")
+        self.vault.close()
+        self.book.unlock()
 
     # --- Postgres --------------------------------------------------------------------------
 
@@ -112,14 +121,21 @@ class Broker:
         pg = self.config.postgres
         assert pg is not None
         role = pg.read_only_role if read_only and pg.read_only_role else pg.role
+        epoch = self._epochs.get(agent, 0)
         try:
             issued = await self.vault.database_credentials(pg.mount, role)
-        except CredentialError:
-            if pg.static_fallback:
+        except VaultUnavailable:
+            # Only when Vault cannot be asked, and never for a read-only agent (the static
+            # user would give it back the right to write). A refusal is never covered.
+            if pg.static_fallback and not read_only:
                 log.warning("Vault unavailable; %s logs in with the static fallback", agent)
                 return None
             raise
         lease = Lease(issued.lease_id, agent, "postgres")
+        if self._epochs.get(agent, 0) != epoch:
+            with contextlib.suppress(CredentialError):
+                await self.vault.revoke(issued.lease_id)
+            raise CredentialError("credentials were revoked while logging in")
         try:
             self.book.add(lease)
         except OSError as exc:
@@ -128,9 +144,17 @@ class Broker:
                 await self.vault.revoke(issued.lease_id)
             raise CredentialError(f"cannot record the lease: {exc.strerror}") from None
         self._live[lease.lease_id] = _Live(
-            lease, time.monotonic(), issued.lease_seconds, issued.renewable, on_revoke
+            lease,
+            time.monotonic(),
+            issued.lease_seconds,
+            issued.renewable,
+            on_revoke,
+            read_only=role == pg.read_only_role,
         )
         return DatabaseLogin(issued.username, issued.password, lease)
+
+    def epoch(self, agent: str) -> int:
+        return self._epochs.get(agent, 0)
 
     async def release(self, lease: Lease) -> None:
         """The session ended: revoke its lease (retried later if Vault is away)."""
@@ -170,20 +194,46 @@ class Broker:
     def leases_of(self, agent: str) -> list[Lease]:
         return [live.lease for live in self._live.values() if live.lease.agent == agent]
 
-    async def revoke_agent(self, agent: str, reason: str) -> int:
-        """Revoke every lease of `agent`; their sessions are told (and end)."""
-        leases = self.leases_of(agent)
-        for lease in leases:
-            await self._revoke(lease, reason)
+    async def revoke_agent(
+        self, agent: str, reason: str, only: Callable[[_Live], bool] | None = None
+    ) -> int:
+        """Revoke every lease of `agent` (or those `only` picks); their sessions are told
+        (and end) first, then Vault is asked, several at a time."""
+        self._epochs[agent] = self._epochs.get(agent, 0) + 1
+        leases = [
+            live.lease
+            for live in self._live.values()
+            if live.lease.agent == agent and (only is None or only(live))
+        ]
+        await self._revoke_all(leases, reason)
         return len(leases)
 
+    async def _revoke_all(self, leases: list[Lease], reason: str | None) -> None:
+        for lease in leases:
+            self._tell(lease, reason)
+        limit = asyncio.Semaphore(8)
+
+        async def one(lease: Lease) -> None:
+            async with limit:
+                await self._revoke(lease, None)
+
+        await asyncio.gather(*(one(lease) for lease in leases))
+
+    def _tell(self, lease: Lease, reason: str | None) -> None:
+        live = self._live.get(lease.lease_id)
+        if live is None or live.on_revoke is None or reason is None:
+            return
+        callback, live.on_revoke = live.on_revoke, None
+        try:
+            callback(reason)
+        except Exception:
+            log.exception("ending the session of a revoked lease failed")
+
     async def _revoke(self, lease: Lease, reason: str | None) -> None:
-        live = self._live.pop(lease.lease_id, None)
-        if live is not None and live.on_revoke is not None and reason is not None:
-            try:
-                live.on_revoke(reason)
-            except Exception:
-                log.exception("ending the session of a revoked lease failed")
+        self._tell(lease, reason)
+        self._live.pop(lease.lease_id, None)
+        # Unconfirmed until Vault says so (a cancellation here leaves it to be retried).
+        self._unrevoked[lease.lease_id] = lease
         try:
             await self.vault.revoke(lease.lease_id)
         except CredentialError as exc:
@@ -197,13 +247,28 @@ class Broker:
             log.error("lease journal not updated (%s); revoked again on next start", exc)
 
     def _posture_changed(self, agent: str, posture: Posture) -> None:
-        if posture.isolated or ROTATE in posture.restrictions:
+        if (
+            posture.isolated
+            or ROTATE in posture.restrictions
+            or "read_only" in posture.restrictions
+        ):
             task = asyncio.get_running_loop().create_task(self._enforce(agent, posture))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
             task.add_done_callback(_log_failure)
 
     async def _enforce(self, agent: str, posture: Posture) -> None:
         if posture.isolated:
             await self.revoke_agent(agent, "agent isolated: credentials revoked")
+            return
+        if ROTATE not in posture.restrictions:
+            # read_only: sessions on a role that can write end (the next gets the
+            # read-only role), so the database enforces it too, not only the proxy.
+            pg = self.config.postgres
+            if pg is not None and pg.read_only_role:
+                await self.revoke_agent(
+                    agent, "agent is read-only now: reconnect", only=lambda live: not live.read_only
+                )
             return
         await self.revoke_agent(agent, "credentials rotated")
         # One-time action: carried out, then cleared so later sessions run normally.
@@ -228,15 +293,23 @@ class Broker:
                 await self._revoke(lease, None)
             now = time.monotonic()
             for live in list(self._live.values()):
-                if not live.renewable or live.seconds <= 0:
+                if live.seconds <= 0:
                     continue
-                if now - live.issued < live.seconds / 2:
+                left = live.issued + live.seconds - now
+                if left <= 0:
+                    # Expired: the session cannot outlive its credentials, whatever
+                    # Vault's revocation statements do.
+                    await self._revoke(live.lease, "credentials expired")
+                    continue
+                if not live.renewable or now - live.issued < live.seconds / 2:
                     continue
                 try:
                     live.seconds = await self.vault.renew(live.lease.lease_id)
                     live.issued = time.monotonic()
+                except VaultUnavailable:
+                    continue  # keep trying until the lease runs out
                 except CredentialError as exc:
-                    # Gone or unrenewable: the session cannot outlive its credentials.
+                    # Gone (revoked in Vault) or refused: end the session now.
                     await self._revoke(live.lease, f"credentials could not be renewed: {exc}")
 
 

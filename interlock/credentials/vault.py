@@ -9,8 +9,10 @@ action. Tokens and secrets never appear in messages or logs.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -28,6 +30,11 @@ class CredentialError(Exception):
     """Vault could not give what was asked (the action is denied with this message)."""
 
 
+class VaultUnavailable(CredentialError):
+    """Vault could not be asked at all (unreachable, timed out, sealed): the only failure
+    a configured static fallback covers. A refusal (revoked token, no policy) is not."""
+
+
 @dataclass(frozen=True, slots=True)
 class Issued:
     """Dynamic credentials and the lease they live under."""
@@ -37,6 +44,17 @@ class Issued:
     lease_id: str
     lease_seconds: float
     renewable: bool
+
+
+def _error(exc: BaseException) -> CredentialError:
+    unavailable = (
+        requests.exceptions.ConnectionError,
+        requests.exceptions.Timeout,
+        hvac.exceptions.VaultDown,
+        TimeoutError,
+    )
+    cls = VaultUnavailable if isinstance(exc, unavailable) else CredentialError
+    return cls(_describe(exc))
 
 
 def _describe(exc: BaseException) -> str:
@@ -55,6 +73,11 @@ def _describe(exc: BaseException) -> str:
     return f"Vault call failed ({type(exc).__name__})"
 
 
+def _late(abandoned: Callable[[Any], None], future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        abandoned(future.result())
+
+
 class Vault:
     def __init__(self, config: CredentialsConfig) -> None:
         self.config = config
@@ -64,30 +87,58 @@ class Vault:
             namespace=config.namespace,
             verify=str(config.ca_cert) if config.ca_cert else True,
         )
+        # No proxy, CA bundle or .netrc from the environment: only what the config says.
+        self._client.session.trust_env = False
         self._lock = asyncio.Lock()
         self._logged_in = False
+        # Vault's own threads: a hung Vault fills these, not the loop's default executor
+        # (which resolves names and encodes the audit log for every proxy).
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="vault")
 
-    async def _call(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+    async def _call(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        abandoned: Callable[[Any], None] | None = None,
+        **kw: Any,
+    ) -> T:
         await self._login()
         try:
-            return await self._run(fn, *args, **kw)
+            return await self._run(fn, *args, abandoned=abandoned, **kw)
         except hvac.exceptions.Forbidden:
             if self.config.approle_role_id is None:
-                raise CredentialError(_describe(hvac.exceptions.Forbidden())) from None
+                raise _error(hvac.exceptions.Forbidden()) from None
             # An AppRole token may have expired: log in again once, then retry.
             self._logged_in = False
             await self._login()
             try:
-                return await self._run(fn, *args, **kw)
+                return await self._run(fn, *args, abandoned=abandoned, **kw)
             except Exception as exc:
-                raise CredentialError(_describe(exc)) from None
+                raise _error(exc) from None
         except CredentialError:
             raise
         except Exception as exc:
-            raise CredentialError(_describe(exc)) from None
+            raise _error(exc) from None
 
-    async def _run(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
-        return await asyncio.wait_for(asyncio.to_thread(fn, *args, **kw), self.config.timeout + 1.0)
+    async def _run(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        abandoned: Callable[[Any], None] | None = None,
+        **kw: Any,
+    ) -> T:
+        """`fn` in a Vault thread, waited for at most `timeout` (+1 s). The thread cannot
+        be stopped: when the wait ends first (timeout, or the caller was cancelled),
+        what it returns later goes to `abandoned` (credentials issued after nobody
+        waited for them must still be revoked)."""
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._pool, functools.partial(fn, *args, **kw))
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), self.config.timeout + 1.0)
+        except (TimeoutError, asyncio.CancelledError):
+            if abandoned is not None:
+                future.add_done_callback(functools.partial(_late, abandoned))
+            raise
 
     async def _login(self) -> None:
         if self._logged_in:
@@ -109,12 +160,16 @@ class Vault:
             except OSError as exc:
                 raise CredentialError(f"Vault credentials unreadable: {exc.strerror}") from None
             except Exception as exc:
-                raise CredentialError(f"Vault login failed: {_describe(exc)}") from None
+                err = _error(exc)
+                raise type(err)(f"Vault login failed: {err}") from None
             self._logged_in = True
 
     async def database_credentials(self, mount: str, role: str) -> Issued:
         resp = await self._call(
-            self._client.secrets.database.generate_credentials, name=role, mount_point=mount
+            self._client.secrets.database.generate_credentials,
+            name=role,
+            mount_point=mount,
+            abandoned=self._revoke_abandoned,
         )
         try:
             data = resp["data"]
@@ -131,6 +186,16 @@ class Vault:
     async def renew_token(self) -> None:
         """Keep interlock's own token alive: Vault revokes a token's leases with it."""
         await self._call(self._client.auth.token.renew_self)
+
+    def _revoke_abandoned(self, resp: Any) -> None:
+        """Credentials Vault issued after the wait for them ended: revoke them at once."""
+        lease_id = resp.get("lease_id") if isinstance(resp, dict) else None
+        if isinstance(lease_id, str) and lease_id:
+            log.warning("revoking credentials that arrived after their login gave up")
+            self._pool.submit(self._client.sys.revoke_lease, lease_id)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def revoke(self, lease_id: str) -> None:
         await self._call(self._client.sys.revoke_lease, lease_id)

@@ -4,8 +4,11 @@ from a real OpenBao at request time and never reaches the agent or the audit log
 from __future__ import annotations
 
 import asyncio
+import base64
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import hvac
@@ -34,10 +37,17 @@ async def api() -> AsyncIterator[str]:
     async def handler(request: web.Request) -> web.Response:
         if request.headers.get("Authorization") != f"Bearer {SECRET}":
             return web.json_response({"error": "bad key"}, status=401)
-        return web.json_response(
-            {"ok": True, "debug": f"you sent {request.headers['Authorization']}"},
+        response = web.json_response(
+            {
+                "ok": True,
+                "debug": f"you sent {request.headers['Authorization']}",
+                "b64": base64.b64encode(SECRET.encode()).decode(),
+                "url": quote(f"key={SECRET}", safe="="),
+            },
             headers={"X-Echo-Key": SECRET},
         )
+        response.enable_compression(web.ContentCoding.gzip)  # redaction sees decoded bodies
+        return response
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handler)
@@ -49,7 +59,7 @@ async def api() -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def rt(bao: OpenBao, tmp_path: Path) -> AsyncIterator[Runtime]:
+async def rt(bao: OpenBao, api: str, tmp_path: Path) -> AsyncIterator[Runtime]:
     client = hvac.Client(url=bao.address, token=bao.root_token)
     await asyncio.to_thread(
         client.secrets.kv.v2.create_or_update_secret,
@@ -64,7 +74,15 @@ async def rt(bao: OpenBao, tmp_path: Path) -> AsyncIterator[Runtime]:
             address=bao.address,
             token=bao.root_token,
             timeout=2,
-            inject=[InjectRule(host="127.0.0.1", path_prefix="/v1/", secret="secret/saas#api_key")],
+            inject=[
+                InjectRule(
+                    host="127.0.0.1",
+                    scheme="http",  # a loopback test API; real rules default to https:443
+                    port=int(api.rsplit(":", 1)[1]),
+                    path_prefix="/v1/",
+                    secret="secret/saas#api_key",
+                )
+            ],
         ),
     )
     runtime = build(config)
@@ -90,10 +108,26 @@ async def test_the_agent_calls_the_api_without_ever_holding_the_key(
         assert r.status_code == 200, r.text
         assert r.json()["ok"] is True
         assert SECRET not in r.text
+        assert r.headers["content-encoding"] == "gzip"
         assert "[redacted]" in r.json()["debug"]
+        assert r.json()["b64"] == "[redacted]"
+        assert base64.b64encode(SECRET.encode()).decode() not in r.text
         assert r.headers["x-echo-key"] == "[redacted]"
         outside = await c.get(api + "/other")
         assert outside.status_code == 401, "only matching requests get the key"
+        near = await c.get(api + "/v1x/things")
+        assert near.status_code == 401, "prefixes match whole path segments"
+        for sneaky in ("/v1/%2e%2e/admin", "/v1/..;/admin", "/v1/a%2Fb", "/v1/a%5cb"):
+            refused = await c.get(api + sneaky)
+            assert refused.status_code == 403, sneaky
+            assert "ambiguous path" in refused.json()["reason"]
+    # httpx folds literal dot-segments itself; curl can send them as they are.
+    literal = await asyncio.to_thread(
+        subprocess.run,
+        ["curl", "-s", "--path-as-is", "-x", proxy(rt), api + "/v1/../admin/keys"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert "ambiguous path" in literal.stdout
     await rt.audit.flush()
     log = await asyncio.to_thread(_audit_bytes, tmp_path)
     assert SECRET.encode() not in log

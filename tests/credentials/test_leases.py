@@ -42,3 +42,24 @@ def test_arbitrary_journal_text_never_crashes(lines: list[str]) -> None:
         (Path(d) / JOURNAL).write_text("\n".join(lines), errors="replace")
         for lease in LeaseBook(Path(d)).leftover():
             assert isinstance(lease.lease_id, str)
+
+
+def test_one_instance_per_journal(tmp_path: Path) -> None:
+    import pytest
+
+    from interlock.credentials.leases import JournalBusy
+
+    first = LeaseBook(tmp_path)
+    first.lock()
+    with pytest.raises(JournalBusy, match="in use by another interlock"):
+        LeaseBook(tmp_path).lock()
+    first.unlock()
+    LeaseBook(tmp_path).lock()
+
+
+def test_a_line_after_a_torn_one_is_not_lost(tmp_path: Path) -> None:
+    book = LeaseBook(tmp_path)
+    with (tmp_path / JOURNAL).open("a") as f:
+        f.write('{"op": "add", "id": "torn", "ag')
+    book.add(Lease("l2", "reporter", "postgres"))
+    assert [x.lease_id for x in LeaseBook(tmp_path).leftover()] == ["l2"]

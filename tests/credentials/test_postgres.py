@@ -210,3 +210,48 @@ async def test_approle_login_issues_and_revokes(
         await eventually_gone(v, login.username)
     finally:
         await broker.stop()
+
+
+async def test_becoming_read_only_ends_sessions_on_a_role_that_can_write(
+    vaulted: Vaulted,
+) -> None:
+    conn = await asyncpg.connect(vaulted.dsn())
+    writer_role = await conn.fetchval("select current_user")
+    await vaulted.proxy.pdp.store.restrict("reporter", ["read_only"])
+    await eventually_gone(vaulted, writer_role)
+    with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
+        await conn.fetchval("select 1")
+    await conn.close()
+    again = await asyncpg.connect(vaulted.dsn())
+    try:
+        role = await again.fetchval("select current_user")
+        admin = await asyncpg.connect(vaulted.admin_dsn)
+        can_write = await admin.fetchval("select has_table_privilege($1, 'items', 'INSERT')", role)
+        await admin.close()
+        assert can_write is False
+    finally:
+        await again.close()
+
+
+async def test_a_refusal_by_vault_is_never_covered_by_the_static_fallback(
+    postgres: Postgres, tmp_path: Path
+) -> None:
+    """Fallback is for Vault being away, not for Vault saying no (say, the operator
+    revoked interlock's token during an incident)."""
+    with openbao_server() as bao:
+        v = await start_vaulted(postgres, bao, tmp_path / "data", static_fallback=True)
+        try:
+            root = hvac.Client(url=bao.address, token=bao.root_token)
+            child = await asyncio.to_thread(root.auth.token.create, policies=["root"], ttl="1h")
+            token = child["auth"]["client_token"]
+            await v.broker.stop()
+            config = v.broker.config.model_copy(update={"token": token})
+            broker = Broker(config, tmp_path / "child")
+            await broker.start(v.proxy.pdp.store)
+            v.proxy.credentials = broker
+            await asyncio.to_thread(root.auth.token.revoke, token)
+            with pytest.raises(asyncpg.PostgresError, match="permission denied"):
+                await asyncpg.connect(v.dsn())
+            await broker.stop()
+        finally:
+            await v.proxy.stop()

@@ -1,20 +1,30 @@
-"""mitmproxy addon: put a secret into allowed requests, so agents call APIs without it.
+"""mitmproxy addons: put a secret into allowed requests, so agents call APIs without it;
+and take it out of what comes back.
 
-Runs after `Egress`: only a request the PDP allowed (and that is being forwarded) gets
-the header, built from the rule's template with the secret read from Vault at that
-moment (cached briefly by the broker). The agent's own value for that header is replaced.
-Vault unreachable = the request is denied with the reason; it is never sent without the
-credential or with a stale one the broker no longer has.
+`Inject` runs after `Egress`: only a request the PDP allowed (and that is being
+forwarded) gets the header, and only when scheme, host, port and path all match the rule
+(the path on whole segments; a path with dot-segments, encoded slashes or backslashes,
+or `;` parameters is refused rather than guessed about, since servers normalise such
+paths differently). The secret is read from Vault at that moment (cached briefly by the
+broker); the agent's own value for that header is replaced. Vault unreachable = the
+request is denied with the reason. Range requests and protocol upgrades are stripped
+from injected requests: a slice of an echo, or a WebSocket, would carry the secret past
+redaction.
 
-The secret must not come back to the agent: an API that echoes it (in a header or the
-body) has it replaced with `[redacted]` before the response leaves the proxy. The audit
-log never sees it either: the request was decided (and recorded) before injection, with
-header names only.
+`Redact` runs before every other response hook: an API that echoes the secret (in a
+header or the body, as is, JSON-escaped, URL-encoded or base64) has it replaced with
+`[redacted]` before anything else (or the agent) sees the response. A body that cannot be
+decoded cannot be checked, so it is refused (502). The audit log never sees the secret:
+the request was decided and recorded before injection, with header names only.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
+import re
+from urllib.parse import quote
 
 from mitmproxy import http
 
@@ -26,6 +36,28 @@ from interlock.proxies.http.tunnel import same_host
 log = logging.getLogger(__name__)
 INJECTED = "interlock.injected"
 REDACTED = b"[redacted]"
+_AMBIGUOUS = re.compile(r"(^|/)\.\.?(/|$)|%2e|%2f|%5c|\\|;", re.IGNORECASE)
+STRIPPED = ("Range", "If-Range", "Upgrade")
+
+
+def matches(rule: InjectRule, scheme: str, host: str, port: int, path: str) -> bool:
+    default = 443 if rule.scheme == "https" else 80
+    if scheme != rule.scheme or port != (rule.port or default) or not same_host(host, rule.host):
+        return False
+    prefix = rule.path_prefix.rstrip("/")
+    return path == prefix or path.startswith(prefix + "/") or not prefix
+
+
+def forms(secret: str) -> list[bytes]:
+    """The secret as an echo may carry it: as is, JSON-escaped, URL-encoded, base64."""
+    found = {
+        secret,
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        quote(secret, safe=""),
+        base64.b64encode(secret.encode()).decode(),
+    }
+    return sorted((f.encode() for f in found if f), key=len, reverse=True)
 
 
 class Inject:
@@ -34,9 +66,10 @@ class Inject:
         self.rules = rules
 
     def rule_for(self, flow: http.HTTPFlow) -> InjectRule | None:
-        path = flow.request.path.split("?", 1)[0]
+        req = flow.request
+        path = req.path.split("?", 1)[0]
         for rule in self.rules:
-            if same_host(flow.request.host, rule.host) and path.startswith(rule.path_prefix):
+            if matches(rule, req.scheme, req.host, req.port, path or "/"):
                 return rule
         return None
 
@@ -46,24 +79,54 @@ class Inject:
         rule = self.rule_for(flow)
         if rule is None:
             return
+        if _AMBIGUOUS.search(flow.request.path.split("?", 1)[0]):
+            flow.metadata[FORWARDED] = False
+            deny(flow, flow.metadata[DECISION], "ambiguous path for a request that gets a key")
+            return
         try:
             secret = await self.broker.secret(rule.secret)
         except CredentialError as exc:
             flow.metadata[FORWARDED] = False
             deny(flow, flow.metadata[DECISION], f"credential for {rule.host} unavailable: {exc}")
             return
+        for name in STRIPPED:
+            flow.request.headers.pop(name, None)
+        if "upgrade" in flow.request.headers.get("connection", "").lower():
+            flow.request.headers["Connection"] = "keep-alive"
         flow.request.headers[rule.header] = rule.template.replace("{secret}", secret)
         flow.metadata[INJECTED] = secret
 
+
+class Redact:
     async def response(self, flow: http.HTTPFlow) -> None:
         secret: str | None = flow.metadata.get(INJECTED)
         if not secret or flow.response is None:
             return
-        needle = secret.encode()
+        needles = forms(secret)
         headers = flow.response.headers
-        for name in {n for n in headers if any(secret in v for v in headers.get_all(n))}:
-            headers.set_all(name, [v.replace(secret, "[redacted]") for v in headers.get_all(name)])
-        raw = flow.response.get_content(strict=False) or b""
-        if needle in raw:
+        for name in list(headers.keys()):
+            values = headers.get_all(name)
+            if any(n.decode() in v for v in values for n in needles):
+                cleaned = []
+                for v in values:
+                    for n in needles:
+                        v = v.replace(n.decode(), "[redacted]")
+                    cleaned.append(v)
+                headers.set_all(name, cleaned)
+        try:
+            raw = flow.response.get_content(strict=True) or b""
+        except ValueError:
+            log.warning(
+                "%s answered an injected request with an undecodable body", flow.request.host
+            )
+            flow.response = http.Response.make(
+                502, b'{"error": "interlock could not check the response for the key"}',
+                {"Content-Type": "application/json"},
+            )  # fmt: skip
+            return
+        if any(n in raw for n in needles):
             log.warning("%s echoed an injected secret; redacted", flow.request.host)
-            flow.response.set_content(raw.replace(needle, REDACTED))
+            for n in needles:
+                raw = raw.replace(n, REDACTED)
+            flow.response.set_content(raw)
+        flow.response.trailers = None

@@ -23,7 +23,7 @@ from interlock.proxies.http.egress import Egress
 from interlock.proxies.http.failclosed import guard_all
 from interlock.proxies.http.hygiene import Hygiene
 from interlock.proxies.http.identity import Identity
-from interlock.proxies.http.inject import Inject
+from interlock.proxies.http.inject import Inject, Redact
 from interlock.proxies.http.ssrf import DnsResolver, Resolver, SsrfGuard, SystemResolver
 from interlock.proxies.http.tunnel import Tunnels
 
@@ -83,6 +83,9 @@ class HttpProxy:
                     log.warning("agent %s isolated: closing its proxy connection", agent_id)
                     writer.close()
 
+    def _injecting(self) -> bool:
+        return self.credentials is not None and bool(self.credentials.config.inject)
+
     def addons(self) -> list[object]:
         allow = [ipaddress.ip_network(n, strict=False) for n in self.config.allow_networks]
         resolver: Resolver = (
@@ -95,6 +98,8 @@ class HttpProxy:
             guard_all(self.identity),
             guard_all(SsrfGuard(allow, resolver)),
             guard_all(Tunnels(frozenset(self.config.passthrough))),
+            # Before Egress: its response hook must never see an echoed key.
+            *([guard_all(Redact())] if self._injecting() else []),
             guard_all(
                 Egress(
                     self.pdp,
@@ -107,7 +112,7 @@ class HttpProxy:
             ),
             *(
                 [guard_all(Inject(self.credentials, self.credentials.config.inject))]
-                if self.credentials is not None and self.credentials.config.inject
+                if self.credentials is not None and self._injecting()
                 else []
             ),
         ]

@@ -61,6 +61,10 @@ FINGERPRINT_TTL_S = 3600.0
 """How long values read under a label are recognised in what the agent sends out."""
 
 
+class _LoginAbandoned(Exception):
+    """The login ended early; the client has been told why."""
+
+
 @dataclass
 class _Session:
     agent: Agent
@@ -123,6 +127,7 @@ class PostgresProxy:
         self.client_tls = _server_context(config)
         self.upstream_tls = _client_context(config)
         self._unsubscribe = pdp.store.subscribe(self._posture_changed)
+        self._tasks: set[asyncio.Task[None]] = set()
         self.address: tuple[str, int] | None = None
 
     async def start(self) -> None:
@@ -234,13 +239,15 @@ class PostgresProxy:
             return None
         forward = {k: v for k, v in params.items() if k in ALLOWED_STARTUP}
         upstream, lease = self.upstream, None
-        ended: list[_Session] = []
+        revoked: list[str] = []
+        """Why its credentials were revoked, if that happens before the session exists."""
+        holder: list[_Session] = []
         if self.credentials is not None:
             try:
                 login = await self.credentials.database_login(
                     user,
                     "read_only" in posture.restrictions,
-                    lambda reason: self._end_for_credentials(ended, reason),
+                    lambda reason: self._end_for_credentials(holder, revoked, reason),
                 )
             except CredentialError as exc:
                 await self._fatal(writer, f"interlock: no database credentials: {exc}", "08006")
@@ -248,33 +255,46 @@ class PostgresProxy:
             if login is not None:
                 upstream = replace(upstream, user=login.username, password=login.password)
                 lease = login.lease
+        conn: up.Connection | None = None
         try:
-            conn = await up.connect(upstream, forward, self.upstream_tls)
-        except up.UpstreamError as exc:
+            try:
+                conn = await up.connect(upstream, forward, self.upstream_tls)
+            except up.UpstreamError as exc:
+                await self._fatal(writer, str(exc), "08006")
+                raise _LoginAbandoned from None
+            entry = self.agents[user]
+            agent = Agent(user, tuple(entry.roles), entry.owner, (), "token")
+            pid, key = self._new_key()
+            session = _Session(
+                agent,
+                forward.get("database", self.upstream.database),
+                writer,
+                conn,
+                pid,
+                key,
+                status=conn.status,
+                lease=lease,
+            )
+            out = [m.Authentication(0).encode()]
+            out += [p.encode() for p in conn.parameters]
+            out += [m.BackendKeyData(pid, key).encode(), m.ReadyForQuery(conn.status).encode()]
+            writer.write(b"".join(out))
+            await writer.drain()
+            if revoked:
+                await self._fatal(writer, f"interlock: {revoked[0]}", "57P01")
+                raise _LoginAbandoned
+        except BaseException as exc:
+            # Timed out, reset, refused or revoked mid-login: nothing of it may linger,
+            # least of all credentials that would be renewed for a session that is gone.
+            if conn is not None:
+                conn.writer.close()
             if lease is not None and self.credentials is not None:
-                await self.credentials.release(lease)
-            await self._fatal(writer, str(exc), "08006")
-            return None
-        entry = self.agents[user]
-        agent = Agent(user, tuple(entry.roles), entry.owner, (), "token")
-        pid, key = self._new_key()
-        session = _Session(
-            agent,
-            forward.get("database", self.upstream.database),
-            writer,
-            conn,
-            pid,
-            key,
-            status=conn.status,
-            lease=lease,
-        )
-        ended.append(session)
+                await asyncio.shield(self.credentials.release(lease))
+            if isinstance(exc, _LoginAbandoned):
+                return None
+            raise
+        holder.append(session)
         self._sessions[(pid, key)] = session
-        out = [m.Authentication(0).encode()]
-        out += [p.encode() for p in conn.parameters]
-        out += [m.BackendKeyData(pid, key).encode(), m.ReadyForQuery(conn.status).encode()]
-        writer.write(b"".join(out))
-        await writer.drain()
         return session
 
     async def _authenticate(
@@ -532,10 +552,14 @@ class PostgresProxy:
                 self._terminate(session, "agent is isolated", "42501")
             )
 
-    def _end_for_credentials(self, sessions: list[_Session], reason: str) -> None:
-        """Its lease was revoked (rotation, isolation, renewal failed): end the session."""
+    def _end_for_credentials(self, sessions: list[_Session], early: list[str], reason: str) -> None:
+        """Its lease was revoked (rotation, isolation, expiry): end the session, or, when
+        it does not exist yet, make its login fail."""
+        early.append(reason)
         for session in sessions:
-            asyncio.get_running_loop().create_task(self._terminate(session, reason, "57P01"))
+            task = asyncio.get_running_loop().create_task(self._terminate(session, reason, "57P01"))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _terminate(self, session: _Session, reason: str, code: str) -> None:
         if session.closed:
