@@ -214,6 +214,13 @@ class Holds:
         hold = self._open(decision, limit, action, text)
         try:
             verdict = await self._settle(hold, limit)
+        except asyncio.CancelledError:
+            # The client went away while it waited: the request ends, and says so.
+            gone = Verdict(False, None, "the client went away", "withdrawn")
+            task = asyncio.get_running_loop().create_task(self._note(hold.request, gone))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            raise
         finally:
             self._close(hold)
         if not await self._record(hold.request, verdict) and verdict.approved:
@@ -376,6 +383,9 @@ class Holds:
         except ApprovalError:
             return False
         return True
+
+    async def _note(self, request: ApprovalRequest, verdict: Verdict) -> None:
+        await self._record(request, verdict)
 
     async def _record(self, request: ApprovalRequest, verdict: Verdict) -> bool:
         """Audit the outcome under the held decision; human answers become history.

@@ -251,3 +251,16 @@ def test_the_exact_text_is_part_of_the_hash() -> None:
     assert action_hash(ddl(), "create table t (a int)") != action_hash(
         ddl(), "create table t (a int); drop table payroll"
     )
+
+
+async def test_a_client_that_goes_away_withdraws_its_request(pdp: PDP, sink: CaptureSink) -> None:
+    holds = holds_for(pdp)
+    decision = await pdp.decide(ddl())
+    waiting = asyncio.create_task(holds.wait(decision, 30, ddl()))
+    await asyncio.sleep(0.01)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await asyncio.sleep(0.01)
+    assert holds.pending() == []
+    assert sink.last.decision.reasons == ("not approved: the client went away",)
