@@ -21,7 +21,7 @@ from interlock.approvals.web import WebApprovals
 from interlock.audit.factory import log_for
 from interlock.audit.log import AuditLog
 from interlock.config import Config
-from interlock.core.context import MemoryStore
+from interlock.core.context import MemoryStore, StateStore
 from interlock.core.model import Tier
 from interlock.core.pdp import PDP
 from interlock.core.policy import DECISION_ENTRYPOINT, PolicyManager
@@ -67,12 +67,19 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.audit.close()
+        if hasattr(self.pdp.store, "close"):
+            await self.pdp.store.close()
 
 
 def build(config: Config) -> Runtime:
     """Load the policy and build the PDP; raises BundleError or ConfigError."""
-    if config.state.store != "memory":
-        raise ConfigError("state.store: only 'memory' is available in this build")
+    store: StateStore
+    if config.state.store == "memory":
+        store = MemoryStore()
+    else:
+        from interlock.core.redis_store import RedisStore
+
+        store = RedisStore(config.state.store)
     entrypoints = [DECISION_ENTRYPOINT]
     if config.extauthz is not None and config.extauthz.mode == "opa-envoy":
         entrypoints.append(config.extauthz.decision_path)
@@ -88,7 +95,7 @@ def build(config: Config) -> Runtime:
     intel = ThreatIntel(config.intel.feeds) if config.intel.feeds else None
     pdp = PDP(
         policy,
-        MemoryStore(),
+        store,
         audit,
         audit_fail_open_max_tier=None if fail_open == "none" else Tier(fail_open),
         intel=intel,
@@ -188,6 +195,8 @@ def _set_public_url(runtime: Runtime, admin: Admin, url: str) -> None:
 async def start(runtime: Runtime) -> None:
     """Start listeners and background tasks; fills `runtime.endpoints`."""
     cfg = runtime.config
+    if hasattr(runtime.pdp.store, "start"):
+        await runtime.pdp.store.start()  # a shared store: reachable, or a clear error now
     await runtime.audit.start()
     runtime._tasks.append(asyncio.create_task(runtime.policy.watch(cfg.policy.watch_interval)))
     if cfg.admin is not None:

@@ -10,18 +10,27 @@ import pytest
 
 from interlock.testing.openbao import OpenBao
 from interlock.testing.openbao import openbao_server as _openbao_server
-from interlock.testing.services import MissingService, OidcProvider, Postgres, Sshd, free_port
+from interlock.testing.services import (
+    MissingService,
+    OidcProvider,
+    Postgres,
+    Redis,
+    Sshd,
+    free_port,
+)
 from interlock.testing.services import dns_server as _dns_server
 from interlock.testing.services import envoy_server as _envoy_server
 from interlock.testing.services import nginx_server as _nginx_server
 from interlock.testing.services import oidc_provider as _oidc_provider
 from interlock.testing.services import postgres_server as _postgres_server
+from interlock.testing.services import redis_server as _redis_server
 from interlock.testing.services import sshd_server as _sshd_server
 
 __all__ = [
     "OidcProvider",
     "OpenBao",
     "Postgres",
+    "Redis",
     "Sshd",
     "dns_server",
     "envoy_server",
@@ -30,6 +39,7 @@ __all__ = [
     "oidc_provider",
     "openbao_server",
     "postgres_server",
+    "redis_server",
     "sshd_server",
 ]
 
@@ -72,3 +82,7 @@ def oidc_provider(
 
 def openbao_server() -> contextlib.AbstractContextManager[OpenBao]:
     return _required(_openbao_server())
+
+
+def redis_server(port: int | None = None) -> contextlib.AbstractContextManager[Redis]:
+    return _required(_redis_server(port))

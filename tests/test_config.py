@@ -118,17 +118,21 @@ def test_the_shipped_example_is_valid() -> None:
         ),
         ("[credentials]\naddress = 'http://127.0.0.1:8200'\n", r"credentials: .*exactly one"),
         (
-            "[credentials]\naddress = 'http://v:8200'\ntoken = 't'\n[[credentials.inject]]\n"
+            "[credentials]\naddress = 'http://vault.example.com'\ntoken = 't'\n",
+            r"credentials.address: .*use https",
+        ),
+        (
+            "[credentials]\naddress = 'https://v:8200'\ntoken = 't'\n[[credentials.inject]]\n"
             "host = 'api.example.com'\nsecret = 'secret/saas'\n",
             r"credentials.inject.0.secret",
         ),
         (
-            "[credentials]\naddress = 'http://v:8200'\ntoken = 't'\n[[credentials.inject]]\n"
+            "[credentials]\naddress = 'https://v:8200'\ntoken = 't'\n[[credentials.inject]]\n"
             "host = 'a'\nsecret = 'secret/saas#k'\ntemplate = 'Bearer'\n",
             r"credentials.inject.0.template",
         ),
         (
-            "[credentials]\naddress = 'http://v:8200'\napprole_role_id = 'r'\n",
+            "[credentials]\naddress = 'https://v:8200'\napprole_role_id = 'r'\n",
             r"approle_secret_id_file",
         ),
     ],

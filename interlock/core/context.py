@@ -182,12 +182,36 @@ class _Agent:
     posture: Posture = NORMAL
 
 
-class MemoryStore:
+class Listeners:
+    """Posture subscribers, shared by the stores."""
+
+    def __init__(self) -> None:
+        self._listeners: list[PostureListener] = []
+
+    def subscribe(self, listener: PostureListener) -> Callable[[], None]:
+        self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return unsubscribe
+
+    def _notify(self, agent_id: str, posture: Posture) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(agent_id, posture)
+            except Exception:
+                # One broken PEP must not stop the others from hearing about a restriction.
+                log.exception("posture listener failed for agent %s", agent_id)
+
+
+class MemoryStore(Listeners):
     """The embedded store: one process, nothing persisted (restarts forget context)."""
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        super().__init__()
         self._agents: dict[str, _Agent] = {}
-        self._listeners: list[PostureListener] = []
         self._clock = clock
 
     def _get(self, agent_id: str) -> _Agent:
@@ -307,33 +331,10 @@ class MemoryStore:
     ) -> Posture:
         current = await self.posture(agent_id, self._clock())
         added = frozenset(parse_restriction(r) for r in restrictions)
-        updated = replace(
-            current,
-            restrictions=current.restrictions | added,
-            isolated=current.isolated or isolate,
-            reason=reason or current.reason,
-            until=until if current.normal else _later(current.until, until),
-        )
+        updated = tighten(current, added, isolate, reason, until)
         if updated != current:
             await self.set_posture(agent_id, updated)
         return updated
-
-    def subscribe(self, listener: PostureListener) -> Callable[[], None]:
-        self._listeners.append(listener)
-
-        def unsubscribe() -> None:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
-
-        return unsubscribe
-
-    def _notify(self, agent_id: str, posture: Posture) -> None:
-        for listener in list(self._listeners):
-            try:
-                listener(agent_id, posture)
-            except Exception:
-                # One broken PEP must not stop the others from hearing about a restriction.
-                log.exception("posture listener failed for agent %s", agent_id)
 
     def agents(self) -> list[str]:
         return sorted(self._agents)
@@ -351,6 +352,20 @@ def _baseline(minutes: deque[list[int]], now: float) -> float | None:
     if span < BASELINE_MIN_HISTORY:
         return None
     return sum(past) / span
+
+
+def tighten(
+    current: Posture, added: frozenset[str], isolate: bool, reason: str, until: float | None
+) -> Posture:
+    """`current` with more restrictions (or isolated); restrictions only accumulate, and
+    the later expiry wins."""
+    return replace(
+        current,
+        restrictions=current.restrictions | added,
+        isolated=current.isolated or isolate,
+        reason=reason or current.reason,
+        until=until if current.normal else _later(current.until, until),
+    )
 
 
 def _later(a: float | None, b: float | None) -> float | None:

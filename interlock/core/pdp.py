@@ -40,7 +40,7 @@ from interlock.core.record import AuditSink, DecisionRecord
 from interlock.core.result import parse_result
 from interlock.core.signals import Facts, RiskModel, compute, score
 from interlock.core.stats import DecisionStats
-from interlock.errors import PolicyError
+from interlock.errors import PolicyError, StateError
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +160,9 @@ class PDP:
             a.input_doc = build_input(action, a.posture, view, a.risk, a.now)
         except PolicyError as exc:
             a.error = f"policy: {exc}"
+        except StateError as exc:
+            log.warning("decision %s: %s", a.decision_id, exc)
+            a.error = str(exc)
         except Exception as exc:
             log.exception("assessing decision %s failed", a.decision_id)
             a.error = f"internal error: {type(exc).__name__}"

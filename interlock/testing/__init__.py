@@ -7,8 +7,11 @@ decision = await pdp.decide(action)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+
+from aiohttp import web
 
 from interlock.core.context import MemoryStore
 from interlock.core.model import Tier
@@ -70,3 +73,16 @@ def make_pdp(
         clock=clock,
         audit_fail_open_max_tier=audit_fail_open_max_tier,
     )
+
+
+@contextlib.asynccontextmanager
+async def serve_app(app: web.Application) -> AsyncIterator[str]:
+    """Serve an aiohttp app (a stand-in upstream for a test) on a free loopback port;
+    yields its base URL."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()

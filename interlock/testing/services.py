@@ -518,3 +518,27 @@ def oidc_provider(accounts: tuple[str, ...] = ("alice",)) -> Iterator[OidcProvid
             env["CLIENT_ID"],
             env["CLIENT_SECRET"],
         )
+
+
+@dataclass(frozen=True)
+class Redis:
+    port: int
+    process: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+@contextlib.contextmanager
+def redis_server(port: int | None = None) -> Iterator[Redis]:
+    """`redis-server` on loopback, nothing persisted. Pass the `port` of one that was
+    stopped to bring it back (empty) where clients expect it."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise MissingService("redis-server is not installed: apt-get install redis-server")
+    port = port or free_port()
+    cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+           "--appendonly", "no", "--protected-mode", "yes"]  # fmt: skip
+    with serving(cmd, port, "redis-server") as proc:
+        yield Redis(port, proc)

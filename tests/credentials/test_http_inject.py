@@ -23,6 +23,7 @@ from interlock.config import (
     InjectRule,
 )
 from interlock.runtime import Runtime, build, start
+from interlock.testing import serve_app
 from interlock.testing.openbao import OpenBao
 
 pytestmark = pytest.mark.integration
@@ -51,11 +52,8 @@ async def api() -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    await runner.cleanup()
+    async with serve_app(app) as url:
+        yield url
 
 
 @pytest.fixture

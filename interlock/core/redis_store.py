@@ -1,0 +1,352 @@
+"""The shared state store: context and posture in Redis, for several interlock instances.
+
+Everything `MemoryStore` keeps per agent lives under `interlock:a:<agent>:*`, so every
+instance decides on the same context: recent actions, taints (a sorted set of expiries,
+raised with `ZADD GT`), first-seen targets, the per-minute baseline, fingerprints of
+labelled values, approval history per kind, and the posture. Posture changes are written
+in a WATCH/MULTI transaction (two instances restricting at once both count) and published
+on `interlock:posture`; every instance's listeners (the proxies, which end sessions on
+isolation) hear them from that channel, their own changes included.
+
+Fail closed: a Redis error becomes `StateError("state store unavailable: ...")`, which the
+PDP turns into a denial; nothing falls back to local state. When the subscription drops,
+it is re-established and the current posture of every agent this instance knows is
+delivered again, so an isolation pushed while it was away still ends sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import asdict, replace
+from typing import Any, TypeVar, cast
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, WatchError
+
+from interlock.core.context import (
+    BASELINE_MINUTES,
+    MAX_ANSWER_KINDS,
+    MAX_FINGERPRINTS,
+    NORMAL,
+    RATE_WINDOW_S,
+    RECENT_ACTIONS,
+    SEEN_TARGETS,
+    ContextView,
+    Flow,
+    Listeners,
+    Posture,
+    RecentAction,
+    _baseline,
+    tighten,
+)
+from interlock.core.model import parse_restriction
+from interlock.errors import StateError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+CHANNEL = "interlock:posture"
+TIMEOUT_S = 1.0
+"""Per Redis operation: a slow store must not hold decisions for long."""
+
+
+def _posture_doc(p: Posture) -> str:
+    doc = asdict(p)
+    doc["restrictions"] = sorted(p.restrictions)
+    return json.dumps(doc)
+
+
+def _posture(raw: str | None) -> Posture:
+    if not raw:
+        return NORMAL
+    doc = json.loads(raw)
+    return Posture(
+        frozenset(doc.get("restrictions", ())),
+        bool(doc.get("isolated")),
+        doc.get("until"),
+        str(doc.get("reason", "")),
+    )
+
+
+class RedisStore(Listeners):
+    def __init__(
+        self, url: str, clock: Callable[[], float] = time.time, prefix: str = "interlock:"
+    ) -> None:
+        super().__init__()
+        self.url = url
+        self._redis = aioredis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=TIMEOUT_S,
+            socket_connect_timeout=TIMEOUT_S,
+        )
+        self._clock = clock
+        self._prefix = prefix
+        self._known: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Check Redis answers (a clear error at start-up if not) and follow posture."""
+        try:
+            await asyncio.wait_for(self._redis.ping(), TIMEOUT_S * 2)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StateError(f"Redis at {self._safe_url()} unreachable: {exc}") from None
+        self._task = asyncio.create_task(self._follow())
+        await asyncio.wait_for(self._subscribed.wait(), 5)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._redis.aclose()
+
+    def _safe_url(self) -> str:
+        """The URL without its password."""
+        scheme, _, rest = self.url.partition("://")
+        return f"{scheme}://{rest.rpartition('@')[2]}"
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _k(self, agent_id: str, part: str) -> str:
+        return f"{self._prefix}a:{agent_id}:{part}"
+
+    async def _do(self, op: Awaitable[T]) -> T:
+        try:
+            return await op
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StateError(f"state store unavailable: {type(exc).__name__}") from None
+
+    # --- context ---------------------------------------------------------------------------
+
+    async def view(self, agent_id: str, target_key: str, now: float) -> ContextView:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zrangebyscore(self._k(agent_id, "taints"), f"({now}", "+inf", withscores=True)
+        pipe.hgetall(self._k(agent_id, "taint_src"))
+        pipe.zscore(self._k(agent_id, "seen"), target_key)
+        pipe.zcount(self._k(agent_id, "window"), f"({now - RATE_WINDOW_S}", "+inf")
+        pipe.hget(self._k(agent_id, "answers"), target_key)
+        pipe.lrange(self._k(agent_id, "recent"), 0, RECENT_ACTIONS - 1)
+        pipe.hgetall(self._k(agent_id, "minutes"))
+        taints, sources, seen, rate, answers, recent, minutes = await self._do(pipe.execute())
+        live = {label for label, _ in taints}
+        approved, denied = (int(x) for x in (answers or "0,0").split(","))
+        ordered = deque(sorted([int(m), int(c)] for m, c in minutes.items()))
+        return ContextView(
+            taints=frozenset(live),
+            first_seen=seen is None,
+            actions_last_minute=int(rate),
+            approved=approved,
+            denied=denied,
+            recent=tuple(RecentAction(**json.loads(r)) for r in reversed(recent)),
+            taint_sources={k: v for k, v in sources.items() if k in live},
+            baseline_per_minute=_baseline(ordered, now),
+        )
+
+    async def record(
+        self,
+        agent_id: str,
+        action: RecentAction,
+        target_key: str,
+        taints: Mapping[str, float],
+    ) -> None:
+        t = action.time
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.lpush(self._k(agent_id, "recent"), json.dumps(asdict(action)))
+        pipe.ltrim(self._k(agent_id, "recent"), 0, RECENT_ACTIONS - 1)
+        pipe.zadd(self._k(agent_id, "window"), {f"{t}:{action.decision_id}": t})
+        pipe.zremrangebyscore(self._k(agent_id, "window"), "-inf", t - RATE_WINDOW_S)
+        pipe.hincrby(self._k(agent_id, "minutes"), str(int(t // 60)), 1)
+        pipe.expire(self._k(agent_id, "minutes"), int((BASELINE_MINUTES + 2) * 60))
+        pipe.zadd(self._k(agent_id, "seen"), {target_key: t})
+        pipe.zremrangebyrank(self._k(agent_id, "seen"), 0, -(SEEN_TARGETS + 1))
+        if taints:
+            pipe.zadd(self._k(agent_id, "taints"), dict(taints), gt=True)
+            pipe.hset(
+                self._k(agent_id, "taint_src"), mapping={k: action.decision_id for k in taints}
+            )
+        pipe.sadd(f"{self._prefix}agents", agent_id)
+        await self._do(pipe.execute())
+        self._known.add(agent_id)
+
+    async def add_taint(
+        self, agent_id: str, label: str, until: float, source: str | None = None
+    ) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zadd(self._k(agent_id, "taints"), {label: until}, gt=True)
+        if source is not None:
+            pipe.hset(self._k(agent_id, "taint_src"), label, source)
+        await self._do(pipe.execute())
+
+    async def add_fingerprints(
+        self, agent_id: str, source: str, labels: frozenset[str], fps: Iterable[str], until: float
+    ) -> None:
+        value = json.dumps([source, sorted(labels), until])
+        mapping = dict.fromkeys(fps, value)
+        if not mapping:
+            return
+        key = self._k(agent_id, "fp")
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hset(key, mapping=cast(Any, mapping))
+        pipe.expire(key, max(1, int(until - self._clock())) + 60)
+        pipe.hlen(key)
+        *_, size = await self._do(pipe.execute())
+        if int(size) > MAX_FINGERPRINTS:
+            await self._trim_fingerprints(key)
+
+    async def _trim_fingerprints(self, key: str) -> None:
+        """Over the cap: forget the ones that expire first (rare, so a full read is fine)."""
+        entries = await self._do(self._redis.hgetall(key))
+        by_expiry = sorted(entries, key=lambda fp: json.loads(entries[fp])[2])
+        drop = by_expiry[: len(entries) - MAX_FINGERPRINTS]
+        if drop:
+            await self._do(self._redis.hdel(key, *drop))
+
+    async def has_fingerprints(self, agent_id: str) -> bool:
+        return bool(await self._do(self._redis.exists(self._k(agent_id, "fp"))))
+
+    async def flows(self, agent_id: str, fps: frozenset[str], now: float) -> list[Flow]:
+        if not fps:
+            return []
+        ordered = sorted(fps)
+        values = await self._do(self._redis.hmget(self._k(agent_id, "fp"), ordered))
+        found: dict[str, set[str]] = {}
+        for raw in values:
+            if raw is None:
+                continue
+            source, labels, until = json.loads(raw)
+            if until > now:
+                found.setdefault(source, set()).update(labels)
+        return [Flow(s, frozenset(labels)) for s, labels in sorted(found.items())]
+
+    async def record_approval(self, agent_id: str, kind: str, approved: bool) -> None:
+        key = self._k(agent_id, "answers")
+
+        async def update(pipe: Any) -> None:
+            raw = await pipe.hget(key, kind)
+            ok, no = (int(x) for x in (raw or "0,0").split(","))
+            ok, no = (ok + 1, no) if approved else (ok, no + 1)
+            size = await pipe.hlen(key)
+            pipe.multi()
+            pipe.hset(key, kind, f"{ok},{no}")
+            if int(size) > MAX_ANSWER_KINDS:
+                pipe.delete(key)  # bounded memory: start the history afresh
+
+        await self._transaction(key, update)
+
+    # --- posture ---------------------------------------------------------------------------
+
+    async def posture(self, agent_id: str, now: float) -> Posture:
+        raw = await self._do(self._redis.get(self._k(agent_id, "posture")))
+        return _posture(str(raw) if raw else None).active(now)
+
+    async def set_posture(self, agent_id: str, posture: Posture) -> None:
+        for r in posture.restrictions:
+            parse_restriction(r)
+        doc = _posture_doc(posture)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.set(self._k(agent_id, "posture"), doc)
+        pipe.sadd(f"{self._prefix}agents", agent_id)
+        pipe.publish(CHANNEL, json.dumps({"agent": agent_id, "posture": doc}))
+        await self._do(pipe.execute())
+        self._known.add(agent_id)
+
+    async def restore(self, agent_id: str, reason: str = "") -> None:
+        await self.set_posture(agent_id, replace(NORMAL, reason=reason))
+
+    async def restrict(
+        self,
+        agent_id: str,
+        restrictions: Iterable[str],
+        *,
+        isolate: bool = False,
+        reason: str = "",
+        until: float | None = None,
+    ) -> Posture:
+        added = frozenset(parse_restriction(r) for r in restrictions)
+        key = self._k(agent_id, "posture")
+        result: list[Posture] = []
+
+        async def update(pipe: Any) -> None:
+            current = _posture(await pipe.get(key)).active(self._clock())
+            updated = tighten(current, added, isolate, reason, until)
+            result[:] = [updated]
+            pipe.multi()
+            if updated != current:
+                doc = _posture_doc(updated)
+                pipe.set(key, doc)
+                pipe.sadd(f"{self._prefix}agents", agent_id)
+                pipe.publish(CHANNEL, json.dumps({"agent": agent_id, "posture": doc}))
+
+        await self._transaction(key, update)
+        self._known.add(agent_id)
+        return result[0]
+
+    async def _transaction(self, key: str, update: Callable[[Any], Awaitable[None]]) -> None:
+        """Read-modify-write `key` atomically across instances (retried on conflict)."""
+        for _ in range(50):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                try:
+                    await self._do(pipe.watch(key))
+                    await update(pipe)
+                    await self._do(pipe.execute())
+                    return
+                except WatchError:
+                    continue
+                except (RedisError, OSError, TimeoutError) as exc:
+                    raise StateError(f"state store unavailable: {type(exc).__name__}") from None
+        raise StateError("state store busy: posture kept changing under this update")
+
+    def _notify(self, agent_id: str, posture: Posture) -> None:
+        self._known.add(agent_id)
+        super()._notify(agent_id, posture)
+
+    async def _follow(self) -> None:
+        """Deliver published posture changes; after a reconnect, deliver every known
+        agent's current posture (changes may have been missed meanwhile)."""
+        first = True
+        while True:
+            pubsub = self._redis.pubsub()
+            try:
+                await pubsub.subscribe(CHANNEL)
+                self._subscribed.set()
+                if not first:
+                    await self._replay()
+                first = False
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is None or message.get("type") != "message":
+                        continue
+                    try:
+                        doc = json.loads(message["data"])
+                        self._notify(str(doc["agent"]), _posture(doc["posture"]))
+                    except (ValueError, KeyError, TypeError):
+                        log.warning("malformed posture message ignored")
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                raise
+            except (RedisError, OSError, TimeoutError) as exc:
+                log.warning("posture subscription lost (%s); retrying", type(exc).__name__)
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await asyncio.sleep(0.5)
+
+    async def _replay(self) -> None:
+        now = self._clock()
+        for agent_id in sorted(self._known):
+            with contextlib.suppress(StateError):
+                self._notify(agent_id, await self.posture(agent_id, now))
+
+    def agents(self) -> list[str]:
+        """Agents this instance has seen (the admin API lists these; others are in Redis
+        under `interlock:agents`)."""
+        return sorted(self._known)

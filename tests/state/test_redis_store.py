@@ -1,0 +1,125 @@
+"""The shared state store on a real Redis: the same context semantics as the embedded
+store, posture pushed to every instance, and fail-closed behaviour when Redis goes away."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from interlock.core.context import Posture, RecentAction
+from interlock.core.model import Action, Agent, Effect, Operation
+from interlock.core.redis_store import RedisStore
+from interlock.errors import StateError
+from interlock.testing import CaptureSink, make_pdp
+from interlock.testing.services import Redis
+from tests.services import free_port, redis_server
+
+pytestmark = pytest.mark.integration
+AGENT = Agent("reporter", ("analyst",), "alice@example.com", authn="token")
+
+
+@pytest.fixture
+async def store(redis: Redis) -> AsyncIterator[RedisStore]:
+    s = RedisStore(redis.url)
+    await s.start()
+    yield s
+    await s.close()
+
+
+async def test_context_is_kept_as_the_embedded_store_keeps_it(store: RedisStore) -> None:
+    now = time.time()
+    fresh = await store.view("a", "pg:read:t", now)
+    assert (fresh.first_seen, fresh.taints, fresh.actions_last_minute) == (True, frozenset(), 0)
+    for i in range(3):
+        await store.record(
+            "a", RecentAction(f"d{i}", now + i, "pg", "read", "t", "allow"), "pg:read:t",
+            {"untrusted_content": now + 60} if i == 0 else {},
+        )  # fmt: skip
+    view = await store.view("a", "pg:read:t", now + 3)
+    assert view.first_seen is False
+    assert view.actions_last_minute == 3
+    assert [r.decision_id for r in view.recent] == ["d0", "d1", "d2"]
+    assert view.taints == {"untrusted_content"}
+    assert view.taint_sources == {"untrusted_content": "d0"}
+    assert (await store.view("a", "pg:read:t", now + 61)).taints == frozenset(), "expired"
+    await store.add_taint("a", "untrusted_content", now + 10, "d9")
+    later = await store.view("a", "pg:read:t", now + 30)
+    assert later.taints == {"untrusted_content"}, "a shorter taint does not shorten a longer"
+    await store.record_approval("a", "pg:read:t", True)
+    await store.record_approval("a", "pg:read:t", False)
+    await store.record_approval("a", "pg:read:t", True)
+    counted = await store.view("a", "pg:read:t", now)
+    assert (counted.approved, counted.denied) == (2, 1)
+    await store.add_fingerprints("a", "d0", frozenset({"pii"}), ["fp1", "fp2"], now + 60)
+    assert await store.has_fingerprints("a")
+    (flow,) = await store.flows("a", frozenset({"fp2", "nope"}), now)
+    assert (flow.source, flow.labels) == ("d0", {"pii"})
+    assert await store.flows("a", frozenset({"fp1"}), now + 61) == []
+
+
+async def test_posture_changes_reach_every_instance_within_a_second(redis: Redis) -> None:
+    one, two = RedisStore(redis.url), RedisStore(redis.url)
+    await one.start()
+    await two.start()
+    heard: asyncio.Queue[tuple[str, Posture]] = asyncio.Queue()
+    two.subscribe(lambda agent, posture: heard.put_nowait((agent, posture)))
+    pdp_two = make_pdp(store=two)  # type: ignore[arg-type]
+    try:
+        started = time.monotonic()
+        await one.restrict("reporter", [], isolate=True, reason="test")
+        agent, posture = await asyncio.wait_for(heard.get(), 1.0)
+        assert (agent, posture.isolated) == ("reporter", True)
+        assert time.monotonic() - started < 1.0
+        decision = await pdp_two.decide(Action(AGENT, "postgres", Operation.READ, "public.t"))
+        assert decision.effect is Effect.DENY, "the other instance refuses at once"
+        await one.restrict("reporter", ["read_only"])
+        await two.restrict("reporter", ["no_egress"])
+        both = await one.posture("reporter", time.time())
+        assert both.restrictions == {"read_only", "no_egress"}, "concurrent changes both count"
+        await one.restore("reporter")
+        assert (await two.posture("reporter", time.time())).normal
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_redis_down_at_start_is_a_clear_error() -> None:
+    store = RedisStore(f"redis://127.0.0.1:{free_port()}/0")
+    with pytest.raises(StateError, match=r"Redis at redis://127\.0\.0\.1:\d+/0 unreachable"):
+        await store.start()
+
+
+async def test_redis_down_mid_run_denies_and_recovers_when_it_returns() -> None:
+    with redis_server() as first:
+        port = first.port
+        store = RedisStore(first.url)
+        await store.start()
+        heard: list[tuple[str, Posture]] = []
+        store.subscribe(lambda agent, posture: heard.append((agent, posture)))
+        sink = CaptureSink()
+        pdp = make_pdp(store=store, sink=sink)  # type: ignore[arg-type]
+        read = Action(AGENT, "postgres", Operation.READ, "public.t")
+        assert (await pdp.decide(read)).effect is Effect.ALLOW
+    try:
+        # Redis is gone: decisions are denied, saying why.
+        down = await pdp.decide(read)
+        assert down.effect is Effect.DENY
+        assert "state store unavailable" in down.reasons[0]
+        with redis_server(port) as again:
+            await store.restrict("reporter", [], isolate=True)  # through the new server
+            for _ in range(60):
+                if any(p.isolated for _, p in heard):
+                    break
+                await asyncio.sleep(0.1)
+            assert any(p.isolated for _, p in heard), "the subscription came back"
+            decision = await pdp.decide(read)
+            assert decision.effect is Effect.DENY
+            assert "isolated" in " ".join(decision.reasons)
+            await store.restore("reporter")
+            assert (await pdp.decide(read)).effect is Effect.ALLOW
+            assert again.port == port
+    finally:
+        await store.close()
