@@ -48,10 +48,28 @@ def _read_json(name: str) -> Any:
         raise UsageError(f"{name}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from None
 
 
+COMPONENTS = ("admin", "postgres", "http", "ssh", "extauthz")
+
+
+def only(config: Config, names: str) -> Config:
+    """The config with only the named components on (one per process, as sidecars)."""
+    wanted = {n.strip() for n in names.split(",") if n.strip()}
+    unknown = wanted - set(COMPONENTS)
+    if unknown or not wanted:
+        raise UsageError(f"--only takes some of {', '.join(COMPONENTS)}; got {names!r}")
+    missing = [n for n in wanted if getattr(config, n) is None]
+    if missing:
+        raise UsageError(f"--only {','.join(sorted(missing))}: not configured in this config")
+    return config.model_copy(update={n: None for n in COMPONENTS if n not in wanted})
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from interlock.runtime import serve
 
-    asyncio.run(serve(_config(args.config)))
+    config = _config(args.config)
+    if args.only:
+        config = only(config, args.only)
+    asyncio.run(serve(config))
     return 0
 
 
@@ -381,6 +399,9 @@ def parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="run what the config enables (embedded defaults without one)")
     up.add_argument("-c", "--config", help="interlock.toml")
+    up.add_argument(
+        "--only", help=f"run just these components (comma-separated: {', '.join(COMPONENTS)})"
+    )
     up.set_defaults(func=cmd_up)
 
     init = sub.add_parser("init", help="write a commented example interlock.toml")

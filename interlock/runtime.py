@@ -27,7 +27,7 @@ from interlock.core.pdp import PDP
 from interlock.core.policy import DECISION_ENTRYPOINT, PolicyManager
 from interlock.core.rego import RegoEngine
 from interlock.credentials.broker import Broker
-from interlock.errors import ConfigError
+from interlock.errors import BundleError, ConfigError
 from interlock.identity.jwt import JwtVerifier
 from interlock.identity.registry import AgentRegistry
 from interlock.intel.feeds import ThreatIntel
@@ -331,8 +331,22 @@ def banner(runtime: Runtime) -> str:
     return "\n".join(lines)
 
 
+async def reload(runtime: Runtime) -> None:
+    """SIGHUP: re-read the policy bundle and the threat feeds now. A bundle that does not
+    compile is refused and the one serving keeps serving; connections are untouched."""
+    try:
+        policy = await asyncio.to_thread(runtime.policy.load)
+        log.warning("SIGHUP: policy version %s serving", policy.version[:12])
+    except BundleError as exc:
+        log.error("SIGHUP: policy reload refused, old bundle keeps serving: %s", exc)
+    if runtime.intel is not None:
+        await asyncio.to_thread(runtime.intel.reload)
+        for path, error in runtime.intel.errors.items():
+            log.error("SIGHUP: threat feed %s: %s (last good version kept)", path, error)
+
+
 async def serve(config: Config, ready: Callable[[Runtime], None] | None = None) -> None:
-    """Run until SIGINT or SIGTERM."""
+    """Run until SIGINT or SIGTERM; SIGHUP reloads the policy and the feeds."""
     runtime = build(config)
     await start(runtime)
     print(banner(runtime), flush=True)
@@ -342,6 +356,14 @@ async def serve(config: Config, ready: Callable[[Runtime], None] | None = None) 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    reloading: set[asyncio.Task[None]] = set()
+
+    def hup() -> None:
+        task = loop.create_task(reload(runtime))
+        reloading.add(task)
+        task.add_done_callback(reloading.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, hup)
     try:
         await stop.wait()
     finally:

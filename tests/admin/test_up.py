@@ -127,6 +127,38 @@ def test_up_reloads_the_bundle_and_reports_a_refused_one(
     assert up.stop() == 0
 
 
+def test_sighup_reloads_now_and_keeps_the_old_bundle_when_the_new_one_is_broken(
+    tmp_path: Path, bundle_copy: Path, up_factory: Any
+) -> None:
+    """With file watching slowed to an hour, only SIGHUP can have reloaded."""
+    port = free_port()
+    cfg = tmp_path / "interlock.toml"
+    cfg.write_text(
+        f'data_dir = "{tmp_path / "data"}"\n[policy]\nbundle = "{bundle_copy}"\n'
+        f'watch_interval = 3600\n[admin]\nlisten = "127.0.0.1:{port}"\n'
+    )
+    up = up_factory(["-c", str(cfg)], tmp_path)
+    admin = up.wait_ready()
+    _, first = get(admin + "/healthz")
+    (bundle_copy / "broken.rego").write_text("package interlock\nbroken := {\n")
+    up.proc.send_signal(signal.SIGHUP)
+    refused = _poll(admin, lambda b: b["policy_error"] is not None)
+    assert refused["policy_version"] == first["policy_version"], "the old bundle serves"
+    assert refused["status"] == "ok"
+    (bundle_copy / "broken.rego").unlink()
+    data = json.loads((bundle_copy / "data.json").read_text())
+    data["interlock"]["risk"]["rate_per_minute"] = 901
+    (bundle_copy / "data.json").write_text(json.dumps(data))
+    up.proc.send_signal(signal.SIGHUP)
+    reloaded = _poll(admin, lambda b: b["policy_version"] != first["policy_version"])
+    assert reloaded["policy_error"] is None
+    assert up.stop() == 0
+    assert up.proc.stderr is not None
+    log = up.proc.stderr.read()
+    assert "SIGHUP: policy reload refused, old bundle keeps serving" in log
+    assert "broken.rego" in log
+
+
 def test_up_refuses_to_start_on_a_broken_bundle(tmp_path: Path) -> None:
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "p.rego").write_text("package interlock\nx := {\n")
@@ -310,3 +342,32 @@ async def test_agents_cli_changes_posture_through_the_running_instance(
     assert missing.returncode == 2
     assert "404" in missing.stderr
     assert await asyncio.to_thread(up.stop) == 0
+
+
+def test_only_runs_the_named_components(tmp_path: Path, up_factory: Any) -> None:
+    grpc, http, admin = free_port(), free_port(), free_port()
+    cfg = tmp_path / "interlock.toml"
+    cfg.write_text(
+        f'data_dir = "{tmp_path / "data"}"\n'
+        f'[admin]\nlisten = "127.0.0.1:{admin}"\n'
+        f'[extauthz]\ngrpc_listen = "127.0.0.1:{grpc}"\nhttp_listen = "127.0.0.1:{http}"\n'
+    )
+    up = up_factory(["-c", str(cfg), "--only", "extauthz"], tmp_path)
+    assert up.proc.stdout is not None
+    banner = []
+    for line in up.proc.stdout:
+        banner.append(line.strip())
+        if line.strip().startswith("audit key"):
+            break
+    names = [line.split()[0] for line in banner[1:]]
+    assert "ext_authz" in names
+    assert "admin" not in names, "the admin server was left to another process"
+    with pytest.raises(urllib.error.URLError, match="Connection refused"):
+        urllib.request.urlopen(f"http://127.0.0.1:{admin}/healthz", timeout=2)
+    assert up.stop() == 0
+    bad = subprocess.run(
+        [sys.executable, "-m", "interlock.cli", "up", "-c", str(cfg), "--only", "ssh"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode != 0
+    assert "--only ssh: not configured" in bad.stderr
