@@ -371,3 +371,55 @@ def test_only_runs_the_named_components(tmp_path: Path, up_factory: Any) -> None
     )  # fmt: skip
     assert bad.returncode != 0
     assert "--only ssh: not configured" in bad.stderr
+
+
+async def test_sigterm_under_load_loses_no_acknowledged_record(
+    tmp_path: Path, up_factory: Any
+) -> None:
+    """Every decision a client got an answer for is in the log after a SIGTERM in the
+    middle of traffic, and the log ends with a signed checkpoint that verifies."""
+    import httpx
+
+    cfg = tmp_path / "interlock.toml"
+    cfg.write_text(
+        f'data_dir = "{tmp_path / "data"}"\n'
+        f'[agents.coder]\ntoken = "coder-token-0123456789"\n'
+        f'[admin]\nlisten = "127.0.0.1:{free_port()}"\n'
+        f'[extauthz]\ngrpc_listen = "127.0.0.1:{free_port()}"\n'
+        f'http_listen = "127.0.0.1:{free_port()}"\nidentity_header = "x-mesh-agent"\n'
+    )
+    up = up_factory(["-c", str(cfg)], tmp_path)
+    await asyncio.to_thread(up.wait_ready)
+    http_at = next(x for x in up.banner if "ext_authz HTTP" in x).split()[-1]
+    answered: list[str] = []
+
+    async def agent(n: int) -> None:
+        async with httpx.AsyncClient(timeout=5) as client:
+            for i in range(10_000):
+                try:
+                    r = await client.get(f"{http_at}/w{n}/{i}", headers={"x-mesh-agent": "coder"})
+                except httpx.TransportError:
+                    return  # interlock stopped accepting
+                answered.append(r.headers["x-interlock-decision-id"])
+
+    workers = [asyncio.create_task(agent(n)) for n in range(4)]
+    await asyncio.sleep(1.5)
+    up.proc.send_signal(signal.SIGTERM)
+    await asyncio.gather(*workers)
+    assert await asyncio.to_thread(up.proc.wait, 30) == 0
+    assert len(answered) > 50, "there was load when the signal came"
+    tail = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "interlock.cli", "audit", "tail", "-n", "100000", "-c", str(cfg)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert tail.returncode == 0, tail.stderr
+    missing = [d for d in answered if d not in tail.stdout]
+    assert missing == [], f"{len(missing)} acknowledged decisions missing from the log"
+    verify = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "interlock.cli", "audit", "verify", "-c", str(cfg)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert verify.returncode == 0, verify.stdout
+    assert "signed checkpoint" in verify.stdout
