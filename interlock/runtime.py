@@ -228,6 +228,14 @@ async def start(runtime: Runtime) -> None:
     else:
         _approval_channels(runtime, None)
     runtime._stoppers.append(runtime.holds.close)
+    client = getattr(runtime.pdp.store, "client", None)
+    if client is not None:
+        from interlock.approvals.shared import SharedApprovals
+
+        shared = SharedApprovals(client)
+        runtime.holds.shared = shared
+        await shared.start(runtime.holds)
+        runtime._stoppers.append(shared.close)
     if runtime.credentials is not None:
         await runtime.credentials.start(runtime.pdp.store)
         runtime.endpoints["vault"] = cfg.credentials.address if cfg.credentials else ""

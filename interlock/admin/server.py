@@ -271,11 +271,15 @@ def _holds(request: web.Request) -> Holds:
 
 
 async def approvals(request: web.Request) -> web.Response:
-    return web.json_response({"pending": [r.to_json() for r in _holds(request).pending()]})
+    pending = await _holds(request).pending_anywhere()
+    return web.json_response({"pending": [r.to_json() for r in pending]})
 
 
 async def approval(request: web.Request) -> web.Response:
-    request_ = _holds(request).get(request.match_info["id"])
+    try:
+        request_ = await _holds(request).get_anywhere(request.match_info["id"])
+    except ApprovalError as exc:
+        return web.json_response({"error": str(exc)}, status=exc.status)
     if request_ is None:
         return web.json_response({"error": "unknown or expired approval"}, status=404)
     return web.json_response(request_.to_json())
@@ -293,7 +297,7 @@ async def answer(request: web.Request) -> web.Response:
     # The API's own channels only: an API caller cannot pass as the web page or CIBA.
     channel = "cli" if doc.get("channel") == "cli" else "api"
     try:
-        held = _holds(request).answer(
+        held = await _holds(request).answer_anywhere(
             decision_id, approved, approver, channel, str(doc.get("reason", ""))[:500]
         )
     except ApprovalError as exc:

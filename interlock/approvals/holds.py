@@ -28,14 +28,19 @@ import json
 import logging
 import time
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from redis.exceptions import RedisError
 
 from interlock.core.model import Action, Agent, Decision, Effect, Operation, Risk, Tier, thaw
 
 if TYPE_CHECKING:
+    from interlock.approvals.shared import SharedApprovals
     from interlock.core.pdp import PDP
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +200,8 @@ class Holds:
         self.channels: list[Channel] = []
         self.pdp: PDP | None = None
         """Where outcomes are audited and approval history is kept (set by the runtime)."""
+        self.shared: SharedApprovals | None = None
+        """Several instances: requests shown and answered on any of them (Redis)."""
         self._clock = clock
         self._waiting: dict[str, _Hold] = {}
         self._by_hash: dict[str, str] = {}
@@ -292,6 +299,8 @@ class Holds:
             hold.future.set_result(Verdict(False, None, why, "limit"))
             return hold
         self._waiting[decision.decision_id] = hold
+        if self.shared is not None:
+            self._spawn(self.shared.opened(request))
         for channel in self.channels:
             hold.tasks.append(asyncio.create_task(self._ask(channel, hold)))
         return hold
@@ -319,8 +328,14 @@ class Holds:
                 hold.future.set_result(verdict)
             return hold.future.result()
 
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     def _close(self, hold: _Hold) -> None:
-        self._waiting.pop(hold.request.decision_id, None)
+        if self._waiting.pop(hold.request.decision_id, None) is not None and self.shared:
+            self._spawn(self.shared.closed(hold.request.decision_id))
         if not hold.future.done():
             hold.future.cancel()
         for task in hold.tasks:
@@ -375,6 +390,49 @@ class Holds:
         hold = self._waiting.get(decision_id)
         if hold is not None and not hold.future.done():
             hold.future.set_result(Verdict(False, None, reason, channel))
+
+    # --- any instance (the admin API, the page and links use these) ----------------------
+
+    async def pending_anywhere(self) -> list[ApprovalRequest]:
+        found = {r.decision_id: r for r in self.pending()}
+        if self.shared is not None:
+            for r in await self._shared(self.shared.pending()):
+                found.setdefault(r.decision_id, r)
+        return sorted(found.values(), key=lambda r: r.created)
+
+    async def get_anywhere(self, decision_id: str) -> ApprovalRequest | None:
+        local = self.get(decision_id)
+        if local is not None or self.shared is None:
+            return local
+        return await self._shared(self.shared.get(decision_id))
+
+    async def answer_anywhere(
+        self, decision_id: str, approved: bool, approver: str, channel: str, reason: str = ""
+    ) -> ApprovalRequest:
+        """`answer`, for a request held by this instance or (with shared approvals) any
+        other: checked here, claimed once across instances, delivered to its holder."""
+        if self.shared is None:
+            return self.answer(decision_id, approved, approver, channel, reason)
+        request = await self.get_anywhere(decision_id)
+        if request is None:
+            raise ApprovalError(404, f"no pending approval {decision_id!r} (unknown or expired)")
+        if not self.may_answer(request, approver):
+            raise ApprovalError(403, f"only {request.owner} may answer for {request.agent}")
+        if not await self._shared(self.shared.claim(request)):
+            raise ApprovalError(409, f"approval {decision_id} was already answered")
+        if decision_id in self._waiting:
+            return self.answer(decision_id, approved, approver, channel, reason)
+        await self._shared(self.shared.send(decision_id, approved, approver, channel, reason))
+        return request
+
+    @staticmethod
+    async def _shared(op: Awaitable[T]) -> T:
+        try:
+            return await op
+        except (OSError, RedisError) as exc:
+            raise ApprovalError(
+                503, f"shared approvals unavailable: {type(exc).__name__}"
+            ) from None
 
     def resolve(self, decision_id: str, approved: bool, approver: str, reason: str = "") -> bool:
         """Answer a held action; False when it cannot be answered (see `answer`)."""

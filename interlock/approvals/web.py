@@ -236,6 +236,13 @@ async def logout(request: web.Request) -> web.StreamResponse:
     raise resp
 
 
+async def _pending(state: WebApprovals) -> list[ApprovalRequest]:
+    try:
+        return await state.holds.pending_anywhere()
+    except ApprovalError:
+        return state.holds.pending()  # Redis away: what this instance holds
+
+
 def _row(r: ApprovalRequest, csrf: str, now: float) -> str:
     tier = str(r.risk.get("tier", ""))
     buttons = "".join(
@@ -261,7 +268,7 @@ async def listing(request: web.Request) -> web.StreamResponse:
     message = str(request.query.get("done", ""))[:200]
     # Only what this person may answer: others' statements are not theirs to read.
     pending = sorted(
-        (r for r in state.holds.pending() if state.holds.may_answer(r, session.user)),
+        (r for r in await _pending(state) if state.holds.may_answer(r, session.user)),
         key=lambda r: r.created,
     )
     now = state.clock()
@@ -296,7 +303,7 @@ async def answer(request: web.Request) -> web.StreamResponse:
     verb = request.match_info["verb"]
     decision_id = request.match_info["id"]
     try:
-        state.holds.answer(decision_id, verb == "approve", session.user, "web")
+        await state.holds.answer_anywhere(decision_id, verb == "approve", session.user, "web")
     except ApprovalError as exc:
         return _page("Not answered", f"<p>{e(str(exc))}</p>", exc.status)
     done = f"{'approved' if verb == 'approve' else 'denied'} {decision_id}"
@@ -312,7 +319,10 @@ async def link_page(request: web.Request) -> web.Response:
         link = state.links.verify(token)
     except LinkError as exc:
         return _page("Link refused", f"<p>{e(str(exc))}</p>", exc.status)
-    held = state.holds.get(link.decision_id)
+    try:
+        held = await state.holds.get_anywhere(link.decision_id)
+    except ApprovalError as exc:
+        return _page("Not available", f"<p>{e(str(exc))}</p>", exc.status)
     if held is None:
         return _page("Link refused", "<p>This request is no longer pending.</p>", 404)
     return _page(
@@ -336,7 +346,9 @@ async def link_answer(request: web.Request) -> web.Response:
         return _page("Link refused", f"<p>{e(str(exc))}</p>", exc.status)
     state.links.consume(link)
     try:
-        state.holds.answer(link.decision_id, link.verb == "approve", link.approver, "webhook")
+        await state.holds.answer_anywhere(
+            link.decision_id, link.verb == "approve", link.approver, "webhook"
+        )
     except ApprovalError as exc:
         return _page("Not answered", f"<p>{e(str(exc))}</p>", exc.status)
     verb = "Approved" if link.verb == "approve" else "Denied"

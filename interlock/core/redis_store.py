@@ -109,6 +109,11 @@ class RedisStore(Listeners):
                 await self._task
         await self._redis.aclose()
 
+    @property
+    def client(self) -> aioredis.Redis:
+        """The connection pool (shared approvals use it too)."""
+        return self._redis
+
     def _safe_url(self) -> str:
         """The URL without its password."""
         scheme, _, rest = self.url.partition("://")
