@@ -5,6 +5,8 @@ releases the statement held on the other."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,6 +18,7 @@ import pytest
 from interlock.config import (
     AdminConfig,
     AgentConfig,
+    AuditConfig,
     Config,
     PostgresConfig,
     StateConfig,
@@ -36,11 +39,14 @@ async def pair(
     """Two instances with Postgres proxies (mitmproxy keeps one master per process, so two
     HTTP proxies in one test process would share addons) and the database name."""
     upstream = await fresh_database(postgres)
+    audit_db = await fresh_database(postgres)
     started = []
     for name in ("one", "two"):
         config = Config(
             data_dir=tmp_path / name,
             state=StateConfig(store=redis.url),
+            # One log for both: the shared PostgreSQL store, signed with one key.
+            audit=AuditConfig(store=audit_db, key=tmp_path / "audit.key"),
             agents={"coder": AgentConfig(token=TOKEN, owner="alice@example.com")},
             postgres=PostgresConfig(listen="127.0.0.1:0", upstream=upstream, approval_timeout=30),
             admin=AdminConfig(listen="127.0.0.1:0", token=ADMIN),
@@ -51,6 +57,19 @@ async def pair(
     yield started[0], started[1], upstream.rsplit("/", 1)[1]
     for rt in started:
         await rt.stop()
+    # Both instances appended to one log; it verifies with the shared key.
+    assert started[0].endpoints["audit key"] == started[1].endpoints["audit key"]
+    verify = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "interlock.cli", "audit", "verify", "--store", audit_db,
+         "--key", started[0].endpoints["audit key"], "-c", "/dev/null"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    records = int(verify.stdout.split("ok: ", 1)[1].split()[0])
+    written = [rt.audit.stats.appended for rt in started]
+    assert records == sum(written), (records, written)
+    assert all(w > 0 for w in written), "both instances wrote to the one log"
 
 
 def dsn(rt: Runtime, database: str) -> str:
@@ -67,6 +86,9 @@ async def test_isolation_through_one_instance_is_enforced_by_the_other(
     pair: tuple[Runtime, Runtime, str],
 ) -> None:
     one, two, database = pair
+    other = await asyncpg.connect(dsn(one, database))
+    assert await other.fetchval("select 1") == 1
+    await other.close()
     conn = await asyncpg.connect(dsn(two, database))
     try:
         assert await conn.fetchval("select 1") == 1
@@ -96,6 +118,9 @@ async def test_an_approval_given_on_one_instance_releases_the_hold_on_the_other(
     pair: tuple[Runtime, Runtime, str],
 ) -> None:
     one, two, database = pair
+    other = await asyncpg.connect(dsn(two, database))
+    assert await other.fetchval("select 1") == 1
+    await other.close()
     conn = await asyncpg.connect(dsn(one, database))
     try:
         async with api(two) as admin:
