@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -395,6 +395,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="interlock", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="log lines for people (text) or collectors (json); env INTERLOCK_LOG_FORMAT",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="run what the config enables (embedded defaults without one)")
@@ -522,15 +527,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # Client libraries log every request (asyncssh every channel) at INFO; interlock's own
-    # lines are what matter.
-    for noisy in ("httpx", "httpcore", "hpack", "asyncssh"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from interlock.logs import setup
+
+    setup(args.verbose, args.log_format or os.environ.get("INTERLOCK_LOG_FORMAT", "text"))
     try:
         code: int = args.func(args)
     except UsageError as exc:

@@ -175,6 +175,15 @@ class PDP:
         await self._apply(action, decision)
         await self._remember(action, decision, target_key(action), a.now, a.data)
         decision = await self._audit(action, decision, a.input_doc)
+        if decision.effect is not Effect.ALLOW:
+            log.info(
+                "%s %s %s %s: %s",
+                decision.effect.value, action.agent.id, action.protocol, action.target[:200],
+                "; ".join(decision.reasons)[:500],
+                extra={"decision_id": decision.decision_id, "agent": action.agent.id,
+                       "protocol": action.protocol, "effect": decision.effect.value,
+                       "tier": decision.risk.tier.value},
+            )  # fmt: skip
         elapsed = time.perf_counter() - a.started if a.started is not None else None
         self.stats.add(action, decision, elapsed)
         return decision

@@ -423,3 +423,43 @@ async def test_sigterm_under_load_loses_no_acknowledged_record(
     )  # fmt: skip
     assert verify.returncode == 0, verify.stdout
     assert "signed checkpoint" in verify.stdout
+
+
+async def test_json_logs_carry_the_decision_id_of_a_denial(tmp_path: Path, up_factory: Any) -> None:
+    import httpx
+
+    cfg = tmp_path / "interlock.toml"
+    admin_port = free_port()
+    cfg.write_text(
+        f'data_dir = "{tmp_path / "data"}"\n'
+        f'[agents.coder]\ntoken = "coder-token-0123456789"\n'
+        f'[admin]\nlisten = "127.0.0.1:{admin_port}"\ntoken = "admin-token-0123456789"\n'
+        f'[extauthz]\ngrpc_listen = "127.0.0.1:{free_port()}"\n'
+        f'http_listen = "127.0.0.1:{free_port()}"\nidentity_header = "x-mesh-agent"\n'
+    )
+    os.environ["INTERLOCK_LOG_FORMAT"] = "json"
+    try:
+        up = up_factory(["-c", str(cfg)], tmp_path)
+    finally:
+        del os.environ["INTERLOCK_LOG_FORMAT"]
+    await asyncio.to_thread(up.wait_ready)
+    http_at = next(x for x in up.banner if "ext_authz HTTP" in x).split()[-1]
+    async with httpx.AsyncClient() as client:
+        r = await client.post(
+            f"http://127.0.0.1:{admin_port}/v1/agents/coder/restrict",
+            json={"restrictions": ["read_only"]},
+            headers={"Authorization": "Bearer admin-token-0123456789"},
+        )
+        assert r.status_code == 200
+        denied = await client.post(http_at + "/things", headers={"x-mesh-agent": "coder"})
+        assert denied.status_code == 403
+    decision_id = denied.headers["x-interlock-decision-id"]
+    assert await asyncio.to_thread(up.stop) == 0
+    assert up.proc.stderr is not None
+    lines = [json.loads(line) for line in up.proc.stderr.read().splitlines() if line.strip()]
+    (entry,) = [x for x in lines if x.get("decision_id") == decision_id]
+    assert entry["effect"] == "deny"
+    assert entry["agent"] == "coder"
+    assert entry["protocol"] == "envoy"
+    assert entry["level"] == "info"
+    assert "read_only" in entry["message"]
