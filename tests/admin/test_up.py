@@ -425,7 +425,9 @@ async def test_sigterm_under_load_loses_no_acknowledged_record(
     assert "signed checkpoint" in verify.stdout
 
 
-async def test_json_logs_carry_the_decision_id_of_a_denial(tmp_path: Path, up_factory: Any) -> None:
+async def test_json_logs_carry_the_decision_id_of_a_denial(
+    tmp_path: Path, up_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import httpx
 
     cfg = tmp_path / "interlock.toml"
@@ -437,11 +439,8 @@ async def test_json_logs_carry_the_decision_id_of_a_denial(tmp_path: Path, up_fa
         f'[extauthz]\ngrpc_listen = "127.0.0.1:{free_port()}"\n'
         f'http_listen = "127.0.0.1:{free_port()}"\nidentity_header = "x-mesh-agent"\n'
     )
-    os.environ["INTERLOCK_LOG_FORMAT"] = "json"
-    try:
-        up = up_factory(["-c", str(cfg)], tmp_path)
-    finally:
-        del os.environ["INTERLOCK_LOG_FORMAT"]
+    monkeypatch.setenv("INTERLOCK_LOG_FORMAT", "json")
+    up = up_factory(["-c", str(cfg)], tmp_path)
     await asyncio.to_thread(up.wait_ready)
     http_at = next(x for x in up.banner if "ext_authz HTTP" in x).split()[-1]
     async with httpx.AsyncClient() as client:
