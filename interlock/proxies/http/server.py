@@ -141,6 +141,8 @@ class HttpProxy:
         if self.config.upstream_ca is not None:
             opts.update(ssl_verify_upstream_trusted_ca=str(self.config.upstream_ca))
         self.master = master
+        loop = asyncio.get_running_loop()
+        factory = loop.get_task_factory()
         self._task = asyncio.create_task(master.run(), name="mitmproxy")
         server = master.addons.get("proxyserver")
         for _ in range(500):
@@ -150,6 +152,11 @@ class HttpProxy:
             # that gap would fail).
             listening = len(instances) == len(modes) and all(i.is_running for i in instances)
             if listening and self.ca_file.exists():
+                # Master.run installs Python 3.12's eager task factory on the loop for as
+                # long as it runs, and this loop is shared with every other proxy: asyncssh
+                # stalls in public-key auth under eager tasks (the SSH proxy timed out every
+                # login while the HTTP proxy ran). Every component gets ordinary tasks.
+                loop.set_task_factory(factory)
                 by_mode = {i.mode.full_spec: i.listen_addrs[0] for i in instances}
                 addrs = [(str(a[0]), int(a[1])) for a in (by_mode[m] for m in modes)]
                 self.address, self.reverse_addresses = addrs[0], addrs[1:]

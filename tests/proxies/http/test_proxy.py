@@ -215,3 +215,15 @@ async def test_reported_confidence_is_taken_and_not_forwarded(
     assert all("X-Interlock-Confidence" not in seen for seen in upstream.seen)
     assert sink.records[0].decision.risk.signals["confidence"] == 0.4
     await p.stop()
+
+
+async def test_the_http_proxy_leaves_the_shared_loop_s_task_factory_alone(tmp_path: Path) -> None:
+    """mitmproxy's Master.run installs eager tasks on the loop it runs on; interlock shares
+    that loop with the SSH proxy, whose logins stalled under them."""
+    loop = asyncio.get_running_loop()
+    assert loop.get_task_factory() is None
+    proxy, _ = await start_proxy(tmp_path)
+    try:
+        assert loop.get_task_factory() is None
+    finally:
+        await proxy.stop()
