@@ -355,15 +355,14 @@ async def reload(runtime: Runtime) -> None:
 
 async def serve(config: Config, ready: Callable[[Runtime], None] | None = None) -> None:
     """Run until SIGINT or SIGTERM; SIGHUP reloads the policy and the feeds."""
-    runtime = build(config)
-    await start(runtime)
-    print(banner(runtime), flush=True)
-    if ready:
-        ready(runtime)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Before anything starts: a SIGTERM that arrives while interlock is starting (or just
+    # after the banner) is a graceful stop too, not the default kill.
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    runtime = build(config)
+    await start(runtime)
     reloading: set[asyncio.Task[None]] = set()
 
     def hup() -> None:
@@ -372,6 +371,10 @@ async def serve(config: Config, ready: Callable[[Runtime], None] | None = None) 
         task.add_done_callback(reloading.discard)
 
     loop.add_signal_handler(signal.SIGHUP, hup)
+    # The banner last: whoever waits for it may signal at once.
+    print(banner(runtime), flush=True)
+    if ready:
+        ready(runtime)
     try:
         await stop.wait()
     finally:
