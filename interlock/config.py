@@ -62,6 +62,12 @@ class PolicyConfig(Section):
     """Decisions cached per bundle version, keyed by the exact policy input; 0 disables."""
     timeout_ms: float = Field(50.0, gt=0)
     """An evaluation slower than this is discarded and the action denied."""
+    bundle_url: str | None = Field(None, pattern=r"^https?://")
+    """An OPA-format bundle (tar.gz) to poll; `bundle` (or the default) serves until a
+    bundle from there compiles."""
+    bundle_poll_interval: float = Field(30.0, gt=0)
+    bundle_token: str | None = None
+    """Bearer token for the bundle server."""
 
 
 class AuditConfig(Section):

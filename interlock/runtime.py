@@ -199,6 +199,18 @@ async def start(runtime: Runtime) -> None:
         await runtime.pdp.store.start()  # a shared store: reachable, or a clear error now
     await runtime.audit.start()
     runtime._tasks.append(asyncio.create_task(runtime.policy.watch(cfg.policy.watch_interval)))
+    if cfg.policy.bundle_url:
+        from interlock.core.bundle_server import BundlePoller
+
+        poller = BundlePoller(
+            cfg.policy.bundle_url,
+            runtime.policy,
+            cfg.data_dir / "bundles",
+            cfg.policy.bundle_poll_interval,
+            cfg.policy.bundle_token,
+        )
+        runtime._tasks.append(asyncio.create_task(poller.run()))
+        runtime.endpoints["bundle server"] = cfg.policy.bundle_url
     if cfg.admin is not None:
         host, _, port = cfg.admin.listen.rpartition(":")
         digest, token_file = admin_token_digest(cfg)

@@ -71,6 +71,18 @@ class PolicyManager:
             listener(compiled)
         return compiled
 
+    def load_from(self, bundle_dir: Path) -> RegoPolicy:
+        """Serve the bundle in `bundle_dir` from now on, if it compiles (else BundleError,
+        and the current one keeps serving); the directory is watched from then on."""
+        previous = self.bundle_dir
+        self.bundle_dir = bundle_dir
+        try:
+            return self.load()
+        except BundleError:
+            self.bundle_dir = previous
+            self._fingerprint = fingerprint(previous)
+            raise
+
     def changed(self) -> bool:
         """True when the files on disk differ from those last loaded."""
         return fingerprint(self.bundle_dir) != self._fingerprint
