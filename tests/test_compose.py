@@ -89,5 +89,6 @@ def test_envoy_accepts_its_config_with_the_compose_values(
 
 def test_the_image_has_a_python_interlock_can_run_on() -> None:
     base = (COMPOSE / "Dockerfile").read_text().split("FROM ", 1)[1].split()[0]
-    major, minor = re.match(r"python:(\d+)\.(\d+)", base).groups()  # type: ignore[union-attr]
-    assert (int(major), int(minor)) >= (3, 12)
+    version = re.match(r"python:(\d+)\.(\d+)", base)
+    assert version is not None, base
+    assert (int(version[1]), int(version[2])) >= (3, 12)

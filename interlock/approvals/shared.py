@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import RedisError
 
 from interlock.approvals.holds import ApprovalError, ApprovalRequest
+from interlock.core.redis_store import follow
 
 if TYPE_CHECKING:
     from interlock.approvals.holds import Holds
@@ -104,30 +105,11 @@ class SharedApprovals:
         await self.redis.publish(ANSWERS, json.dumps(doc))
 
     async def _follow(self, holds: Holds) -> None:
-        while True:
-            pubsub = self.redis.pubsub()
-            try:
-                await pubsub.subscribe(ANSWERS)
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if message is None or message.get("type") != "message":
-                        continue
-                    try:
-                        doc = json.loads(message["data"])
-                        holds.answer(
-                            str(doc["id"]), bool(doc["approved"]), str(doc["approver"]),
-                            str(doc["channel"]), str(doc.get("reason", "")), check_owner=False,
-                        )  # fmt: skip
-                    except ApprovalError:
-                        pass  # not held here (another instance's request)
-                    except (ValueError, KeyError, TypeError):
-                        log.warning("malformed approval answer ignored")
-            except asyncio.CancelledError:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
-                raise
-            except (RedisError, OSError) as exc:
-                log.warning("approval answers subscription lost (%s); retrying", exc)
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
-                await asyncio.sleep(0.5)
+        def handle(doc: dict[str, Any]) -> None:
+            with contextlib.suppress(ApprovalError):  # not held here: another instance's
+                holds.answer(
+                    str(doc["id"]), bool(doc["approved"]), str(doc["approver"]),
+                    str(doc["channel"]), str(doc.get("reason", "")), check_owner=False,
+                )  # fmt: skip
+
+        await follow(self.redis, ANSWERS, handle)

@@ -73,6 +73,43 @@ def _posture(raw: str | None) -> Posture:
     )
 
 
+async def follow(
+    client: Any,
+    channel: str,
+    handle: Callable[[dict[str, Any]], None],
+    subscribed: asyncio.Event | None = None,
+    resubscribed: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Hand every JSON message on `channel` to `handle` until cancelled, resubscribing
+    when the connection drops (`resubscribed` then runs: messages may have been missed).
+    Malformed messages are logged and skipped."""
+    first = True
+    while True:
+        pubsub = client.pubsub()
+        try:
+            await pubsub.subscribe(channel)
+            if subscribed is not None:
+                subscribed.set()
+            if not first and resubscribed is not None:
+                await resubscribed()
+            first = False
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if message is None or message.get("type") != "message":
+                    continue
+                try:
+                    handle(json.loads(message["data"]))
+                except (ValueError, KeyError, TypeError):
+                    log.warning("malformed message on %s ignored", channel)
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("subscription to %s lost (%s); retrying", channel, type(exc).__name__)
+            await asyncio.sleep(0.5)
+        finally:
+            # `client` is typed Any here, so the unannotated PubSub.aclose needs no ignore.
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+
 class RedisStore(Listeners):
     def __init__(
         self, url: str, clock: Callable[[], float] = time.time, prefix: str = "interlock:"
@@ -317,33 +354,11 @@ class RedisStore(Listeners):
     async def _follow(self) -> None:
         """Deliver published posture changes; after a reconnect, deliver every known
         agent's current posture (changes may have been missed meanwhile)."""
-        first = True
-        while True:
-            pubsub = self._redis.pubsub()
-            try:
-                await pubsub.subscribe(CHANNEL)
-                self._subscribed.set()
-                if not first:
-                    await self._replay()
-                first = False
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if message is None or message.get("type") != "message":
-                        continue
-                    try:
-                        doc = json.loads(message["data"])
-                        self._notify(str(doc["agent"]), _posture(doc["posture"]))
-                    except (ValueError, KeyError, TypeError):
-                        log.warning("malformed posture message ignored")
-            except asyncio.CancelledError:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
-                raise
-            except (RedisError, OSError, TimeoutError) as exc:
-                log.warning("posture subscription lost (%s); retrying", type(exc).__name__)
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
-                await asyncio.sleep(0.5)
+
+        def handle(doc: dict[str, Any]) -> None:
+            self._notify(str(doc["agent"]), _posture(doc["posture"]))
+
+        await follow(self._redis, CHANNEL, handle, self._subscribed, self._replay)
 
     async def _replay(self) -> None:
         now = self._clock()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from interlock.core.context import MemoryStore
+from interlock.core.context import MemoryStore, StateStore
 from interlock.core.model import Tier
 from interlock.core.pdp import PDP
 from interlock.core.policy import PolicyManager
@@ -58,7 +58,7 @@ def make_pdp(
     *,
     clock: FakeClock | None = None,
     sink: CaptureSink | None = None,
-    store: MemoryStore | None = None,
+    store: StateStore | None = None,
     entrypoints: Sequence[str] = ("interlock/decision",),
     audit_fail_open_max_tier: Tier | None = Tier.LOW,
 ) -> PDP:

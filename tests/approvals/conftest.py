@@ -102,6 +102,9 @@ async def make_rig(tmp_path: Path) -> AsyncIterator[RigFactory]:
             rig.notes.append((action, reason))
             return await observe(action, reason, parent, **kw)
 
+        # A spy, not a stand-in: every call still reaches the real PDP and audit log; the
+        # tests read the outcomes here instead of decoding the SQLite log. mypy forbids
+        # assigning to a method, hence the ignore.
         rt.pdp.observe = noting  # type: ignore[method-assign]
         return rig
 

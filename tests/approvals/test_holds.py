@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -35,8 +36,8 @@ def pdp(clock: FakeClock, sink: CaptureSink) -> PDP:
     return make_pdp(clock=clock, sink=sink)
 
 
-def holds_for(pdp: PDP, **kw: object) -> Holds:
-    holds = Holds(**kw)  # type: ignore[arg-type]
+def holds_for(pdp: PDP, **kw: Any) -> Holds:
+    holds = Holds(**kw)
     holds.pdp = pdp
     return holds
 

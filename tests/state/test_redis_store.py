@@ -66,7 +66,7 @@ async def test_posture_changes_reach_every_instance_within_a_second(redis: Redis
     await two.start()
     heard: asyncio.Queue[tuple[str, Posture]] = asyncio.Queue()
     two.subscribe(lambda agent, posture: heard.put_nowait((agent, posture)))
-    pdp_two = make_pdp(store=two)  # type: ignore[arg-type]
+    pdp_two = make_pdp(store=two)
     try:
         started = time.monotonic()
         await one.restrict("reporter", [], isolate=True, reason="test")
@@ -100,7 +100,7 @@ async def test_redis_down_mid_run_denies_and_recovers_when_it_returns() -> None:
         heard: list[tuple[str, Posture]] = []
         store.subscribe(lambda agent, posture: heard.append((agent, posture)))
         sink = CaptureSink()
-        pdp = make_pdp(store=store, sink=sink)  # type: ignore[arg-type]
+        pdp = make_pdp(store=store, sink=sink)
         read = Action(AGENT, "postgres", Operation.READ, "public.t")
         assert (await pdp.decide(read)).effect is Effect.ALLOW
     try:
