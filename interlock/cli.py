@@ -66,10 +66,11 @@ def only(config: Config, names: str) -> Config:
 def cmd_up(args: argparse.Namespace) -> int:
     from interlock.runtime import serve
 
-    config = _config(args.config)
-    if args.only:
-        config = only(config, args.only)
-    asyncio.run(serve(config))
+    def read() -> Config:
+        config = _config(args.config)
+        return only(config, args.only) if args.only else config
+
+    asyncio.run(serve(read(), reread=read if args.config else None))
     return 0
 
 

@@ -9,7 +9,7 @@ import logging
 import os
 import secrets
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,14 +20,14 @@ from interlock.approvals.holds import Holds
 from interlock.approvals.web import WebApprovals
 from interlock.audit.factory import log_for
 from interlock.audit.log import AuditLog
-from interlock.config import Config
+from interlock.config import AgentConfig, Config
 from interlock.core.context import MemoryStore, StateStore
 from interlock.core.model import Tier
 from interlock.core.pdp import PDP
 from interlock.core.policy import DECISION_ENTRYPOINT, PolicyManager
 from interlock.core.rego import RegoEngine
 from interlock.credentials.broker import Broker
-from interlock.errors import BundleError, ConfigError
+from interlock.errors import BundleError, ConfigError, InterlockError
 from interlock.identity.jwt import JwtVerifier
 from interlock.identity.registry import AgentRegistry
 from interlock.intel.feeds import ThreatIntel
@@ -48,6 +48,10 @@ class Runtime:
     credentials: Broker | None = None
     jwt: JwtVerifier | None = None
     intel: ThreatIntel | None = None
+    reread: Callable[[], Config] | None = None
+    """Reads the config file `up` started from again (SIGHUP, for the agents)."""
+    agent_users: list[Callable[[Mapping[str, AgentConfig]], None]] = field(default_factory=list)
+    """Proxies that keep their own view of the agents (Postgres verifiers, SSH keys)."""
     sessions: dict[str, Callable[[], int]] = field(default_factory=dict)
     """Open client sessions per proxy, for metrics."""
     endpoints: dict[str, str] = field(default_factory=dict)
@@ -268,6 +272,7 @@ async def start(runtime: Runtime) -> None:
         )
         await proxy.start()
         runtime._stoppers.append(proxy.stop)
+        runtime.agent_users.append(proxy.use_agents)
         runtime.sessions["postgres"] = proxy.open_sessions
         assert proxy.address is not None
         runtime.endpoints["postgres"] = f"postgresql://{proxy.address[0]}:{proxy.address[1]}"
@@ -304,6 +309,7 @@ async def start(runtime: Runtime) -> None:
         )
         await ssh.start()
         runtime._stoppers.append(ssh.stop)
+        runtime.agent_users.append(ssh.use_agents)
         runtime.sessions["ssh"] = ssh.open_sessions
         assert ssh.address is not None
         runtime.endpoints["ssh"] = f"ssh://{ssh.address[0]}:{ssh.address[1]}"
@@ -352,8 +358,12 @@ def banner(runtime: Runtime) -> str:
 
 
 async def reload(runtime: Runtime) -> None:
-    """SIGHUP: re-read the policy bundle and the threat feeds now. A bundle that does not
-    compile is refused and the one serving keeps serving; connections are untouched."""
+    """SIGHUP: re-read the policy bundle, the threat feeds and the agents now. A bundle
+    that does not compile, or a config file that does not validate, is refused and what
+    serves keeps serving; connections are untouched, except those of an agent that was
+    removed or whose secret or key changed."""
+    if runtime.reread is not None:
+        reload_agents(runtime, runtime.reread)
     try:
         policy = await asyncio.to_thread(runtime.policy.load)
         log.warning("SIGHUP: policy version %s serving", policy.version[:12])
@@ -365,7 +375,34 @@ async def reload(runtime: Runtime) -> None:
             log.error("SIGHUP: threat feed %s: %s (last good version kept)", path, error)
 
 
-async def serve(config: Config, ready: Callable[[Runtime], None] | None = None) -> None:
+def reload_agents(runtime: Runtime, reread: Callable[[], Config]) -> None:
+    """Re-read `[agents]` from the config file. Other sections need a restart (they
+    decide which sockets exist); the log says so when they changed."""
+    try:
+        fresh = reread()
+    except InterlockError as exc:
+        log.error("SIGHUP: config refused, agents unchanged: %s", exc)
+        return
+    if fresh.model_copy(update={"agents": runtime.config.agents}) != runtime.config:
+        log.warning("SIGHUP: only [agents] is reloaded; restart for the other changes")
+    before, after = set(runtime.config.agents), set(fresh.agents)
+    runtime.config = runtime.config.model_copy(update={"agents": fresh.agents})
+    runtime.registry.replace(fresh.agents)
+    for use in runtime.agent_users:
+        use(fresh.agents)
+    log.warning(
+        "SIGHUP: %d agents (%d added, %d removed)",
+        len(after),
+        len(after - before),
+        len(before - after),
+    )
+
+
+async def serve(
+    config: Config,
+    ready: Callable[[Runtime], None] | None = None,
+    reread: Callable[[], Config] | None = None,
+) -> None:
     """Run until SIGINT or SIGTERM; SIGHUP reloads the policy and the feeds."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -374,6 +411,7 @@ async def serve(config: Config, ready: Callable[[Runtime], None] | None = None) 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     runtime = build(config)
+    runtime.reread = reread
     await start(runtime)
     reloading: set[asyncio.Task[None]] = set()
 

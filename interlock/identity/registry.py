@@ -46,6 +46,11 @@ class AgentRegistry:
             }
         )
 
+    def replace(self, agents: Mapping[str, AgentConfig]) -> None:
+        """SIGHUP: the new agent list, in place, so every holder of this registry (HTTP
+        identity, ext_authz, SSH) sees it at once."""
+        self._entries = AgentRegistry.from_config(agents)._entries
+
     def get(self, agent_id: str) -> AgentEntry | None:
         return self._entries.get(agent_id)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -462,3 +463,68 @@ async def test_json_logs_carry_the_decision_id_of_a_denial(
     assert entry["protocol"] == "envoy"
     assert entry["level"] == "info"
     assert "read_only" in entry["message"]
+
+
+@pytest.mark.integration
+async def test_sighup_reloads_agents_and_ends_the_sessions_of_a_removed_one(
+    tmp_path: Path, up_factory: Any, postgres: Any
+) -> None:
+    """[agents] is re-read on SIGHUP: a removed agent's open session ends and it cannot
+    log in again, a kept agent's session goes on, a new agent can log in; a config file
+    that does not validate changes nothing and the log says why."""
+    import asyncpg
+
+    from tests.audit.conftest import fresh_database
+
+    upstream = await fresh_database(postgres)
+    pg_port = free_port()
+    head = (
+        f'data_dir = "{tmp_path / "data"}"\n'
+        f'[admin]\nlisten = "127.0.0.1:{free_port()}"\n'
+        f'[postgres]\nlisten = "127.0.0.1:{pg_port}"\nupstream = "{upstream}"\n'
+    )
+    keep = '[agents.keeper]\ntoken = "keeper-token-0123456789"\n'
+    cfg = tmp_path / "interlock.toml"
+    cfg.write_text(head + keep + '[agents.leaver]\ntoken = "leaver-token-0123456789"\n')
+    up = up_factory(["-c", str(cfg)], tmp_path)
+    await asyncio.to_thread(up.wait_ready)
+    database = upstream.rsplit("/", 1)[1]
+
+    def connect(user: str) -> Any:
+        return asyncpg.connect(
+            host="127.0.0.1",
+            port=pg_port,
+            user=user,
+            password=f"{user}-token-0123456789",
+            database=database,
+        )
+
+    keeper, leaver = await connect("keeper"), await connect("leaver")
+    with pytest.raises(asyncpg.InvalidPasswordError):
+        await connect("newcomer")
+    # A broken file first: nothing changes.
+    cfg.write_text(head + keep + "[agents.leaver]\ntoken = 'short'\n")
+    up.proc.send_signal(signal.SIGHUP)
+    await asyncio.sleep(1.0)
+    assert await leaver.fetchval("select 1") == 1
+    # Now remove `leaver` and add `newcomer`.
+    cfg.write_text(head + keep + '[agents.newcomer]\ntoken = "newcomer-token-0123456789"\n')
+    up.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while not leaver.is_closed() and time.monotonic() < deadline:
+        with contextlib.suppress(asyncpg.PostgresError, ConnectionError, asyncpg.InterfaceError):
+            await leaver.fetchval("select 1")
+        await asyncio.sleep(0.1)
+    assert leaver.is_closed(), "the removed agent's session ended"
+    assert await keeper.fetchval("select 2") == 2, "the kept agent's session goes on"
+    newcomer = await connect("newcomer")
+    assert await newcomer.fetchval("select 3") == 3
+    with pytest.raises(asyncpg.InvalidPasswordError):
+        await connect("leaver")
+    await keeper.close()
+    await newcomer.close()
+    assert await asyncio.to_thread(up.stop) == 0
+    assert up.proc.stderr is not None
+    log = await asyncio.to_thread(up.proc.stderr.read)
+    assert "SIGHUP: config refused, agents unchanged" in log
+    assert "SIGHUP: 2 agents (1 added, 1 removed)" in log

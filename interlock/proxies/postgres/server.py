@@ -115,14 +115,10 @@ class PostgresProxy:
         self.pdp = pdp
         self.classifier = classifier
         self.upstream = up.Upstream.parse(config.upstream)
-        self.agents = dict(agents)
+        self.agents: dict[str, AgentConfig] = {}
         self.verifiers: dict[str, Verifier] = {}
-        for name, a in agents.items():
-            if a.postgres_scram:
-                self.verifiers[name] = Verifier.parse(a.postgres_scram)
-            elif a.token:
-                self.verifiers[name] = Verifier.from_password(a.token)
         self._sessions: dict[tuple[int, int], _Session] = {}
+        self.use_agents(agents)
         self._server: asyncio.Server | None = None
         self.client_tls = _server_context(config)
         self.upstream_tls = _client_context(config)
@@ -140,6 +136,24 @@ class PostgresProxy:
         self._server = await asyncio.start_server(self._handle, host.strip("[]"), int(port))
         sock = self._server.sockets[0].getsockname()
         self.address = (sock[0], sock[1])
+
+    def use_agents(self, agents: Mapping[str, AgentConfig]) -> None:
+        """The agents who may log in (start-up and SIGHUP). Sessions of an agent that is
+        gone, or whose secret changed, end: the login they rest on is no longer valid."""
+        verifiers: dict[str, Verifier] = {}
+        for name, a in agents.items():
+            if a.postgres_scram:
+                verifiers[name] = Verifier.parse(a.postgres_scram)
+            elif a.token:
+                verifiers[name] = Verifier.from_password(a.token)
+        before = self.agents
+        self.agents, self.verifiers = dict(agents), verifiers
+        for session in list(self._sessions.values()):
+            old, new = before.get(session.agent.id), agents.get(session.agent.id)
+            if new is None or old is None or _secret(new) != _secret(old):
+                asyncio.get_running_loop().create_task(
+                    self._terminate(session, "agent removed or its secret changed", "28000")
+                )
 
     def open_sessions(self) -> int:
         return len(self._sessions)
@@ -620,3 +634,7 @@ def _mask(statement: SqlStatement, hidden: frozenset[str]) -> Mask | None:
 def _reason(decision: Decision) -> str:
     why = "; ".join(decision.reasons) or decision.effect.value
     return f"{why} (decision {decision.decision_id})"
+
+
+def _secret(agent: AgentConfig) -> tuple[str | None, str | None, str | None]:
+    return (agent.token, agent.token_sha256, agent.postgres_scram)

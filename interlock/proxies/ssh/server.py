@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,10 @@ class Connection(asyncssh.SSHServer):
         self._upstream: asyncssh.SSHClientConnection | None = None
         self._upstream_lock = asyncio.Lock()
         self._authn = "ssh_key"
+        self.login_key: asyncssh.SSHKey | None = None
+        """The agent key this connection logged in with (None: a CA certificate)."""
+        self.registered = False
+        """Whether the agent was in the configuration when it logged in."""
 
     # --- lifecycle and authentication ---------------------------------------------------
 
@@ -80,17 +85,22 @@ class Connection(asyncssh.SSHServer):
         return True
 
     def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-        return self.login is not None and self.proxy.keys.agent_key(self.login.agent_id, key)
+        ok = self.login is not None and self.proxy.keys.agent_key(self.login.agent_id, key)
+        if ok:
+            self.login_key = key
+        return ok
 
     def validate_ca_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         if self.login is not None and self.proxy.keys.ca_key(key):
             self._authn = "ssh_cert"
+            self.login_key = None
             return True
         return False
 
     def auth_completed(self) -> None:
         assert self.login is not None
         entry = self.proxy.registry.get(self.login.agent_id)
+        self.registered = entry is not None
         self._agent = (
             entry.agent(self._authn)
             if entry is not None
@@ -217,6 +227,23 @@ class SshProxy:
     def forget(self, conn: Connection) -> None:
         if conn._agent is not None:
             self._by_agent.get(conn._agent.id, set()).discard(conn)
+
+    def use_agents(self, agents: Mapping[str, AgentConfig]) -> None:
+        """SIGHUP: the new agent keys. Connections of an agent that is gone, or that
+        logged in with a key no longer listed, are closed (a CA-signed login stays)."""
+        self.keys = Keys(agents, self.config.user_ca_keys)
+        for agent_id, conns in list(self._by_agent.items()):
+            for conn in list(conns):
+                key = conn.login_key
+                if key is not None:
+                    still = self.keys.agent_key(agent_id, key)
+                else:
+                    still = agent_id in agents or not conn.registered
+                if not still and conn.conn is not None:
+                    log.warning("agent %s removed or its key withdrawn: closing", agent_id)
+                    conn.conn.disconnect(
+                        asyncssh.DISC_BY_APPLICATION, "interlock: agent removed from configuration"
+                    )
 
     def _posture_changed(self, agent_id: str, posture: Posture) -> None:
         if not posture.isolated:

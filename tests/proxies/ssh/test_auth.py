@@ -60,3 +60,46 @@ async def test_the_target_host_key_is_checked_not_learned(tmp_path: Path, sshd: 
         assert wrong.read_text().count("\n") == 1  # nothing was added
     finally:
         await rig.proxy.stop()
+
+
+async def test_reloaded_agents_close_a_withdrawn_keys_connection_and_admit_a_new_key(
+    tmp_path: Path, sshd: Sshd
+) -> None:
+    """SIGHUP's `use_agents`: the agent's key is replaced; the connection that logged in
+    with the old key is closed within a second, the old key is refused, the new one works."""
+    from interlock.config import AgentConfig
+
+    rig = await make_rig(tmp_path, sshd)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *rig.ssh_args("coder"),
+            "echo started; sleep 30; echo finished",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert proc.stdout is not None
+        assert await asyncio.wait_for(proc.stdout.readline(), 20) == b"started\n"
+        fresh = tmp_path / "fresh"
+        await asyncio.to_thread(keygen, "-t", "ed25519", "-N", "", "-f", str(fresh))
+        agents = {"coder": AgentConfig(ssh_keys=[(tmp_path / "fresh.pub").read_text()])}
+        rig.proxy.use_agents(agents)
+        out, _ = await asyncio.wait_for(proc.communicate(), 5)
+        assert b"finished" not in out
+        assert proc.returncode == 255
+        assert (await rig.ssh("echo old")).returncode == 255, "the withdrawn key is refused"
+        rig.agent_key = fresh
+        assert (await rig.ssh("echo new")).stdout == b"new\n"
+        # Reloading the same agents again leaves the new key's connections alone.
+        proc = await asyncio.create_subprocess_exec(
+            *rig.ssh_args("coder"),
+            "echo started; sleep 1; echo finished",
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert proc.stdout is not None
+        assert await asyncio.wait_for(proc.stdout.readline(), 20) == b"started\n"
+        rig.proxy.use_agents(agents)
+        out, _ = await asyncio.wait_for(proc.communicate(), 10)
+        assert out == b"finished\n"
+        assert proc.returncode == 0
+    finally:
+        await rig.proxy.stop()
