@@ -36,7 +36,7 @@ unit: $(VENV)/.installed
 test: lint typecheck policy-test unit
 
 bench: $(VENV)/.installed
-	$(BIN)/interlock bench --suite pdp
+	$(BIN)/interlock bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -23,6 +23,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bench import progress, slo
 from bench.stats import Measurement, summarize
 from interlock.audit import merkle
 from interlock.audit.checkpoint import Signer
@@ -35,9 +36,6 @@ from interlock.core.record import DecisionRecord
 from interlock.testing import CaptureSink, make_pdp
 
 BATCH = 512
-GOAL_RATIO = 0.5
-GOAL_ENQUEUE_P99_US = 200.0
-GOAL_PROOF_P99_US = 1000.0
 
 
 async def _records(n: int) -> list[DecisionRecord]:
@@ -161,19 +159,26 @@ async def _proofs(path: Path, size: int, n: int) -> tuple[list[float], list[floa
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    n = 4000 if quick else 20_000
+    n = 2000 if quick else 20_000
     tree = 1_000_000
     with tempfile.TemporaryDirectory(prefix="interlock-bench-") as tmp:
         root = Path(tmp)
+        progress.plan(6)
+        progress.step(f"{n} decision records")
         recs = asyncio.run(_records(n))
         t0 = time.perf_counter()
         rows = [(i, r.decision.decision_id, encode(r)) for i, r in enumerate(recs)]
         encode_us = (time.perf_counter() - t0) / n * 1e6
+        progress.step("raw SQLite, batched")
         raw_s = _raw(root / "raw.db", rows)
+        progress.step("AuditLog appends")
         ours_s, enqueue = asyncio.run(_throughput(root / "audit.db", recs))
+        progress.step("durable appends")
         durable = asyncio.run(_durable(root / "durable.db", recs[: 400 if quick else 2000]))
+        progress.step(f"building a {tree:,}-entry tree")
         _big_tree(root / "big.db", tree)
-        incl, cons = asyncio.run(_proofs(root / "big.db", tree, 300 if quick else 2000))
+        progress.step("inclusion and consistency proofs")
+        incl, cons = asyncio.run(_proofs(root / "big.db", tree, 200 if quick else 2000))
 
     raw = Measurement("sqlite_raw_batched", "rec/s", n, 0, 0, 0, round(n / raw_s, 1))
     ours = Measurement("append_throughput", "rec/s", n, 0, 0, 0, round(n / ours_s, 1))
@@ -186,27 +191,21 @@ def run(quick: bool = False) -> dict[str, Any]:
     dur = summarize("durable_append", durable, unit="ms")
     inc = summarize("inclusion_proof_1m", incl)
     con = summarize("consistency_proof_1m", cons)
-    budgets = [
-        _budget(
-            f"append throughput >= {GOAL_RATIO:.0%} of raw batched SQLite",
-            ours.notes["ratio_to_raw"],
-            GOAL_RATIO,
-            higher_is_better=True,
-        ),
-        _budget(f"enqueue p99 <= {GOAL_ENQUEUE_P99_US:.0f} us", enq.p99, GOAL_ENQUEUE_P99_US),
-        _budget(
-            f"inclusion proof p99 at 1M <= {GOAL_PROOF_P99_US:.0f} us", inc.p99, GOAL_PROOF_P99_US
-        ),
+    checks = [
+        slo.check("audit.append_ratio", ours.notes["ratio_to_raw"]),
+        slo.check("audit.enqueue_p99_us", enq.p99),
+        slo.check("audit.proof_p99_us", inc.p99),
     ]
     return {
         "suite": "audit",
         "measurements": [m.to_json() for m in (raw, ours, enq, dur, inc, con)],
-        "budgets": budgets,
+        "checks": checks,
+        "latency_groups": [
+            {"title": "time an append holds a decision", "series": ["enqueue"]},
+            {"title": "durable append (group commit + fsync)", "series": ["durable_append"]},
+            {
+                "title": "proofs from a 1,000,000-entry tree",
+                "series": ["inclusion_proof_1m", "consistency_proof_1m"],
+            },
+        ],
     }
-
-
-def _budget(
-    name: str, value: float, limit: float, *, higher_is_better: bool = False
-) -> dict[str, Any]:
-    ok = value >= limit if higher_is_better else value <= limit
-    return {"name": name, "value": value, "limit": limit, "pass": ok}

@@ -22,22 +22,27 @@ class OpenLoopResult:
     """Completions per second over the whole run."""
     latencies: list[float] = field(default_factory=list)
     errors: int = 0
+    first_error: str = ""
+    """The first failure, so a report can say why requests failed, not only how many."""
 
 
 async def open_loop(
-    send: Callable[[], Awaitable[object]], rate: float, seconds: float
+    send: Callable[[], Awaitable[object]], rate: float, seconds: float, offset: float = 0.0
 ) -> OpenLoopResult:
+    """`offset` delays the first request, so several generators at the same rate (agents)
+    interleave instead of arriving in bursts."""
     loop = asyncio.get_running_loop()
     n = max(1, int(rate * seconds))
     result = OpenLoopResult(rate, 0.0)
-    start = loop.time() + 0.05
+    start = loop.time() + 0.05 + offset
     tasks: list[asyncio.Task[None]] = []
 
     async def one(due: float) -> None:
         try:
             await send()
-        except Exception:
+        except Exception as exc:
             result.errors += 1
+            result.first_error = result.first_error or f"{type(exc).__name__}: {exc}"[:300]
             return
         result.latencies.append(loop.time() - due)
 

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import regopy
 
+from bench import progress, slo
 from bench.stats import summarize, time_async, time_calls
 from interlock.core import rego as rego_mod
 from interlock.core.context import MemoryStore
@@ -27,9 +29,6 @@ from interlock.core.pdp import PDP
 from interlock.core.policy import DECISION_ENTRYPOINT, PolicyManager
 from interlock.core.rego import RegoEngine
 from interlock.testing import CaptureSink, FakeClock
-
-BUDGET_P99_US = 300.0
-BUDGET_RATIO = 3.0
 
 TRIVIAL = "package bench\nimport rego.v1\ndefault allow := false\nallow if input.x == 1\n"
 
@@ -171,7 +170,7 @@ def _decider(pdp: PDP, clock: FakeClock, actions: list[Action]) -> Callable[[], 
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    n, warmup = (1500, 300) if quick else (6000, 600)
+    n, warmup = (600, 100) if quick else (6000, 600)
     actions = workload()
 
     raw = regopy.Interpreter()
@@ -205,7 +204,9 @@ def run(quick: bool = False) -> dict[str, Any]:
     sync_fns = {"raw": raw_eval, "build": build_only, "eval": eval_only}
     async_fns = {"cold": decide_cold, "warm": decide_warm}
     rounds = 10
-    for _ in range(rounds):
+    progress.plan(rounds)
+    for r in range(rounds):
+        progress.step(f"round {r + 1} of {rounds}: raw, build, eval, uncached, cached")
         for key, fn in sync_fns.items():
             series[key] += time_calls(fn, n // rounds, warmup // rounds)
         for key, afn in async_fns.items():
@@ -225,20 +226,27 @@ def run(quick: bool = False) -> dict[str, Any]:
     build.notes["input_json_bytes"] = len(json.dumps(sample_input))
     evaluation = summarize("engine_eval", series["eval"]).against(base)
     measurements = [base, uncached, cached, build, evaluation]
-    budgets = [
-        _budget(f"{m.name} p99 <= {BUDGET_P99_US:.0f} us", m.p99, BUDGET_P99_US)
-        for m in (uncached, cached)
-    ] + [
-        _budget(
-            f"{m.name} p99 within {BUDGET_RATIO:.0f}x of raw engine", m.ratio_p99 or 0, BUDGET_RATIO
-        )
-        for m in (uncached, cached)
+    checks = [
+        slo.check("pdp.uncached_p99_us", uncached.p99),
+        slo.check("pdp.cached_p99_us", cached.p99),
+        slo.check("pdp.uncached_ratio_p99", uncached.ratio_p99 or math.nan),
+        slo.check("pdp.cached_ratio_p99", cached.ratio_p99 or math.nan),
     ]
-    return {"suite": "pdp", "measurements": [m.to_json() for m in measurements], "budgets": budgets}
-
-
-def _budget(name: str, value: float, limit: float) -> dict[str, Any]:
-    return {"name": name, "value": value, "limit": limit, "pass": value <= limit}
+    return {
+        "suite": "pdp",
+        "measurements": [m.to_json() for m in measurements],
+        "checks": checks,
+        "latency_groups": [
+            {
+                "title": "a whole decision against raw rego-cpp",
+                "series": ["rego_raw_trivial", "decision_uncached", "decision_cached"],
+            },
+            {
+                "title": "where an uncached decision's time goes",
+                "series": ["input_build", "engine_eval", "decision_uncached"],
+            },
+        ],
+    }
 
 
 def _capture_input(pdp: PDP, action: Action) -> dict[str, Any]:

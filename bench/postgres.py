@@ -1,10 +1,10 @@
 """Postgres suite: pgbench select-only through the proxy (policy and audit on), against
 the same server directly and through PgBouncer, in one run.
 
-Each target runs simple and prepared protocol at 1 and 16 clients; pgbench's per-
-transaction logs give p50/p99 latency. Budgets: proxy TPS >= 60% of PgBouncer's at 16
-clients, and at most 0.25 ms added p50 latency over PgBouncer at 1 client.
-"""
+Latency: pgbench at a fixed rate (`-R`, open loop: a transaction's latency includes its
+wait behind the schedule), simple and prepared protocol. Throughput: closed-loop pgbench
+at rising client counts (1, 4, 16, 32; quick: 16 only). Budgets: TPS at 16 clients
+against PgBouncer's, and added p50 over PgBouncer at the fixed rate."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bench.stats import Measurement, percentile
+from bench import progress, slo
+from bench.stats import from_sorted, percentile
 from interlock.audit.checkpoint import Signer, load_or_create_key
 from interlock.audit.log import AuditLog
 from interlock.audit.sqlite import SqliteStore
@@ -32,8 +33,8 @@ from interlock.proxies.postgres.server import PostgresProxy
 from interlock.testing.services import pgbouncer, postgres_server
 
 TOKEN = "bench-agent-token-0123456789"  # noqa: S105 (a throwaway benchmark agent)
-GOAL_TPS_RATIO = 0.6
-GOAL_ADDED_P50_MS = 0.25
+RATE = 300
+"""Transactions per second of the open-loop latency phase (4 pgbench clients)."""
 
 
 @contextmanager
@@ -86,7 +87,11 @@ def _pgbench(
     clients: int,
     seconds: int,
     logdir: Path,
+    rate: int = 0,
 ) -> tuple[float, list[float]]:
+    """TPS and sorted latencies (ms). With `rate`, pgbench schedules transactions at that
+    mean rate (open loop) and a transaction's latency includes its wait behind the
+    schedule (`schedule_lag`), so a target that falls behind shows it."""
     for f in logdir.glob("pgbench_log*"):
         f.unlink()
     env = {**os.environ, "PGPASSWORD": password}
@@ -109,6 +114,7 @@ def _pgbench(
             str(min(clients, 2)),
             "-T",
             str(seconds),
+            *(["-R", str(rate)] if rate else []),
             "-l",
             "--log-prefix",
             str(logdir / "pgbench_log"),
@@ -129,14 +135,19 @@ def _pgbench(
     for f in logdir.glob("pgbench_log*"):
         for line in f.read_text().splitlines():
             parts = line.split()
-            if len(parts) >= 3:
+            if rate and len(parts) >= 7:
+                latencies.append((int(parts[2]) + int(parts[6])) / 1000.0)
+            elif not rate and len(parts) >= 3:
                 latencies.append(int(parts[2]) / 1000.0)
     return tps, sorted(latencies)
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    seconds = 3 if quick else 10
+    seconds = 1 if quick else 5
+    latency_s = 1 if quick else 10
+    concurrency = (16,) if quick else (1, 4, 16, 32)
     results: dict[tuple[str, str, int], tuple[float, list[float]]] = {}
+    latency: dict[tuple[str, str], tuple[float, list[float]]] = {}
     with (
         tempfile.TemporaryDirectory(prefix="interlock-bench-pg-") as tmp,
         postgres_server({"max_connections": "200"}) as pg,
@@ -186,55 +197,79 @@ def run(quick: bool = False) -> dict[str, Any]:
                 "pgbouncer": (bouncer_port, pg.user, pg.password),
                 "interlock": (proxy_port, "agent", TOKEN),
             }
+            progress.plan(2 * (len(concurrency) + 1) * len(targets))
             for mode in ("simple", "prepared"):
-                for clients in (1, 16):
+                for name, (port, user, password) in targets.items():
+                    progress.step(f"pgbench {mode}, {RATE}/s open loop, {name}")
+                    latency[(name, mode)] = _pgbench(
+                        port, user, password, "bench", mode, 4, latency_s, logdir, RATE
+                    )
+                for clients in concurrency:
                     for name, (port, user, password) in targets.items():
+                        progress.step(f"pgbench {mode}, {clients} clients, {name}")
                         results[(name, mode, clients)] = _pgbench(
                             port, user, password, "bench", mode, clients, seconds, logdir
                         )
     measurements = []
-    for (name, mode, clients), (tps, lat) in results.items():
-        m = Measurement(
-            f"{name}_{mode}_c{clients}",
-            "ms",
-            len(lat),
-            round(percentile(lat, 50), 3),
-            round(percentile(lat, 99), 3),
-            round(sum(lat) / max(1, len(lat)), 3),
-            round(tps, 1),
-        )
+    for (name, mode), (tps, lat) in latency.items():
+        m = from_sorted(f"{name}_{mode}_r{RATE}", lat, "ms")
+        m.throughput = round(tps, 1)
+        m.notes["rate"] = RATE
         if name != "pgbouncer":
-            base = results[("pgbouncer", mode, clients)]
-            m.baseline = f"pgbouncer_{mode}_c{clients}"
-            m.baseline_p50 = round(percentile(base[1], 50), 3)
-            m.baseline_p99 = round(percentile(base[1], 99), 3)
-            m.notes["tps_ratio"] = round(tps / base[0], 3) if base[0] else None
-            m.notes["added_p50_ms"] = round(m.p50 - m.baseline_p50, 3)
+            base = from_sorted("", latency[("pgbouncer", mode)][1], "ms")
+            base.name = f"pgbouncer_{mode}_r{RATE}"
+            m.against(base)
+            m.notes["added_p50_ms"] = round(m.p50 - base.p50, 3)
         measurements.append(m)
-    budgets = []
+    for (name, mode, clients), (tps, lat) in results.items():
+        m = from_sorted(f"{name}_{mode}_c{clients}", lat, "ms")
+        m.throughput = round(tps, 1)
+        if name != "pgbouncer":
+            base_tps = results[("pgbouncer", mode, clients)][0]
+            m.baseline = f"pgbouncer_{mode}_c{clients}"
+            m.notes["tps_ratio"] = round(tps / base_tps, 3) if base_tps else None
+        measurements.append(m)
+    checks = []
     for mode in ("simple", "prepared"):
-        ours, base = results[("interlock", mode, 16)], results[("pgbouncer", mode, 16)]
-        ratio = round(ours[0] / base[0], 3)
-        budgets.append(
-            {
-                "name": f"{mode}: TPS at 16 clients >= {GOAL_TPS_RATIO:.0%} of PgBouncer",
-                "value": ratio,
-                "limit": GOAL_TPS_RATIO,
-                "pass": ratio >= GOAL_TPS_RATIO,
-            }
+        ours_tps, base_tps = (
+            results[("interlock", mode, 16)][0],
+            results[("pgbouncer", mode, 16)][0],
         )
-        ours1, base1 = results[("interlock", mode, 1)], results[("pgbouncer", mode, 1)]
-        added = round(percentile(ours1[1], 50) - percentile(base1[1], 50), 3)
-        budgets.append(
-            {
-                "name": f"{mode}: added p50 at 1 client <= {GOAL_ADDED_P50_MS} ms",
-                "value": added,
-                "limit": GOAL_ADDED_P50_MS,
-                "pass": added <= GOAL_ADDED_P50_MS,
-            }
-        )
+        checks.append(slo.check(f"postgres.{mode}_tps_ratio", round(ours_tps / base_tps, 3)))
+        ours_lat, base_lat = latency[("interlock", mode)][1], latency[("pgbouncer", mode)][1]
+        added = round(percentile(ours_lat, 50) - percentile(base_lat, 50), 3)
+        checks.append(slo.check(f"postgres.{mode}_added_p50_ms", added))
+    names = ("direct", "pgbouncer", "interlock")
+    curves = []
+    for mode in ("simple", "prepared"):
+        for what, pick in (("TPS", lambda r: r[0]), ("p99 latency (ms)", _p99)):
+            curves.append(
+                {
+                    "title": f"pgbench -S, {mode} protocol: {what}",
+                    "x_label": "clients",
+                    "y_label": what,
+                    "log_y": what != "TPS",
+                    "series": {
+                        t: [[c, round(pick(results[(t, mode, c)]), 3)] for c in concurrency]
+                        for t in names
+                    },
+                }
+            )
+    groups = [
+        {
+            "title": f"{mode} protocol, {RATE} transactions/s (open loop)",
+            "series": [f"{t}_{mode}_r{RATE}" for t in names],
+        }
+        for mode in ("simple", "prepared")
+    ]
     return {
         "suite": "postgres",
         "measurements": [m.to_json() for m in measurements],
-        "budgets": budgets,
+        "checks": checks,
+        "curves": curves,
+        "latency_groups": groups,
     }
+
+
+def _p99(result: tuple[float, list[float]]) -> float:
+    return percentile(result[1], 99)

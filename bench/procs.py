@@ -10,6 +10,12 @@ from pathlib import Path
 
 from interlock.testing.services import serving
 
+SSHD_NO_RC = "SetEnv SHLVL=1\n"
+"""sshd option for the benchmarks' target: bash run by sshd sources ~/.bashrc only as a
+top-level shell (SHLVL < 2), so this skips it. Otherwise the target user's rc file is
+measured, not SSH: root's ~/.bashrc on the project's machine runs `pyenv init`, about
+150 ms and a hundred processes per command, for the direct path and interlock alike."""
+
 
 def process(
     cmd: list[str], port: int, what: str, cwd: Path | None = None

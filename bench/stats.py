@@ -29,6 +29,8 @@ class Measurement:
     ratio_p50: float | None = None
     ratio_p99: float | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    quantiles: list[list[float]] = field(default_factory=list)
+    """[percentile, value] pairs from 0.5 to 100, for the report's distribution plots."""
 
     def against(self, base: Measurement) -> Measurement:
         self.baseline = base.name
@@ -49,18 +51,28 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[rank - 1]
 
 
+QUANTILES = (0.5, 1, 2, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 97, 98, 99, 99.5, 99.9, 100)
+
+
 def summarize(name: str, samples_s: list[float], unit: str = "us") -> Measurement:
     scale = {"us": 1e6, "ms": 1e3, "s": 1.0}[unit]
     values = sorted(s * scale for s in samples_s)
-    mean = sum(values) / len(values)
+    m = from_sorted(name, values, unit, digits=1)
+    m.throughput = round(scale / m.mean, 1) if m.mean else None
+    return m
+
+
+def from_sorted(name: str, values: list[float], unit: str, digits: int = 3) -> Measurement:
+    """A distribution of already scaled, sorted values (no throughput: set by the caller)."""
+    mean = sum(values) / len(values) if values else math.nan
     return Measurement(
         name=name,
         unit=unit,
         n=len(values),
-        p50=round(percentile(values, 50), 1),
-        p99=round(percentile(values, 99), 1),
-        mean=round(mean, 1),
-        throughput=round(scale / mean, 1) if mean else None,
+        p50=round(percentile(values, 50), digits),
+        p99=round(percentile(values, 99), digits),
+        mean=round(mean, digits),
+        quantiles=[[q, round(percentile(values, q), digits)] for q in QUANTILES] if values else [],
     )
 
 

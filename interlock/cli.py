@@ -390,7 +390,18 @@ def cmd_ca_export(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from bench.runner import main as bench_main
 
-    return bench_main(args.suite, json_path=args.json, quick=args.quick)
+    limits = _config(args.config).bench.budgets if args.config else {}
+    command = "interlock bench" + (f" --suite {args.suite}" if args.suite != "all" else "")
+    command += " --quick" if args.quick else ""
+    return bench_main(
+        args.suite,
+        json_path=args.json,
+        quick=args.quick,
+        report_dir=args.report,
+        limits=limits,
+        show_progress=not args.no_progress,
+        command=command,
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -519,9 +530,16 @@ def parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_ca_export)
 
     bench = sub.add_parser("bench", help="run benchmark suites against their baselines")
-    bench.add_argument("--suite", default="pdp")
+    bench.add_argument(
+        "--suite",
+        default="all",
+        help="all (default) or some of pdp,audit,postgres,http,extauthz,ssh,e2e",
+    )
     bench.add_argument("--json", help="write machine-readable results here")
-    bench.add_argument("--quick", action="store_true", help="fewer iterations")
+    bench.add_argument("--report", metavar="DIR", help="write report.md, plots and JSON here")
+    bench.add_argument("--quick", action="store_true", help="short phases: under two minutes")
+    bench.add_argument("-c", "--config", help="interlock.toml with [bench.budgets] limits")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     bench.set_defaults(func=cmd_bench)
     return p
 

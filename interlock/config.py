@@ -529,6 +529,12 @@ class IntelConfig(Section):
     """Indicator files (plain lists or JSON, see docs/risk.md), re-read when they change."""
 
 
+class BenchConfig(Section):
+    budgets: dict[str, float] = {}
+    """SLO limits for `interlock bench`, by budget id (e.g. `"pdp.cached_p99_us" = 500`);
+    unnamed budgets keep their defaults (docs/benchmarks.md lists them)."""
+
+
 class Config(Section):
     """The whole file. Absent sections are None: that component does not run."""
 
@@ -547,6 +553,7 @@ class Config(Section):
     approvals: ApprovalsConfig = ApprovalsConfig()
     credentials: CredentialsConfig | None = None
     classification: ClassificationConfig = ClassificationConfig()
+    bench: BenchConfig = BenchConfig()
 
     @classmethod
     def embedded(cls) -> Config:
