@@ -163,7 +163,8 @@ def _grid(plt: Any, n: int) -> tuple[Any, Any]:
     """Two plots a row."""
     cols = min(2, n)
     rows = math.ceil(n / cols)
-    return plt.subplots(rows, cols, figsize=(5.6 * cols, 3.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.6 * cols, 3.6 * rows), squeeze=False)
+    return fig, axes
 
 
 def _finish_axes(ax: Any, title: str) -> None:
