@@ -235,8 +235,12 @@ class Holds:
             return Verdict(False, verdict.approver, "the approval could not be audited")
         return verdict
 
-    def retry(self, decision: Decision, limit: float, action: Action, text: str = "") -> Retry:
-        """ext_authz: pass an approved action again, report a pending one, or open one."""
+    async def retry(
+        self, decision: Decision, limit: float, action: Action, text: str = ""
+    ) -> Retry:
+        """ext_authz: pass an approved action again, report a pending one, or open one.
+        With shared approvals the grant, a denial and the open request are found on any
+        instance; Redis unreachable then means refused (fail closed)."""
         digest = action_hash(action, text)
         now = self._clock()
         grant = self._grants.get(digest)
@@ -252,12 +256,35 @@ class Holds:
         refused = self._refusals.get(digest)
         if refused is not None and refused[1] > now:
             return Retry("denied", "", refused[0])
+        if self.shared is not None:
+            try:
+                found = await self._retry_shared(digest, decision.decision_id, limit)
+            except (OSError, RedisError) as exc:
+                why = f"shared approvals unavailable: {type(exc).__name__}"
+                return Retry("denied", "", Verdict(False, None, why, "retry"))
+            if found is not None:
+                return found
         hold = self._open(decision, limit, action, text)
         self._by_hash[digest] = decision.decision_id
         task = asyncio.create_task(self._await_retry(hold, limit, digest))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return Retry("pending", decision.decision_id)
+
+    async def _retry_shared(self, digest: str, decision_id: str, limit: float) -> Retry | None:
+        assert self.shared is not None
+        got = await self.shared.take_grant(digest)
+        if got is not None:
+            return Retry("granted", got[0], Verdict(True, got[1], "approved earlier", "retry"))
+        refused = await self.shared.refusal(digest)
+        if refused is not None:
+            approver, reason = refused.get("approver"), str(refused.get("reason", ""))
+            verdict = Verdict(False, approver, reason, str(refused.get("channel", "")))
+            return Retry("denied", "", verdict)
+        elsewhere = await self.shared.open_retry(digest, decision_id, limit)
+        if elsewhere is not None:
+            return Retry("pending", elsewhere)
+        return None
 
     async def _await_retry(self, hold: _Hold, limit: float, digest: str) -> None:
         try:
@@ -267,13 +294,32 @@ class Holds:
             self._by_hash.pop(digest, None)
         until = self._clock() + self.grant_ttl
         self._prune()
-        if verdict.approved:
+        if verdict.approved and self.shared is None:
             self._grants[digest] = _Grant(
                 hold.request.decision_id, verdict.approver, until, self.grant_uses
             )
-        else:
+        elif not verdict.approved:
             self._refusals[digest] = (verdict, until)
+        if self.shared is not None:
+            await self._share_outcome(hold.request.decision_id, digest, verdict)
         await self._record(hold.request, verdict)
+
+    async def _share_outcome(self, decision_id: str, digest: str, verdict: Verdict) -> None:
+        """The grant (only there, so its uses are counted once) or the denial, for every
+        instance. Unreachable Redis loses a grant: the next retry asks again."""
+        assert self.shared is not None
+        try:
+            if verdict.approved:
+                await self.shared.put_grant(
+                    digest, decision_id, verdict.approver, self.grant_uses, self.grant_ttl
+                )
+            else:
+                doc = {"approver": verdict.approver, "reason": verdict.reason,
+                       "channel": verdict.channel}  # fmt: skip
+                await self.shared.put_refusal(digest, doc, self.grant_ttl)
+            await self.shared.close_retry(digest)
+        except (OSError, RedisError) as exc:
+            log.warning("retry outcome of %s not shared: %s", decision_id, exc)
 
     def _open(self, decision: Decision, limit: float, action: Action, text: str) -> _Hold:
         now = self._clock()

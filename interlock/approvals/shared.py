@@ -31,6 +31,20 @@ PENDING = "interlock:approvals"
 ANSWERS = "interlock:answers"
 
 
+GRANT = "interlock:grant:"
+REFUSAL = "interlock:refusal:"
+OPEN = "interlock:retry:"
+_TAKE_GRANT = """
+local uses = tonumber(redis.call('HGET', KEYS[1], 'uses') or '0')
+if uses <= 0 then return nil end
+local left = redis.call('HINCRBY', KEYS[1], 'uses', -1)
+local grant = redis.call('HMGET', KEYS[1], 'id', 'approver')
+if left <= 0 then redis.call('DEL', KEYS[1]) end
+return grant
+"""
+"""Check and spend one use atomically, so two instances cannot both spend the last."""
+
+
 def _key(decision_id: str) -> str:
     return f"interlock:approval:{decision_id}"
 
@@ -103,6 +117,47 @@ class SharedApprovals:
         doc = {"id": decision_id, "approved": approved, "approver": approver,
                "channel": channel, "reason": reason}  # fmt: skip
         await self.redis.publish(ANSWERS, json.dumps(doc))
+
+    # --- ext_authz retries ----------------------------------------------------------------
+    # Envoy's retry of an approved request may reach any instance: the grant, a denial,
+    # and which instance's request is open for the request's hash live here too.
+
+    async def take_grant(self, digest: str) -> tuple[str, str | None] | None:
+        """One use of an approved retry's grant: (approval id, approver), or None."""
+        got = await self.redis.eval(_TAKE_GRANT, 1, f"{GRANT}{digest}")
+        if not got:
+            return None
+        decision_id, approver = got
+        return str(decision_id), (str(approver) if approver else None)
+
+    async def put_grant(
+        self, digest: str, decision_id: str, approver: str | None, uses: int, ttl: float
+    ) -> None:
+        key = f"{GRANT}{digest}"
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(key)
+        pipe.hset(key, mapping={"id": decision_id, "approver": approver or "", "uses": uses})
+        pipe.expire(key, max(1, int(ttl)))
+        await pipe.execute()
+
+    async def refusal(self, digest: str) -> dict[str, Any] | None:
+        raw = await self.redis.get(f"{REFUSAL}{digest}")
+        return json.loads(raw) if raw else None
+
+    async def put_refusal(self, digest: str, verdict: dict[str, Any], ttl: float) -> None:
+        await self.redis.set(f"{REFUSAL}{digest}", json.dumps(verdict), ex=max(1, int(ttl)))
+
+    async def open_retry(self, digest: str, decision_id: str, ttl: float) -> str | None:
+        """Claim the open request for this hash; the id of another instance's if it has
+        one (None: this instance opens it)."""
+        key = f"{OPEN}{digest}"
+        if await self.redis.set(key, decision_id, nx=True, ex=max(1, int(ttl) + 5)):
+            return None
+        other = await self.redis.get(key)
+        return str(other) if other else None
+
+    async def close_retry(self, digest: str) -> None:
+        await self.redis.delete(f"{OPEN}{digest}")
 
     async def _follow(self, holds: Holds) -> None:
         def handle(doc: dict[str, Any]) -> None:

@@ -143,7 +143,7 @@ class Authorizer:
             f"body {d.get('body_bytes', 0)} bytes, sha256 {d.get('body_sha256', '')}\n"
             f"request sha256 {self.request_identity(req)}"
         )
-        retry = self.holds.retry(decision, self.config.approval_timeout, action, text)
+        retry = await self.holds.retry(decision, self.config.approval_timeout, action, text)
         if retry.state == "granted":
             assert retry.verdict is not None
             written = await self.pdp.observe(

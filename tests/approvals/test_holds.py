@@ -126,21 +126,23 @@ async def test_a_retry_passes_only_after_approval_and_only_as_often_as_granted(
 ) -> None:
     holds = holds_for(pdp, grant_ttl=60, grant_uses=2, clock=clock)
     action = ddl()
-    first = holds.retry(await pdp.decide(action), 30, action)
+    first = await holds.retry(await pdp.decide(action), 30, action)
     assert first.state == "pending"
-    again = holds.retry(await pdp.decide(action), 30, action)
+    again = await holds.retry(await pdp.decide(action), 30, action)
     assert (again.state, again.approval_id) == ("pending", first.approval_id)
     assert len(holds.pending()) == 1, "a retry while pending opens no second request"
     holds.answer(first.approval_id, True, OWNER, "test")
     await asyncio.sleep(0.01)
     changed = replace(action, details={"sql": "create table t (a int, b int)"})
-    assert holds.retry(await pdp.decide(changed), 30, changed).state == "pending"
+    assert (await holds.retry(await pdp.decide(changed), 30, changed)).state == "pending"
     for _ in range(2):
-        granted = holds.retry(await pdp.decide(action), 30, action)
+        granted = await holds.retry(await pdp.decide(action), 30, action)
         assert (granted.state, granted.approval_id) == ("granted", first.approval_id)
         assert granted.verdict is not None
         assert granted.verdict.approver == OWNER
-    assert holds.retry(await pdp.decide(action), 30, action).state == "pending", "uses spent"
+    assert (await holds.retry(await pdp.decide(action), 30, action)).state == "pending", (
+        "uses spent"
+    )
 
 
 async def test_a_grant_expires_and_a_denial_sticks_for_its_lifetime(
@@ -148,15 +150,15 @@ async def test_a_grant_expires_and_a_denial_sticks_for_its_lifetime(
 ) -> None:
     holds = holds_for(pdp, grant_ttl=60, clock=clock)
     action = ddl()
-    opened = holds.retry(await pdp.decide(action), 30, action)
+    opened = await holds.retry(await pdp.decide(action), 30, action)
     holds.answer(opened.approval_id, True, OWNER, "test")
     await asyncio.sleep(0.01)
     clock.advance(61)
-    assert holds.retry(await pdp.decide(action), 30, action).state == "pending"
+    assert (await holds.retry(await pdp.decide(action), 30, action)).state == "pending"
     (request,) = holds.pending()
     holds.answer(request.decision_id, False, OWNER, "test", "no")
     await asyncio.sleep(0.01)
-    denied = holds.retry(await pdp.decide(action), 30, action)
+    denied = await holds.retry(await pdp.decide(action), 30, action)
     assert denied.state == "denied"
     assert denied.verdict is not None
     assert denied.verdict.approver == OWNER
