@@ -191,7 +191,10 @@ def run(quick: bool = False) -> dict[str, Any]:
         )
         logdir = root / "logs"
         logdir.mkdir()
-        with pgbouncer(pg, "bench") as bouncer_port, _proxy(pg.dsn("bench"), root) as proxy_port:
+        with (
+            pgbouncer(pg, "bench", max(concurrency) + 8) as bouncer_port,
+            _proxy(pg.dsn("bench"), root) as proxy_port,
+        ):
             targets = {
                 "direct": (pg.port, pg.user, pg.password),
                 "pgbouncer": (bouncer_port, pg.user, pg.password),

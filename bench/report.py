@@ -250,7 +250,8 @@ def _markdown(
         "",
         "## SLO budgets",
         "",
-        f"**{passed} of {len(budgets)} budgets pass.**",
+        f"**{passed} of {len(budgets)} budgets pass.**"
+        + "".join(f" Suite {s['suite']} did not finish." for s in report["suites"] if "error" in s),
         "",
         *budget_rows(budgets),
         "",
@@ -261,6 +262,8 @@ def _markdown(
         lines += [f"## {suite['suite']}", ""]
         if suite.get("about"):
             lines += [suite["about"], ""]
+        if suite.get("error"):
+            lines += [f"**The suite did not finish:** `{suite['error']}`", ""]
         lines += [f"Ran {suite['seconds']:.0f} s.", "", *_measurement_rows(suite), ""]
         for image in images.get(suite["suite"], []):
             lines += [f"![{image}]({image})", ""]

@@ -103,6 +103,9 @@ def slo_table(results: list[dict[str, Any]]) -> str:
             rows.append(
                 f"{verdict:<4} {r['suite']:<9} {b['label'][:50]:<50} {measured:>12} {limit:>12}"
             )
+    for r in results:
+        if "error" in r:
+            rows.append(f"ERR  {r['suite']:<9} the suite did not finish: {r['error'][:200]}")
     all_budgets = [b for r in results for b in r["budgets"]]
     passed = sum(1 for b in all_budgets if b["pass"])
     rows.append(f"{passed} of {len(all_budgets)} budgets pass")
@@ -148,12 +151,18 @@ def main(
     started = time.monotonic()
     for name in names:
         bar.begin(name)
-        result = SUITES[name](quick)
+        try:
+            result = SUITES[name](quick)
+        except Exception as exc:  # one broken suite must not lose the others' results
+            result = {"suite": name, "error": f"{type(exc).__name__}: {exc}"[:2000],
+                      "measurements": [], "checks": []}  # fmt: skip
         result["seconds"] = round(bar.end(), 1)
         result["about"] = _about(MODULES[name])
         result["budgets"] = slo.judge(result.pop("checks"), limits)
         results.append(result)
         print(table(result), flush=True)
+        if "error" in result:
+            print(f"suite {name} FAILED: {result['error']}", flush=True)
         print(flush=True)
     print(slo_table(results), flush=True)
     report = {
@@ -162,7 +171,8 @@ def main(
         "machine": info,
         "seconds": round(time.monotonic() - started, 1),
         "suites": results,
-        "passed": all(b["pass"] for r in results for b in r["budgets"]),
+        "passed": all(b["pass"] for r in results for b in r["budgets"])
+        and not any("error" in r for r in results),
     }
     if json_path:
         Path(json_path).write_text(json.dumps(report, indent=2) + "\n", "utf-8")

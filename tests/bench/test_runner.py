@@ -330,3 +330,32 @@ def test_end_to_end_suite_runs_every_protocol_through_one_interlock() -> None:
         assert base["notes"]["errors"] == 0, base["notes"].get("first_error")
         assert ours["n"] == base["n"] > 0
     assert [c["id"] for c in result["checks"]] == [f"e2e.{p}_added_p99_ms" for p in e2e.PROTOCOLS]
+
+
+def test_a_suite_that_breaks_is_reported_and_the_others_still_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A suite that raises (a server that would not start, pgbench aborting) is an error
+    row and a failed run, not a lost run: the other suites' results are still written."""
+
+    def broken(quick: bool) -> dict[str, Any]:
+        raise RuntimeError("pgbench failed: FATAL: query_wait_timeout")
+
+    def fine(quick: bool) -> dict[str, Any]:
+        m = summarize("interlock_x", [1e-6] * 10)
+        return {"suite": "pdp", "measurements": [m.to_json()],
+                "checks": [slo.check("pdp.cached_p99_us", m.p99)]}  # fmt: skip
+
+    monkeypatch.setitem(runner.SUITES, "postgres", broken)
+    monkeypatch.setitem(runner.SUITES, "pdp", fine)
+    out_json = tmp_path / "out.json"
+    code = runner.main("pdp,postgres", json_path=str(out_json), show_progress=False)
+    assert code == 1
+    report = json.loads(out_json.read_text())
+    assert report["passed"] is False
+    pdp_result, pg_result = report["suites"]
+    assert pdp_result["budgets"][0]["pass"] is True
+    assert "query_wait_timeout" in pg_result["error"]
+    out = capsys.readouterr().out
+    assert "suite postgres FAILED" in out
+    assert "ERR  postgres" in out
