@@ -50,8 +50,11 @@ class Runtime:
     intel: ThreatIntel | None = None
     reread: Callable[[], Config] | None = None
     """Reads the config file `up` started from again (SIGHUP, for the agents)."""
-    agent_users: list[Callable[[Mapping[str, AgentConfig]], None]] = field(default_factory=list)
-    """Proxies that keep their own view of the agents (Postgres verifiers, SSH keys)."""
+    agent_users: list[Callable[[Mapping[str, AgentConfig]], Callable[[], None]]] = field(
+        default_factory=list
+    )
+    """Proxies that keep their own view of the agents (Postgres verifiers, SSH keys): each
+    prepares the new agents (may raise) and returns how to apply them."""
     sessions: dict[str, Callable[[], int]] = field(default_factory=dict)
     """Open client sessions per proxy, for metrics."""
     endpoints: dict[str, str] = field(default_factory=dict)
@@ -272,7 +275,7 @@ async def start(runtime: Runtime) -> None:
         )
         await proxy.start()
         runtime._stoppers.append(proxy.stop)
-        runtime.agent_users.append(proxy.use_agents)
+        runtime.agent_users.append(proxy.prepare_agents)
         runtime.sessions["postgres"] = proxy.open_sessions
         assert proxy.address is not None
         runtime.endpoints["postgres"] = f"postgresql://{proxy.address[0]}:{proxy.address[1]}"
@@ -309,7 +312,7 @@ async def start(runtime: Runtime) -> None:
         )
         await ssh.start()
         runtime._stoppers.append(ssh.stop)
-        runtime.agent_users.append(ssh.use_agents)
+        runtime.agent_users.append(ssh.prepare_agents)
         runtime.sessions["ssh"] = ssh.open_sessions
         assert ssh.address is not None
         runtime.endpoints["ssh"] = f"ssh://{ssh.address[0]}:{ssh.address[1]}"
@@ -361,9 +364,7 @@ async def reload(runtime: Runtime) -> None:
     """SIGHUP: re-read the policy bundle, the threat feeds and the agents now. A bundle
     that does not compile, or a config file that does not validate, is refused and what
     serves keeps serving; connections are untouched, except those of an agent that was
-    removed or whose secret or key changed."""
-    if runtime.reread is not None:
-        reload_agents(runtime, runtime.reread)
+    removed or changed."""
     try:
         policy = await asyncio.to_thread(runtime.policy.load)
         log.warning("SIGHUP: policy version %s serving", policy.version[:12])
@@ -373,23 +374,29 @@ async def reload(runtime: Runtime) -> None:
         await asyncio.to_thread(runtime.intel.reload)
         for path, error in runtime.intel.errors.items():
             log.error("SIGHUP: threat feed %s: %s (last good version kept)", path, error)
+    if runtime.reread is not None:
+        reload_agents(runtime, runtime.reread)
 
 
 def reload_agents(runtime: Runtime, reread: Callable[[], Config]) -> None:
     """Re-read `[agents]` from the config file. Other sections need a restart (they
     decide which sockets exist); the log says so when they changed."""
+    # Every part is built first; nothing changes unless all of it can (a half-applied
+    # reload could leave a withdrawn key working in one proxy).
     try:
         fresh = reread()
-    except InterlockError as exc:
-        log.error("SIGHUP: config refused, agents unchanged: %s", exc)
+        applies = [prepare(fresh.agents) for prepare in runtime.agent_users]
+    except Exception as exc:
+        reason = str(exc) if isinstance(exc, InterlockError) else f"{type(exc).__name__}: {exc}"
+        log.error("SIGHUP: config refused, agents unchanged: %s", reason)
         return
     if fresh.model_copy(update={"agents": runtime.config.agents}) != runtime.config:
         log.warning("SIGHUP: only [agents] is reloaded; restart for the other changes")
     before, after = set(runtime.config.agents), set(fresh.agents)
     runtime.config = runtime.config.model_copy(update={"agents": fresh.agents})
     runtime.registry.replace(fresh.agents)
-    for use in runtime.agent_users:
-        use(fresh.agents)
+    for apply in applies:
+        apply()
     log.warning(
         "SIGHUP: %d agents (%d added, %d removed)",
         len(after),

@@ -250,13 +250,8 @@ class Holds:
                 del self._grants[digest]
             verdict = Verdict(True, grant.approver, "approved earlier", "retry")
             return Retry("granted", grant.decision_id, verdict)
-        open_id = self._by_hash.get(digest)
-        if open_id is not None and open_id in self._waiting:
-            return Retry("pending", open_id)
-        refused = self._refusals.get(digest)
-        if refused is not None and refused[1] > now:
-            return Retry("denied", "", refused[0])
         if self.shared is not None:
+            # Redis first: another instance may have granted or refused it meanwhile.
             try:
                 found = await self._retry_shared(digest, decision.decision_id, limit)
             except (OSError, RedisError) as exc:
@@ -264,6 +259,12 @@ class Holds:
                 return Retry("denied", "", Verdict(False, None, why, "retry"))
             if found is not None:
                 return found
+        open_id = self._by_hash.get(digest)
+        if open_id is not None and open_id in self._waiting:
+            return Retry("pending", open_id)
+        refused = self._refusals.get(digest)
+        if refused is not None and refused[1] > now:
+            return Retry("denied", "", refused[0])
         hold = self._open(decision, limit, action, text)
         self._by_hash[digest] = decision.decision_id
         task = asyncio.create_task(self._await_retry(hold, limit, digest))
@@ -281,6 +282,8 @@ class Holds:
             approver, reason = refused.get("approver"), str(refused.get("reason", ""))
             verdict = Verdict(False, approver, reason, str(refused.get("channel", "")))
             return Retry("denied", "", verdict)
+        if digest in self._by_hash and self._by_hash[digest] in self._waiting:
+            return None  # open here: the local check answers
         elsewhere = await self.shared.open_retry(digest, decision_id, limit)
         if elsewhere is not None:
             return Retry("pending", elsewhere)
@@ -292,6 +295,9 @@ class Holds:
         finally:
             self._close(hold)
             self._by_hash.pop(digest, None)
+        if not await self._record(hold.request, verdict) and verdict.approved:
+            # An approval nobody can later prove is not one: no grant.
+            verdict = Verdict(False, verdict.approver, "the approval could not be audited")
         until = self._clock() + self.grant_ttl
         self._prune()
         if verdict.approved and self.shared is None:
@@ -302,7 +308,6 @@ class Holds:
             self._refusals[digest] = (verdict, until)
         if self.shared is not None:
             await self._share_outcome(hold.request.decision_id, digest, verdict)
-        await self._record(hold.request, verdict)
 
     async def _share_outcome(self, decision_id: str, digest: str, verdict: Verdict) -> None:
         """The grant (only there, so its uses are counted once) or the denial, for every
@@ -313,13 +318,17 @@ class Holds:
                 await self.shared.put_grant(
                     digest, decision_id, verdict.approver, self.grant_uses, self.grant_ttl
                 )
-            else:
+            elif verdict.approver:
+                # A person's denial holds everywhere; expiry, a full queue or a stopping
+                # instance only refuse here (the next retry elsewhere asks again).
                 doc = {"approver": verdict.approver, "reason": verdict.reason,
                        "channel": verdict.channel}  # fmt: skip
                 await self.shared.put_refusal(digest, doc, self.grant_ttl)
-            await self.shared.close_retry(digest)
         except (OSError, RedisError) as exc:
             log.warning("retry outcome of %s not shared: %s", decision_id, exc)
+        finally:
+            with contextlib.suppress(OSError, RedisError):
+                await self.shared.close_retry(digest)
 
     def _open(self, decision: Decision, limit: float, action: Action, text: str) -> _Hold:
         now = self._clock()

@@ -502,11 +502,21 @@ async def test_sighup_reloads_agents_and_ends_the_sessions_of_a_removed_one(
     keeper, leaver = await connect("keeper"), await connect("leaver")
     with pytest.raises(asyncpg.InvalidPasswordError):
         await connect("newcomer")
-    # A broken file first: nothing changes.
+    # A broken file first: nothing changes. Then one that validates but holds a SCRAM
+    # verifier the proxy cannot parse, while removing `leaver`: refused as a whole, so
+    # `leaver` is not half-removed either.
     cfg.write_text(head + keep + "[agents.leaver]\ntoken = 'short'\n")
     up.proc.send_signal(signal.SIGHUP)
     await asyncio.sleep(1.0)
     assert await leaver.fetchval("select 1") == 1
+    bad_scram = '[agents.odd]\npostgres_scram = "SCRAM-SHA-256$4096:!!!$x:y"\n'
+    cfg.write_text(head + keep + bad_scram)
+    up.proc.send_signal(signal.SIGHUP)
+    await asyncio.sleep(1.0)
+    assert await leaver.fetchval("select 1") == 1
+    again = await connect("leaver")
+    assert await again.fetchval("select 1") == 1
+    await again.close()
     # Now remove `leaver` and add `newcomer`.
     cfg.write_text(head + keep + '[agents.newcomer]\ntoken = "newcomer-token-0123456789"\n')
     up.proc.send_signal(signal.SIGHUP)
@@ -526,5 +536,6 @@ async def test_sighup_reloads_agents_and_ends_the_sessions_of_a_removed_one(
     assert await asyncio.to_thread(up.stop) == 0
     assert up.proc.stderr is not None
     log = await asyncio.to_thread(up.proc.stderr.read)
-    assert "SIGHUP: config refused, agents unchanged" in log
+    assert log.count("SIGHUP: config refused, agents unchanged") == 2
+    assert "ScramError" in log
     assert "SIGHUP: 2 agents (1 added, 1 removed)" in log

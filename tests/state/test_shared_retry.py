@@ -125,3 +125,18 @@ async def test_redis_unreachable_refuses_the_retry() -> None:
     assert holds.pending() == []
     await holds.close()
     await shared.close()
+
+
+async def test_an_expiry_is_not_a_denial_for_the_other_instances(
+    pair: tuple[PDP, Holds, Holds],
+) -> None:
+    """Nobody answered: the instance that asked refuses for a while, but the others ask
+    again instead of refusing on nobody's word."""
+    pdp, one, two = pair
+    action, text = request("/admin/jobs")
+    opened = await one.retry(await pdp.decide(action), 0.3, action, text)
+    await asyncio.sleep(0.8)
+    assert (await one.retry(await pdp.decide(action), 30, action, text)).state == "denied"
+    elsewhere = await two.retry(await pdp.decide(action), 30, action, text)
+    assert elsewhere.state == "pending"
+    assert elsewhere.approval_id != opened.approval_id

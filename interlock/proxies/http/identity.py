@@ -21,7 +21,7 @@ from mitmproxy.proxy import mode_specs
 from interlock.core.model import Agent
 from interlock.errors import IdentityError
 from interlock.identity.jwt import JwtVerifier
-from interlock.identity.registry import AgentRegistry
+from interlock.identity.registry import AgentEntry, AgentRegistry
 
 AGENT = "interlock.agent"
 """flow.metadata key holding the authenticated Agent."""
@@ -46,7 +46,9 @@ class Identity:
     def __init__(self, registry: AgentRegistry, jwt: JwtVerifier | None = None) -> None:
         self.registry = registry
         self.jwt = jwt
-        self._tunnels: dict[str, Agent] = {}
+        self._tunnels: dict[str, tuple[Agent, AgentEntry | None]] = {}
+        """Client connection id -> the agent a CONNECT authenticated, and its registry
+        entry then: a tunnel's requests are checked against the entry now (SIGHUP)."""
         self.clients: dict[str, str] = {}
         """Client connection id -> agent id, for closing an isolated agent's connections."""
 
@@ -74,15 +76,22 @@ class Identity:
         if agent is None:
             challenge(flow, "missing or invalid Proxy-Authorization on CONNECT")
             return
-        self._tunnels[flow.client_conn.id] = agent
+        self._tunnels[flow.client_conn.id] = (agent, self.registry.get(agent.id))
         self.clients[flow.client_conn.id] = agent.id
         flow.metadata[AGENT] = agent
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
             return
-        agent = self._tunnels.get(flow.client_conn.id)
-        if agent is None:
+        tunnel = self._tunnels.get(flow.client_conn.id)
+        agent: Agent | None
+        if tunnel is not None:
+            agent, entry = tunnel
+            if self.registry.get(agent.id) != entry:
+                # Removed, or its token, roles or owner changed since the CONNECT.
+                challenge(flow, "the agent's configuration changed; connect again")
+                return
+        else:
             agent = await self._authenticate(flow)
         flow.request.headers.pop("Proxy-Authorization", None)
         flow.request.headers.pop(GATEWAY_HEADER, None)

@@ -19,7 +19,7 @@ import os
 import secrets
 import ssl
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -138,22 +138,37 @@ class PostgresProxy:
         self.address = (sock[0], sock[1])
 
     def use_agents(self, agents: Mapping[str, AgentConfig]) -> None:
-        """The agents who may log in (start-up and SIGHUP). Sessions of an agent that is
-        gone, or whose secret changed, end: the login they rest on is no longer valid."""
+        self.prepare_agents(agents)()
+
+    def prepare_agents(self, agents: Mapping[str, AgentConfig]) -> Callable[[], None]:
+        """The agents who may log in (start-up and SIGHUP), in two steps so a reload can
+        check every proxy's part before changing any: this builds (and may raise on a bad
+        SCRAM verifier), the returned function applies. Applying ends the sessions of an
+        agent that is gone or whose secret, roles or owner changed: what they were
+        decided with no longer holds."""
+        before = dict(self.agents)
         verifiers: dict[str, Verifier] = {}
         for name, a in agents.items():
-            if a.postgres_scram:
+            old = before.get(name)
+            if old is not None and _secret(old) == _secret(a) and name in self.verifiers:
+                verifiers[name] = self.verifiers[name]  # a login in progress stays valid
+            elif a.postgres_scram:
                 verifiers[name] = Verifier.parse(a.postgres_scram)
             elif a.token:
                 verifiers[name] = Verifier.from_password(a.token)
-        before = self.agents
-        self.agents, self.verifiers = dict(agents), verifiers
-        for session in list(self._sessions.values()):
-            old, new = before.get(session.agent.id), agents.get(session.agent.id)
-            if new is None or old is None or _secret(new) != _secret(old):
-                asyncio.get_running_loop().create_task(
-                    self._terminate(session, "agent removed or its secret changed", "28000")
-                )
+
+        def apply() -> None:
+            self.agents, self.verifiers = dict(agents), verifiers
+            for session in list(self._sessions.values()):
+                old, new = before.get(session.agent.id), agents.get(session.agent.id)
+                if new is None or old is None or _decided_by(new) != _decided_by(old):
+                    task = asyncio.get_running_loop().create_task(
+                        self._terminate(session, "agent removed or changed", "28000")
+                    )
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+
+        return apply
 
     def open_sessions(self) -> int:
         return len(self._sessions)
@@ -276,7 +291,11 @@ class PostgresProxy:
             except up.UpstreamError as exc:
                 await self._fatal(writer, str(exc), "08006")
                 raise _LoginAbandoned from None
-            entry = self.agents[user]
+            entry = self.agents.get(user)
+            if entry is None or self.verifiers.get(user) is not verifier:
+                # SIGHUP removed the agent or changed its secret while it logged in.
+                await self._fatal(writer, "interlock: the agent's configuration changed", "28000")
+                raise _LoginAbandoned
             agent = Agent(user, tuple(entry.roles), entry.owner, (), "token")
             pid, key = self._new_key()
             session = _Session(
@@ -638,3 +657,8 @@ def _reason(decision: Decision) -> str:
 
 def _secret(agent: AgentConfig) -> tuple[str | None, str | None, str | None]:
     return (agent.token, agent.token_sha256, agent.postgres_scram)
+
+
+def _decided_by(agent: AgentConfig) -> tuple[object, ...]:
+    """What a session's login and decisions rest on."""
+    return (*_secret(agent), tuple(agent.roles), agent.owner)

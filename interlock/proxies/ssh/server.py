@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -196,6 +196,7 @@ class SshProxy:
         self.registry = registry
         self.holds = holds or Holds()
         self.keys = Keys(agents, config.user_ca_keys)
+        self._agents: dict[str, AgentConfig] = dict(agents)
         self.host_key_path = config.host_key or data_dir / "ssh" / HOST_KEY_FILE
         self.server: asyncssh.SSHAcceptor | None = None
         self.address: tuple[str, int] | None = None
@@ -229,21 +230,39 @@ class SshProxy:
             self._by_agent.get(conn._agent.id, set()).discard(conn)
 
     def use_agents(self, agents: Mapping[str, AgentConfig]) -> None:
-        """SIGHUP: the new agent keys. Connections of an agent that is gone, or that
-        logged in with a key no longer listed, are closed (a CA-signed login stays)."""
-        self.keys = Keys(agents, self.config.user_ca_keys)
-        for agent_id, conns in list(self._by_agent.items()):
-            for conn in list(conns):
-                key = conn.login_key
-                if key is not None:
-                    still = self.keys.agent_key(agent_id, key)
-                else:
-                    still = agent_id in agents or not conn.registered
-                if not still and conn.conn is not None:
-                    log.warning("agent %s removed or its key withdrawn: closing", agent_id)
-                    conn.conn.disconnect(
-                        asyncssh.DISC_BY_APPLICATION, "interlock: agent removed from configuration"
-                    )
+        self.prepare_agents(agents)()
+
+    def prepare_agents(self, agents: Mapping[str, AgentConfig]) -> Callable[[], None]:
+        """SIGHUP, in two steps (see PostgresProxy.prepare_agents): parse the new keys
+        (raises on a bad one), then apply. Applying closes the connections of an agent
+        that is gone, whose roles or owner changed, or that logged in with a key no
+        longer listed (a CA-signed login of an agent never configured stays)."""
+        keys = Keys(agents, self.config.user_ca_keys)
+        before = dict(self._agents)
+
+        def apply() -> None:
+            self.keys, self._agents = keys, dict(agents)
+            for agent_id, conns in list(self._by_agent.items()):
+                old, new = before.get(agent_id), agents.get(agent_id)
+                same = old is None or (new is not None and _decided_by(old) == _decided_by(new))
+                for conn in list(conns):
+                    self._recheck(conn, agent_id, agents, same)
+
+        return apply
+
+    def _recheck(
+        self, conn: Connection, agent_id: str, agents: Mapping[str, AgentConfig], same: bool
+    ) -> None:
+        key = conn.login_key
+        if key is not None:
+            still = same and self.keys.agent_key(agent_id, key)
+        else:
+            still = (agent_id in agents and same) or not conn.registered
+        if not still and conn.conn is not None:
+            log.warning("agent %s removed or changed: closing its SSH connection", agent_id)
+            conn.conn.disconnect(
+                asyncssh.DISC_BY_APPLICATION, "interlock: agent removed or changed in configuration"
+            )
 
     def _posture_changed(self, agent_id: str, posture: Posture) -> None:
         if not posture.isolated:
@@ -296,3 +315,8 @@ class SshProxy:
             for conn in list(conns):
                 if conn.conn is not None:
                     conn.conn.close()
+
+
+def _decided_by(agent: AgentConfig) -> tuple[object, ...]:
+    """What a connection's decisions rest on besides its key: roles and owner."""
+    return (tuple(agent.roles), agent.owner)
