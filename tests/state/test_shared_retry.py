@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from interlock.approvals.holds import Holds
-from interlock.approvals.shared import SharedApprovals
+from interlock.approvals.shared import ANSWERS, SharedApprovals
 from interlock.core.model import Action, Agent, Operation
 from interlock.core.pdp import PDP
 from interlock.testing import make_pdp
@@ -42,14 +42,21 @@ async def pair(redis: Redis) -> AsyncIterator[tuple[PDP, Holds, Holds]]:
     pdp = make_pdp()
     one, shared_one = await instance(redis.url, pdp)
     two, shared_two = await instance(redis.url, pdp)
-    await asyncio.sleep(0.2)  # both subscribed to answers
+    # Answers are published, not stored: wait until both instances listen.
+    for _ in range(200):
+        ((_, listening),) = await shared_one.redis.pubsub_numsub(ANSWERS)
+        if listening >= 2:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail("the instances did not subscribe to approval answers")
     yield pdp, one, two
     for holds, shared in ((one, shared_one), (two, shared_two)):
         await holds.close()
         await shared.close()
 
 
-async def until(predicate: object, limit: float = 3.0) -> None:
+async def until(predicate: object, limit: float = 10.0) -> None:
     assert callable(predicate)
     deadline = asyncio.get_running_loop().time() + limit
     while not await predicate():
