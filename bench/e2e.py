@@ -4,10 +4,12 @@ SSH proxies and the bundled default policy, against the same work sent directly.
 Twelve agents, four per protocol, each at a constant 8 actions per second (480 a minute,
 inside the default policy's per-agent rate budget of 600, so the default policy decides
 as it would in production): a SQL select through asyncpg, an HTTPS GET through the proxy
-with TLS intercepted and DLP on the response, an SSH command in an open connection. All three
-protocols run at once from one open-loop generator; then the same mix goes directly to
-PostgreSQL, the HTTPS server and sshd. A hold or denial counts as an error and fails the
-budgets. Budgets: added p99 per protocol.
+with TLS intercepted and DLP on the response, an SSH command in an open connection. All
+three protocols run at once from one open-loop generator. The same agents also send the
+same mix directly to PostgreSQL, the HTTPS server and sshd, in phases alternating with
+the proxied ones (direct, interlock, interlock, direct, ...) so the machine's drift falls
+on both. A hold or denial counts as an error and fails the budgets. Budgets: added p99
+per protocol.
 """
 
 from __future__ import annotations
@@ -124,37 +126,35 @@ async def _mix(
     return out
 
 
-async def _run_direct(
-    pg_dsn: str, https_url: str, cert: Path, sshd: Any, seconds: float
-) -> dict[str, OpenLoopResult]:
-    async with AsyncExitStack() as stack:
-        senders = await _clients(
-            stack,
-            [lambda: asyncpg.connect(pg_dsn) for _ in range(AGENTS)],
-            [
-                httpx.AsyncClient(verify=ssl.create_default_context(cafile=str(cert)))
-                for _ in range(AGENTS)
-            ],
-            https_url,
-            [
-                lambda: asyncssh.connect(
-                    "127.0.0.1",
-                    sshd.port,
-                    username=sshd.user,
-                    client_keys=[str(sshd.client_key)],
-                    known_hosts=str(sshd.known_hosts),
-                    agent_path=None,
-                    config=[],
-                )
-                for _ in range(AGENTS)
-            ],
-        )
-        return await _mix(senders, seconds)
+async def _direct_clients(
+    stack: AsyncExitStack, pg_dsn: str, https_url: str, cert: Path, sshd: Any
+) -> dict[str, list[Callable[[], Awaitable[object]]]]:
+    return await _clients(
+        stack,
+        [lambda: asyncpg.connect(pg_dsn) for _ in range(AGENTS)],
+        [
+            httpx.AsyncClient(verify=ssl.create_default_context(cafile=str(cert)))
+            for _ in range(AGENTS)
+        ],
+        https_url,
+        [
+            lambda: asyncssh.connect(
+                "127.0.0.1",
+                sshd.port,
+                username=sshd.user,
+                client_keys=[str(sshd.client_key)],
+                known_hosts=str(sshd.known_hosts),
+                agent_path=None,
+                config=[],
+            )
+            for _ in range(AGENTS)
+        ],
+    )
 
 
-async def _run_proxied(
-    root: Path, ports: dict[str, int], database: str, https_url: str, seconds: float
-) -> dict[str, OpenLoopResult]:
+async def _proxied_clients(
+    stack: AsyncExitStack, root: Path, ports: dict[str, int], database: str, https_url: str
+) -> dict[str, list[Callable[[], Awaitable[object]]]]:
     ca = ssl.create_default_context(cafile=str(root / "data" / "ca" / "mitmproxy-ca-cert.pem"))
     host_pub = (root / "data" / "ssh" / "ssh_host_ed25519_key.pub").read_text().split()
     known = root / "proxy_known_hosts"
@@ -180,20 +180,50 @@ async def _run_proxied(
             config=[],
         )
 
+    return await _clients(
+        stack,
+        [pg(i) for i in range(AGENTS)],
+        [
+            httpx.AsyncClient(
+                proxy=f"http://web{i}:{_token(i)}@127.0.0.1:{ports['http']}", verify=ca
+            )
+            for i in range(AGENTS)
+        ],
+        https_url,
+        [ssh(i) for i in range(AGENTS)],
+    )
+
+
+async def _alternating(
+    pg_dsn: str, url: str, cert: Path, sshd: Any, root: Path, ports: dict[str, int],
+    seconds: float, rounds: int,
+) -> tuple[dict[str, OpenLoopResult], dict[str, OpenLoopResult]]:  # fmt: skip
+    """Both sets of agents connected at once, then direct and proxied phases in ABBA
+    order (direct, interlock, interlock, direct, ...), so drift in the machine's load
+    falls on both alike instead of on whichever ran second."""
     async with AsyncExitStack() as stack:
-        senders = await _clients(
-            stack,
-            [pg(i) for i in range(AGENTS)],
-            [
-                httpx.AsyncClient(
-                    proxy=f"http://web{i}:{_token(i)}@127.0.0.1:{ports['http']}", verify=ca
-                )
-                for i in range(AGENTS)
-            ],
-            https_url,
-            [ssh(i) for i in range(AGENTS)],
-        )
-        return await _mix(senders, seconds)
+        direct = await _direct_clients(stack, pg_dsn, url, cert, sshd)
+        proxied = await _proxied_clients(stack, root, ports, "postgres", url)
+        parts: dict[str, list[dict[str, OpenLoopResult]]] = {"direct": [], "interlock": []}
+        order = ["direct", "interlock"]
+        for r in range(rounds):
+            for name in order if r % 2 == 0 else order[::-1]:
+                progress.step(f"round {r + 1} of {rounds}: {name}")
+                parts[name].append(await _mix(direct if name == "direct" else proxied, seconds))
+        return _merged(parts["direct"]), _merged(parts["interlock"])
+
+
+def _merged(parts: list[dict[str, OpenLoopResult]]) -> dict[str, OpenLoopResult]:
+    out = {}
+    for protocol in PROTOCOLS:
+        pieces = [p[protocol] for p in parts]
+        merged = OpenLoopResult(pieces[0].rate, sum(p.achieved for p in pieces) / len(pieces))
+        for p in pieces:
+            merged.latencies += p.latencies
+            merged.errors += p.errors
+            merged.first_error = merged.first_error or p.first_error
+        out[protocol] = merged
+    return out
 
 
 async def _clients(
@@ -239,8 +269,9 @@ async def _clients(
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    seconds = 3.0 if quick else 20.0
-    progress.plan(4)
+    # Each phase's length, and how many direct/interlock pairs (ABBA order).
+    seconds, rounds = (1.5, 2) if quick else (5.0, 4)
+    progress.plan(2 + 2 * rounds)
     with (
         tempfile.TemporaryDirectory(prefix="interlock-bench-e2e-") as tmp,
         postgres_server() as pg,
@@ -268,11 +299,10 @@ def run(quick: bool = False) -> dict[str, Any]:
                 cwd=root,
             ),
         ):
-            progress.step(f"direct: {len(PROTOCOLS) * AGENTS} agents for {seconds:g} s")
-            direct = asyncio.run(_run_direct(pg.dsn(), url, cert, sshd, seconds))
-            progress.step(f"through interlock: {len(PROTOCOLS) * AGENTS} agents")
-            ours = asyncio.run(_run_proxied(root, ports, "postgres", url, seconds))
-            progress.step("done")
+            direct, ours = asyncio.run(
+                _alternating(pg.dsn(), url, cert, sshd, root, ports, seconds, rounds)
+            )
+            progress.step("stopping")
     measurements: list[Measurement] = []
     checks = []
     groups = []
