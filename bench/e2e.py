@@ -29,9 +29,9 @@ import asyncssh
 import httpx
 
 from bench import progress, slo
-from bench.load import OpenLoopResult, open_loop
+from bench.load import OpenLoopResult, combined, open_loop
 from bench.procs import SSHD_NO_RC, process
-from bench.stats import Measurement, summarize
+from bench.stats import Measurement, from_open_loop
 from interlock.testing.services import free_port, postgres_server, self_signed_cert, sshd_server
 
 AGENTS = 4
@@ -111,20 +111,15 @@ async def _mix(
     results merged per protocol."""
     runs: dict[str, list[asyncio.Task[OpenLoopResult]]] = {}
     for protocol, agents in senders.items():
-        rate = PER_AGENT
         runs[protocol] = [
-            asyncio.create_task(open_loop(send, rate, seconds, i / (rate * len(agents))))
+            asyncio.create_task(open_loop(send, PER_AGENT, seconds, i / (PER_AGENT * len(agents))))
             for i, send in enumerate(agents)
         ]
     out = {}
     for protocol, tasks in runs.items():
-        parts = await asyncio.gather(*tasks)
-        merged = OpenLoopResult(PER_AGENT * len(parts), sum(p.achieved for p in parts))
-        for p in parts:
-            merged.latencies += p.latencies
-            merged.errors += p.errors
-            merged.first_error = merged.first_error or p.first_error
-        out[protocol] = merged
+        parts = list(await asyncio.gather(*tasks))
+        achieved = sum(p.achieved for p in parts)
+        out[protocol] = combined(parts, PER_AGENT * len(parts), achieved)
     return out
 
 
@@ -223,12 +218,8 @@ def _merged(parts: list[dict[str, OpenLoopResult]]) -> dict[str, OpenLoopResult]
     out = {}
     for protocol in PROTOCOLS:
         pieces = [p[protocol] for p in parts]
-        merged = OpenLoopResult(pieces[0].rate, sum(p.achieved for p in pieces) / len(pieces))
-        for p in pieces:
-            merged.latencies += p.latencies
-            merged.errors += p.errors
-            merged.first_error = merged.first_error or p.first_error
-        out[protocol] = merged
+        achieved = sum(p.achieved for p in pieces) / len(pieces)
+        out[protocol] = combined(pieces, pieces[0].rate, achieved)
     return out
 
 
@@ -313,8 +304,8 @@ def run(quick: bool = False) -> dict[str, Any]:
     checks = []
     groups = []
     for protocol in PROTOCOLS:
-        base = _measure(f"{protocol}_direct", direct[protocol])
-        m = _measure(f"{protocol}_interlock", ours[protocol]).against(base)
+        base = from_open_loop(f"{protocol}_direct", direct[protocol])
+        m = from_open_loop(f"{protocol}_interlock", ours[protocol]).against(base)
         m.notes["added_p50_ms"] = round(m.p50 - base.p50, 3)
         m.notes["added_p99_ms"] = round(m.p99 - base.p99, 3)
         measurements += [base, m]
@@ -345,16 +336,3 @@ async def _prepare(dsn: str) -> None:
         )
     finally:
         await conn.close()
-
-
-def _measure(name: str, r: OpenLoopResult) -> Measurement:
-    m = (
-        summarize(name, r.latencies, unit="ms")
-        if r.latencies
-        else Measurement(name, "ms", 0, 0, 0, 0)
-    )
-    m.throughput = round(r.achieved, 1)
-    m.notes["rate"], m.notes["errors"] = r.rate, r.errors
-    if r.first_error:
-        m.notes["first_error"] = r.first_error
-    return m

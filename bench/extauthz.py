@@ -23,7 +23,7 @@ from envoy.service.auth.v3 import external_auth_pb2
 from bench import progress, slo
 from bench.load import OpenLoopResult, open_loop
 from bench.procs import bench_bundle, process
-from bench.stats import Measurement, summarize
+from bench.stats import Measurement, from_open_loop
 from interlock.testing.services import envoy_server, free_port
 
 MESH_HEADER = "x-mesh-agent"
@@ -117,13 +117,6 @@ def _settle(admin_port: int, limit: float = 60.0) -> None:
         time.sleep(0.2)
 
 
-def _measure(name: str, r: OpenLoopResult) -> Measurement:
-    m = summarize(name, r.latencies, unit="ms")
-    m.throughput = round(r.achieved, 1)
-    m.notes["rate"], m.notes["errors"] = r.rate, r.errors
-    return m
-
-
 def run(quick: bool = False) -> dict[str, Any]:
     seconds = 1.0 if quick else 8.0
     rates = (500.0, 1000.0) if quick else (250.0, 500.0, 750.0, 1000.0, 1500.0)
@@ -180,14 +173,14 @@ def run(quick: bool = False) -> dict[str, Any]:
     measurements: list[Measurement] = []
     for rate in rates:
         label = f"{rate:.0f}"
-        base = _measure(f"check_noop_{label}", results[f"check_noop_{label}"])
-        ours = _measure(f"check_interlock_{label}", results[f"check_interlock_{label}"])
+        base = from_open_loop(f"check_noop_{label}", results[f"check_noop_{label}"])
+        ours = from_open_loop(f"check_interlock_{label}", results[f"check_interlock_{label}"])
         ours.against(base)
         measurements += [base, ours]
-    plain = _measure("envoy_plain", results["envoy_plain"])
+    plain = from_open_loop("envoy_plain", results["envoy_plain"])
     measurements.append(plain)
     for name in ("envoy_noop_authz", "envoy_interlock"):
-        m = _measure(name, results[name]).against(plain)
+        m = from_open_loop(name, results[name]).against(plain)
         m.notes["added_p50_ms"] = round(m.p50 - plain.p50, 3)
         measurements.append(m)
     at_1000 = next(m for m in measurements if m.name == "check_interlock_1000")

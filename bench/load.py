@@ -56,3 +56,13 @@ async def open_loop(
     await asyncio.gather(*tasks)
     result.achieved = (n - result.errors) / (time.perf_counter() - began)
     return result
+
+
+def combined(parts: list[OpenLoopResult], rate: float, achieved: float) -> OpenLoopResult:
+    """Several generators' results as one (agents of a protocol, or phases of a run)."""
+    out = OpenLoopResult(rate, achieved)
+    for p in parts:
+        out.latencies += p.latencies
+        out.errors += p.errors
+        out.first_error = out.first_error or p.first_error
+    return out

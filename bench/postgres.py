@@ -214,13 +214,13 @@ def run(quick: bool = False) -> dict[str, Any]:
                             port, user, password, "bench", mode, clients, seconds, logdir
                         )
     measurements = []
-    for (name, mode), (tps, lat) in latency.items():
-        m = from_sorted(f"{name}_{mode}_r{RATE}", lat, "ms")
-        m.throughput = round(tps, 1)
+    at_rate = {key: from_sorted(f"{key[0]}_{key[1]}_r{RATE}", lat, "ms")
+               for key, (_, lat) in latency.items()}  # fmt: skip
+    for (name, mode), m in at_rate.items():
+        m.throughput = round(latency[(name, mode)][0], 1)
         m.notes["rate"] = RATE
         if name != "pgbouncer":
-            base = from_sorted("", latency[("pgbouncer", mode)][1], "ms")
-            base.name = f"pgbouncer_{mode}_r{RATE}"
+            base = at_rate[("pgbouncer", mode)]
             m.against(base)
             m.notes["added_p50_ms"] = round(m.p50 - base.p50, 3)
         measurements.append(m)

@@ -27,7 +27,7 @@ PNG_DPI = 96
 def _pyplot() -> Any:
     try:
         import matplotlib
-    except ImportError:  # pragma: no cover - the test extra installs it
+    except ImportError:  # pragma: no cover - only without the test extra, which CI has
         raise SystemExit(
             "--report needs matplotlib: pip install -e '.[test]' (the README set-up does)"
         ) from None

@@ -10,6 +10,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from bench.load import OpenLoopResult
+
 
 @dataclass
 class Measurement:
@@ -111,3 +113,18 @@ def time_async(
         return samples
 
     return loop.run_until_complete(measure())
+
+
+def from_open_loop(name: str, r: OpenLoopResult) -> Measurement:
+    """An open-loop phase in milliseconds: achieved rate as throughput, the scheduled
+    rate, failures (and the first one's text) in the notes."""
+    m = (
+        summarize(name, r.latencies, unit="ms")
+        if r.latencies
+        else Measurement(name, "ms", 0, 0, 0, 0)
+    )
+    m.throughput = round(r.achieved, 1)
+    m.notes["rate"], m.notes["errors"] = r.rate, r.errors
+    if r.first_error:
+        m.notes["first_error"] = r.first_error
+    return m

@@ -375,16 +375,17 @@ async def reload(runtime: Runtime) -> None:
         for path, error in runtime.intel.errors.items():
             log.error("SIGHUP: threat feed %s: %s (last good version kept)", path, error)
     if runtime.reread is not None:
-        reload_agents(runtime, runtime.reread)
+        reload_agents(runtime)
 
 
-def reload_agents(runtime: Runtime, reread: Callable[[], Config]) -> None:
+def reload_agents(runtime: Runtime) -> None:
     """Re-read `[agents]` from the config file. Other sections need a restart (they
     decide which sockets exist); the log says so when they changed."""
     # Every part is built first; nothing changes unless all of it can (a half-applied
     # reload could leave a withdrawn key working in one proxy).
+    assert runtime.reread is not None
     try:
-        fresh = reread()
+        fresh = runtime.reread()
         applies = [prepare(fresh.agents) for prepare in runtime.agent_users]
     except Exception as exc:
         reason = str(exc) if isinstance(exc, InterlockError) else f"{type(exc).__name__}: {exc}"

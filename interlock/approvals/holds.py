@@ -224,9 +224,7 @@ class Holds:
         except asyncio.CancelledError:
             # The client went away while it waited: the request ends, and says so.
             gone = Verdict(False, None, "the client went away", "withdrawn")
-            task = asyncio.get_running_loop().create_task(self._note(hold.request, gone))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._spawn(self._note(hold.request, gone))
             raise
         finally:
             self._close(hold)
@@ -267,9 +265,7 @@ class Holds:
             return Retry("denied", "", refused[0])
         hold = self._open(decision, limit, action, text)
         self._by_hash[digest] = decision.decision_id
-        task = asyncio.create_task(self._await_retry(hold, limit, digest))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._spawn(self._await_retry(hold, limit, digest))
         return Retry("pending", decision.decision_id)
 
     async def _retry_shared(self, digest: str, decision_id: str, limit: float) -> Retry | None:

@@ -162,11 +162,7 @@ class PostgresProxy:
             for session in list(self._sessions.values()):
                 old, new = before.get(session.agent.id), agents.get(session.agent.id)
                 if new is None or old is None or _decided_by(new) != _decided_by(old):
-                    task = asyncio.get_running_loop().create_task(
-                        self._terminate(session, "agent removed or changed", "28000")
-                    )
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+                    self._end(session, "agent removed or changed", "28000")
 
         return apply
 
@@ -581,18 +577,20 @@ class PostgresProxy:
         if not posture.isolated:
             return
         for session in [s for s in self._sessions.values() if s.agent.id == agent_id]:
-            asyncio.get_running_loop().create_task(
-                self._terminate(session, "agent is isolated", "42501")
-            )
+            self._end(session, "agent is isolated", "42501")
 
     def _end_for_credentials(self, sessions: list[_Session], early: list[str], reason: str) -> None:
         """Its lease was revoked (rotation, isolation, expiry): end the session, or, when
         it does not exist yet, make its login fail."""
         early.append(reason)
         for session in sessions:
-            task = asyncio.get_running_loop().create_task(self._terminate(session, reason, "57P01"))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._end(session, reason, "57P01")
+
+    def _end(self, session: _Session, reason: str, code: str) -> None:
+        """`_terminate` in the background (from callbacks that cannot await)."""
+        task = asyncio.get_running_loop().create_task(self._terminate(session, reason, code))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _terminate(self, session: _Session, reason: str, code: str) -> None:
         if session.closed:

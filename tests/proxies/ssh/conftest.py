@@ -66,6 +66,19 @@ class Rig:
             timeout=60,
         )
 
+    async def started(self, command: str, user: str = "coder") -> asyncio.subprocess.Process:
+        """OpenSSH running `echo started; <command>`, once it printed `started` (the
+        session is open through the proxy)."""
+        proc = await asyncio.create_subprocess_exec(
+            *self.ssh_args(user),
+            f"echo started; {command}",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert proc.stdout is not None
+        assert await asyncio.wait_for(proc.stdout.readline(), 20) == b"started\n"
+        return proc
+
     def scp_args(self, *extra: str) -> list[str]:
         return ["scp", "-P", str(self.port), *self.options(), *extra]
 

@@ -71,14 +71,7 @@ async def test_reloaded_agents_close_a_withdrawn_keys_connection_and_admit_a_new
 
     rig = await make_rig(tmp_path, sshd)
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *rig.ssh_args("coder"),
-            "echo started; sleep 30; echo finished",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        assert proc.stdout is not None
-        assert await asyncio.wait_for(proc.stdout.readline(), 20) == b"started\n"
+        proc = await rig.started("sleep 30; echo finished")
         fresh = tmp_path / "fresh"
         await asyncio.to_thread(keygen, "-t", "ed25519", "-N", "", "-f", str(fresh))
         agents = {"coder": AgentConfig(ssh_keys=[(tmp_path / "fresh.pub").read_text()])}
@@ -90,13 +83,7 @@ async def test_reloaded_agents_close_a_withdrawn_keys_connection_and_admit_a_new
         rig.agent_key = fresh
         assert (await rig.ssh("echo new")).stdout == b"new\n"
         # Reloading the same agents again leaves the new key's connections alone.
-        proc = await asyncio.create_subprocess_exec(
-            *rig.ssh_args("coder"),
-            "echo started; sleep 1; echo finished",
-            stdout=asyncio.subprocess.PIPE,
-        )
-        assert proc.stdout is not None
-        assert await asyncio.wait_for(proc.stdout.readline(), 20) == b"started\n"
+        proc = await rig.started("sleep 1; echo finished")
         rig.proxy.use_agents(agents)
         out, _ = await asyncio.wait_for(proc.communicate(), 10)
         assert out == b"finished\n"

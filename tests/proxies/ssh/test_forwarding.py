@@ -102,15 +102,7 @@ async def test_agent_forwarding_is_not_offered(rig: Rig) -> None:
 
 
 async def test_an_agent_isolated_mid_session_is_disconnected(rig: Rig) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        *rig.ssh_args("coder"),
-        "echo started; sleep 30; echo finished",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), 20)
-    assert line == b"started\n"
+    proc = await rig.started("sleep 30; echo finished")
     t0 = time.monotonic()
     await rig.proxy.pdp.store.restrict("coder", (), isolate=True)
     out, _ = await asyncio.wait_for(proc.communicate(), 10)
