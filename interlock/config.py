@@ -265,7 +265,10 @@ class PostgresConfig(Section):
     upstream_ca: Path | None = None
     discover_labels: bool = False
     """Read `COMMENT ON COLUMN ... IS 'classification: ...'` labels (and views over
-    labelled columns) from the database at start-up, in addition to the configured ones."""
+    labelled columns) from the database, in addition to the configured ones."""
+    catalog_refresh: float = Field(60.0, ge=0)
+    """Seconds between two readings of each database's catalog (labels, the OIDs of
+    labelled columns, pg_proc); 0 reads it once."""
 
     @model_validator(mode="after")
     def _tls(self) -> PostgresConfig:

@@ -93,10 +93,24 @@ _ADMIN_COMMANDS = frozenset(
 
 
 @dataclass(frozen=True, slots=True)
+class Routine:
+    """One pg_proc row: what the classifier needs to know about a function."""
+
+    schema: str
+    name: str
+    volatility: str
+    security_definer: bool
+    language: str
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
 class Catalog:
     """Column labels: "schema.table.column" -> labels (lower case, unquoted names)."""
 
     labels: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    routines: Mapping[str, tuple[Routine, ...]] = field(default_factory=dict)
+    routines_known: bool = False
 
     @classmethod
     def from_config(cls, mapping: Mapping[str, Iterable[str]]) -> Catalog:

@@ -1,4 +1,7 @@
-"""Label discovery from the database itself: `COMMENT ON COLUMN ... IS 'classification: x, y'`.
+"""What the proxy reads from the database it fronts: labels, their columns' OIDs, functions.
+
+Labels come from the configuration and, with `discover_labels`, from
+`COMMENT ON COLUMN ... IS 'classification: x, y'`.
 
 Views inherit labels: every column of a view that reads a labelled column (found through
 the view's rewrite rule in pg_depend) carries the union of those labels. That is coarser
@@ -9,8 +12,12 @@ from __future__ import annotations
 
 import re
 import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import asyncpg
+
+from interlock.classify.sql import Routine
 
 PREFIX = re.compile(r"^\s*classification\s*:\s*(.+)$", re.I | re.S)
 
@@ -46,12 +53,14 @@ def parse_comment(text: str) -> frozenset[str]:
 
 
 async def discover(
-    dsn: str, tls: ssl.SSLContext | None = None, known: dict[str, frozenset[str]] | None = None
+    login: Mapping[str, object],
+    tls: ssl.SSLContext | None = None,
+    known: dict[str, frozenset[str]] | None = None,
 ) -> dict[str, frozenset[str]]:
     """Column labels from comments, plus view columns reading labelled columns, merged
     with `known` (the configured catalog)."""
     labels: dict[str, frozenset[str]] = dict(known or {})
-    conn = await asyncpg.connect(dsn, ssl=tls if tls is not None else False)
+    conn = await asyncpg.connect(**login, ssl=tls if tls is not None else False)
     try:
         for row in await conn.fetch(COLUMNS):
             key = f"{row['schema']}.{row['rel']}.{row['col']}".lower()
@@ -70,3 +79,68 @@ async def discover(
     finally:
         await conn.close()
     return labels
+
+
+ORIGINS = """
+SELECT lower(n.nspname) AS schema, lower(c.relname) AS rel, lower(a.attname) AS col,
+       c.oid::int8 AS oid, a.attnum AS attnum
+FROM pg_attribute a
+JOIN pg_class c ON c.oid = a.attrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE a.attnum > 0 AND NOT a.attisdropped
+  AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+  AND lower(n.nspname) || '.' || lower(c.relname) || '.' || lower(a.attname) = ANY($1::text[])
+"""
+ROUTINES = """
+SELECT n.nspname AS schema, p.proname AS name, p.provolatile AS volatility,
+       p.prosecdef AS secdef, l.lanname AS language, p.prokind AS kind
+FROM pg_proc p
+JOIN pg_namespace n ON n.oid = p.pronamespace
+JOIN pg_language l ON l.oid = p.prolang
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What the proxy knows of one database: labels, where they live, its functions."""
+
+    labels: dict[str, frozenset[str]]
+    origins: dict[tuple[int, int], frozenset[str]]
+    """(table OID, column number) -> labels: how RowDescription names a result column's
+    source. Names are compared case-insensitively, so a quoted "SSN" and ssn both carry
+    the label of either (masking more, never less)."""
+    routines: dict[str, tuple[Routine, ...]]
+
+
+async def snapshot(
+    login: Mapping[str, object],
+    tls: ssl.SSLContext | None,
+    configured: Mapping[str, frozenset[str]],
+    discover_labels: bool,
+) -> Snapshot:
+    """Read one database's catalog with `login` (asyncpg.connect keywords: host, port,
+    user, password, database), as that login sees it."""
+    labels = dict(configured)
+    if discover_labels:
+        labels = await discover(login, tls, labels)
+    conn = await asyncpg.connect(**login, ssl=tls if tls is not None else False)
+    try:
+        origins: dict[tuple[int, int], frozenset[str]] = {}
+        for row in await conn.fetch(ORIGINS, sorted(labels)):
+            key = f"{row['schema']}.{row['rel']}.{row['col']}"
+            origins[(row["oid"], row["attnum"])] = labels[key]
+        routines: dict[str, list[Routine]] = {}
+        for row in await conn.fetch(ROUTINES):
+            routines.setdefault(row["name"], []).append(
+                Routine(
+                    row["schema"],
+                    row["name"],
+                    row["volatility"],
+                    row["secdef"],
+                    row["language"],
+                    row["kind"],
+                )
+            )
+    finally:
+        await conn.close()
+    return Snapshot(labels, origins, {k: tuple(v) for k, v in routines.items()})

@@ -1,23 +1,88 @@
-"""Which result rows belong to which statement, so masking hits the right columns.
+"""Which result rows belong to which statement, and which of their columns to mask.
 
-The server answers messages strictly in order. `ResultTracker` keeps one plan per message
-that can produce rows (each statement of a simple Query, each Execute), and the Sync that
-closes an extended-protocol batch, and consumes them as the answers stream by. Sans-IO:
-the driver calls `sent_*` when it forwards a message and `row_mask` / `completed` for what
-comes back.
+Masking is decided twice. The parse (interlock/classify/sql.py) names labels before the
+statement runs, so the policy can deny or hold it; that gives each statement a `MaskPlan`.
+The server then says, in every RowDescription, which table column each result column
+comes from (table OID and column number, 0 when computed), and the plan is resolved
+against that: a column that comes from a labelled table column is masked by that fact,
+whatever the SQL looked like; a computed column is masked when the parse attributes
+masked labels to it, or cannot attribute its inputs at all while the statement read
+masked labels. Unknown lineage counts as labelled, never as clean.
+
+The server answers messages strictly in order. `ResultTracker` keeps one entry per
+message that gets an answer the proxy cares about (each simple Query, each Describe and
+Execute, each Sync, and queries the proxy sends itself) and consumes them as the answers
+stream by. In the extended protocol rows carry no RowDescription; a statement is resolved
+by the client's own Describe, and where the client sends none, the proxy sends one and
+swallows its answer. Sans-IO: the driver calls `sent_*` for what it forwards and
+`backend` for each message that comes back.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from interlock.proxies.postgres import messages as m
-from interlock.proxies.postgres.codec import decode_data_row
+from interlock.proxies.postgres.codec import ProtocolError, decode_data_row
+from interlock.proxies.postgres.copyformat import CopyFormat, CopyMasker
+
+log = logging.getLogger(__name__)
 
 Mask = frozenset[int]
 """Output column positions whose values are replaced (by NULL)."""
 NO_MASK: Mask = frozenset()
+Origins = Mapping[tuple[int, int], frozenset[str]]
+"""(table OID, column number) -> labels of that table column, from the database."""
+MAX_SEEN = 10_000
+"""Labelled values collected between two ReadyForQuery messages, at most."""
+
+
+@dataclass(frozen=True, slots=True)
+class MaskPlan:
+    """What the decision says about one statement's results, before the server's answer."""
+
+    hidden: frozenset[str] = frozenset()
+    """Labels the decision masks for this agent."""
+    decided: frozenset[str] = frozenset()
+    """Labels the parse found the statement reads (what the decision was made on)."""
+    parsed: tuple[frozenset[str], ...] | None = None
+    """Labels per output position by the parse; None (or a short tuple) where unknown."""
+    copy: CopyFormat | None = None
+    """The row format when the statement is a COPY TO STDOUT whose options were read."""
+
+    def resolve(self, fields: tuple[m.Field, ...], origins: Origins) -> Mask:
+        """Positions to mask, given the server's description of the result."""
+        unknown_is_hidden = bool(self.decided & self.hidden)
+        parsed = self.parsed or ()
+        out: set[int] = set()
+        for i, f in enumerate(fields):
+            if f.table_oid:
+                origin = origins.get((f.table_oid, f.column))
+                if origin is not None and (origin & self.hidden or origin - self.decided):
+                    # Masked labels, or labels the decision never saw (the parse missed
+                    # them): hidden either way.
+                    out.add(i)
+                    continue
+            if i < len(parsed) and self.parsed is not None:
+                if parsed[i] & self.hidden:
+                    out.add(i)
+            elif not f.table_oid and unknown_is_hidden:
+                out.add(i)
+        return frozenset(out)
+
+    def resolve_copy(self, columns: int) -> Mask:
+        """Positions to mask in COPY TO STDOUT (which has no RowDescription): the parse's
+        positions, or every column when they are unknown and masked labels were read."""
+        if self.parsed is not None and len(self.parsed) == columns:
+            return frozenset(i for i, labels in enumerate(self.parsed) if labels & self.hidden)
+        return frozenset(range(columns)) if self.decided & self.hidden else NO_MASK
+
+
+ORIGINS_ONLY = MaskPlan()
+"""For results no decision planned for: labelled table columns are still masked."""
 
 
 @dataclass(frozen=True)
@@ -29,64 +94,161 @@ class Watch:
     columns: tuple[tuple[int, frozenset[str]], ...]
 
 
-MAX_SEEN = 10_000
-"""Labelled values collected between two ReadyForQuery messages, at most."""
+@dataclass(eq=False)
+class Prepared:
+    """A statement (or portal) of the extended protocol: its plan, and its mask once the
+    server has described it."""
 
-
-@dataclass
-class _Query:
-    masks: list[Mask]
-    index: int = 0
-    failed: bool = False
-    watches: list[Watch | None] = field(default_factory=list)
-
-
-@dataclass
-class _Execute:
-    mask: Mask
+    plan: MaskPlan
     watch: Watch | None = None
+    mask: Mask | None = None
+    describing: bool = False
+    """A Describe of it is on its way; its answer resolves `mask` before any Execute."""
 
 
-@dataclass
+@dataclass(eq=False)
+class _Query:
+    plans: list[MaskPlan]
+    watches: list[Watch | None]
+    index: int = 0
+    mask: Mask = NO_MASK
+    copy: CopyMasker | None = None
+
+
+@dataclass(eq=False)
+class _Describe:
+    target: Prepared | None
+    injected: bool
+
+
+@dataclass(eq=False)
+class _Execute:
+    target: Prepared
+    copy: CopyMasker | None = None
+
+
+@dataclass(eq=False)
 class _Sync:
     pass
 
 
+@dataclass(eq=False)
+class _Injected:
+    """A query the proxy sent on its own: every answer to it is swallowed."""
+
+    sql: str
+    failed: str | None = None
+
+
+_Item = _Query | _Describe | _Execute | _Sync | _Injected
+
+
 @dataclass
 class ResultTracker:
-    _pending: deque[_Query | _Execute | _Sync] = field(default_factory=deque)
+    origins: Origins = field(default_factory=dict)
+    _pending: deque[_Item] = field(default_factory=deque)
     seen: list[tuple[str, frozenset[str], bytes]] = field(default_factory=list)
     """(decision id, labels, value) of labelled values returned since the last take."""
+    injected_errors: list[str] = field(default_factory=list)
+    """Why queries the proxy sent itself failed (the driver logs and retries them)."""
 
-    def sent_query(self, masks: list[Mask], watches: list[Watch | None] | None = None) -> None:
-        self._pending.append(_Query(masks or [NO_MASK], watches=watches or []))
+    @property
+    def idle(self) -> bool:
+        """Everything sent has been answered, up to its ReadyForQuery."""
+        return not self._pending
 
-    def sent_execute(self, mask: Mask, watch: Watch | None = None) -> None:
-        self._pending.append(_Execute(mask, watch))
+    # --- what the driver sends --------------------------------------------------------
+
+    def sent_query(self, plans: list[MaskPlan], watches: list[Watch | None] | None = None) -> None:
+        self._pending.append(_Query(plans or [ORIGINS_ONLY], watches or []))
+
+    def sent_describe(self, target: Prepared | None, injected: bool = False) -> None:
+        if target is not None:
+            target.describing = True
+        self._pending.append(_Describe(target, injected))
+
+    def sent_execute(self, target: Prepared) -> None:
+        self._pending.append(_Execute(target))
 
     def sent_sync(self) -> None:
         self._pending.append(_Sync())
 
-    def _current(self) -> tuple[Mask, Watch | None]:
-        for item in self._pending:
-            if isinstance(item, _Query) and item.failed:
-                continue
-            if isinstance(item, _Query):
-                watch = item.watches[item.index] if item.index < len(item.watches) else None
-                return item.masks[min(item.index, len(item.masks) - 1)], watch
-            if isinstance(item, _Execute):
-                return item.mask, item.watch
-            if isinstance(item, _Sync):
-                return NO_MASK, None
+    def sent_injected(self, sql: str) -> None:
+        self._pending.append(_Injected(sql))
+
+    # --- what comes back --------------------------------------------------------------
+
+    def backend(self, msg: m.Message) -> m.Message | None:
+        """The message to pass to the client (masked where needed), or None to swallow
+        it (an answer to something the proxy sent on its own)."""
+        front = self._pending[0] if self._pending else None
+        if isinstance(front, _Injected):
+            return self._injected(front, msg)
+        if isinstance(msg, m.Raw):
+            kind = msg.kind
+            if kind == b"D":
+                return self._row(front, msg)
+            if kind == b"d":
+                return self._copy_data(front, msg)
+            if kind == b"H":
+                self._copy_out(front, msg)
+            elif kind in (b"C", b"I", b"s"):
+                self._completed(front)
+            elif kind == b"n" and isinstance(front, _Describe):
+                self._pending.popleft()
+                if front.target is not None:
+                    front.target.mask = NO_MASK
+                    front.target.describing = False
+                return None if front.injected else msg
+            elif kind == b"t" and isinstance(front, _Describe) and front.injected:
+                return None
+            return msg
+        if isinstance(msg, m.RowDescription):
+            if isinstance(front, _Describe):
+                self._pending.popleft()
+                if front.target is not None:
+                    front.target.mask = front.target.plan.resolve(msg.fields, self.origins)
+                    front.target.describing = False
+                return None if front.injected else msg
+            if isinstance(front, _Query):
+                plan = front.plans[min(front.index, len(front.plans) - 1)]
+                front.mask = plan.resolve(msg.fields, self.origins)
+            return msg
+        if isinstance(msg, m.CommandComplete):
+            self._completed(front)
+        elif isinstance(msg, m.ErrorResponse):
+            self._failed(front)
+        elif isinstance(msg, m.ReadyForQuery):
+            self._ready()
+        return msg
+
+    def _injected(self, front: _Injected, msg: m.Message) -> m.Message | None:
+        if isinstance(msg, m.ErrorResponse):
+            front.failed = msg.message
+        elif isinstance(msg, m.ReadyForQuery):
+            self._pending.popleft()
+            if front.failed is not None:
+                self.injected_errors.append(f"{front.sql}: {front.failed}")
+        elif isinstance(msg, m.Raw) and msg.kind in (b"D", b"d", b"H"):
+            raise ProtocolError("the server sent rows for a query of the proxy's own")
+        return None
+
+    def _mask_of(self, front: _Item | None) -> tuple[Mask, Watch | None]:
+        if isinstance(front, _Query):
+            watch = front.watches[front.index] if front.index < len(front.watches) else None
+            return front.mask, watch
+        if isinstance(front, _Execute):
+            target = front.target
+            if target.mask is None:
+                # Never described: no position is known to be clean.
+                return _ALL, target.watch
+            return target.mask, target.watch
         return NO_MASK, None
 
-    def _current_mask(self) -> Mask:
-        return self._current()[0]
-
-    def row(self, msg: m.Raw) -> m.Raw:
+    def _row(self, front: _Item | None, msg: m.Raw) -> m.Raw:
         """A DataRow with masked columns set to NULL; labelled values it carries out are
         collected in `seen`."""
-        mask, watch = self._current()
+        mask, watch = self._mask_of(front)
         if not mask and watch is None:
             return msg
         row = decode_data_row(msg.body)
@@ -100,50 +262,77 @@ class ResultTracker:
         values = tuple(None if i in mask else v for i, v in enumerate(row.values))
         return m.Raw(b"D", m.DataRow(values).encode()[5:])
 
+    def _copy_out(self, front: _Item | None, msg: m.Raw) -> None:
+        """CopyOutResponse: the stream's format and width; the masker for its rows."""
+        if len(msg.body) < 3:
+            raise ProtocolError("CopyOutResponse too short")
+        binary = msg.body[0] == 1
+        columns = int.from_bytes(msg.body[1:3], "big")
+        if isinstance(front, _Query):
+            plan = front.plans[min(front.index, len(front.plans) - 1)]
+        elif isinstance(front, _Execute):
+            plan = front.target.plan
+        else:
+            return
+        mask = plan.resolve_copy(columns)
+        if not mask:
+            masker = None
+        elif plan.copy is None:
+            # Options not understood: no field boundary is known, so no field is shown.
+            masker = CopyMasker(CopyFormat(), binary, columns, _ALL)
+        else:
+            masker = CopyMasker(plan.copy, binary, columns, mask)
+        front.copy = masker
+
+    def _copy_data(self, front: _Item | None, msg: m.Raw) -> m.Raw:
+        masker = front.copy if isinstance(front, (_Query, _Execute)) else None
+        if masker is None:
+            return msg
+        return m.Raw(b"d", masker.data(msg.body))
+
     def take_seen(self) -> list[tuple[str, frozenset[str], bytes]]:
         seen, self.seen = self.seen, []
         return seen
 
-    def copy_data(self, msg: m.Raw) -> m.Raw:
-        """A COPY TO STDOUT text line with masked fields set to \\N."""
-        mask = self._current_mask()
-        if not mask:
-            return msg
-        line = msg.body
-        end = b"\n" if line.endswith(b"\n") else b""
-        fields = line[: len(line) - len(end)].split(b"\t")
-        masked = b"\t".join(b"\\N" if i in mask else f for i, f in enumerate(fields))
-        return m.Raw(b"d", masked + end)
-
-    def completed(self) -> None:
+    def _completed(self, front: _Item | None) -> None:
         """CommandComplete, EmptyQueryResponse or PortalSuspended: one statement done."""
-        for item in self._pending:
-            if isinstance(item, _Query):
-                if item.failed:
-                    continue
-                item.index += 1
-                return
-            if isinstance(item, _Execute):
-                self._pending.remove(item)
-                return
-            return
+        if isinstance(front, _Query):
+            front.index += 1
+            front.mask = NO_MASK
+            front.copy = None
+        elif isinstance(front, _Execute):
+            self._pending.popleft()
 
-    def failed(self) -> None:
-        """ErrorResponse: the running statement (and, in a Query, the rest of it) is over;
-        a Query still waits for its ReadyForQuery."""
-        for item in self._pending:
-            if isinstance(item, _Query):
-                if item.failed:
-                    continue
-                item.failed = True
-                return
-            if isinstance(item, _Execute):
-                self._pending.remove(item)
-            return
+    def _failed(self, front: _Item | None) -> None:
+        """ErrorResponse: in a Query the rest of it is skipped (ReadyForQuery closes it);
+        in the extended protocol the server discards everything up to Sync, so what is
+        pending before it gets no answer and `_ready` drops it."""
+        if isinstance(front, _Query):
+            front.mask = NO_MASK
+            front.copy = None
+        elif isinstance(front, (_Execute, _Describe)):
+            self._pending.popleft()
+            if isinstance(front, _Describe) and front.target is not None:
+                front.target.describing = False
 
-    def ready(self) -> None:
-        """ReadyForQuery closes a Query or a Sync batch; unreached Executes are dropped."""
+    def _ready(self) -> None:
+        """ReadyForQuery closes a Query or a Sync batch; unanswered items before it go."""
         while self._pending:
             item = self._pending.popleft()
+            if isinstance(item, _Describe) and item.target is not None:
+                item.target.describing = False
             if isinstance(item, (_Query, _Sync)):
                 return
+
+
+class _AllColumns(frozenset[int]):
+    """Every position, whatever the row's width (a result whose lineage is unknown)."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+    def __bool__(self) -> bool:
+        return True
+
+
+_ALL: Mask = _AllColumns()

@@ -36,8 +36,15 @@ from interlock.credentials.leases import Lease
 from interlock.proxies.postgres import messages as m
 from interlock.proxies.postgres import upstream as up
 from interlock.proxies.postgres.codec import FrontendReader, ProtocolError
-from interlock.proxies.postgres.discovery import discover
-from interlock.proxies.postgres.results import NO_MASK, Mask, ResultTracker, Watch
+from interlock.proxies.postgres.copyformat import copy_format
+from interlock.proxies.postgres.discovery import Snapshot, snapshot
+from interlock.proxies.postgres.results import (
+    ORIGINS_ONLY,
+    MaskPlan,
+    Prepared,
+    ResultTracker,
+    Watch,
+)
 from interlock.proxies.postgres.scram import MECHANISM, ScramError, ScramServer, Verifier
 
 log = logging.getLogger(__name__)
@@ -59,6 +66,10 @@ REFUSED_STARTUP = frozenset({"options", "replication"})
 READ_CHUNK = 256 * 1024
 FINGERPRINT_TTL_S = 3600.0
 """How long values read under a label are recognised in what the agent sends out."""
+READ_ONLY_SESSION = "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"
+READ_ONLY_TRANSACTION = "SET TRANSACTION READ ONLY"
+READ_WRITE_SESSION = "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE"
+"""The database's own wall behind a read_only posture (and its removal on restore)."""
 
 
 class _LoginAbandoned(Exception):
@@ -79,13 +90,17 @@ class _Session:
     status: str = "I"
     closed: bool = False
     results: ResultTracker = field(default_factory=ResultTracker)
-    statements: dict[str, Mask] = field(default_factory=dict)
-    watches: dict[str, Watch | None] = field(default_factory=dict)
+    statements: dict[str, Prepared] = field(default_factory=dict)
     actions: dict[str, Action] = field(default_factory=dict)
     """The action each prepared statement was decided as, to re-check posture at Execute."""
-    portals: dict[str, str] = field(default_factory=dict)
-    cursors: dict[str, Mask] = field(default_factory=dict)
-    """SQL cursors declared through the proxy, with the mask their rows need."""
+    portals: dict[str, tuple[str, Prepared]] = field(default_factory=dict)
+    """Portal -> (its statement's name, that statement's results)."""
+    cursors: dict[str, MaskPlan] = field(default_factory=dict)
+    """SQL cursors declared through the proxy, with the plan their rows need."""
+    read_only: bool = False
+    """Whether the upstream session should refuse writes itself (read_only posture)."""
+    read_only_applied: bool = False
+    """Whether it does, as far as the proxy has told it."""
     lease: Lease | None = None
     """The dynamic credentials this session logged in upstream with (revoked at its end)."""
 
@@ -125,17 +140,75 @@ class PostgresProxy:
         self._unsubscribe = pdp.store.subscribe(self._posture_changed)
         self._tasks: set[asyncio.Task[None]] = set()
         self.address: tuple[str, int] | None = None
+        self._configured = dict(classifier.catalog.labels)
+        self._snapshots: dict[str, Snapshot] = {}
+        self._logins: dict[str, up.Upstream] = {}
+        """The login each database's catalog was last read with (refreshes reuse it)."""
+        self._loading: dict[str, asyncio.Lock] = {}
+        self._refresher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        if self.config.discover_labels:
-            labels = await discover(
-                self.config.upstream, self.upstream_tls, dict(self.classifier.catalog.labels)
-            )
-            self.classifier.use_catalog(Catalog(labels))
+        try:
+            await self.catalog(self.upstream)
+        except Exception as exc:
+            if self.config.discover_labels:
+                raise
+            # Read again at the first login (which fails closed until it can be).
+            log.warning("postgres proxy: cannot read the database catalog yet: %s", exc)
         host, _, port = self.config.listen.rpartition(":")
         self._server = await asyncio.start_server(self._handle, host.strip("[]"), int(port))
         sock = self._server.sockets[0].getsockname()
         self.address = (sock[0], sock[1])
+        if self.config.catalog_refresh > 0:
+            self._refresher = asyncio.get_running_loop().create_task(self._refresh_loop())
+
+    # --- what the proxy knows of each database ------------------------------------------
+
+    async def catalog(self, login: up.Upstream, reload: bool = False) -> Snapshot:
+        """The catalog of `login.database` (labels, their columns' OIDs, functions), read
+        once with that login and then every `catalog_refresh` seconds."""
+        database = login.database
+        self._logins[database] = login  # the newest login: dynamic ones expire
+        found = self._snapshots.get(database)
+        if found is not None and not reload:
+            return found
+        lock = self._loading.setdefault(database, asyncio.Lock())
+        async with lock:
+            found = self._snapshots.get(database)
+            if found is not None and not reload:
+                return found
+            snap = await snapshot(
+                {
+                    "host": login.host,
+                    "port": login.port,
+                    "user": login.user,
+                    "password": login.password,
+                    "database": database,
+                },
+                self.upstream_tls,
+                self._configured,
+                self.config.discover_labels,
+            )
+            if found != snap:
+                self._use(database, snap)
+            return snap
+
+    def _use(self, database: str, snap: Snapshot) -> None:
+        self._snapshots[database] = snap
+        for session in self._sessions.values():
+            if session.database == database:
+                session.results.origins = snap.origins
+        if database == self.upstream.database:
+            self.classifier.use_catalog(Catalog(snap.labels, snap.routines, routines_known=True))
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.catalog_refresh)
+            for database, login in list(self._logins.items()):
+                try:
+                    await self.catalog(login, reload=True)
+                except Exception as exc:
+                    log.warning("postgres proxy: catalog of %s not refreshed: %s", database, exc)
 
     def use_agents(self, agents: Mapping[str, AgentConfig]) -> None:
         self.prepare_agents(agents)()
@@ -171,6 +244,10 @@ class PostgresProxy:
 
     async def stop(self) -> None:
         self._unsubscribe()
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -287,6 +364,14 @@ class PostgresProxy:
             except up.UpstreamError as exc:
                 await self._fatal(writer, str(exc), "08006")
                 raise _LoginAbandoned from None
+            database = forward.get("database", self.upstream.database)
+            try:
+                snap = await self.catalog(replace(upstream, database=database))
+            except Exception as exc:
+                await self._fatal(
+                    writer, f"interlock: cannot read the catalog of {database}: {exc}", "08006"
+                )
+                raise _LoginAbandoned from None
             entry = self.agents.get(user)
             if entry is None or self.verifiers.get(user) is not verifier:
                 # SIGHUP removed the agent or changed its secret while it logged in.
@@ -296,13 +381,15 @@ class PostgresProxy:
             pid, key = self._new_key()
             session = _Session(
                 agent,
-                forward.get("database", self.upstream.database),
+                database,
                 writer,
                 conn,
                 pid,
                 key,
                 status=conn.status,
                 lease=lease,
+                results=ResultTracker(snap.origins),
+                read_only="read_only" in posture.restrictions,
             )
             out = [m.Authentication(0).encode()]
             out += [p.encode() for p in conn.parameters]
@@ -384,6 +471,8 @@ class PostgresProxy:
                 return
             frontend.feed(data)
             out: list[bytes] = []
+            if session.read_only != session.read_only_applied:
+                out.append(self._wall(session) if session.read_only else self._unwall(session))
             while (msg := frontend.next()) is not None:
                 if isinstance(msg, m.Terminate):
                     session.conn.writer.write(b"".join(out) + msg.encode())
@@ -392,16 +481,45 @@ class PostgresProxy:
             session.conn.writer.write(b"".join(out))
             await session.conn.writer.drain()
 
+    def _wall(self, session: _Session) -> bytes:
+        """The query that makes the upstream session refuse writes itself, sent ahead of
+        the client's next message once everything before has been answered (so the
+        transaction state it depends on is known); b"" when there is nothing to do yet.
+
+        Outside a transaction block the session default changes (it would be undone if
+        set inside a block that rolls back); inside one, the running transaction becomes
+        read-only too, and the default follows once the block ends."""
+        if session.read_only_applied or not session.results.idle:
+            return b""
+        if session.status == "I":
+            session.read_only_applied = True
+            sql = READ_ONLY_SESSION
+        elif session.status == "T":
+            sql = READ_ONLY_TRANSACTION
+        else:
+            return b""  # a failed block runs nothing until it ends
+        session.results.sent_injected(sql)
+        return m.Query(sql).encode()
+
+    def _unwall(self, session: _Session) -> bytes:
+        """The default back to read-write once the posture no longer says read_only."""
+        if not session.read_only_applied or not session.results.idle or session.status != "I":
+            return b""
+        session.read_only_applied = False
+        session.results.sent_injected(READ_WRITE_SESSION)
+        return m.Query(READ_WRITE_SESSION).encode()
+
     async def _police(self, session: _Session, msg: m.Message) -> bytes:
         """The bytes to send upstream for one client message."""
         if isinstance(msg, m.Query):
-            sql, masks, _, watches = await self._checked(session, msg.sql)
-            session.results.sent_query(masks, watches)
+            sql, plans, _, watches = await self._checked(session, msg.sql)
+            session.results.sent_query(plans, watches)
             return msg.encode() if sql is None else m.Query(sql).encode()
         if isinstance(msg, m.Parse):
-            sql, masks, action, watches = await self._checked(session, msg.sql)
-            session.statements[msg.name] = masks[0] if masks else NO_MASK
-            session.watches[msg.name] = watches[0] if watches else None
+            sql, plans, action, watches = await self._checked(session, msg.sql)
+            session.statements[msg.name] = Prepared(
+                plans[0] if plans else ORIGINS_ONLY, watches[0] if watches else None
+            )
             session.actions.pop(msg.name, None)
             if action is not None:
                 session.actions[msg.name] = action
@@ -409,20 +527,32 @@ class PostgresProxy:
                 return msg.encode()
             return m.Parse(msg.name, sql, msg.param_types).encode()
         if isinstance(msg, m.Bind):
-            session.portals[msg.portal] = msg.statement
+            prepared = session.statements.get(msg.statement) or Prepared(ORIGINS_ONLY)
+            session.portals[msg.portal] = (msg.statement, prepared)
+        elif isinstance(msg, m.Describe):
+            if msg.kind == "S":
+                target = session.statements.get(msg.name)
+            else:
+                target = session.portals.get(msg.name, ("", None))[1]
+            session.results.sent_describe(target)
         elif isinstance(msg, m.Execute):
-            statement = session.portals.get(msg.portal, "")
-            session.results.sent_execute(
-                session.statements.get(statement, NO_MASK), session.watches.get(statement)
-            )
+            statement, prepared = session.portals.get(msg.portal, ("", Prepared(ORIGINS_ONLY)))
             veto = await self._posture_veto(session, statement)
             if veto is not None:
+                session.results.sent_execute(prepared)
                 # Fails on the server in order, like any denial; Execute's answer is the error.
                 return m.Parse("", session.denial_sql(veto)).encode()
+            if prepared.mask is None and not prepared.describing:
+                # The rows would come without a description: ask for it first, so the
+                # server says where each column comes from.
+                session.results.sent_describe(prepared, injected=True)
+                session.results.sent_execute(prepared)
+                return m.Describe("P", msg.portal).encode() + msg.encode()
+            session.results.sent_execute(prepared)
         elif isinstance(msg, m.Sync):
             session.results.sent_sync()
         elif isinstance(msg, m.FunctionCall):
-            session.results.sent_query([NO_MASK])
+            session.results.sent_query([ORIGINS_ONLY])
             reason = "the function-call protocol message is not allowed"
             return m.Query(session.denial_sql(reason)).encode()
         elif isinstance(msg, m.AuthResponse):
@@ -441,28 +571,28 @@ class PostgresProxy:
 
     async def _checked(
         self, session: _Session, sql: str
-    ) -> tuple[str | None, list[Mask], Action | None, list[Watch | None]]:
-        """(None, masks per statement, the action decided) when `sql` may go through;
-        else (the replacement that fails with the denial, [NO_MASK], None)."""
+    ) -> tuple[str | None, list[MaskPlan], Action | None, list[Watch | None]]:
+        """(None, a mask plan per statement, the action decided) when `sql` may go
+        through; else (the replacement that fails with the denial, [], None)."""
         classification = self.classifier.classify(sql)
         if not classification.statements:
-            return None, [NO_MASK], None, []
+            return None, [ORIGINS_ONLY], None, []
         action = self._action(session, classification)
         decision = await self.pdp.decide(action)
         if decision.effect is Effect.APPROVE:
             verdict = await self.holds.wait(decision, self.config.approval_timeout, action, sql)
             if not verdict.approved:
                 why = f"held for approval: {verdict.reason or 'denied'}; {_reason(decision)}"
-                return session.denial_sql(why), [NO_MASK], None, []
+                return session.denial_sql(why), [ORIGINS_ONLY], None, []
         elif decision.effect is not Effect.ALLOW:
-            return session.denial_sql(_reason(decision)), [NO_MASK], None, []
+            return session.denial_sql(_reason(decision)), [ORIGINS_ONLY], None, []
         hidden = frozenset(
             label
             for o in decision.obligations
             if o.type == "mask"
             for label in o.params.get("labels", ())
         )
-        masks: list[Mask] = []
+        plans: list[MaskPlan] = []
         watches: list[Watch | None] = []
         for statement in classification.statements:
             watches.append(_watch(statement, decision.decision_id))
@@ -474,26 +604,23 @@ class PostgresProxy:
                         f"cursor {statement.name!r} was not declared through interlock "
                         f"(decision {decision.decision_id})"
                     )
-                    return session.denial_sql(why), [NO_MASK], None, []
-                masks.append(session.cursors[statement.name])
+                    return session.denial_sql(why), [ORIGINS_ONLY], None, []
+                plans.append(session.cursors[statement.name])
                 continue
-            mask = _mask(statement, hidden)
-            if mask is None:
-                why = (
-                    f"masking {', '.join(sorted(hidden & statement.labels))} needs the "
-                    f"result columns named, not * (decision {decision.decision_id})"
-                )
-                return session.denial_sql(why), [NO_MASK], None, []
+            plan, refusal = _plan(statement, hidden)
+            if refusal is not None:
+                why = f"{refusal} (decision {decision.decision_id})"
+                return session.denial_sql(why), [ORIGINS_ONLY], None, []
             if statement.kind == "declare" and statement.name is not None:
-                # DECLARE itself returns no rows; its FETCHes get the mask.
-                session.cursors[statement.name] = mask
-                mask = NO_MASK
+                # DECLARE itself returns no rows; its FETCHes get the plan.
+                session.cursors[statement.name] = plan
+                plan = ORIGINS_ONLY
             elif statement.kind == "close" and statement.name == "all":
                 session.cursors.clear()
             elif statement.kind == "close" and statement.name is not None:
                 session.cursors.pop(statement.name, None)
-            masks.append(mask)
-        return None, masks, action, watches
+            plans.append(plan)
+        return None, plans, action, watches
 
     async def _remember_values(
         self, session: _Session, seen: list[tuple[str, frozenset[str], bytes]]
@@ -533,25 +660,23 @@ class PostgresProxy:
                 out: list[bytes] = []
                 results = session.results
                 while (msg := conn.backend.next()) is not None:
-                    if isinstance(msg, m.Raw):
-                        if msg.kind == b"D":
-                            msg = results.row(msg)
-                        elif msg.kind == b"d":
-                            msg = results.copy_data(msg)
-                        elif msg.kind in (b"I", b"s"):
-                            results.completed()
-                    elif isinstance(msg, m.CommandComplete):
-                        results.completed()
-                    elif isinstance(msg, m.ErrorResponse):
-                        results.failed()
-                        if session.denials:
-                            msg = self._rewrite(session, msg)
-                    elif isinstance(msg, m.ReadyForQuery):
+                    if isinstance(msg, m.ReadyForQuery):
                         session.status = msg.status
-                        results.ready()
-                        if results.seen:
-                            await self._remember_values(session, results.take_seen())
-                    out.append(msg.encode())
+                    forward = results.backend(msg)
+                    if forward is None:
+                        continue
+                    if isinstance(forward, m.ErrorResponse) and session.denials:
+                        forward = self._rewrite(session, forward)
+                    elif isinstance(forward, m.ReadyForQuery) and results.seen:
+                        await self._remember_values(session, results.take_seen())
+                    out.append(forward.encode())
+                if results.injected_errors:
+                    for why in results.injected_errors:
+                        log.warning(
+                            "postgres proxy: read-only wall for %s: %s", session.agent.id, why
+                        )
+                    results.injected_errors.clear()
+                    session.read_only_applied = False
                 writer.write(b"".join(out))
                 await writer.drain()
         except (ConnectionError, ProtocolError):
@@ -574,10 +699,20 @@ class PostgresProxy:
     # --- posture and termination ------------------------------------------------------
 
     def _posture_changed(self, agent_id: str, posture: Posture) -> None:
-        if not posture.isolated:
-            return
+        read_only = "read_only" in posture.restrictions
         for session in [s for s in self._sessions.values() if s.agent.id == agent_id]:
-            self._end(session, "agent is isolated", "42501")
+            if posture.isolated:
+                self._end(session, "agent is isolated", "42501")
+            elif session.read_only != read_only:
+                session.read_only = read_only
+                self._tell_upstream(session)
+
+    def _tell_upstream(self, session: _Session) -> None:
+        """Apply a posture change to the upstream session now if it is idle (the next
+        client message would do it otherwise)."""
+        wall = self._wall(session) if session.read_only else self._unwall(session)
+        if wall and not session.closed:
+            session.conn.writer.write(wall)
 
     def _end_for_credentials(self, sessions: list[_Session], early: list[str], reason: str) -> None:
         """Its lease was revoked (rotation, isolation, expiry): end the session, or, when
@@ -639,13 +774,25 @@ def _watch(statement: SqlStatement, decision_id: str) -> Watch | None:
     return Watch(decision_id, columns) if columns else None
 
 
-def _mask(statement: SqlStatement, hidden: frozenset[str]) -> Mask | None:
-    """Output positions to hide for `statement`; None when they cannot be known (a star)."""
-    if not hidden or not statement.labels & hidden:
-        return NO_MASK
+def _plan(statement: SqlStatement, hidden: frozenset[str]) -> tuple[MaskPlan, str | None]:
+    """How to mask `statement`'s results, or why it cannot be masked (and so is refused).
+
+    Rows are masked by the server's description of them (`MaskPlan.resolve`), so a star
+    is fine. COPY TO STDOUT comes without one: its positions must come from the parse,
+    and its options must be readable to find the fields in its rows."""
+    masked = statement.labels & hidden
+    plan = MaskPlan(hidden, statement.labels, statement.output_labels)
+    if statement.kind != "copy" or not masked:
+        return plan, None
     if statement.output_labels is None:
-        return None
-    return frozenset(i for i, labels in enumerate(statement.output_labels) if labels & hidden)
+        return plan, f"masking {', '.join(sorted(masked))} needs the result columns named, not *"
+    fmt = copy_format(statement.text)
+    if fmt is None:
+        return plan, (
+            f"masking {', '.join(sorted(masked))} in COPY needs options interlock can read "
+            "(FORMAT text, csv or binary; one-character DELIMITER, QUOTE, ESCAPE; NULL)"
+        )
+    return MaskPlan(hidden, statement.labels, statement.output_labels, fmt), None
 
 
 def _reason(decision: Decision) -> str:
