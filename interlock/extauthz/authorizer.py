@@ -90,7 +90,7 @@ class Authorizer:
         if req.undecodable is not None:
             return await self._refuse(agent, req, req.undecodable)
         try:
-            path = normalise(req.path or "/")
+            path = normalise(req.path or "/", self.config.strict_path_encoding)
             body = read_body(req.body, req.headers, self.config.max_body_bytes)
             query = parse_query(path.query)
         except (BadPath, BadBody) as exc:
