@@ -347,8 +347,9 @@ class ExtAuthzConfig(Section):
     strict_path_encoding: bool = True
     """Refuse paths a second reading would change: `%25` (double encoding), encoded `;`
     `?` `#`, characters Unicode folding (NFKC) changes (U+FF0F, U+FF0E, full-width letters),
-    look-alikes of `/` `\\` `.` `%`, and `...`-style dot segments. Turn off only when every
-    upstream decodes exactly once and never folds Unicode."""
+    look-alikes of `/` `\\` `.` `%`, invisible formatting characters, `;` parameters, a raw
+    `#`, and `...`-style dot segments. Turn off only when every upstream decodes exactly
+    once and never folds Unicode."""
     approval_timeout: float = Field(300.0, gt=0)
     """How long a request refused for approval stays open for a human to answer; once
     approved, a retry of the same request passes (`[approvals] grant_ttl`, `grant_uses`)."""

@@ -21,7 +21,8 @@ parameters (dropped by servlet containers, part of the name elsewhere),
 characters that Unicode compatibility folding (NFKC) turns into something else (U+FF0F
 FULLWIDTH SOLIDUS is `/`, U+FF0E is `.`, full-width letters are ASCII), look-alikes of
 `/`, `\\`, `.` and `%` that NFKC keeps but best-fit code-page mappings do not (U+2215
-DIVISION SLASH, U+2216 SET MINUS, U+3002 IDEOGRAPHIC FULL STOP), and segments of
+DIVISION SLASH, U+2216 SET MINUS, U+3002 IDEOGRAPHIC FULL STOP), invisible formatting
+characters (zero-width space, soft hyphen, bidi overrides), and segments of
 dots and spaces other than `.` and `..` (Windows trims `.. ` and `...`).
 
 Pure functions; the raw path is kept beside the normalised one for the record.
@@ -98,6 +99,10 @@ def _second_reading(text: str) -> None:
         raise BadPath("path changes under Unicode folding (NFKC)")
     if LOOKALIKES.intersection(text):
         raise BadPath("look-alike of '/', '\\', '.' or '%' in path")
+    if any(unicodedata.category(c) == "Cf" for c in text):
+        # Zero-width spaces, soft hyphens, bidi overrides: dropped by some normalisers,
+        # and they hide what a path says from the person approving it.
+        raise BadPath("invisible formatting character in path")
     if text not in (".", "..") and "." in text and not text.strip(". "):
         raise BadPath("dot segment spelled with extra dots or spaces")
 

@@ -119,6 +119,9 @@ SECOND_READINGS = [
     ("/%ef%bd%81%ef%bd%84%ef%bd%8d%ef%bd%89%ef%bd%8e", "Unicode folding"),
     ("/\u212aey", "Unicode folding"),
     ("/caf%65%cc%81", "Unicode folding"),
+    ("/ad%e2%80%8bmin", "invisible formatting"),
+    ("/ad%c2%admin", "invisible formatting"),
+    ("/public/%e2%80%ae..", "invisible formatting"),
     # Dot segments Windows reads as `..`.
     ("/public/.../admin", "extra dots or spaces"),
     ("/public/..%20/admin", "extra dots or spaces"),
