@@ -127,11 +127,11 @@ def normalise(raw: str, strict: bool = True) -> NormalPath:
     after_empty = False
     for part in parts:
         bare = part.split(";", 1)[0]
-        if strict and bare != part and _decode(bare, strict) not in (".", ".."):
-            raise BadPath("';' parameters in path (servlet containers drop them, others do not)")
         segment = _decode(bare, strict)
         if segment in (".", "..") and bare != part:
             raise BadPath("path parameters on a dot segment")
+        if strict and bare != part:
+            raise BadPath("';' parameters in path (servlet containers drop them, others do not)")
         if segment in (".", "..") and bare != segment:
             raise BadPath("percent-encoded dot segment")
         if segment in ("", "."):
