@@ -347,6 +347,12 @@ class ExtAuthzConfig(Section):
     """Bodies larger than this are denied (Envoy's `max_request_bytes` should be lower)."""
     http_path_prefix: str = ""
     """Envoy's HTTP ext_authz `path_prefix`, stripped before deciding."""
+    strict_path_encoding: bool = True
+    """Refuse paths a second reading would change: `%25` (double encoding), encoded `;`
+    `?` `#`, characters Unicode folding (NFKC) changes (U+FF0F, U+FF0E, full-width letters),
+    look-alikes of `/` `\\` `.` `%`, invisible formatting characters, `;` parameters, a raw
+    `#`, and `...`-style dot segments. Turn off only when every upstream decodes exactly
+    once and never folds Unicode."""
     approval_timeout: float = Field(300.0, gt=0)
     """How long a request refused for approval stays open for a human to answer; once
     approved, a retry of the same request passes (`[approvals] grant_ttl`, `grant_uses`)."""

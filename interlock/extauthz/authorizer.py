@@ -27,10 +27,10 @@ from interlock.core.model import Action, Agent, Decision, Effect, Operation
 from interlock.core.pdp import PDP
 from interlock.errors import IdentityError, PolicyError
 from interlock.extauthz import opa
-from interlock.extauthz.body import BadBody, Body, read_body
+from interlock.extauthz.body import PARSED, BadBody, Body, read_body
 from interlock.extauthz.paths import BadPath, NormalPath, normalise, parse_query
 from interlock.extauthz.request import AuthzRequest
-from interlock.extauthz.verdict import AuthzResponse, denial, from_decision, metadata
+from interlock.extauthz.verdict import AuthzResponse, denial, dynamic_metadata, from_decision
 from interlock.identity.jwt import JwtVerifier
 from interlock.identity.registry import AgentRegistry
 
@@ -90,16 +90,17 @@ class Authorizer:
         if req.undecodable is not None:
             return await self._refuse(agent, req, req.undecodable)
         try:
-            path = normalise(req.path or "/")
+            path = normalise(req.path or "/", self.config.strict_path_encoding)
             body = read_body(req.body, req.headers, self.config.max_body_bytes)
             query = parse_query(path.query)
         except (BadPath, BadBody) as exc:
             return await self._refuse(agent, req, str(exc))
-        if body.truncated and "json" in req.headers.get("content-type", "").lower():
-            # A JSON body cut short by Envoy cannot be read (an MCP tools/call padded past
-            # max_request_bytes would otherwise pass as a plain write).
+        ctype = req.headers.get("content-type", "").lower()
+        if body.truncated and ("json" in ctype or any(t in ctype for t in PARSED)):
+            # A JSON or form body cut short by Envoy cannot be read (an MCP tools/call
+            # padded past max_request_bytes would otherwise pass as a plain write).
             return await self._refuse(
-                agent, req, "JSON body larger than the proxy forwards for inspection"
+                agent, req, "JSON or form body larger than the proxy forwards for inspection"
             )
         action = self._action(agent, req, path, body, sorted(query)[:64])
         if self.config.mode == "opa-envoy":
@@ -273,7 +274,7 @@ class Authorizer:
         decision = await self.pdp.settle(a.action, a, proposed)
         if result.allowed and decision.effect is not Effect.ALLOW:
             return denial(decision)  # posture or the audit log overruled the policy
-        result.metadata = {**result.metadata, "interlock": metadata(decision)}
+        result.metadata = {**result.metadata, **dynamic_metadata(decision)}
         if not result.allowed:
             result.headers.append(("x-interlock-decision-id", decision.decision_id))
         return result

@@ -2,8 +2,9 @@
 
 Envoy forwards at most `max_request_bytes` of a body and says how long it really was in
 `content-length`; a body cut short is `truncated` (OPA's plugin then leaves
-`parsed_body` null, and so do we). A complete body that claims to be JSON and is not is
-a denial: a policy must never decide on a body it could not read.
+`parsed_body` null, and so do we). A complete body that claims to be JSON or a form and
+is not is a denial: a policy must never decide on a body it could not read. Forms are
+parsed as OPA's plugin parses them (see `form.py`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from interlock.extauthz.form import BadForm, boundary, parse_multipart, parse_urlencoded
+
 TEXTUAL = ("json", "text/", "x-www-form-urlencoded", "xml", "javascript")
+PARSED = ("application/json", "application/x-www-form-urlencoded", "multipart/form-data")
+"""Bodies given to the policy parsed: what cannot be read whole is refused."""
 
 
 class BadBody(ValueError):
@@ -25,7 +30,8 @@ class Body:
     size: int
     truncated: bool = False
     parsed: Any = None
-    """The JSON document, for complete `application/json` bodies."""
+    """The JSON document for complete `application/json` bodies; name -> list of values
+    for complete `application/x-www-form-urlencoded` and `multipart/form-data` ones."""
     text: str | None = None
     """Textual bodies decoded, for the DLP scan."""
 
@@ -55,10 +61,21 @@ def read_body(raw: bytes, headers: Mapping[str, str], max_bytes: int) -> Body:
                 raise BadBody("textual body is not UTF-8") from None
             # A cut may fall inside a character; only the tail can be partial.
             text = raw.decode("utf-8", "replace")
+    if truncated:
+        return Body(len(raw), truncated, None, text)
     parsed = None
-    if "application/json" in ctype and not truncated:
-        try:
+    try:
+        if "application/json" in ctype:
             parsed = json.loads(text or "")
-        except ValueError as exc:
-            raise BadBody(f"malformed JSON body: {exc}"[:200]) from exc
+        elif "application/x-www-form-urlencoded" in ctype:
+            parsed = parse_urlencoded(text or "")
+        elif "multipart/form-data" in ctype and (mark := boundary(headers["content-type"])):
+            parsed = parse_multipart(raw, mark)
+            # The fields' text, for the DLP scan.
+            values = [v for vs in parsed.values() for v in vs]
+            text = "\n".join(v if isinstance(v, str) else json.dumps(v) for v in values)
+    except BadForm as exc:
+        raise BadBody(str(exc)) from exc
+    except ValueError as exc:
+        raise BadBody(f"malformed JSON body: {exc}"[:200]) from exc
     return Body(len(raw), truncated, parsed, text)

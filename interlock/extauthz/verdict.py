@@ -40,6 +40,13 @@ def metadata(decision: Decision) -> dict[str, Any]:
     }
 
 
+def dynamic_metadata(decision: Decision) -> dict[str, Any]:
+    """What every answer carries: `interlock` (above) and, as OPA's Envoy plugin adds to
+    every answer, a top-level `decision_id`
+    (`%DYNAMIC_METADATA(envoy.filters.http.ext_authz:decision_id)%`)."""
+    return {"decision_id": decision.decision_id, "interlock": metadata(decision)}
+
+
 def denial(decision: Decision, status: int = 403, approval_id: str | None = None) -> AuthzResponse:
     """A refusal; `approval_id` names the open approval request a retry waits on."""
     reason = "; ".join(decision.reasons) or decision.effect.value
@@ -54,7 +61,7 @@ def denial(decision: Decision, status: int = 403, approval_id: str | None = None
         headers.append((APPROVAL_HEADER, decision.decision_id))
     body["reason"] = reason
     return AuthzResponse(
-        False, status, headers, body=json.dumps(body), metadata={"interlock": metadata(decision)}
+        False, status, headers, body=json.dumps(body), metadata=dynamic_metadata(decision)
     )
 
 
@@ -69,5 +76,5 @@ def from_decision(decision: Decision, released: bool = False) -> AuthzResponse:
             ok.headers.append((str(o.params["name"]).lower(), str(o.params["value"])))
         elif o.type == "strip_header":
             ok.headers_to_remove.append(str(o.params["name"]).lower())
-    ok.metadata = {"interlock": metadata(decision)}
+    ok.metadata = dynamic_metadata(decision)
     return ok

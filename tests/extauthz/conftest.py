@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -144,3 +145,50 @@ async def app() -> AsyncIterator[App]:
     a.port = runner.addresses[0][1]
     yield a
     await runner.cleanup()
+
+
+@dataclass
+class RawUpstream:
+    """An HTTP/1.1 upstream that logs each request's target exactly as the bytes arrived
+    (no parser between the wire and the log) and answers 200."""
+
+    port: int = 0
+    targets: list[str] = field(default_factory=list)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                line, *fields = head.decode("latin-1").split("\r\n")
+                self.targets.append(line.split(" ")[1])
+                headers = dict(f.lower().split(":", 1) for f in fields if ":" in f)
+                if "chunked" in headers.get("transfer-encoding", ""):
+                    await reader.readuntil(b"0\r\n\r\n")
+                else:
+                    await reader.readexactly(int(headers.get("content-length", "0")))
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+async def raw_upstream() -> AsyncIterator[RawUpstream]:
+    up = RawUpstream()
+    server = await asyncio.start_server(up._serve, "127.0.0.1", 0)
+    up.port = server.sockets[0].getsockname()[1]
+    yield up
+    server.close()
+
+
+async def send_raw(port: int, target: str, headers: dict[str, str]) -> int:
+    """GET `target` sent byte for byte (an HTTP client would normalise it); the status."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    lines = [f"GET {target} HTTP/1.1", "host: app.mesh", "connection: close"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("utf-8"))
+    status = await reader.readline()
+    writer.close()
+    return int(status.split()[1])

@@ -1,14 +1,18 @@
-"""NGINX `auth_request` (compose/nginx-auth-request.conf) against the HTTP authz endpoint."""
+"""NGINX `auth_request` (compose/nginx-auth-request.conf) against the HTTP authz endpoint,
+and both deployment files failing closed fast when interlock hangs."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractContextManager
 
 import httpx
 import pytest
 
-from tests.extauthz.conftest import MESH_HEADER, App, Authz
-from tests.services import nginx_server
+from tests.extauthz.conftest import MESH_HEADER, App, Authz, RawUpstream, send_raw
+from tests.services import envoy_server, nginx_server
 
 pytestmark = pytest.mark.integration
 
@@ -56,3 +60,36 @@ async def test_with_interlock_unreachable_nginx_fails_closed(
         r = await client.get(nginx + "/people", headers={MESH_HEADER: "coder"})
     assert r.status_code == 500
     assert app.seen == []
+
+
+@pytest.fixture
+async def hung_port() -> AsyncIterator[int]:
+    """An authz endpoint that accepts connections and never answers."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hang(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(hang, "127.0.0.1", 0)
+    yield server.sockets[0].getsockname()[1]
+    for w in held:
+        w.close()
+    server.close()
+
+
+@pytest.mark.parametrize(("front", "status"), [(nginx_server, 500), (envoy_server, 403)])
+async def test_with_interlock_hung_the_proxy_fails_closed_within_two_seconds(
+    raw_upstream: RawUpstream,
+    hung_port: int,
+    front: Callable[[int, int], AbstractContextManager[int]],
+    status: int,
+) -> None:
+    """compose/nginx-auth-request.conf (1 s subrequest timeouts) and compose/envoy.yaml
+    (1 s ext_authz timeout) against an authz endpoint that never answers."""
+    with front(raw_upstream.port, hung_port) as port:
+        started = time.monotonic()
+        answer = await send_raw(port, "/people", {MESH_HEADER: "coder"})
+        elapsed = time.monotonic() - started
+    assert answer == status
+    assert elapsed < 2.0, elapsed
+    assert raw_upstream.targets == []

@@ -34,7 +34,12 @@ def token(role: str, name: str, **claims: Any) -> str:
 
 
 async def opa_authz(tmp_path: Path, path: str) -> AsyncIterator[Authz]:
-    bundle = opa_bundle(tmp_path, POLICIES / "envoy_authz.rego", POLICIES / "interlock_aware.rego")
+    bundle = opa_bundle(
+        tmp_path,
+        POLICIES / "envoy_authz.rego",
+        POLICIES / "interlock_aware.rego",
+        POLICIES / "envoy_forms.rego",
+    )
     config = ExtAuthzConfig(
         grpc_listen="127.0.0.1:0", mode="opa-envoy", decision_path=path, identity_header=MESH_HEADER
     )
