@@ -13,6 +13,15 @@ from interlock.testing import CaptureSink, FakeClock
 from tests.services import Postgres, postgres_server
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--differential-examples",
+        type=int,
+        default=40,
+        help="examples per differential property test against the real PostgreSQL",
+    )
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
     """A real PostgreSQL cluster (initdb into a temp dir, SCRAM auth) for the session."""

@@ -58,6 +58,17 @@ class Postgres:
     password: str
     datadir: Path
     process: subprocess.Popen[bytes] | None = None
+    log: IO[bytes] | None = None
+    """The server's own log (stderr), for tests that read what it executed."""
+
+    def log_text(self) -> str:
+        """Everything the server has logged so far (with `log_statement = 'all'` set on a
+        database: every statement it received there)."""
+        if self.log is None:
+            return ""
+        # pread: the server writes through the same open file, so its offset stays put.
+        fd = self.log.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode("utf-8", "replace")
 
     def dsn(
         self, database: str = "postgres", user: str | None = None, password: str | None = None
@@ -175,7 +186,7 @@ def postgres_server(settings: dict[str, str] | None = None) -> Iterator[Postgres
             [f"{bindir}/pg_isready", "-h", "127.0.0.1", "-p", str(port)],
             log=log,
         )
-        yield Postgres("127.0.0.1", port, "postgres", password, datadir, proc)
+        yield Postgres("127.0.0.1", port, "postgres", password, datadir, proc, log)
     finally:
         proc.terminate()
         try:
