@@ -53,6 +53,11 @@ class MaskPlan:
     copy: CopyFormat | None = None
     """The row format when the statement is a COPY TO STDOUT whose options were read."""
 
+    @property
+    def reads_masked(self) -> bool:
+        """The statement reads labels this agent may not see."""
+        return bool(self.decided & self.hidden)
+
     def resolve(self, fields: tuple[m.Field, ...], origins: Origins) -> Mask:
         """Positions to mask, given the server's description of the result."""
         unknown_is_hidden = bool(self.decided & self.hidden)
@@ -211,16 +216,31 @@ class ResultTracker:
                     front.target.describing = False
                 return None if front.injected else msg
             if isinstance(front, _Query):
-                plan = front.plans[min(front.index, len(front.plans) - 1)]
-                front.mask = plan.resolve(msg.fields, self.origins)
+                current = front.plans[min(front.index, len(front.plans) - 1)]
+                front.mask = current.resolve(msg.fields, self.origins)
             return msg
         if isinstance(msg, m.CommandComplete):
             self._completed(front)
         elif isinstance(msg, m.ErrorResponse):
+            failing = self._plan_of(front)
             self._failed(front)
+            if failing is not None and failing.reads_masked:
+                return _withheld(msg)
+        elif isinstance(msg, m.NoticeResponse):
+            noticing = self._plan_of(front)
+            if noticing is not None and noticing.reads_masked:
+                return m.NoticeResponse(_withheld(msg).fields)
         elif isinstance(msg, m.ReadyForQuery):
             self._ready()
         return msg
+
+    @staticmethod
+    def _plan_of(front: _Item | None) -> MaskPlan | None:
+        if isinstance(front, _Query):
+            return front.plans[min(front.index, len(front.plans) - 1)]
+        if isinstance(front, _Execute):
+            return front.target.plan
+        return None
 
     def _injected(self, front: _Injected, msg: m.Message) -> m.Message | None:
         if isinstance(msg, m.ErrorResponse):
@@ -323,6 +343,23 @@ class ResultTracker:
                 item.target.describing = False
             if isinstance(item, (_Query, _Sync)):
                 return
+
+
+_KEPT_FIELDS = frozenset("SVC")
+"""Severity and SQLSTATE: what a client needs to handle an error, and no data."""
+
+
+def _withheld(msg: m.ErrorResponse | m.NoticeResponse) -> m.ErrorResponse:
+    """The error (or notice) of a statement that reads masked data, without its text:
+    servers quote values in messages (`invalid input syntax for type integer: "ann"`),
+    which would route labelled values around masking."""
+    fields = {k: v for k, v in msg.fields.items() if k in _KEPT_FIELDS}
+    code = fields.get("C", "")
+    fields["M"] = (
+        f"interlock: the server's message is withheld because the statement reads masked "
+        f"data (SQLSTATE {code})"
+    )
+    return m.ErrorResponse(fields)
 
 
 class _AllColumns(frozenset[int]):

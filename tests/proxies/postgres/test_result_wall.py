@@ -287,3 +287,28 @@ async def test_read_only_posture_makes_open_and_new_sessions_read_only_in_the_da
     finally:
         await open_before.close()
         await in_block.close()
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "select name::int from payroll",
+        "select name::regclass from payroll",
+        "select to_date(name, 'YYYY-MM-DD') from payroll",
+        "select 1 / (length(name) - 3) from payroll",
+        "select name::jsonb from payroll",
+    ],
+)
+async def test_server_errors_of_statements_reading_masked_data_do_not_quote_it(
+    proxied: Proxied, sql: str
+) -> None:
+    conn = await asyncpg.connect(proxied.dsn())
+    try:
+        with pytest.raises(asyncpg.PostgresError) as err:
+            await conn.fetch(sql)
+        assert not leaked(str(err.value)), str(err.value)
+        assert "withheld" in str(err.value) or "interlock" in str(err.value)
+        assert err.value.sqlstate not in ("", None)
+        assert await conn.fetchval("select 1") == 1, "the session goes on"
+    finally:
+        await conn.close()
