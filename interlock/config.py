@@ -228,6 +228,10 @@ class HttpConfig(Section):
     dns_servers: list[str] = []
     """Resolve destinations with these DNS servers (`ip` or `ip:port`, UDP/TCP) instead
     of the system resolver, e.g. a resolver agents cannot influence."""
+    max_header_bytes: int = Field(60 * 1024, ge=1024)
+    """Largest request head (request line and header fields) accepted; Envoy's default."""
+    max_headers: int = Field(100, ge=8)
+    """Most header fields in one request; Envoy's default."""
 
     @field_validator("dns_servers")
     @classmethod

@@ -21,6 +21,7 @@ from interlock.identity.jwt import JwtVerifier
 from interlock.identity.registry import AgentRegistry
 from interlock.proxies.http.egress import Egress
 from interlock.proxies.http.failclosed import guard_all
+from interlock.proxies.http.framing import Framing
 from interlock.proxies.http.hygiene import Hygiene
 from interlock.proxies.http.identity import Identity
 from interlock.proxies.http.inject import Inject, Redact
@@ -94,10 +95,11 @@ class HttpProxy:
             else SystemResolver()
         )
         return [
-            guard_all(Hygiene()),
+            guard_all(Hygiene(self.config.max_header_bytes, self.config.max_headers)),
             guard_all(self.identity),
             guard_all(SsrfGuard(allow, resolver)),
             guard_all(Tunnels(frozenset(self.config.passthrough))),
+            guard_all(Framing()),
             # Before Egress: its response hook must never see an echoed key.
             *([guard_all(Redact())] if self._injecting() else []),
             guard_all(
@@ -115,6 +117,7 @@ class HttpProxy:
                 if self.credentials is not None and self._injecting()
                 else []
             ),
+            guard_all(Framing("framing_final")),
         ]
 
     async def start(self) -> None:
@@ -137,6 +140,11 @@ class HttpProxy:
             ssl_insecure=False,
             body_size_limit=str(self.config.max_body_bytes),
             connection_strategy="lazy",
+            # Bytes that are not HTTP (in a tunnel, or after a 101 that is not a
+            # WebSocket) are refused, not piped to the upstream undecided.
+            rawtcp=False,
+            stream_large_bodies=None,
+            validate_inbound_headers=True,
         )
         if self.config.upstream_ca is not None:
             opts.update(ssl_verify_upstream_trusted_ca=str(self.config.upstream_ca))
