@@ -19,6 +19,7 @@ from interlock.core.pdp import PDP
 from interlock.credentials.broker import Broker
 from interlock.identity.jwt import JwtVerifier
 from interlock.identity.registry import AgentRegistry
+from interlock.proxies.http.deadlines import Deadlines
 from interlock.proxies.http.egress import Egress
 from interlock.proxies.http.failclosed import guard_all
 from interlock.proxies.http.framing import Framing
@@ -72,17 +73,20 @@ class HttpProxy:
         asyncio.get_running_loop().call_later(CLOSE_GRACE_S, self._close_connections, agent_id)
 
     def _close_connections(self, agent_id: str) -> None:
+        for cid, aid in list(self.identity.clients.items()):
+            if aid == agent_id:
+                log.warning("agent %s isolated: closing its proxy connection", agent_id)
+                self._close_client(cid)
+
+    def _close_client(self, client_id: str) -> None:
+        """Close one client connection (mitmproxy then ends its server side too)."""
         if self.master is None:
             return
-        ids = {cid for cid, aid in self.identity.clients.items() if aid == agent_id}
-        server = self.master.addons.get("proxyserver")
-        for handler in list(server.connections.values()):
-            client = handler.client
-            if client.id in ids and client in handler.transports:
-                writer = handler.transports[client].writer
-                if writer is not None:
-                    log.warning("agent %s isolated: closing its proxy connection", agent_id)
-                    writer.close()
+        handler = self.master.addons.get("proxyserver").connections.get(client_id)
+        if handler is not None and handler.client in handler.transports:
+            writer = handler.transports[handler.client].writer
+            if writer is not None:
+                writer.close()
 
     def _injecting(self) -> bool:
         return self.credentials is not None and bool(self.credentials.config.inject)
@@ -99,6 +103,16 @@ class HttpProxy:
             guard_all(self.identity),
             guard_all(SsrfGuard(allow, resolver)),
             guard_all(Tunnels(frozenset(self.config.passthrough))),
+            # After Tunnels: it reads the pass-through verdict Tunnels makes.
+            guard_all(
+                Deadlines(
+                    self._close_client,
+                    self.config.header_timeout,
+                    self.config.idle_timeout,
+                    self.config.body_timeout,
+                    self.config.max_connections_per_client,
+                )
+            ),
             guard_all(Framing()),
             # Before Egress: its response hook must never see an echoed key.
             *([guard_all(Redact())] if self._injecting() else []),
@@ -143,8 +157,10 @@ class HttpProxy:
             # Bytes that are not HTTP (in a tunnel, or after a 101 that is not a
             # WebSocket) are refused, not piped to the upstream undecided.
             rawtcp=False,
+            # Bodies are buffered whole: the decision and the framing see all of it.
             stream_large_bodies=None,
             validate_inbound_headers=True,
+            tcp_timeout=max(1, round(self.config.tunnel_idle_timeout)),
         )
         if self.config.upstream_ca is not None:
             opts.update(ssl_verify_upstream_trusted_ca=str(self.config.upstream_ca))
