@@ -245,6 +245,9 @@ class HttpConfig(Section):
     (pass-through tunnels, WebSockets, a wait for a slow upstream)."""
     max_connections_per_client: int = Field(256, ge=1)
     """Open connections one client address may hold; more are closed at once."""
+    allow_tunnelled_ipv6: bool = False
+    """Let agents reach 6to4, Teredo and NAT64 addresses whose embedded IPv4 addresses
+    are all public (refused by default, as Smokescreen does)."""
 
     @field_validator("dns_servers")
     @classmethod

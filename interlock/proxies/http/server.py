@@ -101,7 +101,7 @@ class HttpProxy:
         return [
             guard_all(Hygiene(self.config.max_header_bytes, self.config.max_headers)),
             guard_all(self.identity),
-            guard_all(SsrfGuard(allow, resolver)),
+            guard_all(SsrfGuard(allow, resolver, self.config.allow_tunnelled_ipv6)),
             guard_all(Tunnels(frozenset(self.config.passthrough))),
             # After Tunnels: it reads the pass-through verdict Tunnels makes.
             guard_all(
