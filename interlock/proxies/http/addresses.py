@@ -48,6 +48,8 @@ _BLOCKED_V6 = [
     (ipaddress.ip_network("2001:db8::/32"), "documentation"),
     (ipaddress.ip_network("3fff::/20"), "documentation"),
 ]
+_RESERVED_V6 = ipaddress.ip_network("::/8")
+"""Reserved by the IETF; holds the IPv4-carrying forms below, decided by what they carry."""
 _MAPPED = ipaddress.ip_network("::ffff:0:0/96")
 _TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")
 _COMPAT = ipaddress.ip_network("::/96")
@@ -159,6 +161,8 @@ def blocked(ip: IP, allow: Networks = (), tunnels: bool = False) -> str | None:
         if ip in net:
             return why
     carried = embedded(ip)
+    if not carried and ip in _RESERVED_V6:
+        return "reserved"
     for form, _, inner in carried:
         inside = blocked(inner, allow)
         if inside is not None:

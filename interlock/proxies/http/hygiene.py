@@ -28,6 +28,10 @@ _FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 """RFC 9110 5.5 field-value: no CR, LF, NUL or other control but HTAB."""
 _TARGET = re.compile(rb"[\x21-\x7e]+")
 """RFC 9112 3.2 request-target: URI characters only, no whitespace or controls, ASCII."""
+_AMBIGUOUS_PATH = re.compile(rb"\\|%(?![0-9A-Fa-f]{2})")
+"""Read differently by different servers: a backslash (a separator to some) and a `%`
+that does not start an escape (kept, dropped or refused depending on the server). A
+fragment (`#`) is not part of a request target at all (RFC 9112 3.2)."""
 
 
 def bad_request(flow: http.HTTPFlow, reason: str) -> None:
@@ -69,6 +73,9 @@ def request_problem(
     for part in (request.data.path, request.data.authority):
         if part and not _TARGET.fullmatch(part):
             return "request target with whitespace, control or non-ASCII characters"
+    path = request.data.path.split(b"?", 1)[0]
+    if _AMBIGUOUS_PATH.search(path) or b"#" in request.data.path:
+        return "path with a backslash, a fragment or a malformed percent-encoding"
     problem = header_problem(fields)
     if problem is not None:
         return problem

@@ -74,6 +74,8 @@ def test_every_spelling_is_read_as_the_address_it_is(host: str, ip: str | None) 
         "[2001:db8::1]",
         "[2002:808:808::1]",
         "[64:ff9b::808:808]",
+        "[::1:0:0:1]",
+        "[::102:304:0:0]",
     ],
 )
 def test_forbidden_addresses_are_blocked(host: str) -> None:

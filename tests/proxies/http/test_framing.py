@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from interlock.proxies.http.server import HttpProxy
 from interlock.testing import CaptureSink
 from interlock.testing.services import self_signed_cert
+from tests.proxies.http.rawh2 import h2_exchange
 from tests.proxies.http.rawupstream import RawUpstream
 from tests.proxies.http.test_clients import hypercorn_tls
 from tests.proxies.http.util import BASIC, connect, proxy_url, raw_exchange, start_proxy
@@ -245,3 +246,65 @@ async def test_h2_to_h2_streamed_body_arrives_once(
         assert len(sink.records) == 1
     finally:
         await proxy.stop()
+
+
+def h2_head(upstream: RawUpstream, *extra: tuple[bytes, bytes]) -> list[tuple[bytes, bytes]]:
+    return [
+        (b":method", b"POST"),
+        (b":scheme", b"https"),
+        (b":authority", f"localhost:{upstream.port}".encode()),
+        (b":path", b"/h2raw"),
+        *extra,
+    ]
+
+
+async def test_h2_frames_in_several_data_frames_arrive_as_one_body(rig: Rig) -> None:
+    proxy, sink, upstream = rig
+    target = f"localhost:{upstream.port}"
+    status, body = await h2_exchange(proxy, target, h2_head(upstream), [b"a" * 10, SMUGGLED, b""])
+    assert (status, body) == (200, b"ok")
+    assert [(g.target, g.body) for g in upstream.requests] == [(b"/h2raw", b"a" * 10 + SMUGGLED)]
+    assert len(sink.records) == 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "data", "trailers"),
+    [
+        ((), [b"abc"], [(b"x-late", b"1")]),
+        (((b"x-a", b"foo\x01bar"),), [b"abc"], None),
+        (((b"content-length", b"3"),), [b"abcdef"], None),
+        (((b"content-length", b"03"),), [b"abc"], None),
+        (((b"transfer-encoding", b"chunked"),), [b"3\r\nabc\r\n0\r\n\r\n"], None),
+        (((b"host", b"other.example"),), [b"abc"], None),
+        (((b"x-a", b"1\r\nx-b: 2"),), [b"abc"], None),
+    ],
+    ids=[
+        "trailers",
+        "control in a value",
+        "content-length shorter than the data",
+        "content-length with a leading zero",
+        "transfer-encoding",
+        "host disagreeing with authority",
+        "CRLF in a value",
+    ],
+)
+async def test_malformed_h2_requests_reach_nobody(
+    rig: Rig, extra: tuple[tuple[bytes, bytes], ...], data: list[bytes], trailers: Any
+) -> None:
+    proxy, sink, upstream = rig
+    target = f"localhost:{upstream.port}"
+    status, _ = await h2_exchange(proxy, target, h2_head(upstream, *extra), data, trailers)
+    assert status in (None, 400)  # None: the stream was reset as malformed (h2's own checks)
+    assert upstream.requests == []
+    assert sink.records == []
+
+
+async def test_bytes_that_are_not_http_in_a_tunnel_are_refused(rig: Rig) -> None:
+    proxy, _, upstream = rig
+    assert proxy.address is not None
+    answer = await raw_exchange(
+        proxy.address, connect(f"localhost:{upstream.port}") + b"\x00\x01\x02 binary\r\n\r\n"
+    )
+    assert b"HTTP/1.1 400" in answer, answer[:300]
+    assert upstream.requests == []
+    assert upstream.tunnelled == {}

@@ -153,3 +153,14 @@ async def test_a_method_is_refused_unless_it_is_a_token(rig: Rig, method: bytes)
     else:
         assert not answer.startswith(b"HTTP/1.1 200"), answer[:200]
         assert (got, len(sink.records)) == ([], decided)
+
+
+@pytest.mark.parametrize(
+    "path", [b"/a\\..\\admin", b"/a%zz", b"/a%2", b"/a%", b"/a#frag", b"/a?x=1#f"]
+)
+async def test_a_path_servers_read_differently_is_refused(rig: Rig, path: bytes) -> None:
+    _, sink, upstream = rig
+    answer = await send(rig, path=path)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert upstream.requests == []
+    assert sink.records == []
