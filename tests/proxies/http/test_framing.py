@@ -308,3 +308,39 @@ async def test_bytes_that_are_not_http_in_a_tunnel_are_refused(rig: Rig) -> None
     assert b"HTTP/1.1 400" in answer, answer[:300]
     assert upstream.requests == []
     assert upstream.tunnelled == {}
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    chunks=st.lists(
+        st.one_of(st.binary(min_size=1, max_size=64), st.just(SMUGGLED)), min_size=0, max_size=5
+    ),
+    extension=st.sampled_from([b"", b";x=1", b";name"]),
+)
+async def test_any_chunked_http1_body_arrives_whole_in_exactly_one_request(
+    rig: Rig, chunks: list[bytes], extension: bytes
+) -> None:
+    proxy, sink, _ = rig
+    assert proxy.address is not None
+    plain = await RawUpstream().start()
+    try:
+        decided = len(sink.records)
+        body = b"".join(b"%x%s\r\n%s\r\n" % (len(c), extension, c) for c in chunks)
+        answer = await raw_exchange(
+            proxy.address,
+            (
+                f"POST http://127.0.0.1:{plain.port}/c HTTP/1.1\r\nHost: 127.0.0.1:{plain.port}\r\n"
+                f"Proxy-Authorization: Basic {BASIC}\r\nTransfer-Encoding: chunked\r\n"
+                "Connection: close\r\n\r\n"
+            ).encode()
+            + body
+            + b"0\r\n\r\n",
+        )
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        assert [(g.target, g.body) for g in plain.requests] == [(b"/c", b"".join(chunks))]
+        assert plain.requests[0].header(b"transfer-encoding") == []
+        assert len(sink.records) == decided + 1
+    finally:
+        await plain.stop()

@@ -164,3 +164,24 @@ async def test_a_path_servers_read_differently_is_refused(rig: Rig, path: bytes)
     assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
     assert upstream.requests == []
     assert sink.records == []
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(count=st.integers(0, 60), size=st.sampled_from([1, 100, 1500, 4000]))
+async def test_a_head_is_refused_exactly_when_over_a_limit(rig: Rig, count: int, size: int) -> None:
+    _, _, upstream = rig
+    before = len(upstream.requests)
+    extra = b"".join(b"X-%d: " % i + b"v" * size + b"\r\n" for i in range(count))
+    answer = await send(rig, extra=extra)
+    fields = count + 3  # Host, Proxy-Authorization, Connection
+    head = len(extra) + 200
+    got = upstream.requests[before:]
+    if fields > 40 or head > 60 * 1024 + 512:
+        assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+        assert got == []
+    elif head < 60 * 1024 - 512:
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        assert len(got) == 1
+        assert len(got[0].headers) == fields - 1  # Proxy-Authorization is not forwarded

@@ -103,6 +103,13 @@ async def test_slowloris_is_closed_and_others_are_served(rig: Rig) -> None:
     assert sum(c >= TIMEOUT * 0.9 for c in closed) >= CAP - 1
     assert [r.target for r in upstream.requests] == [b"/x"] * 5
     assert [r.body for r in upstream.requests] == [b"ok"] * 5
+    # Nothing is held any more: the proxy's own table of connections is empty.
+    assert proxy.master is not None
+    for _ in range(100):
+        if not proxy.master.addons.get("proxyserver").connections:
+            break
+        await asyncio.sleep(0.02)
+    assert proxy.master.addons.get("proxyserver").connections == {}
 
 
 async def test_an_idle_keep_alive_connection_is_closed(rig: Rig) -> None:
