@@ -12,7 +12,7 @@ import h2.connection
 import h2.events
 
 from interlock.proxies.http.server import HttpProxy
-from tests.proxies.http.util import connect
+from tests.proxies.http.util import tunnel
 
 Fields = list[tuple[bytes, bytes]]
 
@@ -26,11 +26,8 @@ async def h2_exchange(
 ) -> tuple[int | None, bytes]:
     """(status or None if the stream was reset, body) of one request to `target`
     (`host:port`) over HTTP/2 inside a CONNECT tunnel."""
-    assert proxy.address is not None
-    reader, writer = await asyncio.open_connection(*proxy.address)
+    reader, writer = await tunnel(proxy, target)
     try:
-        writer.write(connect(target))
-        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
         ctx = ssl.create_default_context(cafile=str(proxy.ca_file))
         ctx.set_alpn_protocols(["h2"])
         await writer.start_tls(ctx, server_hostname=target.rsplit(":", 1)[0])

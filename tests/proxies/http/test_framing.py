@@ -22,7 +22,15 @@ from interlock.testing.services import self_signed_cert
 from tests.proxies.http.rawh2 import h2_exchange
 from tests.proxies.http.rawupstream import RawUpstream
 from tests.proxies.http.test_clients import hypercorn_tls
-from tests.proxies.http.util import BASIC, connect, proxy_url, raw_exchange, start_proxy
+from tests.proxies.http.util import (
+    BASIC,
+    connect,
+    proxy_url,
+    raw_exchange,
+    start_proxy,
+    tunnel,
+    websocket,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -142,9 +150,7 @@ async def test_any_h2_body_arrives_whole_in_exactly_one_request(
 async def test_pipelined_http1_requests_are_each_decided_and_arrive_once(rig: Rig) -> None:
     proxy, sink, upstream = rig
     assert proxy.address is not None
-    reader, writer = await asyncio.open_connection(*proxy.address)
-    writer.write(connect(f"localhost:{upstream.port}"))
-    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+    reader, writer = await tunnel(proxy, f"localhost:{upstream.port}")
     ctx = ssl.create_default_context(cafile=str(proxy.ca_file))
     await writer.start_tls(ctx, server_hostname="localhost")
     one = b"POST /a HTTP/1.1\r\nHost: localhost\r\nContent-Length: 3\r\n\r\nabc"
@@ -162,16 +168,7 @@ async def test_a_websocket_upgrade_is_one_request_then_frames(rig: Rig) -> None:
     plain = await RawUpstream().start()
     try:
         assert proxy.address is not None
-        reader, writer = await asyncio.open_connection(*proxy.address)
-        writer.write(
-            (
-                f"GET http://127.0.0.1:{plain.port}/ws HTTP/1.1\r\nHost: 127.0.0.1:{plain.port}\r\n"
-                f"Proxy-Authorization: Basic {BASIC}\r\n"
-                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            ).encode()
-        )
-        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+        _, writer = await websocket(proxy, plain.port)
         # One masked text frame, "hi".
         frame = bytes([0x81, 0x82, 1, 2, 3, 4, ord("h") ^ 1, ord("i") ^ 2])
         plain.arrived.clear()

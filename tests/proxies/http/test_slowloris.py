@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,8 +14,9 @@ import pytest
 
 from interlock.proxies.http.server import HttpProxy
 from interlock.testing import CaptureSink
+from interlock.testing.services import self_signed_cert
 from tests.proxies.http.rawupstream import RawUpstream
-from tests.proxies.http.util import BASIC, start_proxy
+from tests.proxies.http.util import BASIC, start_proxy, tunnel, websocket
 
 pytestmark = pytest.mark.integration
 
@@ -133,3 +135,53 @@ async def test_a_connection_under_its_deadline_keeps_working(rig: Rig) -> None:
         assert (await asyncio.wait_for(reader.readuntil(b"ok"), 10)).startswith(b"HTTP/1.1 200")
     writer.close()
     assert len(upstream.requests) == 3
+
+
+async def test_a_silent_connect_tunnel_is_closed(rig: Rig) -> None:
+    proxy, _, upstream = rig
+    assert proxy.address is not None
+    reader, writer = await tunnel(proxy, f"localhost:{upstream.port}")
+    waited = await closed_after(reader, 3 * TIMEOUT + 5, time.monotonic())
+    assert TIMEOUT * 0.6 < waited < TIMEOUT + 1.5
+    writer.close()
+
+
+async def test_pass_through_tunnels_and_websockets_outlive_the_request_deadlines(
+    tmp_path: Path,
+) -> None:
+    cert, key = self_signed_cert(tmp_path / "up")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    tls_upstream = await RawUpstream(ctx).start()
+    plain = await RawUpstream().start()
+    proxy, _ = await start_proxy(
+        tmp_path,
+        allow_networks=["127.0.0.0/8"],
+        passthrough=["localhost"],
+        header_timeout=TIMEOUT,
+        idle_timeout=TIMEOUT,
+    )
+    try:
+        assert proxy.address is not None
+        # Pass-through: the client's TLS goes straight to the upstream.
+        reader, writer = await tunnel(proxy, f"localhost:{tls_upstream.port}")
+        await writer.start_tls(
+            ssl.create_default_context(cafile=str(cert)), server_hostname="localhost"
+        )
+        await asyncio.sleep(TIMEOUT * 1.5)
+        writer.write(b"GET /late HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n")
+        assert (await asyncio.wait_for(reader.readuntil(b"ok"), 10)).startswith(b"HTTP/1.1 200")
+        writer.close()
+        # WebSocket: after the 101 only the tunnel idle timeout applies.
+        reader, writer = await websocket(proxy, plain.port)
+        await asyncio.sleep(TIMEOUT * 1.5)
+        plain.arrived.clear()
+        writer.write(bytes([0x81, 0x80, 1, 2, 3, 4]))  # an empty masked text frame
+        await asyncio.wait_for(plain.arrived.wait(), 10)
+        writer.close()
+        assert [r.target for r in tls_upstream.requests] == [b"/late"]
+        assert len(plain.tunnelled[1]) == 6
+    finally:
+        await proxy.stop()
+        await tls_upstream.stop()
+        await plain.stop()
