@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mitmproxy import connection, http, tls
+from mitmproxy import connection, http
 
 log = logging.getLogger(__name__)
 
@@ -44,17 +44,21 @@ class _Client:
 
 
 class Deadlines:
-    """mitmproxy addon; `close(client_id)` closes a client connection."""
+    """mitmproxy addon, first of all so that a head counts as arrived before other
+    addons spend time on it (a DNS lookup, say). `close(client_id)` closes a client
+    connection; `exempt(client_id)` says it became a pass-through tunnel."""
 
     def __init__(
         self,
         close: Callable[[str], None],
+        exempt: Callable[[str], bool],
         header_timeout: float,
         idle_timeout: float,
         body_timeout: float,
         max_per_client: int,
     ) -> None:
         self.close = close
+        self.exempt = exempt
         self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout
         self.body_timeout = body_timeout
@@ -119,11 +123,6 @@ class Deadlines:
             state.served = True
             self._rearm(flow.client_conn.id)
 
-    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
-        """Runs after the Tunnels addon, which decides pass-through."""
-        if data.ignore_connection:
-            self._untimed(data.context.client.id)
-
     def websocket_start(self, flow: http.HTTPFlow) -> None:
         self._untimed(flow.client_conn.id)
 
@@ -159,5 +158,8 @@ class Deadlines:
         if state is None:
             return
         state.timer = None
+        if self.exempt(client_id):
+            self._untimed(client_id)
+            return
         log.info("closing the connection from %s: %s", state.address, why)
         self.close(client_id)

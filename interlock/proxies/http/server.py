@@ -98,21 +98,22 @@ class HttpProxy:
             if self.config.dns_servers
             else SystemResolver()
         )
+        tunnels = Tunnels(frozenset(self.config.passthrough))
         return [
-            guard_all(Hygiene(self.config.max_header_bytes, self.config.max_headers)),
-            guard_all(self.identity),
-            guard_all(SsrfGuard(allow, resolver, self.config.allow_tunnelled_ipv6)),
-            guard_all(Tunnels(frozenset(self.config.passthrough))),
-            # After Tunnels: it reads the pass-through verdict Tunnels makes.
             guard_all(
                 Deadlines(
                     self._close_client,
+                    lambda client_id: client_id in tunnels.passed_through,
                     self.config.header_timeout,
                     self.config.idle_timeout,
                     self.config.body_timeout,
                     self.config.max_connections_per_client,
                 )
             ),
+            guard_all(Hygiene(self.config.max_header_bytes, self.config.max_headers)),
+            guard_all(self.identity),
+            guard_all(SsrfGuard(allow, resolver, self.config.allow_tunnelled_ipv6)),
+            guard_all(tunnels),
             guard_all(Framing()),
             # Before Egress: its response hook must never see an echoed key.
             *([guard_all(Redact())] if self._injecting() else []),
