@@ -104,6 +104,11 @@ def framing_problem(headers: http.Headers) -> str | None:
     return None
 
 
+VERSIONS = frozenset({"HTTP/1.0", "HTTP/1.1"})
+"""HTTP/1 versions a request line may carry; other minor versions (`HTTP/1.2`, which
+servers may read as 1.1 or refuse) and `HTTP/2.0` outside an h2 connection are refused."""
+
+
 class Hygiene:
     """mitmproxy addon; runs before identity and policy."""
 
@@ -116,6 +121,12 @@ class Hygiene:
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
+            return
+        version = flow.request.http_version
+        if version not in VERSIONS and not (
+            version == "HTTP/2.0" and flow.client_conn.alpn == b"h2"
+        ):
+            bad_request(flow, f"unsupported HTTP version {version[:16]!r}")
             return
         problem = request_problem(flow.request, self.max_header_bytes, self.max_headers)
         if problem is not None:

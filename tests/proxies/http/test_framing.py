@@ -341,3 +341,19 @@ async def test_any_chunked_http1_body_arrives_whole_in_exactly_one_request(
         assert len(sink.records) == decided + 1
     finally:
         await plain.stop()
+
+
+async def test_a_connect_inside_a_tunnel_reaches_nobody(rig: Rig) -> None:
+    """mitmproxy refuses CONNECT outside regular mode (an upstream would read it as a
+    proxy request of its own); this holds it to that."""
+    proxy, sink, upstream = rig
+    reader, writer = await tunnel(proxy, f"localhost:{upstream.port}")
+    await writer.start_tls(
+        ssl.create_default_context(cafile=str(proxy.ca_file)), server_hostname="localhost"
+    )
+    writer.write(b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n")
+    answer = await asyncio.wait_for(reader.read(65536), 15)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert upstream.requests == []
+    assert sink.records == []

@@ -30,13 +30,20 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
 
 
 def request(
-    port: int, extra: bytes = b"", method: bytes = b"GET", path: bytes = b"/x", body: bytes = b""
+    port: int,
+    extra: bytes = b"",
+    method: bytes = b"GET",
+    path: bytes = b"/x",
+    body: bytes = b"",
+    version: bytes = b"HTTP/1.1",
 ) -> bytes:
     return (
         method
         + f" http://127.0.0.1:{port}".encode()
         + path
-        + f" HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nProxy-Authorization: Basic {BASIC}\r\n".encode()
+        + b" "
+        + version
+        + f"\r\nHost: 127.0.0.1:{port}\r\nProxy-Authorization: Basic {BASIC}\r\n".encode()
         + extra
         + b"Connection: close\r\n\r\n"
         + body
@@ -67,6 +74,9 @@ async def send(rig: Rig, **parts: bytes) -> bytes:
         {"method": b"G" * (64 * 1024)},
         {"path": b"/a\x01b"},
         {"path": b"/caf\xc3\xa9"},
+        {"version": b"HTTP/1.2"},
+        {"version": b"HTTP/2.0"},
+        {"version": b"HTTP/0.9"},
     ],
     ids=[
         "bare CR in a value",
@@ -84,6 +94,9 @@ async def send(rig: Rig, **parts: bytes) -> bytes:
         "64 KiB method",
         "control in the path",
         "non-ASCII path",
+        "HTTP/1.2",
+        "HTTP/2.0 in a request line",
+        "HTTP/0.9",
     ],
 )
 async def test_refused_before_any_decision(rig: Rig, parts: dict[str, bytes]) -> None:
@@ -92,6 +105,13 @@ async def test_refused_before_any_decision(rig: Rig, parts: dict[str, bytes]) ->
     assert answer.split(b" ", 2)[1] in (b"400", b"414", b"431"), answer[:200]
     assert upstream.requests == []
     assert sink.records == []
+
+
+async def test_http_1_0_is_accepted(rig: Rig) -> None:
+    _, _, upstream = rig
+    answer = await send(rig, version=b"HTTP/1.0")
+    assert answer.startswith(b"HTTP/1.0 200") or answer.startswith(b"HTTP/1.1 200"), answer[:100]
+    assert len(upstream.requests) == 1
 
 
 async def test_a_request_within_the_limits_arrives_as_read(rig: Rig) -> None:
