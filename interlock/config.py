@@ -228,6 +228,26 @@ class HttpConfig(Section):
     dns_servers: list[str] = []
     """Resolve destinations with these DNS servers (`ip` or `ip:port`, UDP/TCP) instead
     of the system resolver, e.g. a resolver agents cannot influence."""
+    max_header_bytes: int = Field(60 * 1024, ge=1024)
+    """Largest request head (request line and header fields) accepted; Envoy's default."""
+    max_headers: int = Field(100, ge=8)
+    """Most header fields in one request; Envoy's default."""
+    header_timeout: float = Field(10.0, gt=0)
+    """Seconds a new connection (and a CONNECT tunnel) has to send a complete request
+    head."""
+    idle_timeout: float = Field(60.0, gt=0)
+    """Seconds a keep-alive connection may wait between requests, the next request's
+    head included."""
+    body_timeout: float = Field(60.0, gt=0)
+    """Seconds a request body may take to arrive whole after its head."""
+    tunnel_idle_timeout: float = Field(300.0, gt=0)
+    """Seconds without a byte in either direction before any connection is closed
+    (pass-through tunnels, WebSockets, a wait for a slow upstream)."""
+    max_connections_per_client: int = Field(256, ge=1)
+    """Open connections one client address may hold; more are closed at once."""
+    allow_tunnelled_ipv6: bool = False
+    """Let agents reach 6to4, Teredo and NAT64 addresses whose embedded IPv4 addresses
+    are all public (refused by default, as Smokescreen does)."""
 
     @field_validator("dns_servers")
     @classmethod

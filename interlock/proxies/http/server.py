@@ -19,8 +19,10 @@ from interlock.core.pdp import PDP
 from interlock.credentials.broker import Broker
 from interlock.identity.jwt import JwtVerifier
 from interlock.identity.registry import AgentRegistry
+from interlock.proxies.http.deadlines import Deadlines
 from interlock.proxies.http.egress import Egress
 from interlock.proxies.http.failclosed import guard_all
+from interlock.proxies.http.framing import Framing
 from interlock.proxies.http.hygiene import Hygiene
 from interlock.proxies.http.identity import Identity
 from interlock.proxies.http.inject import Inject, Redact
@@ -71,17 +73,20 @@ class HttpProxy:
         asyncio.get_running_loop().call_later(CLOSE_GRACE_S, self._close_connections, agent_id)
 
     def _close_connections(self, agent_id: str) -> None:
+        for cid, aid in list(self.identity.clients.items()):
+            if aid == agent_id:
+                log.warning("agent %s isolated: closing its proxy connection", agent_id)
+                self._close_client(cid)
+
+    def _close_client(self, client_id: str) -> None:
+        """Close one client connection (mitmproxy then ends its server side too)."""
         if self.master is None:
             return
-        ids = {cid for cid, aid in self.identity.clients.items() if aid == agent_id}
-        server = self.master.addons.get("proxyserver")
-        for handler in list(server.connections.values()):
-            client = handler.client
-            if client.id in ids and client in handler.transports:
-                writer = handler.transports[client].writer
-                if writer is not None:
-                    log.warning("agent %s isolated: closing its proxy connection", agent_id)
-                    writer.close()
+        handler = self.master.addons.get("proxyserver").connections.get(client_id)
+        if handler is not None and handler.client in handler.transports:
+            writer = handler.transports[handler.client].writer
+            if writer is not None:
+                writer.close()
 
     def _injecting(self) -> bool:
         return self.credentials is not None and bool(self.credentials.config.inject)
@@ -93,11 +98,23 @@ class HttpProxy:
             if self.config.dns_servers
             else SystemResolver()
         )
+        tunnels = Tunnels(frozenset(self.config.passthrough))
         return [
-            guard_all(Hygiene()),
+            guard_all(
+                Deadlines(
+                    self._close_client,
+                    lambda client_id: client_id in tunnels.passed_through,
+                    self.config.header_timeout,
+                    self.config.idle_timeout,
+                    self.config.body_timeout,
+                    self.config.max_connections_per_client,
+                )
+            ),
+            guard_all(Hygiene(self.config.max_header_bytes, self.config.max_headers)),
             guard_all(self.identity),
-            guard_all(SsrfGuard(allow, resolver)),
-            guard_all(Tunnels(frozenset(self.config.passthrough))),
+            guard_all(SsrfGuard(allow, resolver, self.config.allow_tunnelled_ipv6)),
+            guard_all(tunnels),
+            guard_all(Framing()),
             # Before Egress: its response hook must never see an echoed key.
             *([guard_all(Redact())] if self._injecting() else []),
             guard_all(
@@ -115,6 +132,7 @@ class HttpProxy:
                 if self.credentials is not None and self._injecting()
                 else []
             ),
+            guard_all(Framing("framing_final")),
         ]
 
     async def start(self) -> None:
@@ -137,6 +155,13 @@ class HttpProxy:
             ssl_insecure=False,
             body_size_limit=str(self.config.max_body_bytes),
             connection_strategy="lazy",
+            # Bytes that are not HTTP (in a tunnel, or after a 101 that is not a
+            # WebSocket) are refused, not piped to the upstream undecided.
+            rawtcp=False,
+            # Bodies are buffered whole: the decision and the framing see all of it.
+            stream_large_bodies=None,
+            validate_inbound_headers=True,
+            tcp_timeout=max(1, round(self.config.tunnel_idle_timeout)),
         )
         if self.config.upstream_ca is not None:
             opts.update(ssl_verify_upstream_trusted_ca=str(self.config.upstream_ca))

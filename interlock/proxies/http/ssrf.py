@@ -26,9 +26,8 @@ import dns.resolver
 from mitmproxy import http
 from mitmproxy.proxy import mode_specs, server_hooks
 
-from interlock.proxies.http.addresses import IP, allowed_by, blocked, parse_host
+from interlock.proxies.http.addresses import IP, Networks, blocked, parse_host
 
-Networks = list[ipaddress.IPv4Network | ipaddress.IPv6Network]
 RESOLVE_TIMEOUT_S = 5.0
 VERDICT_TTL_S = 5.0
 MAX_REMEMBERED = 4096
@@ -106,13 +105,15 @@ class DnsResolver:
         return _unique(ips, host)
 
 
-async def check(host: str, allow: Networks, resolver: Resolver | None = None) -> IP:
+async def check(
+    host: str, allow: Networks, resolver: Resolver | None = None, tunnels: bool = False
+) -> IP:
     """The first address of `host`; raises SsrfError if any answer is forbidden."""
     ips = await (resolver or SystemResolver()).resolve(host)
     for ip in ips:
-        why = blocked(ip)
-        if why and not allowed_by(ip, allow):
-            raise SsrfError(f"{host} resolves to {ip}, a {why} address")
+        why = blocked(ip, allow, tunnels)
+        if why:
+            raise SsrfError(f"{host} resolves to {ip}: {why}")
     return ips[0]
 
 
@@ -127,9 +128,13 @@ def refuse(flow: http.HTTPFlow, reason: str) -> None:
 class SsrfGuard:
     """mitmproxy addon."""
 
-    def __init__(self, allow: Networks, resolver: Resolver | None = None) -> None:
+    def __init__(
+        self, allow: Networks, resolver: Resolver | None = None, tunnels: bool = False
+    ) -> None:
         self.allow = allow
         self.resolver: Resolver = resolver or SystemResolver()
+        self.tunnels = tunnels
+        """Whether 6to4, Teredo and NAT64 addresses carrying public IPv4 may be reached."""
         self._recent: dict[str, tuple[float, str | None]] = {}
 
     async def http_connect(self, flow: http.HTTPFlow) -> None:
@@ -153,7 +158,7 @@ class SsrfGuard:
             why = seen[1]
         else:
             try:
-                await check(host, self.allow, self.resolver)
+                await check(host, self.allow, self.resolver, self.tunnels)
                 why = None
             except SsrfError as exc:
                 why = str(exc)
@@ -172,7 +177,7 @@ class SsrfGuard:
                 return
         host, port = data.server.address
         try:
-            ip = await check(str(host), self.allow, self.resolver)
+            ip = await check(str(host), self.allow, self.resolver, self.tunnels)
         except SsrfError as exc:
             data.server.error = f"interlock SSRF guard: {exc}"
             return

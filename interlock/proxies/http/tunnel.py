@@ -57,6 +57,8 @@ class Tunnels:
         self._refused: dict[str, str] = {}
         self.tunnelled: set[str] = set()
         """Client connections that opened a CONNECT tunnel."""
+        self.passed_through: set[str] = set()
+        """Client connections whose tunnel is passed through uninspected."""
 
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         ctx = data.context
@@ -74,6 +76,7 @@ class Tunnels:
             return
         if _norm(target) in self.passthrough:
             data.ignore_connection = True
+            self.passed_through.add(ctx.client.id)
 
     def tls_start_client(self, data: tls.TlsData) -> None:
         """Runs after mitmproxy's own TLS set-up; without a TLS context mitmproxy closes
@@ -87,6 +90,7 @@ class Tunnels:
     def client_disconnected(self, client: connection.Client) -> None:
         self._refused.pop(client.id, None)
         self.tunnelled.discard(client.id)
+        self.passed_through.discard(client.id)
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or isinstance(

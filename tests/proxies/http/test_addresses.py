@@ -63,6 +63,19 @@ def test_every_spelling_is_read_as_the_address_it_is(host: str, ip: str | None) 
         "[ff02::1]",
         "[::]",
         "[::127.0.0.1]",
+        "[::ffff:0:127.0.0.1]",
+        "[::ffff:0:a9fe:a9fe]",
+        "[64:ff9b:1::7f00:1]",
+        "[64:ff9b:1:7f00:0:100::]",
+        "[2001:0:4136:e378:8000:63bf:80ff:fffe]",
+        "[2001:0:a00:1:8000:63bf:f7f7:f7f7]",
+        "[2606:4700::5efe:a00:1]",
+        "[2606:4700::200:5efe:7f00:1]",
+        "[2001:db8::1]",
+        "[2002:808:808::1]",
+        "[64:ff9b::808:808]",
+        "[::1:0:0:1]",
+        "[::102:304:0:0]",
     ],
 )
 def test_forbidden_addresses_are_blocked(host: str) -> None:
@@ -72,12 +85,104 @@ def test_forbidden_addresses_are_blocked(host: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "host", ["93.184.216.34", "8.8.8.8", "[2606:4700::1111]", "[64:ff9b::808:808]"]
+    "host", ["93.184.216.34", "8.8.8.8", "[2606:4700::1111]", "[::ffff:8.8.8.8]"]
 )
 def test_public_addresses_pass(host: str) -> None:
     ip = parse_host(host)
     assert ip is not None
     assert blocked(ip) is None
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["[64:ff9b::808:808]", "[2002:808:808::1]", "[2001:0:4136:e378:8000:63bf:f7f7:f7f7]"],
+)
+def test_tunnelling_prefixes_are_refused_unless_allowed(host: str) -> None:
+    ip = parse_host(host)
+    assert ip is not None
+    assert "allow_tunnelled_ipv6 is off" in (blocked(ip) or "")
+    assert blocked(ip, tunnels=True) is None
+
+
+def test_an_allowed_network_covers_its_addresses_inside_ipv6() -> None:
+    allow = [ipaddress.ip_network("10.20.0.0/16")]
+    assert blocked(ipaddress.ip_address("::ffff:10.20.0.5"), allow) is None
+    assert blocked(ipaddress.ip_address("::ffff:10.21.0.5"), allow) is not None
+
+
+PRIVATE_V4 = st.sampled_from(
+    [
+        "0.0.0.0/8",
+        "10.0.0.0/8",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "224.0.0.0/4",
+        "240.0.0.0/4",
+    ]
+).flatmap(
+    lambda n: st.integers(0, ipaddress.ip_network(n).num_addresses - 1).map(
+        lambda i: ipaddress.ip_network(n)[i]
+    )
+)
+"""Private, loopback, metadata (link-local) and other non-public IPv4 addresses."""
+
+
+def _v6(value: int) -> ipaddress.IPv6Address:
+    return ipaddress.IPv6Address(value)
+
+
+def _nat64_local(v4: int, length: int, fill: int) -> ipaddress.IPv6Address:
+    """`v4` at its RFC 6052 position for a `length`-bit prefix inside 64:ff9b:1::/48."""
+    at = length if length < 96 else 88  # where it starts once the u octet is left out
+    prefix = f"{int(ipaddress.IPv6Address('64:ff9b:1::')) >> 80:048b}"
+    bits = (prefix + f"{fill:0128b}"[48:at] + f"{v4:032b}" + "0" * 120)[:120]
+    return _v6(int(bits[:64] + "00000000" + bits[64:], 2))
+
+
+EMBEDDINGS = [
+    lambda v4, fill: _v6(0xFFFF << 32 | v4),
+    lambda v4, fill: _v6(0xFFFF << 48 | v4),
+    lambda v4, fill: _v6(v4) if v4 > 1 else _v6(0xFFFF << 32 | v4),
+    lambda v4, fill: _v6(int(ipaddress.IPv6Address("64:ff9b::")) | v4),
+    lambda v4, fill: _nat64_local(v4, 48, fill),
+    lambda v4, fill: _nat64_local(v4, 56, fill),
+    lambda v4, fill: _nat64_local(v4, 64, fill),
+    lambda v4, fill: _nat64_local(v4, 96, fill),
+    lambda v4, fill: _v6(0x2002 << 112 | v4 << 80 | fill & (2**80 - 1)),
+    # Teredo: the client address is stored XOR-ed; the server address in clear.
+    lambda v4, fill: _v6(0x20010000 << 96 | (fill & (2**64 - 1)) << 32 | v4 ^ 0xFFFFFFFF),
+    lambda v4, fill: _v6(0x20010000 << 96 | v4 << 64 | fill & (2**64 - 1)),
+    lambda v4, fill: _v6(0x2606_4700 << 96 | 0x5EFE << 32 | v4),
+    lambda v4, fill: _v6(0x2606_4700 << 96 | 0x0200_5EFE << 32 | v4),
+]
+"""Every IPv6 form that carries an IPv4 address, filled with arbitrary other bits."""
+
+
+@given(
+    PRIVATE_V4,
+    st.sampled_from(range(len(EMBEDDINGS))),
+    st.integers(0, 2**128 - 1),
+    st.booleans(),
+)
+def test_any_ipv6_embedding_of_a_private_ipv4_is_refused(
+    v4: ipaddress.IPv4Address, form: int, fill: int, tunnels: bool
+) -> None:
+    ip = EMBEDDINGS[form](int(v4), fill)
+    assert blocked(ip, tunnels=tunnels) is not None, (str(ip), str(v4))
+    for spelling in (f"[{ip}]", f"[{ip.exploded}]", f"[{ip.exploded.upper()}%eth0]"):
+        parsed = parse_host(spelling)
+        assert parsed == ip
+        assert blocked(parsed, tunnels=tunnels) is not None
+
+
+@given(st.integers(0, 2**32 - 1), st.sampled_from([3, 8, 9]), st.integers(0, 2**128 - 1))
+def test_a_tunnelling_prefix_is_refused_by_default_whatever_it_carries(
+    v4: int, form: int, fill: int
+) -> None:
+    assert blocked(EMBEDDINGS[form](v4, fill)) is not None
 
 
 @given(st.integers(0, 2**32 - 1))

@@ -87,7 +87,6 @@ async def test_requests_over_http_and_https(
 async def h2_upstream(tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
     """hypercorn, which speaks HTTP/2 over TLS (mitmproxy mirrors the upstream's ALPN)."""
     cert, key = self_signed(tmp_path / "h2")
-    port = free_port()
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -102,13 +101,21 @@ async def h2_upstream(tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
         )
         await send({"type": "http.response.body", "body": body.encode()})
 
+    async with hypercorn_tls(app, cert, key) as port:
+        yield f"https://localhost:{port}", cert
+
+
+@contextlib.asynccontextmanager
+async def hypercorn_tls(app: Any, cert: Path, key: Path) -> AsyncIterator[int]:
+    """An ASGI app served by hypercorn over TLS on a free port (HTTP/2 by ALPN)."""
+    port = free_port()
     config = HypercornConfig()
     config.bind = [f"127.0.0.1:{port}"]
     config.certfile, config.keyfile = str(cert), str(key)
     stop = asyncio.Event()
     task = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))
     await asyncio.to_thread(wait_listening, port)
-    yield f"https://localhost:{port}", cert
+    yield port
     stop.set()
     await task
 

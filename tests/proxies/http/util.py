@@ -74,3 +74,32 @@ def connect(target: str) -> bytes:
     return (
         f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: Basic {BASIC}\r\n\r\n"
     ).encode()
+
+
+async def websocket(
+    proxy: HttpProxy, port: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A WebSocket opened through the proxy to 127.0.0.1:`port` (absolute form)."""
+    assert proxy.address is not None
+    reader, writer = await asyncio.open_connection(*proxy.address)
+    writer.write(
+        (
+            f"GET http://127.0.0.1:{port}/ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Proxy-Authorization: Basic {BASIC}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+    return reader, writer
+
+
+async def tunnel(
+    proxy: HttpProxy, target: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A CONNECT tunnel through the proxy to `target` (`host:port`), accepted."""
+    assert proxy.address is not None
+    reader, writer = await asyncio.open_connection(*proxy.address)
+    writer.write(connect(target))
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+    return reader, writer
