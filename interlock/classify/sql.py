@@ -16,6 +16,7 @@ policy denies.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
@@ -25,51 +26,33 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
+from interlock.classify.sqlfunctions import (
+    BUILTIN_FUNCTIONS,
+    CURSOR_FUNCTIONS,
+    FILE_RELATIONS,
+    SQL_TEXT_ARGUMENT,
+    TABLE_ARGUMENT,
+    VALUE_RELATIONS,
+    WHOLE_DATABASE_FUNCTIONS,
+    risky,
+)
+from interlock.classify.sqlident import (
+    LexError,
+    Token,
+    fold,
+    normalise,
+    qualified_name,
+    tokens,
+    truncate,
+)
+from interlock.classify.sqlsession import SENSITIVE_SETTINGS, SessionStatement, session_statement
 from interlock.classify.sqlsplit import SplitError, shape, split
 from interlock.core.model import Operation
 
 DEFAULT_SCHEMA = "public"
-SENSITIVE_SETTINGS = frozenset(
-    {
-        "role",
-        "session_authorization",
-        "default_transaction_read_only",
-        "transaction_read_only",
-        "standard_conforming_strings",
-        "search_path",
-        "session_replication_role",
-        "row_security",
-        "client_encoding",
-        "default_transaction_isolation",
-        "lo_compat_privileges",
-        "allow_system_table_mods",
-    }
-)
-"""Settings that change who the session is, what it may do, or how SQL text is read."""
-RISKY_FUNCTIONS = frozenset(
-    {
-        "pg_read_file",
-        "pg_read_binary_file",
-        "pg_ls_dir",
-        "pg_stat_file",
-        "pg_file_write",
-        "lo_import",
-        "lo_export",
-        "lo_from_bytea",
-        "dblink",
-        "dblink_exec",
-        "dblink_connect",
-        "pg_terminate_backend",
-        "pg_cancel_backend",
-        "pg_reload_conf",
-        "pg_rotate_logfile",
-        "set_config",
-        "pg_sleep",
-        "query_to_xml",
-        "pg_execute_server_program",
-    }
-)
-"""Functions that reach the file system, other servers or other sessions."""
+SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
+COMPILED_LANGUAGES = frozenset({"internal", "c"})
+"""Languages of functions installed by the server or extensions, not written by users."""
 CACHE_SIZE = 4096
 _ADMIN_COMMANDS = frozenset(
     {
@@ -93,18 +76,68 @@ _ADMIN_COMMANDS = frozenset(
 
 
 @dataclass(frozen=True, slots=True)
+class Routine:
+    """One pg_proc row: what the classifier needs to know about a function."""
+
+    schema: str  # pg_namespace.nspname, exact
+    name: str  # pg_proc.proname, exact
+    volatility: str  # pg_proc.provolatile: "i", "s" or "v"
+    security_definer: bool
+    language: str  # pg_language.lanname
+    kind: str  # pg_proc.prokind: "f", "p", "a", "w"
+
+
+def _key(name: str) -> str:
+    """A catalog key compared the way that errs to over-matching: each part truncated as
+    the server truncates names, then lower-cased (so a quoted "Salary" and a discovered,
+    lower-cased salary meet)."""
+    return ".".join(truncate(part).lower() for part in name.split("."))
+
+
+@dataclass(frozen=True, slots=True)
 class Catalog:
-    """Column labels: "schema.table.column" -> labels (lower case, unquoted names)."""
+    """What the classifier knows of the database: column labels ("schema.table.column"
+    -> labels) and, once loaded from pg_proc, its functions (proname -> every overload)."""
 
     labels: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    routines: Mapping[str, tuple[Routine, ...]] = field(default_factory=dict)
+    routines_known: bool = False
+    """True once `routines` was loaded from the database: a name it lacks is new."""
+    _folded: dict[str, frozenset[str]] = field(init=False, repr=False, compare=False)
+    _routines_folded: dict[str, tuple[Routine, ...]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        folded: dict[str, frozenset[str]] = {}
+        for k, v in self.labels.items():
+            folded[_key(k)] = folded.get(_key(k), frozenset()) | frozenset(v)
+        by_name: dict[str, tuple[Routine, ...]] = {}
+        for name, routines in self.routines.items():
+            by_name[name.lower()] = by_name.get(name.lower(), ()) + tuple(routines)
+        object.__setattr__(self, "_folded", folded)
+        object.__setattr__(self, "_routines_folded", by_name)
 
     @classmethod
     def from_config(cls, mapping: Mapping[str, Iterable[str]]) -> Catalog:
         return cls({k.lower(): frozenset(v) for k, v in mapping.items()})
 
+    def column(self, table: str, column: str) -> frozenset[str]:
+        return self._folded.get(_key(f"{table}.{column}"), frozenset())
+
     def columns(self, table: str) -> dict[str, frozenset[str]]:
-        prefix = table + "."
-        return {k[len(prefix) :]: v for k, v in self.labels.items() if k.startswith(prefix)}
+        prefix = _key(table) + "."
+        return {k[len(prefix) :]: v for k, v in self._folded.items() if k.startswith(prefix)}
+
+    @property
+    def all_labels(self) -> frozenset[str]:
+        return frozenset().union(*self._folded.values())
+
+    def candidates(self, name: str, schema: str | None = None) -> tuple[Routine, ...]:
+        """Every function the server may run for a call of `name` (any overload; in
+        `schema` only when the call is qualified), matched case-insensitively."""
+        found = self._routines_folded.get(name.lower(), ())
+        if schema is None:
+            return found
+        return tuple(r for r in found if r.schema.lower() == schema.lower())
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +153,8 @@ class SqlStatement:
     flags: frozenset[str] = frozenset()
     labels: frozenset[str] = frozenset()
     output_labels: tuple[frozenset[str], ...] | None = None
-    """Labels per output column, or None when the positions are not known (a star)."""
+    """Labels per output column, or None when the positions are not known (a star, a set
+    operation, SQL text, a whole-table or user-defined function)."""
     name: str | None = None
     """The prepared-statement name of SQL-level PREPARE / EXECUTE / DEALLOCATE."""
 
@@ -144,7 +178,7 @@ class SqlClassification:
     def details(self) -> dict[str, object]:
         """Compact features for the policy input (docs/postgres.md)."""
         s = self.statements
-        return {
+        details: dict[str, object] = {
             "statements": [st.kind for st in s],
             "reads": sorted(frozenset().union(*(x.reads for x in s))),
             "writes": sorted(frozenset().union(*(x.writes for x in s))),
@@ -153,6 +187,12 @@ class SqlClassification:
             "settings": sorted({v for x in s for v in x.settings}),
             "flags": sorted(self.flags),
         }
+        if any(x.operation is Operation.EXEC for x in s):
+            # A function or procedure that may write: `read_only` forbids it (the
+            # posture rule reads effects, as for SSH commands, where exec alone is not
+            # a write).
+            details["effects"] = ["write"]
+        return details
 
 
 _ORDER = [Operation.READ, Operation.WRITE, Operation.EXEC, Operation.DDL, Operation.ADMIN]
@@ -163,12 +203,13 @@ def _severity(op: Operation) -> int:
 
 
 def _ident(node: exp.Expression | None) -> str:
+    """A name as the server resolves it (quoted names were made exact by `normalise`)."""
     if node is None:
         return ""
     if isinstance(node, exp.Identifier):
         name = str(node.this)
-        return name if node.quoted else name.lower()
-    return str(node.name).lower()
+        return truncate(name) if node.quoted else fold(name)
+    return fold(str(node.name))
 
 
 def _table_name(t: exp.Table) -> str:
@@ -188,6 +229,9 @@ class _Scope:
         }
         self.aliases: dict[str, str] = {}
         self.tables: set[str] = set()
+        self.renamed: set[str] = set()
+        """Tables whose columns a FROM alias renames (`payroll AS t(a, b, c)`): any
+        column may be any of theirs."""
         self.derived: dict[str, frozenset[str]] = {}
         """Subquery and CTE names -> every label their bodies touch (conservative)."""
         for t in tree.find_all(exp.Table):
@@ -198,6 +242,8 @@ class _Scope:
                 continue
             self.tables.add(name)
             alias = t.args.get("alias")
+            if alias is not None and alias.args.get("columns"):
+                self.renamed.add(name)
             self.aliases[_ident(alias.this) if alias is not None else _ident(t.this)] = name
             self.aliases.setdefault(_ident(t.this), name)
 
@@ -207,10 +253,13 @@ class _Scope:
             alias = cte.args.get("alias")
             if alias is not None:
                 sources.append((_ident(alias.this), cte.this))
-        for sub in tree.find_all(exp.Subquery):
+        for sub in tree.find_all(exp.Subquery, exp.Lateral):
             alias = sub.args.get("alias")
+            body = sub.this.this if isinstance(sub.this, exp.Subquery) else sub.this
             if alias is not None:
-                sources.append((_ident(alias.this), sub.this))
+                sources.append((_ident(alias.this), body))
+            elif isinstance(sub.parent, (exp.From, exp.Join)):
+                sources.append(("", body))  # PostgreSQL 16 allows FROM (...) unnamed
         for name, body in sources:
             labels: set[str] = set()
             for c in body.find_all(exp.Column):
@@ -230,6 +279,12 @@ class _Scope:
 
     def resolve(self, col: exp.Column) -> dict[str, frozenset[str]]:
         """Qualified column -> labels for one column reference (conservatively)."""
+        found = self._resolve(col)
+        if self.renamed and not isinstance(col.this, exp.Star):
+            found.update(self.labelled(self.renamed))
+        return found
+
+    def _resolve(self, col: exp.Column) -> dict[str, frozenset[str]]:
         qualifier = _ident(col.args.get("table"))
         if qualifier in self.derived and qualifier not in self.aliases:
             return {f"{qualifier}.{_ident(col.this)}": self.derived[qualifier]}
@@ -242,22 +297,15 @@ class _Scope:
             if table is None:
                 # Unknown qualifier: count everything in scope rather than nothing.
                 return self.labelled(self.tables)
-            return {f"{table}.{name}": self.catalog.labels.get(f"{table}.{name}", frozenset())}
+            return {f"{table}.{name}": self.catalog.column(table, name)}
         if self.derived:
             derived = frozenset().union(*self.derived.values())
-            found = {
-                f"{t}.{name}": self.catalog.labels.get(f"{t}.{name}", frozenset())
-                for t in self.tables
-            }
+            found = {f"{t}.{name}": self.catalog.column(t, name) for t in self.tables}
             found[f"(derived).{name}"] = derived
             return found
-        if name in self.aliases and not any(
-            f"{t}.{name}" in self.catalog.labels for t in self.tables
-        ):
+        if name in self.aliases and not any(self.catalog.column(t, name) for t in self.tables):
             return self.labelled([self.aliases[name]])
-        found = {
-            f"{t}.{name}": self.catalog.labels.get(f"{t}.{name}", frozenset()) for t in self.tables
-        }
+        found = {f"{t}.{name}": self.catalog.column(t, name) for t in self.tables}
         return found or {name: frozenset()}
 
 
@@ -277,20 +325,182 @@ def _labels_of(node: exp.Expression, scope: _Scope) -> tuple[set[str], set[str]]
     return cols, labels
 
 
-def _functions(tree: exp.Expression) -> set[str]:
-    out = set()
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One function call: its name as the server resolves it, and its schema if given."""
+
+    name: str
+    schema: str | None
+    known: bool
+    """sqlglot recognised it as one of SQL's built-in functions or keywords."""
+    node: exp.Func | None = None
+
+
+def _calls(tree: exp.Expression, words: list[Token]) -> list[_Call]:
+    out: list[_Call] = []
     for f in tree.find_all(exp.Func):
         if isinstance(f, exp.Anonymous):
-            out.add(str(f.name).lower())
+            schema = None
+            parent = f.parent
+            if isinstance(parent, exp.Dot) and parent.expression is f:
+                qualifier = parent.this
+                if isinstance(qualifier, exp.Dot):
+                    qualifier = qualifier.expression
+                schema = _ident(qualifier) if isinstance(qualifier, exp.Identifier) else "?"
+            this = f.this
+            name = _ident(this) if isinstance(this, exp.Identifier) else fold(str(this))
+            out.append(_Call(name, schema, False, f))
             continue
-        out.add(f.sql_name().lower())
+        out.append(_Call(f.sql_name().lower(), None, True, f))
         # The name PostgreSQL itself sees, e.g. generate_series for sqlglot's
         # ExplodingGenerateSeries.
-        out.add(f.sql(dialect="postgres").split("(", 1)[0].strip().lower())
+        pg = f.sql(dialect="postgres").split("(", 1)[0].strip().lower()
+        out.append(_Call(pg, None, True, f))
+    # What the lexer sees called, whatever sqlglot made of it (a name followed by "("):
+    # for families only, since keywords and type names are followed by "(" too.
+    for a, b in itertools.pairwise(words):
+        if b.text == "(" and a.kind in ("word", "ident"):
+            name = fold(a.text) if a.kind == "word" else a.text[1:-1].replace('""', '"')
+            out.append(_Call(name, None, True))
     return out
 
 
+def _literal(node: exp.Expression | None) -> str | None:
+    """The text of a string literal argument (possibly cast), None for anything else."""
+    while isinstance(node, (exp.Cast, exp.Paren)):
+        node = node.this
+    if isinstance(node, exp.Literal) and node.is_string:
+        return str(node.this)
+    return None
+
+
+@dataclass(slots=True)
+class _Reach:
+    """What a statement reaches beyond its own text: SQL in strings, whole tables and
+    databases read by name, user code."""
+
+    flags: set[str] = field(default_factory=set)
+    labels: set[str] = field(default_factory=set)
+    reads: set[str] = field(default_factory=set)
+    writes: set[str] = field(default_factory=set)
+    columns: set[str] = field(default_factory=set)
+    functions: set[str] = field(default_factory=set)
+    settings: list[str] = field(default_factory=list)
+    operation: Operation = Operation.READ
+    opaque: bool = False
+    """Output lineage cannot be attributed."""
+
+    def merge(self, inner: SqlClassification) -> None:
+        for st in inner.statements:
+            self.flags |= st.flags
+            self.labels |= st.labels
+            self.reads |= st.reads
+            self.writes |= st.writes
+            self.columns |= st.columns
+            self.functions |= st.functions
+            self.settings.extend(st.settings)
+            self.operation = max(self.operation, st.operation, key=_severity)
+        self.opaque = True
+
+    def exec(self, flag: str) -> None:
+        self.flags.add(flag)
+        self.operation = max(self.operation, Operation.EXEC, key=_severity)
+
+
+MAX_DEPTH = 4
+"""SQL text inside SQL text inside ...: deeper than this is refused."""
+
+
+def _reach(calls: list[_Call], catalog: Catalog, depth: int) -> _Reach:
+    r = _Reach()
+    for call in calls:
+        name = call.name
+        if risky(name):
+            r.flags.add("risky_function")
+        if call.node is None:
+            continue
+        if name == "set_config":
+            args = call.node.expressions if isinstance(call.node, exp.Anonymous) else []
+            setting = _literal(args[0]) if args else None
+            setting = setting.lower() if setting is not None else "?"
+            r.settings.append(setting)
+            r.flags.add("set_config")
+            if setting in SENSITIVE_SETTINGS:
+                r.flags.add("sensitive_setting")
+        _embedded(call, catalog, depth, r)
+        _routine(call, catalog, r)
+    return r
+
+
+def _embedded(call: _Call, catalog: Catalog, depth: int, r: _Reach) -> None:
+    """SQL held in strings, and whole tables or databases named by strings."""
+    name, node = call.name, call.node
+    args = node.expressions if isinstance(node, exp.Anonymous) else None
+    position = SQL_TEXT_ARGUMENT.get(name)
+    if name == "ts_rewrite" and args is not None and len(args) == 2:
+        position = 1
+    if position is not None:
+        text = _literal(args[position]) if args is not None and len(args) > position else None
+        if text is None:
+            r.flags.add("dynamic_sql")
+            r.opaque = True
+        elif depth >= MAX_DEPTH:
+            r.flags |= {"dynamic_sql", "unparsed"}
+        else:
+            r.merge(_classify(text, catalog, depth + 1))
+    elif name in TABLE_ARGUMENT:
+        r.opaque = True
+        text = _literal(args[0]) if args else None
+        try:
+            parts = qualified_name(text) if text is not None and not text.strip().isdigit() else ()
+        except LexError:
+            parts = ()
+        if not 1 <= len(parts) <= 3:
+            r.flags.add("dynamic_sql")
+            r.labels |= catalog.all_labels
+            return
+        table = ".".join((DEFAULT_SCHEMA, *parts)[-2:])
+        r.reads.add(table)
+        for col, labels in catalog.columns(table).items():
+            r.columns.add(f"{table}.{col}")
+            r.labels |= labels
+    elif name in WHOLE_DATABASE_FUNCTIONS:
+        r.opaque = True
+        r.labels |= catalog.all_labels
+    elif name in CURSOR_FUNCTIONS:
+        r.opaque = True
+        r.flags.add("dynamic_sql")
+
+
+def _routine(call: _Call, catalog: Catalog, r: _Reach) -> None:
+    """User code: a volatile function outside the system schemas may write (issue 18);
+    one the catalog does not know may be anything."""
+    schema = call.schema if call.schema not in (None, "?") else None
+    candidates = catalog.candidates(call.name, schema)
+    user = [c for c in candidates if c.schema not in SYSTEM_SCHEMAS]
+    if any(c.volatility == "v" for c in user):
+        r.exec("volatile_function")
+    if any(c.security_definer for c in candidates):
+        r.flags.add("security_definer")
+    if any(c.language not in COMPILED_LANGUAGES for c in user):
+        # User-written SQL or PL code may read any table: what it returns cannot be
+        # attributed to the statement's own columns.
+        r.opaque = True
+        r.labels |= catalog.all_labels
+        r.flags.add("user_function")
+    builtin = call.name in BUILTIN_FUNCTIONS and call.schema in (None, *SYSTEM_SCHEMAS)
+    if call.known or candidates or builtin:
+        return
+    # Not a function of PostgreSQL 15, not one the database had at the last refresh (or
+    # the database's functions were never loaded): it may be anything.
+    r.exec("unknown_function")
+    r.opaque = True
+    r.labels |= catalog.all_labels
+
+
 def _outputs(select: exp.Expression, scope: _Scope) -> tuple[frozenset[str], ...] | None:
+    if isinstance(select, exp.SetOperation):
+        return None  # positions come from several branches: not attributed
     projections = select.expressions if isinstance(select, exp.Select) else []
     if not projections and isinstance(select, (exp.Insert, exp.Update, exp.Delete)):
         returning = select.args.get("returning")
@@ -303,9 +513,6 @@ def _outputs(select: exp.Expression, scope: _Scope) -> tuple[frozenset[str], ...
     return tuple(out)
 
 
-_SET_NAME = re.compile(r"^\s*(?:session\s+|local\s+)?([A-Za-z_][\w.]*)", re.I)
-
-
 def _command(text: str, tree: exp.Command) -> SqlStatement:
     word = str(tree.this).upper()
     rest = (
@@ -313,19 +520,6 @@ def _command(text: str, tree: exp.Command) -> SqlStatement:
         if isinstance(tree.expression, exp.Literal)
         else (str(tree.expression) if tree.expression is not None else "")
     )
-    if word in ("SET", "RESET"):
-        m = _SET_NAME.match(rest)
-        setting = (m.group(1).lower() if m else rest.strip().lower()) or "all"
-        if setting in ("session", "authorization") and "authorization" in rest.lower():
-            setting = "session_authorization"
-        sensitive = setting in SENSITIVE_SETTINGS or setting == "all"
-        return SqlStatement(
-            text,
-            word.lower(),
-            Operation.ADMIN if sensitive else Operation.READ,
-            settings=(setting,),
-            flags=frozenset({"sensitive_setting"} if sensitive else ()),
-        )
     if word == "DO":
         return SqlStatement(text, "do", Operation.ADMIN, flags=frozenset({"do_block"}))
     if word == "EXECUTE":
@@ -334,7 +528,7 @@ def _command(text: str, tree: exp.Command) -> SqlStatement:
             "execute",
             Operation.READ,
             flags=frozenset({"sql_execute"}),
-            name=rest.split("(")[0].strip().lower(),
+            name=fold(rest.split("(")[0].strip()),
         )
     if word == "DEALLOCATE":
         return SqlStatement(text, "deallocate", Operation.READ)
@@ -345,63 +539,74 @@ def _command(text: str, tree: exp.Command) -> SqlStatement:
     return SqlStatement(text, "unparsed", Operation.ADMIN, flags=frozenset({"unparsed"}))
 
 
-def _set(text: str, tree: exp.Set) -> SqlStatement:
-    names = []
-    for item in tree.expressions:
-        target = item.this
-        if isinstance(target, (exp.EQ, exp.PropertyEQ)):
-            target = target.this
-        names.append(
-            _ident(target)
-            if isinstance(target, (exp.Column, exp.Identifier))
-            else target.sql().lower()
-            if target is not None
-            else "?"
-        )
-    names = [
-        "session_authorization" if n in ("authorization", "session authorization") else n
-        for n in names
-    ]
-    sensitive = any(n in SENSITIVE_SETTINGS or n == "?" for n in names)
+def _session(text: str, s: SessionStatement) -> SqlStatement:
+    op = Operation.READ
+    if s.writes:
+        op = Operation.WRITE
+    elif s.sensitive:
+        op = Operation.ADMIN
+    if s.kind == "transaction":
+        # READ WRITE is a write (read_only forbids it); other postures may open one.
+        flags = {"unparsed"} if s.unreadable else set()
+        if s.unreadable:
+            op = Operation.ADMIN
+    else:
+        flags = {"sensitive_setting"} if s.sensitive else set()
     return SqlStatement(
-        text,
-        "set",
-        Operation.ADMIN if sensitive else Operation.READ,
-        settings=tuple(names),
-        flags=frozenset({"sensitive_setting"} if sensitive else ()),
+        text, s.kind, op, settings=s.settings, flags=frozenset(flags), output_labels=()
     )
 
 
-def _copy(text: str, tree: exp.Copy, catalog: Catalog) -> SqlStatement:
+def _copy_target(words: list[Token]) -> tuple[bool, bool] | None:
+    """(program, file) of a COPY statement, read from its tokens: after the first TO or
+    FROM outside parentheses comes STDIN/STDOUT, or [PROGRAM] and a server-side file
+    name in any string spelling. None when there is no TO/FROM."""
+    depth = 0
+    for i, t in enumerate(words):
+        if t.text == "(":
+            depth += 1
+        elif t.text == ")":
+            depth -= 1
+        elif depth == 0 and t.kind == "word" and t.text.lower() in ("to", "from"):
+            rest = [w.text.lower() if w.kind == "word" else w.text for w in words[i + 1 : i + 3]]
+            if rest[:1] == ["program"]:
+                return True, False
+            return False, rest[:1] not in (["stdin"], ["stdout"])
+    return None
+
+
+def _copy(
+    text: str, tree: exp.Copy, catalog: Catalog, words: list[Token], depth: int
+) -> SqlStatement:
     scope = _Scope(tree, catalog)
-    program = (
-        any(
-            isinstance(f, exp.Identifier) and f.this.upper() == "PROGRAM"
-            for f in tree.args.get("files") or []
-        )
-        or re.search(r"\bPROGRAM\b", text, re.I) is not None
+    target_words = _copy_target(words)
+    if target_words is None:
+        return SqlStatement(text, "unparsed", Operation.ADMIN, flags=frozenset({"unparsed"}))
+    program, file = target_words
+    is_from = any(w.kind == "word" and w.text.lower() == "from" for w in words[:3]) or bool(
+        tree.args.get("kind")
     )
-    is_from = bool(tree.args.get("kind"))
     target = tree.this
     flags = {"copy"}
     if program:
         flags.add("copy_program")
+    if file:
+        flags.add("copy_file")
     if isinstance(target, exp.Schema):
         table = _table_name(target.this)
         cols = [_ident(c) for c in target.expressions]
-        outputs: tuple[frozenset[str], ...] | None = tuple(
-            catalog.labels.get(f"{table}.{c}", frozenset()) for c in cols
-        )
+        outputs: tuple[frozenset[str], ...] | None = tuple(catalog.column(table, c) for c in cols)
     elif isinstance(target, exp.Table):
         table, cols, outputs = _table_name(target), [], None
     else:
         body = target.this if isinstance(target, exp.Subquery) else target
-        inner = _statement(body.sql(dialect="postgres"), body, catalog)
+        inner = _statement(body.sql(dialect="postgres"), body, catalog, [], depth)
         return SqlStatement(
             text,
             "copy",
-            Operation.ADMIN if program else Operation.READ,
+            Operation.ADMIN if program or file else inner.operation,
             reads=inner.reads,
+            writes=inner.writes,
             columns=inner.columns,
             functions=inner.functions,
             flags=frozenset(flags) | inner.flags,
@@ -410,8 +615,10 @@ def _copy(text: str, tree: exp.Copy, catalog: Catalog) -> SqlStatement:
         )
     labelled = scope.labelled([table])
     read_cols = {f"{table}.{c}" for c in cols} or set(labelled)
-    labels = frozenset().union(*(catalog.labels.get(c, frozenset()) for c in read_cols))
-    op = Operation.ADMIN if program else (Operation.WRITE if is_from else Operation.READ)
+    labels = frozenset().union(*(catalog.column(table, c.rsplit(".", 1)[1]) for c in read_cols))
+    op = Operation.WRITE if is_from else Operation.READ
+    if program or file:
+        op = Operation.ADMIN
     return SqlStatement(
         text,
         "copy",
@@ -425,29 +632,34 @@ def _copy(text: str, tree: exp.Copy, catalog: Catalog) -> SqlStatement:
     )
 
 
-def _statement(text: str, tree: exp.Expression, catalog: Catalog) -> SqlStatement:
+def _relations(scope: _Scope, catalog: Catalog, r: _Reach) -> None:
+    """Catalog relations that hold column values or read the host's files."""
+    for table in scope.tables:
+        schema, name = table.split(".", 1)
+        if schema not in (DEFAULT_SCHEMA, "pg_catalog"):
+            continue
+        if name in VALUE_RELATIONS:
+            r.opaque = True
+            r.labels |= catalog.all_labels
+        if name in FILE_RELATIONS:
+            r.flags.add("risky_function")
+
+
+def _statement(
+    text: str, tree: exp.Expression, catalog: Catalog, words: list[Token], depth: int
+) -> SqlStatement:
     if isinstance(tree, exp.Command):
         return _command(text, tree)
     if isinstance(tree, exp.Copy):
-        return _copy(text, tree, catalog)
-    if isinstance(tree, exp.Set):
-        return _set(text, tree)
+        return _copy(text, tree, catalog, words, depth)
     scope = _Scope(tree, catalog)
     scope.add_derived(tree)
-    functions = _functions(tree)
-    flags: set[str] = set()
-    if functions & RISKY_FUNCTIONS:
-        flags.add("risky_function")
-    settings: list[str] = []
-    for f in tree.find_all(exp.Anonymous):
-        if f.name.lower() == "set_config" and f.expressions:
-            setting = f.expressions[0]
-            name = setting.name.lower() if isinstance(setting, exp.Literal) else "?"
-            settings.append(name)
-            flags.add("set_config")
-            if name in SENSITIVE_SETTINGS or name == "?":
-                flags.add("sensitive_setting")
-    writes: set[str] = set()
+    calls = _calls(tree, words)
+    functions = {c.name for c in calls if c.node is not None}
+    reach = _reach(calls, catalog, depth)
+    _relations(scope, catalog, reach)
+    flags = set(reach.flags)
+    writes: set[str] = set(reach.writes)
     for node_type in (exp.Insert, exp.Update, exp.Delete, exp.Merge):
         for node in tree.find_all(node_type):
             target = node.this
@@ -469,18 +681,22 @@ def _statement(text: str, tree: exp.Expression, catalog: Catalog) -> SqlStatemen
         op, kind = Operation.READ, "transaction"
     elif writes:
         op = Operation.WRITE
-    elif isinstance(tree, (exp.Select, exp.Union, exp.Intersect, exp.Except, exp.Values)):
+    elif isinstance(tree, (exp.Select, exp.SetOperation, exp.Values)):
         op = Operation.READ
     else:
         op, kind = Operation.ADMIN, "unparsed"
         flags.add("unparsed")
-    if "sensitive_setting" in flags and op is Operation.READ:
+    op = max(op, reach.operation, key=_severity)
+    if "sensitive_setting" in flags and _severity(op) < _severity(Operation.ADMIN):
         op = Operation.ADMIN
     outputs = (
         _outputs(tree, scope)
-        if isinstance(tree, (exp.Select, exp.Insert, exp.Update, exp.Delete))
+        if isinstance(tree, (exp.Select, exp.SetOperation, exp.Insert, exp.Update, exp.Delete))
         else ()
     )
+    if reach.opaque:
+        outputs = None
+    labels |= reach.labels
     if outputs is None and labels:
         flags.add("star_over_labelled")
     return SqlStatement(
@@ -488,11 +704,12 @@ def _statement(text: str, tree: exp.Expression, catalog: Catalog) -> SqlStatemen
         kind,
         op,
         reads=frozenset(scope.tables - writes)
-        | frozenset(t for t in scope.tables if t in writes and isinstance(tree, exp.Select)),
+        | frozenset(t for t in scope.tables if t in writes and isinstance(tree, exp.Select))
+        | reach.reads,
         writes=frozenset(writes),
-        columns=frozenset(cols),
-        functions=frozenset(functions),
-        settings=tuple(settings),
+        columns=frozenset(cols | reach.columns),
+        functions=frozenset(functions | reach.functions),
+        settings=tuple(reach.settings),
         flags=frozenset(flags),
         labels=frozenset(labels),
         output_labels=outputs,
@@ -538,14 +755,104 @@ _NOTIFY = re.compile(rf"^notify\s+{_IDENT}(?:\s*,\s*'(?:[^']|'')*')?$", re.I)
 
 
 def _name(ident: str) -> str:
-    """A PostgreSQL identifier as the server sees it (quoted: as is; else lower case)."""
+    """A PostgreSQL identifier as the server sees it (quoted: as is; else folded)."""
     if ident.startswith('"'):
         return ident[1:-1].replace('""', '"')
-    return ident.lower()
+    return fold(ident)
+
+
+def _wrapping(
+    text: str, inner_sql: str, kind: str, flag: str, name: str, catalog: Catalog, depth: int
+) -> SqlStatement:
+    """DECLARE ... FOR q and PREPARE n AS q: classified as q, under their own kind."""
+    inner = _classify(inner_sql, catalog, depth)
+    if len(inner.statements) != 1 or inner.statements[0].kind == "unparsed":
+        return SqlStatement(
+            text, "unparsed", Operation.ADMIN, flags=frozenset({"unparsed", flag}), name=name
+        )
+    body = inner.statements[0]
+    return replace(body, text=text, kind=kind, flags=body.flags | {flag}, name=name)
+
+
+def _utility(
+    text: str, plain: str, toks: list[Token], catalog: Catalog, depth: int
+) -> SqlStatement | None:
+    """Statements read from their tokens rather than by sqlglot (SET, transaction modes)
+    or that sqlglot misreads (`CLOSE c` parses as a column alias); None for the rest."""
+    session = session_statement(toks)
+    if session is not None:
+        return _session(text, session)
+    m = _DECLARE.match(plain)
+    if m:
+        return _wrapping(text, m.group(2), "declare", "cursor", _name(m.group(1)), catalog, depth)
+    m = _PREPARE.match(plain)
+    if m:
+        return _wrapping(
+            text, m.group(2), "prepare", "sql_prepare", _name(m.group(1)), catalog, depth
+        )
+    m = _FETCH.match(plain)
+    if m:
+        return SqlStatement(
+            text, "fetch", Operation.READ, flags=frozenset({"cursor"}), name=_name(m.group(1))
+        )
+    m = _CLOSE.match(plain)
+    if m:
+        return SqlStatement(
+            text, "close", Operation.READ, flags=frozenset({"cursor"}), name=_name(m.group(1))
+        )
+    word = plain.split(None, 1)[0].lower() if plain.split() else ""
+    if word in ("listen", "unlisten", "discard") and _SIMPLE_ARGS.match(plain):
+        return SqlStatement(text, word, Operation.READ)
+    if word == "notify" and _NOTIFY.match(plain):
+        return SqlStatement(text, "notify", Operation.WRITE)
+    return None
+
+
+def _piece(piece: str, catalog: Catalog, depth: int) -> SqlStatement | str:
+    """One statement classified, or why it is unparsed."""
+    text = piece.strip()
+    try:
+        plain = normalise(text)
+        toks = tokens(plain)
+    except (LexError, SplitError):
+        return "lexical"
+    utility = _utility(text, plain.strip(), toks, catalog, depth)
+    if utility is not None:
+        return utility
+    try:
+        parsed = [
+            t
+            for t in sqlglot.parse(_parsable(plain), read="postgres")
+            if isinstance(t, exp.Expression)
+        ]
+    except (SqlglotError, ValueError, RecursionError):
+        return "parse_error"
+    if len(parsed) != 1:
+        # sqlglot sees more or fewer statements than PostgreSQL would.
+        return "ambiguous_boundaries"
+    words = [t for t in toks if t.kind not in ("space", "comment")]
+    return _statement(text, parsed[0], catalog, words, depth)
+
+
+def _classify(sql: str, catalog: Catalog, depth: int = 0) -> SqlClassification:
+    try:
+        pieces = split(sql)
+    except SplitError:
+        return _unparsed(sql, "unterminated")
+    out: list[SqlStatement] = []
+    for piece in pieces:
+        try:
+            result = _piece(piece, catalog, depth)
+        except (SqlglotError, AttributeError, TypeError, ValueError, IndexError):
+            result = "classifier_error"
+        if isinstance(result, str):
+            return _unparsed(sql, result)
+        out.append(result)
+    return SqlClassification(tuple(out))
 
 
 class SqlClassifier:
-    """Classifies SQL text against a catalog, caching results by text (bounded LRU)."""
+    """Classifies SQL text against a catalog, caching results by shape (bounded LRU)."""
 
     def __init__(self, catalog: Catalog | None = None, cache_size: int = CACHE_SIZE) -> None:
         self.catalog = catalog or Catalog()
@@ -553,7 +860,8 @@ class SqlClassifier:
         self._cache_size = cache_size
 
     def use_catalog(self, catalog: Catalog) -> None:
-        """Switch catalogs (labels discovered, reloaded); cached results are dropped."""
+        """Switch catalogs (labels discovered, functions loaded); cached results are
+        dropped."""
         self.catalog = catalog
         self._cache.clear()
 
@@ -563,81 +871,8 @@ class SqlClassifier:
         if hit is not None:
             self._cache.move_to_end(key)
             return hit
-        result = self._classify(sql)
+        result = _classify(sql, self.catalog)
         self._cache[key] = result
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return result
-
-    def _wrapping(self, text: str, inner_sql: str, kind: str, flag: str, name: str) -> SqlStatement:
-        """DECLARE ... FOR q and PREPARE n AS q: classified as q, under their own kind."""
-        inner = self.classify(inner_sql)
-        if len(inner.statements) != 1 or inner.statements[0].kind == "unparsed":
-            return SqlStatement(
-                text, "unparsed", Operation.ADMIN, flags=frozenset({"unparsed", flag}), name=name
-            )
-        body = inner.statements[0]
-        return replace(body, text=text, kind=kind, flags=body.flags | {flag}, name=name)
-
-    def _utility(self, text: str) -> SqlStatement | None:
-        """Utility statements sqlglot misreads (`CLOSE c` parses as a column alias), by
-        their leading keywords; None for everything else."""
-        m = _DECLARE.match(text)
-        if m:
-            return self._wrapping(text, m.group(2), "declare", "cursor", _name(m.group(1)))
-        m = _PREPARE.match(text)
-        if m:
-            return self._wrapping(text, m.group(2), "prepare", "sql_prepare", _name(m.group(1)))
-        m = _FETCH.match(text)
-        if m:
-            return SqlStatement(
-                text, "fetch", Operation.READ, flags=frozenset({"cursor"}), name=_name(m.group(1))
-            )
-        m = _CLOSE.match(text)
-        if m:
-            return SqlStatement(
-                text, "close", Operation.READ, flags=frozenset({"cursor"}), name=_name(m.group(1))
-            )
-        word = text.split(None, 1)[0].lower() if text.split() else ""
-        if word in ("listen", "unlisten", "discard") and _SIMPLE_ARGS.match(text):
-            return SqlStatement(text, word, Operation.READ)
-        if word == "notify" and _NOTIFY.match(text):
-            return SqlStatement(text, "notify", Operation.WRITE)
-        return None
-
-    def _classify(self, sql: str) -> SqlClassification:
-        try:
-            pieces = split(sql)
-        except SplitError:
-            return _unparsed(sql, "unterminated")
-        if not pieces:
-            return SqlClassification(())
-        trees: list[exp.Expression | SqlStatement] = []
-        for piece in pieces:
-            utility = self._utility(piece.strip())
-            if utility is not None:
-                trees.append(utility)
-                continue
-            try:
-                parsed = [
-                    t
-                    for t in sqlglot.parse(_parsable(piece), read="postgres")
-                    if isinstance(t, exp.Expression)
-                ]
-            except (SqlglotError, ValueError, RecursionError):
-                return _unparsed(sql, "parse_error")
-            if len(parsed) != 1:
-                # sqlglot sees more or fewer statements than PostgreSQL would.
-                return _unparsed(sql, "ambiguous_boundaries")
-            trees.append(parsed[0])
-        try:
-            return SqlClassification(
-                tuple(
-                    tree
-                    if isinstance(tree, SqlStatement)
-                    else _statement(text.strip(), tree, self.catalog)
-                    for text, tree in zip(pieces, trees, strict=True)
-                )
-            )
-        except (SqlglotError, AttributeError, TypeError, ValueError):
-            return _unparsed(sql, "classifier_error")

@@ -1,0 +1,151 @@
+"""The classifier's reading of names and strings, checked against the real PostgreSQL 15:
+for generated spellings, what the server answers is what `normalise` and `fold` say."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from interlock.classify.sql import Catalog, Routine, SqlClassifier
+from interlock.classify.sqlfunctions import BUILTIN_FUNCTIONS
+from interlock.classify.sqlident import LexError, fold, normalise, quote_literal
+from interlock.core.model import Operation
+from tests.classify.test_sqlident import unicode_escaped
+from tests.services import Postgres
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def conn(postgres: Postgres) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    with psycopg.connect(postgres.dsn(), autocommit=True) as c:
+        yield c
+
+
+def _resolved(spelling: str) -> str:
+    """The name `spelling` denotes, as the classifier reads it."""
+    plain = normalise(spelling)
+    if plain.startswith('"'):
+        return plain[1:-1].replace('""', '"')
+    return fold(plain)
+
+
+_LETTERS = "abcXYZ_éÉßΣσ€"
+_QUOTABLE = _LETTERS + " \"'.!\\+0"
+
+
+@st.composite
+def _spelling(draw: st.DrawFn) -> str:
+    how = draw(st.sampled_from(["unquoted", "quoted", "u&", "uescape"]))
+    if how == "unquoted":
+        return "x" + draw(st.text(st.sampled_from(_LETTERS), max_size=40))
+    name = draw(st.text(st.sampled_from(_QUOTABLE), min_size=1, max_size=40))
+    if how == "quoted":
+        return '"' + name.replace('"', '""') + '"'
+    escape = "\\" if how == "u&" else draw(st.sampled_from(list("!#~*%")))
+    choices = draw(st.lists(st.integers(0, 2), min_size=len(name), max_size=len(name)))
+    text = unicode_escaped(name, escape, choices).replace('"', '""')
+    clause = "" if escape == "\\" else f" UESCAPE '{escape}'"
+    return f'U&"{text}"{clause}'
+
+
+@settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(_spelling())
+def test_names_resolve_as_the_server_resolves_them(
+    conn: psycopg.Connection[tuple[object, ...]], spelling: str
+) -> None:
+    try:
+        expected = _resolved(spelling)
+    except LexError:
+        with pytest.raises(psycopg.Error):
+            conn.execute(f"select 1 as {spelling}")
+        return
+    cur = conn.execute(f"select 1 as {spelling}")
+    assert cur.description is not None
+    assert cur.description[0].name == expected
+
+
+@st.composite
+def _string(draw: st.DrawFn) -> tuple[str, str]:
+    """(spelling, value) of a string literal."""
+    value = draw(st.text(st.sampled_from("ab'\\\"é€ \n$"), max_size=20))
+    how = draw(st.sampled_from(["plain", "e", "u&", "dollar", "continued"]))
+    if how == "e":
+        body = "".join(
+            f"\\x{ord(c):02x}"
+            if ord(c) < 0x80 and draw(st.booleans())
+            else f"\\u{ord(c):04x}"
+            if draw(st.booleans())
+            else "\\\\"
+            if c == "\\"
+            else "''"
+            if c == "'"
+            else c
+            for c in value
+        )
+        return f"E'{body}'", value
+    if how == "u&":
+        body = "".join(
+            f"\\{ord(c):04x}" if draw(st.booleans()) else "\\\\" if c == "\\" else c for c in value
+        ).replace("'", "''")
+        return f"U&'{body}'", value
+    if how == "dollar":
+        return f"$q${value}$q$" if "$q" not in value else quote_literal(value), value
+    if how == "continued":
+        cut = draw(st.integers(0, len(value)))
+        left, right = quote_literal(value[:cut]), quote_literal(value[cut:])
+        return f"{left}{draw(st.sampled_from(['\n', ' -- c\n ', '\n\t']))}{right}", value
+    return quote_literal(value), value
+
+
+@settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(_string())
+def test_strings_read_as_the_server_reads_them(
+    conn: psycopg.Connection[tuple[object, ...]], case: tuple[str, str]
+) -> None:
+    spelling, value = case
+    plain = normalise(f"select {spelling}")
+    row = conn.execute(f"select {spelling}").fetchone()
+    assert row is not None
+    assert row[0] == value
+    assert plain == f"select {quote_literal(value)}"
+
+
+def test_builtin_function_names_are_the_servers(postgres: Postgres) -> None:
+    """BUILTIN_FUNCTIONS is PostgreSQL 15's pg_catalog and information_schema, exactly."""
+    with psycopg.connect(postgres.dsn("template1"), autocommit=True) as c:
+        rows = c.execute(
+            "select distinct proname::text from pg_proc p join pg_namespace n "
+            "on n.oid = p.pronamespace where nspname in ('pg_catalog', 'information_schema')"
+        ).fetchall()
+    assert {str(r[0]) for r in rows} == BUILTIN_FUNCTIONS
+
+
+def test_a_volatile_user_function_is_exec_and_really_writes(
+    conn: psycopg.Connection[tuple[object, ...]],
+) -> None:
+    """The case of issue 18: `SELECT zap()` looks like a read and updates a table."""
+    conn.execute("create table if not exists zapped (n int); truncate zapped")
+    conn.execute(
+        "create or replace function zap() returns int volatile language sql "
+        "as 'insert into zapped values (1) returning n'"
+    )
+    rows = conn.execute(
+        "select n.nspname::text, p.proname::text, p.provolatile::text, p.prosecdef, "
+        "l.lanname::text, p.prokind::text from pg_proc p "
+        "join pg_namespace n on n.oid = p.pronamespace "
+        "join pg_language l on l.oid = p.prolang where p.proname = 'zap'"
+    ).fetchall()
+    routines = [Routine(*map(str, r[:3]), bool(r[3]), str(r[4]), str(r[5])) for r in rows]
+    classifier = SqlClassifier(Catalog(routines={"zap": tuple(routines)}, routines_known=True))
+    assert classifier.classify("SELECT zap()").operation is Operation.EXEC
+    conn.execute("SELECT zap()")
+    assert conn.execute("select count(*) from zapped").fetchone() == (1,)
