@@ -34,6 +34,8 @@ from interlock.classify.sqlfunctions import (
     TABLE_ARGUMENT,
     VALUE_RELATIONS,
     WHOLE_DATABASE_FUNCTIONS,
+    WHOLE_ROW_FUNCTIONS,
+    WRITING_FUNCTIONS,
     risky,
 )
 from interlock.classify.sqlident import (
@@ -105,6 +107,7 @@ class Catalog:
     """True once `routines` was loaded from the database: a name it lacks is new."""
     _folded: dict[str, frozenset[str]] = field(init=False, repr=False, compare=False)
     _routines_folded: dict[str, tuple[Routine, ...]] = field(init=False, repr=False, compare=False)
+    _tables: dict[str, set[str]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         folded: dict[str, frozenset[str]] = {}
@@ -113,8 +116,13 @@ class Catalog:
         by_name: dict[str, tuple[Routine, ...]] = {}
         for name, routines in self.routines.items():
             by_name[name.lower()] = by_name.get(name.lower(), ()) + tuple(routines)
+        tables: dict[str, set[str]] = {}
+        for k in folded:
+            schema_table = k.rsplit(".", 1)[0]
+            tables.setdefault(schema_table.split(".", 1)[-1], set()).add(schema_table)
         object.__setattr__(self, "_folded", folded)
         object.__setattr__(self, "_routines_folded", by_name)
+        object.__setattr__(self, "_tables", tables)
 
     @classmethod
     def from_config(cls, mapping: Mapping[str, Iterable[str]]) -> Catalog:
@@ -126,6 +134,12 @@ class Catalog:
     def columns(self, table: str) -> dict[str, frozenset[str]]:
         prefix = _key(table) + "."
         return {k[len(prefix) :]: v for k, v in self._folded.items() if k.startswith(prefix)}
+
+    def schemas_of(self, table: str) -> set[str]:
+        """Every labelled "schema.table" of this table name, in any schema: what an
+        unqualified name may resolve to (`"$user"` comes before public on the default
+        search_path)."""
+        return self._tables.get(_key(table), set())
 
     @property
     def all_labels(self) -> frozenset[str]:
@@ -229,6 +243,8 @@ class _Scope:
         }
         self.aliases: dict[str, str] = {}
         self.tables: set[str] = set()
+        self.unqualified: set[str] = set()
+        """Tables named without a schema: they may be any schema's table of that name."""
         self.renamed: set[str] = set()
         """Tables whose columns a FROM alias renames (`payroll AS t(a, b, c)`): any
         column may be any of theirs."""
@@ -241,6 +257,8 @@ class _Scope:
             if _ident(t.this) in ctes and not t.args.get("db"):
                 continue
             self.tables.add(name)
+            if not t.args.get("db"):
+                self.unqualified.add(name)
             alias = t.args.get("alias")
             if alias is not None and alias.args.get("columns"):
                 self.renamed.add(name)
@@ -260,6 +278,14 @@ class _Scope:
                 sources.append((_ident(alias.this), body))
             elif isinstance(sub.parent, (exp.From, exp.Join)):
                 sources.append(("", body))  # PostgreSQL 16 allows FROM (...) unnamed
+        for item in tree.find_all(exp.From, exp.Join):
+            source = item.this
+            if isinstance(source, exp.Table) and isinstance(source.this, exp.Identifier):
+                continue
+            if not isinstance(source, (exp.Subquery, exp.Lateral)):
+                # A function or VALUES in FROM: its columns carry what its arguments read.
+                alias = source.args.get("alias")
+                sources.append((_ident(alias.this) if alias is not None else "", source))
         for name, body in sources:
             labels: set[str] = set()
             for c in body.find_all(exp.Column):
@@ -270,12 +296,21 @@ class _Scope:
                     labels |= lab
             self.derived[name] = frozenset(labels) | self.derived.get(name, frozenset())
 
+    def _candidates(self, table: str) -> set[str]:
+        if table in self.unqualified:
+            return {table} | self.catalog.schemas_of(table.split(".", 1)[1])
+        return {table}
+
     def labelled(self, tables: Iterable[str]) -> dict[str, frozenset[str]]:
         out: dict[str, frozenset[str]] = {}
         for table in tables:
-            for col, labels in self.catalog.columns(table).items():
-                out[f"{table}.{col}"] = labels
+            for candidate in self._candidates(table):
+                for col, labels in self.catalog.columns(candidate).items():
+                    out[f"{candidate}.{col}"] = labels
         return out
+
+    def column(self, table: str, name: str) -> frozenset[str]:
+        return frozenset().union(*(self.catalog.column(t, name) for t in self._candidates(table)))
 
     def resolve(self, col: exp.Column) -> dict[str, frozenset[str]]:
         """Qualified column -> labels for one column reference (conservatively)."""
@@ -283,6 +318,12 @@ class _Scope:
         if self.renamed and not isinstance(col.this, exp.Star):
             found.update(self.labelled(self.renamed))
         return found
+
+    def _row_function(self, name: str) -> bool:
+        """Whether `q.name` may be the call name(q) of a function over the whole row."""
+        return name in WHOLE_ROW_FUNCTIONS or any(
+            r.schema not in SYSTEM_SCHEMAS for r in self.catalog.candidates(name)
+        )
 
     def _resolve(self, col: exp.Column) -> dict[str, frozenset[str]]:
         qualifier = _ident(col.args.get("table"))
@@ -297,15 +338,18 @@ class _Scope:
             if table is None:
                 # Unknown qualifier: count everything in scope rather than nothing.
                 return self.labelled(self.tables)
-            return {f"{table}.{name}": self.catalog.column(table, name)}
+            labels = self.column(table, name)
+            if not labels and self._row_function(name):
+                return self.labelled([table])  # p.to_jsonb is to_jsonb(p)
+            return {f"{table}.{name}": labels}
         if self.derived:
             derived = frozenset().union(*self.derived.values())
-            found = {f"{t}.{name}": self.catalog.column(t, name) for t in self.tables}
+            found = {f"{t}.{name}": self.column(t, name) for t in self.tables}
             found[f"(derived).{name}"] = derived
             return found
-        if name in self.aliases and not any(self.catalog.column(t, name) for t in self.tables):
+        if name in self.aliases and not any(self.column(t, name) for t in self.tables):
             return self.labelled([self.aliases[name]])
-        found = {f"{t}.{name}": self.catalog.column(t, name) for t in self.tables}
+        found = {f"{t}.{name}": self.column(t, name) for t in self.tables}
         return found or {name: frozenset()}
 
 
@@ -334,9 +378,10 @@ class _Call:
     known: bool
     """sqlglot recognised it as one of SQL's built-in functions or keywords."""
     node: exp.Func | None = None
+    """The call in the tree; None for attribute notation (`x.f`)."""
 
 
-def _calls(tree: exp.Expression, words: list[Token]) -> list[_Call]:
+def _calls(tree: exp.Expression) -> list[_Call]:
     out: list[_Call] = []
     for f in tree.find_all(exp.Func):
         if isinstance(f, exp.Anonymous):
@@ -356,12 +401,27 @@ def _calls(tree: exp.Expression, words: list[Token]) -> list[_Call]:
         # ExplodingGenerateSeries.
         pg = f.sql(dialect="postgres").split("(", 1)[0].strip().lower()
         out.append(_Call(pg, None, True, f))
-    # What the lexer sees called, whatever sqlglot made of it (a name followed by "("):
-    # for families only, since keywords and type names are followed by "(" too.
+    # Attribute notation calls too: `x.f` is f(x) for a function of one argument
+    # (`('/etc/hostname'::text).pg_read_file`, `p.zap`), unless x has a column f.
+    for node in tree.find_all(exp.Column, exp.Dot):
+        if isinstance(node, exp.Column) and node.args.get("table") is not None:
+            attribute = node.this
+        elif isinstance(node, exp.Dot):
+            attribute = node.expression
+        else:
+            continue
+        if isinstance(attribute, exp.Identifier):
+            out.append(_Call(_ident(attribute), None, True))
+    return out
+
+
+def lexical_calls(words: list[Token]) -> set[str]:
+    """What the lexer sees called, whatever the parser made of it: names followed by "("
+    (keywords, types and tables with column lists too, so only for exact names)."""
+    out = set()
     for a, b in itertools.pairwise(words):
         if b.text == "(" and a.kind in ("word", "ident"):
-            name = fold(a.text) if a.kind == "word" else a.text[1:-1].replace('""', '"')
-            out.append(_Call(name, None, True))
+            out.add(fold(a.text) if a.kind == "word" else a.text[1:-1].replace('""', '"'))
     return out
 
 
@@ -415,8 +475,9 @@ def _reach(calls: list[_Call], catalog: Catalog, depth: int) -> _Reach:
     r = _Reach()
     for call in calls:
         name = call.name
-        if risky(name):
+        if risky(name, families=call.node is not None):
             r.flags.add("risky_function")
+        _routine(call, catalog, r)
         if call.node is None:
             continue
         if name == "set_config":
@@ -428,7 +489,6 @@ def _reach(calls: list[_Call], catalog: Catalog, depth: int) -> _Reach:
             if setting in SENSITIVE_SETTINGS:
                 r.flags.add("sensitive_setting")
         _embedded(call, catalog, depth, r)
-        _routine(call, catalog, r)
     return r
 
 
@@ -480,6 +540,8 @@ def _routine(call: _Call, catalog: Catalog, r: _Reach) -> None:
     user = [c for c in candidates if c.schema not in SYSTEM_SCHEMAS]
     if any(c.volatility == "v" for c in user):
         r.exec("volatile_function")
+    if call.name in WRITING_FUNCTIONS and call.schema in (None, "pg_catalog"):
+        r.exec("writing_function")
     if any(c.security_definer for c in candidates):
         r.flags.add("security_definer")
     if any(c.language not in COMPILED_LANGUAGES for c in user):
@@ -654,7 +716,7 @@ def _statement(
         return _copy(text, tree, catalog, words, depth)
     scope = _Scope(tree, catalog)
     scope.add_derived(tree)
-    calls = _calls(tree, words)
+    calls = _calls(tree)
     functions = {c.name for c in calls if c.node is not None}
     reach = _reach(calls, catalog, depth)
     _relations(scope, catalog, reach)
@@ -671,10 +733,15 @@ def _statement(
                 flags.add("dml_in_cte")
     cols, labels = _labels_of(tree, scope)
     kind = type(tree).__name__.lower()
+    into = tree.args.get("into") if isinstance(tree, exp.Select) else None
     if isinstance(tree, (exp.Create, exp.Drop, exp.Alter, exp.TruncateTable)):
         op = Operation.DDL
         for t in tree.find_all(exp.Table):
             writes.add(_table_name(t))
+    elif into is not None:
+        # SELECT ... INTO t creates the table t.
+        op, kind = Operation.DDL, "select_into"
+        writes |= {_table_name(t) for t in into.find_all(exp.Table)} or {"?"}
     elif isinstance(tree, (exp.Grant, exp.Revoke)) or kind in ("grant", "revoke"):
         op = Operation.ADMIN
     elif isinstance(tree, (exp.Transaction, exp.Commit, exp.Rollback)):
@@ -831,7 +898,30 @@ def _piece(piece: str, catalog: Catalog, depth: int) -> SqlStatement | str:
         # sqlglot sees more or fewer statements than PostgreSQL would.
         return "ambiguous_boundaries"
     words = [t for t in toks if t.kind not in ("space", "comment")]
-    return _statement(text, parsed[0], catalog, words, depth)
+    return _lexical(_statement(text, parsed[0], catalog, words, depth), words)
+
+
+_SQL_RUNNERS = (
+    frozenset(SQL_TEXT_ARGUMENT)
+    | TABLE_ARGUMENT
+    | WHOLE_DATABASE_FUNCTIONS
+    | CURSOR_FUNCTIONS
+    | {"ts_rewrite"}
+)
+
+
+def _lexical(statement: SqlStatement, words: list[Token]) -> SqlStatement:
+    """Flags from what the lexer sees called, for every statement: the parse may hide a
+    call (in CALL's arguments, COPY's WHERE) or read it as something else."""
+    names = lexical_calls(words)
+    flags = set()
+    if any(risky(n, families=False) for n in names):
+        flags.add("risky_function")
+    if names & _SQL_RUNNERS and statement.kind in ("call", "copy"):
+        flags.add("dynamic_sql")  # SQL text where the classifier does not read arguments
+    if flags <= statement.flags:
+        return statement
+    return replace(statement, flags=statement.flags | flags)
 
 
 def _classify(sql: str, catalog: Catalog, depth: int = 0) -> SqlClassification:

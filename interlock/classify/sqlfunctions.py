@@ -563,6 +563,7 @@ RISKY_PREFIXES = (
     "pg_wal_replay_",
     "pg_stat_reset",
     "heap_page_",
+    "pg_background",
     "bt_page_",
     "brin_page_",
     "gist_page_",
@@ -601,12 +602,63 @@ FILE_RELATIONS = frozenset({"pg_hba_file_rules", "pg_ident_file_mappings", "pg_f
 """Views that read configuration files of the database host."""
 
 
-def risky(name: str) -> bool:
-    """Whether a function of this name (any schema, any case) reaches past the statement."""
+WRITING_FUNCTIONS = frozenset(
+    {
+        "nextval",
+        "setval",
+        "pg_notify",
+        "txid_current",
+        "pg_current_xact_id",
+        "brin_summarize_new_values",
+        "brin_summarize_range",
+        "brin_desummarize_range",
+        "gin_clean_pending_list",
+    }
+)
+"""PostgreSQL's own functions that change data or state (a read-only transaction refuses
+them), so a statement calling them is not a read."""
+WHOLE_ROW_FUNCTIONS = frozenset(
+    {
+        "row_to_json",
+        "to_json",
+        "to_jsonb",
+        "json_build_array",
+        "json_build_object",
+        "jsonb_build_array",
+        "jsonb_build_object",
+        "json_agg",
+        "jsonb_agg",
+        "array_agg",
+        "concat",
+        "quote_literal",
+        "quote_nullable",
+        "record_out",
+        "record_send",
+        "hash_record",
+        "first_value",
+        "last_value",
+        "lag",
+        "lead",
+        "mode",
+        "any_out",
+        "anyelement_out",
+        "anynonarray_out",
+        "anycompatible_out",
+        "anycompatiblenonarray_out",
+    }
+)
+"""Functions of one record (or any) argument: `p.to_jsonb` is `to_jsonb(p)`, the whole row
+(attribute notation; from pg_proc, first argument record or polymorphic)."""
+
+
+def risky(name: str, families: bool = True) -> bool:
+    """Whether a function of this name (any schema, any case) reaches past the statement.
+    Whole families (prefixes) only for what is certainly a call: a name merely followed
+    by "(" may be a table (`insert into lo_data (a)`)."""
     n = name.lower()
     return (
         n in SERVER_FILE_FUNCTIONS
         or n in LARGE_OBJECT_FUNCTIONS
         or n in OTHER_RISKY_FUNCTIONS
-        or n.startswith(RISKY_PREFIXES)
+        or (families and n.startswith(RISKY_PREFIXES))
     )

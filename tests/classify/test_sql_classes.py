@@ -96,6 +96,11 @@ SERVER_FILE_STATEMENTS = [
     "with t as (select pg_read_file('/x') f) select f from t",
     "select (select pg_read_file('/x'))",
     "select 1 union select length(pg_read_file('/x'))",
+    "select ('/etc/hostname'::text).pg_read_file",
+    "select t.pg_read_file from (select '/etc/hostname'::text) t(pg_read_file)",
+    "call p(pg_read_file('/x'))",
+    "copy payroll from stdin where pg_read_file('/x') is null",
+    "select pg_background_launch('select 1')",
 ]
 
 
@@ -118,6 +123,13 @@ def test_copy_through_the_client_stays_allowed(sql: str) -> None:
     result = C.classify(sql)
     assert "copy" in result.flags
     assert not denied(result), result.flags
+
+
+@pytest.mark.parametrize(
+    "sql", ["insert into lo_data (a) values (1)", "select dblink_url from servers"]
+)
+def test_tables_and_columns_named_like_a_family_are_not_calls(sql: str) -> None:
+    assert not denied(C.classify(sql))
 
 
 # --- class 2: names as the server reads them -------------------------------------------
@@ -169,6 +181,13 @@ def test_respelled_forbidden_names_are_still_forbidden(sql: str) -> None:
     assert denied(C.classify(sql)), C.classify(sql)
 
 
+def test_unqualified_tables_may_be_any_schemas() -> None:
+    """The default search_path starts with "$user": `payroll` may be app.payroll."""
+    classifier = SqlClassifier(Catalog.from_config({"app.payroll.ssn": ["pii"]}))
+    assert classifier.classify("select ssn from payroll").labels == {"pii"}
+    assert classifier.classify("select ssn from public.payroll").labels == frozenset()
+
+
 def test_identifiers_are_truncated_like_the_server() -> None:
     catalog = Catalog.from_config({"public.t." + "c" * 63: ["pii"]})
     long_name = "c" * 63 + "_ignored_by_the_server"
@@ -214,6 +233,10 @@ def test_identifiers_are_truncated_like_the_server() -> None:
         ("select (select ssn from payroll limit 1)", {"pii"}),
         ("select array(select ssn from payroll)", {"pii"}),
         ("select most_common_vals from pg_stats where tablename = 'payroll'", {"pii"}),
+        ("select p.to_jsonb from payroll p", {"pii", "financial"}),
+        ("select payroll.row_to_json from payroll", {"pii", "financial"}),
+        ("select v from payroll p, jsonb_each_text(to_jsonb(p)) as j(k, v)", {"pii"}),
+        ("select ssn into t2 from payroll", {"pii"}),
     ],
 )
 def test_everything_a_statement_may_read_is_in_its_labels(sql: str, labels: set[str]) -> None:
@@ -259,6 +282,27 @@ def test_sql_text_that_cannot_be_read_or_is_forbidden_is_denied(sql: str) -> Non
     assert denied(C.classify(sql)), C.classify(sql)
 
 
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "select x from unnest(array(select ssn from payroll)) x",
+        "select v from payroll p, jsonb_each_text(to_jsonb(p)) as j(k, v)",
+        "select p.to_jsonb from payroll p",
+        "select j from payroll p, lateral to_jsonb(p) j",
+    ],
+)
+def test_outputs_computed_from_labelled_inputs_carry_them(sql: str) -> None:
+    (statement,) = C.classify(sql).statements
+    assert statement.output_labels is not None
+    assert "pii" in statement.output_labels[0]
+
+
+def test_select_into_creates_a_table() -> None:
+    result = C.classify("select ssn into t2 from payroll")
+    assert result.operation is Operation.DDL
+    assert "public.t2" in result.statements[0].writes
+
+
 def test_a_write_inside_sql_text_is_a_write() -> None:
     result = C.classify("select query_to_xml('delete from payroll returning ssn', true, false, '')")
     assert result.operation is Operation.WRITE
@@ -281,6 +325,10 @@ def test_a_write_inside_sql_text_is_a_write() -> None:
         ("select lower('x')", {"volatile_function", "security_definer"}),
         ("select newly_created()", {"unknown_function"}),
         ("select pg_catalog.zap()", {"unknown_function"}),
+        ("select p.zap from payroll p", {"volatile_function"}),
+        ("select (p).zap from payroll p", {"volatile_function"}),
+        ("select nextval('s')", {"writing_function"}),
+        ("select setval('s', 1)", {"writing_function"}),
     ],
 )
 def test_calls_that_may_write_are_exec(sql: str, flags: set[str]) -> None:
