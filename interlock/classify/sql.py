@@ -527,7 +527,8 @@ def _embedded(call: _Call, catalog: Catalog, depth: int, r: _Reach) -> None:
     elif name in WHOLE_DATABASE_FUNCTIONS:
         r.opaque = True
         r.labels |= catalog.all_labels
-    elif name in CURSOR_FUNCTIONS:
+    elif name in CURSOR_FUNCTIONS or call.schema == "cron":
+        # An open cursor's rows, or SQL text pg_cron runs later as someone else.
         r.opaque = True
         r.flags.add("dynamic_sql")
 

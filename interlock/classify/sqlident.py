@@ -278,7 +278,7 @@ def _identifier(body: str) -> str:
 def normalise(sql: str) -> str:
     """`sql` with every name and string in the plain spelling meaning the same to the
     server (see the module docstring). Raises LexError or SplitError."""
-    if "'" not in sql and '"' not in sql and "$" not in sql:
+    if not any(c in sql for c in "'\"$") and "--" not in sql and "/*" not in sql:
         return sql
     toks = tokens(sql)
     out: list[str] = []
@@ -286,7 +286,9 @@ def normalise(sql: str) -> str:
     while i < len(toks):
         t = toks[i]
         if t.kind not in ("ident", "string", "dollar"):
-            out.append(t.text)
+            # Comments are whitespace to the server; the parser must not read them
+            # differently (where one ends, what is a comment at all).
+            out.append(" " if t.kind == "comment" else t.text)
             i += 1
             continue
         prefix = _prefix(toks, i) if t.kind != "dollar" else ""

@@ -16,6 +16,9 @@ from collections.abc import Iterator
 _DOLLAR = re.compile(r"\$([A-Za-z_\u0080-\uffff][A-Za-z0-9_\u0080-\uffff]*)?\$")
 
 
+_NEWLINE = re.compile(r"[\n\r]")
+
+
 class SplitError(ValueError):
     """Unterminated string, identifier, dollar quote or comment."""
 
@@ -32,8 +35,9 @@ def regions(sql: str) -> Iterator[tuple[str, int, int]]:
         c = sql[i]
         kind = None
         if c == "-" and sql.startswith("--", i):
-            end = sql.find("\n", i)
-            kind, j = COMMENT, (n if end < 0 else end + 1)
+            # scan.l ends a -- comment at \n or \r.
+            m = _NEWLINE.search(sql, i)
+            kind, j = COMMENT, (n if m is None else m.end())
         elif c == "/" and sql.startswith("/*", i):
             kind, j = COMMENT, split_comment_end(sql, i)
         elif c == "'":

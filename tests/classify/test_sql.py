@@ -140,6 +140,9 @@ def test_evasions_are_flagged(sql: str, flag: str, operation: Operation) -> None
         "select 'a;b'; drop table orders",
         "select 1 -- ;\n; drop table orders",
         "select E'\\'; '; drop table orders",
+        "select 1 -- PostgreSQL ends this comment at a carriage return\r; drop table orders",
+        "select E'x'\n'\\''; drop table orders; --'",
+        "select 1 /* nested /* */ ; */ ; drop table orders",
     ],
 )
 def test_multi_statement_hiding_is_seen(sql: str) -> None:

@@ -101,6 +101,7 @@ SERVER_FILE_STATEMENTS = [
     "call p(pg_read_file('/x'))",
     "copy payroll from stdin where pg_read_file('/x') is null",
     "select pg_background_launch('select 1')",
+    "select 1 # 2, pg_read_file('/x')",
 ]
 
 
@@ -276,6 +277,7 @@ def test_unattributable_outputs_have_unknown_lineage(sql: str) -> None:
         "select cursor_to_xml('c', 10, true, false, '')",
         "select query_to_xml('select 1; select 2''', true, false, '')",
         "select query_to_xml('do $$ begin end $$', true, false, '')",
+        "select cron.schedule('* * * * *', 'delete from payroll')",
     ],
 )
 def test_sql_text_that_cannot_be_read_or_is_forbidden_is_denied(sql: str) -> None:
