@@ -42,9 +42,8 @@ from interlock.classify.sqlident import (
     LexError,
     Token,
     fold,
-    normalise,
+    normalised,
     qualified_name,
-    tokens,
     truncate,
 )
 from interlock.classify.sqlsession import SENSITIVE_SETTINGS, SessionStatement, session_statement
@@ -231,14 +230,20 @@ def _table_name(t: exp.Table) -> str:
     return f"{schema}.{_ident(t.this)}"
 
 
+def _of[T: exp.Expr](nodes: list[exp.Expr], *types: type[T]) -> list[T]:
+    """The nodes of these types, in walk order: one walk of a statement's tree serves
+    every question the classifier asks of it (find_all walks the tree each time)."""
+    return [n for n in nodes if isinstance(n, types)]
+
+
 class _Scope:
     """Tables of one statement, by alias and by name."""
 
-    def __init__(self, tree: exp.Expression, catalog: Catalog) -> None:
+    def __init__(self, nodes: list[exp.Expr], catalog: Catalog) -> None:
         self.catalog = catalog
         ctes = {
             _ident(c.args["alias"].this)
-            for c in tree.find_all(exp.CTE)
+            for c in _of(nodes, exp.CTE)
             if c.args.get("alias") is not None
         }
         self.aliases: dict[str, str] = {}
@@ -250,7 +255,7 @@ class _Scope:
         column may be any of theirs."""
         self.derived: dict[str, frozenset[str]] = {}
         """Subquery and CTE names -> every label their bodies touch (conservative)."""
-        for t in tree.find_all(exp.Table):
+        for t in _of(nodes, exp.Table):
             if not isinstance(t.this, exp.Identifier):
                 continue
             name = _table_name(t)
@@ -265,20 +270,20 @@ class _Scope:
             self.aliases[_ident(alias.this) if alias is not None else _ident(t.this)] = name
             self.aliases.setdefault(_ident(t.this), name)
 
-    def add_derived(self, tree: exp.Expression) -> None:
+    def add_derived(self, nodes: list[exp.Expr]) -> None:
         sources: list[tuple[str, exp.Expression]] = []
-        for cte in tree.find_all(exp.CTE):
+        for cte in _of(nodes, exp.CTE):
             alias = cte.args.get("alias")
             if alias is not None:
                 sources.append((_ident(alias.this), cte.this))
-        for sub in tree.find_all(exp.Subquery, exp.Lateral):
+        for sub in _of(nodes, exp.Subquery, exp.Lateral):
             alias = sub.args.get("alias")
             body = sub.this.this if isinstance(sub.this, exp.Subquery) else sub.this
             if alias is not None:
                 sources.append((_ident(alias.this), body))
             elif isinstance(sub.parent, (exp.From, exp.Join)):
                 sources.append(("", body))  # PostgreSQL 16 allows FROM (...) unnamed
-        for item in tree.find_all(exp.From, exp.Join):
+        for item in _of(nodes, exp.From, exp.Join):
             source = item.this
             if isinstance(source, exp.Table) and isinstance(source.this, exp.Identifier):
                 continue
@@ -353,14 +358,17 @@ class _Scope:
         return found or {name: frozenset()}
 
 
-def _labels_of(node: exp.Expression, scope: _Scope) -> tuple[set[str], set[str]]:
+def _labels_of(
+    node: exp.Expression, scope: _Scope, nodes: list[exp.Expr] | None = None
+) -> tuple[set[str], set[str]]:
+    nodes = list(node.walk()) if nodes is None else nodes
     cols: set[str] = set()
     labels: set[str] = set()
-    for c in node.find_all(exp.Column):
+    for c in _of(nodes, exp.Column):
         for qualified, lab in scope.resolve(c).items():
             cols.add(qualified)
             labels |= lab
-    for star in node.find_all(exp.Star):
+    for star in _of(nodes, exp.Star):
         # count(*) counts rows; it reads no column values.
         if not isinstance(star.parent, (exp.Column, exp.Count)):
             for qualified, lab in scope.labelled(scope.tables).items():
@@ -381,9 +389,9 @@ class _Call:
     """The call in the tree; None for attribute notation (`x.f`)."""
 
 
-def _calls(tree: exp.Expression) -> list[_Call]:
+def _calls(nodes: list[exp.Expr]) -> list[_Call]:
     out: list[_Call] = []
-    for f in tree.find_all(exp.Func):
+    for f in _of(nodes, exp.Func):
         if isinstance(f, exp.Anonymous):
             schema = None
             parent = f.parent
@@ -403,7 +411,7 @@ def _calls(tree: exp.Expression) -> list[_Call]:
         out.append(_Call(pg, None, True, f))
     # Attribute notation calls too: `x.f` is f(x) for a function of one argument
     # (`('/etc/hostname'::text).pg_read_file`, `p.zap`), unless x has a column f.
-    for node in tree.find_all(exp.Column, exp.Dot):
+    for node in _of(nodes, exp.Column, exp.Dot):
         if isinstance(node, exp.Column) and node.args.get("table") is not None:
             attribute = node.this
         elif isinstance(node, exp.Dot):
@@ -641,7 +649,7 @@ def _copy_target(words: list[Token]) -> tuple[bool, bool] | None:
 def _copy(
     text: str, tree: exp.Copy, catalog: Catalog, words: list[Token], depth: int
 ) -> SqlStatement:
-    scope = _Scope(tree, catalog)
+    scope = _Scope(list(tree.walk()), catalog)
     target_words = _copy_target(words)
     if target_words is None:
         return SqlStatement(text, "unparsed", Operation.ADMIN, flags=frozenset({"unparsed"}))
@@ -715,16 +723,17 @@ def _statement(
         return _command(text, tree)
     if isinstance(tree, exp.Copy):
         return _copy(text, tree, catalog, words, depth)
-    scope = _Scope(tree, catalog)
-    scope.add_derived(tree)
-    calls = _calls(tree)
+    nodes = list(tree.walk())
+    scope = _Scope(nodes, catalog)
+    scope.add_derived(nodes)
+    calls = _calls(nodes)
     functions = {c.name for c in calls if c.node is not None}
     reach = _reach(calls, catalog, depth)
     _relations(scope, catalog, reach)
     flags = set(reach.flags)
     writes: set[str] = set(reach.writes)
     for node_type in (exp.Insert, exp.Update, exp.Delete, exp.Merge):
-        for node in tree.find_all(node_type):
+        for node in _of(nodes, node_type):
             target = node.this
             if isinstance(target, exp.Schema):
                 target = target.this
@@ -732,12 +741,12 @@ def _statement(
                 writes.add(_table_name(target))
             if node is not tree:
                 flags.add("dml_in_cte")
-    cols, labels = _labels_of(tree, scope)
+    cols, labels = _labels_of(tree, scope, nodes)
     kind = type(tree).__name__.lower()
     into = tree.args.get("into") if isinstance(tree, exp.Select) else None
     if isinstance(tree, (exp.Create, exp.Drop, exp.Alter, exp.TruncateTable)):
         op = Operation.DDL
-        for t in tree.find_all(exp.Table):
+        for t in _of(nodes, exp.Table):
             writes.add(_table_name(t))
     elif into is not None:
         # SELECT ... INTO t creates the table t.
@@ -880,8 +889,7 @@ def _piece(piece: str, catalog: Catalog, depth: int) -> SqlStatement | str:
     """One statement classified, or why it is unparsed."""
     text = piece.strip()
     try:
-        plain = normalise(text)
-        toks = tokens(plain)
+        plain, toks = normalised(text)
     except (LexError, SplitError):
         return "lexical"
     utility = _utility(text, plain.strip(), toks, catalog, depth)

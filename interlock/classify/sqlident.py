@@ -278,9 +278,20 @@ def _identifier(body: str) -> str:
 def normalise(sql: str) -> str:
     """`sql` with every name and string in the plain spelling meaning the same to the
     server (see the module docstring). Raises LexError or SplitError."""
-    if not any(c in sql for c in "'\"$") and "--" not in sql and "/*" not in sql:
-        return sql
+    return normalised(sql)[0]
+
+
+def normalised(sql: str) -> tuple[str, list[Token]]:
+    """`normalise(sql)` and its tokens (the statement is lexed once when nothing in it
+    needs rewriting, which is most statements)."""
     toks = tokens(sql)
+    if not any(t.kind in ("comment", "ident", "string", "dollar") for t in toks):
+        return sql, toks
+    plain = _rewrite(toks)
+    return plain, (toks if plain == sql else tokens(plain))
+
+
+def _rewrite(toks: list[Token]) -> str:
     out: list[str] = []
     i = 0
     while i < len(toks):
