@@ -878,6 +878,9 @@ def _utility(
             text, "close", Operation.READ, flags=frozenset({"cursor"}), name=_name(m.group(1))
         )
     word = plain.split(None, 1)[0].lower() if plain.split() else ""
+    if plain.lower().split() == ["discard", "all"]:
+        # DISCARD ALL runs RESET ALL: it would undo the session's read-only wall.
+        return _session(text, SessionStatement("discard", ("all",)))
     if word in ("listen", "unlisten", "discard") and _SIMPLE_ARGS.match(plain):
         return SqlStatement(text, word, Operation.READ)
     if word == "notify" and _NOTIFY.match(plain):

@@ -243,7 +243,7 @@ def test_declare_carries_its_query_labels() -> None:
     [
         ("listen ch", Operation.READ),
         ("notify ch, 'hi'", Operation.WRITE),
-        ("discard all", Operation.READ),
+        ("discard plans", Operation.READ),
     ],
 )
 def test_listen_notify_discard(sql: str, operation: Operation) -> None:

@@ -392,6 +392,8 @@ def test_read_write_transactions_are_writes(sql: str) -> None:
         "set session characteristics",
         "BEGIN READ MAYBE",
         "RESET ALL",
+        "DISCARD ALL",
+        "discard   All",
         "reset default_transaction_read_only",
         "set default_transaction_read_only = off",
         "SET SESSION default_transaction_read_only TO off",
