@@ -537,3 +537,73 @@ def test_property_respelled_labelled_reads_carry_their_labels(
         if statement.output_labels is not None:
             # Attributed: some output position carries the labels.
             assert any(labels <= out for out in statement.output_labels), (sql, statement)
+
+
+@st.composite
+def _modes(draw: st.DrawFn) -> str:
+    """A transaction_mode_list that includes READ WRITE, in any layout."""
+    modes = draw(
+        st.lists(
+            st.sampled_from(
+                [
+                    "isolation level serializable",
+                    "isolation level read committed",
+                    "isolation level repeatable read",
+                    "deferrable",
+                    "not deferrable",
+                ]
+            ),
+            max_size=2,
+        )
+    )
+    modes.insert(draw(st.integers(0, len(modes))), "read write")
+    out = []
+    for i, mode in enumerate(modes):
+        words = [_case(draw, w) for w in mode.split()]
+        out.append(draw(_space()).join(words))
+        if i < len(modes) - 1:
+            out.append(draw(st.sampled_from([",", " , ", " ", "/**/,"])))
+    return "".join(out)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(["begin", "begin work", "begin transaction", "start transaction"]),
+    _modes(),
+    st.data(),
+)
+def test_property_read_write_transactions_are_writes(
+    opening: str, modes: str, data: st.DataObject
+) -> None:
+    opening = data.draw(_space()).join(_case(data.draw, w) for w in opening.split())
+    sql = f"{opening}{data.draw(_space())}{modes}"
+    result = C.classify(sql)
+    assert result.operation is Operation.WRITE, sql
+    assert "transaction_read_only" in result.statements[0].settings
+    session = C.classify(f"set session characteristics as transaction {modes}")
+    assert denied(session), modes
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_property_respelled_volatile_calls_are_exec(data: st.DataObject) -> None:
+    call = f"{data.draw(_name('zap'))}()"
+    if data.draw(st.booleans()):
+        call = f"{data.draw(_name('public'))}.{call}"
+    shape = data.draw(
+        st.sampled_from(
+            [
+                "select {c}",
+                "select 1 where {c} = 1",
+                "select * from {c}",
+                "with q as (select {c} v) select v from q",
+                "select 1 union select {c}",
+                "select coalesce({c}, 0)::text",
+                "select * from ts_stat('select {q}::text::tsvector')",
+                "select p.zap from payroll p",
+            ]
+        )
+    )
+    sql = shape.format(c=call, q=call.replace("'", "''"))
+    result = KNOWN.classify(sql)
+    assert result.operation is Operation.EXEC or "unparsed" in result.flags, sql
