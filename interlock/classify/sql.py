@@ -479,6 +479,16 @@ MAX_DEPTH = 4
 """SQL text inside SQL text inside ...: deeper than this is refused."""
 
 
+_SQL_RUNNERS = (
+    frozenset(SQL_TEXT_ARGUMENT)
+    | TABLE_ARGUMENT
+    | WHOLE_DATABASE_FUNCTIONS
+    | CURSOR_FUNCTIONS
+    | {"ts_rewrite"}
+)
+"""Functions that run SQL text or read tables named in strings."""
+
+
 def _reach(calls: list[_Call], catalog: Catalog, depth: int) -> _Reach:
     r = _Reach()
     for call in calls:
@@ -487,6 +497,9 @@ def _reach(calls: list[_Call], catalog: Catalog, depth: int) -> _Reach:
             r.flags.add("risky_function")
         _routine(call, catalog, r)
         if call.node is None:
+            if name in _SQL_RUNNERS:
+                # ('select ...'::text).ts_stat: SQL text whose argument is not read here.
+                r.flags.add("dynamic_sql")
             continue
         if name == "set_config":
             args = call.node.expressions if isinstance(call.node, exp.Anonymous) else []
@@ -911,15 +924,6 @@ def _piece(piece: str, catalog: Catalog, depth: int) -> SqlStatement | str:
         return "ambiguous_boundaries"
     words = [t for t in toks if t.kind not in ("space", "comment")]
     return _lexical(_statement(text, parsed[0], catalog, words, depth), words)
-
-
-_SQL_RUNNERS = (
-    frozenset(SQL_TEXT_ARGUMENT)
-    | TABLE_ARGUMENT
-    | WHOLE_DATABASE_FUNCTIONS
-    | CURSOR_FUNCTIONS
-    | {"ts_rewrite"}
-)
 
 
 def _lexical(statement: SqlStatement, words: list[Token]) -> SqlStatement:

@@ -522,6 +522,31 @@ LARGE_OBJECT_FUNCTIONS = frozenset(
     }
 )
 """Large objects: files inside the database, and lo_import/lo_export reach the host's."""
+REMOTE_FUNCTIONS = frozenset(
+    {
+        "dblink",
+        "dblink_exec",
+        "dblink_connect",
+        "dblink_connect_u",
+        "dblink_disconnect",
+        "dblink_open",
+        "dblink_fetch",
+        "dblink_close",
+        "dblink_send_query",
+        "dblink_get_result",
+        "dblink_is_busy",
+        "dblink_cancel_query",
+        "dblink_error_message",
+        "dblink_get_notify",
+        "dblink_get_pkey",
+        "dblink_get_connections",
+        "dblink_build_sql_insert",
+        "dblink_build_sql_update",
+        "dblink_build_sql_delete",
+        "dblink_current_query",
+    }
+)
+"""Other servers (dblink), by name: also matched where a call is not certain (`x.dblink`)."""
 OTHER_RISKY_FUNCTIONS = frozenset(
     {
         "pg_terminate_backend",
@@ -660,5 +685,6 @@ def risky(name: str, families: bool = True) -> bool:
         n in SERVER_FILE_FUNCTIONS
         or n in LARGE_OBJECT_FUNCTIONS
         or n in OTHER_RISKY_FUNCTIONS
+        or n in REMOTE_FUNCTIONS
         or (families and n.startswith(RISKY_PREFIXES))
     )

@@ -278,6 +278,8 @@ def test_unattributable_outputs_have_unknown_lineage(sql: str) -> None:
         "select query_to_xml('select 1; select 2''', true, false, '')",
         "select query_to_xml('do $$ begin end $$', true, false, '')",
         "select cron.schedule('* * * * *', 'delete from payroll')",
+        "select ('select ssn::tsvector from payroll'::text).ts_stat",
+        "select ('dbname=x'::text).dblink_connect",
     ],
 )
 def test_sql_text_that_cannot_be_read_or_is_forbidden_is_denied(sql: str) -> None:
@@ -331,6 +333,7 @@ def test_a_write_inside_sql_text_is_a_write() -> None:
         ("select (p).zap from payroll p", {"volatile_function"}),
         ("select nextval('s')", {"writing_function"}),
         ("select setval('s', 1)", {"writing_function"}),
+        ("select ('s'::regclass).nextval", {"writing_function"}),
     ],
 )
 def test_calls_that_may_write_are_exec(sql: str, flags: set[str]) -> None:
