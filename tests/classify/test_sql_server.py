@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from interlock.classify.sql import Catalog, Routine, SqlClassifier
 from interlock.classify.sqlfunctions import BUILTIN_FUNCTIONS
-from interlock.classify.sqlident import LexError, fold, normalise, quote_literal
+from interlock.classify.sqlident import LexError, fold, normalise, qualified_name, quote_literal
 from interlock.core.model import Operation
 from tests.classify.test_sqlident import unicode_escaped
 from tests.services import Postgres
@@ -149,3 +149,38 @@ def test_a_volatile_user_function_is_exec_and_really_writes(
     assert classifier.classify("SELECT zap()").operation is Operation.EXEC
     conn.execute("SELECT zap()")
     assert conn.execute("select count(*) from zapped").fetchone() == (1,)
+
+
+LONG = "names_probe" + "x" * 52
+"""63 bytes: the longest name the server keeps."""
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "names_probe",
+        "NAMES_PROBE",
+        " public . names_probe ",
+        'public."names_probe"',
+        '"Names Probe"',
+        'PUBLIC."Names Probe"',
+        '"NAMES_PROBE"',
+        LONG + "_cut_by_the_server",
+    ],
+)
+def test_table_names_in_strings_resolve_as_regclass_does(
+    conn: psycopg.Connection[tuple[object, ...]], text: str
+) -> None:
+    """table_to_xml('...') names its table as regclass reads the string."""
+    for name in ("names_probe", '"Names Probe"', LONG):
+        conn.execute(f"create table if not exists {name} (a int)")
+    row = conn.execute(
+        "select n.nspname::text, c.relname::text from pg_class c "
+        "join pg_namespace n on n.oid = c.relnamespace where c.oid = to_regclass(%s)",
+        (text,),
+    ).fetchone()
+    parts = qualified_name(text)
+    if row is None:
+        assert parts[-1] not in ("names_probe", "Names Probe", LONG)
+    else:
+        assert ("public", *parts)[-2:] == (row[0], row[1])
