@@ -6,10 +6,14 @@ constructs that deserve the policy's attention (DML inside a CTE, `DO`, `COPY ..
 `set_config`, SQL-level `EXECUTE`, a star over labelled data), the data labels it touches
 and, for each output column, the labels that flow into it (for masking).
 
-Resolution is deliberately conservative: an unqualified column counts as every labelled
-column of that name in the statement's tables, `*` counts as every labelled column of the
-tables it covers, and a bare table alias used as a value (`row_to_json(p)`) counts as the
-whole row. Anything sqlglot cannot parse, or where its statement boundaries differ from
+Names and strings are first rewritten as PostgreSQL reads them (`sqlident`), SET and
+transaction modes are read from tokens (`sqlsession`), SQL held in strings is classified
+as the statement it is, and calls are matched against the database's functions when
+known (`Catalog.routines`) or PostgreSQL's own (`sqlfunctions`). Resolution is
+deliberately conservative: an unqualified column counts as every labelled column of that
+name in the statement's tables, `*` counts as every labelled column of the tables it
+covers, and a bare table alias used as a value (`row_to_json(p)`) counts as the whole
+row. Anything sqlglot cannot parse, or where its statement boundaries differ from
 PostgreSQL's (see `sqlsplit`), is one statement of kind `unparsed`, which the bundled
 policy denies.
 """
@@ -332,7 +336,7 @@ class _Scope:
 
     def _resolve(self, col: exp.Column) -> dict[str, frozenset[str]]:
         qualifier = _ident(col.args.get("table"))
-        if qualifier in self.derived and qualifier not in self.aliases:
+        if qualifier and qualifier in self.derived and qualifier not in self.aliases:
             return {f"{qualifier}.{_ident(col.this)}": self.derived[qualifier]}
         if isinstance(col.this, exp.Star):
             tables = [self.aliases[qualifier]] if qualifier in self.aliases else self.tables

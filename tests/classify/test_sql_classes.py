@@ -238,6 +238,8 @@ def test_identifiers_are_truncated_like_the_server() -> None:
         ("select payroll.row_to_json from payroll", {"pii", "financial"}),
         ("select v from payroll p, jsonb_each_text(to_jsonb(p)) as j(k, v)", {"pii"}),
         ("select ssn into t2 from payroll", {"pii"}),
+        ("select ssn from payroll, generate_series(1, 2)", {"pii"}),
+        ("select ssn from payroll, (select 1) s", {"pii"}),
     ],
 )
 def test_everything_a_statement_may_read_is_in_its_labels(sql: str, labels: set[str]) -> None:
@@ -517,6 +519,13 @@ def _labelled_read(draw: st.DrawFn) -> tuple[str, frozenset[str]]:
                 "select * from ts_stat('select {q}::text::tsvector from {qt}')",
                 "select query_to_xml('select {q} from {qt}', true, false, '')",
                 "select coalesce({c}::text, '') from {t}",
+                "select {c} from {t}, generate_series(1, 2)",
+                "select {c} from {t} cross join (select 1) s",
+                "select {c} from {t} join lateral (select 1 as one) l on true",
+                "select {c} from {t}, unnest(array[1, 2]) u",
+                "select {a}.to_jsonb from {t} {a}",
+                "select x from unnest(array(select {c} from {t})) x",
+                "select {c} from {t} where exists (select 1 from {t})",
             ]
         )
     )
