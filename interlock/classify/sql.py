@@ -587,11 +587,14 @@ def _routine(call: _Call, catalog: Catalog, r: _Reach) -> None:
 
 
 def _outputs(select: exp.Expression, scope: _Scope) -> tuple[frozenset[str], ...] | None:
-    if isinstance(select, exp.SetOperation):
-        return None  # positions come from several branches: not attributed
+    if isinstance(select, (exp.SetOperation, exp.Values)):
+        return None  # positions come from several branches or rows: not attributed
     projections = select.expressions if isinstance(select, exp.Select) else []
     if not projections and isinstance(select, (exp.Insert, exp.Update, exp.Delete)):
         returning = select.args.get("returning")
+        if returning is not None and not isinstance(select, exp.Delete):
+            # RETURNING shows what was just written, from wherever it was read.
+            return None
         projections = returning.expressions if returning is not None else []
     out = []
     for p in projections:
@@ -785,7 +788,9 @@ def _statement(
         op = Operation.ADMIN
     outputs = (
         _outputs(tree, scope)
-        if isinstance(tree, (exp.Select, exp.SetOperation, exp.Insert, exp.Update, exp.Delete))
+        if isinstance(
+            tree, (exp.Select, exp.SetOperation, exp.Values, exp.Insert, exp.Update, exp.Delete)
+        )
         else ()
     )
     if reach.opaque:

@@ -258,6 +258,9 @@ def test_everything_a_statement_may_read_is_in_its_labels(sql: str, labels: set[
         "SELECT ssn FROM payroll UNION ALL SELECT 'x'",
         "select 1 as a except select 2",
         "select most_common_vals from pg_stats",
+        "values ((select ssn from payroll limit 1))",
+        "update other set a = (select ssn from payroll limit 1) returning a",
+        "insert into other select ssn from payroll returning a",
     ],
 )
 def test_unattributable_outputs_have_unknown_lineage(sql: str) -> None:
