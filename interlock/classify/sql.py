@@ -932,21 +932,30 @@ def _piece(piece: str, catalog: Catalog, depth: int) -> SqlStatement | str:
         # sqlglot sees more or fewer statements than PostgreSQL would.
         return "ambiguous_boundaries"
     words = [t for t in toks if t.kind not in ("space", "comment")]
-    return _lexical(_statement(text, parsed[0], catalog, words, depth), words)
+    return _lexical(_statement(text, parsed[0], catalog, words, depth), words, catalog)
 
 
-def _lexical(statement: SqlStatement, words: list[Token]) -> SqlStatement:
-    """Flags from what the lexer sees called, for every statement: the parse may hide a
-    call (in CALL's arguments, COPY's WHERE) or read it as something else."""
+def _lexical(statement: SqlStatement, words: list[Token], catalog: Catalog) -> SqlStatement:
+    """What the lexer sees called, for every statement: the parse may hide a call (in
+    CALL's arguments, COPY's WHERE) or give it another name (a function sqlglot knows
+    under its own name may be a user's volatile function of the same name)."""
     names = lexical_calls(words)
-    flags = set()
+    r = _Reach()
+    for name in names:
+        _routine(_Call(name, None, True), catalog, r)
     if any(risky(n, families=False) for n in names):
-        flags.add("risky_function")
+        r.flags.add("risky_function")
     if names & _SQL_RUNNERS and statement.kind in ("call", "copy"):
-        flags.add("dynamic_sql")  # SQL text where the classifier does not read arguments
-    if flags <= statement.flags:
+        r.flags.add("dynamic_sql")  # SQL text where the classifier does not read arguments
+    if r.flags <= statement.flags and r.labels <= statement.labels:
         return statement
-    return replace(statement, flags=statement.flags | flags)
+    return replace(
+        statement,
+        operation=max(statement.operation, r.operation, key=_severity),
+        flags=statement.flags | r.flags,
+        labels=statement.labels | r.labels,
+        output_labels=None if r.opaque else statement.output_labels,
+    )
 
 
 def _classify(sql: str, catalog: Catalog, depth: int = 0) -> SqlClassification:

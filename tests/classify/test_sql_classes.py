@@ -32,6 +32,7 @@ ROUTINES = {
     ),
     "upper": (Routine("pg_catalog", "upper", "i", False, "internal", "f"),),
     "owned": (Routine("app", "owned", "s", True, "sql", "f"),),
+    "nvl": (Routine("public", "nvl", "v", False, "plpgsql", "f"),),
 }
 C = SqlClassifier(Catalog.from_config(LABELS))
 KNOWN = SqlClassifier(
@@ -339,6 +340,7 @@ def test_a_write_inside_sql_text_is_a_write() -> None:
         ("select nextval('s')", {"writing_function"}),
         ("select setval('s', 1)", {"writing_function"}),
         ("select ('s'::regclass).nextval", {"writing_function"}),
+        ("select nvl(1, 2)", {"volatile_function"}),
     ],
 )
 def test_calls_that_may_write_are_exec(sql: str, flags: set[str]) -> None:
