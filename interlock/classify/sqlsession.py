@@ -144,8 +144,8 @@ def _var_name(w: list[str]) -> tuple[str, int] | None:
         part = w[i]
         if part.startswith('"'):
             part = part[1:-1].replace('""', '"')
-        elif not (part[:1].isalpha() or part[:1] == "_" or ord(part[:1] or "\0") > 127):
-            return None
+        elif not (part[:1] == "_" or part[:1].isalpha() or part[:1] > "\x7f"):
+            return None  # not a name: a number, an operator, a string
         parts.append(part.lower())
         i += 1
         if w[i : i + 1] != ["."]:
@@ -181,6 +181,6 @@ def session_statement(toks: list[Token]) -> SessionStatement | None:
     if named is None:
         return SessionStatement("set", ("?",), unreadable=True)
     name, used = named
-    if name not in _SPECIAL.values() and rest[used : used + 1] not in (["to"], ["="]):
+    if tuple(rest[:used]) not in _SPECIAL and rest[used : used + 1] not in (["to"], ["="]):
         return SessionStatement("set", ("?",), unreadable=True)
     return SessionStatement("set", (name,))

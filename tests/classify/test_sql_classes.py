@@ -624,3 +624,27 @@ def test_property_respelled_volatile_calls_are_exec(data: st.DataObject) -> None
     sql = shape.format(c=call, q=call.replace("'", "''"))
     result = KNOWN.classify(sql)
     assert result.operation is Operation.EXEC or "unparsed" in result.flags, sql
+
+
+@pytest.mark.parametrize(
+    ("sql", "setting", "operation"),
+    [
+        ("SET SCHEMA 'evil'", "search_path", Operation.ADMIN),
+        ("set names 'latin1'", "client_encoding", Operation.ADMIN),
+        ("SET TIME ZONE 'UTC'", "timezone", Operation.READ),
+        ("set local statement_timeout = 5", "statement_timeout", Operation.READ),
+        ('set "Work_Mem" to 1000', "work_mem", Operation.READ),
+        ("set myapp.user_id = 5", "myapp.user_id", Operation.READ),
+        ("set session authorization default", "session_authorization", Operation.ADMIN),
+        ("RESET SESSION AUTHORIZATION", "session_authorization", Operation.ADMIN),
+        ("set session role admin", "role", Operation.ADMIN),
+        ("set xml option document", "xmloption", Operation.READ),
+        ("set search_path from current", "?", Operation.ADMIN),
+    ],
+)
+def test_settings_are_named_as_the_server_names_them(
+    sql: str, setting: str, operation: Operation
+) -> None:
+    (statement,) = C.classify(sql).statements
+    assert statement.settings == (setting,)
+    assert statement.operation is operation
