@@ -184,3 +184,46 @@ def test_table_names_in_strings_resolve_as_regclass_does(
         assert parts[-1] not in ("names_probe", "Names Probe", LONG)
     else:
         assert ("public", *parts)[-2:] == (row[0], row[1])
+
+
+FORBIDDEN_BUT_RUNNABLE = [
+    "SELECT U&\"pg\\005Fread\\005Ffile\"('/etc/hostname')",
+    "select U&\"pg!005fread!005ffile\" UESCAPE '!' ('/etc/hostname')",
+    "select ('/etc/hostname'::text).pg_read_file",
+    "select pg_catalog.PG_READ_FILE(E'/etc/\\x68ostname')",
+    "select 1 -- the server ends this comment here:\r, pg_read_file('/etc/hostname')",
+    "select * from ts_stat('select to_tsvector(pg_read_file(''/etc/hostname''))')",
+    "select query_to_xml('select pg_ls_dir(''.'')', true, false, '')",
+    "select length(U&'\\0070g_read_file') where pg_read_file('/etc/hostname') is not null",
+]
+
+
+@pytest.mark.parametrize("sql", FORBIDDEN_BUT_RUNNABLE)
+def test_spellings_the_server_runs_are_the_ones_denied(
+    conn: psycopg.Connection[tuple[object, ...]], sql: str
+) -> None:
+    """Each spelling really runs a forbidden function on PostgreSQL 15 (so the test is
+    about something), and the classifier sees it."""
+    flags = SqlClassifier().classify(sql).flags
+    assert flags & {"risky_function", "dynamic_sql", "unparsed"}, flags
+    assert conn.execute(sql).fetchall()
+
+
+def test_a_respelled_labelled_column_is_the_column(
+    conn: psycopg.Connection[tuple[object, ...]],
+) -> None:
+    conn.execute("create table if not exists staff (id int, ssn text)")
+    conn.execute("truncate staff; insert into staff values (1, '123-45-6789')")
+    classifier = SqlClassifier(Catalog.from_config({"public.staff.ssn": ["pii"]}))
+    for sql in (
+        'SELECT U&"\\0073sn" FROM staff',
+        "select U&\"!0073!+000073n\" uescape '!' from STAFF",
+        'select "s""" from (select ssn as "s""" from staff) x',
+        "select c from staff as t(a, c)",
+        "select v from staff p, jsonb_each_text(to_jsonb(p)) as j(k, v) where k = 'ssn'",
+        "select p.to_jsonb ->> 'ssn' from staff p",
+    ):
+        assert conn.execute(sql).fetchall() == [("123-45-6789",)], sql
+        (statement,) = classifier.classify(sql).statements
+        assert "pii" in statement.labels, sql
+        assert statement.output_labels is None or "pii" in statement.output_labels[0], sql
