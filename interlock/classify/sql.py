@@ -648,10 +648,10 @@ def _session(text: str, s: SessionStatement) -> SqlStatement:
     )
 
 
-def _copy_target(words: list[Token]) -> tuple[bool, bool] | None:
-    """(program, file) of a COPY statement, read from its tokens: after the first TO or
-    FROM outside parentheses comes STDIN/STDOUT, or [PROGRAM] and a server-side file
-    name in any string spelling. None when there is no TO/FROM."""
+def _copy_target(words: list[Token]) -> tuple[bool, bool, bool] | None:
+    """(from, program, file) of a COPY statement, read from its tokens: the first TO or
+    FROM outside parentheses is the direction, then comes STDIN/STDOUT, or [PROGRAM] and
+    a server-side file name in any string spelling. None when there is no TO/FROM."""
     depth = 0
     for i, t in enumerate(words):
         if t.text == "(":
@@ -659,10 +659,11 @@ def _copy_target(words: list[Token]) -> tuple[bool, bool] | None:
         elif t.text == ")":
             depth -= 1
         elif depth == 0 and t.kind == "word" and t.text.lower() in ("to", "from"):
+            is_from = t.text.lower() == "from"
             rest = [w.text.lower() if w.kind == "word" else w.text for w in words[i + 1 : i + 3]]
             if rest[:1] == ["program"]:
-                return True, False
-            return False, rest[:1] not in (["stdin"], ["stdout"])
+                return is_from, True, False
+            return is_from, False, rest[:1] not in (["stdin"], ["stdout"])
     return None
 
 
@@ -673,10 +674,7 @@ def _copy(
     target_words = _copy_target(words)
     if target_words is None:
         return SqlStatement(text, "unparsed", Operation.ADMIN, flags=frozenset({"unparsed"}))
-    program, file = target_words
-    is_from = any(w.kind == "word" and w.text.lower() == "from" for w in words[:3]) or bool(
-        tree.args.get("kind")
-    )
+    is_from, program, file = target_words
     target = tree.this
     flags = {"copy"}
     if program:
@@ -824,14 +822,19 @@ def _unparsed(text: str, why: str) -> SqlClassification:
 _COPY_OPTIONS = re.compile(
     r"^(\s*copy\b.*?\b(?:stdin|stdout|'[^']*'|program\s+'[^']*'))\s*(?:with\s*)?"
     r"\(\s*(?:format|freeze|delimiter|null|header|quote|escape|force_quote|force_not_null|"
-    r"force_null|encoding|default)\b[^)]*\)\s*$",
+    r"force_null|encoding|default)\b(?:[^()]|\([^()]*\))*\)\s*$",
     re.I | re.S,
 )
 
 
+_COPY_BINARY = re.compile(r"^(\s*copy\s+)binary\s", re.I)
+
+
 def _parsable(statement: str) -> str:
     """The statement as sqlglot can read it. sqlglot does not parse COPY's option list
-    (`(FORMAT binary)`), which cannot change what COPY reads or writes, so it is cut."""
+    (`(FORMAT binary)`), which cannot change what COPY reads or writes, so it is cut, and
+    it takes the old `COPY BINARY t` for a table named binary, so BINARY is cut too."""
+    statement = _COPY_BINARY.sub(r"\1", statement, count=1)
     m = _COPY_OPTIONS.match(statement)
     return m.group(1) if m else statement
 

@@ -128,6 +128,24 @@ def test_copy_through_the_client_stays_allowed(sql: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("sql", "operation", "labels"),
+    [
+        ("COPY BINARY payroll TO STDOUT", Operation.READ, {"pii", "financial"}),
+        ("copy payroll to stdout with binary", Operation.READ, {"pii", "financial"}),
+        ("copy public.payroll from stdin", Operation.WRITE, set()),
+        ("COPY BINARY payroll FROM STDIN", Operation.WRITE, set()),
+        ("copy payroll (ssn) to stdout (format csv, force_quote (ssn))", Operation.READ, {"pii"}),
+    ],
+)
+def test_copy_direction_and_labels_whatever_the_layout(
+    sql: str, operation: Operation, labels: set[str]
+) -> None:
+    result = C.classify(sql)
+    assert result.operation is operation
+    assert labels <= result.labels
+
+
+@pytest.mark.parametrize(
     "sql", ["insert into lo_data (a) values (1)", "select dblink_url from servers"]
 )
 def test_tables_and_columns_named_like_a_family_are_not_calls(sql: str) -> None:
