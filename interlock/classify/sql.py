@@ -950,7 +950,8 @@ def _lexical(statement: SqlStatement, words: list[Token], catalog: Catalog) -> S
         r.flags.add("risky_function")
     if names & _SQL_RUNNERS and statement.kind in ("call", "copy"):
         r.flags.add("dynamic_sql")  # SQL text where the classifier does not read arguments
-    if r.flags <= statement.flags and r.labels <= statement.labels:
+    _unseen_tables(statement, words, catalog, r)
+    if r.flags <= statement.flags and r.labels <= statement.labels and not r.opaque:
         return statement
     return replace(
         statement,
@@ -959,6 +960,25 @@ def _lexical(statement: SqlStatement, words: list[Token], catalog: Catalog) -> S
         labels=statement.labels | r.labels,
         output_labels=None if r.opaque else statement.output_labels,
     )
+
+
+def _unseen_tables(
+    statement: SqlStatement, words: list[Token], catalog: Catalog, r: _Reach
+) -> None:
+    """A safety net under the parser: a name of a labelled table anywhere in the text
+    that the parse did not count as read or written (a syntax sqlglot misreads) counts
+    as reading that whole table, with output positions unknown."""
+    seen = {t.split(".", 1)[-1].lower() for t in statement.reads | statement.writes}
+    for t in words:
+        if t.kind not in ("word", "ident"):
+            continue
+        name = fold(t.text) if t.kind == "word" else t.text[1:-1].replace('""', '"')
+        if name.lower() in seen:
+            continue
+        for table in catalog.schemas_of(name):
+            for labels in catalog.columns(table).values():
+                r.labels |= labels
+            r.opaque = True
 
 
 def _classify(sql: str, catalog: Catalog, depth: int = 0) -> SqlClassification:

@@ -666,3 +666,10 @@ def test_settings_are_named_as_the_server_names_them(
     (statement,) = C.classify(sql).statements
     assert statement.settings == (setting,)
     assert statement.operation is operation
+
+
+def test_a_labelled_table_named_where_the_parse_saw_no_table_counts_as_read() -> None:
+    """The safety net under the parser: the name is there, so the table may be read."""
+    (statement,) = C.classify("select 1 from other where payroll is null").statements
+    assert {"pii", "financial"} <= statement.labels
+    assert statement.output_labels is None
