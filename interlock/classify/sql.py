@@ -388,7 +388,8 @@ class _Call:
     name: str
     schema: str | None
     known: bool
-    """sqlglot recognised it as one of SQL's built-in functions or keywords."""
+    """Never an unknown function: sqlglot recognised it as one of SQL's own, or it is
+    only possibly a call (attribute notation, a name the lexer sees before "(")."""
     node: exp.Func | None = None
     """The call in the tree; None for attribute notation (`x.f`)."""
 
@@ -427,7 +428,7 @@ def _calls(nodes: list[exp.Expr]) -> list[_Call]:
     return out
 
 
-def lexical_calls(words: list[Token]) -> set[str]:
+def _lexical_calls(words: list[Token]) -> set[str]:
     """What the lexer sees called, whatever the parser made of it: names followed by "("
     (keywords, types and tables with column lists too, so only for exact names)."""
     out = set()
@@ -942,7 +943,7 @@ def _lexical(statement: SqlStatement, words: list[Token], catalog: Catalog) -> S
     """What the lexer sees called, for every statement: the parse may hide a call (in
     CALL's arguments, COPY's WHERE) or give it another name (a function sqlglot knows
     under its own name may be a user's volatile function of the same name)."""
-    names = lexical_calls(words)
+    names = _lexical_calls(words)
     r = _Reach()
     for name in names:
         _routine(_Call(name, None, True), catalog, r)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from interlock.classify.sqlsplit import CODE, COMMENT, CONTINUATION, SplitError, regions
+from interlock.classify.sqlsplit import CODE, COMMENT, CONTINUATION, regions
 
 NAMEDATALEN = 64
 """PostgreSQL's default (pg_config_manual.h); identifiers keep NAMEDATALEN-1 bytes."""
@@ -378,21 +378,3 @@ def qualified_name(text: str) -> tuple[str, ...]:
         if text[i] != ".":
             raise LexError("not a qualified name")
         i += 1
-
-
-__all__ = [
-    "MAX_IDENTIFIER_BYTES",
-    "LexError",
-    "SplitError",
-    "Token",
-    "decode_e_string",
-    "decode_unicode",
-    "fold",
-    "normalise",
-    "qualified_name",
-    "quote_ident",
-    "quote_literal",
-    "string_value",
-    "tokens",
-    "truncate",
-]
