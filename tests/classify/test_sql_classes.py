@@ -518,7 +518,7 @@ def test_property_respelled_forbidden_calls_are_denied(sql: str) -> None:
 
 
 @st.composite
-def _labelled_read(draw: st.DrawFn) -> tuple[str, frozenset[str]]:
+def labelled_read(draw: st.DrawFn) -> tuple[str, frozenset[str]]:
     column = draw(st.sampled_from(["ssn", "salary"]))
     labels = frozenset(LABELS[f"public.payroll.{column}"])
     col = draw(_name(column))
@@ -561,7 +561,7 @@ def _labelled_read(draw: st.DrawFn) -> tuple[str, frozenset[str]]:
 
 
 @settings(max_examples=300, deadline=None)
-@given(_labelled_read())
+@given(labelled_read())
 def test_property_respelled_labelled_reads_carry_their_labels(
     case: tuple[str, frozenset[str]],
 ) -> None:

@@ -3,6 +3,7 @@ for generated spellings, what the server answers is what `normalise` and `fold` 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import psycopg
@@ -14,7 +15,13 @@ from interlock.classify.sql import Catalog, Routine, SqlClassifier
 from interlock.classify.sqlfunctions import BUILTIN_FUNCTIONS
 from interlock.classify.sqlident import LexError, fold, normalise, qualified_name, quote_literal
 from interlock.core.model import Operation
-from tests.classify.test_sql_classes import FORBIDDEN, FORBIDDEN_SHAPES, forbidden_statement
+from tests.classify.test_sql_classes import (
+    FORBIDDEN,
+    FORBIDDEN_SHAPES,
+    LABELS,
+    forbidden_statement,
+    labelled_read,
+)
 from tests.classify.test_sqlident import unicode_escaped
 from tests.services import Postgres
 
@@ -23,7 +30,14 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def conn(postgres: Postgres) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
-    with psycopg.connect(postgres.dsn(), autocommit=True) as c:
+    """A superuser connection to a database of this module's own, with the labelled
+    table `payroll` of test_sql_classes (ssn, salary) in it."""
+    name = "classify_" + os.urandom(5).hex()
+    with psycopg.connect(postgres.dsn(), autocommit=True) as admin:
+        admin.execute(f'create database "{name}"')
+    with psycopg.connect(postgres.dsn(name), autocommit=True) as c:
+        c.execute("create table payroll (id int, ssn text, salary int, name text)")
+        c.execute("insert into payroll values (1, '123-45-6789', 1000, 'Ann')")
         yield c
 
 
@@ -241,3 +255,22 @@ def test_generated_forbidden_spellings_run_on_the_server_and_are_denied(
     every one is denied."""
     assert SqlClassifier().classify(sql).flags & FORBIDDEN, sql
     conn.execute(sql).fetchall()
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(labelled_read())
+def test_generated_labelled_reads_return_the_value_and_carry_the_label(
+    conn: psycopg.Connection[tuple[object, ...]], case: tuple[str, frozenset[str]]
+) -> None:
+    """The differential for labels: whatever the spelling, the server returns the
+    labelled value, and the classifier says the statement reads it and where."""
+    sql, labels = case
+    (statement,) = SqlClassifier(Catalog.from_config(LABELS)).classify(sql).statements
+    assert labels <= statement.labels, sql
+    assert statement.output_labels is None or any(
+        labels <= out for out in statement.output_labels
+    ), sql
+    rows = conn.execute(sql).fetchall()
+    assert any(v in str(rows) for v in ("123-45-6789", "1000")), (sql, rows)
