@@ -623,8 +623,11 @@ VALUE_RELATIONS = frozenset(
     {"pg_stats", "pg_stats_ext", "pg_stats_ext_exprs", "pg_statistic", "pg_statistic_ext_data"}
 )
 """Catalog relations that hold sample values of every column (most common values, ...)."""
-FILE_RELATIONS = frozenset({"pg_hba_file_rules", "pg_ident_file_mappings", "pg_file_settings"})
-"""Views that read configuration files of the database host."""
+FILE_RELATIONS = frozenset(
+    {"pg_hba_file_rules", "pg_ident_file_mappings", "pg_file_settings", "pg_largeobject"}
+)
+"""Views that read configuration files of the database host, and the table holding
+large objects' contents (files lo_import loaded)."""
 
 
 WRITING_FUNCTIONS = frozenset(

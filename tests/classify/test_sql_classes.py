@@ -92,6 +92,7 @@ SERVER_FILE_STATEMENTS = [
     "select dblink_connect('c', 'dbname=x')",
     "select * from pg_hba_file_rules",
     "select * from pg_catalog.pg_file_settings",
+    "select data from pg_largeobject",
     "select get_raw_page('payroll', 0)",
     "select x from generate_series(1, 2) x where pg_read_file('/x') is not null",
     "with t as (select pg_read_file('/x') f) select f from t",
