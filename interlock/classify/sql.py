@@ -547,9 +547,11 @@ def _embedded(call: _Call, catalog: Catalog, depth: int, r: _Reach) -> None:
             return
         table = ".".join((DEFAULT_SCHEMA, *parts)[-2:])
         r.reads.add(table)
-        for col, labels in catalog.columns(table).items():
-            r.columns.add(f"{table}.{col}")
-            r.labels |= labels
+        # An unqualified name may be any schema's table (`"$user"` comes first).
+        for candidate in {table} | (catalog.schemas_of(parts[0]) if len(parts) == 1 else set()):
+            for col, labels in catalog.columns(candidate).items():
+                r.columns.add(f"{candidate}.{col}")
+                r.labels |= labels
     elif name in WHOLE_DATABASE_FUNCTIONS:
         r.opaque = True
         r.labels |= catalog.all_labels

@@ -207,6 +207,7 @@ def test_unqualified_tables_may_be_any_schemas() -> None:
     classifier = SqlClassifier(Catalog.from_config({"app.payroll.ssn": ["pii"]}))
     assert classifier.classify("select ssn from payroll").labels == {"pii"}
     assert classifier.classify("select ssn from public.payroll").labels == frozenset()
+    assert classifier.classify("select table_to_xml('payroll', true, false, '')").labels == {"pii"}
 
 
 def test_identifiers_are_truncated_like_the_server() -> None:
