@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 
 from interlock.classify.sql import Catalog, Routine, SqlClassification, SqlClassifier
 from interlock.core.bundle import bundled_policy_dir
-from interlock.core.model import Operation
+from interlock.core.context import Posture
+from interlock.core.enforcement import posture_veto
+from interlock.core.model import Action, Agent, Operation
 
 FORBIDDEN = frozenset(
     json.loads((bundled_policy_dir() / "data.json").read_text())["interlock"]["policy"][
@@ -677,3 +679,22 @@ def test_a_labelled_table_named_where_the_parse_saw_no_table_counts_as_read() ->
     (statement,) = C.classify("select 1 from other where payroll is null").statements
     assert {"pii", "financial"} <= statement.labels
     assert statement.output_labels is None
+
+
+@pytest.mark.parametrize(
+    ("sql", "vetoed"),
+    [
+        ("SELECT zap()", True),
+        ("select newly_created()", True),
+        ("BEGIN READ WRITE", True),
+        ("select upper(name) from payroll", False),
+        ("begin read only", False),
+    ],
+)
+def test_read_only_posture_refuses_what_may_write(sql: str, vetoed: bool) -> None:
+    """The classification as the Postgres proxy turns it into an Action: exec carries
+    effects ["write"], which the posture check reads (as it does for SSH commands)."""
+    result = KNOWN.classify(sql)
+    action = Action(Agent("reporter"), "postgres", result.operation, "db", result.details())
+    veto = posture_veto(action, Posture(restrictions=frozenset({"read_only"})))
+    assert (veto is not None) is vetoed, (result.operation, result.details())
