@@ -66,7 +66,6 @@ _ADMIN_COMMANDS = frozenset(
         "CLUSTER",
         "REINDEX",
         "CHECKPOINT",
-        "LOAD",
         "ALTER SYSTEM",
         "REFRESH",
         "SECURITY",
@@ -626,6 +625,9 @@ def _command(text: str, tree: exp.Command) -> SqlStatement:
         )
     if word == "DEALLOCATE":
         return SqlStatement(text, "deallocate", Operation.READ)
+    if word == "LOAD":
+        # Loads a shared library from the database host's file system into the session.
+        return SqlStatement(text, "load", Operation.ADMIN, flags=frozenset({"load_library"}))
     if word in ("CALL",):
         return SqlStatement(text, "call", Operation.EXEC, flags=frozenset({"procedure_call"}))
     if word in _ADMIN_COMMANDS or word.split()[0] in _ADMIN_COMMANDS:

@@ -149,7 +149,7 @@ test_forbidden_sql_flags_are_denied if {
 }
 
 test_server_files_and_sql_in_strings_are_denied if {
-	every flag in ["copy_file", "dynamic_sql", "risky_function", "unparsed"] {
+	every flag in ["copy_file", "dynamic_sql", "load_library", "risky_function", "unparsed"] {
 		doc := object.union(base, {"action": object.union(base.action, {"details": {"flags": ["copy", flag]}})})
 		interlock.decide(doc, cfg).effect == "deny"
 	}

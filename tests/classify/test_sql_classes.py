@@ -95,6 +95,8 @@ SERVER_FILE_STATEMENTS = [
     "select * from pg_hba_file_rules",
     "select * from pg_catalog.pg_file_settings",
     "select data from pg_largeobject",
+    "LOAD '/tmp/evil.so'",
+    "load 'auto_explain'",
     "select get_raw_page('payroll', 0)",
     "select x from generate_series(1, 2) x where pg_read_file('/x') is not null",
     "with t as (select pg_read_file('/x') f) select f from t",
