@@ -3,8 +3,9 @@
 sqlglot parses each statement, but a parser differential at statement boundaries is how
 SQL hides from a firewall (`select 1 /* ; */ ; drop table x`, dollar quoting, nested
 comments). This lexer follows PostgreSQL's scan.l for the constructs that matter:
-'...' and E'...' strings, "..." and U&"..." identifiers, $tag$ quoting, -- and nested
-/* */ comments. The classifier refuses text on which the two disagree.
+'...' and E'...' strings (with continuations across newlines), "..." and U&"..."
+identifiers, $tag$ quoting, -- and nested /* */ comments. The classifier refuses text on
+which the two disagree.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from collections.abc import Iterator
 _DOLLAR = re.compile(r"\$([A-Za-z_\u0080-\uffff][A-Za-z0-9_\u0080-\uffff]*)?\$")
 
 
+_NEWLINE = re.compile(r"[\n\r]")
+
+
 class SplitError(ValueError):
     """Unterminated string, identifier, dollar quote or comment."""
 
@@ -22,7 +26,7 @@ class SplitError(ValueError):
 CODE, COMMENT, LITERAL = "code", "comment", "literal"
 
 
-def _regions(sql: str) -> Iterator[tuple[str, int, int]]:
+def regions(sql: str) -> Iterator[tuple[str, int, int]]:
     """(kind, start, end) runs covering `sql`: code, comments, and literals (quoted
     strings and identifiers, dollar-quoted text). Raises SplitError if one is unterminated.
     The one scanner both `split` and `shape` read the text through."""
@@ -31,13 +35,14 @@ def _regions(sql: str) -> Iterator[tuple[str, int, int]]:
         c = sql[i]
         kind = None
         if c == "-" and sql.startswith("--", i):
-            end = sql.find("\n", i)
-            kind, j = COMMENT, (n if end < 0 else end + 1)
+            # scan.l ends a -- comment at \n or \r.
+            m = _NEWLINE.search(sql, i)
+            kind, j = COMMENT, (n if m is None else m.end())
         elif c == "/" and sql.startswith("/*", i):
             kind, j = COMMENT, split_comment_end(sql, i)
         elif c == "'":
             escapes = i > 0 and sql[i - 1] in "eE" and (i < 2 or not _ident_char(sql[i - 2]))
-            kind, j = LITERAL, _quoted(sql, i, "'", escapes)
+            kind, j = LITERAL, _string_end(sql, i, escapes)
         elif c == '"':
             kind, j = LITERAL, _quoted(sql, i, '"', False)
         elif c == "$" and (m := _DOLLAR.match(sql, i)) and not (i > 0 and _ident_char(sql[i - 1])):
@@ -61,7 +66,7 @@ def split(sql: str) -> list[str]:
     out: list[str] = []
     start = 0
     meaningful = False
-    for kind, a, b in _regions(sql):
+    for kind, a, b in regions(sql):
         if kind == COMMENT:
             continue
         if kind == LITERAL:
@@ -78,6 +83,19 @@ def split(sql: str) -> list[str]:
     if meaningful:
         out.append(sql[start:])
     return out
+
+
+CONTINUATION = re.compile(r"(?:[ \t\f]|--[^\n\r]*)*[\n\r](?:[ \t\n\r\f]+|--[^\n\r]*[\n\r])*'")
+"""scan.l's quotecontinue: 'a'<newline>'b' is the one string 'ab', in the first part's
+mode (an E'' string continues with backslash escapes)."""
+
+
+def _string_end(sql: str, i: int, backslash: bool) -> int:
+    """Index just past the string starting at i, continuations included."""
+    j = _quoted(sql, i, "'", backslash)
+    while (m := CONTINUATION.match(sql, j)) is not None:
+        j = _quoted(sql, m.end() - 1, "'", backslash)
+    return j
 
 
 def _ident_char(c: str) -> bool:
@@ -113,7 +131,7 @@ def shape(sql: str) -> str:
     """
     try:
         return "".join(
-            _NUMBER.sub("0", sql[a:b]) if kind == CODE else sql[a:b] for kind, a, b in _regions(sql)
+            _NUMBER.sub("0", sql[a:b]) if kind == CODE else sql[a:b] for kind, a, b in regions(sql)
         )
     except SplitError:
         return sql

@@ -148,6 +148,22 @@ test_forbidden_sql_flags_are_denied if {
 	d.reasons == ["forbidden construct: copy_program"]
 }
 
+test_server_files_and_sql_in_strings_are_denied if {
+	every flag in ["copy_file", "dynamic_sql", "load_library", "risky_function", "unparsed"] {
+		doc := object.union(base, {"action": object.union(base.action, {"details": {"flags": ["copy", flag]}})})
+		interlock.decide(doc, cfg).effect == "deny"
+	}
+}
+
+test_sql_that_may_write_is_denied_to_read_only if {
+	details := {"flags": ["volatile_function"], "effects": ["write"]}
+	doc := object.union(base, {"action": object.union(base.action, {"operation": "exec", "details": details})})
+	interlock.decide(doc, cfg).effect == "allow"
+	d := interlock.decide(postured(doc, ["read_only"], false), cfg)
+	d.effect == "deny"
+	"posture read_only: this command writes" in d.reasons
+}
+
 test_harmless_sql_flags_are_not_denied if {
 	doc := object.union(base, {"action": object.union(base.action, {"details": {"flags": ["copy"]}})})
 	interlock.decide(doc, cfg).effect == "allow"
