@@ -173,6 +173,9 @@ class SqlStatement:
     operation, SQL text, a whole-table or user-defined function)."""
     name: str | None = None
     """The prepared-statement name of SQL-level PREPARE / EXECUTE / DEALLOCATE."""
+    written_labels: frozenset[str] = frozenset()
+    """Labels of values the statement may store somewhere (INSERT ... SELECT, UPDATE SET,
+    CREATE ... AS, SELECT INTO, a function that writes): data that would outlive a mask."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -801,6 +804,7 @@ def _statement(
     labels |= reach.labels
     if outputs is None and labels:
         flags.add("star_over_labelled")
+    written = _written(tree, scope, nodes, frozenset(labels), op, bool(reach.writes))
     return SqlStatement(
         text,
         kind,
@@ -815,7 +819,43 @@ def _statement(
         flags=frozenset(flags),
         labels=frozenset(labels),
         output_labels=outputs,
+        written_labels=written,
     )
+
+
+def _written(
+    tree: exp.Expression,
+    scope: _Scope,
+    nodes: list[exp.Expr],
+    labels: frozenset[str],
+    op: Operation,
+    writes_inside: bool,
+) -> frozenset[str]:
+    """Labels that may flow into stored values. Conservative: everything the statement
+    reads, except for UPDATE (its SET values) and DELETE (nothing), where a predicate on a
+    labelled column stores no labelled value."""
+    if not labels:
+        return frozenset()
+    everything = (
+        op is Operation.EXEC
+        or writes_inside
+        or any(isinstance(n, (exp.Insert, exp.Merge)) for n in nodes)
+        or (isinstance(tree, exp.Create) and tree.args.get("expression") is not None)
+        or (isinstance(tree, exp.Select) and tree.args.get("into") is not None)
+    )
+    if everything:
+        return labels
+    found: set[str] = set()
+    for update in _of(nodes, exp.Update):
+        for item in update.expressions:
+            value = item.expression if isinstance(item, exp.EQ) else item
+            if value is None:
+                continue
+            inner = list(value.walk())
+            if any(isinstance(n, (exp.Func, exp.Subquery, exp.Select)) for n in inner):
+                return labels  # calls and subqueries: lineage not followed here
+            found |= _labels_of(value, scope, inner)[1]
+    return frozenset(found)
 
 
 def _unparsed(text: str, why: str) -> SqlClassification:

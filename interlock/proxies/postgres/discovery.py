@@ -52,35 +52,6 @@ def parse_comment(text: str) -> frozenset[str]:
     return frozenset(x.strip().lower() for x in re.split(r"[,\s]+", m.group(1)) if x.strip())
 
 
-async def discover(
-    login: Mapping[str, object],
-    tls: ssl.SSLContext | None = None,
-    known: dict[str, frozenset[str]] | None = None,
-) -> dict[str, frozenset[str]]:
-    """Column labels from comments, plus view columns reading labelled columns, merged
-    with `known` (the configured catalog)."""
-    labels: dict[str, frozenset[str]] = dict(known or {})
-    conn = await asyncpg.connect(**login, ssl=tls if tls is not None else False)
-    try:
-        for row in await conn.fetch(COLUMNS):
-            key = f"{row['schema']}.{row['rel']}.{row['col']}".lower()
-            labels[key] = labels.get(key, frozenset()) | parse_comment(row["text"])
-        views: dict[str, set[str]] = {}
-        columns: dict[str, set[str]] = {}
-        for row in await conn.fetch(VIEWS):
-            source = f"{row['tschema']}.{row['tab']}.{row['tcol']}".lower()
-            view = f"{row['vschema']}.{row['view']}".lower()
-            columns.setdefault(view, set()).add(f"{view}.{row['vcol']}".lower())
-            if source in labels:
-                views.setdefault(view, set()).update(labels[source])
-        for view, found in views.items():
-            for col in columns[view]:
-                labels[col] = labels.get(col, frozenset()) | frozenset(found)
-    finally:
-        await conn.close()
-    return labels
-
-
 ORIGINS = """
 SELECT lower(n.nspname) AS schema, lower(c.relname) AS rel, lower(a.attname) AS col,
        c.oid::int8 AS oid, a.attnum AS attnum
@@ -100,6 +71,22 @@ JOIN pg_language l ON l.oid = p.prolang
 """
 
 
+VIEW_CALLS = """
+SELECT DISTINCT vn.nspname AS vschema, v.relname AS view, va.attname AS vcol
+FROM pg_depend dep
+JOIN pg_rewrite r ON dep.classid = 'pg_rewrite'::regclass AND dep.objid = r.oid
+JOIN pg_class v ON v.oid = r.ev_class AND v.relkind IN ('v', 'm')
+JOIN pg_namespace vn ON vn.oid = v.relnamespace
+JOIN pg_attribute va ON va.attrelid = v.oid AND va.attnum > 0 AND NOT va.attisdropped
+JOIN pg_proc p ON dep.refclassid = 'pg_proc'::regclass AND p.oid = dep.refobjid
+JOIN pg_namespace pn ON pn.oid = p.pronamespace
+WHERE pn.nspname NOT IN ('pg_catalog', 'information_schema')
+"""
+RELATIONS = """
+SELECT c.oid::int8 AS oid FROM pg_class c WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm')
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """What the proxy knows of one database: labels, where they live, its functions."""
@@ -109,6 +96,9 @@ class Snapshot:
     """(table OID, column number) -> labels: how RowDescription names a result column's
     source. Names are compared case-insensitively, so a quoted "SSN" and ssn both carry
     the label of either (masking more, never less)."""
+    relations: frozenset[int]
+    """OIDs of every table and view read here: a column of one of them that is not in
+    `origins` carries no label."""
     routines: dict[str, tuple[Routine, ...]]
 
 
@@ -121,14 +111,18 @@ async def snapshot(
     """Read one database's catalog with `login` (asyncpg.connect keywords: host, port,
     user, password, database), as that login sees it."""
     labels = dict(configured)
-    if discover_labels:
-        labels = await discover(login, tls, labels)
     conn = await asyncpg.connect(**login, ssl=tls if tls is not None else False)
     try:
+        if discover_labels:
+            for row in await conn.fetch(COLUMNS):
+                key = f"{row['schema']}.{row['rel']}.{row['col']}".lower()
+                labels[key] = labels.get(key, frozenset()) | parse_comment(row["text"])
+        await _inherit(conn, labels)
         origins: dict[tuple[int, int], frozenset[str]] = {}
         for row in await conn.fetch(ORIGINS, sorted(labels)):
             key = f"{row['schema']}.{row['rel']}.{row['col']}"
             origins[(row["oid"], row["attnum"])] = labels[key]
+        relations = frozenset(row["oid"] for row in await conn.fetch(RELATIONS))
         routines: dict[str, list[Routine]] = {}
         for row in await conn.fetch(ROUTINES):
             routines.setdefault(row["name"], []).append(
@@ -143,4 +137,36 @@ async def snapshot(
             )
     finally:
         await conn.close()
-    return Snapshot(labels, origins, {k: tuple(v) for k, v in routines.items()})
+    return Snapshot(labels, origins, relations, {k: tuple(v) for k, v in routines.items()})
+
+
+async def _inherit(conn: asyncpg.Connection, labels: dict[str, frozenset[str]]) -> None:
+    """Views (and materialized views) inherit: every column of a view carries the labels
+    of every labelled column it reads, through views of views until nothing changes. A
+    view that calls a function of the database's own (which may read anything) carries
+    every label there is."""
+    edges: dict[str, set[str]] = {}
+    columns: dict[str, set[str]] = {}
+    for row in await conn.fetch(VIEWS):
+        view = f"{row['vschema']}.{row['view']}".lower()
+        columns.setdefault(view, set()).add(f"{view}.{row['vcol']}".lower())
+        edges.setdefault(view, set()).add(f"{row['tschema']}.{row['tab']}.{row['tcol']}".lower())
+    everything = frozenset().union(*labels.values()) if labels else frozenset()
+    opaque: set[str] = set()
+    for row in await conn.fetch(VIEW_CALLS):
+        view = f"{row['vschema']}.{row['view']}".lower()
+        opaque.add(view)
+        columns.setdefault(view, set()).add(f"{view}.{row['vcol']}".lower())
+        edges.setdefault(view, set())
+    changed = True
+    while changed:
+        changed = False
+        for view, sources in edges.items():
+            found = frozenset().union(*(labels.get(src, frozenset()) for src in sources))
+            if view in opaque:
+                found |= everything
+            for col in columns[view]:
+                merged = labels.get(col, frozenset()) | found
+                if merged != labels.get(col, frozenset()):
+                    labels[col] = merged
+                    changed = True

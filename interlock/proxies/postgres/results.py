@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 
 from interlock.proxies.postgres import messages as m
@@ -58,8 +58,12 @@ class MaskPlan:
         """The statement reads labels this agent may not see."""
         return bool(self.decided & self.hidden)
 
-    def resolve(self, fields: tuple[m.Field, ...], origins: Origins) -> Mask:
-        """Positions to mask, given the server's description of the result."""
+    def resolve(
+        self, fields: tuple[m.Field, ...], origins: Origins, known: Set[int] = frozenset()
+    ) -> Mask:
+        """Positions to mask, given the server's description of the result. `known` are
+        the relations whose every labelled column is in `origins`: a column the server
+        says is exactly one of theirs carries that column's labels and nothing else."""
         unknown_is_hidden = bool(self.decided & self.hidden)
         parsed = self.parsed or ()
         out: set[int] = set()
@@ -71,6 +75,8 @@ class MaskPlan:
                     # them): hidden either way.
                     out.add(i)
                     continue
+                if f.table_oid in known:
+                    continue  # the value is that column's, whatever the parse guessed
             if i < len(parsed) and self.parsed is not None:
                 if parsed[i] & self.hidden:
                     out.add(i)
@@ -151,6 +157,8 @@ _Item = _Query | _Describe | _Execute | _Sync | _Injected
 @dataclass
 class ResultTracker:
     origins: Origins = field(default_factory=dict)
+    relations: Set[int] = frozenset()
+    """Relations whose labelled columns are all in `origins` (see `MaskPlan.resolve`)."""
     _pending: deque[_Item] = field(default_factory=deque)
     seen: list[tuple[str, frozenset[str], bytes]] = field(default_factory=list)
     """(decision id, labels, value) of labelled values returned since the last take."""
@@ -212,12 +220,14 @@ class ResultTracker:
             if isinstance(front, _Describe):
                 self._pending.popleft()
                 if front.target is not None:
-                    front.target.mask = front.target.plan.resolve(msg.fields, self.origins)
+                    front.target.mask = front.target.plan.resolve(
+                        msg.fields, self.origins, self.relations
+                    )
                     front.target.describing = False
                 return None if front.injected else msg
             if isinstance(front, _Query):
                 current = front.plans[min(front.index, len(front.plans) - 1)]
-                front.mask = current.resolve(msg.fields, self.origins)
+                front.mask = current.resolve(msg.fields, self.origins, self.relations)
             return msg
         if isinstance(msg, m.CommandComplete):
             self._completed(front)

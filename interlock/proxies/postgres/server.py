@@ -198,6 +198,7 @@ class PostgresProxy:
         for session in self._sessions.values():
             if session.database == database:
                 session.results.origins = snap.origins
+                session.results.relations = snap.relations
         if database == self.upstream.database:
             self.classifier.use_catalog(Catalog(snap.labels, snap.routines, routines_known=True))
 
@@ -388,7 +389,7 @@ class PostgresProxy:
                 key,
                 status=conn.status,
                 lease=lease,
-                results=ResultTracker(snap.origins),
+                results=ResultTracker(snap.origins, snap.relations),
                 read_only="read_only" in posture.restrictions,
             )
             out = [m.Authentication(0).encode()]
@@ -782,6 +783,12 @@ def _plan(statement: SqlStatement, hidden: frozenset[str]) -> tuple[MaskPlan, st
     and its options must be readable to find the fields in its rows."""
     masked = statement.labels & hidden
     plan = MaskPlan(hidden, statement.labels, statement.output_labels)
+    stored = statement.written_labels & hidden
+    if stored:
+        return plan, (
+            f"values of masked columns ({', '.join(sorted(stored))}) may not be stored: "
+            "they would be readable unmasked afterwards"
+        )
     if statement.kind != "copy" or not masked:
         return plan, None
     if statement.output_labels is None:

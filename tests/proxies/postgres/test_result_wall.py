@@ -312,3 +312,63 @@ async def test_server_errors_of_statements_reading_masked_data_do_not_quote_it(
         assert await conn.fetchval("select 1") == 1, "the session goes on"
     finally:
         await conn.close()
+
+
+async def test_views_carry_the_labels_they_read_even_through_functions(
+    proxied: Proxied,
+) -> None:
+    """No comment discovery configured: view lineage is read from the catalog anyway, and a
+    view over a function of the database's own counts as reading every label."""
+    owner = await asyncpg.connect(proxied.proxy.config.upstream)
+    await owner.execute("""
+        create view names_v as select id, name from payroll;
+        create view names_vv as select id, name as n from names_v;
+        create function names_f() returns setof text language sql stable
+            as 'select name from payroll';
+        create view names_fv as select names_f() as n;
+    """)
+    await owner.close()
+    await proxied.proxy.catalog(proxied.proxy.upstream, reload=True)
+    conn = await asyncpg.connect(proxied.dsn())
+    try:
+        for sql in (
+            "select * from names_v order by id",
+            "select n from names_vv order by id",
+            "select * from names_fv",
+        ):
+            rows = await conn.fetch(sql)
+            assert rows, sql
+            assert not leaked([tuple(r) for r in rows]), sql
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "insert into orders (id, total) select id + 100, length(name) from payroll",
+        "create table copied as select name from payroll",
+        "select name into copied2 from payroll",
+        "create view leaky as select name from payroll",
+        "update orders set total = length(p.name) from payroll p where p.id = orders.id",
+        "with x as (insert into orders (id, total) select 500, length(name) from payroll"
+        " returning 1) select 1",
+    ],
+)
+async def test_masked_values_may_not_be_stored_where_they_could_be_read_back(
+    proxied: Proxied, sql: str
+) -> None:
+    conn = await asyncpg.connect(proxied.dsn())
+    try:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute(sql)
+    finally:
+        await conn.close()
+    owner = await asyncpg.connect(proxied.proxy.config.upstream)
+    try:
+        assert await owner.fetchval("select count(*) from orders") == 20
+        assert await owner.fetchval("select to_regclass('copied')") is None
+        assert await owner.fetchval("select to_regclass('copied2')") is None
+        assert await owner.fetchval("select to_regclass('leaky')") is None
+    finally:
+        await owner.close()
