@@ -32,7 +32,7 @@ CATALOG = Catalog.from_config(
         (
             "merge into orders o using payroll p on o.id = p.id when matched then"
             " update set total = length(p.name)",
-            {"financial", "pii"},
+            {"pii"},
         ),
     ],
 )
