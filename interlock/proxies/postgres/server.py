@@ -341,6 +341,20 @@ class PostgresProxy:
             await self._fatal(writer, "interlock: agent is isolated", "42501")
             return None
         forward = {k: v for k, v in params.items() if k in ALLOWED_STARTUP}
+        encoding = forward.get("client_encoding", "UTF8")
+        if encoding.strip("'\" ").replace("-", "").replace("_", "").lower() not in (
+            "utf8",
+            "unicode",
+        ):
+            # In SJIS, BIG5, GBK, ... a backslash can be the second byte of a character:
+            # the server would read E'' strings differently from the proxy.
+            await self._fatal(
+                writer,
+                f"interlock reads SQL as UTF-8: client_encoding {encoding!r} is not accepted",
+                "08004",
+            )
+            return None
+        forward["client_encoding"] = "UTF8"
         upstream, lease = self.upstream, None
         revoked: list[str] = []
         """Why its credentials were revoked, if that happens before the session exists."""
@@ -365,6 +379,16 @@ class PostgresProxy:
             except up.UpstreamError as exc:
                 await self._fatal(writer, str(exc), "08006")
                 raise _LoginAbandoned from None
+            reading = {p.name: p.value for p in conn.parameters}
+            if reading.get("standard_conforming_strings") != "on":
+                # The classifier reads '...\' as the server does only when it is on.
+                await self._fatal(
+                    writer,
+                    "interlock: the database has standard_conforming_strings off; "
+                    "the proxy reads SQL only as PostgreSQL does with it on",
+                    "08006",
+                )
+                raise _LoginAbandoned
             database = forward.get("database", self.upstream.database)
             try:
                 snap = await self.catalog(replace(upstream, database=database))
