@@ -281,6 +281,20 @@ async def test_read_only_posture_makes_open_and_new_sessions_read_only_in_the_da
         finally:
             await fresh.close()
         assert await canary(proxied) == 1, "no write reached the table"
+        for undo in (
+            "set session characteristics as transaction read write",
+            "SET  SESSION\nCHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ WRITE",
+            "begin read write",
+            "start transaction isolation level read committed, read write",
+            "set default_transaction_read_only = off",
+            "set transaction_read_only to off",
+            "reset all",
+            "discard all",
+            "select set_config('default_transaction_read_only', 'off', false)",
+        ):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await open_before.execute(undo)
+        assert await open_before.fetchval("select current_setting('transaction_read_only')") == "on"
         await store.restore("reporter")
         await asyncio.sleep(0)
         assert await open_before.fetchval("select n from bumped") == 2, "restored: writes again"
