@@ -30,9 +30,10 @@ from typing import Any
 
 import bashlex
 
+from interlock.classify.shellpath import Paths, Where, resolve, unquote
+
 MAX_COMMAND = 16 * 1024
 MAX_DEPTH = 4
-MAX_RECORDED = 32
 
 SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "fish", "busybox", "rbash"})
 INTERPRETERS = frozenset(
@@ -136,6 +137,29 @@ LOADER_VARIABLES = re.compile(
     r"DYLD_[A-Z_]+|PATH|MANPAGER|SYSTEMD_PAGER|GIT_CONFIG\w*|GIT_EXEC_PATH|GIT_ASKPASS|"
     r"SSH_ASKPASS|GIT_TEMPLATE_DIR|BASH_FUNC_.*)$"
 )
+# Programs whose arguments never name a file they open.
+NOT_PATHS = frozenset(
+    {
+        "echo", "printf", "seq", "yes", "sleep", "expr", "true", "false", ":", "kill",
+        "pkill", "killall", "export", "unset", "set", "local", "declare", "typeset",
+        "readonly", "shift", "exit", "return", "wait", "alias", "umask", "read", "test",
+        "[", "cd", "pushd", "popd", "id", "whoami", "groups", "uname", "hostname",
+        "uptime", "nproc", "ps", "which", "type", "basename", "dirname",
+    }
+)  # fmt: skip
+# Programs whose first operand is a pattern or script unless one is given as an option.
+PATTERN_FIRST = frozenset({"grep", "egrep", "fgrep", "zgrep", "rg", "ag", "jq", "yq",
+                           "sed"} | AWKS)  # fmt: skip
+# Programs that change (or may remove) every file they name.
+WRITES_ALL = frozenset({"mv", "touch", "mkdir", "chmod", "chown", "chgrp", "tee", "truncate",
+                        "shred", "rm", "rmdir", "unlink"})  # fmt: skip
+# Options naming a directory the program works in (relative paths follow it).
+CHDIR_OPTIONS = {"env": ("-C", "--chdir"), "git": ("-C",), "make": ("-C", "--directory"),
+                 "tar": ("-C", "--directory")}  # fmt: skip
+# find's options whose value is a file it reads (or, for -fprint and friends, writes).
+FIND_FILES = {"-newer": "read", "-anewer": "read", "-cnewer": "read", "-samefile": "read",
+              "-files0-from": "read", "-fprint": "write", "-fprint0": "write",
+              "-fprintf": "write", "-fls": "write"}  # fmt: skip
 SYSTEM_PATHS = (
     "/", "/*", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/opt",
     "/proc", "/root", "/sbin", "/sys", "/usr", "/var", "~", "~/", "$HOME", ".",
@@ -146,28 +170,76 @@ class ShellParseError(ValueError):
     """A command line that cannot be read; the PEP denies it."""
 
 
+class Word(str):
+    """An argument after quote removal (what bashlex gives), carrying the text as
+    written, from which its paths are resolved (`shellpath.expand`)."""
+
+    raw: str
+
+    def __new__(cls, text: str, raw: str) -> Word:
+        word = super().__new__(cls, text)
+        word.raw = raw
+        return word
+
+
+def _raw(word: str) -> str:
+    """The word as written; a word made here (not parsed) is taken as written."""
+    return word.raw if isinstance(word, Word) else word
+
+
+def _option_value(option: str) -> str | None:
+    """The value inside an option word (`--file=/x`, `-f/x`), as written."""
+    text, raw = str(option), _raw(option)
+    if text.startswith("--"):
+        if "=" not in text:
+            return None
+        k = text.index("=") + 1
+    elif len(text) > 2 and not text[1:].isalpha():
+        k = 2  # -f/etc/x, -o~/x; a cluster of letters (-la) is taken for flags
+    else:
+        return None
+    if raw[:k] == text[:k]:
+        return raw[k:]
+    # Quoted in a way that moves the value: take the value as plain text, unless it
+    # holds an expansion whose quoting is lost here.
+    return "$`" if any(c in text[k:] for c in "$`~") else "'" + text[k:].replace("'", "") + "'"
+
+
 @dataclass
 class Analysis:
     commands: list[list[str]] = field(default_factory=list)
-    """argv of every simple command found (at most MAX_RECORDED), nested ones included."""
+    """argv of every simple command found, nested ones included."""
     programs: set[str] = field(default_factory=set)
     classes: set[str] = field(default_factory=set)
     effects: set[str] = field(default_factory=set)
     flags: set[str] = field(default_factory=set)
-    reads: list[str] = field(default_factory=list)
-    writes: list[str] = field(default_factory=list)
+    paths: Paths = field(default_factory=Paths)
+    """The files named, as the target resolves them."""
     substitutions: int = 0
+    path_words: list[tuple[str, str, tuple[str, ...]]] = field(default_factory=list)
+    """(word as written, "read", "write" or "link", the words a symbolic link's target
+    is relative to), resolved once every `cd` is known."""
+    cd_words: list[str | None] = field(default_factory=list)
+    unread: list[str] = field(default_factory=list)
+    """Words whose text could not be worked out (they make the command unresolved)."""
+    expansion_rules: bool = False
+    """`shopt` or GLOBIGNORE: globs may match what the default rules would not."""
 
     def details(self) -> dict[str, Any]:
-        """The action details a decision sees (bounded)."""
+        """The action details a decision sees: whole, never shortened (the command is
+        bounded by `max_command_bytes`, the details by the PDP's limit on values, over
+        which the action is denied)."""
         return {
-            "programs": sorted(self.programs)[:64],
+            "programs": sorted(self.programs),
             "classes": sorted(self.classes),
             "effects": sorted(self.effects),
             "flags": sorted(self.flags),
-            "argv": [c[:16] for c in self.commands[:MAX_RECORDED]],
-            "reads": self.reads[:MAX_RECORDED],
-            "writes": self.writes[:MAX_RECORDED],
+            "argv": [list(c) for c in self.commands],
+            "reads": list(self.paths.reads),
+            "writes": list(self.paths.writes),
+            "globs": list(self.paths.globs),
+            "link_targets": list(self.paths.links),
+            "unresolved": list(self.paths.unresolved),
             "substitutions": self.substitutions,
         }
 
@@ -187,9 +259,24 @@ def _dynamic(node: Any) -> bool:
 
 
 class _Walker:
-    def __init__(self, out: Analysis, depth: int) -> None:
+    def __init__(self, out: Analysis, depth: int, text: str) -> None:
         self.out = out
         self.depth = depth
+        self.text = text
+
+    def word(self, node: Any) -> Word:
+        """The word as bash passes it: bashlex removes mixed quotes wrongly (`"a"'b'`
+        is `a'b'` to it) and does not decode `$'...'`, so quotes are removed here."""
+        start, end = node.pos
+        raw = self.text[start:end]
+        text = unquote(raw)
+        if text is None:
+            self.out.unread.append(f"{raw[:80]}: cannot remove its quotes")
+            return Word(node.word, raw)
+        return Word(text, raw)
+
+    def path(self, word: str, kind: str = "read") -> None:
+        self.out.path_words.append((_raw(word), kind, ()))
 
     # --- traversal ------------------------------------------------------------------------
 
@@ -259,7 +346,7 @@ class _Walker:
         if _dynamic(words[0]):
             self.out.flags.add("dynamic_command")
             self.out.effects.update(("write", "egress"))
-        self.argv([w.word for w in words])
+        self.argv([self.word(w) for w in words])
 
     def sub(self, word: Any) -> None:
         for part in getattr(word, "parts", None) or []:
@@ -271,9 +358,11 @@ class _Walker:
         name = text.split("=", 1)[0].removeprefix("export ").strip()
         if LOADER_VARIABLES.match(name):
             self.out.flags.add("env_injection")
+        if name == "GLOBIGNORE":
+            self.out.expansion_rules = True
 
     def redirect(self, r: Any) -> None:
-        target = r.output.word if hasattr(r.output, "word") else None
+        target = self.word(r.output) if hasattr(r.output, "word") else None
         if target is None:
             return
         self.sub(r.output)
@@ -288,17 +377,16 @@ class _Walker:
             "2",
         ):
             if not target.isdigit():
-                self.out.writes.append(target)
+                self.path(target, "write")
                 self.out.classes.add("write")
                 self.out.effects.add("write")
-        elif r.type == "<":
-            self.out.reads.append(target)
+        elif r.type in ("<", "<&") and not target.isdigit() and target != "-":
+            self.path(target)
 
     # --- one program --------------------------------------------------------------------
 
     def argv(self, argv: list[str]) -> None:
-        if len(self.out.commands) < MAX_RECORDED:
-            self.out.commands.append(argv)
+        self.out.commands.append(argv)
         prog = _name(argv[0])
         args = argv[1:]
         self.out.programs.add(prog)
@@ -309,6 +397,18 @@ class _Walker:
             return
         if prog == "busybox" and args:
             self.argv(args)
+            return
+        for option in CHDIR_OPTIONS.get(prog, ()):
+            self.chdir_option(args, option)
+        if prog == "shopt":
+            self.out.expansion_rules = True
+        if prog in ("cd", "pushd"):
+            target = [a for a in args if not a.startswith(("-", "+")) or a == "-"]
+            if not target:
+                self.out.cd_words.append(None)
+            elif target[0] != "-":  # `cd -`: a directory it was already in
+                self.out.cd_words.append(_raw(target[0]))
+            self.out.classes.add("read")
             return
         if prog == "script":
             self.out.flags.add("code_from_stdin")
@@ -365,6 +465,7 @@ class _Walker:
                 if not a.startswith("-"):
                     program = a
                     break
+            self.paths(prog, args)
             if any(a in ("-f", "--file") for a in args):
                 self.out.classes.add("interpreter")
                 self.out.effects.update(("write", "egress"))
@@ -375,6 +476,7 @@ class _Walker:
                 self.out.effects.add("write")
             return
         if prog in EDITORS:
+            self.paths(prog, args, "write")
             joined = " ".join(args)
             if (
                 re.search(r"(^|\s)(-c|\+)\S*\s*\S*(!|shell|term|system|py3?|lua|perl|ruby)", joined)
@@ -458,11 +560,10 @@ class _Walker:
             known = True
             self.out.classes.add("write")
             self.out.effects.add("write")
-            self.out.writes.extend(a for a in args[-1:] if a.startswith(("/", "./", "~")))
         if prog in READERS and not known:
             known = True
             self.out.classes.add("read")
-            self.out.reads.extend(a for a in args if a.startswith(("/", "./", "~")))
+        self.paths(prog, args)
         if not known:
             # An unknown program may do anything: it counts as writing.
             self.out.classes.add("unknown")
@@ -491,6 +592,90 @@ class _Walker:
             return any(a in ("-1", "1", "init", "systemd", "sshd") for a in args)
         return False
 
+    # --- the files a program names ---------------------------------------------------
+
+    def paths(self, prog: str, args: list[str], kind: str = "") -> None:
+        """Every argument that may name a file, and every value inside an option
+        (`--file=/x`, `-f/x`): a word that is not a path resolves to a harmless one,
+        while a path left out would be read undecided."""
+        if prog in NOT_PATHS:
+            return
+        operands: list[str] = []
+        options_end = False
+        for a in args:
+            if not options_end and a == "--":
+                options_end = True
+            elif not options_end and a.startswith("-") and a != "-":
+                value = _option_value(a)
+                if value is not None:
+                    self.path(value)
+            else:
+                operands.append(a)
+        if prog in PATTERN_FIRST and operands and not self.script_option(args):
+            operands = operands[1:]
+        if prog == "ln":
+            self.links(args, operands)
+            return
+        for i, a in enumerate(operands):
+            if a == "-":
+                continue
+            if "=" in a:
+                # dd if=/x, make -f, key=value operands: the value may be a file.
+                value = _raw(a).split("=", 1)[1] if "=" in _raw(a) else "$`"
+                self.path(value)
+            if kind:
+                self.path(a, kind)
+            elif (
+                prog in WRITES_ALL
+                or prog in DESTRUCTIVE
+                or (prog in WRITERS and i == len(operands) - 1)
+            ):
+                self.path(a, "write")
+            else:
+                self.path(a)
+
+    def links(self, args: list[str], operands: list[str]) -> None:
+        """`ln`: the link is written, each source is a link target. A symbolic link's
+        relative target is read from the link's directory, not the working directory
+        (unless `--relative`): it is resolved from every other operand and its
+        directory, since which one is the link is only known on the target (`ln -s T
+        DIR`, `ln -s T NAME`, `-t DIR`)."""
+        short = "".join(a for a in args if a.startswith("-") and not a.startswith("--"))
+        symbolic = "--symbolic" in args or "s" in short
+        relative = "--relative" in args or "r" in short
+        sources = operands[:-1] or operands
+        if len(operands) > 1:
+            self.path(operands[-1], "write")
+        for source in sources:
+            bases: tuple[str, ...] = ()
+            if symbolic and not relative and len(operands) > 1:
+                bases = tuple(_raw(o) for o in operands if o is not source)
+            self.out.path_words.append((_raw(source), "link", bases))
+
+    @staticmethod
+    def script_option(args: list[str]) -> bool:
+        """Whether the pattern or script comes from an option (`-e x`, `-f file`,
+        `--regexp=x`, or a cluster holding e or f): then the first operand is a file."""
+        for a in args:
+            if a == "--":
+                return False
+            if a.startswith(("--regexp", "--file", "--expression", "--from-file")):
+                return True
+            if a.startswith("-") and not a.startswith("--") and ("e" in a or "f" in a):
+                return True
+        return False
+
+    def chdir_option(self, args: list[str], option: str) -> None:
+        """`env -C dir`, `git -C dir`, `tar --directory=dir`: one more directory the
+        command's relative paths may be in."""
+        for i, a in enumerate(args):
+            if a == option and i + 1 < len(args):
+                self.out.cd_words.append(_raw(args[i + 1]))
+            elif a.startswith(option) and len(a) > len(option):
+                value = _option_value(a) if option.startswith("-") else None
+                if value is not None:
+                    self.out.cd_words.append(value.removeprefix("="))
+
     # --- things that run other things ---------------------------------------------------
 
     def git(self, args: list[str]) -> None:
@@ -502,6 +687,7 @@ class _Walker:
             self.out.flags.add("shell_escape")
         if any(a.startswith("--output") for a in args):
             self.out.effects.add("write")
+        self.paths("git", args[args.index(sub) + 1 :] if sub else [])
         if sub in GIT_NETWORK:
             self.out.classes.add("network")
             self.out.effects.update(("egress", "write"))
@@ -578,6 +764,7 @@ class _Walker:
         elif scripts:
             # A script file: its contents are unknown here.
             self.out.classes.add("interpreter")
+            self.path(scripts[0])
         else:
             # Commands would arrive on stdin, unseen by any decision.
             self.out.flags.add("code_from_stdin")
@@ -590,7 +777,13 @@ class _Walker:
 
     def find(self, args: list[str]) -> None:
         self.out.classes.add("read")
+        for a in args:
+            if a.startswith(("-", "(", "!", ")")):
+                break
+            self.path(a)
         for i, a in enumerate(args):
+            if a in FIND_FILES and i + 1 < len(args):
+                self.path(args[i + 1], FIND_FILES[a])
             if a in ("-delete",):
                 self.out.classes.add("destructive")
                 self.out.effects.add("write")
@@ -615,12 +808,14 @@ def _parse_into(text: str, out: Analysis, depth: int) -> None:
         parts = bashlex.parse(text)
     except Exception as exc:  # bashlex raises ParsingError, NotImplementedError, others
         raise ShellParseError(f"cannot parse command: {type(exc).__name__}: {exc}"[:300]) from None
-    walker = _Walker(out, depth)
+    walker = _Walker(out, depth, text)
     for p in parts:
         walker.node(p)
 
 
-def analyse(command: str) -> Analysis:
+def analyse(command: str, where: Where | None = None) -> Analysis:
+    """Classify `command` as the target in `where` would run it (without a home
+    directory, paths relative to it are unresolved and `paths.needs_home` says so)."""
     if len(command) > MAX_COMMAND:
         raise ShellParseError(f"command longer than {MAX_COMMAND} characters")
     if "\x00" in command:
@@ -639,4 +834,12 @@ def analyse(command: str) -> Analysis:
     if visible > out.substitutions:
         out.flags.add("hidden_substitution")
         out.effects.update(("write", "egress"))
+    out.paths = paths = resolve(out.path_words, out.cd_words, where or Where())
+    paths.unresolved += out.unread
+    if out.expansion_rules:
+        paths.unresolved.append("shopt or GLOBIGNORE changes how paths expand")
+    if paths.unresolved:
+        out.flags.add("unresolved")
+    if paths.expansions:
+        out.flags.add("glob")
     return out

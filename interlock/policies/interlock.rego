@@ -41,7 +41,7 @@ exfiltration(inp, cfg) := set() if {
 
 # --- hard rules: deny ---------------------------------------------------------------------
 
-deny_reasons(inp, cfg) := posture_denials(inp, cfg) | identity_denials(inp) | intel_denials(inp, cfg) | forbidden(inp, cfg) | flag_denials(inp, cfg) | path_denials(inp, cfg)
+deny_reasons(inp, cfg) := posture_denials(inp, cfg) | identity_denials(inp) | intel_denials(inp, cfg) | forbidden(inp, cfg) | flag_denials(inp, cfg) | path_denials(inp, cfg) | glob_denials(inp, cfg) | root_denials(inp, cfg)
 
 # Each set below starts with a guard for the common case (nothing to find), because
 # rego-cpp evaluates every comprehension otherwise and that is most of a decision's cost.
@@ -141,7 +141,8 @@ path_denials(inp, cfg) := set() if {
 	protected(path, inp.action.protocol, object.get(cfg, "protected_paths", {}))
 }
 
-touched_paths(inp) := {inp.action.target} if {
+# A link's target counts as touched: the link is a way to reach it later.
+touched_paths(inp) := {p | some p in array.concat([inp.action.target], object.get(inp.action.details, "link_targets", []))} if {
 	inp.action.operation in {"file_read", "file_write"}
 } else := {p | some p in array.concat(object.get(inp.action.details, "reads", []), object.get(inp.action.details, "writes", []))}
 
@@ -160,4 +161,79 @@ protected(path, protocol, table) if {
 protected(path, protocol, table) if {
 	some p in object.get(table, concat("", [protocol, "_suffixes"]), [])
 	endswith(path, p)
+}
+
+# Globs (`details.globs`: absolute patterns where only * and ? are special) are refused
+# when some path they could match is protected, lies under a protected prefix, or is a
+# directory holding one. Compared one path component at a time, with the shell's rule
+# that a leading dot is only matched by a dot (bash without dotglob).
+glob_denials(inp, cfg) := set() if {
+	count(object.get(inp.action.details, "globs", [])) == 0
+} else := {concat("", ["protected path: ", g, " may match ", p]) |
+	some g in inp.action.details.globs
+	some p in object.get(object.get(cfg, "protected_paths", {}), inp.action.protocol, [])
+	glob_reaches(split(g, "/"), split(trim_suffix(p, "/"), "/"))
+} | {concat("", ["protected path: ", g, " may match *", s]) |
+	some g in inp.action.details.globs
+	some s in object.get(object.get(cfg, "protected_paths", {}), concat("", [inp.action.protocol, "_suffixes"]), [])
+	glob_ends_with(split(g, "/"), split(trim_suffix(s, "/"), "/"))
+}
+
+# The pattern matches a directory above the protected path.
+glob_reaches(gc, pc) if {
+	count(gc) < count(pc)
+	every i, c in gc {
+		component_match(c, pc[i])
+	}
+}
+
+# The pattern matches the protected path, or a path it is a string prefix of.
+glob_reaches(gc, pc) if {
+	count(gc) >= count(pc)
+	k := count(pc) - 1
+	every i in numbers.range(0, k - 1) {
+		component_match(gc[i], pc[i])
+	}
+	not hidden_from(gc[k], pc[k])
+	some j in numbers.range(0, count(gc[k]))
+	glob.match(substring(gc[k], 0, j), ["/"], pc[k])
+}
+
+glob_ends_with(gc, sc) if {
+	m := count(sc) - 1
+	count(gc) > m
+	every i in numbers.range(1, m) {
+		component_match(gc[(count(gc) - m - 1) + i], sc[i])
+	}
+}
+
+component_match(pattern, name) if {
+	not hidden_from(pattern, name)
+	glob.match(pattern, ["/"], name)
+}
+
+hidden_from(pattern, name) if {
+	startswith(name, ".")
+	not startswith(pattern, ".")
+}
+
+# `path_roots.<protocol>`: when set, the only directories an agent's paths (and link
+# targets and globs) may be in.
+root_denials(inp, cfg) := set() if {
+	count(object.get(object.get(cfg, "path_roots", {}), inp.action.protocol, [])) == 0
+} else := set() if {
+	not inp.action.operation in {"file_read", "file_write", "exec"}
+} else := {concat("", ["outside the allowed directories: ", path]) |
+	some path in touched_paths(inp)
+	not under_root(path, cfg.path_roots[inp.action.protocol])
+}
+
+under_root(path, roots) if {
+	some r in roots
+	path == trim_suffix(r, "/")
+}
+
+under_root(path, roots) if {
+	some r in roots
+	startswith(path, concat("", [trim_suffix(r, "/"), "/"]))
 }
