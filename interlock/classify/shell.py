@@ -156,6 +156,20 @@ WRITES_ALL = frozenset({"mv", "touch", "mkdir", "chmod", "chown", "chgrp", "tee"
 # Options naming a directory the program works in (relative paths follow it).
 CHDIR_OPTIONS = {"env": ("-C", "--chdir"), "git": ("-C",), "make": ("-C", "--directory"),
                  "tar": ("-C", "--directory")}  # fmt: skip
+# Programs that read or change everything under the directories they name: always (None)
+# or with one of these options (a letter counts inside a cluster of short options).
+_GREP_R = ("r", "R", "--recursive", "--dereference-recursive", "--directories=recurse")
+RECURSIVE: dict[str, tuple[str, ...] | None] = {
+    "grep": _GREP_R, "egrep": _GREP_R, "fgrep": _GREP_R, "zgrep": _GREP_R, "rg": None,
+    "ag": None, "tar": None, "zip": ("r", "--recurse-paths"), "diff": ("r", "--recursive"),
+    "cp": ("r", "R", "a", "--recursive", "--archive"), "scp": ("r",),
+    "rsync": ("r", "a", "--recursive", "--archive"), "rm": ("r", "R", "--recursive"),
+    "chmod": ("R", "--recursive"), "chown": ("R", "--recursive"),
+    "chgrp": ("R", "--recursive"),
+}  # fmt: skip
+# find's actions that read or change the files it finds.
+FIND_ACTIONS = frozenset({"-exec", "-execdir", "-ok", "-okdir", "-delete", "-fprint",
+                          "-fprint0", "-fprintf", "-fls"})  # fmt: skip
 # find's options whose value is a file it reads (or, for -fprint and friends, writes).
 FIND_FILES = {"-newer": "read", "-anewer": "read", "-cnewer": "read", "-samefile": "read",
               "-files0-from": "read", "-fprint": "write", "-fprint0": "write",
@@ -239,6 +253,7 @@ class Analysis:
             "writes": list(self.paths.writes),
             "globs": list(self.paths.globs),
             "link_targets": list(self.paths.links),
+            "trees": list(self.paths.trees),
             "unresolved": list(self.paths.unresolved),
             "substitutions": self.substitutions,
         }
@@ -616,6 +631,9 @@ class _Walker:
         if prog == "ln":
             self.links(args, operands)
             return
+        if self.recursive(prog, args):
+            for a in operands or (["."] if prog in ("rg", "ag", *PATTERN_FIRST) else []):
+                self.out.path_words.append((_raw(a), "tree", ()))
         for i, a in enumerate(operands):
             if a == "-":
                 continue
@@ -633,6 +651,16 @@ class _Walker:
                 self.path(a, "write")
             else:
                 self.path(a)
+
+    @staticmethod
+    def recursive(prog: str, args: list[str]) -> bool:
+        if prog not in RECURSIVE:
+            return False
+        options = RECURSIVE[prog]
+        if options is None:
+            return True
+        short = "".join(a[1:] for a in args if a.startswith("-") and not a.startswith("--"))
+        return any(o in args if o.startswith("--") else o in short for o in options)
 
     def links(self, args: list[str], operands: list[str]) -> None:
         """`ln`: the link is written, each source is a link target. A symbolic link's
@@ -777,10 +805,13 @@ class _Walker:
 
     def find(self, args: list[str]) -> None:
         self.out.classes.add("read")
+        acts = any(a in FIND_ACTIONS for a in args)
         for a in args:
             if a.startswith(("-", "(", "!", ")")):
                 break
             self.path(a)
+            if acts:
+                self.out.path_words.append((_raw(a), "tree", ()))
         for i, a in enumerate(args):
             if a in FIND_FILES and i + 1 < len(args):
                 self.path(args[i + 1], FIND_FILES[a])

@@ -303,6 +303,18 @@ def expand(raw: str, where: Where) -> Expanded:
     return Expanded(texts=texts, braced=words != [chars], needs_home=needs_home)
 
 
+def _aliased(path: str) -> bool:
+    """Whether `path` goes through /proc/<pid>/root or /proc/<pid>/cwd: links the kernel
+    follows to another process's root or working directory, so the rest of the path is
+    relative to something only known when the command runs."""
+    parts = path.split("/")
+    return (
+        len(parts) > 3
+        and fnmatch.fnmatchcase("proc", parts[1])
+        and any(fnmatch.fnmatchcase(name, p) for p in parts[2:] for name in ("root", "cwd"))
+    )
+
+
 def normalise(path: str) -> str:
     """Lexically, as the kernel reads the string: repeated slashes, `.` and `..` folded
     (`..` at the root stays at the root)."""
@@ -318,6 +330,8 @@ class Paths:
     writes: list[str] = field(default_factory=list)
     globs: list[str] = field(default_factory=list)
     links: list[str] = field(default_factory=list)
+    trees: list[str] = field(default_factory=list)
+    """Directories a recursive operation reads or changes everything under."""
     unresolved: list[str] = field(default_factory=list)
     """Path words whose value is only known when the command runs, and why."""
     needs_home: bool = False
@@ -358,6 +372,20 @@ def working_dirs(cd_words: list[str | None], where: Where) -> tuple[list[str], s
                         if len(dirs) > MAX_CWDS:
                             return [], f"more than {MAX_CWDS} possible working directories"
     return dirs, ""
+
+
+def homes(tree: str, where: Where, out: Paths) -> None:
+    """A recursive operation on `tree` also reaches the hidden files (`.ssh`, ...) of
+    every home directory under it: they are added as the pattern `<home>/.*`."""
+    prefix = tree.rstrip("/") + "/"
+    for home in dict.fromkeys([where.home, "/root", "/home/*"]):
+        if home is None:
+            continue
+        parent = home.rsplit("/", 1)[0] + "/"
+        if home == tree or home.startswith(prefix) or (home.endswith("*") and parent == prefix):
+            pattern = home + "/.*"
+            out.reads.append(pattern)
+            out.globs.append(pattern)
 
 
 def resolve(
@@ -408,6 +436,8 @@ def resolve(
             ):
                 # Older bash matches `..` with `.*`: the path could leave where it seems.
                 return [], f"{raw}: a pattern that may match '..'"
+            if any(_aliased(p) for p in paths):
+                return [], f"{raw}: /proc/<pid>/root and cwd lead anywhere"
             located += [(p, glob) for p in paths]
         return located, ""
 
@@ -416,11 +446,15 @@ def resolve(
         if why:
             out.unresolved.append(why)
         for p, glob in located:
+            if kind == "tree":
+                out.trees.append(p)
+                homes(p, where, out)
+                continue
             (out.writes if kind == "write" else out.reads).append(p)
             if glob:
                 out.globs.append(p)
             if kind == "link":
                 out.links.append(p)
-    for listed in (out.reads, out.writes, out.globs, out.links):
+    for listed in (out.reads, out.writes, out.globs, out.links, out.trees):
         listed[:] = dict.fromkeys(listed)
     return out

@@ -41,7 +41,7 @@ exfiltration(inp, cfg) := set() if {
 
 # --- hard rules: deny ---------------------------------------------------------------------
 
-deny_reasons(inp, cfg) := posture_denials(inp, cfg) | identity_denials(inp) | intel_denials(inp, cfg) | forbidden(inp, cfg) | flag_denials(inp, cfg) | path_denials(inp, cfg) | glob_denials(inp, cfg) | root_denials(inp, cfg)
+deny_reasons(inp, cfg) := posture_denials(inp, cfg) | identity_denials(inp) | intel_denials(inp, cfg) | forbidden(inp, cfg) | flag_denials(inp, cfg) | path_denials(inp, cfg) | glob_denials(inp, cfg) | tree_denials(inp, cfg) | root_denials(inp, cfg)
 
 # Each set below starts with a guard for the common case (nothing to find), because
 # rego-cpp evaluates every comprehension otherwise and that is most of a decision's cost.
@@ -144,7 +144,7 @@ path_denials(inp, cfg) := set() if {
 # A link's target counts as touched: the link is a way to reach it later.
 touched_paths(inp) := {p | some p in array.concat([inp.action.target], object.get(inp.action.details, "link_targets", []))} if {
 	inp.action.operation in {"file_read", "file_write"}
-} else := {p | some p in array.concat(object.get(inp.action.details, "reads", []), object.get(inp.action.details, "writes", []))}
+} else := {p | some p in array.concat(array.concat(object.get(inp.action.details, "reads", []), object.get(inp.action.details, "writes", [])), object.get(inp.action.details, "trees", []))}
 
 protected(path, protocol, table) if {
 	some p in object.get(table, protocol, [])
@@ -177,6 +177,16 @@ glob_denials(inp, cfg) := set() if {
 	some g in inp.action.details.globs
 	some s in object.get(object.get(cfg, "protected_paths", {}), concat("", [inp.action.protocol, "_suffixes"]), [])
 	glob_ends_with(split(g, "/"), split(trim_suffix(s, "/"), "/"))
+}
+
+# A recursive operation (`details.trees`: grep -r, cp -r, tar, find -exec...) on a
+# directory above a protected prefix reaches it.
+tree_denials(inp, cfg) := set() if {
+	count(object.get(inp.action.details, "trees", [])) == 0
+} else := {concat("", ["protected path: ", p, " is under ", t]) |
+	some t in inp.action.details.trees
+	some p in object.get(object.get(cfg, "protected_paths", {}), inp.action.protocol, [])
+	startswith(p, concat("", [trim_suffix(t, "/"), "/"]))
 }
 
 # The pattern matches a directory above the protected path.

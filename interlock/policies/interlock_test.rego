@@ -254,3 +254,10 @@ test_link_targets_under_protected_paths_are_denied if {
 	interlock.decide(ssh_link("/tmp/l", ["/etc/shadow"]), cfg).effect == "deny"
 	interlock.decide(ssh_link("/tmp/l", ["/tmp/x"]), cfg).effect == "allow"
 }
+
+test_recursive_operations_above_protected_paths_are_denied if {
+	interlock.decide(ssh_exec({"reads": ["/etc"], "trees": ["/etc"], "effects": []}), cfg).effect == "deny"
+	interlock.decide(ssh_exec({"reads": ["/"], "trees": ["/"], "effects": []}), cfg).effect == "deny"
+	interlock.decide(ssh_exec({"reads": ["/srv/app"], "trees": ["/srv/app"], "effects": []}), cfg).effect == "allow"
+	interlock.decide(ssh_exec({"reads": [], "trees": ["/srv"], "effects": []}), rooted).effect == "deny"
+}

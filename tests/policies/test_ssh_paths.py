@@ -167,10 +167,40 @@ def test_the_same_respellings_of_an_ordinary_path_are_allowed(
         "cat {1..3}/../../../etc/shadow",
         "cd $D; cat shadow",
         "shopt -s dotglob; cat ~/*/id_rsa",
+        "cat /proc/self/root/etc/shadow",
+        "cat /proc/1/cwd/.ssh/id_rsa",
+        "cat $'/etc/sh\\x61dow'",
+        'cat /etc/sha""dow',
+        "grep -r root /etc",
+        "grep -rh . ~",
+        "cd ~ && rg -uu BEGIN",
+        "tar czf /tmp/e.tgz /etc",
+        "cp -a /root /tmp/r",
+        "find / -name shadow -exec cat {} +",
+        "rm -rf /home",
+        "dd if=/etc/shadow of=/tmp/x",
+        "source /etc/shadow",
     ],
 )
 def test_issue_19_spellings_are_refused(pdp: PDP, text: str) -> None:
     assert decide(pdp, text) is not Effect.ALLOW
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "grep -r TODO /srv/app",
+        "tar czf /tmp/src.tgz /home/deploy/src",
+        "find /var/log -name '*.gz' -exec zcat {} +",
+        "ls -la /etc",
+        "cat /etc/hostname ~/notes.txt",
+        "cat *.txt",
+        "ls /tmp/*",
+        "echo $HOME $PATH",
+    ],
+)
+def test_ordinary_commands_stay_allowed(pdp: PDP, text: str) -> None:
+    assert decide(pdp, text) is Effect.ALLOW
 
 
 def test_home_unknown_leaves_relative_paths_unresolved(pdp: PDP) -> None:

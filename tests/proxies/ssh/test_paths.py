@@ -57,6 +57,9 @@ async def refused_and_never_ran(rig: Rig, log: LoggedSshd, command: str) -> None
         "sh -c 'cat /etc/'\"'\"'shadow'\"'\"''",
         "cat $'\\x2fetc/shadow'",
         "cat $F",
+        "cat /proc/self/root/etc/shadow",
+        "grep -r root /etc",
+        "find /etc -name shadow -exec cat {} +",
     ],
 )
 async def test_respelled_protected_paths_never_run(
