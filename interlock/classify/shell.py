@@ -156,6 +156,8 @@ WRITES_ALL = frozenset({"mv", "touch", "mkdir", "chmod", "chown", "chgrp", "tee"
 # Options naming a directory the program works in (relative paths follow it).
 CHDIR_OPTIONS = {"env": ("-C", "--chdir"), "git": ("-C",), "make": ("-C", "--directory"),
                  "tar": ("-C", "--directory")}  # fmt: skip
+# Absolute or home-relative paths written in inline code (python -c "open('/etc/x')").
+INLINE_PATH = re.compile(r"(?<![\w.])(?:~|/)[\w.@%+=:,/-]*")
 # Programs that read or change everything under the directories they name: always (None)
 # or with one of these options (a letter counts inside a cluster of short options).
 _GREP_R = ("r", "R", "--recursive", "--dereference-recursive", "--directories=recurse")
@@ -467,6 +469,7 @@ class _Walker:
                 a in STDIN_FILES for a in args
             ):
                 self.out.flags.add("code_from_stdin")
+            self.interpreter_paths(args)
             return
         if prog in AWKS:
             program, skip = "", False
@@ -650,6 +653,23 @@ class _Walker:
             ):
                 self.path(a, "write")
             else:
+                self.path(a)
+
+    def interpreter_paths(self, args: list[str]) -> None:
+        """The files an interpreter is given (`perl -ne 1 /etc/x`, a script and its
+        arguments), and the absolute or `~` paths written literally in inline code
+        (best effort: code can build a path no reading of its text finds)."""
+        code = False
+        for a in args:
+            if code:
+                for literal in INLINE_PATH.findall(str(a)):
+                    self.path(
+                        "'" + literal.replace("'", "") + "'" if literal[0] == "/" else literal
+                    )
+                code = False
+            elif a in INLINE_CODE:
+                code = True
+            elif not a.startswith("-") and a not in STDIN_FILES:
                 self.path(a)
 
     @staticmethod

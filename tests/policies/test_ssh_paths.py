@@ -180,6 +180,8 @@ def test_the_same_respellings_of_an_ordinary_path_are_allowed(
         "rm -rf /home",
         "dd if=/etc/shadow of=/tmp/x",
         "source /etc/shadow",
+        "perl -ne print /etc/shadow",
+        "python3 -c \"print(open('/etc/shadow').read())\"",
     ],
 )
 def test_issue_19_spellings_are_refused(pdp: PDP, text: str) -> None:
@@ -217,6 +219,15 @@ def test_forty_arguments_are_all_decided(pdp: PDP) -> None:
     assert [list(c) for c in action.details["argv"]] == [["cat", *files]]
     assert list(action.details["reads"]) == files
     assert decide(pdp, "cat " + " ".join(files)) is Effect.DENY
+
+
+def test_details_over_the_pdp_limit_are_denied_not_cut(pdp: PDP) -> None:
+    text = "cat " + " ".join(f"/t/{i}" for i in range(1100))
+    action, _ = command_action(AGENT, "web1", text, 16384, WHERE)
+    assert len(action.details["argv"][0]) == 1101
+    decision = asyncio.run(pdp.decide(action))
+    assert decision.effect is Effect.DENY
+    assert "exceed" in decision.reasons[0]
 
 
 def test_an_oversized_command_is_marked_truncated(pdp: PDP) -> None:
