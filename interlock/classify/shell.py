@@ -156,6 +156,10 @@ WRITES_ALL = frozenset({"mv", "touch", "mkdir", "chmod", "chown", "chgrp", "tee"
 # Options naming a directory the program works in (relative paths follow it).
 CHDIR_OPTIONS = {"env": ("-C", "--chdir"), "git": ("-C",), "make": ("-C", "--directory"),
                  "tar": ("-C", "--directory")}  # fmt: skip
+# HOME or CDPATH named other than as `$HOME`/`${HOME}`: a command that may set them
+# (`HOME=/etc`, `export CDPATH=/etc`, `for HOME in ...`, `read HOME`) changes what `~`,
+# `$HOME` and `cd` resolve to.
+HOME_CHANGES = re.compile(r"(?<![$\w{])(HOME|CDPATH)\b")
 # Absolute or home-relative paths written in inline code (python -c "open('/etc/x')").
 INLINE_PATH = re.compile(r"(?<![\w.])(?:~|/)[\w.@%+=:,/-]*")
 # Programs that read or change everything under the directories they name: always (None)
@@ -235,7 +239,10 @@ class Analysis:
     path_words: list[tuple[str, str, tuple[str, ...]]] = field(default_factory=list)
     """(word as written, "read", "write" or "link", the words a symbolic link's target
     is relative to), resolved once every `cd` is known."""
-    cd_words: list[str | None] = field(default_factory=list)
+    cd_words: list[tuple[str | None, bool]] = field(default_factory=list)
+    """(`cd` target as written or None for home, whether inside a loop)."""
+    loops: int = 0
+    """How many loops (for, while, until) the walk is inside."""
     unread: list[str] = field(default_factory=list)
     """Words whose text could not be worked out (they make the command unresolved)."""
     expansion_rules: bool = False
@@ -292,6 +299,9 @@ class _Walker:
             return Word(node.word, raw)
         return Word(text, raw)
 
+    def cd(self, word: str | None) -> None:
+        self.out.cd_words.append((word, self.out.loops > 0))
+
     def path(self, word: str, kind: str = "read") -> None:
         self.out.path_words.append((_raw(word), kind, ()))
 
@@ -311,6 +321,12 @@ class _Walker:
         elif kind in ("commandsubstitution", "processsubstitution"):
             self.out.substitutions += 1
             self.node(n.command)
+        elif kind in ("for", "while", "until"):
+            # A `cd` in here may run any number of times.
+            self.out.loops += 1
+            for p in n.parts:
+                self.node(p)
+            self.out.loops -= 1
         else:
             for p in getattr(n, "parts", None) or []:
                 self.node(p)
@@ -376,7 +392,7 @@ class _Walker:
         if LOADER_VARIABLES.match(name):
             self.out.flags.add("env_injection")
         if name == "GLOBIGNORE":
-            self.out.expansion_rules = True
+            self.out.expansion_rules = True  # HOME and CDPATH: HOME_CHANGES
 
     def redirect(self, r: Any) -> None:
         target = self.word(r.output) if hasattr(r.output, "word") else None
@@ -422,9 +438,9 @@ class _Walker:
         if prog in ("cd", "pushd"):
             target = [a for a in args if not a.startswith(("-", "+")) or a == "-"]
             if not target:
-                self.out.cd_words.append(None)
+                self.cd(None)
             elif target[0] != "-":  # `cd -`: a directory it was already in
-                self.out.cd_words.append(_raw(target[0]))
+                self.cd(_raw(target[0]))
             self.out.classes.add("read")
             return
         if prog == "script":
@@ -718,11 +734,11 @@ class _Walker:
         command's relative paths may be in."""
         for i, a in enumerate(args):
             if a == option and i + 1 < len(args):
-                self.out.cd_words.append(_raw(args[i + 1]))
+                self.cd(_raw(args[i + 1]))
             elif a.startswith(option) and len(a) > len(option):
                 value = _option_value(a) if option.startswith("-") else None
                 if value is not None:
-                    self.out.cd_words.append(value.removeprefix("="))
+                    self.cd(value.removeprefix("="))
 
     # --- things that run other things ---------------------------------------------------
 
@@ -762,6 +778,8 @@ class _Walker:
                 rest.pop(0)
         if wrapper == "flock" and rest:
             rest.pop(0)  # the lock file
+        if wrapper == "xargs" and _name(rest[0] if rest else "echo") not in NOT_PATHS:
+            self.out.unread.append("xargs: arguments read when the command runs")
         if wrapper == "xargs" and rest and _name(rest[0]) in SHELLS:
             shell_args = rest[1:]
             if "-c" in shell_args and shell_args.index("-c") + 1 >= len(shell_args):
@@ -775,7 +793,9 @@ class _Walker:
         ):
             rest.pop(0)
         if wrapper == "watch":
+            self.out.loops += 1
             self.nested([" ".join(rest)])
+            self.out.loops -= 1
             return
         if rest:
             self.argv(rest)
@@ -838,6 +858,9 @@ class _Walker:
             if a in ("-delete",):
                 self.out.classes.add("destructive")
                 self.out.effects.add("write")
+            if a in ("-execdir", "-okdir"):
+                # Relative paths of the command are then relative to every directory found.
+                self.cd("$`")
             if a in ("-exec", "-execdir", "-ok", "-okdir"):
                 inner: list[str] = []
                 for b in args[i + 1 :]:
@@ -882,13 +905,15 @@ def analyse(command: str, where: Where | None = None) -> Analysis:
     # subscripts evaluated by printf -v / test -v / read, single-quoted text later eval'd)
     # would run unseen: their presence is a flag.
     visible = len(re.findall(r"\$\((?!\()", command)) + command.count("`") // 2
+    if HOME_CHANGES.search(command):
+        out.expansion_rules = True
     if visible > out.substitutions:
         out.flags.add("hidden_substitution")
         out.effects.update(("write", "egress"))
     out.paths = paths = resolve(out.path_words, out.cd_words, where or Where())
     paths.unresolved += out.unread
     if out.expansion_rules:
-        paths.unresolved.append("shopt or GLOBIGNORE changes how paths expand")
+        paths.unresolved.append("shopt, GLOBIGNORE, HOME or CDPATH change how paths expand")
     if paths.unresolved:
         out.flags.add("unresolved")
     if paths.expansions:

@@ -340,37 +340,46 @@ class Paths:
     """A brace expansion or a glob was seen (the `glob` mark)."""
 
 
-def working_dirs(cd_words: list[str | None], where: Where) -> tuple[list[str], str]:
-    """Every directory the command may be working in: where it starts and every `cd`
-    target (from any of them: a loop or a failed `cd` make the order unknowable).
-    None in `cd_words` is a `cd` with no argument (home). Returns (dirs, why unknown)."""
+def working_dirs(cd_words: list[tuple[str | None, bool]], where: Where) -> tuple[list[str], str]:
+    """Every directory the command may be working in: where it starts, and where every
+    order of its `cd`s (each run at most once, or any number of times inside a loop)
+    may lead, since a failed `cd` or a branch makes the real order unknowable. A `cd`
+    word None goes home. Returns (dirs, why they are unknown)."""
     start = where.start
     if start is None:
         return [], "the target's home directory is not known"
+    moves: list[tuple[list[str], bool]] = []
+    for word, looped in cd_words:
+        if word is None:
+            targets = [where.home] if where.home else []
+        else:
+            found = expand(word, where)
+            if found.unresolved:
+                return [], f"cd {found.unresolved}"
+            if any(glob for _, glob in found.texts):
+                return [], f"cd {word}: a pattern"
+            targets = [t for t, _ in found.texts]
+        if looped and any(not t.startswith("/") for t in targets):
+            return [], f"cd {word}: a relative cd in a loop"
+        moves.append((targets, looped))
     dirs = [normalise(start)]
-    pending = list(cd_words)
-    changed = True
-    while changed:
-        changed = False
-        for word in pending:
-            if word is None:
-                targets = [where.home] if where.home else []
-            else:
-                found = expand(word, where)
-                if found.unresolved:
-                    return [], f"cd {found.unresolved}"
-                if any(glob for _, glob in found.texts):
-                    return [], f"cd {word}: a pattern"
-                targets = [t for t, _ in found.texts]
+    pending: list[tuple[str, frozenset[int]]] = [(dirs[0], frozenset())]
+    while pending:
+        here, used = pending.pop()
+        for k, (targets, looped) in enumerate(moves):
+            if k in used and not looped:
+                continue
             for t in targets:
-                bases = [""] if t.startswith("/") else dirs
-                for base in list(bases):
-                    d = normalise(posixpath.join(base, t) if base else t)
-                    if d not in dirs:
-                        dirs.append(d)
-                        changed = True
-                        if len(dirs) > MAX_CWDS:
-                            return [], f"more than {MAX_CWDS} possible working directories"
+                d = normalise(posixpath.join(here, t))
+                if d in dirs and looped:
+                    continue
+                if d not in dirs:
+                    dirs.append(d)
+                    if len(dirs) > MAX_CWDS:
+                        return [], f"more than {MAX_CWDS} possible working directories"
+                pending.append((d, used | {k}))
+                if len(pending) > MAX_CWDS * MAX_CWDS:
+                    return [], "too many orders of cd to follow"
     return dirs, ""
 
 
@@ -389,7 +398,9 @@ def homes(tree: str, where: Where, out: Paths) -> None:
 
 
 def resolve(
-    words: list[tuple[str, str, tuple[str, ...]]], cd_words: list[str | None], where: Where
+    words: list[tuple[str, str, tuple[str, ...]]],
+    cd_words: list[tuple[str | None, bool]],
+    where: Where,
 ) -> Paths:
     """`words`: (raw word, "read", "write" or "link", bases). Each becomes absolute
     normalised paths in `reads` (links too, and in `links`) or `writes` (globs in

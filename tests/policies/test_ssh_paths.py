@@ -181,6 +181,14 @@ def test_the_same_respellings_of_an_ordinary_path_are_allowed(
         "dd if=/etc/shadow of=/tmp/x",
         "source /etc/shadow",
         "perl -ne print /etc/shadow",
+        "HOME=/etc; cat ~/shadow",
+        "for HOME in /etc; do cat $HOME/shadow; done",
+        "CDPATH=/etc cd ssh && cat sshd_config",
+        "echo /etc/shadow | xargs cat",
+        "cd /; for d in etc; do cd $d; done; cat shadow",
+        "for i in 1 2 3; do cd ..; done; cat etc/shadow",
+        "cd /etc; cd ssh; cat ssh_host_ed25519_key",
+        "find /srv -execdir cat ../../../../etc/shadow \\;",
         "python3 -c \"print(open('/etc/shadow').read())\"",
     ],
 )
@@ -199,6 +207,9 @@ def test_issue_19_spellings_are_refused(pdp: PDP, text: str) -> None:
         "cat *.txt",
         "ls /tmp/*",
         "echo $HOME $PATH",
+        "cd src && cat README.md && git status",
+        "cd /srv/app; cd web; ls -la; cat index.html",
+        "find . -name '*.py' | xargs -n1 echo",
     ],
 )
 def test_ordinary_commands_stay_allowed(pdp: PDP, text: str) -> None:
