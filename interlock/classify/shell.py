@@ -89,7 +89,7 @@ PRIVILEGE = frozenset(
     {
         "sudo", "su", "doas", "pkexec", "runuser", "setcap", "chroot", "nsenter", "unshare",
         "passwd", "useradd", "usermod", "userdel", "groupadd", "visudo", "chpasswd",
-        "capsh", "setpriv",
+        "capsh", "setpriv", "mount", "umount",
     }
 )  # fmt: skip
 WRAPPERS = frozenset(

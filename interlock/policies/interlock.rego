@@ -180,11 +180,12 @@ glob_denials(inp, cfg) := set() if {
 }
 
 # A recursive operation (`details.trees`: grep -r, cp -r, tar, find -exec...) on a
-# directory above a protected prefix reaches it.
+# directory above a protected prefix reaches it; so does a link to such a directory.
 tree_denials(inp, cfg) := set() if {
 	count(object.get(inp.action.details, "trees", [])) == 0
+	count(object.get(inp.action.details, "link_targets", [])) == 0
 } else := {concat("", ["protected path: ", p, " is under ", t]) |
-	some t in inp.action.details.trees
+	some t in array.concat(object.get(inp.action.details, "trees", []), object.get(inp.action.details, "link_targets", []))
 	some p in object.get(object.get(cfg, "protected_paths", {}), inp.action.protocol, [])
 	startswith(p, concat("", [trim_suffix(t, "/"), "/"]))
 }

@@ -252,6 +252,9 @@ test_path_roots_confine_paths_globs_and_link_targets if {
 
 test_link_targets_under_protected_paths_are_denied if {
 	interlock.decide(ssh_link("/tmp/l", ["/etc/shadow"]), cfg).effect == "deny"
+	interlock.decide(ssh_link("/tmp/l", ["/etc"]), cfg).effect == "deny"
+	interlock.decide(ssh_link("/tmp/l", ["/"]), cfg).effect == "deny"
+	interlock.decide(ssh_exec({"reads": ["/root"], "link_targets": ["/root"], "effects": []}), cfg).effect == "deny"
 	interlock.decide(ssh_link("/tmp/l", ["/tmp/x"]), cfg).effect == "allow"
 }
 

@@ -189,8 +189,8 @@ class ProxySFTP(asyncssh.SFTPServer):
         return await (await self._sftp()).statvfs(path)
 
     async def scandir(self, path: bytes) -> AsyncIterator[SFTPName]:
-        await self._decide(Operation.FILE_READ, _path(path), op="list")
-        async for name in (await self._sftp()).scandir(path):
+        decided = await self._decide(Operation.FILE_READ, _path(path), op="list")
+        async for name in (await self._sftp()).scandir(decided):
             yield name
 
     async def setstat(self, path: bytes, attrs: SFTPAttrs) -> None:

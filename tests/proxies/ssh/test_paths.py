@@ -60,6 +60,8 @@ async def refused_and_never_ran(rig: Rig, log: LoggedSshd, command: str) -> None
         "cat /proc/self/root/etc/shadow",
         "grep -r root /etc",
         "find /etc -name shadow -exec cat {} +",
+        "ln -s / /tmp/interlock-root-link",
+        "ln -s /etc /tmp/interlock-etc-link",
     ],
 )
 async def test_respelled_protected_paths_never_run(
@@ -136,7 +138,7 @@ async def test_a_symlink_to_a_protected_file_is_refused_by_default(
     logged: Rig, tmp_path: Path
 ) -> None:
     async with await logged.client() as conn, conn.start_sftp_client() as sftp:
-        for target in ("/etc/shadow", "/etc/ssh", "/root/.ssh"):
+        for target in ("/etc/shadow", "/etc/ssh", "/root/.ssh", "/etc", "/", "/root"):
             with pytest.raises(asyncssh.SFTPPermissionDenied):
                 await sftp.symlink(target, str(tmp_path / "l"))
     assert not (tmp_path / "l").is_symlink()
