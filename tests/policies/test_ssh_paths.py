@@ -130,6 +130,32 @@ def test_every_respelling_of_a_protected_path_is_refused(pdp: PDP, data: st.Data
 
 @settings(max_examples=60, deadline=None)
 @given(data=st.data())
+def test_every_link_to_a_protected_path_or_above_is_refused(pdp: PDP, data: st.DataObject) -> None:
+    path = data.draw(st.sampled_from([*PROTECTED, "/", "/etc", "/root", "/etc/ssh"]))
+    word = data.draw(spelling(path, patterns=False)) if path != "/" else "/"
+    how = data.draw(st.sampled_from(["ln -s {} /tmp/l", "cd /tmp && ln -sf {} l", "ln {} /tmp/h"]))
+    text = how.format(word)
+    assert decide(pdp, text) is not Effect.ALLOW, text
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    before=st.lists(st.from_regex(r"/tmp/[a-z]{1,6}", fullmatch=True), max_size=150),
+    after=st.lists(st.from_regex(r"/tmp/[a-z]{1,6}", fullmatch=True), max_size=150),
+    protected=st.sampled_from(PROTECTED),
+)
+def test_no_argument_is_dropped_however_many(
+    pdp: PDP, before: list[str], after: list[str], protected: str
+) -> None:
+    files = [*before, protected, *after]
+    action, _ = command_action(AGENT, "web1", "cat " + " ".join(files), 16384, WHERE)
+    assert list(action.details["argv"][0]) == ["cat", *files]
+    assert set(action.details["reads"]) == set(files)
+    assert decide(pdp, "cat " + " ".join(files)) is Effect.DENY
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
 def test_the_same_respellings_of_an_ordinary_path_are_allowed(
     pdp: PDP, data: st.DataObject
 ) -> None:
