@@ -302,7 +302,7 @@ class SshTarget(Section):
     (`realpath .`) the first time a command needs it, then kept."""
     cwd: str | None = None
     """Where commands start on the target if not in `home` (a ForceCommand that changes
-    directory)."""
+    directory). It must be where they really start: relative paths are decided on it."""
 
     @field_validator("home", "cwd")
     @classmethod
