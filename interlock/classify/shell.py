@@ -30,7 +30,7 @@ from typing import Any
 
 import bashlex
 
-from interlock.classify.shellpath import Paths, Where, resolve, unquote
+from interlock.classify.shellpath import OPAQUE, Paths, Where, is_pattern, resolve, unquote
 
 MAX_COMMAND = 16 * 1024
 MAX_DEPTH = 4
@@ -155,7 +155,7 @@ WRITES_ALL = frozenset({"mv", "touch", "mkdir", "chmod", "chown", "chgrp", "tee"
                         "shred", "rm", "rmdir", "unlink"})  # fmt: skip
 # Options naming a directory the program works in (relative paths follow it).
 CHDIR_OPTIONS = {"env": ("-C", "--chdir"), "git": ("-C",), "make": ("-C", "--directory"),
-                 "tar": ("-C", "--directory")}  # fmt: skip
+                 "tar": ("-C", "--directory"), "unzip": ("-d",)}  # fmt: skip
 # HOME or CDPATH named other than as `$HOME`/`${HOME}`: a command that may set them
 # (`HOME=/etc`, `export CDPATH=/etc`, `for HOME in ...`, `read HOME`) changes what `~`,
 # `$HOME` and `cd` resolve to.
@@ -207,6 +207,17 @@ def _raw(word: str) -> str:
     return word.raw if isinstance(word, Word) else word
 
 
+def _file_url(url: str) -> str:
+    """The path of a `file:` URL (what follows `file:`); percent-escapes, which a URL
+    reader decodes, leave it unresolved."""
+    if "%" in url:
+        return OPAQUE
+    if url.startswith("//"):
+        rest = url[2:]
+        return "/" + rest.split("/", 1)[1] if "/" in rest else "/"
+    return url
+
+
 def _option_value(option: str) -> str | None:
     """The value inside an option word (`--file=/x`, `-f/x`), as written."""
     text, raw = str(option), _raw(option)
@@ -222,7 +233,7 @@ def _option_value(option: str) -> str | None:
         return raw[k:]
     # Quoted in a way that moves the value: take the value as plain text, unless it
     # holds an expansion whose quoting is lost here.
-    return "$`" if any(c in text[k:] for c in "$`~") else "'" + text[k:].replace("'", "") + "'"
+    return OPAQUE if any(c in text[k:] for c in "$`~") else "'" + text[k:].replace("'", "") + "'"
 
 
 @dataclass
@@ -303,7 +314,13 @@ class _Walker:
         self.out.cd_words.append((word, self.out.loops > 0))
 
     def path(self, word: str, kind: str = "read") -> None:
-        self.out.path_words.append((_raw(word), kind, ()))
+        raw = _raw(word)
+        self.out.path_words.append((raw, kind, ()))
+        # curl -d @/x, -F f=@/x, http file=@/x; file:///x URLs.
+        if "@" in raw:
+            self.out.path_words.append((raw.split("@", 1)[1], kind, ()))
+        if "file:" in raw:
+            self.out.path_words.append((_file_url(raw.split("file:", 1)[1]), kind, ()))
 
     # --- traversal ------------------------------------------------------------------------
 
@@ -376,10 +393,13 @@ class _Walker:
                 self.node(p)
         if not words:
             return
-        if _dynamic(words[0]):
+        argv: list[str] = [self.word(w) for w in words]
+        if _dynamic(words[0]) or is_pattern(_raw(argv[0])):
+            # `$(echo rm)`, `{cat,/etc/x}` (brace expansion makes the program and its
+            # arguments), `c?t`: the program is only known when the command runs.
             self.out.flags.add("dynamic_command")
             self.out.effects.update(("write", "egress"))
-        self.argv([self.word(w) for w in words])
+        self.argv(argv)
 
     def sub(self, word: Any) -> None:
         for part in getattr(word, "parts", None) or []:
@@ -650,6 +670,9 @@ class _Walker:
         if prog == "ln":
             self.links(args, operands)
             return
+        if prog in ("tar", "unzip") and self.extracts(prog, args):
+            # Extracting writes whatever the archive holds under where it extracts to.
+            self.out.path_words.append((".", "tree", ()))
         if self.recursive(prog, args):
             for a in operands or (["."] if prog in ("rg", "ag", *PATTERN_FIRST) else []):
                 self.out.path_words.append((_raw(a), "tree", ()))
@@ -658,7 +681,7 @@ class _Walker:
                 continue
             if "=" in a:
                 # dd if=/x, make -f, key=value operands: the value may be a file.
-                value = _raw(a).split("=", 1)[1] if "=" in _raw(a) else "$`"
+                value = _raw(a).split("=", 1)[1] if "=" in _raw(a) else OPAQUE
                 self.path(value)
             if kind:
                 self.path(a, kind)
@@ -687,6 +710,15 @@ class _Walker:
                 code = True
             elif not a.startswith("-") and a not in STDIN_FILES:
                 self.path(a)
+
+    @staticmethod
+    def extracts(prog: str, args: list[str]) -> bool:
+        if prog == "unzip":
+            return not any(a in ("-l", "-v", "-t", "-Z", "-p", "-c") for a in args)
+        first = args[0] if args else ""
+        mode = first if not first.startswith("-") else ""
+        short = "".join(a[1:] for a in args if a.startswith("-") and not a.startswith("--"))
+        return "x" in mode + short or any(a in ("--extract", "--get") for a in args)
 
     @staticmethod
     def recursive(prog: str, args: list[str]) -> bool:
@@ -860,7 +892,7 @@ class _Walker:
                 self.out.effects.add("write")
             if a in ("-execdir", "-okdir"):
                 # Relative paths of the command are then relative to every directory found.
-                self.cd("$`")
+                self.cd(OPAQUE)
             if a in ("-exec", "-execdir", "-ok", "-okdir"):
                 inner: list[str] = []
                 for b in args[i + 1 :]:

@@ -30,6 +30,9 @@ MAX_CWDS = 8
 """Working directories a command may be in (after `cd` to several places) beyond which
 its relative paths are unresolved."""
 GLOB_CHARS = frozenset("*?[")
+OPAQUE = "\x00"
+"""A path word whose value is only known when the command runs (a NUL never reaches
+here in a command): a percent-escaped URL, `find -execdir`'s directories."""
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -292,7 +295,18 @@ def _pattern(chars: _Chars) -> tuple[str, bool]:
     return "".join(out), True
 
 
+def is_pattern(raw: str) -> bool:
+    """Whether the word as written holds an unquoted glob or a brace expansion."""
+    chars, why, _ = _lex(raw, Where(), expand=False)
+    if why:
+        return False
+    words = _braces(chars)
+    return words != [chars] or any(c in GLOB_CHARS and not q for c, q in chars)
+
+
 def expand(raw: str, where: Where) -> Expanded:
+    if raw == OPAQUE:
+        return Expanded(unresolved="a path only known when the command runs")
     chars, why, needs_home = _lex(raw, where)
     if why:
         return Expanded(unresolved=why, needs_home=needs_home)
