@@ -214,8 +214,18 @@ class ProxySFTP(asyncssh.SFTPServer):
         await (await self._sftp()).rmdir(decided)
 
     async def _renamed(self, oldpath: bytes, newpath: bytes) -> tuple[str, str]:
-        old = await self._decide(Operation.FILE_WRITE, _path(oldpath), False, op="rename_from")
-        new = await self._decide(Operation.FILE_WRITE, _path(newpath), False, op="rename_to")
+        # Moving a symlink carries what it points to into its new place: the target is
+        # decided with the new name (a link into /etc moved under an allowed root).
+        text = _path(oldpath)
+        old = await self._decide(Operation.FILE_WRITE, text, False, op="rename_from")
+        pointed = await self._absolute(text)
+        new = await self._decide(
+            Operation.FILE_WRITE,
+            _path(newpath),
+            False,
+            op="rename_to",
+            **({"link_targets": [pointed]} if pointed != old else {}),
+        )
         return old, new
 
     async def rename(self, oldpath: bytes, newpath: bytes) -> None:

@@ -4,7 +4,9 @@ an sshd whose ForceCommand logs every command it runs: what was refused never ra
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncssh
@@ -24,10 +26,19 @@ async def logged(tmp_path: Path, logged_sshd: LoggedSshd) -> AsyncIterator[Rig]:
 
 
 @pytest.fixture
-async def rooted(tmp_path: Path, logged_sshd: LoggedSshd) -> AsyncIterator[Rig]:
-    """The bundled policy confining paths to tmp_path/share."""
-    (tmp_path / "share").mkdir()
-    bundle = rooted_bundle(tmp_path, [str(tmp_path / "share")])
+def short() -> Iterator[Path]:
+    """A directory with a short name: long random-looking paths in a command look like
+    secrets to the content scanner, which raises the risk of the command."""
+    path = Path(tempfile.mkdtemp(prefix="il", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+async def rooted(tmp_path: Path, short: Path, logged_sshd: LoggedSshd) -> AsyncIterator[Rig]:
+    """The bundled policy confining paths to `short`/share."""
+    (short / "share").mkdir()
+    bundle = rooted_bundle(tmp_path, [str(short / "share")])
     r = await make_rig(tmp_path, logged_sshd.sshd, bundle=bundle)
     yield r
     await r.proxy.stop()
@@ -71,18 +82,18 @@ async def test_respelled_protected_paths_never_run(
 
 
 async def test_forty_arguments_are_decided_whole(
-    logged: Rig, logged_sshd: LoggedSshd, tmp_path: Path
+    logged: Rig, logged_sshd: LoggedSshd, short: Path
 ) -> None:
     files = [f"f{i}" for i in range(39)]
     for name in files:
-        (tmp_path / name).write_text(f"{name}\n")
-    allowed = f"cd {tmp_path} && cat " + " ".join(files)
+        (short / name).write_text(f"{name}\n")
+    allowed = f"cd {short} && cat " + " ".join(files)
     r = await logged.ssh(allowed)
     assert r.returncode == 0, r.stderr
     assert r.stdout == "".join(f"{name}\n" for name in files).encode()
     assert logged_sshd.commands()[-1] == allowed
     reads = logged.sink.last.action.details["reads"]
-    assert {str(tmp_path / name) for name in files} <= set(reads)
+    assert {str(short / name) for name in files} <= set(reads)
     await refused_and_never_ran(logged, logged_sshd, allowed + " /etc/shadow")
 
 
@@ -101,9 +112,9 @@ async def test_relative_paths_resolve_against_the_home_the_target_reports(
 
 
 async def test_a_symlink_out_of_the_allowed_directory_is_refused_over_exec(
-    rooted: Rig, logged_sshd: LoggedSshd, tmp_path: Path
+    rooted: Rig, logged_sshd: LoggedSshd, short: Path
 ) -> None:
-    data = tmp_path / "share"
+    data = short / "share"
     for command in (
         f"ln -s /etc/passwd {data}/link",
         f"ln -s /etc {data}/etc",
@@ -116,8 +127,8 @@ async def test_a_symlink_out_of_the_allowed_directory_is_refused_over_exec(
     assert (r.returncode, r.stdout) == (0, b"hi\n"), r.stderr
 
 
-async def test_links_over_sftp_are_decided_on_their_targets(rooted: Rig, tmp_path: Path) -> None:
-    data = tmp_path / "share"
+async def test_links_over_sftp_are_decided_on_their_targets(rooted: Rig, short: Path) -> None:
+    data = short / "share"
     (data / "own.txt").write_text("mine")
     async with await rooted.client() as conn, conn.start_sftp_client() as sftp:
         for target in ("/etc/passwd", "/etc", "../../../../../../etc/passwd", "/etc/shadow"):
@@ -125,6 +136,10 @@ async def test_links_over_sftp_are_decided_on_their_targets(rooted: Rig, tmp_pat
                 await sftp.symlink(target, str(data / "link"))
         with pytest.raises(asyncssh.SFTPPermissionDenied):
             await sftp.link("/etc/passwd", str(data / "hard"))
+        assert sorted(p.name for p in data.iterdir()) == ["own.txt"]
+        (short / "outside").symlink_to("/etc")
+        with pytest.raises(asyncssh.SFTPPermissionDenied):
+            await sftp.rename(str(short / "outside"), str(data / "moved"))
         assert sorted(p.name for p in data.iterdir()) == ["own.txt"]
         await sftp.symlink("own.txt", str(data / "alias"))
         async with sftp.open(str(data / "alias")) as f:
