@@ -268,7 +268,7 @@ class Analysis:
             "classes": sorted(self.classes),
             "effects": sorted(self.effects),
             "flags": sorted(self.flags),
-            "argv": [list(c) for c in self.commands],
+            "argv": [[str(w) for w in c] for c in self.commands],
             "reads": list(self.paths.reads),
             "writes": list(self.paths.writes),
             "globs": list(self.paths.globs),
