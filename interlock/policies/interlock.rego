@@ -136,32 +136,39 @@ restriction_for(inp, cfg) := concat("", ["tool:", inp.action.target]) if {
 # operations are checked on their path; shell commands on the paths they name.
 path_denials(inp, cfg) := set() if {
 	not inp.action.operation in {"file_read", "file_write", "exec"}
+} else := set() if {
+	# One built-in call over every path first: a command may name hundreds of paths, and
+	# a function call per path and entry costs rego-cpp tens of microseconds each.
+	not any_protected(touched_paths(inp), inp.action.protocol, object.get(cfg, "protected_paths", {}))
 } else := {concat("", ["protected path: ", path]) |
-	some path in touched_paths(inp)
-	protected(path, inp.action.protocol, object.get(cfg, "protected_paths", {}))
+	some path in protected_among(touched_paths(inp), inp.action.protocol, object.get(cfg, "protected_paths", {}))
 }
 
-# A link's target counts as touched: the link is a way to reach it later.
-touched_paths(inp) := {p | some p in array.concat([inp.action.target], object.get(inp.action.details, "link_targets", []))} if {
+# A link's target counts as touched: the link is a way to reach it later. Arrays, not a
+# set comprehension: rego-cpp builds sets in time quadratic in their size.
+touched_paths(inp) := array.concat([inp.action.target], object.get(inp.action.details, "link_targets", [])) if {
 	inp.action.operation in {"file_read", "file_write"}
-} else := {p | some p in array.concat(array.concat(object.get(inp.action.details, "reads", []), object.get(inp.action.details, "writes", [])), object.get(inp.action.details, "trees", []))}
+} else := array.concat(array.concat(object.get(inp.action.details, "reads", []), object.get(inp.action.details, "writes", [])), object.get(inp.action.details, "trees", []))
 
-protected(path, protocol, table) if {
-	some p in object.get(table, protocol, [])
-	startswith(path, p)
+any_protected(paths, protocol, table) if strings.any_prefix_match(paths, object.get(table, protocol, []))
+
+any_protected(paths, protocol, table) if {
+	strings.any_suffix_match(paths, object.get(table, concat("", [protocol, "_suffixes"]), []))
 }
 
-# A prefix names the directory itself too: "/root/.ssh/" protects "/root/.ssh".
-protected(path, protocol, table) if {
-	some p in object.get(table, protocol, [])
-	endswith(p, "/")
-	path == trim_suffix(p, "/")
+any_protected(paths, protocol, table) if {
+	some d in directories(protocol, table)
+	d in paths
 }
 
-protected(path, protocol, table) if {
-	some p in object.get(table, concat("", [protocol, "_suffixes"]), [])
-	endswith(path, p)
-}
+# Paths under a protected prefix, ending in a protected suffix, or naming a protected
+# directory itself ("/root/.ssh/" protects "/root/.ssh").
+protected_among(paths, protocol, table) := {p | some p in paths; strings.any_prefix_match(p, object.get(table, protocol, []))} | {p |
+	some p in paths
+	strings.any_suffix_match(p, object.get(table, concat("", [protocol, "_suffixes"]), []))
+} | {d | some d in directories(protocol, table); d in paths}
+
+directories(protocol, table) := [trim_suffix(p, "/") | some p in object.get(table, protocol, []); endswith(p, "/")]
 
 # Globs (`details.globs`: absolute patterns where only * and ? are special) are refused
 # when some path they could match is protected, lies under a protected prefix, or is a
@@ -235,16 +242,10 @@ root_denials(inp, cfg) := set() if {
 } else := set() if {
 	not inp.action.operation in {"file_read", "file_write", "exec"}
 } else := {concat("", ["outside the allowed directories: ", path]) |
+	roots := cfg.path_roots[inp.action.protocol]
+	inside := [concat("", [trim_suffix(r, "/"), "/"]) | some r in roots]
+	itself := [trim_suffix(r, "/") | some r in roots]
 	some path in touched_paths(inp)
-	not under_root(path, cfg.path_roots[inp.action.protocol])
-}
-
-under_root(path, roots) if {
-	some r in roots
-	path == trim_suffix(r, "/")
-}
-
-under_root(path, roots) if {
-	some r in roots
-	startswith(path, concat("", [trim_suffix(r, "/"), "/"]))
+	not strings.any_prefix_match(path, inside)
+	not path in itself
 }
