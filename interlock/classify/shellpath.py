@@ -398,14 +398,18 @@ def working_dirs(cd_words: list[tuple[str | None, bool]], where: Where) -> tuple
 
 
 def homes(tree: str, where: Where, out: Paths) -> None:
-    """A recursive operation on `tree` also reaches the hidden files (`.ssh`, ...) of
-    every home directory under it: they are added as the pattern `<home>/.*`."""
-    prefix = tree.rstrip("/") + "/"
+    """A recursive operation on `tree` (a pattern, perhaps) also reaches the hidden
+    files (`.ssh`, ...) of every home directory under it: they are added as the pattern
+    `<home>/.*`."""
+    above = [c for c in tree.split("/") if c]
     for home in dict.fromkeys([where.home, "/root", "/home/*"]):
         if home is None:
             continue
-        parent = home.rsplit("/", 1)[0] + "/"
-        if home == tree or home.startswith(prefix) or (home.endswith("*") and parent == prefix):
+        parts = [c for c in home.split("/") if c]
+        if len(above) <= len(parts) and all(
+            part == "*" or fnmatch.fnmatchcase(part, pattern)
+            for part, pattern in zip(parts, above, strict=False)
+        ):
             pattern = home + "/.*"
             out.reads.append(pattern)
             out.globs.append(pattern)
