@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -147,6 +148,28 @@ async def test_links_over_sftp_are_decided_on_their_targets(rooted: Rig, short: 
     decision = [x for x in rooted.sink.records if x.action.details.get("op") == "symlink"][-1]
     assert list(decision.action.details["link_targets"]) == [str(data / "own.txt")]
     assert decision.decision.effect is Effect.ALLOW
+
+
+async def test_openssh_sftp_links_are_decided_on_their_targets(rooted: Rig, short: Path) -> None:
+    """OpenSSH's sftp sends symlink arguments in its own (reversed) order."""
+    data = short / "share"
+    (data / "own.txt").write_text("mine")
+    batch = (
+        f"-ln -s /etc/passwd {data}/l1\n-symlink /etc {data}/l2\n-ln /etc/passwd {data}/h\n"
+        f"ln -s {data}/own.txt {data}/ok\n"
+    )
+    args = rooted.scp_args()
+    args[0] = "sftp"
+    r = await asyncio.to_thread(
+        subprocess.run, [*args, "-b", "-", "coder@127.0.0.1"], input=batch.encode(),
+        capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in data.iterdir()) == ["ok", "own.txt"]
+    assert (data / "ok").resolve() == data / "own.txt"
+    refused = [x.action.details for x in rooted.sink.records if x.decision.effect is Effect.DENY]
+    assert [d["op"] for d in refused] == ["symlink", "symlink", "link_from"]
+    assert [list(d["link_targets"]) for d in refused[:2]] == [["/etc/passwd"], ["/etc"]]
 
 
 async def test_a_symlink_to_a_protected_file_is_refused_by_default(
