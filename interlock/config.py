@@ -319,6 +319,20 @@ class SshTarget(Section):
     per connection and a certificate signed for it by Vault (`[credentials.ssh]`)."""
     known_hosts: Path
     """OpenSSH known_hosts with the target's host key: it is checked, never learned."""
+    home: str | None = None
+    """The login user's home directory on the target, against which `~`, `$HOME` and
+    relative paths in commands are resolved. Unset: asked of the target's SFTP server
+    (`realpath .`) the first time a command needs it, then kept."""
+    cwd: str | None = None
+    """Where commands start on the target if not in `home` (a ForceCommand that changes
+    directory). It must be where they really start: relative paths are decided on it."""
+
+    @field_validator("home", "cwd")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError("must be an absolute path")
+        return value
 
 
 class SshConfig(Section):

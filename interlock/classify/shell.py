@@ -30,9 +30,10 @@ from typing import Any
 
 import bashlex
 
+from interlock.classify.shellpath import OPAQUE, Paths, Where, is_pattern, resolve, unquote
+
 MAX_COMMAND = 16 * 1024
 MAX_DEPTH = 4
-MAX_RECORDED = 32
 
 SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "fish", "busybox", "rbash"})
 INTERPRETERS = frozenset(
@@ -88,7 +89,7 @@ PRIVILEGE = frozenset(
     {
         "sudo", "su", "doas", "pkexec", "runuser", "setcap", "chroot", "nsenter", "unshare",
         "passwd", "useradd", "usermod", "userdel", "groupadd", "visudo", "chpasswd",
-        "capsh", "setpriv",
+        "capsh", "setpriv", "mount", "umount",
     }
 )  # fmt: skip
 WRAPPERS = frozenset(
@@ -136,6 +137,49 @@ LOADER_VARIABLES = re.compile(
     r"DYLD_[A-Z_]+|PATH|MANPAGER|SYSTEMD_PAGER|GIT_CONFIG\w*|GIT_EXEC_PATH|GIT_ASKPASS|"
     r"SSH_ASKPASS|GIT_TEMPLATE_DIR|BASH_FUNC_.*)$"
 )
+# Programs whose arguments never name a file they open.
+NOT_PATHS = frozenset(
+    {
+        "echo", "printf", "seq", "yes", "sleep", "expr", "true", "false", ":", "kill",
+        "pkill", "killall", "export", "unset", "set", "local", "declare", "typeset",
+        "readonly", "shift", "exit", "return", "wait", "alias", "umask", "read", "test",
+        "[", "cd", "pushd", "popd", "id", "whoami", "groups", "uname", "hostname",
+        "uptime", "nproc", "ps", "which", "type", "basename", "dirname",
+    }
+)  # fmt: skip
+# Programs whose first operand is a pattern or script unless one is given as an option.
+PATTERN_FIRST = frozenset({"grep", "egrep", "fgrep", "zgrep", "rg", "ag", "jq", "yq",
+                           "sed"} | AWKS)  # fmt: skip
+# Programs that change (or may remove) every file they name.
+WRITES_ALL = frozenset({"mv", "touch", "mkdir", "chmod", "chown", "chgrp", "tee", "truncate",
+                        "shred", "rm", "rmdir", "unlink"})  # fmt: skip
+# Options naming a directory the program works in (relative paths follow it).
+CHDIR_OPTIONS = {"env": ("-C", "--chdir"), "git": ("-C",), "make": ("-C", "--directory"),
+                 "tar": ("-C", "--directory"), "unzip": ("-d",)}  # fmt: skip
+# HOME or CDPATH named other than as `$HOME`/`${HOME}`: a command that may set them
+# (`HOME=/etc`, `export CDPATH=/etc`, `for HOME in ...`, `read HOME`) changes what `~`,
+# `$HOME` and `cd` resolve to.
+HOME_CHANGES = re.compile(r"(?<![$\w{])(HOME|CDPATH)\b")
+# Absolute or home-relative paths written in inline code (python -c "open('/etc/x')").
+INLINE_PATH = re.compile(r"(?<![\w.])(?:~|/)[\w.@%+=:,/-]*")
+# Programs that read or change everything under the directories they name: always (None)
+# or with one of these options (a letter counts inside a cluster of short options).
+_GREP_R = ("r", "R", "--recursive", "--dereference-recursive", "--directories=recurse")
+RECURSIVE: dict[str, tuple[str, ...] | None] = {
+    "grep": _GREP_R, "egrep": _GREP_R, "fgrep": _GREP_R, "zgrep": _GREP_R, "rg": None,
+    "ag": None, "tar": None, "zip": ("r", "--recurse-paths"), "diff": ("r", "--recursive"),
+    "cp": ("r", "R", "a", "--recursive", "--archive"), "scp": ("r",),
+    "rsync": ("r", "a", "--recursive", "--archive"), "rm": ("r", "R", "--recursive"),
+    "chmod": ("R", "--recursive"), "chown": ("R", "--recursive"),
+    "chgrp": ("R", "--recursive"),
+}  # fmt: skip
+# find's actions that read or change the files it finds.
+FIND_ACTIONS = frozenset({"-exec", "-execdir", "-ok", "-okdir", "-delete", "-fprint",
+                          "-fprint0", "-fprintf", "-fls"})  # fmt: skip
+# find's options whose value is a file it reads (or, for -fprint and friends, writes).
+FIND_FILES = {"-newer": "read", "-anewer": "read", "-cnewer": "read", "-samefile": "read",
+              "-files0-from": "read", "-fprint": "write", "-fprint0": "write",
+              "-fprintf": "write", "-fls": "write"}  # fmt: skip
 SYSTEM_PATHS = (
     "/", "/*", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/opt",
     "/proc", "/root", "/sbin", "/sys", "/usr", "/var", "~", "~/", "$HOME", ".",
@@ -146,28 +190,91 @@ class ShellParseError(ValueError):
     """A command line that cannot be read; the PEP denies it."""
 
 
+class Word(str):
+    """An argument after quote removal (what bashlex gives), carrying the text as
+    written, from which its paths are resolved (`shellpath.expand`)."""
+
+    raw: str
+
+    def __new__(cls, text: str, raw: str) -> Word:
+        word = super().__new__(cls, text)
+        word.raw = raw
+        return word
+
+
+def _raw(word: str) -> str:
+    """The word as written; a word made here (not parsed) is taken as written."""
+    return word.raw if isinstance(word, Word) else word
+
+
+def _file_url(url: str) -> str:
+    """The path of a `file:` URL (what follows `file:`); percent-escapes, which a URL
+    reader decodes, leave it unresolved."""
+    if "%" in url:
+        return OPAQUE
+    if url.startswith("//"):
+        rest = url[2:]
+        return "/" + rest.split("/", 1)[1] if "/" in rest else "/"
+    return url
+
+
+def _option_value(option: str) -> str | None:
+    """The value inside an option word (`--file=/x`, `-f/x`), as written."""
+    text, raw = str(option), _raw(option)
+    if text.startswith("--"):
+        if "=" not in text:
+            return None
+        k = text.index("=") + 1
+    elif len(text) > 2 and not text[1:].isalpha():
+        k = 2  # -f/etc/x, -o~/x; a cluster of letters (-la) is taken for flags
+    else:
+        return None
+    if raw[:k] == text[:k]:
+        return raw[k:]
+    # Quoted in a way that moves the value: take the value as plain text, unless it
+    # holds an expansion whose quoting is lost here.
+    return OPAQUE if any(c in text[k:] for c in "$`~") else "'" + text[k:].replace("'", "") + "'"
+
+
 @dataclass
 class Analysis:
     commands: list[list[str]] = field(default_factory=list)
-    """argv of every simple command found (at most MAX_RECORDED), nested ones included."""
+    """argv of every simple command found, nested ones included."""
     programs: set[str] = field(default_factory=set)
     classes: set[str] = field(default_factory=set)
     effects: set[str] = field(default_factory=set)
     flags: set[str] = field(default_factory=set)
-    reads: list[str] = field(default_factory=list)
-    writes: list[str] = field(default_factory=list)
+    paths: Paths = field(default_factory=Paths)
+    """The files named, as the target resolves them."""
     substitutions: int = 0
+    path_words: list[tuple[str, str, tuple[str, ...]]] = field(default_factory=list)
+    """(word as written, "read", "write" or "link", the words a symbolic link's target
+    is relative to), resolved once every `cd` is known."""
+    cd_words: list[tuple[str | None, bool]] = field(default_factory=list)
+    """(`cd` target as written or None for home, whether inside a loop)."""
+    loops: int = 0
+    """How many loops (for, while, until) the walk is inside."""
+    unread: list[str] = field(default_factory=list)
+    """Words whose text could not be worked out (they make the command unresolved)."""
+    expansion_rules: bool = False
+    """`shopt` or GLOBIGNORE: globs may match what the default rules would not."""
 
     def details(self) -> dict[str, Any]:
-        """The action details a decision sees (bounded)."""
+        """The action details a decision sees: whole, never shortened (the command is
+        bounded by `max_command_bytes`, the details by the PDP's limit on values, over
+        which the action is denied)."""
         return {
-            "programs": sorted(self.programs)[:64],
+            "programs": sorted(self.programs),
             "classes": sorted(self.classes),
             "effects": sorted(self.effects),
             "flags": sorted(self.flags),
-            "argv": [c[:16] for c in self.commands[:MAX_RECORDED]],
-            "reads": self.reads[:MAX_RECORDED],
-            "writes": self.writes[:MAX_RECORDED],
+            "argv": [[str(w) for w in c] for c in self.commands],
+            "reads": list(self.paths.reads),
+            "writes": list(self.paths.writes),
+            "globs": list(self.paths.globs),
+            "link_targets": list(self.paths.links),
+            "trees": list(self.paths.trees),
+            "unresolved": list(self.paths.unresolved),
             "substitutions": self.substitutions,
         }
 
@@ -187,9 +294,33 @@ def _dynamic(node: Any) -> bool:
 
 
 class _Walker:
-    def __init__(self, out: Analysis, depth: int) -> None:
+    def __init__(self, out: Analysis, depth: int, text: str) -> None:
         self.out = out
         self.depth = depth
+        self.text = text
+
+    def word(self, node: Any) -> Word:
+        """The word as bash passes it: bashlex removes mixed quotes wrongly (`"a"'b'`
+        is `a'b'` to it) and does not decode `$'...'`, so quotes are removed here."""
+        start, end = node.pos
+        raw = self.text[start:end]
+        text = unquote(raw)
+        if text is None:
+            self.out.unread.append(f"{raw[:80]}: cannot remove its quotes")
+            return Word(node.word, raw)
+        return Word(text, raw)
+
+    def cd(self, word: str | None) -> None:
+        self.out.cd_words.append((word, self.out.loops > 0))
+
+    def path(self, word: str, kind: str = "read") -> None:
+        raw = _raw(word)
+        self.out.path_words.append((raw, kind, ()))
+        # curl -d @/x, -F f=@/x, http file=@/x; file:///x URLs.
+        if "@" in raw:
+            self.out.path_words.append((raw.split("@", 1)[1], kind, ()))
+        if "file:" in raw:
+            self.out.path_words.append((_file_url(raw.split("file:", 1)[1]), kind, ()))
 
     # --- traversal ------------------------------------------------------------------------
 
@@ -207,6 +338,12 @@ class _Walker:
         elif kind in ("commandsubstitution", "processsubstitution"):
             self.out.substitutions += 1
             self.node(n.command)
+        elif kind in ("for", "while", "until"):
+            # A `cd` in here may run any number of times.
+            self.out.loops += 1
+            for p in n.parts:
+                self.node(p)
+            self.out.loops -= 1
         else:
             for p in getattr(n, "parts", None) or []:
                 self.node(p)
@@ -256,10 +393,13 @@ class _Walker:
                 self.node(p)
         if not words:
             return
-        if _dynamic(words[0]):
+        argv: list[str] = [self.word(w) for w in words]
+        if _dynamic(words[0]) or is_pattern(_raw(argv[0])):
+            # `$(echo rm)`, `{cat,/etc/x}` (brace expansion makes the program and its
+            # arguments), `c?t`: the program is only known when the command runs.
             self.out.flags.add("dynamic_command")
             self.out.effects.update(("write", "egress"))
-        self.argv([w.word for w in words])
+        self.argv(argv)
 
     def sub(self, word: Any) -> None:
         for part in getattr(word, "parts", None) or []:
@@ -271,9 +411,11 @@ class _Walker:
         name = text.split("=", 1)[0].removeprefix("export ").strip()
         if LOADER_VARIABLES.match(name):
             self.out.flags.add("env_injection")
+        if name == "GLOBIGNORE":
+            self.out.expansion_rules = True  # HOME and CDPATH: HOME_CHANGES
 
     def redirect(self, r: Any) -> None:
-        target = r.output.word if hasattr(r.output, "word") else None
+        target = self.word(r.output) if hasattr(r.output, "word") else None
         if target is None:
             return
         self.sub(r.output)
@@ -288,17 +430,16 @@ class _Walker:
             "2",
         ):
             if not target.isdigit():
-                self.out.writes.append(target)
+                self.path(target, "write")
                 self.out.classes.add("write")
                 self.out.effects.add("write")
-        elif r.type == "<":
-            self.out.reads.append(target)
+        elif r.type in ("<", "<&") and not target.isdigit() and target != "-":
+            self.path(target)
 
     # --- one program --------------------------------------------------------------------
 
     def argv(self, argv: list[str]) -> None:
-        if len(self.out.commands) < MAX_RECORDED:
-            self.out.commands.append(argv)
+        self.out.commands.append(argv)
         prog = _name(argv[0])
         args = argv[1:]
         self.out.programs.add(prog)
@@ -309,6 +450,18 @@ class _Walker:
             return
         if prog == "busybox" and args:
             self.argv(args)
+            return
+        for option in CHDIR_OPTIONS.get(prog, ()):
+            self.chdir_option(args, option)
+        if prog == "shopt":
+            self.out.expansion_rules = True
+        if prog in ("cd", "pushd"):
+            target = [a for a in args if not a.startswith(("-", "+")) or a == "-"]
+            if not target:
+                self.cd(None)
+            elif target[0] != "-":  # `cd -`: a directory it was already in
+                self.cd(_raw(target[0]))
+            self.out.classes.add("read")
             return
         if prog == "script":
             self.out.flags.add("code_from_stdin")
@@ -352,6 +505,7 @@ class _Walker:
                 a in STDIN_FILES for a in args
             ):
                 self.out.flags.add("code_from_stdin")
+            self.interpreter_paths(args)
             return
         if prog in AWKS:
             program, skip = "", False
@@ -365,6 +519,7 @@ class _Walker:
                 if not a.startswith("-"):
                     program = a
                     break
+            self.paths(prog, args)
             if any(a in ("-f", "--file") for a in args):
                 self.out.classes.add("interpreter")
                 self.out.effects.update(("write", "egress"))
@@ -375,6 +530,7 @@ class _Walker:
                 self.out.effects.add("write")
             return
         if prog in EDITORS:
+            self.paths(prog, args, "write")
             joined = " ".join(args)
             if (
                 re.search(r"(^|\s)(-c|\+)\S*\s*\S*(!|shell|term|system|py3?|lua|perl|ruby)", joined)
@@ -458,11 +614,10 @@ class _Walker:
             known = True
             self.out.classes.add("write")
             self.out.effects.add("write")
-            self.out.writes.extend(a for a in args[-1:] if a.startswith(("/", "./", "~")))
         if prog in READERS and not known:
             known = True
             self.out.classes.add("read")
-            self.out.reads.extend(a for a in args if a.startswith(("/", "./", "~")))
+        self.paths(prog, args)
         if not known:
             # An unknown program may do anything: it counts as writing.
             self.out.classes.add("unknown")
@@ -491,6 +646,132 @@ class _Walker:
             return any(a in ("-1", "1", "init", "systemd", "sshd") for a in args)
         return False
 
+    # --- the files a program names ---------------------------------------------------
+
+    def paths(self, prog: str, args: list[str], kind: str = "") -> None:
+        """Every argument that may name a file, and every value inside an option
+        (`--file=/x`, `-f/x`): a word that is not a path resolves to a harmless one,
+        while a path left out would be read undecided."""
+        if prog in NOT_PATHS:
+            return
+        operands: list[str] = []
+        options_end = False
+        for a in args:
+            if not options_end and a == "--":
+                options_end = True
+            elif not options_end and a.startswith("-") and a != "-":
+                value = _option_value(a)
+                if value is not None:
+                    self.path(value)
+            else:
+                operands.append(a)
+        if prog in PATTERN_FIRST and operands and not self.script_option(args):
+            operands = operands[1:]
+        if prog == "ln":
+            self.links(args, operands)
+            return
+        if prog in ("tar", "unzip") and self.extracts(prog, args):
+            # Extracting writes whatever the archive holds under where it extracts to.
+            self.out.path_words.append((".", "tree", ()))
+        if self.recursive(prog, args):
+            for a in operands or (["."] if prog in ("rg", "ag", *PATTERN_FIRST) else []):
+                self.out.path_words.append((_raw(a), "tree", ()))
+        for i, a in enumerate(operands):
+            if a == "-":
+                continue
+            if "=" in a:
+                # dd if=/x, make -f, key=value operands: the value may be a file.
+                value = _raw(a).split("=", 1)[1] if "=" in _raw(a) else OPAQUE
+                self.path(value)
+            if kind:
+                self.path(a, kind)
+            elif (
+                prog in WRITES_ALL
+                or prog in DESTRUCTIVE
+                or (prog in WRITERS and i == len(operands) - 1)
+            ):
+                self.path(a, "write")
+            else:
+                self.path(a)
+
+    def interpreter_paths(self, args: list[str]) -> None:
+        """The files an interpreter is given (`perl -ne 1 /etc/x`, a script and its
+        arguments), and the absolute or `~` paths written literally in inline code
+        (best effort: code can build a path no reading of its text finds)."""
+        code = False
+        for a in args:
+            if code:
+                for literal in INLINE_PATH.findall(str(a)):
+                    self.path(
+                        "'" + literal.replace("'", "") + "'" if literal[0] == "/" else literal
+                    )
+                code = False
+            elif a in INLINE_CODE:
+                code = True
+            elif not a.startswith("-") and a not in STDIN_FILES:
+                self.path(a)
+
+    @staticmethod
+    def extracts(prog: str, args: list[str]) -> bool:
+        if prog == "unzip":
+            return not any(a in ("-l", "-v", "-t", "-Z", "-p", "-c") for a in args)
+        first = args[0] if args else ""
+        mode = first if not first.startswith("-") else ""
+        short = "".join(a[1:] for a in args if a.startswith("-") and not a.startswith("--"))
+        return "x" in mode + short or any(a in ("--extract", "--get") for a in args)
+
+    @staticmethod
+    def recursive(prog: str, args: list[str]) -> bool:
+        if prog not in RECURSIVE:
+            return False
+        options = RECURSIVE[prog]
+        if options is None:
+            return True
+        short = "".join(a[1:] for a in args if a.startswith("-") and not a.startswith("--"))
+        return any(o in args if o.startswith("--") else o in short for o in options)
+
+    def links(self, args: list[str], operands: list[str]) -> None:
+        """`ln`: the link is written, each source is a link target. A symbolic link's
+        relative target is read from the link's directory, not the working directory
+        (unless `--relative`): it is resolved from every other operand and its
+        directory, since which one is the link is only known on the target (`ln -s T
+        DIR`, `ln -s T NAME`, `-t DIR`)."""
+        short = "".join(a for a in args if a.startswith("-") and not a.startswith("--"))
+        symbolic = "--symbolic" in args or "s" in short
+        relative = "--relative" in args or "r" in short
+        sources = operands[:-1] or operands
+        if len(operands) > 1:
+            self.path(operands[-1], "write")
+        for source in sources:
+            bases: tuple[str, ...] = ()
+            if symbolic and not relative and len(operands) > 1:
+                bases = tuple(_raw(o) for o in operands if o is not source)
+            self.out.path_words.append((_raw(source), "link", bases))
+
+    @staticmethod
+    def script_option(args: list[str]) -> bool:
+        """Whether the pattern or script comes from an option (`-e x`, `-f file`,
+        `--regexp=x`, or a cluster holding e or f): then the first operand is a file."""
+        for a in args:
+            if a == "--":
+                return False
+            if a.startswith(("--regexp", "--file", "--expression", "--from-file")):
+                return True
+            if a.startswith("-") and not a.startswith("--") and ("e" in a or "f" in a):
+                return True
+        return False
+
+    def chdir_option(self, args: list[str], option: str) -> None:
+        """`env -C dir`, `git -C dir`, `tar --directory=dir`: one more directory the
+        command's relative paths may be in."""
+        for i, a in enumerate(args):
+            if a == option and i + 1 < len(args):
+                self.cd(_raw(args[i + 1]))
+            elif a.startswith(option) and len(a) > len(option):
+                value = _option_value(a) if option.startswith("-") else None
+                if value is not None:
+                    self.cd(value.removeprefix("="))
+
     # --- things that run other things ---------------------------------------------------
 
     def git(self, args: list[str]) -> None:
@@ -502,6 +783,7 @@ class _Walker:
             self.out.flags.add("shell_escape")
         if any(a.startswith("--output") for a in args):
             self.out.effects.add("write")
+        self.paths("git", args[args.index(sub) + 1 :] if sub else [])
         if sub in GIT_NETWORK:
             self.out.classes.add("network")
             self.out.effects.update(("egress", "write"))
@@ -528,6 +810,8 @@ class _Walker:
                 rest.pop(0)
         if wrapper == "flock" and rest:
             rest.pop(0)  # the lock file
+        if wrapper == "xargs" and _name(rest[0] if rest else "echo") not in NOT_PATHS:
+            self.out.unread.append("xargs: arguments read when the command runs")
         if wrapper == "xargs" and rest and _name(rest[0]) in SHELLS:
             shell_args = rest[1:]
             if "-c" in shell_args and shell_args.index("-c") + 1 >= len(shell_args):
@@ -541,7 +825,9 @@ class _Walker:
         ):
             rest.pop(0)
         if wrapper == "watch":
+            self.out.loops += 1
             self.nested([" ".join(rest)])
+            self.out.loops -= 1
             return
         if rest:
             self.argv(rest)
@@ -578,6 +864,7 @@ class _Walker:
         elif scripts:
             # A script file: its contents are unknown here.
             self.out.classes.add("interpreter")
+            self.path(scripts[0])
         else:
             # Commands would arrive on stdin, unseen by any decision.
             self.out.flags.add("code_from_stdin")
@@ -590,10 +877,22 @@ class _Walker:
 
     def find(self, args: list[str]) -> None:
         self.out.classes.add("read")
+        acts = any(a in FIND_ACTIONS for a in args)
+        for a in args:
+            if a.startswith(("-", "(", "!", ")")):
+                break
+            self.path(a)
+            if acts:
+                self.out.path_words.append((_raw(a), "tree", ()))
         for i, a in enumerate(args):
+            if a in FIND_FILES and i + 1 < len(args):
+                self.path(args[i + 1], FIND_FILES[a])
             if a in ("-delete",):
                 self.out.classes.add("destructive")
                 self.out.effects.add("write")
+            if a in ("-execdir", "-okdir"):
+                # Relative paths of the command are then relative to every directory found.
+                self.cd(OPAQUE)
             if a in ("-exec", "-execdir", "-ok", "-okdir"):
                 inner: list[str] = []
                 for b in args[i + 1 :]:
@@ -615,12 +914,14 @@ def _parse_into(text: str, out: Analysis, depth: int) -> None:
         parts = bashlex.parse(text)
     except Exception as exc:  # bashlex raises ParsingError, NotImplementedError, others
         raise ShellParseError(f"cannot parse command: {type(exc).__name__}: {exc}"[:300]) from None
-    walker = _Walker(out, depth)
+    walker = _Walker(out, depth, text)
     for p in parts:
         walker.node(p)
 
 
-def analyse(command: str) -> Analysis:
+def analyse(command: str, where: Where | None = None) -> Analysis:
+    """Classify `command` as the target in `where` would run it (without a home
+    directory, paths relative to it are unresolved and `paths.needs_home` says so)."""
     if len(command) > MAX_COMMAND:
         raise ShellParseError(f"command longer than {MAX_COMMAND} characters")
     if "\x00" in command:
@@ -636,7 +937,17 @@ def analyse(command: str) -> Analysis:
     # subscripts evaluated by printf -v / test -v / read, single-quoted text later eval'd)
     # would run unseen: their presence is a flag.
     visible = len(re.findall(r"\$\((?!\()", command)) + command.count("`") // 2
+    if HOME_CHANGES.search(command):
+        out.expansion_rules = True
     if visible > out.substitutions:
         out.flags.add("hidden_substitution")
         out.effects.update(("write", "egress"))
+    out.paths = paths = resolve(out.path_words, out.cd_words, where or Where())
+    paths.unresolved += out.unread
+    if out.expansion_rules:
+        paths.unresolved.append("shopt, GLOBIGNORE, HOME or CDPATH change how paths expand")
+    if paths.unresolved:
+        out.flags.add("unresolved")
+    if paths.expansions:
+        out.flags.add("glob")
     return out

@@ -267,6 +267,7 @@ class PDP:
             actions_last_minute=view.actions_last_minute,
             flows=flows,
             baseline_per_minute=view.baseline_per_minute,
+            classes=frozenset(c for c in action.details.get("classes", ()) if isinstance(c, str)),
         )
 
     async def _apply(self, action: Action, decision: Decision) -> None:

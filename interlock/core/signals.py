@@ -13,7 +13,7 @@ any policy author tunes to.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from interlock.core.model import Risk, Tier
@@ -35,8 +35,19 @@ def data_sensitivity(labels: Iterable[str], table: Mapping[str, float]) -> float
     return _clamp(best)
 
 
-def operation_severity(operation: str, table: Mapping[str, float]) -> float:
-    """How much damage this kind of operation can do on its own (unknown: maximum)."""
+def operation_severity(
+    operation: str,
+    table: Mapping[str, float],
+    classes: Collection[str] = (),
+    class_table: Mapping[str, float] | None = None,
+) -> float:
+    """How much damage this kind of operation can do on its own (unknown: maximum). An
+    action whose classifier said what it does (`details.classes` of a shell command:
+    read, write, destructive, ...) weighs as its heaviest class (unknown class:
+    maximum), so that, whatever the agent's state, a command that writes or destroys
+    never weighs less than one that only reads."""
+    if classes and class_table:
+        return _clamp(max(class_table.get(c, 1.0) for c in classes))
     return _clamp(table.get(operation, 1.0))
 
 
@@ -125,6 +136,8 @@ class Facts:
     actions_last_minute: int
     flows: int = 0
     baseline_per_minute: float | None = None
+    classes: frozenset[str] = frozenset()
+    """What the classifier found the action does (shell commands), if anything."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +156,7 @@ class RiskModel:
     identity_weakness: Mapping[str, float]
     rate_per_minute: float
     baseline_factor: float = 3.0
+    class_severity: Mapping[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_data(cls, risk: Any) -> RiskModel:
@@ -184,6 +198,7 @@ class RiskModel:
             identity_weakness=table("identity_weakness"),
             rate_per_minute=float(rate_limit),
             baseline_factor=float(factor),
+            class_severity=table("class_severity"),
         )
 
 
@@ -192,7 +207,10 @@ def compute(facts: Facts, model: RiskModel) -> dict[str, float]:
     op = facts.operation
     return {
         "data_sensitivity": round(data_sensitivity(facts.labels, model.label_sensitivity), 1),
-        "operation_severity": round(operation_severity(op, model.operation_severity), 1),
+        "operation_severity": round(
+            operation_severity(op, model.operation_severity, facts.classes, model.class_severity),
+            1,
+        ),
         "destination_novelty": destination_novelty(facts.first_seen, op, model.novelty_operations),
         "taint": round(
             taint(facts.taints, op, model.taint_weights, model.taint_operations, facts.labels), 1

@@ -41,7 +41,7 @@ exfiltration(inp, cfg) := set() if {
 
 # --- hard rules: deny ---------------------------------------------------------------------
 
-deny_reasons(inp, cfg) := posture_denials(inp, cfg) | identity_denials(inp) | intel_denials(inp, cfg) | forbidden(inp, cfg) | flag_denials(inp, cfg) | path_denials(inp, cfg)
+deny_reasons(inp, cfg) := posture_denials(inp, cfg) | identity_denials(inp) | intel_denials(inp, cfg) | forbidden(inp, cfg) | flag_denials(inp, cfg) | path_denials(inp, cfg) | glob_denials(inp, cfg) | tree_denials(inp, cfg) | root_denials(inp, cfg)
 
 # Each set below starts with a guard for the common case (nothing to find), because
 # rego-cpp evaluates every comprehension otherwise and that is most of a decision's cost.
@@ -136,28 +136,116 @@ restriction_for(inp, cfg) := concat("", ["tool:", inp.action.target]) if {
 # operations are checked on their path; shell commands on the paths they name.
 path_denials(inp, cfg) := set() if {
 	not inp.action.operation in {"file_read", "file_write", "exec"}
+} else := set() if {
+	# One built-in call over every path first: a command may name hundreds of paths, and
+	# a function call per path and entry costs rego-cpp tens of microseconds each.
+	not any_protected(touched_paths(inp), inp.action.protocol, object.get(cfg, "protected_paths", {}))
 } else := {concat("", ["protected path: ", path]) |
-	some path in touched_paths(inp)
-	protected(path, inp.action.protocol, object.get(cfg, "protected_paths", {}))
+	some path in protected_among(touched_paths(inp), inp.action.protocol, object.get(cfg, "protected_paths", {}))
 }
 
-touched_paths(inp) := {inp.action.target} if {
+# A link's target counts as touched: the link is a way to reach it later. Arrays, not a
+# set comprehension: rego-cpp builds sets in time quadratic in their size.
+touched_paths(inp) := array.concat([inp.action.target], object.get(inp.action.details, "link_targets", [])) if {
 	inp.action.operation in {"file_read", "file_write"}
-} else := {p | some p in array.concat(object.get(inp.action.details, "reads", []), object.get(inp.action.details, "writes", []))}
+} else := array.concat(array.concat(object.get(inp.action.details, "reads", []), object.get(inp.action.details, "writes", [])), object.get(inp.action.details, "trees", []))
 
-protected(path, protocol, table) if {
-	some p in object.get(table, protocol, [])
-	startswith(path, p)
+any_protected(paths, protocol, table) if strings.any_prefix_match(paths, object.get(table, protocol, []))
+
+any_protected(paths, protocol, table) if {
+	strings.any_suffix_match(paths, object.get(table, concat("", [protocol, "_suffixes"]), []))
 }
 
-# A prefix names the directory itself too: "/root/.ssh/" protects "/root/.ssh".
-protected(path, protocol, table) if {
-	some p in object.get(table, protocol, [])
-	endswith(p, "/")
-	path == trim_suffix(p, "/")
+any_protected(paths, protocol, table) if {
+	some d in directories(protocol, table)
+	d in paths
 }
 
-protected(path, protocol, table) if {
-	some p in object.get(table, concat("", [protocol, "_suffixes"]), [])
-	endswith(path, p)
+# Paths under a protected prefix, ending in a protected suffix, or naming a protected
+# directory itself ("/root/.ssh/" protects "/root/.ssh").
+protected_among(paths, protocol, table) := {p | some p in paths; strings.any_prefix_match(p, object.get(table, protocol, []))} | {p |
+	some p in paths
+	strings.any_suffix_match(p, object.get(table, concat("", [protocol, "_suffixes"]), []))
+} | {d | some d in directories(protocol, table); d in paths}
+
+directories(protocol, table) := [trim_suffix(p, "/") | some p in object.get(table, protocol, []); endswith(p, "/")]
+
+# Globs (`details.globs`: absolute patterns where only * and ? are special) are refused
+# when some path they could match is protected, lies under a protected prefix, or is a
+# directory holding one. Compared one path component at a time, with the shell's rule
+# that a leading dot is only matched by a dot (bash without dotglob).
+glob_denials(inp, cfg) := set() if {
+	count(object.get(inp.action.details, "globs", [])) == 0
+} else := {concat("", ["protected path: ", g, " may match ", p]) |
+	some g in inp.action.details.globs
+	some p in object.get(object.get(cfg, "protected_paths", {}), inp.action.protocol, [])
+	glob_reaches(split(g, "/"), split(trim_suffix(p, "/"), "/"))
+} | {concat("", ["protected path: ", g, " may match *", s]) |
+	some g in inp.action.details.globs
+	some s in object.get(object.get(cfg, "protected_paths", {}), concat("", [inp.action.protocol, "_suffixes"]), [])
+	glob_ends_with(split(g, "/"), split(trim_suffix(s, "/"), "/"))
+}
+
+# A recursive operation (`details.trees`: grep -r, cp -r, tar, find -exec...) on a
+# directory above a protected prefix reaches it; so does a link to such a directory.
+tree_denials(inp, cfg) := set() if {
+	count(object.get(inp.action.details, "trees", [])) == 0
+	count(object.get(inp.action.details, "link_targets", [])) == 0
+} else := {concat("", ["protected path: ", p, " is under ", t]) |
+	some t in array.concat(object.get(inp.action.details, "trees", []), object.get(inp.action.details, "link_targets", []))
+	some p in object.get(object.get(cfg, "protected_paths", {}), inp.action.protocol, [])
+	startswith(p, concat("", [trim_suffix(t, "/"), "/"]))
+}
+
+# The pattern matches a directory above the protected path.
+glob_reaches(gc, pc) if {
+	count(gc) < count(pc)
+	every i, c in gc {
+		component_match(c, pc[i])
+	}
+}
+
+# The pattern matches the protected path, or a path it is a string prefix of.
+glob_reaches(gc, pc) if {
+	count(gc) >= count(pc)
+	k := count(pc) - 1
+	every i in numbers.range(0, k - 1) {
+		component_match(gc[i], pc[i])
+	}
+	not hidden_from(gc[k], pc[k])
+	some j in numbers.range(0, count(gc[k]))
+	glob.match(substring(gc[k], 0, j), ["/"], pc[k])
+}
+
+glob_ends_with(gc, sc) if {
+	m := count(sc) - 1
+	count(gc) > m
+	every i in numbers.range(1, m) {
+		component_match(gc[(count(gc) - m - 1) + i], sc[i])
+	}
+}
+
+component_match(pattern, name) if {
+	not hidden_from(pattern, name)
+	glob.match(pattern, ["/"], name)
+}
+
+hidden_from(pattern, name) if {
+	startswith(name, ".")
+	not startswith(pattern, ".")
+}
+
+# `path_roots.<protocol>`: when set, the only directories an agent's paths (and link
+# targets and globs) may be in.
+root_denials(inp, cfg) := set() if {
+	count(object.get(object.get(cfg, "path_roots", {}), inp.action.protocol, [])) == 0
+} else := set() if {
+	not inp.action.operation in {"file_read", "file_write", "exec"}
+} else := {concat("", ["outside the allowed directories: ", path]) |
+	roots := cfg.path_roots[inp.action.protocol]
+	inside := [concat("", [trim_suffix(r, "/"), "/"]) | some r in roots]
+	itself := [trim_suffix(r, "/") | some r in roots]
+	some path in touched_paths(inp)
+	not strings.any_prefix_match(path, inside)
+	not path in itself
 }

@@ -231,3 +231,52 @@ test_protected_directories_and_commands if {
 	interlock.decide(ssh_exec({"reads": ["/etc/shadow"], "effects": []}), cfg).effect == "deny"
 	interlock.decide(ssh_exec({"reads": ["/etc/hosts"], "effects": []}), cfg).effect == "allow"
 }
+
+test_ssh_unresolved_and_truncated_commands_are_denied if {
+	interlock.decide(ssh_exec({"flags": ["unresolved"], "unresolved": ["$F: ..."], "effects": []}), cfg).effect == "deny"
+	interlock.decide(ssh_exec({"flags": ["truncated", "unparsable"], "effects": []}), cfg).effect == "deny"
+}
+
+ssh_glob(g) := ssh_exec({"reads": [g], "globs": [g], "flags": ["glob"], "effects": []})
+
+test_globs_that_may_match_a_protected_path_are_denied if {
+	every g in ["/etc/shad*", "/etc/sh?dow", "/etc/*", "/e*/shadow", "/etc/shadow*", "/e*", "/*", "/root/.s*/id_rsa", "/home/*/.ssh/authorized_k*", "/home/deploy/.*", "/etc/ss?/sshd_config", "/home/*/.??h/id_rsa", "/data/*/.ssh"] {
+		interlock.decide(ssh_glob(g), cfg).effect == "deny"
+	}
+}
+
+test_globs_away_from_protected_paths_are_allowed if {
+	every g in ["/tmp/*.log", "/home/deploy/*.txt", "/etc/host*", "/var/log/*/x", "/home/deploy/src/*.py", "/data/*", "/home/*/?ssh/id_rsa"] {
+		interlock.decide(ssh_glob(g), cfg).effect == "allow"
+	}
+}
+
+ssh_link(path, targets) := object.union(base, {"action": object.union(base.action, {"protocol": "ssh", "operation": "file_write", "target": path, "details": {"link_targets": targets}})})
+
+rooted := object.union(cfg, {"path_roots": {"ssh": ["/data/"]}})
+
+test_path_roots_confine_paths_globs_and_link_targets if {
+	interlock.decide(ssh_exec({"reads": ["/data/a", "/data"], "effects": []}), rooted).effect == "allow"
+	interlock.decide(ssh_exec({"reads": ["/etc/passwd"], "effects": []}), rooted).effect == "deny"
+	interlock.decide(ssh_exec({"reads": ["/database"], "effects": []}), rooted).effect == "deny"
+	interlock.decide(ssh_glob("/data/*"), rooted).effect == "allow"
+	interlock.decide(ssh_glob("/dat*/x"), rooted).effect == "deny"
+	interlock.decide(ssh_file("file_read", "/data/x"), rooted).effect == "allow"
+	interlock.decide(ssh_link("/data/l", ["/etc/passwd"]), rooted).effect == "deny"
+	interlock.decide(ssh_link("/data/l", ["/data/x"]), rooted).effect == "allow"
+}
+
+test_link_targets_under_protected_paths_are_denied if {
+	interlock.decide(ssh_link("/tmp/l", ["/etc/shadow"]), cfg).effect == "deny"
+	interlock.decide(ssh_link("/tmp/l", ["/etc"]), cfg).effect == "deny"
+	interlock.decide(ssh_link("/tmp/l", ["/"]), cfg).effect == "deny"
+	interlock.decide(ssh_exec({"reads": ["/root"], "link_targets": ["/root"], "effects": []}), cfg).effect == "deny"
+	interlock.decide(ssh_link("/tmp/l", ["/tmp/x"]), cfg).effect == "allow"
+}
+
+test_recursive_operations_above_protected_paths_are_denied if {
+	interlock.decide(ssh_exec({"reads": ["/etc"], "trees": ["/etc"], "effects": []}), cfg).effect == "deny"
+	interlock.decide(ssh_exec({"reads": ["/"], "trees": ["/"], "effects": []}), cfg).effect == "deny"
+	interlock.decide(ssh_exec({"reads": ["/srv/app"], "trees": ["/srv/app"], "effects": []}), cfg).effect == "allow"
+	interlock.decide(ssh_exec({"reads": [], "trees": ["/srv"], "effects": []}), rooted).effect == "deny"
+}

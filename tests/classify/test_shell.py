@@ -7,6 +7,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from interlock.classify.shell import ShellParseError, analyse
+from interlock.classify.shellpath import Where
+
+HOME = Where("/home/deploy", "deploy")
 
 # (command, a flag it must carry) -- each of these is refused by the bundled policy.
 EVASIONS = [
@@ -84,7 +87,7 @@ def test_evasions_carry_their_flag(command: str, flag: str) -> None:
     ],
 )
 def test_commands_are_classified(command: str, classes: set[str], effects: set[str]) -> None:
-    a = analyse(command)
+    a = analyse(command, HOME)
     assert a.classes == classes
     assert a.effects == effects
     assert not a.flags

@@ -21,6 +21,7 @@ from typing import Any
 import asyncssh
 
 from interlock.approvals.holds import Holds
+from interlock.classify.shellpath import Where
 from interlock.config import AgentConfig, SshConfig
 from interlock.core.context import Posture
 from interlock.core.model import Action, Agent, Decision, Effect, Operation
@@ -202,6 +203,8 @@ class SshProxy:
         self.address: tuple[str, int] | None = None
         self._by_agent: dict[str, set[Connection]] = {}
         self._unsubscribe: Any = None
+        self._where: dict[str, Where] = {}
+        """Per target: its login user's home and starting directory."""
 
     async def decide(self, action: Action, text: str = "") -> Decision:
         """Decide; a hold waits for a human (expiry is a denial). `text`: the exact
@@ -218,6 +221,27 @@ class SshProxy:
                 reasons=(*decision.reasons, f"held for approval: {verdict.reason or 'denied'}"),
             )
         return decision
+
+    async def where(self, conn: Connection, learn: bool = False) -> Where:
+        """Where commands start on the connection's target: configured, or (`learn`)
+        the home directory the target's SFTP server reports, asked once per target.
+        Unreachable, the home stays unknown and paths needing it are unresolved."""
+        name = conn.target_name
+        known = self._where.get(name)
+        if known is None:
+            target = self.config.targets[name]
+            known = self._where[name] = Where(target.home, target.user, target.cwd)
+        if known.home is None and learn:
+            try:
+                upstream = await conn.upstream()
+                async with upstream.start_sftp_client() as sftp:
+                    home = str(await sftp.realpath("."))
+            except (OSError, asyncssh.Error) as exc:
+                log.warning("target %s: cannot learn its home directory: %s", name, exc)
+                return known
+            if home.startswith("/"):
+                known = self._where[name] = replace(known, home=home)
+        return known
 
     def open_sessions(self) -> int:
         return sum(len(conns) for conns in self._by_agent.values())

@@ -26,6 +26,7 @@ import asyncssh
 
 from interlock.classify.content import MAX_SCAN, scan
 from interlock.classify.shell import ShellParseError, analyse
+from interlock.classify.shellpath import Where
 from interlock.core.model import Action, Agent, Decision, Effect, Operation
 
 if TYPE_CHECKING:
@@ -38,20 +39,29 @@ UPSTREAM_FAILED_EXIT = 255
 CHUNK = 64 * 1024
 
 
-def command_action(agent: Agent, target: str, command: str, max_bytes: int) -> Action:
-    details: dict[str, Any] = {"command": command[:4096], "interactive": False}
+def command_action(
+    agent: Agent, target: str, command: str, max_bytes: int, where: Where | None = None
+) -> tuple[Action, bool]:
+    """The action for `command` run on the target in `where`, and whether it has paths
+    that the target's home directory (not given) would resolve."""
+    needs_home = False
+    details: dict[str, Any] = {"command": command, "interactive": False}
     if len(command.encode("utf-8", "replace")) > max_bytes:
-        details["flags"] = ["unparsable"]
+        # Refused whatever the policy says about its text; the record keeps a marked head.
+        details["command"] = command[:max_bytes]
+        details["flags"] = ["truncated", "unparsable"]
         details["parse_error"] = f"command longer than {max_bytes} bytes"
     else:
         try:
-            details.update(analyse(command).details())
+            analysis = analyse(command, where)
+            details.update(analysis.details())
+            needs_home = analysis.paths.needs_home
         except ShellParseError as exc:
             details.update(flags=["unparsable"], parse_error=str(exc), effects=["write", "egress"])
     found = scan(command[:MAX_SCAN])
     if found.kinds:
         details["dlp"] = sorted(found.kinds)
-    return Action(
+    action = Action(
         agent,
         "ssh",
         Operation.EXEC,
@@ -60,6 +70,7 @@ def command_action(agent: Agent, target: str, command: str, max_bytes: int) -> A
         labels=found.labels,
         payload=command[:MAX_SCAN],
     )
+    return action, needs_home
 
 
 def shell_action(agent: Agent, target: str, term: str | None) -> Action:
@@ -95,6 +106,20 @@ async def _pump(
         write(data)
 
 
+async def _command(conn: Connection, command: str) -> Action:
+    """Classified where the target will run it; the target's home is asked for (once
+    per target) only when a path needs it, and unknown it leaves those paths
+    unresolved."""
+    limit = conn.proxy.config.max_command_bytes
+    where = await conn.proxy.where(conn)
+    action, needs_home = command_action(conn.agent, conn.target_name, command, limit, where)
+    if needs_home:
+        learned = await conn.proxy.where(conn, learn=True)
+        if learned.home is not None:
+            action, _ = command_action(conn.agent, conn.target_name, command, limit, learned)
+    return action
+
+
 async def handle(process: asyncssh.SSHServerProcess[bytes], conn: Connection) -> None:
     """The process_factory: one exec or shell request (SFTP and scp go to `ProxySFTP`)."""
     command = process.command
@@ -110,9 +135,7 @@ async def handle(process: asyncssh.SSHServerProcess[bytes], conn: Connection) ->
         action = shell_action(conn.agent, conn.target_name, term)
         command = None
     else:
-        action = command_action(
-            conn.agent, conn.target_name, command, conn.proxy.config.max_command_bytes
-        )
+        action = await _command(conn, command)
         if term is not None:
             # A command on a terminal can take input no decision sees (a pager's !sh, a
             # REPL): it is interactive.

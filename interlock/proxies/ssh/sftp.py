@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 import asyncssh
 from asyncssh import SFTPAttrs, SFTPError, SFTPName
 
+from interlock.classify.shellpath import normalise
 from interlock.core.model import Action, Effect, Operation
 
 if TYPE_CHECKING:
@@ -64,10 +65,12 @@ class ProxySFTP(asyncssh.SFTPServer):
                 raise SFTPError(asyncssh.FX_CONNECTION_LOST, f"target unreachable: {exc}") from None
         return self._client
 
-    async def _decide(self, operation: Operation, path: str, **details: Any) -> str:
+    async def _decide(
+        self, operation: Operation, path: str, follow: bool = True, **details: Any
+    ) -> str:
         """Decide on the resolved path; return it (the operation then uses that very path,
         so a symlink swapped in between cannot redirect it elsewhere)."""
-        absolute = await self._absolute(path)
+        absolute = await self._absolute(path, follow)
         action = Action(
             self.conn.agent,
             "ssh",
@@ -84,21 +87,31 @@ class ProxySFTP(asyncssh.SFTPServer):
             )
         return absolute
 
-    async def _absolute(self, path: str) -> str:
+    async def _absolute(self, path: str, follow: bool = True) -> str:
         """Decide on the path the target will really use: relative paths against its home,
         symlinks resolved (a link to /etc/shadow is a read of /etc/shadow). For a file that
-        does not exist yet, its directory is resolved instead."""
+        does not exist yet, or an operation on a link itself (`follow` false: remove,
+        rename, symlink, link), its directory is resolved instead."""
         client = await self._sftp()
-        try:
-            return str(await client.realpath(path))
-        except (OSError, asyncssh.Error):
-            pass
+        if follow:
+            try:
+                return str(await client.realpath(path))
+            except (OSError, asyncssh.Error):
+                pass
+            with contextlib.suppress(OSError, asyncssh.Error):
+                if (await client.lstat(path)).type == asyncssh.FILEXFER_TYPE_SYMLINK:
+                    # Opening it would create whatever it points to, undecided.
+                    raise SFTPError(asyncssh.FX_PERMISSION_DENIED, f"{path!r}: dangling symlink")
         parent, name = posixpath.split(path.rstrip("/") or "/")
+        if name in ("", ".", ".."):
+            parent, name = path, ""
         try:
             resolved = str(await client.realpath(parent or "."))
         except (OSError, asyncssh.Error):
-            resolved = posixpath.normpath(parent) if parent.startswith("/") else "/"
-        return posixpath.join(resolved, name)
+            if not parent.startswith("/"):
+                raise SFTPError(asyncssh.FX_NO_SUCH_FILE, f"cannot resolve {path!r}") from None
+            resolved = parent
+        return normalise(posixpath.join(resolved, name) if name else resolved)
 
     # --- files ----------------------------------------------------------------------------
 
@@ -176,50 +189,73 @@ class ProxySFTP(asyncssh.SFTPServer):
         return await (await self._sftp()).statvfs(path)
 
     async def scandir(self, path: bytes) -> AsyncIterator[SFTPName]:
-        await self._decide(Operation.FILE_READ, _path(path), op="list")
-        async for name in (await self._sftp()).scandir(path):
+        decided = await self._decide(Operation.FILE_READ, _path(path), op="list")
+        async for name in (await self._sftp()).scandir(decided):
             yield name
 
     async def setstat(self, path: bytes, attrs: SFTPAttrs) -> None:
-        await self._decide(Operation.FILE_WRITE, _path(path), op="setstat")
-        await (await self._sftp()).setstat(path, attrs)
+        decided = await self._decide(Operation.FILE_WRITE, _path(path), op="setstat")
+        await (await self._sftp()).setstat(decided, attrs)
 
     async def lsetstat(self, path: bytes, attrs: SFTPAttrs) -> None:
-        await self._decide(Operation.FILE_WRITE, _path(path), op="setstat")
-        await (await self._sftp()).setstat(path, attrs, follow_symlinks=False)
+        decided = await self._decide(Operation.FILE_WRITE, _path(path), False, op="setstat")
+        await (await self._sftp()).setstat(decided, attrs, follow_symlinks=False)
 
     async def remove(self, path: bytes) -> None:
-        await self._decide(Operation.FILE_WRITE, _path(path), op="remove")
-        await (await self._sftp()).remove(path)
+        decided = await self._decide(Operation.FILE_WRITE, _path(path), False, op="remove")
+        await (await self._sftp()).remove(decided)
 
     async def mkdir(self, path: bytes, attrs: SFTPAttrs) -> None:
-        await self._decide(Operation.FILE_WRITE, _path(path), op="mkdir")
-        await (await self._sftp()).mkdir(path, attrs)
+        decided = await self._decide(Operation.FILE_WRITE, _path(path), False, op="mkdir")
+        await (await self._sftp()).mkdir(decided, attrs)
 
     async def rmdir(self, path: bytes) -> None:
-        await self._decide(Operation.FILE_WRITE, _path(path), op="rmdir")
-        await (await self._sftp()).rmdir(path)
+        decided = await self._decide(Operation.FILE_WRITE, _path(path), False, op="rmdir")
+        await (await self._sftp()).rmdir(decided)
+
+    async def _renamed(self, oldpath: bytes, newpath: bytes) -> tuple[str, str]:
+        # Moving a symlink carries what it points to into its new place: the target is
+        # decided with the new name (a link into /etc moved under an allowed root).
+        text = _path(oldpath)
+        old = await self._decide(Operation.FILE_WRITE, text, False, op="rename_from")
+        pointed = await self._absolute(text)
+        new = await self._decide(
+            Operation.FILE_WRITE,
+            _path(newpath),
+            False,
+            op="rename_to",
+            **({"link_targets": [pointed]} if pointed != old else {}),
+        )
+        return old, new
 
     async def rename(self, oldpath: bytes, newpath: bytes) -> None:
-        await self._decide(Operation.FILE_WRITE, _path(oldpath), op="rename_from")
-        await self._decide(Operation.FILE_WRITE, _path(newpath), op="rename_to")
-        await (await self._sftp()).rename(oldpath, newpath)
+        await (await self._sftp()).rename(*await self._renamed(oldpath, newpath))
 
     async def posix_rename(self, oldpath: bytes, newpath: bytes) -> None:
-        await self._decide(Operation.FILE_WRITE, _path(oldpath), op="rename_from")
-        await self._decide(Operation.FILE_WRITE, _path(newpath), op="rename_to")
-        await (await self._sftp()).posix_rename(oldpath, newpath)
+        await (await self._sftp()).posix_rename(*await self._renamed(oldpath, newpath))
 
     async def symlink(self, oldpath: bytes, newpath: bytes) -> None:
-        await self._decide(Operation.FILE_WRITE, _path(newpath), op="symlink", to=_path(oldpath))
-        await (await self._sftp()).symlink(oldpath, newpath)
+        # A symlink is a write of its own name and a way to reach its target later: the
+        # target (relative to the link's directory, resolved on the target) is decided
+        # with it, as `link_targets`.
+        text = _path(oldpath)
+        new = await self._absolute(_path(newpath), follow=False)
+        target = await self._absolute(posixpath.join(posixpath.dirname(new), text))
+        decided = await self._decide(
+            Operation.FILE_WRITE, new, False, op="symlink", to=text, link_targets=[target]
+        )
+        await (await self._sftp()).symlink(text, decided)
 
     async def link(self, oldpath: bytes, newpath: bytes) -> None:
-        # A hard link is a second name for the file: both names are decided, so linking
-        # a protected file somewhere harmless-looking is refused.
-        await self._decide(Operation.FILE_WRITE, _path(oldpath), op="link_from")
-        await self._decide(Operation.FILE_WRITE, _path(newpath), op="link", to=_path(oldpath))
-        await (await self._sftp()).link(oldpath, newpath)
+        # A hard link is a second name for the file: both names are decided (the file as
+        # `link_targets`), so linking a protected file somewhere harmless is refused.
+        text = _path(oldpath)
+        old = await self._decide(Operation.FILE_WRITE, text, False, op="link_from")
+        target = await self._absolute(text)
+        new = await self._decide(
+            Operation.FILE_WRITE, _path(newpath), False, op="link", to=text, link_targets=[target]
+        )
+        await (await self._sftp()).link(old, new)
 
     def exit(self) -> None:
         if self._client is not None:

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
 import subprocess
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncssh
 import pytest
 
 from interlock.config import AgentConfig, SshConfig, SshTarget
+from interlock.core.bundle import bundled_policy_dir
 from interlock.identity.registry import AgentRegistry
 from interlock.proxies.ssh.server import SshProxy
 from interlock.testing import CaptureSink, make_pdp
@@ -79,6 +84,19 @@ class Rig:
         assert await asyncio.wait_for(proc.stdout.readline(), 20) == b"started\n"
         return proc
 
+    async def client(self) -> asyncssh.SSHClientConnection:
+        """asyncssh's client logged in to the proxy as the agent (for SFTP calls
+        OpenSSH's sftp does not make)."""
+        return await asyncssh.connect(
+            "127.0.0.1",
+            self.port,
+            username="coder",
+            client_keys=[str(self.agent_key)],
+            known_hosts=str(self.known_hosts),
+            agent_path=None,
+            config=[],
+        )
+
     def scp_args(self, *extra: str) -> list[str]:
         return ["scp", "-P", str(self.port), *self.options(), *extra]
 
@@ -87,6 +105,46 @@ class Rig:
 def sshd() -> Iterator[Sshd]:
     with sshd_server() as s:
         yield s
+
+
+@dataclass
+class LoggedSshd:
+    """An sshd whose ForceCommand writes every command it is asked to run to `log`
+    (NUL-terminated) before running it with bash: the target's own record of what ran."""
+
+    sshd: Sshd
+    log: Path
+
+    def commands(self) -> list[str]:
+        data = self.log.read_bytes() if self.log.exists() else b""
+        return [c.decode() for c in data.split(b"\0")[:-1]]
+
+
+@pytest.fixture(scope="session")
+def logged_sshd() -> Iterator[LoggedSshd]:
+    root = Path(tempfile.mkdtemp(prefix="interlock-forcecommand-"))
+    log, wrapper = root / "commands.log", root / "log-and-run"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f"printf '%s\\0' \"$SSH_ORIGINAL_COMMAND\" >> {log}\n"
+        'exec /bin/bash -c "$SSH_ORIGINAL_COMMAND"\n'
+    )
+    wrapper.chmod(0o755)
+    with sshd_server(f"ForceCommand {wrapper}\n") as s:
+        yield LoggedSshd(s, log)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def rooted_bundle(directory: Path, roots: list[str]) -> Path:
+    """The bundled policy with `path_roots.ssh` set: agents' paths confined to `roots`."""
+    bundle = directory / "bundle"
+    shutil.copytree(
+        bundled_policy_dir(), bundle, ignore=shutil.ignore_patterns("*_test.rego", "__*")
+    )
+    data = json.loads((bundle / "data.json").read_text())
+    data["interlock"]["policy"]["path_roots"] = {"ssh": roots}
+    (bundle / "data.json").write_text(json.dumps(data))
+    return bundle
 
 
 @pytest.fixture

@@ -94,15 +94,7 @@ async def test_changing_attributes_through_a_read_handle_is_a_write(
     target.chmod(0o600)
     await rig.proxy.pdp.store.restrict("coder", ["read_only"])
     async with (
-        asyncssh.connect(
-            "127.0.0.1",
-            rig.port,
-            username="coder",
-            client_keys=[str(rig.agent_key)],
-            known_hosts=str(rig.known_hosts),
-            agent_path=None,
-            config=[],
-        ) as conn,
+        await rig.client() as conn,
         conn.start_sftp_client() as sftp,
         sftp.open(str(target), "rb") as f,
     ):

@@ -1,0 +1,182 @@
+"""Paths as the target resolves them, links, and whole argument lists, through the proxy to
+an sshd whose ForceCommand logs every command it runs: what was refused never ran."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from interlock.core.model import Effect
+from tests.proxies.ssh.conftest import LoggedSshd, Rig, make_rig, rooted_bundle
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def logged(tmp_path: Path, logged_sshd: LoggedSshd) -> AsyncIterator[Rig]:
+    r = await make_rig(tmp_path, logged_sshd.sshd)
+    yield r
+    await r.proxy.stop()
+
+
+@pytest.fixture
+def short() -> Iterator[Path]:
+    """A directory with a short name: long random-looking paths in a command look like
+    secrets to the content scanner, which raises the risk of the command."""
+    path = Path(tempfile.mkdtemp(prefix="il", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+async def rooted(tmp_path: Path, short: Path, logged_sshd: LoggedSshd) -> AsyncIterator[Rig]:
+    """The bundled policy confining paths to `short`/share."""
+    (short / "share").mkdir()
+    bundle = rooted_bundle(tmp_path, [str(short / "share")])
+    r = await make_rig(tmp_path, logged_sshd.sshd, bundle=bundle)
+    yield r
+    await r.proxy.stop()
+
+
+async def refused_and_never_ran(rig: Rig, log: LoggedSshd, command: str) -> None:
+    r = await rig.ssh(command)
+    assert r.returncode == 126, (command, r.stdout, r.stderr)
+    assert b"interlock: denied" in r.stderr
+    assert r.stdout == b""
+    assert command not in log.commands()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "cat /etc//shadow",
+        "cat /etc/./shadow",
+        "cat ../../../../etc/shadow",
+        "cat /etc/shad*",
+        "cat /etc/sh[a]dow",
+        "cat /etc/{shadow,hostname}",
+        "cat $HOME/.ssh/authorized_keys",
+        "cat ${HOME}/.ssh/authorized_keys",
+        "cd /etc && cat shadow",
+        "grep -h --file=/etc/shadow x /etc/hostname",
+        "sh -c 'cat /etc/'\"'\"'shadow'\"'\"''",
+        "cat $'\\x2fetc/shadow'",
+        "cat $F",
+        "cat /proc/self/root/etc/shadow",
+        "grep -r root /etc",
+        "find /etc -name shadow -exec cat {} +",
+        "ln -s / /tmp/interlock-root-link",
+        "ln -s /etc /tmp/interlock-etc-link",
+    ],
+)
+async def test_respelled_protected_paths_never_run(
+    logged: Rig, logged_sshd: LoggedSshd, command: str
+) -> None:
+    await refused_and_never_ran(logged, logged_sshd, command)
+
+
+async def test_forty_arguments_are_decided_whole(
+    logged: Rig, logged_sshd: LoggedSshd, short: Path
+) -> None:
+    files = [f"f{i}" for i in range(39)]
+    for name in files:
+        (short / name).write_text(f"{name}\n")
+    allowed = f"cd {short} && cat " + " ".join(files)
+    r = await logged.ssh(allowed)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "".join(f"{name}\n" for name in files).encode()
+    assert logged_sshd.commands()[-1] == allowed
+    reads = logged.sink.last.action.details["reads"]
+    assert {str(short / name) for name in files} <= set(reads)
+    await refused_and_never_ran(logged, logged_sshd, allowed + " /etc/shadow")
+
+
+async def test_relative_paths_resolve_against_the_home_the_target_reports(
+    logged: Rig, logged_sshd: LoggedSshd
+) -> None:
+    home = Path.home()
+    depth = len(home.parts) - 1
+    command = "cat " + "../" * depth + "etc/hostname"
+    r = await logged.ssh(command)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == await asyncio.to_thread(Path("/etc/hostname").read_bytes)
+    assert list(logged.sink.last.action.details["reads"]) == ["/etc/hostname"]
+    assert logged.proxy._where["web1"].home == str(home)
+    await refused_and_never_ran(logged, logged_sshd, "cat " + "../" * depth + "etc/shadow")
+
+
+async def test_a_symlink_out_of_the_allowed_directory_is_refused_over_exec(
+    rooted: Rig, logged_sshd: LoggedSshd, short: Path
+) -> None:
+    data = short / "share"
+    for command in (
+        f"ln -s /etc/passwd {data}/link",
+        f"ln -s /etc {data}/etc",
+        f"cd {data} && ln -s ../../../../../etc/passwd link",
+        f"ln /etc/passwd {data}/hard",
+    ):
+        await refused_and_never_ran(rooted, logged_sshd, command)
+    assert list(data.iterdir()) == []
+    r = await rooted.ssh(f"echo hi > {data}/a && ln -s a {data}/b && cat {data}/b")
+    assert (r.returncode, r.stdout) == (0, b"hi\n"), r.stderr
+
+
+async def test_links_over_sftp_are_decided_on_their_targets(rooted: Rig, short: Path) -> None:
+    data = short / "share"
+    (data / "own.txt").write_text("mine")
+    async with await rooted.client() as conn, conn.start_sftp_client() as sftp:
+        for target in ("/etc/passwd", "/etc", "../../../../../../etc/passwd", "/etc/shadow"):
+            with pytest.raises(asyncssh.SFTPPermissionDenied):
+                await sftp.symlink(target, str(data / "link"))
+        with pytest.raises(asyncssh.SFTPPermissionDenied):
+            await sftp.link("/etc/passwd", str(data / "hard"))
+        assert sorted(p.name for p in data.iterdir()) == ["own.txt"]
+        (short / "outside").symlink_to("/etc")
+        with pytest.raises(asyncssh.SFTPPermissionDenied):
+            await sftp.rename(str(short / "outside"), str(data / "moved"))
+        assert sorted(p.name for p in data.iterdir()) == ["own.txt"]
+        await sftp.symlink("own.txt", str(data / "alias"))
+        async with sftp.open(str(data / "alias")) as f:
+            assert await f.read() == "mine"
+    decision = [x for x in rooted.sink.records if x.action.details.get("op") == "symlink"][-1]
+    assert list(decision.action.details["link_targets"]) == [str(data / "own.txt")]
+    assert decision.decision.effect is Effect.ALLOW
+
+
+async def test_openssh_sftp_links_are_decided_on_their_targets(rooted: Rig, short: Path) -> None:
+    """OpenSSH's sftp sends symlink arguments in its own (reversed) order."""
+    data = short / "share"
+    (data / "own.txt").write_text("mine")
+    batch = (
+        f"-ln -s /etc/passwd {data}/l1\n-symlink /etc {data}/l2\n-ln /etc/passwd {data}/h\n"
+        f"ln -s {data}/own.txt {data}/ok\n"
+    )
+    args = rooted.scp_args()
+    args[0] = "sftp"
+    r = await asyncio.to_thread(
+        subprocess.run, [*args, "-b", "-", "coder@127.0.0.1"], input=batch.encode(),
+        capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in data.iterdir()) == ["ok", "own.txt"]
+    assert (data / "ok").resolve() == data / "own.txt"
+    refused = [x.action.details for x in rooted.sink.records if x.decision.effect is Effect.DENY]
+    assert [d["op"] for d in refused] == ["symlink", "symlink", "link_from"]
+    assert [list(d["link_targets"]) for d in refused[:2]] == [["/etc/passwd"], ["/etc"]]
+
+
+async def test_a_symlink_to_a_protected_file_is_refused_by_default(
+    logged: Rig, tmp_path: Path
+) -> None:
+    async with await logged.client() as conn, conn.start_sftp_client() as sftp:
+        for target in ("/etc/shadow", "/etc/ssh", "/root/.ssh", "/etc", "/", "/root"):
+            with pytest.raises(asyncssh.SFTPPermissionDenied):
+                await sftp.symlink(target, str(tmp_path / "l"))
+    assert not (tmp_path / "l").is_symlink()
