@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from redis.exceptions import RedisError
 
 from interlock.core.model import Action, Agent, Decision, Effect, Operation, Risk, Tier, thaw
+from interlock.errors import StateError
 
 if TYPE_CHECKING:
     from interlock.approvals.shared import SharedApprovals
@@ -539,9 +540,13 @@ class Holds:
                     "approved": verdict.approved,
                 },
                 required=True,
+                effect=Effect.ALLOW if verdict.approved else Effect.DENY,
             )
             if verdict.approver is not None and request.agent and request.kind:
                 await pdp.store.record_approval(request.agent, request.kind, verdict.approved)
+        except StateError as exc:
+            # The answer is audited; only the approval history missed it.
+            log.warning("approval history of %s not updated: %s", request.decision_id, exc)
         except Exception:
             log.exception("could not record the answer to %s", request.decision_id)
             return False
