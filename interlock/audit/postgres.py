@@ -38,8 +38,11 @@ COMMAND_TIMEOUT_S = 10.0
 
 
 class PostgresStore:
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, command_timeout: float = COMMAND_TIMEOUT_S) -> None:
         self.dsn = dsn
+        self.command_timeout = command_timeout
+        """Also bounds the rollback of a write cut short by the log's `write_timeout`: a
+        frozen database holds a durable decision for about the sum of the two."""
         self._pool: asyncpg.Pool | None = None
 
     def _p(self) -> asyncpg.Pool:
@@ -50,7 +53,7 @@ class PostgresStore:
     async def open(self) -> None:
         try:
             self._pool = await asyncpg.create_pool(
-                self.dsn, min_size=1, max_size=4, command_timeout=COMMAND_TIMEOUT_S
+                self.dsn, min_size=1, max_size=4, command_timeout=self.command_timeout
             )
             async with self._pool.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
