@@ -173,6 +173,16 @@ async def authz(world: World) -> Answer:
     return Answer(p.stdout.endswith("\n200"), p.stdout + p.stderr)
 
 
+async def curl_cut(world: World) -> Answer:
+    """An untrusted host's page whose response arrives after Redis died."""
+    port = world.site.rsplit(":", 1)[1]
+    p = await run(
+        "curl", "-sS", "--max-time", "20", "-x", f"http://coder:{TOKEN}@{world.endpoint('http')}",
+        f"http://localhost:{port}/cut", "-w", "\n%{http_code}",
+    )  # fmt: skip
+    return Answer(p.stdout.endswith("\n200"), p.stdout + p.stderr)
+
+
 CLIENTS: dict[str, Callable[[World], Awaitable[Answer]]] = {
     "postgres": psql,
     "http": curl_proxy,
@@ -238,8 +248,14 @@ async def world(
     async def ok(request: web.Request) -> web.Response:
         return web.Response(text="fine")
 
+    async def cut(request: web.Request) -> web.Response:
+        """Redis dies while this response is on its way back through the proxy."""
+        redis_slot.kill()
+        return web.Response(text="outside text")
+
     app = web.Application()
     app.router.add_get("/ok", ok)
+    app.router.add_get("/cut", cut)
     stack = contextlib.AsyncExitStack()
     site = await stack.enter_async_context(serve_app(app))
 

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from tests.faults.conftest import CLIENTS, World, psql, until_ok, until_ready
+from tests.faults.conftest import CLIENTS, World, curl_cut, psql, until_ok, until_ready
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -79,6 +79,23 @@ async def test_redis_fault_denies_with_the_reason_audited_and_recovers(
         assert body["down"] == ["redis"], body
     took = await until_ok(world, client, RECOVERY_BOUND_S)
     world.measured[f"redis {fault} / {proxy}"] = round(took, 3)
+    await until_ready(world, RECOVERY_BOUND_S)
+    no_tracebacks(caplog)
+
+
+async def test_a_response_whose_taint_cannot_be_recorded_is_withheld(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    try:
+        answer = await curl_cut(world)
+    finally:
+        world.redis.revive()
+    assert not answer.ok
+    assert "outside text" not in answer.text
+    assert "response withheld: state store unavailable" in answer.text, answer.text
+    assert answer.text.endswith("\n403")
+    record = await world.record(answer.decision)
+    assert record["effect"] == "deny"
     await until_ready(world, RECOVERY_BOUND_S)
     no_tracebacks(caplog)
 

@@ -24,6 +24,7 @@ from interlock.classify.content import (
 from interlock.classify.mcp import confidence_value, tool_call
 from interlock.core.model import Action, Decision, Effect, Operation
 from interlock.core.pdp import PDP
+from interlock.errors import StateError
 from interlock.proxies.http.identity import AGENT
 from interlock.proxies.http.llm import tool_calls
 from interlock.proxies.http.tunnel import same_host
@@ -272,12 +273,20 @@ class Egress:
             return
         until = self.pdp.clock() + self.taint_ttl
         source = flow.metadata[DECISION].decision_id
-        if not is_prompt:
-            await self.pdp.store.add_taint(agent.id, "untrusted_content", until, source)
         reasons = self.detector.scan(text)
-        if reasons:
-            flow.metadata["interlock.injection"] = reasons
-            await self.pdp.store.add_taint(agent.id, "prompt_injection_suspected", until, source)
+        try:
+            if not is_prompt:
+                await self.pdp.store.add_taint(agent.id, "untrusted_content", until, source)
+            if reasons:
+                flow.metadata["interlock.injection"] = reasons
+                await self.pdp.store.add_taint(
+                    agent.id, "prompt_injection_suspected", until, source
+                )
+        except StateError as exc:
+            # Outside text the session would not know it read: later decisions would be
+            # made without its taint, so it does not reach the agent.
+            why = f"response withheld: {exc}"
+            deny(flow, await self.pdp.refuse(action or request_action(flow, False), why))
 
     async def _record_tool_calls(self, flow: http.HTTPFlow, prompt: Action, text: str) -> None:
         """Each tool call the model asked for becomes a decided, audited action whose
