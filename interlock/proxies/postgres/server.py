@@ -346,12 +346,7 @@ class PostgresProxy:
         try:
             posture = await self.pdp.store.posture(user, self.pdp.clock())
         except StateError as exc:
-            known = self.agents[user]
-            who = Agent(user, tuple(known.roles), known.owner, (), "token")
-            db = params.get("database", self.upstream.database)
-            attempt = Action(who, "postgres", Operation.CONNECT, db, {"database": db})
-            refused_by = await self.pdp.refuse(attempt, str(exc))
-            await self._fatal(writer, f"interlock: {_reason(refused_by)}", UNAVAILABLE)
+            await self._refuse_login(writer, user, params, str(exc), UNAVAILABLE)
             return None
         if posture.isolated:
             await self._fatal(writer, "interlock: agent is isolated", "42501")
@@ -369,7 +364,8 @@ class PostgresProxy:
                     lambda reason: self._end_for_credentials(holder, revoked, reason),
                 )
             except CredentialError as exc:
-                await self._fatal(writer, f"interlock: no database credentials: {exc}", "08006")
+                why = f"no database credentials: {exc}"
+                await self._refuse_login(writer, user, params, why, "08006")
                 return None
             if login is not None:
                 upstream = replace(upstream, user=login.username, password=login.password)
@@ -430,6 +426,22 @@ class PostgresProxy:
         holder.append(session)
         self._sessions[(pid, key)] = session
         return session
+
+    async def _refuse_login(
+        self,
+        writer: asyncio.StreamWriter,
+        user: str,
+        params: Mapping[str, str],
+        reason: str,
+        code: str,
+    ) -> None:
+        """A login a dependency cannot serve: denied, audited, and told with the id."""
+        known = self.agents[user]
+        who = Agent(user, tuple(known.roles), known.owner, (), "token")
+        db = params.get("database", self.upstream.database)
+        attempt = Action(who, "postgres", Operation.CONNECT, db, {"database": db})
+        refused = await self.pdp.refuse(attempt, reason)
+        await self._fatal(writer, f"interlock: {_reason(refused)}", code)
 
     async def _authenticate(
         self,
