@@ -4,13 +4,19 @@ probes that hang or raise count as down, and the metric names each dependency.""
 from __future__ import annotations
 
 import asyncio
+import socket
+from pathlib import Path
 
+import httpx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from interlock.admin.metrics import render
 from interlock.admin.readiness import Check, Readiness
+from interlock.config import AdminConfig, AgentConfig, Config, HttpConfig, SshConfig
 from interlock.core.stats import DecisionStats
+from interlock.runtime import build, start
+from tests.services import free_port
 
 
 def probe(outcome: str) -> Check:
@@ -57,3 +63,38 @@ def test_the_metric_names_each_dependency() -> None:
     text = render(DecisionStats(), {}, 0, {}, {"redis": False, "audit_store": True})
     assert 'interlock_dependency_up{name="redis"} 0' in text
     assert 'interlock_dependency_up{name="audit_store"} 1' in text
+
+
+async def test_readyz_waits_for_the_last_listener(tmp_path: Path) -> None:
+    """The admin API answers first and SSH binds last: no 200 before the SSH port
+    accepts (what /healthz could not promise)."""
+    admin_port, ssh_port = free_port(), free_port()
+    config = Config(
+        data_dir=tmp_path / "data",
+        agents={"coder": AgentConfig(token="coder-token-0123456789")},
+        http=HttpConfig(listen="127.0.0.1:0"),  # mitmproxy's start widens the window
+        ssh=SshConfig(listen=f"127.0.0.1:{ssh_port}"),
+        admin=AdminConfig(listen=f"127.0.0.1:{admin_port}", token="a" * 32),
+    )
+    rt = build(config)
+    starting = asyncio.create_task(start(rt))
+    answers: list[tuple[int, bool]] = []
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{admin_port}") as api:
+            while not answers or answers[-1][0] != 200:
+                try:
+                    status = (await api.get("/readyz")).status_code
+                except httpx.TransportError:
+                    await asyncio.sleep(0.01)
+                    continue
+                answers.append((status, _accepts(ssh_port)))
+        await starting
+    finally:
+        await rt.stop()
+    assert all(accepts for status, accepts in answers if status == 200), answers
+    assert answers[-1] == (200, True)
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
