@@ -234,6 +234,29 @@ class Holds:
             return Verdict(False, verdict.approver, "the approval could not be audited")
         return verdict
 
+    async def wait_in(
+        self,
+        group: set[asyncio.Task[Verdict]],
+        decision: Decision,
+        limit: float,
+        action: Action,
+        text: str = "",
+    ) -> Verdict:
+        """`wait`, as a task in `group`, which the PEP cancels when the client goes away
+        (a disconnect the waiting coroutine itself would not notice): the request is then
+        withdrawn, and the verdict is a denial saying so."""
+        waiting = asyncio.ensure_future(self.wait(decision, limit, action, text))
+        group.add(waiting)
+        try:
+            return await asyncio.shield(waiting)
+        except asyncio.CancelledError:
+            if not waiting.cancelled():
+                waiting.cancel()  # the PEP itself is being cancelled
+                raise
+            return Verdict(False, None, "the client went away", "withdrawn")
+        finally:
+            group.discard(waiting)
+
     async def retry(
         self, decision: Decision, limit: float, action: Action, text: str = ""
     ) -> Retry:

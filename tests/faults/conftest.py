@@ -173,14 +173,19 @@ async def authz(world: World) -> Answer:
     return Answer(p.stdout.endswith("\n200"), p.stdout + p.stderr)
 
 
-async def curl_cut(world: World) -> Answer:
-    """An untrusted host's page whose response arrives after Redis died."""
+async def curl_untrusted(world: World, path: str = "/ok") -> Answer:
+    """A page from a host that is not trusted (`localhost`): its text taints the agent."""
     port = world.site.rsplit(":", 1)[1]
     p = await run(
         "curl", "-sS", "--max-time", "20", "-x", f"http://coder:{TOKEN}@{world.endpoint('http')}",
-        f"http://localhost:{port}/cut", "-w", "\n%{http_code}",
+        f"http://localhost:{port}{path}", "-w", "\n%{http_code}",
     )  # fmt: skip
     return Answer(p.stdout.endswith("\n200"), p.stdout + p.stderr)
+
+
+async def curl_cut(world: World) -> Answer:
+    """An untrusted host's page whose response arrives after Redis died."""
+    return await curl_untrusted(world, "/cut")
 
 
 CLIENTS: dict[str, Callable[[World], Awaitable[Answer]]] = {
@@ -293,7 +298,7 @@ async def world(
             },
             routes={"coder": "web1"},
             login_timeout=5,
-            approval_timeout=2,
+            approval_timeout=10,
         ),
         extauthz=ExtAuthzConfig(
             grpc_listen="127.0.0.1:0", http_listen="127.0.0.1:0", identity_header=MESH_HEADER

@@ -15,7 +15,16 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from tests.faults.conftest import CLIENTS, World, curl_cut, psql, until_ok, until_ready
+from tests.faults.conftest import (
+    CLIENTS,
+    TOKEN,
+    World,
+    curl_cut,
+    curl_untrusted,
+    psql,
+    until_ok,
+    until_ready,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -257,21 +266,50 @@ async def test_a_human_deny_is_recorded_with_the_effect_enforced(world: World) -
     assert answer["effect"] == "deny"
 
 
-async def test_a_held_statement_whose_psql_was_killed_leaves_the_approvals_list(
-    world: World,
+def held_client(world: World, proxy: str) -> list[str]:
+    """A real client whose action the bundled policy holds for approval."""
+    if proxy == "postgres":
+        return ["psql", "-X", "-c", "create table abandoned (a int)", world.dsn]
+    if proxy == "http":
+        # An unsure agent (confidence 0.1) is medium risk.
+        return [
+            "curl", "-sS", "-x", f"http://coder:{TOKEN}@{world.endpoint('http')}",
+            "-H", "X-Interlock-Confidence: 0.1", f"{world.site}/ok",
+        ]  # fmt: skip
+    host, port = world.endpoint("ssh").rsplit(":", 1)
+    return [
+        "ssh", "-p", port, "-i", str(world.agent_key), "-F", "/dev/null",
+        "-o", f"UserKnownHostsFile={world.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+        "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", f"coder@{host}", "cat /etc/hostname",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("proxy", ["postgres", "http", "ssh"])
+async def test_a_held_action_whose_client_was_killed_leaves_the_approvals_list(
+    world: World, proxy: str
 ) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        "psql", "-X", "-c", "create table abandoned (a int)", world.dsn,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    (request,) = await pending(world, present=True)
-    proc.kill()
-    await proc.wait()
-    started = time.monotonic()
-    await pending(world, present=False, within=2.0)
-    world.measured["held statement withdrawn after psql killed"] = round(
-        time.monotonic() - started, 3
-    )
+    if proxy == "ssh":
+        # Outside text read first: a command after it is medium risk.
+        assert (await curl_untrusted(world)).ok
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *held_client(world, proxy),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        (request,) = await pending(world, present=True)
+        proc.kill()
+        await proc.wait()
+        started = time.monotonic()
+        await pending(world, present=False, within=2.0)
+        world.measured[f"held {proxy} action withdrawn after its client was killed"] = round(
+            time.monotonic() - started, 3
+        )
+    finally:
+        if proxy == "ssh":  # the taint goes with Redis's contents
+            world.redis.kill()
+            world.redis.revive()
+            await until_ready(world, RECOVERY_BOUND_S)
     (outcome,) = [d for d in await world.records() if d["parents"] == [request["id"]]]
     assert outcome["effect"] == "deny"
     assert outcome["action"]["details"]["channel"] == "withdrawn"

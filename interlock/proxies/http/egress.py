@@ -6,14 +6,15 @@ human decides or the deadline passes; allow lets it go, with header obligations 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from typing import Any
 
-from mitmproxy import http
+from mitmproxy import connection, http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
-from interlock.approvals.holds import Holds
+from interlock.approvals.holds import Holds, Verdict
 from interlock.classify.content import (
     MAX_SCAN,
     Findings,
@@ -228,6 +229,12 @@ class Egress:
         self.holds = holds
         self.approval_timeout = approval_timeout
         self.passthrough = passthrough
+        self._held: dict[str, set[asyncio.Task[Verdict]]] = {}
+        """Holds waiting, per client connection: withdrawn when it disconnects."""
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        for task in self._held.pop(client.id, set()):
+            task.cancel()  # the hold records itself as withdrawn
 
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         """Pass-through hosts are decided here, by host alone: nothing inside is seen."""
@@ -318,8 +325,12 @@ class Egress:
         flow.metadata[DECISION] = decision
         flow.metadata[ACTION] = action
         if decision.effect is Effect.APPROVE:
-            verdict = await self.holds.wait(
-                decision, self.approval_timeout, action, held_text(flow, action)
+            verdict = await self.holds.wait_in(
+                self._held.setdefault(flow.client_conn.id, set()),
+                decision,
+                self.approval_timeout,
+                action,
+                held_text(flow, action),
             )
             if not verdict.approved:
                 deny(flow, decision, f"held for approval: {verdict.reason or 'denied'}")
