@@ -198,6 +198,10 @@ async def test_audit_store_fault_follows_the_fail_open_tier_rule(
         status, body = await world.readyz()
         assert status == 503, body
         assert body["down"] == ["audit_store"], body
+        async with world.api() as api:
+            r = await api.get("/v1/audit/checkpoint")
+        assert r.status_code == 503, r.text
+        assert r.json()["dependency"] == "audit store"
     finally:
         await world.audit_link.set("pass")
     took = await until_ready(world, RECOVERY_BOUND_S)
