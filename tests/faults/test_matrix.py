@@ -223,6 +223,10 @@ async def test_upstream_database_fault_ends_logins_cleanly_and_reports_degraded(
         assert not answer.ok
         expected = "login timed out" if fault == "freeze" else "cannot reach the database"
         assert expected in answer.text, answer.text
+        if fault == "down":
+            refused = await world.record(answer.decision)
+            assert refused["action"]["operation"] == "connect"
+            assert refused["effect"] == "deny"
         status, body = await world.readyz()
         assert status == 200, body
         assert body["status"] == "degraded", body

@@ -375,7 +375,7 @@ class PostgresProxy:
             try:
                 conn = await up.connect(upstream, forward, self.upstream_tls)
             except up.UpstreamError as exc:
-                await self._fatal(writer, str(exc), "08006")
+                await self._refuse_login(writer, user, params, str(exc), "08006")
                 raise _LoginAbandoned from None
             database = forward.get("database", self.upstream.database)
             try:
