@@ -116,10 +116,16 @@ async def test_redis_fault_keeps_an_open_postgres_session(
     conn = await asyncpg.connect(world.dsn)
     try:
         assert await conn.fetchval("select 1") == 1
+        prepared = await conn.prepare("select 4")
         async with redis_fault(world, fault):
             with pytest.raises(asyncpg.PostgresError, match="state store unavailable") as err:
                 await conn.fetchval("select 2")
             assert err.value.sqlstate == "42501"
+            # Parsed while Redis answered: its Execute re-reads the posture, and is denied.
+            with pytest.raises(asyncpg.PostgresError, match="state store unavailable") as err:
+                await prepared.fetchval()
+            record = await world.record(str(err.value).rsplit("decision ", 1)[1].rstrip(")"))
+            assert record["effect"] == "deny"
         started = time.monotonic()
         while True:
             with contextlib.suppress(asyncpg.PostgresError):
