@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from interlock.admin import readiness as ready
 from interlock.admin.server import Admin, make_app
 from interlock.approvals.holds import Holds
 from interlock.approvals.web import WebApprovals
@@ -58,6 +60,8 @@ class Runtime:
     sessions: dict[str, Callable[[], int]] = field(default_factory=dict)
     """Open client sessions per proxy, for metrics."""
     endpoints: dict[str, str] = field(default_factory=dict)
+    readiness: ready.Readiness = field(default_factory=ready.Readiness)
+    """/readyz: set listening once every listener is bound; a probe per dependency."""
     _runners: list[web.AppRunner] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stoppers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -218,6 +222,12 @@ async def start(runtime: Runtime) -> None:
         )
         runtime._tasks.append(asyncio.create_task(poller.run()))
         runtime.endpoints["bundle server"] = cfg.policy.bundle_url
+
+        async def bundle_answers() -> None:
+            if poller.unreachable is not None:
+                raise ConnectionError(poller.unreachable)
+
+        runtime.readiness.add("bundle_server", bundle_answers, required=False)
     if cfg.admin is not None:
         host, _, port = cfg.admin.listen.rpartition(":")
         digest, token_file = admin_token_digest(cfg)
@@ -232,6 +242,7 @@ async def start(runtime: Runtime) -> None:
             token_digest=digest,
             sessions=lambda: {name: count() for name, count in runtime.sessions.items()},
             intel_status=runtime.intel.status if runtime.intel is not None else None,
+            readiness=runtime.readiness,
         )
         runner = web.AppRunner(make_app(runtime.policy, runtime.audit, admin), access_log=None)
         await runner.setup()
@@ -319,11 +330,48 @@ async def start(runtime: Runtime) -> None:
         runtime.endpoints["ssh host key"] = f"{ssh.host_key_path}.pub"
     if cfg.extauthz is not None:
         await _start_extauthz(runtime)
+    _add_probes(runtime)
+    runtime.readiness.listening = True
     if runtime.credentials is not None:
         # Last to stop: sessions end first and give their leases back.
         runtime._stoppers.append(runtime.credentials.stop)
     runtime.endpoints["audit"] = cfg.audit.store
     runtime.endpoints["audit key"] = runtime.audit.signer.verifier.encode()
+
+
+def _add_probes(runtime: Runtime) -> None:
+    """A readiness probe per configured dependency (admin/readiness.py says which are
+    required)."""
+    cfg, probes = runtime.config, runtime.readiness
+    ping = getattr(runtime.pdp.store, "ping", None)
+    if ping is not None:
+        probes.add("redis", ping)
+    audit = runtime.audit
+
+    async def audit_answers() -> None:
+        await audit.store.size()
+        status = audit.status()
+        if not status["healthy"] and status["pending"]:
+            raise ConnectionError(f"records waiting on a failed write: {status['last_error']}")
+
+    probes.add("audit_store", audit_answers)
+    if cfg.credentials is not None:
+        ca = str(cfg.credentials.ca_cert) if cfg.credentials.ca_cert else None
+        address = str(cfg.credentials.address)
+        probes.add("vault", functools.partial(ready.vault_answers, address, ca))
+    if cfg.postgres is not None:
+        from interlock.proxies.postgres.upstream import Upstream
+
+        db = Upstream.parse(cfg.postgres.upstream)
+        check = functools.partial(ready.postgres_answers, db.host, db.port)
+        probes.add("postgres_upstream", check, required=False)
+    if cfg.ssh is not None:
+        for name, target in cfg.ssh.targets.items():
+            probes.add(
+                f"ssh_target:{name}",
+                functools.partial(ready.ssh_answers, target.host, target.port),
+                required=False,
+            )
 
 
 async def _start_extauthz(runtime: Runtime) -> None:

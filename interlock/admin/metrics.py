@@ -23,6 +23,7 @@ def render(
     audit: Mapping[str, Any],
     holds_pending: int,
     sessions: Mapping[str, int],
+    dependencies: Mapping[str, bool] | None = None,
 ) -> str:
     out: list[str] = []
 
@@ -76,4 +77,7 @@ def render(
     metric("interlock_open_sessions", "gauge", "Open client sessions per proxy.")
     for proxy, n in sorted(sessions.items()):
         out.append(f"interlock_open_sessions{_labels({'proxy': proxy})} {n}")
+    metric("interlock_dependency_up", "gauge", "1 while the dependency answers its probe.")
+    for name, up in sorted((dependencies or {}).items()):
+        out.append(f"interlock_dependency_up{_labels({'name': name})} {int(up)}")
     return "\n".join(out) + "\n"

@@ -1,9 +1,10 @@
-"""The admin HTTP server: health, Prometheus metrics, agents and their posture, recent
-decisions, and the audit log's checkpoint and proofs.
+"""The admin HTTP server: health, readiness, Prometheus metrics, agents and their
+posture, recent decisions, and the audit log's checkpoint and proofs.
 
-It binds loopback by default. Everything but `/healthz` needs `Authorization: Bearer
-<token>` (compared by SHA-256 digest in constant time). `interlock agents ...` is a client
-of this API.
+It binds loopback by default. Everything but `/healthz` and `/readyz` needs
+`Authorization: Bearer <token>` (compared by SHA-256 digest in constant time).
+`interlock agents ...` is a client of this API. A dependency that is down (the state
+store, the audit store, shared approvals) makes a route answer 503 naming it, never 500.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from interlock.admin.readiness import Readiness
 from interlock.approvals.holds import ApprovalError, Holds
 from interlock.approvals.web import WebApprovals, add_routes
 from interlock.audit.log import AuditLog
@@ -24,7 +26,7 @@ from interlock.core.context import Posture
 from interlock.core.model import parse_restriction
 from interlock.core.pdp import PDP
 from interlock.core.policy import PolicyManager
-from interlock.errors import BundleError
+from interlock.errors import AuditError, BundleError, StateError
 from interlock.identity.registry import AgentRegistry
 
 POLICY_KEY = web.AppKey("policy", PolicyManager)
@@ -43,6 +45,7 @@ class Admin:
     intel_status: Callable[[], Mapping[str, Any]] | None = None
     web: WebApprovals | None = None
     """The approvals page and webhook links (under /ui/)."""
+    readiness: Readiness = field(default_factory=Readiness)
 
 
 ADMIN_KEY = web.AppKey("admin", Admin)
@@ -69,12 +72,42 @@ async def healthz(request: web.Request) -> web.Response:
     )
 
 
+async def readyz(request: web.Request) -> web.Response:
+    """200 once every listener is bound and every required dependency answers; 503 with
+    the state of each otherwise (see admin/readiness.py)."""
+    status, body = await _admin(request).readiness.report()
+    return web.json_response(body, status=status)
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+UNAUTHENTICATED = frozenset({"/healthz", "/readyz"})
+"""Probes from an orchestrator, which holds no token; they reveal no agent or decision."""
+
+
+def _unavailable(dependency: str, reason: str) -> web.Response:
+    return web.json_response(
+        {"error": reason, "dependency": dependency}, status=503, headers={"Retry-After": "1"}
+    )
+
+
+@web.middleware
+async def degrade(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A dependency that is down is a 503 that names it, for every route."""
+    try:
+        return await handler(request)
+    except StateError as exc:
+        return _unavailable("state store", str(exc))
+    except AuditError as exc:
+        return _unavailable("audit store", str(exc))
+    except ApprovalError as exc:
+        if exc.status == 503:
+            return _unavailable("shared approvals", str(exc))
+        return web.json_response({"error": str(exc)}, status=exc.status)
 
 
 @web.middleware
 async def bearer(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path == "/healthz" or request.path.startswith("/ui/"):
+    if request.path in UNAUTHENTICATED or request.path.startswith("/ui/"):
         # /ui/ pages authenticate people themselves (sessions, signed links).
         return await handler(request)
     admin = request.app[ADMIN_KEY]
@@ -129,11 +162,13 @@ async def metrics(request: web.Request) -> web.Response:
 
     admin = _admin(request)
     pdp = _pdp(request)
+    deps = await admin.readiness.dependencies()
     text = render(
         pdp.stats,
         request.app[AUDIT_KEY].status(),
         len(admin.holds.pending()) if admin.holds is not None else 0,
         admin.sessions(),
+        {name: bool(d["up"]) for name, d in deps.items()},
     )
     return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
@@ -276,10 +311,7 @@ async def approvals(request: web.Request) -> web.Response:
 
 
 async def approval(request: web.Request) -> web.Response:
-    try:
-        request_ = await _holds(request).get_anywhere(request.match_info["id"])
-    except ApprovalError as exc:
-        return web.json_response({"error": str(exc)}, status=exc.status)
+    request_ = await _holds(request).get_anywhere(request.match_info["id"])
     if request_ is None:
         return web.json_response({"error": "unknown or expired approval"}, status=404)
     return web.json_response(request_.to_json())
@@ -296,12 +328,9 @@ async def answer(request: web.Request) -> web.Response:
         return web.json_response({"error": "approver is required (<= 256 chars)"}, status=400)
     # The API's own channels only: an API caller cannot pass as the web page or CIBA.
     channel = "cli" if doc.get("channel") == "cli" else "api"
-    try:
-        held = await _holds(request).answer_anywhere(
-            decision_id, approved, approver, channel, str(doc.get("reason", ""))[:500]
-        )
-    except ApprovalError as exc:
-        return web.json_response({"error": str(exc)}, status=exc.status)
+    held = await _holds(request).answer_anywhere(
+        decision_id, approved, approver, channel, str(doc.get("reason", ""))[:500]
+    )
     return web.json_response({"id": held.decision_id, "approved": approved, "approver": approver})
 
 
@@ -313,11 +342,12 @@ async def intel(request: web.Request) -> web.Response:
 
 
 def make_app(policy: PolicyManager, audit: AuditLog, admin: Admin | None = None) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024, middlewares=[bearer])
+    app = web.Application(client_max_size=64 * 1024, middlewares=[bearer, degrade])
     app[POLICY_KEY] = policy
     app[AUDIT_KEY] = audit
     app[ADMIN_KEY] = admin or Admin()
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/agents", agents)
     app.router.add_get("/v1/agents/{agent}", agent)

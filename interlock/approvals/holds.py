@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from redis.exceptions import RedisError
 
 from interlock.core.model import Action, Agent, Decision, Effect, Operation, Risk, Tier, thaw
+from interlock.errors import StateError
 
 if TYPE_CHECKING:
     from interlock.approvals.shared import SharedApprovals
@@ -232,6 +233,29 @@ class Holds:
             # An approval nobody can later prove is not one.
             return Verdict(False, verdict.approver, "the approval could not be audited")
         return verdict
+
+    async def wait_in(
+        self,
+        group: set[asyncio.Task[Verdict]],
+        decision: Decision,
+        limit: float,
+        action: Action,
+        text: str = "",
+    ) -> Verdict:
+        """`wait`, as a task in `group`, which the PEP cancels when the client goes away
+        (a disconnect the waiting coroutine itself would not notice): the request is then
+        withdrawn, and the verdict is a denial saying so."""
+        waiting = asyncio.ensure_future(self.wait(decision, limit, action, text))
+        group.add(waiting)
+        try:
+            return await asyncio.shield(waiting)
+        except asyncio.CancelledError:
+            if not waiting.cancelled():
+                waiting.cancel()  # the PEP itself is being cancelled
+                raise
+            return Verdict(False, None, "the client went away", "withdrawn")
+        finally:
+            group.discard(waiting)
 
     async def retry(
         self, decision: Decision, limit: float, action: Action, text: str = ""
@@ -539,9 +563,13 @@ class Holds:
                     "approved": verdict.approved,
                 },
                 required=True,
+                effect=Effect.ALLOW if verdict.approved else Effect.DENY,
             )
             if verdict.approver is not None and request.agent and request.kind:
                 await pdp.store.record_approval(request.agent, request.kind, verdict.approved)
+        except StateError as exc:
+            # The answer is audited; only the approval history missed it.
+            log.warning("approval history of %s not updated: %s", request.decision_id, exc)
         except Exception:
             log.exception("could not record the answer to %s", request.decision_id)
             return False

@@ -20,7 +20,8 @@ def store_for(config: Config) -> AuditStore:
 def log_for(config: Config) -> AuditLog:
     a = config.audit
     return AuditLog(
-        store_for(config),
+        # A write cut short by write_timeout is rolled back within the same bound.
+        open_store(a.store, config.data_dir, timeout=a.write_timeout),
         signer_for(config),
         a.origin,
         max_batch=a.max_batch,

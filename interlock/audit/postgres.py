@@ -38,8 +38,12 @@ COMMAND_TIMEOUT_S = 10.0
 
 
 class PostgresStore:
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, command_timeout: float = COMMAND_TIMEOUT_S) -> None:
         self.dsn = dsn
+        self.command_timeout = command_timeout
+        """Bounds each command, the wait for a pooled connection, and the rollback of a
+        write cut short by the log's `write_timeout`: nothing waits on a frozen database
+        for more than a few multiples of it."""
         self._pool: asyncpg.Pool | None = None
 
     def _p(self) -> asyncpg.Pool:
@@ -50,7 +54,7 @@ class PostgresStore:
     async def open(self) -> None:
         try:
             self._pool = await asyncpg.create_pool(
-                self.dsn, min_size=1, max_size=4, command_timeout=COMMAND_TIMEOUT_S
+                self.dsn, min_size=1, max_size=4, command_timeout=self.command_timeout
             )
             async with self._pool.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
@@ -65,7 +69,7 @@ class PostgresStore:
 
     async def append(self, entries: Sequence[tuple[str, bytes]]) -> int:
         try:
-            async with self._p().acquire() as conn, conn.transaction():
+            async with self._p().acquire(timeout=self.command_timeout) as conn, conn.transaction():
                 size = int(
                     await conn.fetchval("SELECT size FROM audit_head WHERE id = 1 FOR UPDATE")
                 )
@@ -101,7 +105,7 @@ class PostgresStore:
 
     async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
         try:
-            async with self._p().acquire() as conn:
+            async with self._p().acquire(timeout=self.command_timeout) as conn:
                 return list(await conn.fetch(query, *args))
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             raise AuditError(f"postgres audit store: {exc}") from exc
@@ -112,7 +116,7 @@ class PostgresStore:
 
     async def nodes(self, keys: Collection[NodeKey]) -> dict[NodeKey, bytes]:
         try:
-            async with self._p().acquire() as conn:
+            async with self._p().acquire(timeout=self.command_timeout) as conn:
                 return await _nodes(conn, list(keys))
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             raise AuditError(f"postgres audit store: {exc}") from exc

@@ -58,9 +58,10 @@ class AuditStore(Protocol):
         ...
 
 
-def open_store(url: str, base: Path | None = None) -> AuditStore:
+def open_store(url: str, base: Path | None = None, timeout: float | None = None) -> AuditStore:
     """The store for `url`. SQLite follows the usual URL convention: `sqlite:///audit.db`
-    is relative (to `base`, the data directory), `sqlite:////var/lib/x.db` absolute."""
+    is relative (to `base`, the data directory), `sqlite:////var/lib/x.db` absolute.
+    `timeout` bounds each PostgreSQL command (default `postgres.COMMAND_TIMEOUT_S`)."""
     if url.startswith("sqlite:///"):
         from interlock.audit.sqlite import SqliteStore
 
@@ -71,5 +72,5 @@ def open_store(url: str, base: Path | None = None) -> AuditStore:
     if url.startswith(("postgresql://", "postgres://")):
         from interlock.audit.postgres import PostgresStore
 
-        return PostgresStore(url)
+        return PostgresStore(url) if timeout is None else PostgresStore(url, timeout)
     raise ConfigError(f"audit.store: unsupported URL {url.split(':')[0]}://...")

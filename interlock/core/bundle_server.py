@@ -95,6 +95,8 @@ class BundlePoller:
         self.token = token
         self.etag: str | None = None
         self.requests = 0
+        self.unreachable: str | None = None
+        """Why the last poll got no answer from the server (None: it answered)."""
 
     async def run(self) -> None:
         """Poll until cancelled."""
@@ -116,6 +118,7 @@ class BundlePoller:
                 aiohttp.ClientSession(timeout=timeout) as session,
                 session.get(self.url, headers=headers) as resp,
             ):
+                self.unreachable = None
                 if resp.status == 304:
                     return False
                 if resp.status != 200:
@@ -123,7 +126,8 @@ class BundlePoller:
                 archive = await resp.content.read(MAX_BUNDLE_BYTES + 1)
                 etag = resp.headers.get("ETag")
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            self._refused(f"bundle server unreachable: {exc or type(exc).__name__}")
+            self.unreachable = f"bundle server unreachable: {exc or type(exc).__name__}"
+            self._refused(self.unreachable)
             return False
         except BundleError as exc:
             self._refused(str(exc))

@@ -76,6 +76,9 @@ class Assessment:
     """Set when assessing failed; the decision must then be a deny with this reason."""
     started: float | None = None
     """perf_counter() when the decision began, for the latency histogram."""
+    store_down: bool = False
+    """The state store failed while assessing: nothing is written back to it (each
+    attempt would wait out its timeout again before the denial is answered)."""
 
     def deny(self, reason: str) -> Decision:
         return Decision(
@@ -163,6 +166,7 @@ class PDP:
         except StateError as exc:
             log.warning("decision %s: %s", a.decision_id, exc)
             a.error = str(exc)
+            a.store_down = True
         except Exception as exc:
             log.exception("assessing decision %s failed", a.decision_id)
             a.error = f"internal error: {type(exc).__name__}"
@@ -172,8 +176,9 @@ class PDP:
         """Everything after evaluation: posture veto, posture changes, context, audit.
         Returns the decision the PEP must enforce (possibly stricter than `decision`)."""
         decision = enforce_posture(decision, action, a.posture)
-        await self._apply(action, decision)
-        await self._remember(action, decision, target_key(action), a.now, a.data)
+        if not a.store_down:
+            await self._apply(action, decision)
+            await self._remember(action, decision, target_key(action), a.now, a.data)
         decision = await self._audit(action, decision, a.input_doc)
         if decision.effect is not Effect.ALLOW:
             log.info(
@@ -196,14 +201,17 @@ class PDP:
         approver: Mapping[str, Any] | None = None,
         *,
         required: bool = False,
+        effect: Effect = Effect.ALLOW,
     ) -> Decision | None:
         """Audit what happened under an earlier decision (an interactive session's
-        transcript hash, a person's answer to a hold) without asking the policy: effect
-        `allow`, the parent's risk and policy version, durable. None when the record
-        could not be written and `required` (an approval must be provable to count)."""
+        transcript hash, a person's answer to a hold) without asking the policy: the
+        `effect` that was enforced (a refused hold is a `deny`, so a search of the log by
+        effect finds it), the parent's risk and policy version, durable. None when the
+        record could not be written and `required` (an approval must be provable to
+        count)."""
         decision = Decision(
             new_decision_id(),
-            Effect.ALLOW,
+            effect,
             parent.risk,
             parent.policy_version,
             reasons=(reason,),
@@ -283,8 +291,10 @@ class PDP:
                 await self.store.restrict(
                     action.agent.id, (), isolate=True, reason=f"decision {decision.decision_id}"
                 )
-        except Exception:
+        except StateError as exc:
             # The action is denied either way; the failure to persist the posture is loud.
+            log.error("could not apply posture of decision %s: %s", decision.decision_id, exc)
+        except Exception:
             log.exception("could not apply posture of decision %s", decision.decision_id)
 
     async def _remember(
@@ -316,6 +326,10 @@ class PDP:
         )
         try:
             await self.store.record(action.agent.id, recent, key, taints)
+        except StateError as exc:
+            # Known and already said (the decision was denied for it, or is allowed
+            # without this action in its history): no traceback for an outage.
+            log.warning("context of decision %s not recorded: %s", decision.decision_id, exc)
         except Exception:
             log.exception("could not record context of decision %s", decision.decision_id)
 

@@ -146,6 +146,10 @@ class RedisStore(Listeners):
                 await self._task
         await self._redis.aclose()
 
+    async def ping(self) -> None:
+        """Raise StateError unless Redis answers (readiness)."""
+        await self._do(self._redis.ping())
+
     @property
     def client(self) -> aioredis.Redis:
         """The connection pool (shared approvals use it too)."""

@@ -6,14 +6,15 @@ human decides or the deadline passes; allow lets it go, with header obligations 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from typing import Any
 
-from mitmproxy import http
+from mitmproxy import connection, http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
-from interlock.approvals.holds import Holds
+from interlock.approvals.holds import Holds, Verdict
 from interlock.classify.content import (
     MAX_SCAN,
     Findings,
@@ -24,6 +25,7 @@ from interlock.classify.content import (
 from interlock.classify.mcp import confidence_value, tool_call
 from interlock.core.model import Action, Decision, Effect, Operation
 from interlock.core.pdp import PDP
+from interlock.errors import StateError
 from interlock.proxies.http.identity import AGENT
 from interlock.proxies.http.llm import tool_calls
 from interlock.proxies.http.tunnel import same_host
@@ -227,6 +229,12 @@ class Egress:
         self.holds = holds
         self.approval_timeout = approval_timeout
         self.passthrough = passthrough
+        self._held: dict[str, set[asyncio.Task[Verdict]]] = {}
+        """Holds waiting, per client connection: withdrawn when it disconnects."""
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        for task in self._held.pop(client.id, set()):
+            task.cancel()  # the hold records itself as withdrawn
 
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         """Pass-through hosts are decided here, by host alone: nothing inside is seen."""
@@ -272,12 +280,20 @@ class Egress:
             return
         until = self.pdp.clock() + self.taint_ttl
         source = flow.metadata[DECISION].decision_id
-        if not is_prompt:
-            await self.pdp.store.add_taint(agent.id, "untrusted_content", until, source)
         reasons = self.detector.scan(text)
-        if reasons:
-            flow.metadata["interlock.injection"] = reasons
-            await self.pdp.store.add_taint(agent.id, "prompt_injection_suspected", until, source)
+        try:
+            if not is_prompt:
+                await self.pdp.store.add_taint(agent.id, "untrusted_content", until, source)
+            if reasons:
+                flow.metadata["interlock.injection"] = reasons
+                await self.pdp.store.add_taint(
+                    agent.id, "prompt_injection_suspected", until, source
+                )
+        except StateError as exc:
+            # Outside text the session would not know it read: later decisions would be
+            # made without its taint, so it does not reach the agent.
+            why = f"response withheld: {exc}"
+            deny(flow, await self.pdp.refuse(action or request_action(flow, False), why))
 
     async def _record_tool_calls(self, flow: http.HTTPFlow, prompt: Action, text: str) -> None:
         """Each tool call the model asked for becomes a decided, audited action whose
@@ -309,8 +325,12 @@ class Egress:
         flow.metadata[DECISION] = decision
         flow.metadata[ACTION] = action
         if decision.effect is Effect.APPROVE:
-            verdict = await self.holds.wait(
-                decision, self.approval_timeout, action, held_text(flow, action)
+            verdict = await self.holds.wait_in(
+                self._held.setdefault(flow.client_conn.id, set()),
+                decision,
+                self.approval_timeout,
+                action,
+                held_text(flow, action),
             )
             if not verdict.approved:
                 deny(flow, decision, f"held for approval: {verdict.reason or 'denied'}")

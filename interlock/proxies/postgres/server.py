@@ -23,16 +23,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from interlock.approvals.holds import Holds
+from interlock.approvals.holds import Holds, Verdict
 from interlock.classify.dataflow import value_fingerprints
 from interlock.classify.sql import Catalog, SqlClassification, SqlClassifier, SqlStatement
 from interlock.config import AgentConfig, PostgresConfig
 from interlock.core.context import Posture
 from interlock.core.enforcement import posture_veto
-from interlock.core.model import Action, Agent, Decision, Effect
+from interlock.core.model import Action, Agent, Decision, Effect, Operation
 from interlock.core.pdp import PDP
 from interlock.credentials.broker import Broker, CredentialError
 from interlock.credentials.leases import Lease
+from interlock.errors import StateError
 from interlock.proxies.postgres import messages as m
 from interlock.proxies.postgres import upstream as up
 from interlock.proxies.postgres.codec import FrontendReader, ProtocolError
@@ -70,6 +71,11 @@ READ_ONLY_SESSION = "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"
 READ_ONLY_TRANSACTION = "SET TRANSACTION READ ONLY"
 READ_WRITE_SESSION = "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE"
 """The database's own wall behind a read_only posture (and its removal on restore)."""
+UNAVAILABLE = "57P03"
+"""cannot_connect_now: a login refused because a dependency (the state store) is down;
+pools and drivers treat it as worth retrying."""
+GONE_POLL_S = 0.2
+"""How often a held statement checks that its client is still there."""
 
 
 class _LoginAbandoned(Exception):
@@ -103,6 +109,8 @@ class _Session:
     """Whether it does, as far as the proxy has told it."""
     lease: Lease | None = None
     """The dynamic credentials this session logged in upstream with (revoked at its end)."""
+    client_reader: asyncio.StreamReader | None = None
+    """Watched while a statement is held: a client that went away withdraws it."""
 
     def denial_sql(self, reason: str) -> str:
         self.seq += 1
@@ -336,7 +344,11 @@ class PostgresProxy:
         if user not in self.verifiers:
             await self._fatal(writer, f'password authentication failed for user "{user}"', "28P01")
             return None
-        posture = await self.pdp.store.posture(user, self.pdp.clock())
+        try:
+            posture = await self.pdp.store.posture(user, self.pdp.clock())
+        except StateError as exc:
+            await self._refuse_login(writer, user, params, str(exc), UNAVAILABLE)
+            return None
         if posture.isolated:
             await self._fatal(writer, "interlock: agent is isolated", "42501")
             return None
@@ -367,7 +379,8 @@ class PostgresProxy:
                     lambda reason: self._end_for_credentials(holder, revoked, reason),
                 )
             except CredentialError as exc:
-                await self._fatal(writer, f"interlock: no database credentials: {exc}", "08006")
+                why = f"no database credentials: {exc}"
+                await self._refuse_login(writer, user, params, why, "08006")
                 return None
             if login is not None:
                 upstream = replace(upstream, user=login.username, password=login.password)
@@ -377,7 +390,7 @@ class PostgresProxy:
             try:
                 conn = await up.connect(upstream, forward, self.upstream_tls)
             except up.UpstreamError as exc:
-                await self._fatal(writer, str(exc), "08006")
+                await self._refuse_login(writer, user, params, str(exc), "08006")
                 raise _LoginAbandoned from None
             reading = {p.name: p.value for p in conn.parameters}
             if reading.get("standard_conforming_strings") != "on":
@@ -415,6 +428,7 @@ class PostgresProxy:
                 lease=lease,
                 results=ResultTracker(snap.origins, snap.relations),
                 read_only="read_only" in posture.restrictions,
+                client_reader=reader,
             )
             out = [m.Authentication(0).encode()]
             out += [p.encode() for p in conn.parameters]
@@ -437,6 +451,22 @@ class PostgresProxy:
         holder.append(session)
         self._sessions[(pid, key)] = session
         return session
+
+    async def _refuse_login(
+        self,
+        writer: asyncio.StreamWriter,
+        user: str,
+        params: Mapping[str, str],
+        reason: str,
+        code: str,
+    ) -> None:
+        """A login a dependency cannot serve: denied, audited, and told with the id."""
+        known = self.agents[user]
+        who = Agent(user, tuple(known.roles), known.owner, (), "token")
+        db = params.get("database", self.upstream.database)
+        attempt = Action(who, "postgres", Operation.CONNECT, db, {"database": db})
+        refused = await self.pdp.refuse(attempt, reason)
+        await self._fatal(writer, f"interlock: {_reason(refused)}", code)
 
     async def _authenticate(
         self,
@@ -589,7 +619,10 @@ class PostgresProxy:
         action = session.actions.get(statement)
         if action is None:
             return None
-        posture = await self.pdp.store.posture(session.agent.id, self.pdp.clock())
+        try:
+            posture = await self.pdp.store.posture(session.agent.id, self.pdp.clock())
+        except StateError as exc:
+            return _reason(await self.pdp.refuse(action, str(exc)))
         if posture.normal:
             return None
         return posture_veto(action, posture)
@@ -605,7 +638,7 @@ class PostgresProxy:
         action = self._action(session, classification)
         decision = await self.pdp.decide(action)
         if decision.effect is Effect.APPROVE:
-            verdict = await self.holds.wait(decision, self.config.approval_timeout, action, sql)
+            verdict = await self._held(session, decision, action, sql)
             if not verdict.approved:
                 why = f"held for approval: {verdict.reason or 'denied'}; {_reason(decision)}"
                 return session.denial_sql(why), [ORIGINS_ONLY], None, []
@@ -647,6 +680,27 @@ class PostgresProxy:
             plans.append(plan)
         return None, plans, action, watches
 
+    async def _held(
+        self, session: _Session, decision: Decision, action: Action, sql: str
+    ) -> Verdict:
+        """The approval verdict; a client that goes away meanwhile withdraws the request
+        (nothing reads its socket while the statement waits, so it is watched here)."""
+        waiting = asyncio.ensure_future(
+            self.holds.wait(decision, self.config.approval_timeout, action, sql)
+        )
+        gone = asyncio.ensure_future(_client_gone(session.client_reader))
+        try:
+            await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not waiting.done():
+                waiting.cancel()  # the hold records itself as withdrawn
+                with contextlib.suppress(asyncio.CancelledError):
+                    await waiting
+        if waiting.cancelled():
+            raise ConnectionError("client went away while its statement was held")
+        return waiting.result()
+
     async def _remember_values(
         self, session: _Session, seen: list[tuple[str, frozenset[str], bytes]]
     ) -> None:
@@ -664,6 +718,8 @@ class PostgresProxy:
                 await self.pdp.store.add_fingerprints(
                     session.agent.id, decision_id, labels, value_fingerprints(values), until
                 )
+        except StateError as exc:
+            log.warning("labelled values for agent %s not remembered: %s", session.agent.id, exc)
         except Exception:
             log.exception("could not remember labelled values for agent %s", session.agent.id)
 
@@ -767,6 +823,13 @@ class PostgresProxy:
         with contextlib.suppress(Exception):
             writer.write(m.error(message, code, "FATAL").encode())
             await writer.drain()
+
+
+async def _client_gone(reader: asyncio.StreamReader | None) -> None:
+    """Returns once the client has closed or reset its connection. Polled: StreamReader
+    has no public way to await its end without consuming what the client sent."""
+    while reader is None or not (reader.at_eof() or reader.exception() is not None):  # noqa: ASYNC110
+        await asyncio.sleep(GONE_POLL_S)
 
 
 def _server_context(config: PostgresConfig) -> ssl.SSLContext | None:

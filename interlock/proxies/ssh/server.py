@@ -20,7 +20,7 @@ from typing import Any
 
 import asyncssh
 
-from interlock.approvals.holds import Holds
+from interlock.approvals.holds import Holds, Verdict
 from interlock.classify.shellpath import Where
 from interlock.config import AgentConfig, SshConfig
 from interlock.core.context import Posture
@@ -64,6 +64,8 @@ class Connection(asyncssh.SSHServer):
         """The agent key this connection logged in with (None: a CA certificate)."""
         self.registered = False
         """Whether the agent was in the configuration when it logged in."""
+        self.held: set[asyncio.Task[Verdict]] = set()
+        """Its actions waiting for approval: withdrawn when the connection is lost."""
 
     # --- lifecycle and authentication ---------------------------------------------------
 
@@ -71,6 +73,8 @@ class Connection(asyncssh.SSHServer):
         self.conn = conn
 
     def connection_lost(self, exc: Exception | None) -> None:
+        for waiting in list(self.held):
+            waiting.cancel()  # the hold records itself as withdrawn
         self.proxy.forget(self)
         if self._upstream is not None:
             self._upstream.close()
@@ -143,7 +147,7 @@ class Connection(asyncssh.SSHServer):
             f"{dest_host}:{dest_port}",
             {"forward": "direct-tcpip", "flags": ["port_forward"], "effects": ["egress"]},
         )
-        decision = await self.proxy.decide(action)
+        decision = await self.proxy.decide(action, held=self.held)
         if decision.effect is not Effect.ALLOW:
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
@@ -206,13 +210,17 @@ class SshProxy:
         self._where: dict[str, Where] = {}
         """Per target: its login user's home and starting directory."""
 
-    async def decide(self, action: Action, text: str = "") -> Decision:
+    async def decide(
+        self, action: Action, text: str = "", held: set[asyncio.Task[Verdict]] | None = None
+    ) -> Decision:
         """Decide; a hold waits for a human (expiry is a denial). `text`: the exact
-        command line, for the person asked."""
+        command line, for the person asked; `held`: the connection's waiting holds."""
         decision = await self.pdp.decide(action)
         if decision.effect is Effect.APPROVE:
             limit = self.config.approval_timeout
-            verdict = await self.holds.wait(decision, limit, action, text)
+            verdict = await self.holds.wait_in(
+                set() if held is None else held, decision, limit, action, text
+            )
             if verdict.approved:
                 return replace(decision, effect=Effect.ALLOW)
             return replace(

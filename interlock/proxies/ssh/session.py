@@ -141,7 +141,7 @@ async def handle(process: asyncssh.SSHServerProcess[bytes], conn: Connection) ->
             # REPL): it is interactive.
             flags = [*action.details.get("flags", ()), "interactive_shell"]
             action = replace(action, details={**action.details, "flags": flags, "term": term})
-    decision = await conn.proxy.decide(action, command or "")
+    decision = await conn.proxy.decide(action, command or "", conn.held)
     if decision.effect is not Effect.ALLOW:
         process.stderr.write(_denial_text(decision))
         process.exit(DENIED_EXIT)

@@ -78,7 +78,7 @@ class ProxySFTP(asyncssh.SFTPServer):
             absolute,
             {"sftp": True, **details},
         )
-        decision = await self.conn.proxy.decide(action)
+        decision = await self.conn.proxy.decide(action, held=self.conn.held)
         if decision.effect is not Effect.ALLOW:
             reason = "; ".join(decision.reasons) or decision.effect.value
             raise SFTPError(
