@@ -360,11 +360,8 @@ class PostgresProxy:
         ):
             # In SJIS, BIG5, GBK, ... a backslash can be the second byte of a character:
             # the server would read E'' strings differently from the proxy.
-            await self._fatal(
-                writer,
-                f"interlock reads SQL as UTF-8: client_encoding {encoding!r} is not accepted",
-                "08004",
-            )
+            why = f"interlock reads SQL as UTF-8: client_encoding {encoding!r} is not accepted"
+            await self._refuse_login(writer, user, params, why, "08004")
             return None
         forward["client_encoding"] = "UTF8"
         upstream, lease = self.upstream, None
@@ -395,20 +392,18 @@ class PostgresProxy:
             reading = {p.name: p.value for p in conn.parameters}
             if reading.get("standard_conforming_strings") != "on":
                 # The classifier reads '...\' as the server does only when it is on.
-                await self._fatal(
-                    writer,
-                    "interlock: the database has standard_conforming_strings off; "
-                    "the proxy reads SQL only as PostgreSQL does with it on",
-                    "08006",
+                why = (
+                    "the database has standard_conforming_strings off; "
+                    "the proxy reads SQL only as PostgreSQL does with it on"
                 )
+                await self._refuse_login(writer, user, params, why, "08006")
                 raise _LoginAbandoned
             database = forward.get("database", self.upstream.database)
             try:
                 snap = await self.catalog(replace(upstream, database=database))
             except Exception as exc:
-                await self._fatal(
-                    writer, f"interlock: cannot read the catalog of {database}: {exc}", "08006"
-                )
+                why = f"cannot read the catalog of {database}: {exc}"
+                await self._refuse_login(writer, user, params, why, "08006")
                 raise _LoginAbandoned from None
             entry = self.agents.get(user)
             if entry is None or self.verifiers.get(user) is not verifier:
