@@ -38,8 +38,8 @@ def _b(key: str, label: str, op: Literal["<=", ">="], limit: float, unit: str) -
 BUDGETS: dict[str, Budget] = {
     b.id: b
     for b in (
-        _b("pdp.uncached_p99_us", "decision p99, cache off", "<=", 300.0, "us"),
-        _b("pdp.cached_p99_us", "decision p99, cache on", "<=", 300.0, "us"),
+        _b("pdp.uncached_p99_us", "decision p99, cache off", "<=", 150.0, "us"),
+        _b("pdp.cached_p99_us", "decision p99, cache on", "<=", 50.0, "us"),
         _b("pdp.uncached_ratio_p99", "uncached p99 / raw rego-cpp p99", "<=", 3.0, "x"),
         _b("pdp.cached_ratio_p99", "cached p99 / raw rego-cpp p99", "<=", 3.0, "x"),
         _b("audit.append_ratio", "append throughput / raw SQLite", ">=", 0.5, "x"),

@@ -14,6 +14,11 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+try:
+    import orjson
+except ImportError:  # pragma: no cover - the wheel is a declared dependency
+    orjson = None  # type: ignore[assignment]
+
 # The C escaper when CPython has it (it always does; typeshed just does not declare it).
 _escape: Callable[[str], str] = (
     getattr(json.encoder, "c_encode_basestring", None) or json.encoder.py_encode_basestring
@@ -149,3 +154,22 @@ def canonical_json(value: Any, *, known_plain: bool = False) -> bytes:
         return text.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise CanonicalizationError("string is not valid Unicode (lone surrogate)") from exc
+
+
+def dumps_fast(value: Any) -> str:
+    """Compact JSON text (not canonical) for handing a document to a policy engine."""
+    if orjson is not None:
+        try:
+            return orjson.dumps(value).decode("utf-8")
+        except TypeError:
+            pass  # integers beyond 64 bits, lone surrogates: the stdlib decides
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    text.encode("utf-8")  # a lone surrogate raises UnicodeEncodeError here, not in the engine
+    return text
+
+
+def loads_fast(text: str | bytes) -> Any:
+    """Parse JSON text, with orjson when it is installed."""
+    if orjson is not None:
+        return orjson.loads(text)
+    return json.loads(text)

@@ -133,6 +133,7 @@ def build(rec: DecisionRecord) -> dict[str, Any]:
         "context": rec.input.get("context", {}),
         "time_features": rec.input.get("time", {}),
         "policy_version": d.policy_version,
+        "policy_engine": rec.engine,
         "risk": {"score": d.risk.score, "tier": d.risk.tier.value, "signals": d.risk.signals},
         "effect": d.effect.value,
         "reasons": d.reasons,
