@@ -139,8 +139,11 @@ class PDP:
             key = None  # details holding something unhashable: decide without the cache
         hit = self.cache.get(a.policy, key) if key is not None else None
         if hit is not None:
-            template, a.input_doc = hit
-            decision = replace(template, decision_id=a.decision_id, time=a.now)
+            t, a.input_doc = hit
+            decision = Decision(
+                a.decision_id, t.effect, t.risk, t.policy_version, t.reasons, t.restrictions,
+                t.obligations, a.now,
+            )  # fmt: skip
             return await self.settle(a.action, a, decision)
         try:
             a.input_doc = build_input(a.action, a.posture, a.view, a.risk, a.now)
