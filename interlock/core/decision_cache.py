@@ -30,7 +30,10 @@ def value_key(value: Any) -> Hashable:
     if t is MappingProxyType or t is dict:
         return (_MAP, *[(k, value_key(v)) for k, v in value.items()])
     if t is tuple or t is list:
-        return tuple(value_key(v) for v in value)
+        # A sequence of strings is its own key (the common case: tables, columns, argv).
+        if all(type(v) is str for v in value):
+            return tuple(value)
+        return tuple([value_key(v) for v in value])
     if isinstance(value, Mapping):
         return (_MAP, *[(str(k), value_key(v)) for k, v in value.items()])
     # Scalars; anything unhashable raises TypeError and the PDP decides without the cache.
@@ -48,7 +51,7 @@ def fact_key(
         action.protocol, action.operation, action.target, value_key(action.details),
         action.labels, action.threat_matches,
         view.taints, view.first_seen, posture.restrictions, posture.isolated,
-        risk.score, risk.tier, tuple((k, type(v), v) for k, v in risk.signals.items()),
+        risk.score, risk.tier, tuple([(k, type(v), v) for k, v in risk.signals.items()]),
         local.tm_hour, local.tm_wday,
     )  # fmt: skip
 
