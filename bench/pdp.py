@@ -10,7 +10,10 @@ Measured, all in one process, interleaved so machine noise hits every series ali
 * `input_build` and `engine_eval`: where the uncached time goes (building the input
   document, then the engine with its input hand-off);
 * `engine_eval_rego_cpp` and `decision_uncached_rego_cpp`: the same bundle and input on
-  the other engine, for the comparison in docs/benchmarks.md.
+  the other engine, for the comparison in docs/benchmarks.md;
+* `decide_and_audit`: decisions per second back to back through a PDP whose sink is the
+  real audit log on SQLite (group commit, fsync), default bundle and cache, until the log
+  has committed every record: the whole cost of a decision to the process.
 """
 
 from __future__ import annotations
@@ -18,13 +21,20 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import tempfile
+import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import regopy
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench import progress, slo
-from bench.stats import summarize, time_async, time_calls
+from bench.stats import Measurement, summarize, time_async, time_calls
+from interlock.audit.checkpoint import Signer
+from interlock.audit.log import AuditLog
+from interlock.audit.sqlite import SqliteStore
 from interlock.core.context import NORMAL, ContextView, MemoryStore
 from interlock.core.engine import EngineName, make_engine
 from interlock.core.model import Action, Agent, Operation
@@ -172,6 +182,29 @@ def _decider(pdp: PDP, clock: FakeClock, actions: list[Action]) -> Callable[[], 
     return one
 
 
+async def _decide_and_audit(n: int) -> float:
+    """Seconds for `n` decisions of the workload through a real AuditLog, flushed."""
+    with tempfile.TemporaryDirectory(prefix="interlock-bench-") as tmp:
+        signer = Signer("bench/pdp", Ed25519PrivateKey.generate())
+        audit = AuditLog(
+            SqliteStore(Path(tmp) / "a.db"), signer, "bench/pdp", checkpoint_interval=0
+        )
+        await audit.start()
+        clock = FakeClock()
+        manager = PolicyManager()
+        manager.load()
+        pdp = PDP(manager, MemoryStore(clock), audit, clock=clock)
+        actions = workload()
+        start = time.perf_counter()
+        for i in range(n):
+            clock.advance(0.1)
+            await pdp.decide(actions[i % len(actions)])
+        await audit.flush()
+        elapsed = time.perf_counter() - start
+        await audit.close()
+    return elapsed
+
+
 def run(quick: bool = False) -> dict[str, Any]:
     n, warmup = (600, 100) if quick else (6000, 600)
     actions = workload()
@@ -214,7 +247,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     sync_fns = {"raw": raw_eval, "build": build_only, "eval": eval_only, "eval_cpp": eval_cpp}
     async_fns = {"cold": decide_cold, "warm": decide_warm, "cold_cpp": decide_cold_cpp}
     rounds = 10
-    progress.plan(rounds)
+    progress.plan(rounds + 1)
     for r in range(rounds):
         progress.step(f"round {r + 1} of {rounds}: raw, build, eval, uncached, cached")
         for key, fn in sync_fns.items():
@@ -236,12 +269,17 @@ def run(quick: bool = False) -> dict[str, Any]:
     evaluation = summarize("engine_eval", series["eval"]).against(base)
     evaluation_cpp = summarize("engine_eval_rego_cpp", series["eval_cpp"]).against(base)
     uncached_cpp = summarize("decision_uncached_rego_cpp", series["cold_cpp"]).against(base)
-    measurements = [base, uncached, cached, build, evaluation, evaluation_cpp, uncached_cpp]
+    progress.step("decisions with the audit log on SQLite")
+    n_full = 2000 if quick else 20_000
+    full_s = asyncio.run(_decide_and_audit(n_full))
+    full = Measurement("decide_and_audit", "dec/s", n_full, 0, 0, 0, round(n_full / full_s, 1))
+    measurements = [base, uncached, cached, build, evaluation, evaluation_cpp, uncached_cpp, full]
     checks = [
         slo.check("pdp.uncached_p99_us", uncached.p99),
         slo.check("pdp.cached_p99_us", cached.p99),
         slo.check("pdp.uncached_ratio_p99", uncached.ratio_p99 or math.nan),
         slo.check("pdp.cached_ratio_p99", cached.ratio_p99 or math.nan),
+        slo.check("pdp.decisions_per_s", full.throughput or math.nan),
     ]
     return {
         "suite": "pdp",
