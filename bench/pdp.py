@@ -5,9 +5,15 @@ Measured, all in one process, interleaved so machine noise hits every series ali
 * baseline `rego_raw_trivial`: regopy's own API evaluating a one-rule policy on a tiny
   input (what any rego-cpp user pays at least);
 * `decision_uncached`: `PDP.decide` end to end (context, signals, input, policy, posture,
-  audit hand-off to an in-memory sink) with the decision cache off;
+  audit hand-off to an in-memory sink) with the decision cache off, default engine;
 * `decision_cached`: the same with the cache on, on a workload that repeats;
-* `input_build` and `engine_eval`: where the uncached time goes.
+* `input_build` and `engine_eval`: where the uncached time goes (building the input
+  document, then the engine with its input hand-off);
+* `engine_eval_rego_cpp` and `decision_uncached_rego_cpp`: the same bundle and input on
+  the other engine, for the comparison in docs/benchmarks.md;
+* `decide_and_audit`: decisions per second back to back through a PDP whose sink is the
+  real audit log on SQLite (group commit, fsync), default bundle and cache, until the log
+  has committed every record: the whole cost of a decision to the process.
 """
 
 from __future__ import annotations
@@ -15,19 +21,26 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import tempfile
+import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import regopy
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench import progress, slo
-from bench.stats import summarize, time_async, time_calls
-from interlock.core import rego as rego_mod
-from interlock.core.context import MemoryStore
+from bench.stats import Measurement, summarize, time_async, time_calls
+from interlock.audit.checkpoint import Signer
+from interlock.audit.log import AuditLog
+from interlock.audit.sqlite import SqliteStore
+from interlock.core.context import NORMAL, ContextView, MemoryStore
+from interlock.core.engine import EngineName, make_engine
 from interlock.core.model import Action, Agent, Operation
 from interlock.core.pdp import PDP
 from interlock.core.policy import DECISION_ENTRYPOINT, PolicyManager
-from interlock.core.rego import RegoEngine
+from interlock.core.policy_input import build_input
 from interlock.testing import CaptureSink, FakeClock
 
 TRIVIAL = "package bench\nimport rego.v1\ndefault allow := false\nallow if input.x == 1\n"
@@ -145,10 +158,10 @@ def workload() -> list[Action]:
     ]
 
 
-def _pdp(cache_size: int, clock: FakeClock) -> PDP:
-    manager = PolicyManager(engine=RegoEngine(cache_size=cache_size))
+def _pdp(cache_size: int, clock: FakeClock, engine: EngineName = "regorus") -> PDP:
+    manager = PolicyManager(engine=make_engine(engine))
     manager.load()
-    return PDP(manager, MemoryStore(clock), CaptureSink(), clock=clock)
+    return PDP(manager, MemoryStore(clock), CaptureSink(), clock=clock, cache_size=cache_size)
 
 
 def _decider(pdp: PDP, clock: FakeClock, actions: list[Action]) -> Callable[[], Awaitable[object]]:
@@ -169,6 +182,29 @@ def _decider(pdp: PDP, clock: FakeClock, actions: list[Action]) -> Callable[[], 
     return one
 
 
+async def _decide_and_audit(n: int) -> float:
+    """Seconds for `n` decisions of the workload through a real AuditLog, flushed."""
+    with tempfile.TemporaryDirectory(prefix="interlock-bench-") as tmp:
+        signer = Signer("bench/pdp", Ed25519PrivateKey.generate())
+        audit = AuditLog(
+            SqliteStore(Path(tmp) / "a.db"), signer, "bench/pdp", checkpoint_interval=0
+        )
+        await audit.start()
+        clock = FakeClock()
+        manager = PolicyManager()
+        manager.load()
+        pdp = PDP(manager, MemoryStore(clock), audit, clock=clock)
+        actions = workload()
+        start = time.perf_counter()
+        for i in range(n):
+            clock.advance(0.1)
+            await pdp.decide(actions[i % len(actions)])
+        await audit.flush()
+        elapsed = time.perf_counter() - start
+        await audit.close()
+    return elapsed
+
+
 def run(quick: bool = False) -> dict[str, Any]:
     n, warmup = (600, 100) if quick else (6000, 600)
     actions = workload()
@@ -181,30 +217,37 @@ def run(quick: bool = False) -> dict[str, Any]:
         raw.set_input(regopy.Input({"x": 1}))
         return raw.query_bundle_entrypoint(raw_bundle, "bench/allow")
 
-    cold_clock, warm_clock = FakeClock(), FakeClock()
+    cold_clock, warm_clock, cpp_clock = FakeClock(), FakeClock(), FakeClock()
     cold = _pdp(0, cold_clock)
     warm = _pdp(4096, warm_clock)
+    cold_cpp = _pdp(0, cpp_clock, "rego-cpp")
     decide_cold = _decider(cold, cold_clock, actions)
     decide_warm = _decider(warm, warm_clock, actions)
+    decide_cold_cpp = _decider(cold_cpp, cpp_clock, actions)
 
     policy = cold.policy.current
+    policy_cpp = cold_cpp.policy.current
     sample_input = _capture_input(cold, actions[1])
+    sample_action = actions[1]
+    posture, view = NORMAL, ContextView()
+    risk = cold.audit.last.decision.risk  # type: ignore[attr-defined]
 
     def build_only() -> object:
-        p = rego_mod._new_input()
-        rego_mod._add(p, sample_input, 0)
-        rego_mod._free_input(p)
-        return None
+        return build_input(sample_action, posture, view, risk, 0.0)
 
     def eval_only() -> object:
         return policy.evaluate(DECISION_ENTRYPOINT, sample_input)
 
+    def eval_cpp() -> object:
+        return policy_cpp.evaluate(DECISION_ENTRYPOINT, sample_input)
+
     loop = asyncio.new_event_loop()
-    series: dict[str, list[float]] = {k: [] for k in ("raw", "cold", "warm", "build", "eval")}
-    sync_fns = {"raw": raw_eval, "build": build_only, "eval": eval_only}
-    async_fns = {"cold": decide_cold, "warm": decide_warm}
+    keys = ("raw", "cold", "warm", "build", "eval", "eval_cpp", "cold_cpp")
+    series: dict[str, list[float]] = {k: [] for k in keys}
+    sync_fns = {"raw": raw_eval, "build": build_only, "eval": eval_only, "eval_cpp": eval_cpp}
+    async_fns = {"cold": decide_cold, "warm": decide_warm, "cold_cpp": decide_cold_cpp}
     rounds = 10
-    progress.plan(rounds)
+    progress.plan(rounds + 1)
     for r in range(rounds):
         progress.step(f"round {r + 1} of {rounds}: raw, build, eval, uncached, cached")
         for key, fn in sync_fns.items():
@@ -217,20 +260,26 @@ def run(quick: bool = False) -> dict[str, Any]:
     uncached = summarize("decision_uncached", series["cold"]).against(base)
     cached = summarize("decision_cached", series["warm"]).against(base)
     cached.notes["cache_hit_rate"] = round(
-        warm.policy.current.cache_hits
-        / max(1, warm.policy.current.cache_hits + warm.policy.current.cache_misses),
-        3,
+        warm.cache.hits / max(1, warm.cache.hits + warm.cache.misses), 3
     )
+    uncached.notes["engine"] = f"{policy.engine_name} {policy.engine_version}"
     build = summarize("input_build", series["build"]).against(base)
     build.notes["input_nodes"] = _nodes(sample_input)
     build.notes["input_json_bytes"] = len(json.dumps(sample_input))
     evaluation = summarize("engine_eval", series["eval"]).against(base)
-    measurements = [base, uncached, cached, build, evaluation]
+    evaluation_cpp = summarize("engine_eval_rego_cpp", series["eval_cpp"]).against(base)
+    uncached_cpp = summarize("decision_uncached_rego_cpp", series["cold_cpp"]).against(base)
+    progress.step("decisions with the audit log on SQLite")
+    n_full = 2000 if quick else 20_000
+    full_s = asyncio.run(_decide_and_audit(n_full))
+    full = Measurement("decide_and_audit", "dec/s", n_full, 0, 0, 0, round(n_full / full_s, 1))
+    measurements = [base, uncached, cached, build, evaluation, evaluation_cpp, uncached_cpp, full]
     checks = [
         slo.check("pdp.uncached_p99_us", uncached.p99),
         slo.check("pdp.cached_p99_us", cached.p99),
         slo.check("pdp.uncached_ratio_p99", uncached.ratio_p99 or math.nan),
         slo.check("pdp.cached_ratio_p99", cached.ratio_p99 or math.nan),
+        slo.check("pdp.decisions_per_s", full.throughput or math.nan),
     ]
     return {
         "suite": "pdp",
@@ -244,6 +293,15 @@ def run(quick: bool = False) -> dict[str, Any]:
             {
                 "title": "where an uncached decision's time goes",
                 "series": ["input_build", "engine_eval", "decision_uncached"],
+            },
+            {
+                "title": "regorus against rego-cpp, same bundle and input",
+                "series": [
+                    "engine_eval",
+                    "engine_eval_rego_cpp",
+                    "decision_uncached",
+                    "decision_uncached_rego_cpp",
+                ],
             },
         ],
     }

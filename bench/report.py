@@ -217,7 +217,7 @@ def _measurement_rows(suite: dict[str, Any]) -> list[str]:
     ]
     for m in suite["measurements"]:
         unit = m["unit"]
-        if unit in ("rec/s", "MB/s"):
+        if unit in ("rec/s", "MB/s", "dec/s"):
             rows.append(
                 f"| {m['name']} | {m['n']} | | | | {_fmt(m['throughput'])} {unit} "
                 f"| {m['baseline'] or ''} | | |"

@@ -73,7 +73,7 @@ def table(result: dict[str, Any]) -> str:
         f"{'baseline':<24} {'x p50':>6} {'x p99':>6}",
     ]
     for m in result["measurements"]:
-        if m["unit"] in ("rec/s", "MB/s"):
+        if m["unit"] in ("rec/s", "MB/s", "dec/s"):
             rows.append(
                 f"{m['name']:<24} {'':>11} {'':>11} {m['throughput'] or 0:>9.0f} "
                 f"{m['baseline'] or '-':<24} ({m['unit']})"

@@ -58,10 +58,14 @@ class PolicyConfig(Section):
     """Bundle directory; None means the bundled default policy."""
     watch_interval: float = Field(1.0, gt=0)
     """Seconds between checks for changed bundle files (hot reload)."""
+    engine: Literal["regorus", "rego-cpp"] = "regorus"
+    """The Rego engine; when its wheel is missing the other one serves and `interlock up`
+    says so (docs/policy-input.md lists what each engine lacks)."""
     cache_size: int = Field(4096, ge=0)
-    """Decisions cached per bundle version, keyed by the exact policy input; 0 disables."""
+    """Decisions cached per bundle version, keyed by the facts the policy reads; 0 disables."""
     timeout_ms: float = Field(50.0, gt=0)
-    """An evaluation slower than this is discarded and the action denied."""
+    """An evaluation using more CPU time than this is discarded and the action denied
+    (time spent waiting for the event loop or the machine does not count)."""
     bundle_url: str | None = Field(None, pattern=r"^https?://")
     """An OPA-format bundle (tar.gz) to poll; `bundle` (or the default) serves until a
     bundle from there compiles."""

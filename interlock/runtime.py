@@ -24,10 +24,10 @@ from interlock.audit.factory import log_for
 from interlock.audit.log import AuditLog
 from interlock.config import AgentConfig, Config
 from interlock.core.context import MemoryStore, StateStore
+from interlock.core.engine import fallback_note, make_engine
 from interlock.core.model import Tier
 from interlock.core.pdp import PDP
 from interlock.core.policy import DECISION_ENTRYPOINT, PolicyManager
-from interlock.core.rego import RegoEngine
 from interlock.credentials.broker import Broker
 from interlock.errors import BundleError, ConfigError, InterlockError
 from interlock.identity.jwt import JwtVerifier
@@ -94,11 +94,8 @@ def build(config: Config) -> Runtime:
     entrypoints = [DECISION_ENTRYPOINT]
     if config.extauthz is not None and config.extauthz.mode == "opa-envoy":
         entrypoints.append(config.extauthz.decision_path)
-    policy = PolicyManager(
-        config.policy.bundle,
-        engine=RegoEngine(cache_size=config.policy.cache_size, timeout_ms=config.policy.timeout_ms),
-        entrypoints=entrypoints,
-    )
+    engine = make_engine(config.policy.engine, timeout_ms=config.policy.timeout_ms)
+    policy = PolicyManager(config.policy.bundle, engine=engine, entrypoints=entrypoints)
     policy.load()
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     audit = log_for(config)
@@ -110,6 +107,7 @@ def build(config: Config) -> Runtime:
         audit,
         audit_fail_open_max_tier=None if fail_open == "none" else Tier(fail_open),
         intel=intel,
+        cache_size=config.policy.cache_size,
     )
     registry = AgentRegistry.from_config(config.agents)
     jwt = JwtVerifier(config.identity.jwt, registry) if config.identity.jwt else None
@@ -398,11 +396,15 @@ async def _start_extauthz(runtime: Runtime) -> None:
 
 
 def banner(runtime: Runtime) -> str:
+    current = runtime.policy.current
     lines = [
         f"interlock up: policy {runtime.policy.bundle_dir} "
-        f"(version {runtime.policy.current.version[:12]}), "
+        f"(version {current.version[:12]}, {current.engine_name} {current.engine_version}), "
         f"{len(runtime.registry)} agent(s) registered"
     ]
+    note = fallback_note(runtime.config.policy.engine, runtime.policy.engine)
+    if note is not None:
+        lines.append(f"  warning: {note}")
     for name, where in runtime.endpoints.items():
         lines.append(f"  {name:<10} {where}")
     return "\n".join(lines)

@@ -20,8 +20,8 @@ from interlock.audit import merkle
 from interlock.audit.checkpoint import Verifier
 from interlock.audit.store import AuditStore, StoredRecord
 from interlock.audit.verify import Finding, LogVerifier, Report
+from interlock.core.engine import CompiledPolicy
 from interlock.core.policy import DECISION_ENTRYPOINT
-from interlock.core.rego import RegoPolicy
 from interlock.core.result import parse_result
 from interlock.core.signals import RiskModel, score
 from interlock.errors import PolicyError
@@ -314,7 +314,7 @@ def _epoch(stamp: str) -> float:
     return time.mktime(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
 
 
-def evaluator(policy: RegoPolicy) -> Callable[[dict[str, Any]], str]:
+def evaluator(policy: CompiledPolicy) -> Callable[[dict[str, Any]], str]:
     """Re-decide a recorded action under `policy`: the recorded signals are re-scored with
     this bundle's risk model, then the policy is evaluated on the recorded input."""
     model = RiskModel.from_data(policy.data.get("interlock", {}).get("risk", {}))

@@ -55,6 +55,21 @@ class AuditStats:
     timings: list[float] = field(default_factory=list)
 
 
+ENCODE_SLICE = 32
+"""Records the encoding thread encodes before it lets other threads have the GIL: at
+about 15 us each, the proxies on the event loop wait at most half a millisecond for it,
+instead of the interpreter's 5 ms switch interval."""
+
+
+def _encode_all(records: list[DecisionRecord]) -> list[bytes]:
+    out = []
+    for i, rec in enumerate(records, 1):
+        out.append(encode(rec))
+        if i % ENCODE_SLICE == 0:
+            time.sleep(0)  # releases the GIL; whoever waits for it runs now
+    return out
+
+
 class AuditLog:
     """An `AuditSink` over an `AuditStore`, signing checkpoints with `signer`."""
 
@@ -157,9 +172,7 @@ class AuditLog:
         todo = [e for e in batch if e.data is None]
         if not todo:
             return
-        encoded = await asyncio.to_thread(
-            lambda: [encode(e.record) for e in todo if e.record is not None]
-        )
+        encoded = await asyncio.to_thread(_encode_all, [e.record for e in todo if e.record])
         for e, data in zip(todo, encoded, strict=True):
             e.data, e.record = data, None
 

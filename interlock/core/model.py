@@ -8,6 +8,7 @@ anyone changing it underneath the others.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -188,17 +189,38 @@ class Decision:
 
 _last_ms = 0
 _seq = 0
+_RANDOM_BLOCK = 8192
+"""Bytes read from the OS at a time: one `os.urandom` call per ~800 decision ids instead
+of two per id (a syscall each, measured at several percent of a cached decision)."""
+_random = b""
+_at = 0
+_id_lock = threading.Lock()
+
+
+def _forget_random() -> None:
+    """A forked worker must not hand out the ids its parent's buffer would."""
+    global _random, _at
+    _random, _at = b"", 0
+
+
+os.register_at_fork(after_in_child=_forget_random)
 
 
 def new_decision_id() -> str:
     """A UUIDv7 (RFC 9562): time-ordered, so ids sort like the decisions they name."""
-    global _last_ms, _seq
+    global _last_ms, _seq, _random, _at
     ms = time.time_ns() // 1_000_000
-    if ms == _last_ms:
-        _seq = (_seq + 1) & 0xFFF
-    else:
-        _last_ms, _seq = ms, int.from_bytes(os.urandom(2), "big") & 0x7FF
-    rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
-    value = (ms << 80) | (0x7 << 76) | (_seq << 64) | (0b10 << 62) | rand
+    with _id_lock:
+        if _at + 10 > len(_random):
+            _random, _at = os.urandom(_RANDOM_BLOCK), 0
+        chunk = _random[_at : _at + 10]
+        _at += 10
+        if ms == _last_ms:
+            _seq = (_seq + 1) & 0xFFF
+        else:
+            _last_ms, _seq = ms, int.from_bytes(chunk[8:], "big") & 0x7FF
+        seq = _seq
+    rand = int.from_bytes(chunk[:8], "big") & ((1 << 62) - 1)
+    value = (ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand
     h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from interlock.classify.dataflow import candidates
 from interlock.core.context import NORMAL, ContextView, Flow, Posture, RecentAction, StateStore
+from interlock.core.decision_cache import DecisionCache, fact_key
 from interlock.core.enforcement import enforce_posture
 from interlock.core.model import (
     Action,
@@ -79,6 +80,10 @@ class Assessment:
     store_down: bool = False
     """The state store failed while assessing: nothing is written back to it (each
     attempt would wait out its timeout again before the denial is answered)."""
+    policy: Any = None
+    """The compiled bundle this decision uses from start to end (a reload mid-decision
+    never mixes two)."""
+    view: ContextView | None = None
 
     def deny(self, reason: str) -> Decision:
         return Decision(
@@ -104,6 +109,7 @@ class PDP:
         audit_fail_open_max_tier: Tier | None = Tier.LOW,
         entrypoint: str = DECISION_ENTRYPOINT,
         intel: Intel | None = None,
+        cache_size: int = 4096,
     ) -> None:
         self.policy = policy
         self.store = store
@@ -113,6 +119,7 @@ class PDP:
         self.entrypoint = entrypoint
         self.intel = intel
         self.stats = DecisionStats()
+        self.cache = DecisionCache(cache_size)
         self._model: tuple[str, RiskModel] | None = None
 
     def _risk_model(self, version: str, data: Mapping[str, Any]) -> RiskModel:
@@ -124,15 +131,31 @@ class PDP:
     async def decide(self, action: Action) -> Decision:
         """Answer `action`. Never raises for anything the action or policy did."""
         started = time.perf_counter()
-        a = await self.assess(action)
+        a = await self._assess(action, with_input=False)
         a.started = started
         if a.error is not None:
             return await self.settle(a.action, a, a.deny(a.error))
+        assert a.view is not None
         try:
-            result = self.policy.current.evaluate(self.entrypoint, a.input_doc)
+            key = fact_key(a.action, a.posture, a.view, a.risk, a.now) if self.cache.size else None
+        except TypeError:
+            key = None  # details holding something unhashable: decide without the cache
+        hit = self.cache.get(a.policy, key) if key is not None else None
+        if hit is not None:
+            t, a.input_doc = hit
+            decision = Decision(
+                a.decision_id, t.effect, t.risk, t.policy_version, t.reasons, t.restrictions,
+                t.obligations, a.now,
+            )  # fmt: skip
+            return await self.settle(a.action, a, decision)
+        try:
+            a.input_doc = build_input(a.action, a.posture, a.view, a.risk, a.now)
+            result = a.policy.evaluate(self.entrypoint, a.input_doc)
             decision = parse_result(
                 result, decision_id=a.decision_id, risk=a.risk, policy_version=a.version, now=a.now
             )
+            if key is not None:
+                self.cache.put(a.policy, key, decision, a.input_doc)
         except PolicyError as exc:
             decision = a.deny(f"policy: {exc}")
         except Exception as exc:
@@ -143,13 +166,16 @@ class PDP:
     async def assess(self, action: Action) -> Assessment:
         """Posture, context and risk of `action`, and the policy input built from them.
         Never raises: a failure is recorded in `error`."""
+        return await self._assess(action, with_input=True)
+
+    async def _assess(self, action: Action, *, with_input: bool) -> Assessment:
         a = Assessment(new_decision_id(), self.clock(), action)
         try:
-            policy = self.policy.current
+            policy = a.policy = self.policy.current
             a.version = policy.version
             a.data = policy.data.get("interlock", {})
             a.posture = await self.store.posture(action.agent.id, a.now)
-            view = await self.store.view(action.agent.id, target_key(action), a.now)
+            view = a.view = await self.store.view(action.agent.id, target_key(action), a.now)
             # Fingerprinting the payload costs a hash per word run: only when this
             # agent has read labelled values that could be in it.
             flows = (
@@ -160,7 +186,8 @@ class PDP:
             action = a.action = self._enrich(action, view, flows)
             model = self._risk_model(a.version, a.data)
             a.risk = score(compute(self._facts(action, view, len(flows)), model), model)
-            a.input_doc = build_input(action, a.posture, view, a.risk, a.now)
+            if with_input:
+                a.input_doc = build_input(action, a.posture, view, a.risk, a.now)
         except PolicyError as exc:
             a.error = f"policy: {exc}"
         except StateError as exc:
@@ -179,7 +206,8 @@ class PDP:
         if not a.store_down:
             await self._apply(action, decision)
             await self._remember(action, decision, target_key(action), a.now, a.data)
-        decision = await self._audit(action, decision, a.input_doc)
+        engine = f"{a.policy.engine_name} {a.policy.engine_version}" if a.policy else None
+        decision = await self._audit(action, decision, a.input_doc, engine)
         if decision.effect is not Effect.ALLOW:
             log.info(
                 "%s %s %s %s: %s",
@@ -334,14 +362,19 @@ class PDP:
             log.exception("could not record context of decision %s", decision.decision_id)
 
     async def _audit(
-        self, action: Action, decision: Decision, input_doc: Mapping[str, Any]
+        self,
+        action: Action,
+        decision: Decision,
+        input_doc: Mapping[str, Any],
+        engine: str | None = None,
     ) -> Decision:
         """Audit before allow: above `low` (or always, with fail-open "none") the record
         must be durable before the decision is returned."""
         limit = self.audit_fail_open_max_tier
         durable = limit is None or decision.risk.tier is not Tier.LOW
         try:
-            await self.audit.append(DecisionRecord(decision, action, input_doc), durable=durable)
+            record = DecisionRecord(decision, action, input_doc, engine=engine)
+            await self.audit.append(record, durable=durable)
         except Exception as exc:
             log.error("audit log write failed for %s: %s", decision.decision_id, exc)
             if decision.effect in (Effect.ALLOW, Effect.APPROVE) and (
@@ -355,7 +388,7 @@ class PDP:
                 # The denial itself is queued, so the log shows it once the store is back.
                 with contextlib.suppress(Exception):
                     await self.audit.append(
-                        DecisionRecord(denied, action, input_doc), durable=False
+                        DecisionRecord(denied, action, input_doc, engine=engine), durable=False
                     )
                 return denied
         return decision

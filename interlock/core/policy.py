@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from interlock.core.bundle import bundled_policy_dir, fingerprint, load_bundle
-from interlock.core.rego import RegoEngine, RegoPolicy
+from interlock.core.engine import CompiledPolicy, Engine, make_engine
 from interlock.errors import BundleError
 
 log = logging.getLogger(__name__)
@@ -29,28 +29,28 @@ class PolicyManager:
         self,
         bundle_dir: Path | str | None = None,
         *,
-        engine: RegoEngine | None = None,
+        engine: Engine | None = None,
         entrypoints: Sequence[str] = (DECISION_ENTRYPOINT,),
     ) -> None:
         self.bundle_dir = Path(bundle_dir) if bundle_dir else bundled_policy_dir()
-        self.engine = engine or RegoEngine()
+        self.engine = engine or make_engine()
         self.entrypoints = tuple(dict.fromkeys(entrypoints))
-        self._current: RegoPolicy | None = None
+        self._current: CompiledPolicy | None = None
         self._fingerprint: tuple[tuple[str, int, int], ...] = ()
         self.last_error: str | None = None
-        self._listeners: list[Callable[[RegoPolicy], None]] = []
+        self._listeners: list[Callable[[CompiledPolicy], None]] = []
 
     @property
-    def current(self) -> RegoPolicy:
+    def current(self) -> CompiledPolicy:
         """The compiled bundle now serving. Raises BundleError before the first load."""
         if self._current is None:
             raise BundleError("no policy bundle loaded")
         return self._current
 
-    def on_reload(self, listener: Callable[[RegoPolicy], None]) -> None:
+    def on_reload(self, listener: Callable[[CompiledPolicy], None]) -> None:
         self._listeners.append(listener)
 
-    def load(self) -> RegoPolicy:
+    def load(self) -> CompiledPolicy:
         """Load and compile the bundle now; on failure keep the old one and raise."""
         stamp = fingerprint(self.bundle_dir)
         try:
@@ -66,12 +66,15 @@ class PolicyManager:
         self._fingerprint = stamp
         self.last_error = None
         self._current = compiled
-        log.info("policy bundle %s loaded, version %s", self.bundle_dir, compiled.version[:12])
+        log.info(
+            "policy bundle %s loaded, version %s, engine %s %s",
+            self.bundle_dir, compiled.version[:12], compiled.engine_name, compiled.engine_version,
+        )  # fmt: skip
         for listener in self._listeners:
             listener(compiled)
         return compiled
 
-    def load_from(self, bundle_dir: Path) -> RegoPolicy:
+    def load_from(self, bundle_dir: Path) -> CompiledPolicy:
         """Serve the bundle in `bundle_dir` from now on, if it compiles (else BundleError,
         and the current one keeps serving); the directory is watched from then on."""
         previous = self.bundle_dir

@@ -23,6 +23,8 @@ class DecisionRecord:
     approver: Mapping[str, Any] | None = None
     """On the record of a human's answer to a held action: who, via which channel, and
     whether they approved."""
+    engine: str | None = None
+    """The policy engine and its version (`regorus 0.9.1`) when a policy was evaluated."""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready view (the audit store defines the canonical, hashed form)."""
@@ -47,6 +49,7 @@ class DecisionRecord:
             "parents": list(a.parents),
             "prompt_hash": a.prompt_hash,
             "policy_version": d.policy_version,
+            "policy_engine": self.engine,
             "risk": {
                 "score": d.risk.score,
                 "tier": d.risk.tier.value,

@@ -5,13 +5,16 @@ Two measured facts shape this module (see `interlock bench --suite pdp`):
 * rego-cpp spends most of a decision *building the input term*, about 3 us per JSON node,
   and regopy's own converter adds Python overhead on top. The input is therefore built with
   direct calls into the shared library regopy loads, and kept small by the PDP.
-* Evaluation itself is cheap (tens of microseconds) and deterministic for a given input and
-  compiled bundle, so identical inputs are answered from a bounded LRU cache that lives and
-  dies with the compiled snapshot: a reload can never serve a stale answer.
+* Evaluation of the bundled policy costs hundreds of microseconds, several times what
+  regorus needs (docs/benchmarks.md); rego-cpp stays selectable (`[policy] engine`) and
+  the conformance suite keeps the two equal. Repeated decisions are answered by the PDP's
+  cache (`interlock.core.decision_cache`), before any engine is asked.
 
 rego-cpp cannot be interrupted mid-evaluation, so the time budget is checked when it
-returns: a late answer is discarded and the action denied. Rego without recursion always
-terminates; the budget catches pathological data, not infinite loops.
+returns: a late answer is discarded and the action denied. The budget counts this
+thread's CPU time, not the wall clock, so time spent waiting for the lock, the event loop
+or a loaded machine's scheduler never denies. Rego without recursion always terminates;
+the budget catches pathological data, not infinite loops.
 """
 
 from __future__ import annotations
@@ -20,24 +23,26 @@ import contextlib
 import ctypes
 import json
 import os
-import re
 import tempfile
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
+from importlib.metadata import version as _dist_version
 from typing import Any
 
 import regopy
 import regopy.rego_shared as _rs
 
 from interlock.core.bundle import BundleSource
+from interlock.core.engine import CompiledBundle
+from interlock.core.rego_text import refuse_with
 from interlock.errors import (
     BundleError,
     PolicyEvaluationError,
-    PolicyTimeout,
     PolicyUndefined,
 )
+
+VERSION = _dist_version("regopy")
 
 _lib = _rs.rego
 _new_input = _lib.regoNewInput
@@ -58,19 +63,6 @@ MAX_INPUT_DEPTH = 32
 INT64 = (-(2**63), 2**63 - 1)
 
 _compile_lock = threading.Lock()
-
-_WITH = re.compile(r"\bwith\s+(input|data)\b")
-_COMMENT = re.compile(r"#[^\n]*")
-
-
-def _uses_with(text: str) -> bool:
-    """True if a module uses the `with` keyword (outside comments).
-
-    rego-cpp 1.5 aborts the whole process on `with input as ...` over rules that call
-    built-ins. A policy module that could kill every proxy is refused at load time; test
-    modules may use `with`, since `policy test` runs them in a child process.
-    """
-    return bool(_WITH.search(_COMMENT.sub("", text)))
 
 
 class _InputTooDeep(ValueError):
@@ -156,9 +148,12 @@ def _readable(exc: Exception, printed: str) -> str:
     return text or str(exc)
 
 
-class RegoPolicy:
+class RegoPolicy(CompiledBundle):
     """One compiled bundle. Evaluations are serialised: a rego-cpp interpreter is not
     thread-safe, and on two cores a second interpreter buys little."""
+
+    engine_name = "rego-cpp"
+    engine_version = VERSION
 
     def __init__(
         self,
@@ -167,65 +162,21 @@ class RegoPolicy:
         bundle: Any,
         entrypoints: Sequence[str],
         *,
-        cache_size: int,
         timeout_s: float,
     ) -> None:
-        self._source = source
+        super().__init__(source, entrypoints, timeout_s)
         self._interp = interpreter
         self._impl = interpreter._impl
         self._bundle = bundle
         self._bundle_impl = bundle._impl
-        self._entrypoints = frozenset(entrypoints)
         self._lock = threading.Lock()
-        self._cache: OrderedDict[tuple[str, str], Any] = OrderedDict()
-        self._cache_size = cache_size
-        self._timeout_s = timeout_s
-        self.cache_hits = 0
-        self.cache_misses = 0
-
-    @property
-    def version(self) -> str:
-        return self._source.version
-
-    @property
-    def data(self) -> Mapping[str, Any]:
-        return self._source.data
-
-    @property
-    def source(self) -> BundleSource:
-        return self._source
-
-    @property
-    def entrypoints(self) -> frozenset[str]:
-        return self._entrypoints
 
     def evaluate(self, entrypoint: str, input: Mapping[str, Any]) -> Any:
         """Evaluate a compiled entrypoint (`pkg/path/rule`) against `input`."""
-        key = None
-        if self._cache_size:
-            # Unsorted is half the cost of sorted; the PDP builds inputs in a fixed key
-            # order, so equal inputs give equal keys (a different order only misses).
-            key = (entrypoint, json.dumps(input, separators=(",", ":")))
-            with self._lock:
-                hit = self._cache.get(key, _MISS)
-                if hit is not _MISS:
-                    self._cache.move_to_end(key)
-                    self.cache_hits += 1
-                    return hit
-        value = self._evaluate(entrypoint, input)
-        if key is not None:
-            with self._lock:
-                self.cache_misses += 1
-                self._cache[key] = value
-                if len(self._cache) > self._cache_size:
-                    self._cache.popitem(last=False)
-        return value
-
-    def _evaluate(self, entrypoint: str, input: Mapping[str, Any]) -> Any:
         if entrypoint not in self._entrypoints:
             raise PolicyEvaluationError(f"entrypoint {entrypoint!r} is not compiled")
         with self._lock:
-            start = time.perf_counter()
+            start = time.thread_time()
             p = _new_input()
             try:
                 _add(p, input, 0)
@@ -236,18 +187,14 @@ class RegoPolicy:
                 _free_input(p)
             out = _rs.rego_bundle_query_entrypoint(self._impl, self._bundle_impl, entrypoint)
             try:
-                elapsed = time.perf_counter() - start
+                elapsed = time.thread_time() - start
                 if not _rs.rego_output_ok(out):
                     msgs = _error_messages(_rs.rego_output_node(out))
                     raise PolicyEvaluationError("; ".join(msgs) or "evaluation failed")
                 text = _rs.rego_output_string(out)
             finally:
                 _rs.rego_free_output(out)
-        if elapsed > self._timeout_s:
-            raise PolicyTimeout(
-                f"evaluation took {elapsed * 1000:.1f} ms, over the "
-                f"{self._timeout_s * 1000:.1f} ms budget"
-            )
+        self.within_budget(elapsed)
         if text == "undefined":
             raise PolicyUndefined(f"{entrypoint} is undefined for this input")
         try:
@@ -264,26 +211,20 @@ class RegoPolicy:
         return exprs[0]
 
 
-_MISS = object()
-
-
 class RegoEngine:
     """Compiles bundles with rego-cpp."""
 
-    def __init__(self, *, cache_size: int = 4096, timeout_ms: float = 50.0) -> None:
-        self.cache_size = cache_size
+    name = "rego-cpp"
+    version = VERSION
+
+    def __init__(self, *, timeout_ms: float = 50.0) -> None:
         self.timeout_s = timeout_ms / 1000
 
     def compile(self, source: BundleSource, entrypoints: Sequence[str]) -> RegoPolicy:
         """Compile the modules and data of `source`; raise BundleError with rego-cpp's text."""
         if not entrypoints:
             raise BundleError("no entrypoints to compile")
-        for name, text in source.modules.items():
-            if _uses_with(text):
-                raise BundleError(
-                    f"{name}: the `with` keyword is not supported in policy modules "
-                    "(rego-cpp 1.5 can crash on it); use it only in *_test.rego files"
-                )
+        refuse_with(source)
         with _compile_lock, _captured_stdout() as printed:
             try:
                 interp = self._interpreter(source, source.modules)
@@ -301,7 +242,6 @@ class RegoEngine:
             interp,
             bundle,
             entrypoints,
-            cache_size=self.cache_size,
             timeout_s=self.timeout_s,
         )
 

@@ -1,7 +1,9 @@
-"""Running a bundle's Rego unit tests, the way `opa test` does.
+"""Running a bundle's Rego unit tests, the way `opa test` does, on both engines.
 
 Every rule whose name starts with `test_` in any module is a test. It passes when it is
-defined and true; undefined or false is a failure, an evaluation error is an error.
+defined and true on every installed engine (regorus and rego-cpp: a policy must mean the
+same on both); undefined or false is a failure, an evaluation error is an error, and the
+report names the engine that disagreed.
 
 Tests run in a child process: rego-cpp 1.5 can crash outright on some constructs (`with
 input as ...` over rules that call built-ins), and a crash must be reported as a failed
@@ -18,7 +20,7 @@ from dataclasses import dataclass, replace
 from multiprocessing import get_context
 
 from interlock.core.bundle import BundleSource
-from interlock.core.rego import RegoEngine
+from interlock.core.engine import EngineName, make_engine
 from interlock.errors import PolicyError
 
 _PACKAGE = re.compile(r"^\s*package\s+([A-Za-z_][\w.]*)\s*$", re.M)
@@ -47,11 +49,38 @@ def discover(source: BundleSource) -> list[tuple[str, str, str]]:
     return found
 
 
+ENGINES: tuple[EngineName, ...] = ("regorus", "rego-cpp")
+_RANK = {"pass": 0, "fail": 1, "error": 2}
+
+
 def run_tests(source: BundleSource) -> list[TestOutcome]:
-    """Run every test in a child process; raises BundleError if the modules do not compile."""
+    """Run every test on each installed engine; one outcome per test, the worst one, with
+    the engines it came from. Raises BundleError if the modules do not compile."""
+    runs: dict[str, list[TestOutcome]] = {}
+    for name in ENGINES:
+        try:
+            if make_engine(name).name != name:
+                continue
+        except ImportError:
+            continue
+        runs[name] = run_tests_on(source, name)
+    first = next(iter(runs.values()))
+    merged = []
+    for i, outcome in enumerate(first):
+        worst = max((r[i] for r in runs.values()), key=lambda o: _RANK[o.status])
+        if worst.status == "pass":
+            merged.append(outcome)
+            continue
+        which = ", ".join(n for n, r in runs.items() if r[i].status == worst.status)
+        merged.append(replace(worst, detail=f"{worst.detail} ({which})"))
+    return merged
+
+
+def run_tests_on(source: BundleSource, engine: EngineName) -> list[TestOutcome]:
+    """Run every test on one engine, in a child process."""
     tests = discover(source)
     try:
-        return _in_child(source, tests)
+        return _in_child(source, tests, engine)
     except BrokenProcessPool:
         pass
     # Narrow down: each module alone with the policy, then each test of a crashing module.
@@ -61,29 +90,33 @@ def run_tests(source: BundleSource) -> list[TestOutcome]:
         alone = replace(source, tests=own)
         group = [t for t in tests if t[0] == module]
         try:
-            outcomes.extend(_in_child(alone, group))
+            outcomes.extend(_in_child(alone, group, engine))
             continue
         except BrokenProcessPool:
             pass
         for test in group:
             try:
-                outcomes.extend(_in_child(alone, [test]))
+                outcomes.extend(_in_child(alone, [test], engine))
             except BrokenProcessPool:
                 outcomes.append(TestOutcome(module, test[2], "error", "the policy engine crashed"))
     return outcomes
 
 
-def _in_child(source: BundleSource, tests: list[tuple[str, str, str]]) -> list[TestOutcome]:
+def _in_child(
+    source: BundleSource, tests: list[tuple[str, str, str]], engine: EngineName
+) -> list[TestOutcome]:
     """Run `tests` in a fresh interpreter process (spawned: no inherited engine state)."""
     with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
-        return pool.submit(run_tests_here, source, tests).result()
+        return pool.submit(run_tests_here, source, tests, engine).result()
 
 
 def run_tests_here(
-    source: BundleSource, tests: list[tuple[str, str, str]] | None = None
+    source: BundleSource,
+    tests: list[tuple[str, str, str]] | None = None,
+    engine_name: EngineName = "rego-cpp",
 ) -> list[TestOutcome]:
     """Run tests in this process (a crash in the engine ends the process)."""
-    engine = RegoEngine()
+    engine = make_engine(engine_name)
     tests = discover(source) if tests is None else tests
     results = engine.queries(
         source, [f"x := data.{pkg}.{rule}" for _, pkg, rule in tests], with_tests=True

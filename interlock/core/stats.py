@@ -16,7 +16,11 @@ BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 
 
 @dataclass
 class DecisionStats:
-    recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT))
+    _rows: deque[tuple[Decision, str, str, str, str, tuple[str, ...]]] = field(
+        default_factory=lambda: deque(maxlen=RECENT)
+    )
+    """The last decisions as recorded: tuples now, dicts only when someone reads them
+    (the admin API), because every decision pays for the write and few are read."""
     decisions: Counter[tuple[str, str]] = field(default_factory=Counter)
     """(protocol, effect) -> count."""
     latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
@@ -25,25 +29,48 @@ class DecisionStats:
 
     def add(self, action: Action, decision: Decision, seconds: float | None) -> None:
         self.decisions[(action.protocol, decision.effect.value)] += 1
-        self.recent.append(
-            {
-                "decision_id": decision.decision_id,
-                "time": decision.time,
-                "agent": action.agent.id,
-                "protocol": action.protocol,
-                "operation": action.operation.value,
-                "target": action.target[:256],
-                "effect": decision.effect.value,
-                "risk": {"score": decision.risk.score, "tier": decision.risk.tier.value},
-                "reasons": list(decision.reasons)[:8],
-                "parents": list(action.parents),
-            }
+        self._rows.append(
+            (
+                decision,
+                action.agent.id,
+                action.protocol,
+                action.operation.value,
+                action.target,
+                action.parents,
+            )
         )
         if seconds is not None:
             self.latency_buckets[bisect.bisect_left(BUCKETS, seconds)] += 1
             self.latency_sum += seconds
             self.latency_count += 1
 
+    @property
+    def recent(self) -> list[dict[str, Any]]:
+        """The last decisions, oldest first, as the admin API shows them."""
+        return [_row(*r) for r in self._rows]
+
     def for_agent(self, agent_id: str | None, limit: int) -> list[dict[str, Any]]:
-        rows = [r for r in self.recent if agent_id is None or r["agent"] == agent_id]
-        return rows[-limit:][::-1]
+        rows = [r for r in self._rows if agent_id is None or r[1] == agent_id]
+        return [_row(*r) for r in rows[-limit:][::-1]]
+
+
+def _row(
+    decision: Decision,
+    agent: str,
+    protocol: str,
+    operation: str,
+    target: str,
+    parents: tuple[str, ...],
+) -> dict[str, Any]:
+    return {
+        "decision_id": decision.decision_id,
+        "time": decision.time,
+        "agent": agent,
+        "protocol": protocol,
+        "operation": operation,
+        "target": target[:256],
+        "effect": decision.effect.value,
+        "risk": {"score": decision.risk.score, "tier": decision.risk.tier.value},
+        "reasons": list(decision.reasons)[:8],
+        "parents": list(parents),
+    }

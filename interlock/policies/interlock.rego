@@ -3,7 +3,8 @@
 #
 # Written as pure functions of (input, config) so the Rego tests call them directly, and
 # strings are built with concat rather than sprintf: two rego-cpp 1.5 defects this avoids
-# are described in docs/policy-input.md ("Writing policies for rego-cpp").
+# are described in docs/policy-input.md ("Writing policies for rego-cpp"). A comprehension
+# never sits in a function with `else` (regorus does not schedule it): it goes in a helper.
 package interlock
 
 import rego.v1
@@ -11,11 +12,15 @@ import rego.v1
 # The decision the PDP queries (entrypoint interlock/decision).
 decision := decide(input, data.interlock.policy)
 
-decide(inp, cfg) := {"effect": "isolate", "reasons": sort([r | some r in isolate_reasons(inp, cfg)])} if {
+decide(inp, cfg) := isolation(inp, cfg) if {
 	count(isolate_reasons(inp, cfg)) > 0
-} else := {"effect": "deny", "reasons": sort([r | some r in deny_reasons(inp, cfg)])} if {
+} else := denial(inp, cfg) if {
 	count(deny_reasons(inp, cfg)) > 0
 } else := by_tier(inp, cfg)
+
+isolation(inp, cfg) := {"effect": "isolate", "reasons": sort([r | some r in isolate_reasons(inp, cfg)])}
+
+denial(inp, cfg) := {"effect": "deny", "reasons": sort([r | some r in deny_reasons(inp, cfg)])}
 
 # --- hard rules: isolate ------------------------------------------------------------------
 
@@ -23,7 +28,9 @@ isolate_reasons(inp, cfg) := exfiltration(inp, cfg) | intel_isolation(inp, cfg)
 
 intel_isolation(inp, cfg) := set() if {
 	count(inp.action.threat_matches) == 0
-} else := {concat("", ["threat intel: ", m]) |
+} else := intel_isolation_found(inp, cfg)
+
+intel_isolation_found(inp, cfg) := {concat("", ["threat intel: ", m]) |
 	cfg.isolate_on_threat_intel
 	some m in inp.action.threat_matches
 }
@@ -32,7 +39,9 @@ intel_isolation(inp, cfg) := set() if {
 # and now data leaving for a destination this agent has never used.
 exfiltration(inp, cfg) := set() if {
 	count(inp.context.taints) == 0
-} else := {"exfiltration pattern: restricted data read and untrusted content, then egress to a first-seen destination" |
+} else := exfiltration_found(inp, cfg)
+
+exfiltration_found(inp, cfg) := {"exfiltration pattern: restricted data read and untrusted content, then egress to a first-seen destination" |
 	inp.action.operation in cfg.egress_operations
 	"restricted_data_read" in inp.context.taints
 	count({t | some t in inp.context.taints; t in {"untrusted_content", "prompt_injection_suspected"}}) > 0
@@ -48,7 +57,9 @@ deny_reasons(inp, cfg) := posture_denials(inp, cfg) | identity_denials(inp) | in
 posture_denials(inp, cfg) := set() if {
 	not inp.context.posture.isolated
 	count(inp.context.posture.restrictions) == 0
-} else := {"agent is isolated" | inp.context.posture.isolated} | {
+} else := posture_found(inp, cfg)
+
+posture_found(inp, cfg) := {"agent is isolated" | inp.context.posture.isolated} | {
 "posture read_only: this operation writes" |
 	"read_only" in inp.context.posture.restrictions
 	inp.action.operation in cfg.write_operations
@@ -73,7 +84,9 @@ identity_denials(inp) := {"unauthenticated agent" | inp.agent.authn == "none"}
 
 intel_denials(inp, cfg) := set() if {
 	count(inp.action.threat_matches) == 0
-} else := {concat("", ["threat intel: ", m]) |
+} else := intel_denials_found(inp, cfg)
+
+intel_denials_found(inp, cfg) := {concat("", ["threat intel: ", m]) |
 	not cfg.isolate_on_threat_intel
 	some m in inp.action.threat_matches
 }
@@ -86,7 +99,9 @@ forbidden(inp, cfg) := {concat("", ["operation ", inp.action.operation, " is nev
 # changing the session's role, ...).
 flag_denials(inp, cfg) := set() if {
 	count(object.get(inp.action.details, "flags", [])) == 0
-} else := {concat("", ["forbidden construct: ", f]) |
+} else := flags_found(inp, cfg)
+
+flags_found(inp, cfg) := {concat("", ["forbidden construct: ", f]) |
 	some f in inp.action.details.flags
 	f in object.get(cfg.forbidden_flags, inp.action.protocol, [])
 }
@@ -110,7 +125,9 @@ mask_obligations(inp, cfg) := [] if {
 	count(inp.action.labels) == 0
 } else := [] if {
 	count(masked_labels(inp, cfg)) == 0
-} else := [{"type": "mask", "labels": sort([l | some l in masked_labels(inp, cfg)])}]
+} else := mask_obligation(inp, cfg)
+
+mask_obligation(inp, cfg) := [{"type": "mask", "labels": sort([l | some l in masked_labels(inp, cfg)])}]
 
 # The verified agent id, on requests to services behind a mesh (ext_authz), so the
 # service need not trust what the caller claims.
@@ -121,7 +138,9 @@ header_obligations(inp, cfg) := [{"type": "add_header", "name": cfg.identity_hea
 masked_labels(inp, cfg) := set() if {
 	some role in inp.agent.roles
 	role in cfg.mask.exempt_roles
-} else := {l | some l in inp.action.labels; l in cfg.mask.labels}
+} else := labels_to_mask(inp, cfg)
+
+labels_to_mask(inp, cfg) := {l | some l in inp.action.labels; l in cfg.mask.labels}
 
 score_reason(inp) := concat("", ["risk ", inp.risk.tier, " (", format_int(inp.risk.score, 10), ")"])
 
@@ -140,7 +159,9 @@ path_denials(inp, cfg) := set() if {
 	# One built-in call over every path first: a command may name hundreds of paths, and
 	# a function call per path and entry costs rego-cpp tens of microseconds each.
 	not any_protected(touched_paths(inp), inp.action.protocol, object.get(cfg, "protected_paths", {}))
-} else := {concat("", ["protected path: ", path]) |
+} else := protected_found(inp, cfg)
+
+protected_found(inp, cfg) := {concat("", ["protected path: ", path]) |
 	some path in protected_among(touched_paths(inp), inp.action.protocol, object.get(cfg, "protected_paths", {}))
 }
 
@@ -176,7 +197,11 @@ directories(protocol, table) := [trim_suffix(p, "/") | some p in object.get(tabl
 # that a leading dot is only matched by a dot (bash without dotglob).
 glob_denials(inp, cfg) := set() if {
 	count(object.get(inp.action.details, "globs", [])) == 0
-} else := {concat("", ["protected path: ", g, " may match ", p]) |
+} else := globs_found(inp, cfg)
+
+# (Comprehensions live in helpers, never in an `else` branch: regorus does not schedule
+# them there; see docs/policy-input.md.)
+globs_found(inp, cfg) := {concat("", ["protected path: ", g, " may match ", p]) |
 	some g in inp.action.details.globs
 	some p in object.get(object.get(cfg, "protected_paths", {}), inp.action.protocol, [])
 	glob_reaches(split(g, "/"), split(trim_suffix(p, "/"), "/"))
@@ -191,7 +216,9 @@ glob_denials(inp, cfg) := set() if {
 tree_denials(inp, cfg) := set() if {
 	count(object.get(inp.action.details, "trees", [])) == 0
 	count(object.get(inp.action.details, "link_targets", [])) == 0
-} else := {concat("", ["protected path: ", p, " is under ", t]) |
+} else := trees_found(inp, cfg)
+
+trees_found(inp, cfg) := {concat("", ["protected path: ", p, " is under ", t]) |
 	some t in array.concat(object.get(inp.action.details, "trees", []), object.get(inp.action.details, "link_targets", []))
 	some p in object.get(object.get(cfg, "protected_paths", {}), inp.action.protocol, [])
 	startswith(p, concat("", [trim_suffix(t, "/"), "/"]))
@@ -241,7 +268,9 @@ root_denials(inp, cfg) := set() if {
 	count(object.get(object.get(cfg, "path_roots", {}), inp.action.protocol, [])) == 0
 } else := set() if {
 	not inp.action.operation in {"file_read", "file_write", "exec"}
-} else := {concat("", ["outside the allowed directories: ", path]) |
+} else := outside_roots(inp, cfg)
+
+outside_roots(inp, cfg) := {concat("", ["outside the allowed directories: ", path]) |
 	roots := cfg.path_roots[inp.action.protocol]
 	inside := [concat("", [trim_suffix(r, "/"), "/"]) | some r in roots]
 	itself := [trim_suffix(r, "/") | some r in roots]

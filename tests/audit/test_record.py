@@ -38,6 +38,7 @@ async def test_record_has_the_documented_fields() -> None:
         "context",
         "time_features",
         "policy_version",
+        "policy_engine",
         "risk",
         "effect",
         "reasons",

@@ -37,8 +37,13 @@ def _assert_pdp_structure(result: dict[str, Any]) -> None:
         "decision_cached",
         "input_build",
         "engine_eval",
+        "engine_eval_rego_cpp",
+        "decision_uncached_rego_cpp",
+        "decide_and_audit",
     ]
-    for m in result["measurements"]:
+    *latencies, full = result["measurements"]
+    assert (full["unit"], full["throughput"] > 0) == ("dec/s", True)
+    for m in latencies:
         assert m["unit"] == "us"
         assert m["p50"] > 0
         assert m["p99"] >= m["p50"]
@@ -53,6 +58,7 @@ def _assert_pdp_structure(result: dict[str, Any]) -> None:
         "pdp.cached_p99_us",
         "pdp.uncached_ratio_p99",
         "pdp.cached_ratio_p99",
+        "pdp.decisions_per_s",
     }
     cached = next(m for m in result["measurements"] if m["name"] == "decision_cached")
     budget = next(b for b in result["budgets"] if b["id"] == "pdp.cached_p99_us")
@@ -171,7 +177,7 @@ def test_tiny_run_writes_the_report_json_and_slo_table(tmp_path: Path) -> None:
     assert budgets["pdp.cached_p99_us"]["limit"] == 0.001
     assert budgets["audit.enqueue_p99_us"]["pass"] is True
     assert budgets["audit.enqueue_p99_us"]["configured"] is True
-    assert len(budgets) == 7
+    assert len(budgets) == 8
     # The terminal: per-suite tables, then the SLO table with the failing row.
     assert "suite pdp" in out.stdout
     assert "suite audit" in out.stdout

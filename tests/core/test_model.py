@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 
 import pytest
@@ -73,3 +74,19 @@ def test_decision_ids_are_uuid7_and_sort_in_creation_order() -> None:
     assert all(UUID7.match(i) for i in ids)
     assert len(set(ids)) == len(ids)
     assert ids == sorted(ids)
+
+
+def test_a_forked_worker_draws_fresh_randomness_for_its_ids() -> None:
+    """Ids come from a buffer of OS randomness; a forked child must not replay it."""
+    new_decision_id()  # the buffer is filled
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write, new_decision_id().encode())
+        os._exit(0)
+    os.close(write)
+    mine = new_decision_id()
+    os.waitpid(pid, 0)
+    theirs = os.read(read, 64).decode()
+    os.close(read)
+    assert mine[-12:] != theirs[-12:]
