@@ -294,7 +294,8 @@ def held_client(world: World, proxy: str) -> list[str]:
     return [
         "ssh", "-p", port, "-i", str(world.agent_key), "-F", "/dev/null",
         "-o", f"UserKnownHostsFile={world.known_hosts}", "-o", "StrictHostKeyChecking=yes",
-        "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", f"coder@{host}", "cat /etc/hostname",
+        "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", f"coder@{host}",
+        "rm -rf /tmp/interlock-fault-test-never-there",
     ]  # fmt: skip
 
 
@@ -303,7 +304,7 @@ async def test_a_held_action_whose_client_was_killed_leaves_the_approvals_list(
     world: World, proxy: str
 ) -> None:
     if proxy == "ssh":
-        # Outside text read first: a command after it is medium risk.
+        # Outside text read first: a destructive command after it is medium risk.
         assert (await curl_untrusted(world)).ok
     try:
         proc = await asyncio.create_subprocess_exec(
