@@ -236,8 +236,15 @@ async def _clients(
         conn = await connect()
         stack.push_async_callback(conn.close)
 
-        async def query(conn: asyncpg.Connection = conn, i: int = i) -> object:
-            return await conn.fetchval("select total from orders where id = $1", i + 1)
+        turn = asyncio.Lock()
+
+        # One statement at a time per connection, as asyncpg allows: a request due while
+        # the previous one is still out waits for it, and that wait counts as latency.
+        async def query(
+            conn: asyncpg.Connection = conn, i: int = i, turn: asyncio.Lock = turn
+        ) -> object:
+            async with turn:
+                return await conn.fetchval("select total from orders where id = $1", i + 1)
 
         senders["postgres"].append(query)
     for client in web:
