@@ -1,0 +1,110 @@
+"""`interlock up` as a real process, for the admin tests: start, read the banner, stop."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.services import free_port
+
+
+def get(url: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 (our own http URL)
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+EMBEDDED_ON = """
+import json, sys
+from interlock.config import Config
+real = Config.embedded.__func__
+def embedded(cls):
+    c = real(cls)
+    over = {k: type(getattr(c, k)).model_validate({**getattr(c, k).model_dump(), **v})
+            for k, v in json.loads(sys.argv[1]).items()}
+    return c.model_copy(update=over)
+Config.embedded = classmethod(embedded)
+from interlock.cli import main
+sys.exit(main(["up"]))
+"""
+"""`interlock up` on embedded defaults with some sections' keys replaced (argv[1], JSON):
+the default ports may be taken on a test machine."""
+
+
+def embedded_ports(**extra: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Free ports for every listener of the embedded defaults, plus `extra` keys."""
+    over: dict[str, dict[str, Any]] = {
+        "admin": {"listen": f"127.0.0.1:{free_port()}"},
+        "http": {"listen": f"127.0.0.1:{free_port()}"},
+        "extauthz": {
+            "grpc_listen": f"127.0.0.1:{free_port()}",
+            "http_listen": f"127.0.0.1:{free_port()}",
+        },
+    }
+    for section, keys in extra.items():
+        over[section].update(keys)
+    return over
+
+
+class Up:
+    def __init__(
+        self, args: list[str], cwd: Path, embedded: dict[str, dict[str, Any]] | None = None
+    ) -> None:
+        command = ["-m", "interlock.cli", "up", *args]
+        if embedded is not None:
+            command = ["-c", EMBEDDED_ON, json.dumps(embedded)]
+        self.proc = subprocess.Popen(
+            [sys.executable, *command],
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.banner: list[str] = []
+
+    def wait_ready(self, timeout: float = 60) -> str:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.banner.append(line)
+            if line.strip().startswith("audit key"):
+                admin = [x for x in self.banner if x.strip().startswith("admin")]
+                return admin[0].split()[-1]
+        err = self.proc.stderr.read() if self.proc.stderr else ""
+        pytest.fail(f"interlock up did not print its admin endpoint: {self.banner} {err}")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def up_factory() -> Iterator[Any]:
+    started: list[Up] = []
+
+    def start(args: list[str], cwd: Path, embedded: dict[str, dict[str, Any]] | None = None) -> Up:
+        u = Up(args, cwd, embedded)
+        started.append(u)
+        return u
+
+    yield start
+    for u in started:
+        if u.proc.poll() is None:
+            u.proc.kill()
+            u.proc.wait()
