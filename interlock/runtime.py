@@ -10,7 +10,9 @@ import logging
 import os
 import secrets
 import shlex
+import shutil
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -464,6 +466,20 @@ def banner(runtime: Runtime) -> str:
     return "\n".join(lines)
 
 
+def cli_command() -> str:
+    """How another shell in this directory runs this interlock: `interlock` when that is
+    the one on PATH, else the path it was started by (`make up` runs .venv/bin/interlock
+    without the venv on PATH)."""
+    started, on_path = Path(sys.argv[0]), shutil.which("interlock")
+    if started.name == "interlock" and started.is_file():
+        if on_path is not None and Path(on_path).resolve() == started.resolve():
+            return "interlock"
+        return shlex.quote(str(started))
+    if on_path is not None:
+        return "interlock"
+    return f"{shlex.quote(sys.executable)} -m interlock.cli"
+
+
 def try_lines(runtime: Runtime) -> list[str]:
     """Shell lines that work as printed: an allowed HTTPS request through the proxy, one
     refused (the cloud metadata address), and the audit records of both. Only when the
@@ -479,14 +495,15 @@ def try_lines(runtime: Runtime) -> list[str]:
     c = "" if source in (None, Path("interlock.toml")) else f" -c {shlex.quote(str(source))}"
     proxy = runtime.endpoints["http"].removeprefix("http://")
     token = shlex.quote(str(token_file))
+    cli = cli_command()
     return [
         f"try it (agent demo, token in {token_file}): allowed, refused, both in the log:",
-        f"  interlock ca export{c} > interlock-ca.pem",
+        f"  {cli} ca export{c} > interlock-ca.pem",
         f'  export DEMO_PROXY="http://demo:$(cat {token})@{proxy}"',
         f'  curl -sS --cacert interlock-ca.pem -x "$DEMO_PROXY" {TRY_URL} -o /dev/null'
         ' -w "allowed: %{http_code}\\n"',
         f'  curl -sS -x "$DEMO_PROXY" {METADATA_URL}; echo',
-        f"  interlock audit tail -n 2{c}",
+        f"  {cli} audit tail -n 2{c}",
     ]
 
 

@@ -59,7 +59,7 @@ def read_banner(up: Any) -> list[str]:
     lines: list[str] = []
     for line in up.proc.stdout:
         lines.append(line.rstrip("\n"))
-        if line.strip().startswith("interlock audit tail"):
+        if " audit tail -n 2" in line:
             return lines
     pytest.fail(f"no banner: {lines} {up.proc.stderr.read() if up.proc.stderr else ''}")
 
@@ -147,3 +147,24 @@ def test_up_reads_interlock_toml_in_the_working_directory_and_says_so(
     assert "try it" not in rest
     assert not any(x.split()[0] in ("http", "ext_authz") for x in up.banner[1:])
     assert not (tmp_path / ".interlock" / "demo.token").exists()
+
+
+def test_the_printed_command_is_the_interlock_that_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make up` runs .venv/bin/interlock with the venv off PATH: the lines name that file;
+    an interlock on PATH that is the same file is just `interlock`."""
+    from interlock.runtime import cli_command
+
+    script = tmp_path / "venv" / "bin" / "interlock"
+    script.parent.mkdir(parents=True)
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    monkeypatch.setattr(sys, "argv", [str(script), "up"])
+    monkeypatch.setenv("PATH", str(tmp_path / "elsewhere"))
+    assert cli_command() == str(script)
+    monkeypatch.setenv("PATH", str(script.parent))
+    assert cli_command() == "interlock"
+    monkeypatch.setattr(sys, "argv", ["-c", "up"])
+    monkeypatch.setenv("PATH", str(tmp_path / "elsewhere"))
+    assert cli_command() == f"{sys.executable} -m interlock.cli"
