@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -26,21 +28,31 @@ def get(url: str) -> tuple[int, dict[str, Any]]:
         return exc.code, json.loads(exc.read())
 
 
-EMBEDDED_ON = """
-import json, sys
+SITECUSTOMIZE = """
+import json, os
 from interlock.config import Config
 real = Config.embedded.__func__
 def embedded(cls):
     c = real(cls)
     over = {k: type(getattr(c, k)).model_validate({**getattr(c, k).model_dump(), **v})
-            for k, v in json.loads(sys.argv[1]).items()}
+            for k, v in json.loads(os.environ["INTERLOCK_TEST_EMBEDDED"]).items()}
     return c.model_copy(update=over)
 Config.embedded = classmethod(embedded)
-from interlock.cli import main
-sys.exit(main(["up"]))
 """
-"""`interlock up` on embedded defaults with some sections' keys replaced (argv[1], JSON):
-the default ports may be taken on a test machine."""
+
+
+def embedded_env(over: dict[str, dict[str, Any]], site: Path) -> dict[str, str]:
+    """The environment for an `interlock up` (however started: `make up` too) whose
+    embedded defaults have `over`'s keys replaced, through a sitecustomize module in
+    `site`: the default ports may be taken on a test machine."""
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    path = [str(site), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(path),
+        "INTERLOCK_TEST_EMBEDDED": json.dumps(over),
+    }
 
 
 def embedded_ports(**extra: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -60,18 +72,23 @@ def embedded_ports(**extra: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 class Up:
     def __init__(
-        self, args: list[str], cwd: Path, embedded: dict[str, dict[str, Any]] | None = None
+        self,
+        args: list[str],
+        cwd: Path,
+        embedded: dict[str, dict[str, Any]] | None = None,
+        command: list[str] | None = None,
     ) -> None:
-        command = ["-m", "interlock.cli", "up", *args]
-        if embedded is not None:
-            command = ["-c", EMBEDDED_ON, json.dumps(embedded)]
+        env = embedded_env(embedded, cwd / "site") if embedded is not None else None
         self.proc = subprocess.Popen(
-            [sys.executable, *command],
+            command or [sys.executable, "-m", "interlock.cli", "up", *args],
             cwd=cwd,
+            env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            start_new_session=command is not None,
         )
+        self.command = command
         self.banner: list[str] = []
 
     def wait_ready(self, timeout: float = 60) -> str:
@@ -89,8 +106,12 @@ class Up:
         pytest.fail(f"interlock up did not print its admin endpoint: {self.banner} {err}")
 
     def stop(self) -> int:
+        """SIGTERM; to the whole process group when started by another command (make)."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            if self.command is not None:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            else:
+                self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=30)
 
 
@@ -98,13 +119,21 @@ class Up:
 def up_factory() -> Iterator[Any]:
     started: list[Up] = []
 
-    def start(args: list[str], cwd: Path, embedded: dict[str, dict[str, Any]] | None = None) -> Up:
-        u = Up(args, cwd, embedded)
+    def start(
+        args: list[str],
+        cwd: Path,
+        embedded: dict[str, dict[str, Any]] | None = None,
+        command: list[str] | None = None,
+    ) -> Up:
+        u = Up(args, cwd, embedded, command)
         started.append(u)
         return u
 
     yield start
     for u in started:
-        if u.proc.poll() is None:
+        if u.command is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(u.proc.pid, signal.SIGKILL)  # make's child too
+        elif u.proc.poll() is None:
             u.proc.kill()
-            u.proc.wait()
+        u.proc.wait()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import shutil
 import ssl
 import subprocess
 import sys
@@ -20,6 +21,8 @@ import pytest
 from interlock.config import parse_config
 from interlock.testing.services import self_signed_cert
 from tests.admin.conftest import embedded_ports, get
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -58,7 +61,8 @@ def read_banner(up: Any) -> list[str]:
     assert up.proc.stdout is not None
     lines: list[str] = []
     for line in up.proc.stdout:
-        lines.append(line.rstrip("\n"))
+        if lines or line.startswith("interlock up:"):  # not make's echo of the command
+            lines.append(line.rstrip("\n"))
         if " audit tail -n 2" in line:
             return lines
     pytest.fail(f"no banner: {lines} {up.proc.stderr.read() if up.proc.stderr else ''}")
@@ -74,14 +78,31 @@ def enable_lines(banner: list[str], name: str) -> str:
     return "\n".join(block) + "\n"
 
 
-def test_first_run_serves_the_proxy_and_the_banner_lines_work_as_printed(
+def fresh_checkout(where: Path) -> None:
+    """What `make up` needs of a fresh clone, with this machine's venv standing in for the
+    one it would build (there is no package index here; `make -o .venv/.installed` skips
+    the install step and nothing else). The code under test comes from PYTHONPATH."""
+    for name in ("Makefile", "pyproject.toml", "scripts/find-python"):
+        (where / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, where / name)
+    bin_dir = where / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    for name in ("python", "interlock"):
+        (bin_dir / name).symlink_to(Path(sys.executable).parent / name)
+    (where / ".venv" / ".installed").touch()
+
+
+def test_make_up_in_a_fresh_checkout_serves_the_proxy_and_its_lines_work_as_printed(
     tmp_path: Path, up_factory: Any, https_site: tuple[str, Path, list[str]]
 ) -> None:
+    """`make up` as the README's set-up line runs it, then the banner's lines pasted into
+    a shell in the same directory (without the venv on PATH, as after `make up`)."""
     url, cert, received = https_site
+    fresh_checkout(tmp_path)
     # The one change for a machine without internet: the allowed request goes to a local
     # HTTPS server, whose network the proxy is told to allow and whose certificate to trust.
     ports = embedded_ports(http={"allow_networks": ["127.0.0.0/8"], "upstream_ca": str(cert)})
-    up = up_factory([], tmp_path, ports)
+    up = up_factory([], tmp_path, ports, ["make", "-o", ".venv/.installed", "up"])
     banner = read_banner(up)
     text = "\n".join(banner)
     assert "1 agent(s) registered" in banner[0]
@@ -101,7 +122,10 @@ def test_first_run_serves_the_proxy_and_the_banner_lines_work_as_printed(
 
     tried = banner[next(i for i, x in enumerate(banner) if x.startswith("try it")) + 1 :]
     script = "\n".join(line.replace("https://example.com/", url) for line in tried)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    assert "  .venv/bin/interlock ca export > interlock-ca.pem" in tried
+    bins = str(Path(sys.executable).parent)
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p != bins)
+    env = {**os.environ, "PATH": path}
     done = subprocess.run(
         ["bash", "-e", "-c", script], cwd=tmp_path, env=env,
         capture_output=True, text=True, timeout=120,
@@ -119,7 +143,8 @@ def test_first_run_serves_the_proxy_and_the_banner_lines_work_as_printed(
     ]
     assert records[1]["decision_id"] == refused["decision_id"]
     assert received == ["GET / HTTP/1.1"], "the site got the allowed request, once"
-    assert up.stop() == 0
+    up.stop()
+    assert (up.proc.stderr.read() if up.proc.stderr else "").count("shutting down") == 1
 
     # A second start reuses the demo agent's token.
     token = (data / "demo.token").read_text()
