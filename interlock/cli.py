@@ -23,10 +23,22 @@ if TYPE_CHECKING:
     from interlock.audit.store import AuditStore
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parent / "config_example.toml"
+DEFAULT_CONFIG = Path("interlock.toml")
+"""Read when no `-c` is given and it exists (what `interlock init` writes)."""
+CONFIG_HELP = "config file (default: ./interlock.toml if it exists, else the embedded defaults)"
+TOKEN_PLACEHOLDER = "interlock-init-writes-a-fresh-token"  # noqa: S105 (replaced by init)
+
+
+def _config_file(path: str | None) -> Path | None:
+    """`-c` if given, else ./interlock.toml if present, else None (embedded defaults)."""
+    if path:
+        return Path(path)
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
 
 
 def _config(path: str | None) -> Config:
-    return load_config(path) if path else Config.embedded()
+    source = _config_file(path)
+    return load_config(source) if source else Config.embedded()
 
 
 def _bundle_dir(args: argparse.Namespace) -> Path:
@@ -64,23 +76,34 @@ def only(config: Config, names: str) -> Config:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from interlock.runtime import serve
+    from interlock.runtime import serve, with_demo_agent
+
+    source = _config_file(args.config)
 
     def read() -> Config:
-        config = _config(args.config)
+        config = load_config(source) if source else with_demo_agent(Config.embedded())
         return only(config, args.only) if args.only else config
 
-    asyncio.run(serve(read(), reread=read if args.config else None))
+    asyncio.run(serve(read(), reread=read if source else None, source=source))
     return 0
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    """Write the example config: the embedded defaults as a file, the demo agent's token
+    taken from (or first written to) .interlock/demo.token, as `interlock up` would."""
+    from interlock.config import DEFAULT_DATA_DIR
+    from interlock.runtime import demo_token
+
     target = Path(args.path)
     if target.exists() and not args.force:
         raise UsageError(f"{target} exists; use --force to overwrite")
-    target.write_text(EXAMPLE_CONFIG.read_text("utf-8"), "utf-8")
+    token = demo_token(Path(DEFAULT_DATA_DIR))
+    text = EXAMPLE_CONFIG.read_text("utf-8").replace(TOKEN_PLACEHOLDER, token)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
     target.chmod(0o600)
-    print(f"wrote {target}")
+    print(f"wrote {target} (agent demo's token is also in {DEFAULT_DATA_DIR}/demo.token)")
     return 0
 
 
@@ -414,16 +437,34 @@ def parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
 
-    up = sub.add_parser("up", help="run what the config enables (embedded defaults without one)")
-    up.add_argument("-c", "--config", help="interlock.toml")
+    up = sub.add_parser(
+        "up",
+        help="run what the config enables (embedded defaults without one)",
+        description="Run what the config enables, until SIGINT or SIGTERM (SIGHUP reloads "
+        "the policy and [agents]). The config is -c FILE, else ./interlock.toml if it "
+        "exists (the banner names it), else the embedded defaults: the admin API "
+        "(127.0.0.1:9180), the HTTP(S) proxy (127.0.0.1:8080) and ext_authz (gRPC "
+        "127.0.0.1:9191, HTTP 127.0.0.1:9192), with agent demo, whose token is created "
+        "once in .interlock/demo.token. The banner lists every endpoint, the proxies not "
+        "configured with the lines that enable them, and lines to try.",
+    )
+    up.add_argument("-c", "--config", help=CONFIG_HELP)
     up.add_argument(
         "--only", help=f"run just these components (comma-separated: {', '.join(COMPONENTS)})"
     )
     up.set_defaults(func=cmd_up)
 
-    init = sub.add_parser("init", help="write a commented example interlock.toml")
-    init.add_argument("path", nargs="?", default="interlock.toml")
-    init.add_argument("--force", action="store_true")
+    init = sub.add_parser(
+        "init",
+        help="write a commented interlock.toml equal to the embedded defaults",
+        description="Write a commented config that runs what `interlock up` runs with no "
+        "file; edit it to enable more. Agent demo's token is taken from "
+        ".interlock/demo.token (created there first if missing), as `up` would.",
+    )
+    init.add_argument(
+        "path", nargs="?", default="interlock.toml", help="where (default: ./interlock.toml)"
+    )
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
     init.set_defaults(func=cmd_init)
 
     pol = sub.add_parser("policy", help="check, evaluate and test policy bundles")
@@ -450,7 +491,7 @@ def parser() -> argparse.ArgumentParser:
 
     def audit_cmd(name: str, func: Any, text: str) -> argparse.ArgumentParser:
         sp = asub.add_parser(name, help=text)
-        sp.add_argument("-c", "--config", help="interlock.toml (default: embedded defaults)")
+        sp.add_argument("-c", "--config", help=CONFIG_HELP)
         sp.add_argument("--store", help="audit store URL (default: the config's)")
         sp.set_defaults(func=func)
         return sp
@@ -459,10 +500,14 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--key", help="trusted verifier key (NAME+ID+KEY, or a file with it)")
     sp.add_argument("--bundle", help="verify an export directory instead of the store")
     sp = audit_cmd("show", cmd_audit_show, "a record (by decision id or index) and its proof")
-    sp.add_argument("ref")
+    sp.add_argument(
+        "ref",
+        help="a decision id (x-interlock-decision-id, a denial's body, a log line) or a "
+        "record index (0 is the first)",
+    )
     sp = audit_cmd("tail", cmd_audit_tail, "the last records, as canonical JSON lines")
-    sp.add_argument("-n", type=int, default=10)
-    sp.add_argument("-f", "--follow", action="store_true")
+    sp.add_argument("-n", type=int, default=10, help="how many (default 10)")
+    sp.add_argument("-f", "--follow", action="store_true", help="keep printing new records")
     sp = audit_cmd("proof", cmd_audit_proof, "an inclusion or consistency proof")
     group = sp.add_mutually_exclusive_group(required=True)
     group.add_argument("--consistency", nargs=2, type=int, metavar=("A", "B"))
@@ -481,18 +526,18 @@ def parser() -> argparse.ArgumentParser:
     agents = sub.add_parser("agents", help="see and change agents' posture (admin API)")
     asub = agents.add_subparsers(dest="agents_command", required=True)
     sp = asub.add_parser("list", help="every agent and its posture")
-    sp.add_argument("-c", "--config", help="interlock.toml")
+    sp.add_argument("-c", "--config", help=CONFIG_HELP)
     sp.set_defaults(func=cmd_agents)
     sp = asub.add_parser("show", help="posture, taints and recent decisions of one agent")
     sp.add_argument("agent")
-    sp.add_argument("-c", "--config", help="interlock.toml")
+    sp.add_argument("-c", "--config", help=CONFIG_HELP)
     sp.set_defaults(func=cmd_agents)
     sp = asub.add_parser("restrict", help="add restrictions (read_only, no_egress, tool:X, ...)")
     sp.add_argument("agent")
     sp.add_argument("restrictions", nargs="+")
     sp.add_argument("--minutes", type=float, help="lift them after this long")
     sp.add_argument("--reason", default="")
-    sp.add_argument("-c", "--config", help="interlock.toml")
+    sp.add_argument("-c", "--config", help=CONFIG_HELP)
     sp.set_defaults(func=cmd_agents)
     for name, text in (
         ("isolate", "end every session, deny everything"),
@@ -501,24 +546,24 @@ def parser() -> argparse.ArgumentParser:
         sp = asub.add_parser(name, help=text)
         sp.add_argument("agent")
         sp.add_argument("--reason", default="")
-        sp.add_argument("-c", "--config", help="interlock.toml")
+        sp.add_argument("-c", "--config", help=CONFIG_HELP)
         sp.set_defaults(func=cmd_agents)
 
     approvals = sub.add_parser("approvals", help="held actions waiting for a human")
     psub = approvals.add_subparsers(dest="approvals_command", required=True)
     sp = psub.add_parser("list", help="pending approvals")
-    sp.add_argument("-c", "--config", help="interlock.toml")
+    sp.add_argument("-c", "--config", help=CONFIG_HELP)
     sp.set_defaults(func=cmd_approvals)
     sp = psub.add_parser("show", help="one pending approval, with the action's hash")
     sp.add_argument("id")
-    sp.add_argument("-c", "--config", help="interlock.toml")
+    sp.add_argument("-c", "--config", help=CONFIG_HELP)
     sp.set_defaults(func=cmd_approvals)
     for verb in ("approve", "deny"):
         sp = psub.add_parser(verb, help=f"{verb} a held action")
         sp.add_argument("id")
         sp.add_argument("--as", dest="approver", required=True, help="who answers (the owner)")
         sp.add_argument("--reason", default="")
-        sp.add_argument("-c", "--config", help="interlock.toml")
+        sp.add_argument("-c", "--config", help=CONFIG_HELP)
         sp.set_defaults(func=cmd_approvals)
     sp = psub.add_parser("hash-password", help="hash a password for [approvals.web] users")
     sp.set_defaults(func=cmd_hash_password)
@@ -526,7 +571,7 @@ def parser() -> argparse.ArgumentParser:
     ca = sub.add_parser("ca", help="the HTTPS interception CA")
     casub = ca.add_subparsers(dest="ca_command", required=True)
     sp = casub.add_parser("export", help="print the CA certificate agents must trust")
-    sp.add_argument("-c", "--config", help="interlock.toml")
+    sp.add_argument("-c", "--config", help=CONFIG_HELP)
     sp.set_defaults(func=cmd_ca_export)
 
     bench = sub.add_parser("bench", help="run benchmark suites against their baselines")

@@ -1,7 +1,8 @@
 """The configuration file (`interlock.toml`), validated by pydantic.
 
 Every section is optional: an absent section leaves its component off. `interlock up` with
-no file at all uses `Config.embedded()`. Errors name the dotted key and the reason, e.g.
+no file at all (no `-c`, no ./interlock.toml) uses `Config.embedded()`. Errors name the
+dotted key and the reason, e.g.
 ``interlock.toml: agents.reporter.roles: Input should be a valid list``.
 """
 
@@ -604,11 +605,10 @@ class Config(Section):
 
     @classmethod
     def embedded(cls) -> Config:
-        """The defaults `interlock up` runs with when there is no config file.
-
-        Only the components that exist in this build are switched on; the HTTP proxy and
-        ext_authz join here when they land."""
-        return cls(admin=AdminConfig())
+        """The defaults `interlock up` runs with when there is no config file: everything
+        that needs no upstream, on loopback (`interlock init` writes the same as a file).
+        Postgres and SSH need an upstream, so they stay off."""
+        return cls(admin=AdminConfig(), http=HttpConfig(), extauthz=ExtAuthzConfig())
 
 
 def _format(error: ValidationError, source: str) -> str:

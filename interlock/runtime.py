@@ -9,7 +9,10 @@ import hashlib
 import logging
 import os
 import secrets
+import shlex
+import shutil
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +63,8 @@ class Runtime:
     sessions: dict[str, Callable[[], int]] = field(default_factory=dict)
     """Open client sessions per proxy, for metrics."""
     endpoints: dict[str, str] = field(default_factory=dict)
+    source: Path | None = None
+    """The config file `up` read (None: embedded defaults), for the banner's commands."""
     readiness: ready.Readiness = field(default_factory=ready.Readiness)
     """/readyz: set listening once every listener is bound; a probe per dependency."""
     _runners: list[web.AppRunner] = field(default_factory=list)
@@ -173,6 +178,24 @@ def _approval_channels(runtime: Runtime, admin_url: str | None) -> WebApprovals 
 
 
 ADMIN_TOKEN_FILE = "admin.token"  # noqa: S105 (a file name)
+DEMO_AGENT = "demo"
+DEMO_TOKEN_FILE = "demo.token"  # noqa: S105 (a file name)
+
+
+def demo_token(data_dir: Path) -> str:
+    """The demo agent's token: created once under the data directory (0600, as the admin
+    token), then reused, so what an agent was given keeps working across restarts."""
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = data_dir / DEMO_TOKEN_FILE
+    if not path.exists():
+        _write_secret(path, (secrets.token_urlsafe(24) + "\n").encode())
+    return path.read_text().strip()
+
+
+def with_demo_agent(config: Config) -> Config:
+    """Embedded defaults: one agent to point at the proxy from the first start."""
+    agents = {DEMO_AGENT: AgentConfig(token=demo_token(config.data_dir))}
+    return config.model_copy(update={"agents": agents})
 
 
 def admin_token_digest(config: Config) -> tuple[bytes, str | None]:
@@ -333,8 +356,17 @@ async def start(runtime: Runtime) -> None:
     if runtime.credentials is not None:
         # Last to stop: sessions end first and give their leases back.
         runtime._stoppers.append(runtime.credentials.stop)
-    runtime.endpoints["audit"] = cfg.audit.store
+    runtime.endpoints["audit"] = _audit_where(cfg)
     runtime.endpoints["audit key"] = runtime.audit.signer.verifier.encode()
+
+
+def _audit_where(cfg: Config) -> str:
+    """The store URL, and for a relative SQLite path the file it names (inside data_dir)."""
+    store = cfg.audit.store
+    path = store.removeprefix("sqlite:///")
+    if path == store or path.startswith("/"):
+        return store
+    return f"{store} ({cfg.data_dir / path})"
 
 
 def _add_probes(runtime: Runtime) -> None:
@@ -395,6 +427,23 @@ async def _start_extauthz(runtime: Runtime) -> None:
         runtime.endpoints["ext_authz HTTP"] = f"http://{bound[0]}:{bound[1]}"
 
 
+ENABLE_LINES = {
+    "postgres": ("[postgres]", 'upstream = "postgresql://USER:PASSWORD@HOST:5432/DB"'),
+    "ssh": (
+        "[ssh]",
+        'routes = { demo = "web1" }',
+        "[ssh.targets.web1]",
+        'host = "10.0.0.5"',
+        'user = "deploy"',
+        'key = "keys/deploy_ed25519"',
+        'known_hosts = "keys/known_hosts"',
+    ),
+}
+"""Config lines that switch on a proxy that needs an upstream (printed when it is off)."""
+METADATA_URL = "http://169.254.169.254/latest/meta-data/"
+TRY_URL = "https://example.com/"
+
+
 def banner(runtime: Runtime) -> str:
     current = runtime.policy.current
     lines = [
@@ -402,12 +451,60 @@ def banner(runtime: Runtime) -> str:
         f"(version {current.version[:12]}, {current.engine_name} {current.engine_version}), "
         f"{len(runtime.registry)} agent(s) registered"
     ]
+    if runtime.source is not None:
+        lines[0] += f", config {runtime.source}"
     note = fallback_note(runtime.config.policy.engine, runtime.policy.engine)
     if note is not None:
         lines.append(f"  warning: {note}")
     for name, where in runtime.endpoints.items():
         lines.append(f"  {name:<10} {where}")
+    for name, enable in ENABLE_LINES.items():
+        if getattr(runtime.config, name) is None:
+            lines.append(f"  {name:<10} not configured; these lines in interlock.toml enable it:")
+            lines.extend(f"               {line}" for line in enable)
+    lines.extend(try_lines(runtime))
     return "\n".join(lines)
+
+
+def cli_command() -> str:
+    """How another shell in this directory runs this interlock: `interlock` when that is
+    the one on PATH, else the path it was started by (`make up` runs .venv/bin/interlock
+    without the venv on PATH)."""
+    started, on_path = Path(sys.argv[0]), shutil.which("interlock")
+    if started.name == "interlock" and started.is_file():
+        if on_path is not None and Path(on_path).resolve() == started.resolve():
+            return "interlock"
+        return shlex.quote(str(started))
+    if on_path is not None:
+        return "interlock"
+    return f"{shlex.quote(sys.executable)} -m interlock.cli"
+
+
+def try_lines(runtime: Runtime) -> list[str]:
+    """Shell lines that work as printed: an allowed HTTPS request through the proxy, one
+    refused (the cloud metadata address), and the audit records of both. Only when the
+    proxy runs and the demo agent's token is the one in its file (never printed itself)."""
+    cfg = runtime.config
+    demo = cfg.agents.get(DEMO_AGENT)
+    token_file = cfg.data_dir / DEMO_TOKEN_FILE
+    if cfg.http is None or demo is None or demo.token is None or "http" not in runtime.endpoints:
+        return []
+    if not token_file.exists() or token_file.read_text().strip() != demo.token:
+        return []
+    source = runtime.source
+    c = "" if source in (None, Path("interlock.toml")) else f" -c {shlex.quote(str(source))}"
+    proxy = runtime.endpoints["http"].removeprefix("http://")
+    token = shlex.quote(str(token_file))
+    cli = cli_command()
+    return [
+        f"try it (agent demo, token in {token_file}): allowed, refused, both in the log:",
+        f"  {cli} ca export{c} > interlock-ca.pem",
+        f'  export DEMO_PROXY="http://demo:$(cat {token})@{proxy}"',
+        f'  curl -sS --cacert interlock-ca.pem -x "$DEMO_PROXY" {TRY_URL} -o /dev/null'
+        ' -w "allowed: %{http_code}\\n"',
+        f'  curl -sS -x "$DEMO_PROXY" {METADATA_URL}; echo',
+        f"  {cli} audit tail -n 2{c}",
+    ]
 
 
 async def reload(runtime: Runtime) -> None:
@@ -460,6 +557,7 @@ async def serve(
     config: Config,
     ready: Callable[[Runtime], None] | None = None,
     reread: Callable[[], Config] | None = None,
+    source: Path | None = None,
 ) -> None:
     """Run until SIGINT or SIGTERM; SIGHUP reloads the policy and the feeds."""
     stop = asyncio.Event()
@@ -470,6 +568,7 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     runtime = build(config)
     runtime.reread = reread
+    runtime.source = source
     await start(runtime)
     reloading: set[asyncio.Task[None]] = set()
 

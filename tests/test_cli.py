@@ -146,15 +146,37 @@ def test_policy_eval_bad_input_is_a_clear_error(
     assert "Traceback" not in out.stderr
 
 
-def test_init_writes_a_valid_commented_config_and_will_not_overwrite(tmp_path: Path) -> None:
+def test_init_writes_the_embedded_defaults_commented_and_will_not_overwrite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file `init` writes runs exactly what `up` runs with no file, agent demo and its
+    token (the one in .interlock/demo.token) included; the audit log is where the
+    banner says (`sqlite:///audit.db` inside data_dir)."""
+    from interlock.config import Config
+    from interlock.runtime import with_demo_agent
+
     target = tmp_path / "interlock.toml"
-    assert cli("init", str(target)).returncode == 0
+    assert cli("init", cwd=tmp_path).returncode == 0
     assert "# " in target.read_text()
-    assert load_config(target).admin is not None
     assert oct(target.stat().st_mode & 0o777) == "0o600"
-    again = cli("init", str(target))
+    monkeypatch.chdir(tmp_path)
+    written = load_config(target)
+    assert written == with_demo_agent(Config.embedded())
+    assert written.audit.store == "sqlite:///audit.db"
+    token = (tmp_path / ".interlock" / "demo.token").read_text().strip()
+    assert written.agents["demo"].token == token
+    again = cli("init", cwd=tmp_path)
     assert again.returncode == 2
     assert "exists" in again.stderr
+    other = tmp_path / "second.toml"
+    assert cli("init", str(other), cwd=tmp_path).returncode == 0
+    assert load_config(other).agents["demo"].token == token, "the token file is reused"
+
+
+def test_subcommand_help_says_what_the_arguments_are() -> None:
+    assert "./interlock.toml" in cli("up", "--help").stdout
+    assert "demo.token" in cli("init", "--help").stdout
+    assert "decision id" in cli("audit", "show", "--help").stdout
 
 
 def test_bad_config_is_one_clear_error(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
-"""The README's quickstart, run line for line: its own PostgreSQL database, sshd and web
-server go into the variables the quickstart asks the reader to set; everything else is
-the README's text."""
+"""The README's quickstart, run line for line, twice in the same directory: its own
+PostgreSQL database, sshd, web server and free ports go into the variables the quickstart
+asks the reader to set; everything else is the README's text."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,11 +20,10 @@ from aiohttp import web
 from interlock.testing import serve_app
 from interlock.testing.services import Postgres
 from tests.audit.conftest import fresh_database
-from tests.services import sshd_server
+from tests.services import free_port, sshd_server
 
 pytestmark = pytest.mark.integration
 README = Path(__file__).resolve().parents[1] / "README.md"
-PORTS = (9180, 8080, 6432, 2222)
 
 
 def quickstart() -> str:
@@ -52,15 +50,7 @@ def _run(script: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedPro
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) != 0
-
-
 async def test_the_readme_quickstart_runs_as_written(postgres: Postgres, tmp_path: Path) -> None:
-    busy = [p for p in PORTS if not _free(p)]
-    if busy:
-        pytest.fail(f"the quickstart uses ports {PORTS}; in use here: {busy}", pytrace=False)
     database = await fresh_database(postgres)
     conn = await asyncpg.connect(database)
     await conn.execute("grant all on schema public to public")
@@ -85,13 +75,18 @@ async def test_the_readme_quickstart_runs_as_written(postgres: Postgres, tmp_pat
                 "SSH_KNOWN_HOSTS": str(sshd.known_hosts),
                 "SITE": site + "/",
                 "ALLOW_NETWORKS": '["127.0.0.0/8"]',
+                **{
+                    name: str(free_port())
+                    for name in ("ADMIN_PORT", "HTTP_PORT", "PG_PORT", "SSH_PROXY_PORT")
+                },
             }
-            done = await asyncio.to_thread(
-                _run,
-                quickstart(),
-                tmp_path,
-                env,
-            )
+            first = await asyncio.to_thread(_run, quickstart(), tmp_path, env)
+            _check(first, tmp_path)
+            again = await asyncio.to_thread(_run, quickstart(), tmp_path, env)
+            _check(again, tmp_path)
+
+
+def _check(done: subprocess.CompletedProcess[str], tmp_path: Path) -> None:
     out = done.stdout
     log = (tmp_path / "up.log").read_text() if (tmp_path / "up.log").exists() else ""
     assert done.returncode == 0, f"{out}\n{done.stderr}\n{log}"
@@ -99,6 +94,8 @@ async def test_the_readme_quickstart_runs_as_written(postgres: Postgres, tmp_pat
     assert "forbidden destination" in out
     assert "169.254.169.254" in out
     assert re.search(r"allowed\s*\n-+\s*\n\s*1\s*\n", out), "the read ran"
+    assert "interlock: forbidden construct: copy_program" in done.stderr, "Postgres denial"
+    assert re.search(r"^exit status 1$", out, re.M), "psql failed on the denial"
     assert "CREATE TABLE" in out, "the held DDL ran once approved"
     assert "approved " in out
     assert " as you@example.com" in out

@@ -12,76 +12,20 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.admin.conftest import embedded_ports, get
 from tests.services import free_port
 
 
-def get(url: str) -> tuple[int, dict[str, Any]]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 (our own http URL)
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
-class Up:
-    def __init__(self, args: list[str], cwd: Path) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "interlock.cli", "up", *args],
-            cwd=cwd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.banner: list[str] = []
-
-    def wait_ready(self, timeout: float = 60) -> str:
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            self.banner.append(line)
-            if line.strip().startswith("audit key"):
-                admin = [x for x in self.banner if x.strip().startswith("admin")]
-                return admin[0].split()[-1]
-        err = self.proc.stderr.read() if self.proc.stderr else ""
-        pytest.fail(f"interlock up did not print its admin endpoint: {self.banner} {err}")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=30)
-
-
-@pytest.fixture
-def up_factory() -> Iterator[Any]:
-    started: list[Up] = []
-
-    def start(args: list[str], cwd: Path) -> Up:
-        u = Up(args, cwd)
-        started.append(u)
-        return u
-
-    yield start
-    for u in started:
-        if u.proc.poll() is None:
-            u.proc.kill()
-            u.proc.wait()
-
-
-def test_up_with_no_config_serves_healthz_on_the_default_port(
-    tmp_path: Path, up_factory: Any
-) -> None:
-    up = up_factory([], tmp_path)
+def test_up_with_no_config_serves_healthz(tmp_path: Path, up_factory: Any) -> None:
+    ports = embedded_ports()
+    up = up_factory([], tmp_path, ports)
     admin = up.wait_ready()
-    assert admin == "http://127.0.0.1:9180"
+    assert admin == "http://" + ports["admin"]["listen"]
     status, body = get(admin + "/healthz")
     assert status == 200
     assert body["status"] == "ok"

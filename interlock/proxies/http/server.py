@@ -8,23 +8,24 @@ import ipaddress
 import logging
 from pathlib import Path
 
-from mitmproxy import options
+from mitmproxy import http, options
 from mitmproxy.addons import core, disable_h2c, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
 
 from interlock.approvals.holds import Holds
 from interlock.config import HttpConfig, dns_address
 from interlock.core.context import Posture
+from interlock.core.model import Action, Operation
 from interlock.core.pdp import PDP
 from interlock.credentials.broker import Broker
 from interlock.identity.jwt import JwtVerifier
 from interlock.identity.registry import AgentRegistry
 from interlock.proxies.http.deadlines import Deadlines
-from interlock.proxies.http.egress import Egress
+from interlock.proxies.http.egress import Egress, request_action
 from interlock.proxies.http.failclosed import guard_all
 from interlock.proxies.http.framing import Framing
 from interlock.proxies.http.hygiene import Hygiene
-from interlock.proxies.http.identity import Identity
+from interlock.proxies.http.identity import AGENT, Identity
 from interlock.proxies.http.inject import Inject, Redact
 from interlock.proxies.http.ssrf import DnsResolver, Resolver, SsrfGuard, SystemResolver
 from interlock.proxies.http.tunnel import Tunnels
@@ -88,6 +89,19 @@ class HttpProxy:
             if writer is not None:
                 writer.close()
 
+    async def _refused(self, flow: http.HTTPFlow, why: str) -> str | None:
+        """An SSRF refusal is audited like any denial, so the log shows what was tried
+        (a request with no agent was already answered 407 and has nothing to record)."""
+        agent = flow.metadata.get(AGENT)
+        if agent is None:
+            return None
+        if flow.request.method == "CONNECT":
+            port = {"port": flow.request.port}
+            action = Action(agent, "http", Operation.CONNECT, flow.request.host, port)
+        else:
+            action = request_action(flow)
+        return (await self.pdp.refuse(action, why)).decision_id
+
     def _injecting(self) -> bool:
         return self.credentials is not None and bool(self.credentials.config.inject)
 
@@ -112,7 +126,7 @@ class HttpProxy:
             ),
             guard_all(Hygiene(self.config.max_header_bytes, self.config.max_headers)),
             guard_all(self.identity),
-            guard_all(SsrfGuard(allow, resolver, self.config.allow_tunnelled_ipv6)),
+            guard_all(SsrfGuard(allow, resolver, self.config.allow_tunnelled_ipv6, self._refused)),
             guard_all(tunnels),
             guard_all(Framing()),
             # Before Egress: its response hook must never see an echoed key.

@@ -5,9 +5,10 @@ resolver the agent cannot influence). Reverse-mode upstreams are fixed by the op
 not checked.
 
 Runs at two points. On each request (and CONNECT) it answers 403 with a reason before any
-decision, so agents see why. At `server_connect`, the moment mitmproxy is about to open a
-socket, it resolves again, checks all answers, and pins the connection to a checked
-address: a DNS answer that changes in between (rebinding) cannot slip through.
+decision, so agents see why; the refusal is audited (its decision id is in the body). At
+`server_connect`, the moment mitmproxy is about to open a socket, it resolves again, checks
+all answers, and pins the connection to a checked address: a DNS answer that changes
+in between (rebinding) cannot slip through.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import ipaddress
 import json
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import dns.asyncresolver
@@ -117,21 +119,29 @@ async def check(
     return ips[0]
 
 
-def refuse(flow: http.HTTPFlow, reason: str) -> None:
-    flow.response = http.Response.make(
-        403,
-        json.dumps({"error": "forbidden destination", "reason": reason}),
-        {"Content-Type": "application/json"},
-    )
+def refuse(flow: http.HTTPFlow, reason: str, decision_id: str | None = None) -> None:
+    body = {"error": "forbidden destination", "reason": reason}
+    if decision_id is not None:
+        body["decision_id"] = decision_id
+    flow.response = http.Response.make(403, json.dumps(body), {"Content-Type": "application/json"})
+
+
+Record = Callable[[http.HTTPFlow, str], Awaitable[str | None]]
+"""Audits a refusal; returns its decision id (None when there is no agent to record)."""
 
 
 class SsrfGuard:
     """mitmproxy addon."""
 
     def __init__(
-        self, allow: Networks, resolver: Resolver | None = None, tunnels: bool = False
+        self,
+        allow: Networks,
+        resolver: Resolver | None = None,
+        tunnels: bool = False,
+        record: Record | None = None,
     ) -> None:
         self.allow = allow
+        self.record = record
         self.resolver: Resolver = resolver or SystemResolver()
         self.tunnels = tunnels
         """Whether 6to4, Teredo and NAT64 addresses carrying public IPv4 may be reached."""
@@ -166,7 +176,7 @@ class SsrfGuard:
                 self._recent.clear()
             self._recent[host] = (now, why)
         if why is not None:
-            refuse(flow, why)
+            refuse(flow, why, await self.record(flow, why) if self.record else None)
 
     async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         if data.server.address is None:

@@ -91,17 +91,25 @@ async def test_absolute_form_to_an_internal_address_is_refused(
     doc = refusal(await raw_exchange(proxy.address, absolute_form(f"{host}:80")))
     assert doc["error"] == "forbidden destination"
     assert why in doc["reason"]
-    assert sink.records == []  # refused before any decision, nothing was attempted
+    # Refused before the policy is asked, and audited: one denial, the one the body names.
+    (record,) = sink.records
+    assert record.decision.effect.value == "deny"
+    assert record.decision.decision_id == doc["decision_id"]
+    assert record.engine is None, "no policy was evaluated"
+    assert why in record.decision.reasons[0]
 
 
 @pytest.mark.parametrize(("host", "why"), TABLE)
 async def test_connect_to_an_internal_address_is_refused(
     guarded: tuple[HttpProxy, CaptureSink], host: str, why: str
 ) -> None:
-    proxy, _ = guarded
+    proxy, sink = guarded
     assert proxy.address is not None
     doc = refusal(await raw_exchange(proxy.address, connect(f"{host}:443")))
     assert why in doc["reason"]
+    (record,) = sink.records
+    assert (record.action.operation.value, record.decision.effect.value) == ("connect", "deny")
+    assert record.decision.decision_id == doc["decision_id"]
 
 
 async def test_an_allowed_network_is_reached_through_the_configured_resolver(
