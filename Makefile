@@ -1,4 +1,4 @@
-# Two commands: `make up` runs interlock on embedded defaults, `make test` runs the suite.
+# Two commands: `make up` runs interlock (./interlock.toml if present, else embedded defaults), `make test` runs the suite.
 # Both build .venv with a Python >= 3.12 found by scripts/find-python.
 PYTHON ?= $(shell scripts/find-python)
 VENV := .venv
