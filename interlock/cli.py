@@ -388,7 +388,7 @@ def cmd_ca_export(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from bench.runner import main as bench_main
+    from interlock.bench.runner import main as bench_main
 
     limits = _config(args.config).bench.budgets if args.config else {}
     command = "interlock bench" + (f" --suite {args.suite}" if args.suite != "all" else "")

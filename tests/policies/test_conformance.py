@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench.pdp import workload
+from interlock.bench.pdp import workload
 from interlock.core.bundle import bundled_policy_dir, load_bundle
 from interlock.core.engine import CompiledPolicy, EngineName, make_engine
 from interlock.core.policy import DECISION_ENTRYPOINT
