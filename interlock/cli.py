@@ -128,8 +128,7 @@ def cmd_policy_test(args: argparse.Namespace) -> int:
 
 
 def _audit_store(args: argparse.Namespace) -> tuple[Config, AuditStore]:
-    from interlock.audit.factory import store_for
-    from interlock.audit.store import open_store
+    from interlock.audit.factory import open_store, store_for
 
     config = _config(args.config)
     store = open_store(args.store, config.data_dir) if args.store else store_for(config)

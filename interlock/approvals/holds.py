@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from redis.exceptions import RedisError
 
+from interlock.approvals.request import ApprovalError, ApprovalRequest, Verdict
 from interlock.core.model import Action, Agent, Decision, Effect, Operation, Risk, Tier, thaw
 from interlock.errors import StateError
 
@@ -44,48 +45,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    approved: bool
-    approver: str | None
-    """Who answered; None when no person did (expiry, a failed channel)."""
-    reason: str
-    channel: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class ApprovalRequest:
-    """What a person is asked to approve."""
-
-    decision_id: str
-    agent: str
-    owner: str | None
-    summary: str
-    action_hash: str
-    risk: dict[str, Any]
-    created: float
-    expires: float
-    kind: str = ""
-    """protocol:operation:target, the unit approval history is kept by."""
-    protocol: str = ""
-    text: str = ""
-    """The exact statement, command line or request, for people to read (escaped)."""
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.decision_id,
-            "agent": self.agent,
-            "owner": self.owner,
-            "summary": self.summary,
-            "action_sha256": self.action_hash,
-            "kind": self.kind,
-            "text": self.text,
-            "risk": self.risk,
-            "created": self.created,
-            "expires": self.expires,
-        }
 
 
 MAX_TEXT = 16 * 1024
@@ -134,14 +93,6 @@ def summary(action: Action, text: str = "") -> str:
     line = f"{action.agent.id}: {action.protocol} {action.operation.value} {action.target}"
     flat = " ".join(str(what).split())
     return f"{line}: {visible(flat, 200)}" if flat else line
-
-
-class ApprovalError(Exception):
-    """An answer that cannot be taken; `status` is the HTTP status the API answers."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class ChannelError(Exception):

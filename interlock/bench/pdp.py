@@ -36,7 +36,8 @@ from interlock.audit.sqlite import SqliteStore
 from interlock.bench import progress, slo
 from interlock.bench.stats import Measurement, summarize, time_async, time_calls
 from interlock.core.context import NORMAL, ContextView, MemoryStore
-from interlock.core.engine import EngineName, make_engine
+from interlock.core.engine import EngineName
+from interlock.core.engines import make_engine
 from interlock.core.model import Action, Agent, Operation
 from interlock.core.pdp import PDP
 from interlock.core.policy import DECISION_ENTRYPOINT, PolicyManager
