@@ -160,6 +160,9 @@ class Holds:
         """ext_authz: action hash -> open request id."""
         self._grants: dict[str, _Grant] = {}
         self._refusals: dict[str, tuple[Verdict, float]] = {}
+        self._answered: dict[str, float] = {}
+        """Answered request id -> its expiry: until then a second answer is told 409
+        (already answered), not 404 (unknown or expired)."""
         self._background: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -402,14 +405,25 @@ class Holds:
         off only for channels where the provider authenticated the owner itself (CIBA)."""
         hold = self._waiting.get(decision_id)
         if hold is None:
-            raise ApprovalError(404, f"no pending approval {decision_id!r} (unknown or expired)")
+            raise self._gone(decision_id)
         request = hold.request
         if hold.future.done():
             raise ApprovalError(409, f"approval {decision_id} was already answered")
         if check_owner and not self.may_answer(request, approver):
             raise ApprovalError(403, f"only {request.owner} may answer for {request.agent}")
         hold.future.set_result(Verdict(approved, approver, reason, channel))
+        now = self._clock()
+        for key in [k for k, until in self._answered.items() if until <= now]:
+            del self._answered[key]
+        self._answered[decision_id] = request.expires
         return request
+
+    def _gone(self, decision_id: str) -> ApprovalError:
+        """Not held: answered already (409, until the request would have expired), or
+        unknown or expired (404)."""
+        if self._answered.get(decision_id, 0.0) > self._clock():
+            return ApprovalError(409, f"approval {decision_id} was already answered")
+        return ApprovalError(404, f"no pending approval {decision_id!r} (unknown or expired)")
 
     def expire(self, decision_id: str, reason: str, channel: str) -> None:
         """End a request without a human answer (e.g. the provider's request expired)."""
@@ -441,7 +455,9 @@ class Holds:
             return self.answer(decision_id, approved, approver, channel, reason)
         request = await self.get_anywhere(decision_id)
         if request is None:
-            raise ApprovalError(404, f"no pending approval {decision_id!r} (unknown or expired)")
+            if await self._shared(self.shared.answered(decision_id)):
+                raise ApprovalError(409, f"approval {decision_id} was already answered")
+            raise self._gone(decision_id)
         if not self.may_answer(request, approver):
             raise ApprovalError(403, f"only {request.owner} may answer for {request.agent}")
         if not await self._shared(self.shared.claim(request)):

@@ -127,6 +127,10 @@ class SharedApprovals:
             await self.redis.set(_key(request.decision_id) + ":answered", 1, nx=True, ex=ttl)
         )
 
+    async def answered(self, decision_id: str) -> bool:
+        """Claimed by an answer (the claim outlives the request by a few seconds)."""
+        return bool(await self.redis.exists(_key(decision_id) + ":answered"))
+
     async def send(self, decision_id: str, approved: bool, approver: str, channel: str,
                    reason: str) -> None:  # fmt: skip
         doc = {"id": decision_id, "approved": approved, "approver": approver,
