@@ -8,15 +8,14 @@ from typing import Any
 
 import pytest
 
-from interlock.approvals.holds import (
-    MAX_PENDING_PER_AGENT,
-    ChannelError,
-    Holds,
+from interlock.approvals.holds import MAX_PENDING_PER_AGENT, ChannelError, Holds
+from interlock.approvals.request import (
+    ApprovalError,
+    ApprovalRequest,
     action_hash,
     summary,
     visible,
 )
-from interlock.approvals.request import ApprovalError, ApprovalRequest
 from interlock.audit.record import document
 from interlock.core.model import Action, Agent, Decision, Effect, Operation
 from interlock.core.pdp import PDP
