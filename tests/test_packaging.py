@@ -1,5 +1,6 @@
 """The wheel built from the project: only `interlock` inside, and it runs without a checkout."""
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -24,6 +25,7 @@ print("ok")
 
 
 def test_the_wheel_holds_only_interlock_and_runs_from_a_fresh_venv(tmp_path: Path) -> None:
+    assert importlib.util.find_spec("setuptools"), "offline build: pip install -e '.[test]'"
     # A copy of what the Dockerfile copies, so the build leaves no build/ in the checkout.
     src = tmp_path / "src"
     shutil.copytree(
