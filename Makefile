@@ -19,8 +19,8 @@ up: $(VENV)/.installed
 	$(BIN)/interlock up
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check interlock bench tests
-	$(BIN)/ruff format --check interlock bench tests
+	$(BIN)/ruff check interlock tests
+	$(BIN)/ruff format --check interlock tests
 
 typecheck: $(VENV)/.installed
 	$(BIN)/mypy

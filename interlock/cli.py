@@ -151,8 +151,7 @@ def cmd_policy_test(args: argparse.Namespace) -> int:
 
 
 def _audit_store(args: argparse.Namespace) -> tuple[Config, AuditStore]:
-    from interlock.audit.factory import store_for
-    from interlock.audit.store import open_store
+    from interlock.audit.factory import open_store, store_for
 
     config = _config(args.config)
     store = open_store(args.store, config.data_dir) if args.store else store_for(config)
@@ -411,7 +410,7 @@ def cmd_ca_export(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from bench.runner import main as bench_main
+    from interlock.bench.runner import main as bench_main
 
     limits = _config(args.config).bench.budgets if args.config else {}
     command = "interlock bench" + (f" --suite {args.suite}" if args.suite != "all" else "")

@@ -27,7 +27,7 @@ from interlock.audit.factory import log_for
 from interlock.audit.log import AuditLog
 from interlock.config import AgentConfig, Config
 from interlock.core.context import MemoryStore, StateStore
-from interlock.core.engine import fallback_note, make_engine
+from interlock.core.engines import fallback_note, make_engine
 from interlock.core.model import Tier
 from interlock.core.pdp import PDP
 from interlock.core.policy import DECISION_ENTRYPOINT, PolicyManager

@@ -5,8 +5,8 @@ after a prompt injection, followed by an outbound HTTPS request to an unfamiliar
 becomes a completely different security decision."
 
 One runtime (Postgres proxy in front of a real PostgreSQL, HTTP proxy, one PDP, the SQLite
-audit log), one agent, three steps; then the same without the injection and without the
-payroll read, to show the outcome depends on the combination.
+audit log), one agent, three steps; then the same without the page, with a clean page, and
+without the payroll read, to show the outcome depends on the combination.
 """
 
 from __future__ import annotations
@@ -52,9 +52,9 @@ class World:
         rows = await conn.fetch("select name, salary from payroll order by id")
         return conn, rows
 
-    async def fetch_page(self) -> httpx.Response:
+    async def fetch_page(self, path: str = "/notes") -> httpx.Response:
         async with httpx.AsyncClient(proxy=self.http_proxy) as client:
-            return await client.get(f"http://127.0.0.1:{self.site_port}/notes")
+            return await client.get(f"http://127.0.0.1:{self.site_port}{path}")
 
     async def send(self, rows: list[dict[str, str]]) -> httpx.Response:
         async with httpx.AsyncClient(proxy=self.http_proxy, timeout=30) as client:
@@ -74,12 +74,16 @@ async def world(tmp_path: Path, postgres: Postgres) -> AsyncIterator[World]:
     async def notes(request: web.Request) -> web.Response:
         return web.Response(text=PAGE, content_type="text/html")
 
+    async def clean(request: web.Request) -> web.Response:
+        return web.Response(text="<html><body><p>Quarterly notes.</p></body></html>")
+
     async def collect(request: web.Request) -> web.Response:
         await request.read()
         return web.json_response({"stored": True})
 
     app = web.Application()
     app.router.add_get("/notes", notes)
+    app.router.add_get("/clean", clean)
     app.router.add_post("/collect", collect)
     runner = web.AppRunner(app)
     await runner.setup()
@@ -179,6 +183,24 @@ async def test_without_the_injection_the_same_send_is_held_not_isolated(world: W
     assert records(world)[0]["decision_id"] in flows  # the data flow is still named
     posture = await world.runtime.pdp.store.posture("coder", world.runtime.pdp.clock())
     assert posture.normal
+
+
+async def test_a_clean_page_from_an_untrusted_host_still_completes_the_pattern(
+    world: World,
+) -> None:
+    """docs/risk.md: the rule names untrusted content, not a detected injection (the
+    detector is a heuristic a crafted page evades), so a page that looks clean isolates too."""
+    conn, rows = await world.read_payroll()
+    await conn.close()
+    assert (await world.fetch_page("/clean")).status_code == 200
+    view = await world.runtime.pdp.store.view("coder", "", world.runtime.pdp.clock())
+    assert "untrusted_content" in view.taints
+    assert "prompt_injection_suspected" not in view.taints
+    sent = await world.send([{"name": r["name"], "salary": str(r["salary"])} for r in rows])
+    assert sent.status_code == 403
+    post = records(world)[-1]
+    assert post["effect"] == "isolate"
+    assert "exfiltration pattern" in post["reasons"][0]
 
 
 async def test_without_the_payroll_read_the_same_send_is_not_escalated(world: World) -> None:

@@ -19,7 +19,8 @@ from typing import Any
 from aiohttp import web
 
 from interlock.admin.readiness import Readiness
-from interlock.approvals.holds import ApprovalError, Holds
+from interlock.approvals.holds import Holds
+from interlock.approvals.request import ApprovalError
 from interlock.approvals.web import WebApprovals, add_routes
 from interlock.audit.log import AuditLog
 from interlock.core.context import Posture

@@ -26,7 +26,8 @@ from urllib.parse import quote
 
 import aiohttp
 
-from interlock.approvals.holds import ApprovalError, ApprovalRequest, ChannelError
+from interlock.approvals.holds import ChannelError
+from interlock.approvals.request import ApprovalError, ApprovalRequest
 from interlock.config import CibaConfig, tls_unless_loopback
 
 if TYPE_CHECKING:

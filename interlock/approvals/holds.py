@@ -23,18 +23,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import logging
 import time
-import unicodedata
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from redis.exceptions import RedisError
 
-from interlock.core.model import Action, Agent, Decision, Effect, Operation, Risk, Tier, thaw
+from interlock.approvals.request import (
+    MAX_TEXT,
+    ApprovalError,
+    ApprovalRequest,
+    Verdict,
+    action_hash,
+    summary,
+    visible,
+)
+from interlock.core.model import Action, Agent, Decision, Effect, Operation, Risk, Tier
 from interlock.errors import StateError
 
 if TYPE_CHECKING:
@@ -46,102 +52,8 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    approved: bool
-    approver: str | None
-    """Who answered; None when no person did (expiry, a failed channel)."""
-    reason: str
-    channel: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class ApprovalRequest:
-    """What a person is asked to approve."""
-
-    decision_id: str
-    agent: str
-    owner: str | None
-    summary: str
-    action_hash: str
-    risk: dict[str, Any]
-    created: float
-    expires: float
-    kind: str = ""
-    """protocol:operation:target, the unit approval history is kept by."""
-    protocol: str = ""
-    text: str = ""
-    """The exact statement, command line or request, for people to read (escaped)."""
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.decision_id,
-            "agent": self.agent,
-            "owner": self.owner,
-            "summary": self.summary,
-            "action_sha256": self.action_hash,
-            "kind": self.kind,
-            "text": self.text,
-            "risk": self.risk,
-            "created": self.created,
-            "expires": self.expires,
-        }
-
-
-MAX_TEXT = 16 * 1024
-"""Longest exact text kept on a request (longer: cut, and the cut is marked)."""
 MAX_PENDING_PER_AGENT = 20
 """Open requests per agent; more are refused at once (a flood buries the one that matters)."""
-
-
-def action_hash(action: Action, text: str = "") -> str:
-    """SHA-256 of the action's identity: agent, protocol, operation, target, details, and
-    the exact text the PEP holds (statement, command line, or request line)."""
-    doc = {
-        "agent": action.agent.id,
-        "protocol": action.protocol,
-        "operation": action.operation.value,
-        "target": action.target,
-        "details": thaw(action.details),
-        "text": text,
-    }
-    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def visible(text: str, limit: int) -> str:
-    """`text` safe to show a person: control and format characters (newlines aside)
-    written as escapes, so nothing is hidden or reordered (bidi overrides), and anything
-    past `limit` replaced by a marker saying how much was cut."""
-    out = []
-    for ch in text[:limit]:
-        if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Co", "Cn"):
-            out.append(ch)
-        else:
-            out.append(f"\\u{ord(ch):04x}")
-    cut = len(text) - limit
-    return "".join(out) + (f" …[+{cut} chars]" if cut > 0 else "")
-
-
-def summary(action: Action, text: str = "") -> str:
-    """One line a person can judge: who, what, on what, and the start of the words."""
-    d = action.details
-    what = (
-        text
-        or d.get("command")
-        or " ".join(str(x) for x in (d.get("method", ""), d.get("path", "")) if x)
-        or ""
-    )
-    line = f"{action.agent.id}: {action.protocol} {action.operation.value} {action.target}"
-    flat = " ".join(str(what).split())
-    return f"{line}: {visible(flat, 200)}" if flat else line
-
-
-class ApprovalError(Exception):
-    """An answer that cannot be taken; `status` is the HTTP status the API answers."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class ChannelError(Exception):
@@ -209,6 +121,9 @@ class Holds:
         """ext_authz: action hash -> open request id."""
         self._grants: dict[str, _Grant] = {}
         self._refusals: dict[str, tuple[Verdict, float]] = {}
+        self._answered: dict[str, float] = {}
+        """Answered request id -> its expiry: until then a second answer is told 409
+        (already answered), not 404 (unknown or expired)."""
         self._background: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -451,14 +366,25 @@ class Holds:
         off only for channels where the provider authenticated the owner itself (CIBA)."""
         hold = self._waiting.get(decision_id)
         if hold is None:
-            raise ApprovalError(404, f"no pending approval {decision_id!r} (unknown or expired)")
+            raise self._gone(decision_id)
         request = hold.request
         if hold.future.done():
             raise ApprovalError(409, f"approval {decision_id} was already answered")
         if check_owner and not self.may_answer(request, approver):
             raise ApprovalError(403, f"only {request.owner} may answer for {request.agent}")
         hold.future.set_result(Verdict(approved, approver, reason, channel))
+        now = self._clock()
+        for key in [k for k, until in self._answered.items() if until <= now]:
+            del self._answered[key]
+        self._answered[decision_id] = request.expires
         return request
+
+    def _gone(self, decision_id: str) -> ApprovalError:
+        """Not held: answered already (409, until the request would have expired), or
+        unknown or expired (404)."""
+        if self._answered.get(decision_id, 0.0) > self._clock():
+            return ApprovalError(409, f"approval {decision_id} was already answered")
+        return ApprovalError(404, f"no pending approval {decision_id!r} (unknown or expired)")
 
     def expire(self, decision_id: str, reason: str, channel: str) -> None:
         """End a request without a human answer (e.g. the provider's request expired)."""
@@ -490,7 +416,9 @@ class Holds:
             return self.answer(decision_id, approved, approver, channel, reason)
         request = await self.get_anywhere(decision_id)
         if request is None:
-            raise ApprovalError(404, f"no pending approval {decision_id!r} (unknown or expired)")
+            if await self._shared(self.shared.answered(decision_id)):
+                raise ApprovalError(409, f"approval {decision_id} was already answered")
+            raise self._gone(decision_id)
         if not self.may_answer(request, approver):
             raise ApprovalError(403, f"only {request.owner} may answer for {request.agent}")
         if not await self._shared(self.shared.claim(request)):

@@ -16,17 +16,16 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from redis.exceptions import RedisError
 
-from interlock.approvals.holds import ApprovalError, ApprovalRequest
+from interlock.approvals.request import ApprovalError, ApprovalRequest
 from interlock.core.redis_store import follow
 
-if TYPE_CHECKING:
-    from interlock.approvals.holds import Holds
-
 log = logging.getLogger(__name__)
+
+
 PENDING = "interlock:approvals"
 ANSWERS = "interlock:answers"
 
@@ -47,6 +46,22 @@ return grant
 
 def _key(decision_id: str) -> str:
     return f"interlock:approval:{decision_id}"
+
+
+class Holds(Protocol):
+    """The side of `holds.Holds` an answer heard from another instance is given to
+    (a protocol, so holds.py can import this module and not the other way round)."""
+
+    def answer(
+        self,
+        decision_id: str,
+        approved: bool,
+        approver: str,
+        channel: str,
+        reason: str = "",
+        *,
+        check_owner: bool = True,
+    ) -> ApprovalRequest: ...
 
 
 def _request(raw: str) -> ApprovalRequest:
@@ -111,6 +126,10 @@ class SharedApprovals:
         return bool(
             await self.redis.set(_key(request.decision_id) + ":answered", 1, nx=True, ex=ttl)
         )
+
+    async def answered(self, decision_id: str) -> bool:
+        """Claimed by an answer (the claim outlives the request by a few seconds)."""
+        return bool(await self.redis.exists(_key(decision_id) + ":answered"))
 
     async def send(self, decision_id: str, approved: bool, approver: str, channel: str,
                    reason: str) -> None:  # fmt: skip

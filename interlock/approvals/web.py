@@ -34,8 +34,9 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from interlock.approvals.holds import ApprovalError, ApprovalRequest, Holds
+from interlock.approvals.holds import Holds
 from interlock.approvals.links import LinkError, LinkSigner
+from interlock.approvals.request import ApprovalError, ApprovalRequest
 from interlock.config import WebApprovalsConfig
 
 COOKIE = "interlock_session"

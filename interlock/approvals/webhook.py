@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
-from interlock.approvals.holds import ApprovalRequest, ChannelError
+from interlock.approvals.holds import ChannelError
 from interlock.approvals.links import LinkSigner
+from interlock.approvals.request import ApprovalRequest
 from interlock.config import WebhookConfig
 
 if TYPE_CHECKING:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from interlock.audit.checkpoint import Signer, load_or_create_key
 from interlock.audit.log import AuditLog
-from interlock.audit.store import AuditStore, open_store
+from interlock.audit.store import AuditStore
 from interlock.config import Config
+from interlock.errors import ConfigError
 
 
 def signer_for(config: Config) -> Signer:
@@ -30,3 +33,22 @@ def log_for(config: Config) -> AuditLog:
         write_timeout=a.write_timeout,
         checkpoint_interval=a.checkpoint_interval,
     )
+
+
+def open_store(url: str, base: Path | None = None, timeout: float | None = None) -> AuditStore:
+    """The store for `url`. SQLite follows the usual URL convention: `sqlite:///audit.db`
+    is relative (to `base`, the data directory), `sqlite:////var/lib/x.db` absolute.
+    `timeout` bounds each PostgreSQL command (default `postgres.COMMAND_TIMEOUT_S`)."""
+    # Imported on use: asyncpg loads only where PostgreSQL is configured.
+    if url.startswith("sqlite:///"):
+        from interlock.audit.sqlite import SqliteStore
+
+        path = Path(url[len("sqlite:///") :])
+        if not path.is_absolute() and base is not None:
+            path = base / path
+        return SqliteStore(path)
+    if url.startswith(("postgresql://", "postgres://")):
+        from interlock.audit.postgres import PostgresStore
+
+        return PostgresStore(url) if timeout is None else PostgresStore(url, timeout)
+    raise ConfigError(f"audit.store: unsupported URL {url.split(':')[0]}://...")

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
-from interlock.audit.canonical import (
+from interlock.core.canonical import (
     MAX_SAFE_INTEGER,
     CanonicalizationError,
     canonical_json,

@@ -8,18 +8,16 @@ new size commit together or not at all, under a lock that makes concurrent appen
 `merkle.extend`, so every backend builds the same tree.
 
 An immudb (or any other) backend implements this Protocol and passes
-tests/audit/test_stores.py.
+tests/audit/test_stores.py. The choice of store for a URL is `factory.open_store`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 from interlock.audit.merkle import NodeKey
-from interlock.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,21 +54,3 @@ class AuditStore(Protocol):
     async def checkpoints(self) -> list[tuple[int, str]]:
         """All checkpoints, by tree size."""
         ...
-
-
-def open_store(url: str, base: Path | None = None, timeout: float | None = None) -> AuditStore:
-    """The store for `url`. SQLite follows the usual URL convention: `sqlite:///audit.db`
-    is relative (to `base`, the data directory), `sqlite:////var/lib/x.db` absolute.
-    `timeout` bounds each PostgreSQL command (default `postgres.COMMAND_TIMEOUT_S`)."""
-    if url.startswith("sqlite:///"):
-        from interlock.audit.sqlite import SqliteStore
-
-        path = Path(url[len("sqlite:///") :])
-        if not path.is_absolute() and base is not None:
-            path = base / path
-        return SqliteStore(path)
-    if url.startswith(("postgresql://", "postgres://")):
-        from interlock.audit.postgres import PostgresStore
-
-        return PostgresStore(url) if timeout is None else PostgresStore(url, timeout)
-    raise ConfigError(f"audit.store: unsupported URL {url.split(':')[0]}://...")

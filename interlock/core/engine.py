@@ -1,20 +1,18 @@
-"""The narrow interface between the PDP and a policy engine, and the choice of engine.
+"""The narrow interface between the PDP and a policy engine.
 
 Two engines implement it: regorus (`interlock.core.regorus_engine`, the default) and
-rego-cpp (`interlock.core.rego`). A compiled policy has `version`, `data`, `evaluate` and
-names its engine, so the audit log can say which engine, at which version, decided.
+rego-cpp (`interlock.core.rego`); `interlock.core.engines` picks one. A compiled policy
+has `version`, `data`, `evaluate` and names its engine, so the audit log can say which
+engine, at which version, decided.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Protocol
 
 from interlock.core.bundle import BundleSource
 from interlock.errors import PolicyTimeout
-
-log = logging.getLogger(__name__)
 
 EngineName = Literal["regorus", "rego-cpp"]
 DEFAULT_ENGINE: EngineName = "regorus"
@@ -89,37 +87,3 @@ class CompiledBundle:
                 f"evaluation took {elapsed * 1000:.1f} ms, over the "
                 f"{self._timeout_s * 1000:.1f} ms budget"
             )
-
-
-def make_engine(name: EngineName = DEFAULT_ENGINE, *, timeout_ms: float = 50.0) -> Engine:
-    """The engine named, or the other one when its wheel is not installed (logged as a
-    warning, and visible in `fallback_note` for `interlock up` to print)."""
-    order: list[EngineName] = [name, "rego-cpp" if name == "regorus" else "regorus"]
-    missing: list[str] = []
-    for candidate in order:
-        try:
-            engine = _load(candidate, timeout_ms)
-        except ImportError as exc:
-            missing.append(f"{candidate} ({exc})")
-            continue
-        if missing:
-            log.warning("policy engine %s is not installed; using %s", missing[0], candidate)
-        return engine
-    raise ImportError("no policy engine is installed: " + "; ".join(missing))
-
-
-def fallback_note(wanted: str, engine: Engine) -> str | None:
-    """What `interlock up` says when the engine serving is not the one configured."""
-    if engine.name == wanted:
-        return None
-    return f"policy engine {wanted} is not installed here; using {engine.name} {engine.version}"
-
-
-def _load(name: EngineName, timeout_ms: float) -> Engine:
-    if name == "regorus":
-        from interlock.core.regorus_engine import RegorusEngine
-
-        return RegorusEngine(timeout_ms=timeout_ms)
-    from interlock.core.rego import RegoEngine
-
-    return RegoEngine(timeout_ms=timeout_ms)

@@ -22,8 +22,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from interlock.classify.dataflow import candidates
 from interlock.core.context import NORMAL, ContextView, Flow, Posture, RecentAction, StateStore
+from interlock.core.dataflow import candidates
 from interlock.core.decision_cache import DecisionCache, fact_key
 from interlock.core.enforcement import enforce_posture
 from interlock.core.model import (

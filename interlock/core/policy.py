@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from interlock.core.bundle import bundled_policy_dir, fingerprint, load_bundle
-from interlock.core.engine import CompiledPolicy, Engine, make_engine
+from interlock.core.engine import CompiledPolicy, Engine
+from interlock.core.engines import make_engine
 from interlock.errors import BundleError
 
 log = logging.getLogger(__name__)

@@ -35,9 +35,9 @@ from typing import Any
 
 import regorus
 
-from interlock.audit.canonical import dumps_fast
-from interlock.audit.canonical import loads_fast as loads
 from interlock.core.bundle import BundleSource
+from interlock.core.canonical import dumps_fast
+from interlock.core.canonical import loads_fast as loads
 from interlock.core.engine import CompiledBundle, CompiledPolicy
 from interlock.core.rego_text import lacking, refuse_with, spell_out_imports
 from interlock.errors import (

@@ -20,7 +20,8 @@ from dataclasses import dataclass, replace
 from multiprocessing import get_context
 
 from interlock.core.bundle import BundleSource
-from interlock.core.engine import EngineName, make_engine
+from interlock.core.engine import EngineName
+from interlock.core.engines import make_engine
 from interlock.errors import PolicyError
 
 _PACKAGE = re.compile(r"^\s*package\s+([A-Za-z_][\w.]*)\s*$", re.M)

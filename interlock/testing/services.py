@@ -1,5 +1,5 @@
 """Real servers on loopback for tests and benchmarks: PostgreSQL, PgBouncer, dnsmasq,
-OpenSSH, Envoy and NGINX (the last two from the configs in compose/), and an OpenID
+OpenSSH, Envoy and NGINX (the last two from the configs in interlock/deploy/), and an OpenID
 provider (npm `oidc-provider`, from tests/oidc/).
 
 Each starts in a temporary directory on a free port and stops when its context ends. A
@@ -352,13 +352,14 @@ def sshd_server(extra: str = "") -> Iterator[Sshd]:
         yield Sshd(port, user, root / "client_key", root / "known_hosts", root, proc.pid)
 
 
-COMPOSE = Path(__file__).resolve().parents[2] / "compose"
-"""The deployment configs shipped in the repository; the fixtures below run them."""
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+"""The Envoy and NGINX configs, shipped inside the package (compose/ links to them) so an
+installed interlock runs the same files a checkout does; the fixtures below run them."""
 
 
 def _render(template: Path, out: Path, **values: object) -> None:
     if not template.exists():
-        raise MissingService(f"{template} is missing (run from a checkout of interlock)")
+        raise MissingService(f"{template} is missing (a broken interlock installation)")
 
     # Only upper-case ${NAME}, as `envsubst '${A} ${B}'` does: NGINX's own $variables stay.
     def value(m: re.Match[str]) -> str:
@@ -382,7 +383,7 @@ def envoy_server(
     root = Path(tempfile.mkdtemp(prefix="interlock-envoy-"))
     port = free_port()
     _render(
-        COMPOSE / "envoy.yaml",
+        DEPLOY / "envoy.yaml",
         root / "envoy.yaml",
         LISTEN_HOST="127.0.0.1",
         LISTEN_PORT=port,
@@ -426,7 +427,7 @@ def nginx_server(app_port: int, authz_port: int) -> Iterator[int]:
     root = Path(tempfile.mkdtemp(prefix="interlock-nginx-"))
     port = free_port()
     _render(
-        COMPOSE / "nginx-auth-request.conf",
+        DEPLOY / "nginx-auth-request.conf",
         root / "nginx.conf",
         PREFIX=root,
         LISTEN_PORT=port,

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from aiohttp import web
 
-from interlock.approvals.holds import ApprovalRequest
+from interlock.approvals.request import ApprovalRequest
 from interlock.config import AdminConfig, AgentConfig, ApprovalsConfig, Config, HttpConfig
 from interlock.core.model import Action, Decision
 from interlock.runtime import Runtime, build, start

@@ -8,12 +8,10 @@ from typing import Any
 
 import pytest
 
-from interlock.approvals.holds import (
-    MAX_PENDING_PER_AGENT,
+from interlock.approvals.holds import MAX_PENDING_PER_AGENT, ChannelError, Holds
+from interlock.approvals.request import (
     ApprovalError,
     ApprovalRequest,
-    ChannelError,
-    Holds,
     action_hash,
     summary,
     visible,
@@ -97,6 +95,27 @@ async def test_every_outcome_is_audited_under_the_held_decision(
     assert document(sink.last)["approver"] is None, "nobody answered"
 
 
+async def test_an_answer_after_the_hold_ended_is_409_until_it_would_have_expired(
+    pdp: PDP, clock: FakeClock
+) -> None:
+    """docs/approvals.md: a second answer is 409, an unknown or expired id 404; the hold
+    leaving the table when its waiter wakes must not turn the first into the second."""
+    holds = holds_for(pdp, clock=clock)
+    decision = await pdp.decide(ddl())
+    waiting = asyncio.create_task(holds.wait(decision, 30, ddl()))
+    await asyncio.sleep(0.01)
+    holds.answer(decision.decision_id, False, OWNER, "test")
+    assert (await waiting).approver == OWNER
+    assert holds.get(decision.decision_id) is None, "the hold is over"
+    with pytest.raises(ApprovalError) as again:
+        holds.answer(decision.decision_id, True, OWNER, "test")
+    assert again.value.status == 409
+    clock.advance(31)
+    with pytest.raises(ApprovalError) as expired:
+        holds.answer(decision.decision_id, True, OWNER, "test")
+    assert expired.value.status == 404
+
+
 async def test_only_the_owner_or_a_named_approver_may_answer(pdp: PDP) -> None:
     holds = holds_for(pdp, approvers=["oncall@example.com"])
     decision = await pdp.decide(ddl())
@@ -108,7 +127,7 @@ async def test_only_the_owner_or_a_named_approver_may_answer(pdp: PDP) -> None:
     holds.answer(decision.decision_id, True, "oncall@example.com", "test")
     with pytest.raises(ApprovalError) as again:
         holds.answer(decision.decision_id, True, OWNER, "test")
-    assert again.value.status in (404, 409)
+    assert again.value.status == 409, "already answered, not unknown"
     assert (await waiting).approver == "oncall@example.com"
     with pytest.raises(ApprovalError) as unknown:
         holds.answer("no-such-id", True, OWNER, "test")

@@ -99,7 +99,7 @@ async def test_the_approve_link_releases_the_request_once(
         assert replay.status_code == 410
         assert "already used" in replay.text
         late = await c.post(doc["deny_url"])
-        assert late.status_code == 404, "the request is answered and gone"
+        assert late.status_code == 409, "the request is already answered"
     details, reason = rig.outcome(doc["id"])
     assert (details["approver"], details["channel"]) == (OWNER, "webhook")
     assert reason == f"approved by {OWNER} via webhook"

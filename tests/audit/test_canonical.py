@@ -10,8 +10,8 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from interlock.audit.canonical import CanonicalizationError, canonical_json
 from interlock.audit.record import build, encode, sanitize
+from interlock.core.canonical import CanonicalizationError, canonical_json
 from interlock.core.model import Action, Agent, Decision, Effect, Operation, Risk, Tier
 from interlock.core.record import DecisionRecord
 
@@ -68,7 +68,7 @@ def test_values_outside_i_json_are_refused(bad: Any) -> None:
 
 def test_without_orjson_the_same_bytes_come_out(monkeypatch: pytest.MonkeyPatch) -> None:
     """The wheel is a dependency, but a platform without it keeps a pure, equal encoder."""
-    from interlock.audit import canonical
+    from interlock.core import canonical
 
     samples = [{"b": [1, 0.5, "\u00e9\U0001f600"], "a": None}, {"\U0001f600": 1, "\ue000": 2}, 1e16]
     fast = [canonical_json(v) for v in samples]

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from bench import runner, slo
-from bench.report import write
-from bench.stats import percentile, summarize
+from interlock.bench import runner, slo
+from interlock.bench.report import write
+from interlock.bench.stats import percentile, summarize
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -230,7 +230,7 @@ def test_unknown_suite_is_a_usage_error() -> None:
 @pytest.mark.integration
 def test_postgres_suite_runs_every_target_and_reports_budgets() -> None:
     """A real (short) run: pgbench against PostgreSQL, PgBouncer and the proxy."""
-    from bench import postgres
+    from interlock.bench import postgres
 
     result = postgres.run(quick=True)
     names = {m["name"] for m in result["measurements"]}
@@ -254,7 +254,7 @@ def test_postgres_suite_runs_every_target_and_reports_budgets() -> None:
 @pytest.mark.integration
 def test_http_suite_measures_direct_mitmdump_and_interlock() -> None:
     """A real (short) run: three server processes, HTTP and HTTPS."""
-    from bench import http
+    from interlock.bench import http
 
     result = http.run(quick=True)
     names = {m["name"] for m in result["measurements"]}
@@ -272,7 +272,7 @@ def test_http_suite_measures_direct_mitmdump_and_interlock() -> None:
 @pytest.mark.integration
 def test_extauthz_suite_measures_checks_and_envoy() -> None:
     """A real (short) run: no-op Check server, `interlock up`, app, three Envoys."""
-    from bench import extauthz
+    from interlock.bench import extauthz
 
     result = extauthz.run(quick=True)
     names = [m["name"] for m in result["measurements"]]
@@ -303,7 +303,7 @@ def test_extauthz_suite_measures_checks_and_envoy() -> None:
 
 @pytest.mark.integration
 def test_ssh_suite_compares_the_proxy_with_direct_openssh() -> None:
-    from bench import ssh
+    from interlock.bench import ssh
 
     result = ssh.run(quick=True)
     by_name = {m["name"]: m for m in result["measurements"]}
@@ -325,7 +325,7 @@ def test_ssh_suite_compares_the_proxy_with_direct_openssh() -> None:
 def test_end_to_end_suite_runs_every_protocol_through_one_interlock() -> None:
     """Twelve agents through the real proxies with the default policy: nothing the
     workload does is held or denied, and each protocol is compared with going direct."""
-    from bench import e2e
+    from interlock.bench import e2e
 
     result = e2e.run(quick=True)
     by_name = {m["name"]: m for m in result["measurements"]}

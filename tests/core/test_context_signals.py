@@ -3,8 +3,8 @@ taint sources linking decisions."""
 
 from __future__ import annotations
 
-from interlock.classify.dataflow import value_fingerprints
 from interlock.core.context import MemoryStore
+from interlock.core.dataflow import value_fingerprints
 from interlock.core.model import Action, Agent, Effect, Operation
 from interlock.core.signals import baseline_rate
 from interlock.testing import FakeClock, make_pdp

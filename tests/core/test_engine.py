@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from interlock.config import Config
-from interlock.core.engine import fallback_note, make_engine
+from interlock.core.engines import fallback_note, make_engine
 from interlock.runtime import banner, build
 
 

@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from interlock.core.bundle import load_bundle
-from interlock.core.engine import CompiledPolicy, EngineName, make_engine
+from interlock.core.engine import CompiledPolicy, EngineName
+from interlock.core.engines import make_engine
 from interlock.errors import (
     BundleError,
     PolicyEvaluationError,

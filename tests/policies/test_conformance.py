@@ -17,9 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench.pdp import workload
+from interlock.bench.pdp import workload
 from interlock.core.bundle import bundled_policy_dir, load_bundle
-from interlock.core.engine import CompiledPolicy, EngineName, make_engine
+from interlock.core.engine import CompiledPolicy, EngineName
+from interlock.core.engines import make_engine
 from interlock.core.policy import DECISION_ENTRYPOINT
 from interlock.core.regotest import run_tests_on
 from interlock.errors import PolicyError

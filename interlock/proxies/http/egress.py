@@ -14,7 +14,8 @@ from typing import Any
 from mitmproxy import connection, http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
-from interlock.approvals.holds import Holds, Verdict
+from interlock.approvals.holds import Holds
+from interlock.approvals.request import Verdict
 from interlock.classify.content import (
     MAX_SCAN,
     Findings,

@@ -23,11 +23,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from interlock.approvals.holds import Holds, Verdict
-from interlock.classify.dataflow import value_fingerprints
+from interlock.approvals.holds import Holds
+from interlock.approvals.request import Verdict
 from interlock.classify.sql import Catalog, SqlClassification, SqlClassifier, SqlStatement
 from interlock.config import AgentConfig, PostgresConfig
 from interlock.core.context import Posture
+from interlock.core.dataflow import value_fingerprints
 from interlock.core.enforcement import posture_veto
 from interlock.core.model import Action, Agent, Decision, Effect, Operation
 from interlock.core.pdp import PDP
@@ -700,7 +701,7 @@ class PostgresProxy:
         self, session: _Session, seen: list[tuple[str, frozenset[str], bytes]]
     ) -> None:
         """Fingerprints of the labelled values the agent just received, so they are
-        recognised if they leave through another proxy (classify/dataflow.py)."""
+        recognised if they leave through another proxy (core/dataflow.py)."""
         by_source: dict[tuple[str, frozenset[str]], list[str]] = {}
         for decision_id, labels, raw in seen:
             try:

@@ -20,7 +20,8 @@ from typing import Any
 
 import asyncssh
 
-from interlock.approvals.holds import Holds, Verdict
+from interlock.approvals.holds import Holds
+from interlock.approvals.request import Verdict
 from interlock.classify.shellpath import Where
 from interlock.config import AgentConfig, SshConfig
 from interlock.core.context import Posture
@@ -28,7 +29,7 @@ from interlock.core.model import Action, Agent, Decision, Effect, Operation
 from interlock.core.pdp import PDP
 from interlock.credentials.broker import Broker
 from interlock.identity.registry import AgentRegistry
-from interlock.proxies.ssh import session, upstream
+from interlock.proxies.ssh import connection, session, upstream
 from interlock.proxies.ssh.auth import Keys, Login, parse_login
 from interlock.proxies.ssh.sftp import ProxySFTP
 
@@ -230,7 +231,7 @@ class SshProxy:
             )
         return decision
 
-    async def where(self, conn: Connection, learn: bool = False) -> Where:
+    async def where(self, conn: connection.Connection, learn: bool = False) -> Where:
         """Where commands start on the connection's target: configured, or (`learn`)
         the home directory the target's SFTP server reports, asked once per target.
         Unreachable, the home stays unknown and paths needing it are unresolved."""

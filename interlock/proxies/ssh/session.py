@@ -20,7 +20,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncssh
 
@@ -28,9 +28,7 @@ from interlock.classify.content import MAX_SCAN, scan
 from interlock.classify.shell import ShellParseError, analyse
 from interlock.classify.shellpath import Where
 from interlock.core.model import Action, Agent, Decision, Effect, Operation
-
-if TYPE_CHECKING:
-    from interlock.proxies.ssh.server import Connection
+from interlock.proxies.ssh.connection import Connection
 
 log = logging.getLogger(__name__)
 

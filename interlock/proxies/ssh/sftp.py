@@ -14,16 +14,14 @@ import contextlib
 import logging
 import posixpath
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import asyncssh
 from asyncssh import SFTPAttrs, SFTPError, SFTPName
 
 from interlock.classify.shellpath import normalise
 from interlock.core.model import Action, Effect, Operation
-
-if TYPE_CHECKING:
-    from interlock.proxies.ssh.server import Connection
+from interlock.proxies.ssh.connection import Connection
 
 log = logging.getLogger(__name__)
 

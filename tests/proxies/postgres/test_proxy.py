@@ -9,7 +9,7 @@ import pg8000.native
 import psycopg
 import pytest
 
-from interlock.approvals.holds import ApprovalRequest
+from interlock.approvals.request import ApprovalRequest
 from interlock.core.model import Effect
 from interlock.proxies.postgres import messages as m
 from tests.proxies.postgres.conftest import TOKEN, Proxied

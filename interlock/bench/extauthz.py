@@ -4,7 +4,7 @@ second (quick: 500 and 1,000); and end to end through Envoy with interlock, with
 no-op server, and without the ext_authz filter at all.
 
 Every server is its own process (`interlock up`, the no-op server, the app, Envoy), the
-load generator is this process, open loop (see `bench.load`).
+load generator is this process, open loop (see `interlock.bench.load`).
 Budgets: Check p99 at 1,000 per second; added p50 through Envoy against no ext_authz."""
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import grpc
 import httpx
 from envoy.service.auth.v3 import external_auth_pb2
 
-from bench import progress, slo
-from bench.load import OpenLoopResult, open_loop
-from bench.procs import bench_bundle, process
-from bench.stats import Measurement, from_open_loop
+from interlock.bench import progress, slo
+from interlock.bench.load import OpenLoopResult, open_loop
+from interlock.bench.procs import bench_bundle, process
+from interlock.bench.stats import Measurement, from_open_loop
 from interlock.testing.services import envoy_server, free_port
 
 MESH_HEADER = "x-mesh-agent"

@@ -14,7 +14,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from bench import audit, e2e, extauthz, http, pdp, postgres, progress, slo, ssh
+from interlock.bench import audit, e2e, extauthz, http, pdp, postgres, progress, slo, ssh
 
 MODULES: dict[str, ModuleType] = {
     "pdp": pdp,
@@ -178,7 +178,7 @@ def main(
         Path(json_path).write_text(json.dumps(report, indent=2) + "\n", "utf-8")
         print(f"wrote {json_path}", file=sys.stderr)
     if report_dir:
-        from bench.report import write
+        from interlock.bench.report import write
 
         for path in write(report, Path(report_dir)):
             print(f"wrote {path}", file=sys.stderr)

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from bench.load import OpenLoopResult
+from interlock.bench.load import OpenLoopResult
 
 
 @dataclass

@@ -30,13 +30,14 @@ from typing import Any
 import regopy
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bench import progress, slo
-from bench.stats import Measurement, summarize, time_async, time_calls
 from interlock.audit.checkpoint import Signer
 from interlock.audit.log import AuditLog
 from interlock.audit.sqlite import SqliteStore
+from interlock.bench import progress, slo
+from interlock.bench.stats import Measurement, summarize, time_async, time_calls
 from interlock.core.context import NORMAL, ContextView, MemoryStore
-from interlock.core.engine import EngineName, make_engine
+from interlock.core.engine import EngineName
+from interlock.core.engines import make_engine
 from interlock.core.model import Action, Agent, Operation
 from interlock.core.pdp import PDP
 from interlock.core.policy import DECISION_ENTRYPOINT, PolicyManager

@@ -19,11 +19,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bench import progress, slo
-from bench.stats import from_sorted, percentile
 from interlock.audit.checkpoint import Signer, load_or_create_key
 from interlock.audit.log import AuditLog
 from interlock.audit.sqlite import SqliteStore
+from interlock.bench import progress, slo
+from interlock.bench.stats import from_sorted, percentile
 from interlock.classify.sql import Catalog, SqlClassifier
 from interlock.config import AgentConfig, PostgresConfig
 from interlock.core.context import MemoryStore

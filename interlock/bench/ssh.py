@@ -19,10 +19,10 @@ from typing import Any
 
 import asyncssh
 
-from bench import progress, slo
-from bench.load import open_loop
-from bench.procs import SSHD_NO_RC, bench_bundle, process
-from bench.stats import Measurement, summarize
+from interlock.bench import progress, slo
+from interlock.bench.load import open_loop
+from interlock.bench.procs import SSHD_NO_RC, bench_bundle, process
+from interlock.bench.stats import Measurement, summarize
 from interlock.testing.services import Sshd, free_port, sshd_server
 
 RATE = 40.0

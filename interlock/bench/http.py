@@ -20,10 +20,10 @@ from typing import Any
 
 import httpx
 
-from bench import progress, slo
-from bench.load import OpenLoopResult, open_loop
-from bench.procs import bench_bundle, process
-from bench.stats import Measurement, summarize
+from interlock.bench import progress, slo
+from interlock.bench.load import OpenLoopResult, open_loop
+from interlock.bench.procs import bench_bundle, process
+from interlock.bench.stats import Measurement, summarize
 from interlock.testing.services import free_port, self_signed_cert
 
 TOKEN = "bench-agent-token-0123456789"  # noqa: S105 (a throwaway benchmark agent)

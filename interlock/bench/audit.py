@@ -23,14 +23,14 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bench import progress, slo
-from bench.stats import Measurement, summarize
 from interlock.audit import merkle
 from interlock.audit.checkpoint import Signer
 from interlock.audit.commands import consistency_proof, inclusion_proof
 from interlock.audit.log import AuditLog
 from interlock.audit.record import encode
 from interlock.audit.sqlite import SqliteStore
+from interlock.bench import progress, slo
+from interlock.bench.stats import Measurement, summarize
 from interlock.core.model import Action, Agent, Operation
 from interlock.core.record import DecisionRecord
 from interlock.testing import CaptureSink, make_pdp

@@ -28,10 +28,10 @@ import asyncpg
 import asyncssh
 import httpx
 
-from bench import progress, slo
-from bench.load import OpenLoopResult, combined, open_loop
-from bench.procs import SSHD_NO_RC, process
-from bench.stats import Measurement, from_open_loop
+from interlock.bench import progress, slo
+from interlock.bench.load import OpenLoopResult, combined, open_loop
+from interlock.bench.procs import SSHD_NO_RC, process
+from interlock.bench.stats import Measurement, from_open_loop
 from interlock.testing.services import free_port, postgres_server, self_signed_cert, sshd_server
 
 AGENTS = 4
