@@ -188,14 +188,24 @@ def _with_store(args: argparse.Namespace, work: Any) -> int:
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from interlock.audit import commands
 
+    config = _config(args.config)
+    since = Path(args.since).read_text("utf-8") if args.since else None
+    max_age = (
+        args.max_unsigned_age
+        if args.max_unsigned_age is not None
+        else 2 * config.audit.checkpoint_interval
+    )
     if args.bundle:
-        config = _config(args.config)
-        report = commands.verify_bundle(Path(args.bundle), _verifier(args, config), None)
+        report = commands.verify_bundle(
+            Path(args.bundle), _verifier(args, config), None, since=since, max_age=max_age
+        )
         return _print_report(report)
 
     async def work(config: Config, store: AuditStore) -> int:
         verifier = _verifier(args, config)
-        report = await commands.verify_store(store, verifier, config.audit.origin)
+        report = await commands.verify_store(
+            store, verifier, config.audit.origin, since=since, max_age=max_age
+        )
         return _print_report(report)
 
     return _with_store(args, work)
@@ -204,6 +214,8 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 def _print_report(report: Any) -> int:
     if report.ok:
         print(f"ok: {report.records} records, {report.checkpoints} signed checkpoint(s) verify")
+        for line in report.proved():
+            print(f"  {line}")
         return 0
     print(f"FAILED: {report.records} records, {report.checkpoints} signed checkpoint(s)")
     if report.first_bad_index is not None:
@@ -278,12 +290,11 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     from interlock.audit import commands
 
     async def work(config: Config, store: AuditStore) -> int:
-        counts = await commands.export(store, _verifier(args, config), Path(args.dir))
-        print(
-            f"exported {counts['records']} records and {counts['checkpoints']} "
-            f"checkpoint(s) to {args.dir}"
-        )
-        return 0
+        out = await commands.export(store, _verifier(args, config), Path(args.dir))
+        print(f"exported {out.records} records and {out.checkpoints} checkpoint(s) to {args.dir}")
+        for problem in out.problems:
+            print(f"damaged store: {problem}", file=sys.stderr)
+        return 1 if out.problems else 0
 
     return _with_store(args, work)
 
@@ -498,6 +509,18 @@ def parser() -> argparse.ArgumentParser:
     sp = audit_cmd("verify", cmd_audit_verify, "recompute the tree, check every checkpoint")
     sp.add_argument("--key", help="trusted verifier key (NAME+ID+KEY, or a file with it)")
     sp.add_argument("--bundle", help="verify an export directory instead of the store")
+    sp.add_argument(
+        "--since",
+        metavar="CHECKPOINT",
+        help="a file holding a checkpoint you kept earlier: prove the log still extends it",
+    )
+    sp.add_argument(
+        "--max-unsigned-age",
+        type=float,
+        metavar="SECONDS",
+        help="fail when records past the latest signed checkpoint are older than this "
+        "(default: twice audit.checkpoint_interval)",
+    )
     sp = audit_cmd("show", cmd_audit_show, "a record (by decision id or index) and its proof")
     sp.add_argument(
         "ref",

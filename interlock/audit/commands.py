@@ -12,12 +12,13 @@ import itertools
 import json
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from interlock.audit import merkle
 from interlock.audit.checkpoint import Verifier
+from interlock.audit.merkle import Range
 from interlock.audit.store import AuditStore, StoredRecord
 from interlock.audit.verify import Finding, LogVerifier, Report
 from interlock.core.engine import CompiledPolicy
@@ -38,67 +39,67 @@ async def _chunks(store: AuditStore, start: int = 0) -> AsyncIterator[list[Store
         start = end
 
 
-async def verify_store(store: AuditStore, verifier: Verifier, origin: str | None) -> Report:
+async def verify_store(
+    store: AuditStore,
+    verifier: Verifier,
+    origin: str | None,
+    *,
+    since: str | None = None,
+    max_age: float | None = None,
+) -> Report:
     """Recompute the tree from every record; check every checkpoint, stored leaf hashes,
-    and consistency proofs between successive checkpoints built from the stored tree."""
+    every stored tree node, and consistency proofs built from the stored tree between
+    successive checkpoints and from the auditor's kept checkpoint (`since`). A damaged
+    store gives findings, never an exception: an auditor needs the diagnosis most then."""
     notes = [note for _, note in await store.checkpoints()]
-    check = LogVerifier(verifier, notes, origin)
-    tile_reported = False
+    check = LogVerifier(verifier, notes, origin, since)
+    size = await store.size()
     async for chunk in _chunks(store):
         if not chunk:
             continue
         leaves = await store.nodes([(0, r.index) for r in chunk])
+        built: list[tuple[int, int, bytes]] = []
         for r in chunk:
-            check.feed(r.index, r.data, leaves.get((0, r.index)))
-        bad = await _first_bad_tile(store, chunk)
-        span = 1 << merkle.TILE_LEVEL
-        known = any(
-            f.index is not None and bad is not None and bad <= f.index < bad + span
-            for f in check.report.findings
-        )
-        if bad is not None and not tile_reported and not known:
-            tile_reported = True
-            check.report.findings.append(
-                Finding(
-                    bad,
-                    f"records {bad}..{bad + span - 1} do not "
-                    "match the stored tree (changed or "
-                    "reordered)",
-                )
-            )
-    size = await store.size()
-    report = check.finish()
+            built += check.feed(r.index, r.data, leaves.get((0, r.index)))
+        await _check_nodes(store, check, built)
+    check.gap(size)
+    report = check.finish(time.time(), max_age)
     sizes = sorted(s for s in check.checkpoints if s <= size)
-    for a, b in itertools.pairwise(sizes):
-        proof = await consistency_proof(store, a, b)
-        if not merkle.verify_consistency(
-            a, b, check.checkpoints[a].root, check.checkpoints[b].root, proof
-        ):
-            report.findings.append(
-                _finding(f"stored tree gives no valid consistency proof from checkpoint {a} to {b}")
-            )
+    cps = check.checkpoints
+    pairs = [(a, b, cps[a].root) for a, b in itertools.pairwise(sizes)]
+    kept = check.kept
+    if kept is not None and report.since is not None and sizes and kept.size < sizes[-1]:
+        pairs.append((kept.size, sizes[-1], kept.root))
+    for a, b, first in pairs:
+        try:
+            proof = await consistency_proof(store, a, b)
+        except merkle.MissingNode as exc:
+            check.find(None, f"no consistency proof from {a} to {b}: {exc}")
+            continue
+        if not merkle.verify_consistency(a, b, first, cps[b].root, proof):
+            check.find(None, f"stored tree gives no valid consistency proof from {a} to {b}")
     return report
 
 
-async def _first_bad_tile(store: AuditStore, chunk: list[StoredRecord]) -> int | None:
-    """Start of the first whole tile of `chunk` whose stored node differs from the node
-    recomputed from the records: localises reordering that kept each row's leaf hash."""
-    span = 1 << merkle.TILE_LEVEL
-    by_index = {r.index: merkle.leaf_hash(r.data) for r in chunk}
-    tiles = sorted(
-        {
-            i // span
-            for i in by_index
-            if all((i // span) * span + k in by_index for k in range(span))
-        }
-    )
-    stored = await store.nodes([(merkle.TILE_LEVEL, t) for t in tiles])
-    mine = merkle.from_leaves([(merkle.TILE_LEVEL, t) for t in tiles], by_index)
-    for t in tiles:
-        key = (merkle.TILE_LEVEL, t)
-        if key in stored and stored[key] != mine.get(key):
-            return t * span
-    return None
+async def _check_nodes(
+    store: AuditStore, check: LogVerifier, built: list[tuple[int, int, bytes]]
+) -> None:
+    """Compare the stored tree nodes with the ones recomputed from the records: a missing
+    node is named, and a differing one unless a finding already covers its records (so a
+    changed record is reported once, not once per level above it)."""
+    mine = {(level, idx): h for level, idx, h in built if level >= merkle.TILE_LEVEL}
+    stored = await store.nodes(list(mine))
+    for (level, idx), h in sorted(mine.items()):
+        lo, hi = idx << level, ((idx + 1) << level) - 1
+        got = stored.get((level, idx))
+        if got is None:
+            check.find(lo, f"stored tree node covering records {lo}..{hi} is missing")
+        elif got != h and not any(
+            f.index is not None and lo <= f.index <= hi for f in check.report.findings
+        ):
+            check.find(
+                lo, f"records {lo}..{hi} do not match the stored tree (changed or reordered)"
+            )
 
 
 def _finding(message: str) -> Finding:
@@ -170,37 +171,73 @@ async def tail(store: AuditStore, n: int, follow: bool, emit: Print, poll: float
         size = await store.size()
 
 
-async def export(store: AuditStore, verifier: Verifier, target: Path) -> dict[str, int]:
+@dataclass
+class Exported:
+    records: int = 0
+    checkpoints: int = 0
+    size: int = 0
+    problems: list[str] = field(default_factory=list)
+    """What a damaged store could not give: absent record ranges, proofs it cannot build."""
+
+
+async def export(store: AuditStore, verifier: Verifier, target: Path) -> Exported:
     """Write records, checkpoints and proofs as files an auditor verifies offline.
 
-    A CLI command, not on any serving loop, so plain blocking file writes are fine."""
+    A damaged store exports what it has: absent record ranges go to missing.jsonl (so
+    line i of records.jsonl need not be leaf i), proofs it cannot build are left out, and
+    both are listed in `problems`. A CLI command, not on any serving loop, so plain
+    blocking file writes are fine."""
     target.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240
     (target / "checkpoints").mkdir(exist_ok=True)
     (target / "proofs").mkdir(exist_ok=True)
     cps = await store.checkpoints()
-    size = await store.size()
-    count = 0
+    out = Exported(checkpoints=len(cps), size=await store.size())
+    gaps: list[Range] = []
     with (target / "records.jsonl").open("wb") as f:
         async for chunk in _chunks(store):
             for r in chunk:
+                if r.index > out.records + _absent(gaps):
+                    gaps.append((out.records + _absent(gaps), r.index))
                 f.write(r.data + b"\n")
-                count += 1
+                out.records += 1
+    if out.size > out.records + _absent(gaps):
+        gaps.append((out.records + _absent(gaps), out.size))
+    with (target / "missing.jsonl").open("w") as f:
+        for lo, hi in gaps:
+            f.write(json.dumps({"start": lo, "end": hi}) + "\n")
+            out.problems.append(f"records {lo}..{hi - 1} missing from the store")
     for s, note in cps:
         (target / "checkpoints" / f"{s:012d}.note").write_text(note, "utf-8")
-    sizes = [s for s, _ in cps if s <= size]
+    sizes = [s for s, _ in cps if s <= out.size]
     with (target / "proofs" / "consistency.jsonl").open("w") as f:
         for a, b in itertools.pairwise(sizes):
-            proof = b64(await consistency_proof(store, a, b))
+            try:
+                proof = b64(await consistency_proof(store, a, b))
+            except merkle.MissingNode as exc:
+                out.problems.append(f"no consistency proof from {a} to {b}: {exc}")
+                continue
             f.write(json.dumps({"first": a, "second": b, "proof": proof}) + "\n")
     last = sizes[-1] if sizes else 0
+    unprovable: list[int] = []
     with (target / "proofs" / "inclusion.jsonl").open("w") as f:
         for i in range(last):
-            proof = b64(await inclusion_proof(store, i, last))
+            try:
+                proof = b64(await inclusion_proof(store, i, last))
+            except merkle.MissingNode:
+                unprovable.append(i)
+                continue
             f.write(json.dumps({"index": i, "size": last, "proof": proof}) + "\n")
+    if unprovable:
+        out.problems.append(
+            f"no inclusion proof for {len(unprovable)} record(s) from index {unprovable[0]} "
+            "(tree nodes missing)"
+        )
     (target / "key.vkey").write_text(verifier.encode() + "\n", "utf-8")
     (target / "README.txt").write_text(
         "interlock audit export\n\n"
-        "records.jsonl      one canonical record (RFC 8785) per line; line i is leaf i\n"
+        "records.jsonl      one canonical record (RFC 8785) per line; line i is leaf i,\n"
+        "                   counting the ranges missing.jsonl lists as absent\n"
+        "missing.jsonl      record ranges [start, end) the store no longer had\n"
         "checkpoints/       signed checkpoints (C2SP signed notes), by tree size\n"
         "proofs/            RFC 9162 consistency proofs between successive checkpoints,\n"
         "                   and an inclusion proof of every record in the latest one\n"
@@ -209,20 +246,39 @@ async def export(store: AuditStore, verifier: Verifier, target: Path) -> dict[st
         "  interlock audit verify --bundle THIS_DIR --key 'NAME+ID+KEY'\n",
         "utf-8",
     )
-    return {"records": count, "checkpoints": len(cps), "size": size}
+    return out
 
 
-def verify_bundle(target: Path, verifier: Verifier, origin: str | None) -> Report:
-    """Verify an export with nothing but its files and the verifier key."""
+def _absent(gaps: list[Range]) -> int:
+    return sum(hi - lo for lo, hi in gaps)
+
+
+def verify_bundle(
+    target: Path,
+    verifier: Verifier,
+    origin: str | None,
+    *,
+    since: str | None = None,
+    max_age: float | None = None,
+) -> Report:
+    """Verify an export with nothing but its files and the verifier key. The unsigned
+    tail's age is measured against the newest record: the export's time is not signed."""
     notes = [p.read_text("utf-8") for p in sorted((target / "checkpoints").glob("*.note"))]
-    check = LogVerifier(verifier, notes, origin)
-    records: list[bytes] = []
+    check = LogVerifier(verifier, notes, origin, since)
+    gaps = [(e["start"], e["end"]) for e in _lines(target / "missing.jsonl")]
+    records: dict[int, bytes] = {}
+    index = 0
     with (target / "records.jsonl").open("rb") as f:
-        for i, line in enumerate(f):
+        for line in f:
+            while gaps and gaps[0][0] <= index:
+                index = max(index, gaps.pop(0)[1])
             data = line.rstrip(b"\n")
-            records.append(data)
-            check.feed(i, data)
-    report = check.finish()
+            records[index] = data
+            check.feed(index, data)
+            index += 1
+    for _, hi in gaps:
+        check.gap(hi)
+    report = check.finish(None, max_age)
     cps = check.checkpoints
     for entry in _lines(target / "proofs" / "consistency.jsonl"):
         a, b = entry["first"], entry["second"]
@@ -240,7 +296,7 @@ def verify_bundle(target: Path, verifier: Verifier, origin: str | None) -> Repor
         cp = cps.get(size)
         ok = (
             cp is not None
-            and i < len(records)
+            and i in records
             and merkle.verify_inclusion(
                 i, size, merkle.leaf_hash(records[i]), _unb64(entry["proof"]), cp.root
             )

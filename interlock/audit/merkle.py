@@ -28,6 +28,18 @@ class ProofError(ValueError):
     """A proof or tree parameter is malformed."""
 
 
+class MissingNode(ProofError):
+    """A damaged store lacks a subtree hash a proof needs (deleted records or nodes)."""
+
+    def __init__(self, key: NodeKey) -> None:
+        level, idx = key
+        self.key = key
+        self.leaves: Range = (idx << level, (idx + 1) << level)
+        super().__init__(
+            f"tree node covering records {self.leaves[0]}..{self.leaves[1] - 1} is missing"
+        )
+
+
 def leaf_hash(data: bytes) -> bytes:
     """MTH of one entry: SHA-256(0x00 || data)."""
     return hashlib.sha256(b"\x00" + data).digest()
@@ -71,10 +83,17 @@ def _fail(msg: str) -> NodeKey:
 def range_hash(start: int, end: int, nodes: Mapping[NodeKey, bytes]) -> bytes:
     """MTH(D[start:end]) from stored perfect subtrees."""
     keys = range_keys(start, end)
-    acc = nodes[keys[-1]]
+    acc = _node(nodes, keys[-1])
     for key in reversed(keys[:-1]):
-        acc = node_hash(nodes[key], acc)
+        acc = node_hash(_node(nodes, key), acc)
     return acc
+
+
+def _node(nodes: Mapping[NodeKey, bytes], key: NodeKey) -> bytes:
+    found = nodes.get(key)
+    if found is None:
+        raise MissingNode(key)
+    return found
 
 
 def inclusion_ranges(index: int, size: int) -> list[Range]:

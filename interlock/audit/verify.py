@@ -9,8 +9,10 @@ signature.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from interlock.audit import merkle
 from interlock.audit.checkpoint import Checkpoint, CheckpointError, Verifier, open_checkpoint
@@ -30,6 +32,13 @@ class Finding:
 class Report:
     records: int = 0
     checkpoints: int = 0
+    signed: int = 0
+    """Size of the latest signed checkpoint the records reach: records past it are the
+    unsigned tail, which nothing but the host vouches for."""
+    tail_age: float | None = None
+    """Seconds from the first unsigned record's time to `now` (None: no tail)."""
+    since: int | None = None
+    """Size of the auditor's kept checkpoint the log was proved consistent with."""
     findings: list[Finding] = field(default_factory=list)
 
     @property
@@ -37,40 +46,90 @@ class Report:
         return not self.findings
 
     @property
+    def unsigned(self) -> int:
+        return self.records - self.signed
+
+    @property
     def first_bad_index(self) -> int | None:
         indices = [f.index for f in self.findings if f.index is not None]
         return min(indices) if indices else None
 
+    def proved(self) -> list[str]:
+        """What a passing verification proved, one statement a line."""
+        lines = [f"signed: records 0..{self.signed - 1} (checkpoint at size {self.signed})"]
+        if self.tail_age is None:
+            lines.append("unsigned tail: none")
+        else:
+            lines.append(
+                f"unsigned tail: {self.unsigned} record(s) from index {self.signed}, "
+                f"oldest {self.tail_age:.0f} s old"
+            )
+        if self.since is not None:
+            lines.append(f"consistent with your checkpoint at size {self.since}")
+        return lines
+
+
+def record_time(data: bytes) -> float | None:
+    """The epoch time a canonical record states, or None if it states none readable."""
+    try:
+        stamp = json.loads(data)["time"]
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
 
 class LogVerifier:
-    """Feed records in index order with `feed`, then call `finish`."""
+    """Feed records in index order with `feed`, then call `finish`.
 
-    def __init__(self, verifier: Verifier, notes: Iterable[str], origin: str | None = None):
+    `since` is a checkpoint the auditor kept from earlier: the log must still contain its
+    tree as a prefix, else the host rolled back or forked the history that auditor saw."""
+
+    def __init__(
+        self,
+        verifier: Verifier,
+        notes: Iterable[str],
+        origin: str | None = None,
+        since: str | None = None,
+    ):
         self.report = Report()
         self._checkpoints: dict[int, Checkpoint] = {}
         for note in notes:
-            try:
-                cp = open_checkpoint(note, verifier)
-            except CheckpointError as exc:
-                size = note.split("\n")[1] if note.count("\n") > 1 else "?"
-                self._find(None, f"checkpoint at size {size}: {exc}")
-                continue
-            if origin is not None and cp.origin != origin:
-                self._find(
-                    None, f"checkpoint at size {cp.size}: origin {cp.origin!r}, expected {origin!r}"
-                )
+            cp = self._open(note, verifier, origin, "checkpoint")
+            if cp is None:
                 continue
             seen = self._checkpoints.get(cp.size)
             if seen is not None and seen.root != cp.root:
-                self._find(None, f"two checkpoints sign different roots for size {cp.size}")
+                self.find(None, f"two checkpoints sign different roots for size {cp.size}")
             self._checkpoints[cp.size] = cp
+        self.kept = None if since is None else self._open(since, verifier, origin, "your")
         self.report.checkpoints = len(self._checkpoints)
         self._size = 0
+        self._next = 0
         self._front: dict[int, bytes] = {}
         self._good_until = 0
         self._leaf_mismatch_reported = False
+        self._stamps: dict[int, bytes] = {}
+        self._last: bytes | None = None
+        self._forked = False
 
-    def _find(self, index: int | None, message: str) -> None:
+    def _open(
+        self, note: str, verifier: Verifier, origin: str | None, what: str
+    ) -> Checkpoint | None:
+        try:
+            cp = open_checkpoint(note, verifier)
+        except CheckpointError as exc:
+            size = note.split("\n")[1] if note.count("\n") > 1 else "?"
+            self.find(None, f"{what} checkpoint at size {size}: {exc}")
+            return None
+        if origin is not None and cp.origin != origin:
+            self.find(
+                None,
+                f"{what} checkpoint at size {cp.size}: origin {cp.origin!r}, expected {origin!r}",
+            )
+            return None
+        return cp
+
+    def find(self, index: int | None, message: str) -> None:
         if len(self.report.findings) < 100:
             self.report.findings.append(Finding(index, message))
 
@@ -78,30 +137,40 @@ class LogVerifier:
     def checkpoints(self) -> dict[int, Checkpoint]:
         return self._checkpoints
 
-    def feed(self, index: int, data: bytes, stored_leaf: bytes | None = None) -> None:
-        if index != self._size:
-            if index > self._size:
-                self._find(
-                    self._size,
-                    f"missing ({index - self._size} record(s) absent before index {index})",
-                )
-            else:
-                self._find(index, "appears twice or out of order")
-            return
+    @property
+    def next_index(self) -> int:
+        """The index after the last record fed."""
+        return self._next
+
+    def feed(
+        self, index: int, data: bytes, stored_leaf: bytes | None = None
+    ) -> list[tuple[int, int, bytes]]:
+        """Check one record; return the tree nodes it completes (level, index, hash), or
+        nothing once a gap stopped the tree from being recomputed."""
+        if index < self._next:
+            self.find(index, "appears twice or out of order")
+            return []
+        if index > self._next:
+            self.gap(index)
+        self._next = index + 1
+        self._last = data
+        if index in self._checkpoints or index == 0:
+            self._stamps[index] = data
+        if self._size != index:
+            return []
         leaf = merkle.leaf_hash(data)
         if stored_leaf is not None and stored_leaf != leaf and not self._leaf_mismatch_reported:
             self._leaf_mismatch_reported = True
-            self._find(
+            self.find(
                 index,
                 "does not match the leaf hash stored for it (record changed, or records reordered)",
             )
-        _, self._front = merkle.extend(self._size, self._front, [leaf])
+        new, self._front = merkle.extend(self._size, self._front, [leaf])
         self._size += 1
         cp = self._checkpoints.get(self._size)
         if cp is not None:
-            root = merkle.root_from(self._size, _as_nodes(self._size, self._front))
-            if root != cp.root:
-                self._find(
+            if self.root() != cp.root:
+                self.find(
                     None,
                     f"records {self._good_until}..{self._size - 1} do not match the "
                     f"signed checkpoint at size {self._size} (changed, removed or "
@@ -109,18 +178,99 @@ class LogVerifier:
                 )
             else:
                 self._good_until = self._size
+        if self.kept is not None and self.kept.size == self._size and self.root() != self.kept.root:
+            self._forked = True
+            self.find(
+                None,
+                f"fork: the log's first {self._size} records do not hash to the root of the "
+                f"checkpoint you kept at size {self._size}: this is a different history "
+                "from the one you saw",
+            )
+        return new
 
-    def finish(self) -> Report:
-        self.report.records = self._size
-        beyond = sorted(s for s in self._checkpoints if s > self._size)
+    def gap(self, upto: int) -> None:
+        """Records from the next expected index up to `upto` are absent."""
+        if upto > self._next:
+            self.find(
+                self._next,
+                f"missing: records {self._next}..{upto - 1} absent ({upto - self._next} record(s))",
+            )
+            self._next = upto
+
+    def finish(self, now: float | None = None, max_age: float | None = None) -> Report:
+        """Close the report. With `max_age`, an unsigned tail whose first record is older
+        than that (against `now`, default: the newest record's time) is a finding."""
+        self.report.records = self._next
+        beyond = sorted(s for s in self._checkpoints if s > self._next)
         if beyond:
-            self._find(
-                self._size,
-                f"log truncated: {self._size} records, but a signed checkpoint covers {beyond[-1]}",
+            self.find(
+                self._next,
+                f"log truncated: {self._next} records, but a signed checkpoint covers {beyond[-1]}",
+            )
+        unchecked = sorted(s for s in self._checkpoints if self._size < s <= self._next)
+        if unchecked:
+            self.find(
+                None,
+                f"{len(unchecked)} checkpoint(s) from size {unchecked[0]} cannot be checked: "
+                "records before them are missing",
             )
         if not self._checkpoints:
-            self._find(None, "no checkpoint signed by the trusted key")
+            self.find(None, "no checkpoint signed by the trusted key")
+        self._check_kept()
+        self.report.signed = max((s for s in self._checkpoints if s <= self._next), default=0)
+        if self.report.unsigned and not beyond:
+            self._check_tail(now, max_age)
         return self.report
+
+    def _check_kept(self) -> None:
+        kept = self.kept
+        if kept is None:
+            return
+        latest = max(self._checkpoints, default=0)
+        before = len(self.report.findings)
+        ours = self._checkpoints.get(kept.size)
+        if ours is not None and ours.root != kept.root:
+            self.find(
+                None,
+                f"split view: the log signs a different root for size {kept.size} than the "
+                "checkpoint you kept",
+            )
+        if kept.size > self._next:
+            self.find(
+                self._next,
+                f"rolled back: {self._next} records, but the checkpoint you kept covers "
+                f"{kept.size}",
+            )
+        elif latest < kept.size:
+            self.find(
+                None,
+                f"rolled back: the log's latest signed checkpoint is at size {latest}, older "
+                f"than the one you kept at {kept.size} (later checkpoints were removed)",
+            )
+        elif kept.size > self._size:
+            self.find(None, f"cannot prove consistency with your checkpoint at size {kept.size}")
+        if not self._forked and len(self.report.findings) == before:
+            self.report.since = kept.size
+
+    def _check_tail(self, now: float | None, max_age: float | None) -> None:
+        signed = self.report.signed
+        first = self._stamps.get(signed)
+        first_time = record_time(first) if first is not None else None
+        if now is None and self._last is not None:
+            now = record_time(self._last)
+        if first_time is None or now is None:
+            self.find(signed, "unsigned tail: the first unsigned record states no time")
+            return
+        age = max(0.0, now - first_time)
+        self.report.tail_age = age
+        if max_age is not None and age > max_age:
+            self.find(
+                signed,
+                f"unsigned tail: {self.report.unsigned} record(s) after the latest signed "
+                f"checkpoint (size {signed}), the oldest {age:.0f} s old, past the "
+                f"{max_age:g} s bound: nothing signed covers them (checkpoints removed, "
+                "or the log stopped signing)",
+            )
 
     def root(self) -> bytes:
         return merkle.root_from(self._size, _as_nodes(self._size, self._front))

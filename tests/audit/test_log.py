@@ -22,7 +22,7 @@ from interlock.core.pdp import PDP
 from interlock.core.policy import PolicyManager
 from interlock.core.record import DecisionRecord
 from interlock.errors import AuditError
-from interlock.testing import CaptureSink, make_pdp
+from interlock.testing import CaptureSink, FakeClock, make_pdp
 from tests.audit.conftest import StoreFactory, fresh_database
 from tests.services import postgres_server
 
@@ -31,9 +31,11 @@ SIGNER = Signer("interlock.test/audit", Ed25519PrivateKey.generate())
 AGENT = Agent("reporter", authn="token")
 
 
-async def sample_records(n: int, op: Operation = Operation.READ) -> list[DecisionRecord]:
+async def sample_records(
+    n: int, op: Operation = Operation.READ, clock: FakeClock | None = None
+) -> list[DecisionRecord]:
     sink = CaptureSink()
-    pdp = make_pdp(sink=sink)
+    pdp = make_pdp(sink=sink, clock=clock)
     for i in range(n):
         await pdp.decide(Action(AGENT, "postgres", op, f"public.t{i}"))
     return list(sink.records)
