@@ -315,13 +315,14 @@ def cmd_audit_replay(args: argparse.Namespace) -> int:
         rows = await commands.replay(store, args.agent, since, commands.evaluator(policy))
         changed = [r for r in rows if r.changed]
         for r in rows:
-            mark = "CHANGED" if r.changed else "same   "
+            mark = "CHANGED" if r.changed else "same   " if r.replayable else "n/a    "
             print(
                 f"{mark} #{r.index} {r.time} {r.operation} {r.target}: {r.recorded} -> {r.replayed}"
             )
+        skipped = sum(not r.replayable for r in rows)
         print(
             f"{len(rows)} decisions replayed against policy {policy.version[:12]}, "
-            f"{len(changed)} would change"
+            f"{len(changed)} would change, {skipped} not replayable (no policy decided them)"
         )
         return 0
 

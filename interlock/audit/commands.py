@@ -323,6 +323,11 @@ def _unb64(items: list[str]) -> list[bytes]:
     return [base64.b64decode(x) for x in items]
 
 
+NOT_REPLAYABLE = "not replayable"
+"""What replay says of a record no policy decided (`policy_engine` null): a request
+refused before the policy ran, or an observation such as a hold's outcome."""
+
+
 @dataclass(frozen=True)
 class Replayed:
     index: int
@@ -335,14 +340,19 @@ class Replayed:
     recorded_version: str
 
     @property
+    def replayable(self) -> bool:
+        return self.replayed != NOT_REPLAYABLE
+
+    @property
     def changed(self) -> bool:
-        return self.recorded != self.replayed
+        return self.replayable and self.recorded != self.replayed
 
 
 async def replay(
     store: AuditStore, agent: str, since: float | None, evaluate: Callable[[dict[str, Any]], str]
 ) -> list[Replayed]:
-    """Re-decide an agent's recorded actions with `evaluate(record) -> effect`."""
+    """Re-decide an agent's recorded actions with `evaluate(record) -> effect`; records
+    the policy did not decide are listed as not replayable, not re-decided."""
     out = []
     async for chunk in _chunks(store):
         for r in chunk:
@@ -359,7 +369,7 @@ async def replay(
                     rec["action"]["operation"],
                     rec["action"]["target"],
                     rec["effect"],
-                    evaluate(rec),
+                    NOT_REPLAYABLE if rec.get("policy_engine") is None else evaluate(rec),
                     rec["policy_version"],
                 )
             )

@@ -206,7 +206,9 @@ class PDP:
         if not a.store_down:
             await self._apply(action, decision)
             await self._remember(action, decision, target_key(action), a.now, a.data)
-        engine = f"{a.policy.engine_name} {a.policy.engine_version}" if a.policy else None
+        # No engine when the policy never ran: replay then knows it cannot re-decide this.
+        ran = a.policy is not None and a.error is None
+        engine = f"{a.policy.engine_name} {a.policy.engine_version}" if ran else None
         decision = await self._audit(action, decision, a.input_doc, engine)
         if decision.effect is not Effect.ALLOW:
             log.info(
