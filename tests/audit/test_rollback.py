@@ -104,6 +104,32 @@ def test_rollback_past_a_kept_checkpoint_is_not_ok(copy: Log, tmp_path: Path) ->
     )
 
 
+def test_rollback_shown_as_an_export_is_not_ok(copy: Log, tmp_path: Path) -> None:
+    cfg, key, db = copy
+    note = kept(db, 50, tmp_path / "50.note")
+    sql(db, "DELETE FROM audit_checkpoints WHERE size > 20")
+    bundle = tmp_path / "export"
+    assert audit_cli("export", "-c", str(cfg), str(bundle)).returncode == 0
+    out = audit_cli("verify", "-c", str(cfg), "--bundle", str(bundle), "--key", key)
+    failed(out, "unsigned tail: 30 record(s) after the latest signed checkpoint (size 20)")
+    out = audit_cli(
+        "verify", "--bundle", str(bundle), "--key", key, "--since", str(note),
+        "--max-unsigned-age", "3600",
+    )  # fmt: skip
+    failed(out, "rolled back: the log's latest signed checkpoint is at size 20")
+
+
+def test_a_kept_checkpoint_under_another_key_proves_nothing(copy: Log, tmp_path: Path) -> None:
+    cfg, key, _ = copy
+    other = Signer(ORIGIN, load_or_create_key(tmp_path / "other.key"))
+    note = tmp_path / "other.note"
+    note.write_text(sign_checkpoint(other, ORIGIN, 20, b"\0" * 32), "utf-8")
+    failed(
+        verify(cfg, key, "--since", str(note)),
+        "your checkpoint at size 20: no signature by the trusted key",
+    )
+
+
 def test_truncation_below_a_kept_checkpoint_is_not_ok(copy: Log, tmp_path: Path) -> None:
     cfg, key, db = copy
     note = kept(db, 50, tmp_path / "50.note")
