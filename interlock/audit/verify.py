@@ -56,7 +56,8 @@ class Report:
 
     def proved(self) -> list[str]:
         """What a passing verification proved, one statement a line."""
-        lines = [f"signed: records 0..{self.signed - 1} (checkpoint at size {self.signed})"]
+        covered = f"records 0..{self.signed - 1}" if self.signed else "no records"
+        lines = [f"signed: {covered} (checkpoint at size {self.signed})"]
         if self.tail_age is None:
             lines.append("unsigned tail: none")
         else:

@@ -245,3 +245,12 @@ def test_unsigned_tail_is_reported_and_bounded(copy: Log) -> None:
         "past the 30 s bound",
     )
     failed(verify(cfg, key), "past the 0 s bound")
+
+
+def test_an_empty_signed_log_says_so(tmp_path: Path) -> None:
+    cfg = tmp_path / "interlock.toml"
+    cfg.write_text(f'data_dir = "{tmp_path / "data"}"\n[audit]\ncheckpoint_interval = 0\n')
+    assert audit_cli("checkpoint", "-c", str(cfg)).returncode == 0
+    out = audit_cli("verify", "-c", str(cfg))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "signed: no records (checkpoint at size 0)" in out.stdout
