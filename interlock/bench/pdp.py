@@ -231,7 +231,9 @@ def run(quick: bool = False) -> dict[str, Any]:
     sample_input = _capture_input(cold, actions[1])
     sample_action = actions[1]
     posture, view = NORMAL, ContextView()
-    risk = cold.audit.last.decision.risk  # type: ignore[attr-defined]
+    sink = cold.audit
+    assert isinstance(sink, CaptureSink)
+    risk = sink.last.decision.risk
 
     def build_only() -> object:
         return build_input(sample_action, posture, view, risk, 0.0)

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from interlock.config import Config
+from interlock.core.engine import EngineName
 from interlock.core.engines import fallback_note, make_engine
 from interlock.runtime import banner, build
 
@@ -25,10 +26,10 @@ def test_the_default_engine_is_regorus() -> None:
     ],
 )
 def test_a_missing_wheel_falls_back_to_the_other_engine(
-    monkeypatch: pytest.MonkeyPatch, wanted: str, module: str, serving: str
+    monkeypatch: pytest.MonkeyPatch, wanted: EngineName, module: str, serving: str
 ) -> None:
     monkeypatch.setitem(sys.modules, module, None)  # importing it raises ImportError
-    engine = make_engine(wanted)  # type: ignore[arg-type]
+    engine = make_engine(wanted)
     assert engine.name == serving
     note = fallback_note(wanted, engine)
     assert note is not None

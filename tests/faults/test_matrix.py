@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
+from interlock.testing.faultproxy import Mode
 from tests.faults.conftest import (
     CLIENTS,
     TOKEN,
@@ -186,12 +187,12 @@ async def test_admin_api_answers_503_naming_the_state_store(
 
 @pytest.mark.parametrize("fault", ["down", "freeze"])
 async def test_audit_store_fault_follows_the_fail_open_tier_rule(
-    world: World, fault: str, caplog: pytest.LogCaptureFixture
+    world: World, fault: Mode, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Low-risk actions pass (queued records, written once the store is back); anything
     above `low` is denied with the reason; /readyz names the audit store."""
     assert (await psql(world)).ok
-    await world.audit_link.set(fault)  # type: ignore[arg-type]
+    await world.audit_link.set(fault)
     try:
         low = await psql(world)
         assert low.ok, low.text
@@ -220,10 +221,10 @@ async def test_audit_store_fault_follows_the_fail_open_tier_rule(
 
 @pytest.mark.parametrize("fault", ["down", "freeze"])
 async def test_upstream_database_fault_ends_logins_cleanly_and_reports_degraded(
-    world: World, fault: str, caplog: pytest.LogCaptureFixture
+    world: World, fault: Mode, caplog: pytest.LogCaptureFixture
 ) -> None:
     conn = await asyncpg.connect(world.dsn)
-    await world.db_link.set(fault)  # type: ignore[arg-type]
+    await world.db_link.set(fault)
     try:
         answer = await psql(world)
         assert not answer.ok

@@ -77,7 +77,7 @@ class MaskPlan:
                     continue
                 if f.table_oid in known:
                     continue  # the value is that column's, whatever the parse guessed
-            if i < len(parsed) and self.parsed is not None:
+            if i < len(parsed):
                 if parsed[i] & self.hidden:
                     out.add(i)
             elif not f.table_oid and unknown_is_hidden:

@@ -587,7 +587,10 @@ class PostgresProxy:
                 target = session.portals.get(msg.name, ("", None))[1]
             session.results.sent_describe(target)
         elif isinstance(msg, m.Execute):
-            statement, prepared = session.portals.get(msg.portal, ("", Prepared(ORIGINS_ONLY)))
+            bound = session.portals.get(msg.portal)
+            # A portal the proxy never saw bound fails on the server; its rows, if any,
+            # would get the strictest plan.
+            statement, prepared = bound if bound is not None else ("", Prepared(ORIGINS_ONLY))
             veto = await self._posture_veto(session, statement)
             if veto is not None:
                 session.results.sent_execute(prepared)
