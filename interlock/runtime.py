@@ -26,6 +26,7 @@ from interlock.approvals.web import WebApprovals
 from interlock.audit.factory import log_for
 from interlock.audit.log import AuditLog
 from interlock.config import AgentConfig, Config
+from interlock.core import heap
 from interlock.core.context import MemoryStore, StateStore
 from interlock.core.engines import fallback_note, make_engine
 from interlock.core.model import Tier
@@ -578,6 +579,7 @@ async def serve(
         task.add_done_callback(reloading.discard)
 
     loop.add_signal_handler(signal.SIGHUP, hup)
+    heap.settle()
     # The banner last: whoever waits for it may signal at once.
     print(banner(runtime), flush=True)
     if ready:
@@ -587,3 +589,4 @@ async def serve(
     finally:
         log.info("shutting down")
         await runtime.stop()
+        heap.release()

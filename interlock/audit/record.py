@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
@@ -122,7 +122,46 @@ def timestamp(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def build(rec: DecisionRecord) -> dict[str, Any]:
+_last_second: tuple[datetime | None, str] = (None, "")
+
+
+def _timestamp_fast(t: float) -> str:
+    """`timestamp` with the date and time of day formatted once per second: records
+    arrive thousands a second, and only the microseconds differ between them."""
+    global _last_second
+    dt = datetime.fromtimestamp(t, UTC)
+    if dt.year < 1000:
+        return timestamp(t)
+    second = dt.replace(microsecond=0)
+    cached = _last_second
+    if cached[0] != second:
+        cached = _last_second = (second, dt.strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{cached[1]}.{dt.microsecond:06d}Z"
+
+
+_signal_docs: dict[tuple[tuple[str, Any], ...], dict[str, Any]] = {}
+
+
+def _signals(signals: Mapping[str, Any], plain: _Plain) -> Any:
+    """The sanitized risk signals, memoised: a handful of quantised values recur in
+    every record. The memo keys on each value's type too (`1 == 1.0 == True`)."""
+    try:
+        key = tuple([(k, type(v), v) for k, v in signals.items()])
+        found = _signal_docs.get(key)  # type: ignore[arg-type]
+    except TypeError:
+        return sanitize(signals, 0, plain)
+    if found is None:
+        mine = _Plain()
+        found = sanitize(signals, 0, mine)
+        if not mine.ok:
+            plain.ok = False
+            return found
+        if len(_signal_docs) < 10_000:
+            _signal_docs[key] = found  # type: ignore[index]
+    return found
+
+
+def build(rec: DecisionRecord, when: Callable[[float], str] = timestamp) -> dict[str, Any]:
     """The record as plain data (not yet sanitized; `encode` does that in one pass)."""
     d, a = rec.decision, rec.action
     prompt = None
@@ -131,7 +170,7 @@ def build(rec: DecisionRecord) -> dict[str, Any]:
     return {
         "v": RECORD_VERSION,
         "decision_id": d.decision_id,
-        "time": timestamp(d.time),
+        "time": when(d.time),
         "agent": {
             "id": a.agent.id,
             "roles": a.agent.roles,
@@ -172,13 +211,15 @@ def _fast_document(rec: DecisionRecord, plain: _Plain) -> dict[str, Any]:
     """`document` without walking the parts interlock built itself: only what came from
     a PEP or a policy author (details, prompt, context, obligations) is sanitized, and
     that one walk also finds whether the C encoder's output will be canonical."""
-    doc = build(rec)
+    doc = build(rec, _timestamp_fast)
     action = doc["action"]
     action["details"] = sanitize(action["details"], 0, plain)
-    doc["prompt"] = sanitize(doc["prompt"], 0, plain)
+    if doc["prompt"] is not None:
+        doc["prompt"] = sanitize(doc["prompt"], 0, plain)
     doc["context"] = sanitize(doc["context"], 0, plain)
-    doc["obligations"] = sanitize(doc["obligations"], 0, plain)
-    doc["risk"]["signals"] = sanitize(doc["risk"]["signals"], 0, plain)
+    if doc["obligations"]:
+        doc["obligations"] = sanitize(doc["obligations"], 0, plain)
+    doc["risk"]["signals"] = _signals(doc["risk"]["signals"], plain)
     return doc
 
 

@@ -180,6 +180,8 @@ class _Agent:
     answers: OrderedDict[str, list[int]] = field(default_factory=OrderedDict)
     """kind -> [approved, denied], least recently answered first."""
     posture: Posture = NORMAL
+    baseline: tuple[tuple[int, ...], float | None] = ((), None)
+    """The last `_baseline` answer and what it was computed from (see `_baseline_of`)."""
 
 
 class Listeners:
@@ -237,7 +239,7 @@ class MemoryStore(Listeners):
             denied=state.answers.get(target_key, (0, 0))[1],
             recent=tuple(state.recent),
             taint_sources=dict(state.taint_sources),
-            baseline_per_minute=_baseline(state.minutes, now),
+            baseline_per_minute=_baseline_of(state, now),
         )
 
     async def record(
@@ -338,6 +340,21 @@ class MemoryStore(Listeners):
 
     def agents(self) -> list[str]:
         return sorted(self._agents)
+
+
+def _baseline_of(state: _Agent, now: float) -> float | None:
+    """`_baseline` of the agent, recomputed only when its inputs changed: the current
+    minute, the minutes kept, or the count of the newest one once it is in the past
+    (only the newest minute's count ever changes, and the current one is left out)."""
+    minutes = state.minutes
+    if not minutes:
+        return None
+    current = int(now // 60)
+    last, count = minutes[-1]
+    key = (current, len(minutes), minutes[0][0], last, count if last < current else -1)
+    if state.baseline[0] != key:
+        state.baseline = (key, _baseline(minutes, now))
+    return state.baseline[1]
 
 
 def _baseline(minutes: deque[list[int]], now: float) -> float | None:

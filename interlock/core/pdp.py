@@ -59,7 +59,7 @@ class Intel(Protocol):
     def match(self, action: Action) -> tuple[str, ...]: ...
 
 
-@dataclass
+@dataclass(slots=True)
 class Assessment:
     """What the PDP knows about an action before any policy is evaluated."""
 

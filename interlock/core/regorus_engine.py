@@ -61,16 +61,27 @@ _UNDEFINED = '"<undefined>"'
 
 
 def _depth(value: Any, depth: int = 0) -> None:
+    """Refuse inputs nested deeper than MAX_INPUT_DEPTH. Exact-type tests first: the PDP's
+    documents are plain dicts, lists and scalars, and the abstract-class checks this
+    falls back to cost several times more on every node."""
     if depth > MAX_INPUT_DEPTH:
         raise PolicyEvaluationError(f"bad policy input: input nested deeper than {MAX_INPUT_DEPTH}")
-    if isinstance(value, Mapping):
-        for v in value.values():
-            if isinstance(v, (Mapping, list, tuple)):
-                _depth(v, depth + 1)
+    t = type(value)
+    if t is dict:
+        children: Any = value.values()
+    elif t is list or t is tuple:
+        children = value
+    elif isinstance(value, Mapping):
+        children = value.values()
     elif isinstance(value, (list, tuple)):
-        for v in value:
-            if isinstance(v, (Mapping, list, tuple)):
-                _depth(v, depth + 1)
+        children = value
+    else:
+        return
+    for v in children:
+        tv = type(v)
+        if tv is str or tv is int or tv is bool or tv is float or v is None:
+            continue
+        _depth(v, depth + 1)
 
 
 def _message(exc: Exception) -> str:

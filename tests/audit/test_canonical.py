@@ -95,16 +95,24 @@ detail_values = st.recursive(
     signals=st.dictionaries(st.sampled_from(["rate", "taint", "x"]), finite, max_size=3),
     agent=st.text(max_size=8),
     labels=st.frozensets(st.text(max_size=5), max_size=3),
+    taints=st.lists(st.text(max_size=5), max_size=3),
+    when=st.floats(min_value=-1e10, max_value=1e10) | st.sampled_from([5.9999997, 0.0]),
 )
 def test_records_encode_to_the_reference_bytes_of_their_document(
-    details: dict[str, Any], signals: dict[str, float], agent: str, labels: frozenset[str]
+    details: dict[str, Any],
+    signals: dict[str, float],
+    agent: str,
+    labels: frozenset[str],
+    taints: list[str],
+    when: float,
 ) -> None:
-    """The one-walk fast path (orjson over a document sanitized once) gives exactly the
-    RFC 8785 bytes of the documented record, for any details, signals and identities."""
+    """The one-walk fast path (orjson over a document sanitized once, memoised signals,
+    the time formatted once per second) gives exactly the RFC 8785 bytes of the
+    documented record, for any details, signals, identities, taints and times."""
     rec = DecisionRecord(
-        Decision("d", Effect.ALLOW, Risk(5, Tier.LOW, signals), "v", ("r",), time=1.5),
+        Decision("d", Effect.ALLOW, Risk(5, Tier.LOW, signals), "v", ("r",), time=when),
         Action(Agent(agent or "a"), "postgres", Operation.READ, "t", details, labels),
-        {"context": {"taints": []}, "time": {"hour": 1}},
+        {"context": {"taints": taints}, "time": {"hour": 1}},
         engine="regorus 0",
     )
     try:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+import asyncio
 
-from interlock.core.context import NORMAL, MemoryStore, Posture, RecentAction
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from interlock.core.context import NORMAL, MemoryStore, Posture, RecentAction, _baseline
 from interlock.testing import FakeClock
 
 
@@ -98,3 +102,29 @@ async def test_unknown_restriction_is_refused(clock: FakeClock) -> None:
     store = MemoryStore(clock)
     with pytest.raises(ValueError, match="unknown restriction"):
         await store.restrict("a", ["root"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 600), st.booleans(), st.floats(0, 120)), max_size=60))
+def test_the_remembered_baseline_is_always_the_computed_one(
+    steps: list[tuple[float, bool, float]],
+) -> None:
+    """The per-agent baseline is recomputed only when its inputs change; after any
+    sequence of views and recorded actions (time moving forward in jumps of up to ten
+    minutes, an action's time up to two minutes behind the view's, as clocks of two
+    PEPs may be) the view's baseline equals the one computed from scratch."""
+
+    async def run() -> None:
+        store = MemoryStore()
+        now = 0.0
+        for i, (jump, act, behind) in enumerate(steps):
+            now += jump
+            if act:
+                action = RecentAction(f"d{i}", now - behind, "http", "egress", "t", "allow")
+                await store.record("a", action, "k", {})
+            view = await store.view("a", "k", now)
+            minutes = store._agents["a"].minutes if "a" in store._agents else None
+            expected = _baseline(minutes, now) if minutes else None
+            assert view.baseline_per_minute == expected
+
+    asyncio.run(run())
