@@ -1,0 +1,294 @@
+"""The running enforcer: posture in, table and ACLs out, dropped connections to the audit log.
+
+It follows the posture stream every PEP follows (the state store's subscription), and
+re-reads every agent's posture each `resync_interval` so an expiry or a message missed
+while Redis was away still lands. The table is rewritten whole, in one `nft`
+transaction, only when it would change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from interlock.config import Config
+from interlock.core.context import Posture
+from interlock.core.model import Action, Agent, Decision, Effect, Operation
+from interlock.core.pdp import PDP
+from interlock.core.result import parse_result
+from interlock.errors import HostError, PolicyError, StateError
+from interlock.host import nflog, rules, system
+from interlock.host.rules import Mode
+
+log = logging.getLogger(__name__)
+
+REPORT_QUEUE = 1000
+"""Dropped connections waiting to be decided and audited; beyond it they are counted in
+`lost` (the kernel counter still has them)."""
+SAME_ATTEMPT_S = 10.0
+"""A retransmitted SYN (same source port) within this long is the same attempt."""
+RECENT_ATTEMPTS = 4096
+REASON = "host: connection outside interlock's proxies dropped by the firewall"
+ISOLATED_REASON = "host: agent isolated, every connection dropped by the firewall"
+
+
+class HostEnforcer:
+    """One per machine (or network namespace): the `inet interlock` table's only writer."""
+
+    def __init__(self, config: Config, pdp: PDP, clock: Callable[[], float] = time.time) -> None:
+        if config.host is None:
+            raise HostError("no [host] section in the config")
+        self.host = config.host
+        self.pdp = pdp
+        self.clock = clock
+        self.endpoints = rules.endpoints(config)
+        self.uids = {name: agent.uid for name, agent in self.host.agents.items()}
+        self.agent_of = {uid: name for name, uid in self.uids.items()}
+        self.postures: dict[str, Posture] = {}
+        self.modes: dict[str, Mode] = {}
+        self.lost = 0
+        self.reported = 0
+        self._unreadable: set[str] = set()
+        self._script: str | None = None
+        self._denied: frozenset[tuple[int, Path]] = frozenset()
+        self._acls_synced = False
+        self._wake = asyncio.Event()
+        self._applied = asyncio.Event()
+        self._queue: asyncio.Queue[nflog.Dropped] = asyncio.Queue(REPORT_QUEUE)
+        self._recent: OrderedDict[tuple[object, ...], float] = OrderedDict()
+        self._sock: socket.socket | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._unsubscribe: Callable[[], None] | None = None
+
+    async def start(self) -> None:
+        """Install the table for the current posture, then follow changes."""
+        system.require_tools()
+        if os.geteuid() != 0:
+            raise HostError("interlock host runs as root: it changes the firewall and ACLs")
+        self._unsubscribe = self.pdp.store.subscribe(self._heard)
+        await self._resync()
+        await self._apply()
+        self._open_log()
+        self._tasks.append(asyncio.create_task(self._follow()))
+        self._tasks.append(asyncio.create_task(self._report()))
+
+    async def stop(self) -> None:
+        """Stop following; the table and ACLs stay unless `keep_lockdown` is false."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._sock is not None:
+            asyncio.get_running_loop().remove_reader(self._sock)
+            self._sock.close()
+        if not self.host.keep_lockdown:
+            await system.remove_table()
+            for uid, path in sorted(self._denied):
+                await system.restore_execute(uid, path)
+            log.warning("host: table inet %s removed, tool ACLs restored", rules.TABLE)
+
+    async def applied(self) -> None:
+        """Until the next change has been applied (tests, and `interlock host` start-up)."""
+        self._applied.clear()
+        await self._applied.wait()
+
+    # --- posture -> rules ------------------------------------------------------------------
+
+    def _heard(self, agent_id: str, posture: Posture) -> None:
+        if agent_id in self.uids:
+            self.postures[agent_id] = posture
+            self._unreadable.discard(agent_id)
+            self._wake.set()
+
+    async def _resync(self) -> None:
+        """Read every agent's posture from the store. One that cannot be read is treated
+        as isolated until it can (fail closed), except that a posture already known stays."""
+        now = self.clock()
+        for agent in self.uids:
+            try:
+                self.postures[agent] = await self.pdp.store.posture(agent, now)
+                self._unreadable.discard(agent)
+            except StateError as exc:
+                if agent not in self.postures:
+                    self._unreadable.add(agent)
+                log.error("host: posture of %s unreadable: %s", agent, exc)
+
+    def _mode(self, agent: str, now: float) -> Mode:
+        if agent in self._unreadable:
+            return Mode.ISOLATED
+        return rules.mode_of(self.postures.get(agent, Posture()), now)
+
+    def _next_expiry(self, now: float) -> float:
+        ends = [p.until for p in self.postures.values() if p.until is not None and p.until > now]
+        return min([self.host.resync_interval, *(u - now + 0.01 for u in ends)])
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._next_expiry(self.clock()))
+            except TimeoutError:
+                await self._resync()
+                if not await system.table_present():
+                    # Someone flushed the ruleset (a firewall service reloading): the
+                    # agents' users must not stay unfenced until the next posture change.
+                    log.error("host: table inet %s was removed; installing it again", rules.TABLE)
+                    self._script = None
+            self._wake.clear()
+            try:
+                await self._apply()
+            except HostError as exc:
+                # The table in place stays (the last one applied): retried next round.
+                log.error("host: %s", exc)
+            except Exception:
+                log.exception("host: applying posture failed")
+
+    async def _apply(self) -> None:
+        now = self.clock()
+        modes = {agent: self._mode(agent, now) for agent in self.uids}
+        script = rules.ruleset(
+            {self.uids[a]: m for a, m in modes.items()}, self.endpoints, self.host.nflog_group
+        )
+        if script != self._script:
+            await system.load(script)
+            self._script = script
+            log.warning(
+                "host: table inet %s: %s",
+                rules.TABLE,
+                ", ".join(f"{a} {m}" for a, m in sorted(modes.items())) or "no agents",
+            )
+        await self._apply_acls(now)
+        for agent, mode in modes.items():
+            if (
+                mode is Mode.ISOLATED
+                and self.modes.get(agent) is not Mode.ISOLATED
+                and self.host.kill_on_isolate
+            ):
+                killed = system.kill_user(self.uids[agent], signal.SIGKILL)
+                log.warning("host: %s isolated: %d processes of uid %d killed",
+                            agent, killed, self.uids[agent])  # fmt: skip
+        self.modes = modes
+        self._applied.set()
+
+    async def _apply_acls(self, now: float) -> None:
+        disabled = {a: rules.disabled_tools(p, now) for a, p in self.postures.items()}
+        wanted = rules.acl_denials(self.uids, self.host.tools, disabled)
+        if self._acls_synced and wanted == self._denied:
+            return
+        # The first pass trusts nothing it did not see: every mapped pair is set or
+        # cleared, so a restore that happened while the enforcer was down still lands.
+        mapped = {(u, p) for u in self.uids.values() for p in self.host.tools.values()}
+        for uid, path in sorted(wanted - self._denied if self._acls_synced else wanted):
+            await system.deny_execute(uid, path)
+        for uid, path in sorted((self._denied if self._acls_synced else mapped) - wanted):
+            await system.restore_execute(uid, path)
+        self._denied = wanted
+        self._acls_synced = True
+
+    # --- dropped connections -> decisions ----------------------------------------------------
+
+    def _open_log(self) -> None:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, nflog.NETLINK_NETFILTER)
+        sock.bind((0, 0))
+        sock.settimeout(2.0)
+        sock.send(nflog.bind_request(self.host.nflog_group))
+        acks = 0
+        while acks < 2:
+            for item in nflog.parse(sock.recv(65536)):
+                if isinstance(item, nflog.NetlinkError):
+                    sock.close()
+                    raise HostError(
+                        f"NFLOG group {self.host.nflog_group}: {os.strerror(item.errno)} "
+                        "(another reader on this group? set host.nflog_group)"
+                    )
+                acks += 1
+        sock.setblocking(False)
+        asyncio.get_running_loop().add_reader(sock, self._readable)
+        self._sock = sock
+
+    def _readable(self) -> None:
+        assert self._sock is not None
+        while True:
+            try:
+                data = self._sock.recv(65536)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                # ENOBUFS: the kernel dropped log messages; the counters still have them.
+                self.lost += 1
+                log.warning("host: NFLOG messages lost (%s)", exc)
+                continue
+            for item in nflog.parse(data):
+                if isinstance(item, nflog.Dropped):
+                    self._enqueue(item)
+
+    def _enqueue(self, dropped: nflog.Dropped) -> None:
+        now = time.monotonic()
+        key = (dropped.prefix, dropped.protocol, dropped.destination, dropped.port,
+               dropped.source_port)  # fmt: skip
+        seen = self._recent.get(key)
+        self._recent[key] = now
+        self._recent.move_to_end(key)
+        while len(self._recent) > RECENT_ATTEMPTS:
+            self._recent.popitem(last=False)
+        if seen is not None and now - seen < SAME_ATTEMPT_S:
+            return
+        try:
+            self._queue.put_nowait(dropped)
+        except asyncio.QueueFull:
+            self.lost += 1
+
+    async def _report(self) -> None:
+        while True:
+            dropped = await self._queue.get()
+            try:
+                await self.decide(dropped)
+            except Exception:
+                log.exception("host: reporting a dropped connection failed")
+
+    async def decide(self, dropped: nflog.Dropped) -> Decision | None:
+        """Ask the policy about a connection the table already dropped: the answer is at
+        least a deny (the packet is gone); a stricter one (restrict, isolate) is applied
+        like any decision's, and the record goes to the audit log."""
+        parts = dropped.prefix.split()
+        if len(parts) != 3 or parts[0] != rules.PREFIX or not parts[1].isdigit():
+            return None
+        uid, mode = int(parts[1]), parts[2]
+        agent = self.agent_of.get(uid)
+        if agent is None:
+            return None
+        host = f"[{dropped.destination}]" if ":" in dropped.destination else dropped.destination
+        target = f"{dropped.protocol}://{host}" + (f":{dropped.port}" if dropped.port else "")
+        details = {"uid": uid, "transport": dropped.protocol, "destination": dropped.destination,
+                   "port": dropped.port, "mode": mode, "enforced_by": "nftables"}  # fmt: skip
+        action = Action(Agent(agent, authn="uid"), "host", Operation.CONNECT, target, details)
+        a = await self.pdp.assess(action)
+        reason = ISOLATED_REASON if mode == Mode.ISOLATED else REASON
+        if a.error is not None:
+            decision = a.deny(a.error)
+        else:
+            try:
+                result = a.policy.evaluate(self.pdp.entrypoint, a.input_doc)
+                decision = parse_result(
+                    result, decision_id=a.decision_id, risk=a.risk,
+                    policy_version=a.version, now=a.now,
+                )  # fmt: skip
+            except PolicyError as exc:
+                decision = a.deny(f"policy: {exc}")
+        if decision.effect in (Effect.ALLOW, Effect.APPROVE):
+            decision = replace(decision, effect=Effect.DENY, reasons=(reason,), obligations=())
+        else:
+            decision = replace(decision, reasons=(reason, *decision.reasons))
+        self.reported += 1
+        return await self.pdp.settle(a.action, a, decision)

@@ -1,0 +1,193 @@
+"""`interlock host` against real clients run by a real unprivileged user in a namespace:
+direct connections dropped and audited, the proxies reachable, posture reaching the
+firewall and the tool's ACL within a second, a restart keeping it all, and a control
+user never affected."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+
+from tests.host.conftest import CUT_S, TOOL, HostWorld, run_as
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def fresh(world: HostWorld) -> AsyncIterator[HostWorld]:
+    """Each test starts (and leaves) the agent in plain lockdown."""
+    await world.runtime.pdp.store.restore("coder")
+    await world.until_table("lockdown")
+    yield world
+    await world.runtime.pdp.store.restore("coder")
+
+
+async def control_unaffected(w: HostWorld) -> None:
+    """The control user reaches the database and sshd directly, whatever the agent's state."""
+    direct, ssh = await asyncio.gather(w.psql(w.other, w.direct_dsn()), w.ssh_direct(w.other))
+    assert direct.answered("1"), direct.err
+    assert "Permission denied (publickey" in ssh.err, ssh.err
+
+
+async def test_direct_connections_are_dropped_counted_and_audited(fresh: HostWorld) -> None:
+    w = fresh
+    db, ssh, web = await asyncio.gather(
+        w.psql(w.agent, w.direct_dsn()), w.ssh_direct(w.agent), w.curl_direct(w.agent)
+    )
+    for r in (db, ssh, web):
+        assert r.dropped, r.err
+    for port in (w.pg.port, w.sshd.port, w.site):
+        found = await w.host_denials(port)
+        assert found, f"no audit record of the dropped connection to {port}"
+        record = found[0]
+        assert record["effect"] == "deny"
+        assert record["agent"]["id"] == "coder"
+        assert record["action"]["operation"] == "connect"
+        assert record["action"]["target"] == f"tcp://127.0.0.1:{port}"
+        assert record["action"]["details"]["mode"] == "lockdown"
+        assert "firewall" in record["reasons"][0]
+    assert "counter packets 0 " not in await w.table()
+    await control_unaffected(w)
+
+
+async def test_connections_through_the_proxies_work(fresh: HostWorld) -> None:
+    w = fresh
+    db, ssh, web = await asyncio.gather(
+        w.psql(w.agent, w.proxy_dsn()), w.ssh_proxy(w.agent), w.curl_proxy(w.agent)
+    )
+    assert db.answered("1"), db.err
+    assert ssh.answered("reached"), ssh.err
+    assert web.answered("fine"), web.err
+    await control_unaffected(w)
+
+
+async def test_isolation_cuts_everything_within_a_second_and_restore_brings_it_back(
+    fresh: HostWorld,
+) -> None:
+    w = fresh
+    sleeper = await asyncio.create_subprocess_exec(
+        "runuser", "-u", w.agent.name, "--", "sleep", "60"
+    )
+    bystander = await asyncio.create_subprocess_exec(
+        "runuser", "-u", w.other.name, "--", "sleep", "60"
+    )
+    started = time.monotonic()
+    await w.runtime.pdp.store.restrict("coder", (), isolate=True, reason="test")
+    cut = await w.until_table(f"{w.agent.uid} isolated")
+    elapsed = time.monotonic() - started
+    print(f"\nisolation in the kernel after {elapsed * 1000:.0f} ms")
+    assert elapsed < CUT_S
+    db, ssh, web = await asyncio.gather(
+        w.psql(w.agent, w.proxy_dsn()), w.ssh_proxy(w.agent), w.curl_proxy(w.agent)
+    )
+    for r in (db, ssh, web):
+        # The firewall's doing, not the proxy's refusal: the connection never opens.
+        assert r.dropped, r.err
+    assert await asyncio.wait_for(sleeper.wait(), 5) != 0  # kill_on_isolate
+    assert bystander.returncode is None
+    bystander.kill()
+    await bystander.wait()
+    await control_unaffected(w)
+    assert (await w.host_denials(w.port("postgres")))[-1]["action"]["details"]["mode"] == "isolated"
+
+    started = time.monotonic()
+    await w.runtime.pdp.store.restore("coder")
+    await w.until_table(f"{w.agent.uid} lockdown")
+    elapsed = time.monotonic() - started
+    print(f"restore in the kernel after {elapsed * 1000:.0f} ms (cut {cut * 1000:.0f} ms)")
+    assert elapsed < CUT_S
+    db = await w.psql(w.agent, w.proxy_dsn())
+    assert db.answered("1"), db.err
+
+
+async def test_no_egress_keeps_only_the_postgres_and_ssh_proxies(fresh: HostWorld) -> None:
+    w = fresh
+    await w.runtime.pdp.store.restrict("coder", ["no_egress"])
+    assert await w.until_table(f"{w.agent.uid} no_egress") < CUT_S
+    db, ssh, web = await asyncio.gather(
+        w.psql(w.agent, w.proxy_dsn()), w.ssh_proxy(w.agent), w.curl_proxy(w.agent)
+    )
+    assert db.answered("1"), db.err
+    assert ssh.answered("reached"), ssh.err
+    assert web.dropped, web.err
+    await control_unaffected(w)
+
+
+async def test_a_disabled_tool_fails_for_the_agent_user_only(fresh: HostWorld) -> None:
+    w = fresh
+    before = await run_as(w.agent, str(w.tool))
+    assert before.code == 0, before.err
+    started = time.monotonic()
+    await w.runtime.pdp.store.restrict("coder", [f"tool:{TOOL}"])
+    while (r := await run_as(w.agent, str(w.tool))).code == 0:
+        assert time.monotonic() - started < CUT_S, "tool still runs"
+    print(f"\ntool disabled after {(time.monotonic() - started) * 1000:.0f} ms")
+    assert "Permission denied" in r.err
+    shell = await run_as(w.agent, "sh", "-c", str(w.tool))
+    assert shell.code == 126
+    assert "Permission denied" in shell.err
+    copy = await run_as(w.agent, "cp", str(w.tool), "/tmp/interlock-probe-copy")
+    assert copy.code != 0  # nor can it be copied and the copy run
+    control = await run_as(w.other, str(w.tool))
+    assert control.code == 0, control.err
+    assert control.out.startswith(f"uid={w.other.uid}({w.other.name})")
+    await w.runtime.pdp.store.restore("coder")
+    started = time.monotonic()
+    while (r := await run_as(w.agent, str(w.tool))).code != 0:
+        assert time.monotonic() - started < CUT_S, f"tool not restored: {r.err}"
+    assert (await run_as(None, "getfacl", "-c", "-n", str(w.tool))).out.count("user:") == 1
+
+
+async def test_restart_keeps_the_rules_and_rebuilds_from_current_posture(
+    fresh: HostWorld,
+) -> None:
+    w = fresh
+    await w.stop_enforcer()
+    try:
+        # Stopped (keep_lockdown, the default): the lockdown stays in the kernel.
+        assert f"{w.agent.uid} lockdown" in await w.table()
+        db = await w.psql(w.agent, w.direct_dsn())
+        assert db.dropped, db.err
+        # Posture changed while no enforcer ran: a restart applies it at once.
+        await w.runtime.pdp.store.restrict("coder", ["no_egress", f"tool:{TOOL}"])
+    finally:
+        await w.start_enforcer()
+    assert f"{w.agent.uid} no_egress" in await w.table()
+    assert (await run_as(w.agent, str(w.tool))).code != 0
+    await w.runtime.pdp.store.restore("coder")
+    await w.until_table(f"{w.agent.uid} lockdown")
+    await control_unaffected(w)
+
+
+async def test_stop_without_keep_lockdown_removes_the_table_and_acls(fresh: HostWorld) -> None:
+    w = fresh
+    await w.runtime.pdp.store.restrict("coder", [f"tool:{TOOL}"])
+    await w.stop_enforcer()
+    loose = w.tmp / "loose.toml"
+    loose.write_text(
+        w.config_file.read_text().replace("[host]\n", "[host]\nkeep_lockdown = false\n", 1)
+    )
+    await w.start_enforcer(loose)
+    assert (await run_as(w.agent, str(w.tool))).code != 0
+    await w.stop_enforcer()
+    try:
+        assert await w.table() == ""
+        assert (await run_as(w.agent, str(w.tool))).code == 0
+        db = await w.psql(w.agent, w.direct_dsn())
+        assert db.answered("1"), db.err
+    finally:
+        await w.start_enforcer()
+
+
+async def test_a_flushed_table_is_installed_again(fresh: HostWorld) -> None:
+    w = fresh
+    await run_as(None, "nft", "delete", "table", "inet", "interlock")
+    took = await w.until_table(f"{w.agent.uid} lockdown")
+    assert w.config.host is not None
+    assert took < w.config.host.resync_interval + 0.5
+    db = await w.psql(w.agent, w.direct_dsn())
+    assert db.dropped, db.err
