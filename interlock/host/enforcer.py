@@ -182,6 +182,8 @@ class HostEnforcer:
         self._applied.set()
 
     async def _apply_acls(self, now: float) -> None:
+        """Bring the tool ACLs to what posture wants. A binary that cannot be changed is
+        logged and retried on the next pass; the others (and the table) still apply."""
         disabled = {a: rules.disabled_tools(p, now) for a, p in self.postures.items()}
         wanted = rules.acl_denials(self.uids, self.host.tools, disabled)
         if self._acls_synced and wanted == self._denied:
@@ -189,12 +191,24 @@ class HostEnforcer:
         # The first pass trusts nothing it did not see: every mapped pair is set or
         # cleared, so a restore that happened while the enforcer was down still lands.
         mapped = {(u, p) for u in self.uids.values() for p in self.host.tools.values()}
-        for uid, path in sorted(wanted - self._denied if self._acls_synced else wanted):
-            await system.deny_execute(uid, path)
-        for uid, path in sorted((self._denied if self._acls_synced else mapped) - wanted):
-            await system.restore_execute(uid, path)
-        self._denied = wanted
-        self._acls_synced = True
+        known = self._denied if self._acls_synced else frozenset(mapped)
+        applied, failed = set(self._denied), False
+        for uid, path in sorted(wanted - (self._denied if self._acls_synced else set())):
+            try:
+                await system.deny_execute(uid, path)
+                applied.add((uid, path))
+            except HostError as exc:
+                failed = True
+                log.error("host: tool ACL for uid %d not set: %s", uid, exc)
+        for uid, path in sorted(known - wanted):
+            try:
+                await system.restore_execute(uid, path)
+                applied.discard((uid, path))
+            except HostError as exc:
+                failed = True
+                log.error("host: tool ACL for uid %d not restored: %s", uid, exc)
+        self._denied = frozenset(applied)
+        self._acls_synced = self._acls_synced or not failed
 
     # --- dropped connections -> decisions ----------------------------------------------------
 

@@ -52,24 +52,25 @@ def disabled_tools(posture: Posture, now: float) -> frozenset[str]:
     return frozenset(r.removeprefix(TOOL_PREFIX) for r in names if r.startswith(TOOL_PREFIX))
 
 
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """One place an agent's user may connect to. `address` None: any local address."""
+    """One place an agent's user may connect to. `address` unspecified (0.0.0.0, ::):
+    any local address of that family, as a wildcard listener accepts."""
 
     kind: str
-    address: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+    address: Address
     port: int
     protocols: tuple[str, ...] = ("tcp",)
 
 
-def _addresses(
-    host: str,
-) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address | None]:
+def _addresses(host: str) -> list[Address]:
     host = host.strip("[]")
     if host == "localhost":
         return [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")]
-    address = ipaddress.ip_address(host)
-    return [None] if address.is_unspecified else [address]
+    return [ipaddress.ip_address(host)]
 
 
 def endpoints(config: Config) -> list[Endpoint]:
@@ -111,8 +112,11 @@ def allowed(all_endpoints: Iterable[Endpoint], mode: Mode) -> list[Endpoint]:
 
 def _match(e: Endpoint, protocol: str) -> str:
     where = f"{protocol} dport {e.port}"
-    if e.address is None:
-        return f"fib daddr type local {where}"
+    if e.address.is_unspecified:
+        # One family only: interlock's listeners on [::] are IPv6-only (asyncio sets
+        # IPV6_V6ONLY), so the same port on the other family may be someone else's.
+        family = "ipv4" if e.address.version == 4 else "ipv6"
+        return f"meta nfproto {family} fib daddr type local {where}"
     family = "ip" if e.address.version == 4 else "ip6"
     return f"{family} daddr {e.address} {where}"
 
@@ -121,9 +125,11 @@ def chain(uid: int, mode: Mode, all_endpoints: Iterable[Endpoint], group: int) -
     """The rules of one agent user's chain, in order."""
     rules = []
     if mode is not Mode.ISOLATED:
-        # Answers on connections others opened to the agent's own sockets (a dev server
-        # a person browses) are not the agent reaching out.
-        rules.append("ct direction reply accept")
+        # Answers on connections a local process opened to the agent's own sockets (a
+        # dev server a person browses) are not the agent reaching out. Only local ones:
+        # a remote party opening a connection (or sending the first datagram) to the
+        # agent would otherwise be a way out the proxies never see.
+        rules.append("ct direction reply fib daddr type local accept")
     for e in allowed(all_endpoints, mode):
         rules.extend(f"{_match(e, p)} accept" for p in e.protocols)
     rules.append(

@@ -27,11 +27,13 @@ from aiohttp import web
 from interlock.config import Config, parse_config
 from interlock.runtime import Runtime, build, start
 from interlock.testing import serve_app
-from interlock.testing.services import Postgres, Sshd, free_port
+from interlock.testing.services import Postgres, Sshd, free_port, serving
 from tests.services import postgres_server, redis_server, sshd_server
 
 TOKEN = "coder-token-0123456789"
 TOOL = "probe"
+NAME = "probe.test"
+"""Answered by the namespace's resolver (dnsmasq on 127.0.0.1:53) with 127.0.0.1."""
 ROOT = str(Path(__file__).resolve().parents[2])
 """This checkout, for the enforcer's process."""
 CUT_S = 1.0
@@ -91,6 +93,7 @@ class HostWorld:
     site: int
     agent_key: Path
     proxy_known_hosts: Path
+    resolv_conf: Path
     enforcer: asyncio.subprocess.Process | None = None
 
     def port(self, kind: str) -> int:
@@ -130,6 +133,16 @@ class HostWorld:
             user, "curl", "-sS", "--connect-timeout", "1", "--max-time", "10",
             "-x", f"http://coder:{TOKEN}@127.0.0.1:{self.port('http')}",
             f"http://127.0.0.1:{self.site}/ok",
+        )  # fmt: skip
+
+    async def curl_by_name(self, user: User) -> Result:
+        """curl resolving `NAME` through the namespace's resolver (the host's resolv.conf
+        swapped in a private mount namespace for this one command)."""
+        return await run_as(
+            None, "unshare", "-m", "sh", "-c",
+            'mount --bind "$0" /etc/resolv.conf && exec runuser -u "$1" -- '
+            'curl -sS --connect-timeout 1 "$2"',
+            str(self.resolv_conf), user.name, f"http://{NAME}:{self.site}/ok",
         )  # fmt: skip
 
     async def curl_direct(self, user: User) -> Result:
@@ -287,6 +300,7 @@ class Prepared:
     config_file: Path
     config: Config
     ssh_port: int
+    resolv_conf: Path
 
 
 def _prepare(stack: contextlib.ExitStack) -> Prepared:
@@ -303,6 +317,16 @@ def _prepare(stack: contextlib.ExitStack) -> Prepared:
     pg = stack.enter_context(postgres_server())
     sshd = stack.enter_context(sshd_server())
     redis = stack.enter_context(redis_server())
+    (tmp / "hosts").write_text(f"127.0.0.1 {NAME}\n")
+    dnsmasq = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
+    stack.enter_context(serving([
+        dnsmasq, "--keep-in-foreground", "--port=53", "--listen-address=127.0.0.1",
+        "--bind-interfaces", "--no-resolv", "--no-hosts", f"--addn-hosts={tmp / 'hosts'}",
+        "--conf-file=/dev/null", "--pid-file=", "--user=root", "--log-facility=-",
+    ], 53, "dnsmasq"))  # fmt: skip
+    resolv_conf = tmp / "resolv.conf"
+    resolv_conf.write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+    resolv_conf.chmod(0o644)
     agent_key = tmp / "agent_key"
     subprocess.run(
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(agent_key)], check=True
@@ -322,8 +346,9 @@ def _prepare(stack: contextlib.ExitStack) -> Prepared:
     config_file.write_text(text)
     config = parse_config(tomllib.loads(text))
     return Prepared(
-        tmp, agent, other, tool, pg, sshd, agent_key, config_file, config, values["ssh_port"]
-    )
+        tmp, agent, other, tool, pg, sshd, agent_key, config_file, config, values["ssh_port"],
+        resolv_conf,
+    )  # fmt: skip
 
 
 def _known_hosts(p: Prepared, host_key: str) -> Path:
@@ -350,7 +375,7 @@ async def world() -> AsyncIterator[HostWorld]:
             known = _known_hosts(p, rt.endpoints["ssh host key"])
             w = HostWorld(
                 p.tmp, p.config_file, p.config, rt, p.agent, p.other, p.tool, p.pg, p.sshd,
-                int(site.rsplit(":", 1)[1]), p.agent_key, known,
+                int(site.rsplit(":", 1)[1]), p.agent_key, known, p.resolv_conf,
             )  # fmt: skip
             await w.start_enforcer()
             try:

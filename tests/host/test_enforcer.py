@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
+from interlock.testing.services import free_port
 from tests.host.conftest import CUT_S, TOOL, HostWorld, run_as
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
@@ -122,7 +123,8 @@ async def test_a_disabled_tool_fails_for_the_agent_user_only(fresh: HostWorld) -
     before = await run_as(w.agent, str(w.tool))
     assert before.code == 0, before.err
     started = time.monotonic()
-    await w.runtime.pdp.store.restrict("coder", [f"tool:{TOOL}"])
+    # A mapped binary that is missing is logged and retried; the others still apply.
+    await w.runtime.pdp.store.restrict("coder", ["tool:ghost", f"tool:{TOOL}"])
     while (r := await run_as(w.agent, str(w.tool))).code == 0:
         assert time.monotonic() - started < CUT_S, "tool still runs"
     print(f"\ntool disabled after {(time.monotonic() - started) * 1000:.0f} ms")
@@ -191,3 +193,48 @@ async def test_a_flushed_table_is_installed_again(fresh: HostWorld) -> None:
     assert took < w.config.host.resync_interval + 0.5
     db = await w.psql(w.agent, w.direct_dsn())
     assert db.dropped, db.err
+
+
+async def test_dns_only_when_allowed(fresh: HostWorld) -> None:
+    w = fresh
+    blocked, control = await asyncio.gather(w.curl_by_name(w.agent), w.curl_by_name(w.other))
+    assert blocked.code == 6, blocked.err  # could not resolve: the query was dropped
+    assert control.answered("fine"), control.err
+    [query, *_] = await w.host_denials(53)
+    assert query["action"]["target"] == "udp://127.0.0.1:53"
+    await w.stop_enforcer()
+    allowing = w.tmp / "dns.toml"
+    allowing.write_text(
+        w.config_file.read_text().replace("[host]\n", '[host]\ndns = ["127.0.0.1"]\n', 1)
+    )
+    await w.start_enforcer(allowing)
+    try:
+        resolved = await w.curl_by_name(w.agent)
+        # The name resolves now; the connection to the address it names is still dropped.
+        assert resolved.dropped, resolved.err
+    finally:
+        await w.stop_enforcer()
+        await w.start_enforcer()
+
+
+async def test_local_clients_reach_the_agents_own_server(fresh: HostWorld) -> None:
+    w = fresh
+    port = free_port()
+    server = await asyncio.create_subprocess_exec(
+        "runuser", "-u", w.agent.name, "--", "python3", "-m", "http.server", str(port),
+        "--bind", "127.0.0.1", "--directory", str(w.tmp),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/hosts"
+    try:
+        started = time.monotonic()
+        while (page := await run_as(w.other, "curl", "-sS", "--max-time", "2", url)).code:
+            assert time.monotonic() - started < 10, page.err
+            await asyncio.sleep(0.05)
+        assert "probe.test" in page.out
+        # The agent itself reaching its own server is a connection out like any other.
+        own = await run_as(w.agent, "curl", "-sS", "--connect-timeout", "1", url)
+        assert own.dropped, own.err
+    finally:
+        server.kill()
+        await server.wait()

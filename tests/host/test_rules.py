@@ -48,7 +48,7 @@ def test_endpoints_come_from_the_proxy_sections_and_the_resolvers() -> None:
 
 def test_lockdown_reaches_the_proxies_and_resolvers_and_logs_then_drops_the_rest() -> None:
     rules = chain(1001, Mode.LOCKDOWN, POINTS, 7)
-    assert rules[0] == "ct direction reply accept"
+    assert rules[0] == "ct direction reply fib daddr type local accept"
     assert accepts(rules) == [
         "ip daddr 127.0.0.1 tcp dport 8080 accept",
         "ip daddr 127.0.0.1 tcp dport 6432 accept",
@@ -76,8 +76,8 @@ def test_isolation_accepts_nothing_not_even_replies() -> None:
 @pytest.mark.parametrize(
     ("listen", "expected"),
     [
-        ("0.0.0.0:8080", ["fib daddr type local tcp dport 8080 accept"]),
-        ("[::]:8080", ["fib daddr type local tcp dport 8080 accept"]),
+        ("0.0.0.0:8080", ["meta nfproto ipv4 fib daddr type local tcp dport 8080 accept"]),
+        ("[::]:8080", ["meta nfproto ipv6 fib daddr type local tcp dport 8080 accept"]),
         (
             "localhost:8080",
             ["ip daddr 127.0.0.1 tcp dport 8080 accept", "ip6 daddr ::1 tcp dport 8080 accept"],
