@@ -192,21 +192,23 @@ class HostEnforcer:
         # cleared, so a restore that happened while the enforcer was down still lands.
         mapped = {(u, p) for u in self.uids.values() for p in self.host.tools.values()}
         known = self._denied if self._acls_synced else frozenset(mapped)
+        denying = sorted(wanted - (self._denied if self._acls_synced else set()))
+        changes = [(True, pair) for pair in denying]
+        changes += [(False, pair) for pair in sorted(known - wanted)]
         applied, failed = set(self._denied), False
-        for uid, path in sorted(wanted - (self._denied if self._acls_synced else set())):
+        for deny, (uid, path) in changes:
+            change = system.deny_execute if deny else system.restore_execute
             try:
-                await system.deny_execute(uid, path)
+                await change(uid, path)
+            except HostError as exc:
+                failed = True
+                what = "set" if deny else "restored"
+                log.error("host: tool ACL for uid %d not %s: %s", uid, what, exc)
+                continue
+            if deny:
                 applied.add((uid, path))
-            except HostError as exc:
-                failed = True
-                log.error("host: tool ACL for uid %d not set: %s", uid, exc)
-        for uid, path in sorted(known - wanted):
-            try:
-                await system.restore_execute(uid, path)
+            else:
                 applied.discard((uid, path))
-            except HostError as exc:
-                failed = True
-                log.error("host: tool ACL for uid %d not restored: %s", uid, exc)
         self._denied = frozenset(applied)
         self._acls_synced = self._acls_synced or not failed
 
