@@ -56,13 +56,13 @@ class HostEnforcer:
         self.postures: dict[str, Posture] = {}
         self.modes: dict[str, Mode] = {}
         self.lost = 0
-        self.reported = 0
+        """Attempts dropped but not audited (report queue full, netlink buffer overrun)."""
+        self._lost_said = 0
         self._unreadable: set[str] = set()
         self._script: str | None = None
         self._denied: frozenset[tuple[int, Path]] = frozenset()
         self._acls_synced = False
         self._wake = asyncio.Event()
-        self._applied = asyncio.Event()
         self._queue: asyncio.Queue[nflog.Dropped] = asyncio.Queue(REPORT_QUEUE)
         self._recent: OrderedDict[tuple[object, ...], float] = OrderedDict()
         self._sock: socket.socket | None = None
@@ -98,11 +98,6 @@ class HostEnforcer:
             for uid, path in sorted(self._denied):
                 await system.restore_execute(uid, path)
             log.warning("host: table inet %s removed, tool ACLs restored", rules.TABLE)
-
-    async def applied(self) -> None:
-        """Until the next change has been applied (tests, and `interlock host` start-up)."""
-        self._applied.clear()
-        await self._applied.wait()
 
     # --- posture -> rules ------------------------------------------------------------------
 
@@ -140,6 +135,9 @@ class HostEnforcer:
                 await asyncio.wait_for(self._wake.wait(), self._next_expiry(self.clock()))
             except TimeoutError:
                 await self._resync()
+                if self.lost != self._lost_said:
+                    log.warning("host: %d dropped attempts counted but not audited", self.lost)
+                    self._lost_said = self.lost
                 if not await system.table_present():
                     # Someone flushed the ruleset (a firewall service reloading): the
                     # agents' users must not stay unfenced until the next posture change.
@@ -179,7 +177,6 @@ class HostEnforcer:
                 log.warning("host: %s isolated: %d processes of uid %d killed",
                             agent, killed, self.uids[agent])  # fmt: skip
         self.modes = modes
-        self._applied.set()
 
     async def _apply_acls(self, now: float) -> None:
         """Bring the tool ACLs to what posture wants. A binary that cannot be changed is
@@ -215,20 +212,30 @@ class HostEnforcer:
     # --- dropped connections -> decisions ----------------------------------------------------
 
     def _open_log(self) -> None:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, nflog.NETLINK_NETFILTER)
-        sock.bind((0, 0))
-        sock.settimeout(2.0)
-        sock.send(nflog.bind_request(self.host.nflog_group))
-        acks = 0
-        while acks < 2:
-            for item in nflog.parse(sock.recv(65536)):
-                if isinstance(item, nflog.NetlinkError):
-                    sock.close()
-                    raise HostError(
-                        f"NFLOG group {self.host.nflog_group}: {os.strerror(item.errno)} "
-                        "(another reader on this group? set host.nflog_group)"
-                    )
-                acks += 1
+        group = self.host.nflog_group
+        try:
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, nflog.NETLINK_NETFILTER)
+        except OSError as exc:
+            raise HostError(f"netfilter netlink unavailable for NFLOG: {exc}") from None
+        try:
+            sock.bind((0, 0))
+            sock.settimeout(2.0)
+            sock.send(nflog.bind_request(group))
+            acks = 0
+            while acks < 2:
+                for item in nflog.parse(sock.recv(65536)):
+                    if isinstance(item, nflog.NetlinkError):
+                        raise HostError(
+                            f"NFLOG group {group}: {os.strerror(item.errno)} "
+                            "(another reader on this group? set host.nflog_group)"
+                        )
+                    acks += 1
+        except OSError as exc:
+            sock.close()
+            raise HostError(f"NFLOG group {group}: {exc}") from None
+        except HostError:
+            sock.close()
+            raise
         sock.setblocking(False)
         asyncio.get_running_loop().add_reader(sock, self._readable)
         self._sock = sock
@@ -306,5 +313,4 @@ class HostEnforcer:
             decision = replace(decision, effect=Effect.DENY, reasons=(reason,), obligations=())
         else:
             decision = replace(decision, reasons=(reason, *decision.reasons))
-        self.reported += 1
         return await self.pdp.settle(a.action, a, decision)

@@ -36,7 +36,7 @@ _NLA = struct.Struct("=HH")
 
 
 class NetlinkError(Exception):
-    """The kernel refused a request; `errno` says why (EBUSY: the group has a reader)."""
+    """The kernel refused a request; `errno` says why (EPERM: another socket reads the group)."""
 
     def __init__(self, errno: int) -> None:
         super().__init__(f"netlink error {errno}")

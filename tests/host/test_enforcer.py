@@ -6,6 +6,7 @@ user never affected."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import AsyncIterator
 
@@ -52,6 +53,10 @@ async def test_direct_connections_are_dropped_counted_and_audited(fresh: HostWor
         assert record["action"]["details"]["mode"] == "lockdown"
         assert "firewall" in record["reasons"][0]
     assert "counter packets 0 " not in await w.table()
+    # A decision like any other: it is in the agent's context the next decision reads.
+    view = await w.runtime.pdp.store.view("coder", "", time.time())
+    assert {(a.protocol, a.effect) for a in view.recent} >= {("host", "deny")}
+    print("\nrecord:", record["reasons"], record["risk"])
     await control_unaffected(w)
 
 
@@ -238,3 +243,14 @@ async def test_local_clients_reach_the_agents_own_server(fresh: HostWorld) -> No
     finally:
         server.kill()
         await server.wait()
+
+
+async def test_a_second_enforcer_in_the_namespace_is_refused(fresh: HostWorld) -> None:
+    w = fresh
+    second = await run_as(None, sys.executable, "-m", "interlock.cli", "host", "-c",
+                          str(w.config_file))  # fmt: skip
+    assert second.code == 1
+    assert "NFLOG group 29: Operation not permitted" in second.err, second.err
+    # The first one still follows posture.
+    await w.runtime.pdp.store.restrict("coder", ["no_egress"])
+    assert await w.until_table(f"{w.agent.uid} no_egress") < CUT_S
