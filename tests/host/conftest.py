@@ -33,7 +33,8 @@ from tests.services import postgres_server, redis_server, sshd_server
 TOKEN = "coder-token-0123456789"
 TOOL = "probe"
 NAME = "probe.test"
-"""Answered by the namespace's resolver (dnsmasq on 127.0.0.1:53) with 127.0.0.1."""
+"""Answered with 127.0.0.1 by the namespace's resolver, dnsmasq on 127.0.0.1:53 (which
+the agent may query) and 127.0.0.2:53 (which it may not)."""
 ROOT = str(Path(__file__).resolve().parents[2])
 """This checkout, for the enforcer's process."""
 CUT_S = 1.0
@@ -93,7 +94,6 @@ class HostWorld:
     site: int
     agent_key: Path
     proxy_known_hosts: Path
-    resolv_conf: Path
     enforcer: asyncio.subprocess.Process | None = None
 
     def port(self, kind: str) -> int:
@@ -135,14 +135,16 @@ class HostWorld:
             f"http://127.0.0.1:{self.site}/ok",
         )  # fmt: skip
 
-    async def curl_by_name(self, user: User) -> Result:
-        """curl resolving `NAME` through the namespace's resolver (the host's resolv.conf
-        swapped in a private mount namespace for this one command)."""
+    async def curl_by_name(self, user: User, resolver: int) -> Result:
+        """curl resolving `NAME` through resolver 127.0.0.`resolver` (1 is allowed, 2 is
+        not; the host's resolv.conf swapped in a private mount namespace for this one
+        command)."""
         return await run_as(
             None, "unshare", "-m", "sh", "-c",
             'mount --bind "$0" /etc/resolv.conf && exec runuser -u "$1" -- '
             'curl -sS --connect-timeout 1 "$2"',
-            str(self.resolv_conf), user.name, f"http://{NAME}:{self.site}/ok",
+            str(self.tmp / f"resolv{resolver}.conf"), user.name,
+            f"http://{NAME}:{self.site}/ok",
         )  # fmt: skip
 
     async def curl_direct(self, user: User) -> Result:
@@ -280,6 +282,7 @@ key = "{w["sshd"].client_key}"
 known_hosts = "{w["sshd"].known_hosts}"
 [host]
 nflog_group = 29
+dns = ["127.0.0.1"]
 resync_interval = 1.0
 {extra}[host.agents]
 coder = {{ uid = {w["agent"].uid} }}
@@ -300,7 +303,6 @@ class Prepared:
     config_file: Path
     config: Config
     ssh_port: int
-    resolv_conf: Path
 
 
 def _prepare(stack: contextlib.ExitStack) -> Prepared:
@@ -321,12 +323,15 @@ def _prepare(stack: contextlib.ExitStack) -> Prepared:
     dnsmasq = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
     stack.enter_context(serving([
         dnsmasq, "--keep-in-foreground", "--port=53", "--listen-address=127.0.0.1",
-        "--bind-interfaces", "--no-resolv", "--no-hosts", f"--addn-hosts={tmp / 'hosts'}",
-        "--conf-file=/dev/null", "--pid-file=", "--user=root", "--log-facility=-",
+        "--listen-address=127.0.0.2", "--bind-interfaces", "--no-resolv", "--no-hosts",
+        f"--addn-hosts={tmp / 'hosts'}", "--conf-file=/dev/null", "--pid-file=",
+        "--user=root", "--log-facility=-",
     ], 53, "dnsmasq"))  # fmt: skip
-    resolv_conf = tmp / "resolv.conf"
-    resolv_conf.write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
-    resolv_conf.chmod(0o644)
+    for n in (1, 2):
+        (tmp / f"resolv{n}.conf").write_text(
+            f"nameserver 127.0.0.{n}\noptions timeout:1 attempts:1\n"
+        )
+        (tmp / f"resolv{n}.conf").chmod(0o644)
     agent_key = tmp / "agent_key"
     subprocess.run(
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(agent_key)], check=True
@@ -346,9 +351,8 @@ def _prepare(stack: contextlib.ExitStack) -> Prepared:
     config_file.write_text(text)
     config = parse_config(tomllib.loads(text))
     return Prepared(
-        tmp, agent, other, tool, pg, sshd, agent_key, config_file, config, values["ssh_port"],
-        resolv_conf,
-    )  # fmt: skip
+        tmp, agent, other, tool, pg, sshd, agent_key, config_file, config, values["ssh_port"]
+    )
 
 
 def _known_hosts(p: Prepared, host_key: str) -> Path:
@@ -375,7 +379,7 @@ async def world() -> AsyncIterator[HostWorld]:
             known = _known_hosts(p, rt.endpoints["ssh host key"])
             w = HostWorld(
                 p.tmp, p.config_file, p.config, rt, p.agent, p.other, p.tool, p.pg, p.sshd,
-                int(site.rsplit(":", 1)[1]), p.agent_key, known, p.resolv_conf,
+                int(site.rsplit(":", 1)[1]), p.agent_key, known,
             )  # fmt: skip
             await w.start_enforcer()
             try:

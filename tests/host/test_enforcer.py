@@ -56,7 +56,6 @@ async def test_direct_connections_are_dropped_counted_and_audited(fresh: HostWor
     # A decision like any other: it is in the agent's context the next decision reads.
     view = await w.runtime.pdp.store.view("coder", "", time.time())
     assert {(a.protocol, a.effect) for a in view.recent} >= {("host", "deny")}
-    print("\nrecord:", record["reasons"], record["risk"])
     await control_unaffected(w)
 
 
@@ -114,6 +113,7 @@ async def test_no_egress_keeps_only_the_postgres_and_ssh_proxies(fresh: HostWorl
     w = fresh
     await w.runtime.pdp.store.restrict("coder", ["no_egress"])
     assert await w.until_table(f"{w.agent.uid} no_egress") < CUT_S
+    await control_unaffected(w)
     db, ssh, web = await asyncio.gather(
         w.psql(w.agent, w.proxy_dsn()), w.ssh_proxy(w.agent), w.curl_proxy(w.agent)
     )
@@ -186,6 +186,7 @@ async def test_stop_without_keep_lockdown_removes_the_table_and_acls(fresh: Host
         assert (await run_as(w.agent, str(w.tool))).code == 0
         db = await w.psql(w.agent, w.direct_dsn())
         assert db.answered("1"), db.err
+        await control_unaffected(w)
     finally:
         await w.start_enforcer()
 
@@ -198,28 +199,24 @@ async def test_a_flushed_table_is_installed_again(fresh: HostWorld) -> None:
     assert took < w.config.host.resync_interval + 0.5
     db = await w.psql(w.agent, w.direct_dsn())
     assert db.dropped, db.err
+    await control_unaffected(w)
 
 
-async def test_dns_only_when_allowed(fresh: HostWorld) -> None:
+async def test_dns_only_through_the_allowed_resolvers(fresh: HostWorld) -> None:
     w = fresh
-    blocked, control = await asyncio.gather(w.curl_by_name(w.agent), w.curl_by_name(w.other))
-    assert blocked.code == 6, blocked.err  # could not resolve: the query was dropped
-    assert control.answered("fine"), control.err
-    [query, *_] = await w.host_denials(53)
-    assert query["action"]["target"] == "udp://127.0.0.1:53"
-    await w.stop_enforcer()
-    allowing = w.tmp / "dns.toml"
-    allowing.write_text(
-        w.config_file.read_text().replace("[host]\n", '[host]\ndns = ["127.0.0.1"]\n', 1)
+    other, allowed, control = await asyncio.gather(
+        w.curl_by_name(w.agent, 2), w.curl_by_name(w.agent, 1), w.curl_by_name(w.other, 2)
     )
-    await w.start_enforcer(allowing)
-    try:
-        resolved = await w.curl_by_name(w.agent)
-        # The name resolves now; the connection to the address it names is still dropped.
-        assert resolved.dropped, resolved.err
-    finally:
-        await w.stop_enforcer()
-        await w.start_enforcer()
+    assert other.code == 6, other.err  # could not resolve: the query was dropped
+    [query, *_] = await w.host_denials(53)
+    assert query["action"]["target"] == "udp://127.0.0.2:53"
+    # The name resolves through the allowed one; the address it names is still fenced off.
+    assert allowed.dropped, allowed.err
+    assert control.answered("fine"), control.err
+    await w.runtime.pdp.store.restrict("coder", ["no_egress"])
+    await w.until_table(f"{w.agent.uid} no_egress")
+    cut = await w.curl_by_name(w.agent, 1)
+    assert cut.code == 6, cut.err  # no_egress: no DNS either
 
 
 async def test_local_clients_reach_the_agents_own_server(fresh: HostWorld) -> None:
@@ -254,3 +251,18 @@ async def test_a_second_enforcer_in_the_namespace_is_refused(fresh: HostWorld) -
     # The first one still follows posture.
     await w.runtime.pdp.store.restrict("coder", ["no_egress"])
     assert await w.until_table(f"{w.agent.uid} no_egress") < CUT_S
+    await control_unaffected(w)
+
+
+async def test_an_expired_restriction_is_lifted_on_the_host(fresh: HostWorld) -> None:
+    w = fresh
+    until = time.time() + 0.5
+    await w.runtime.pdp.store.restrict("coder", ["no_egress"], until=until)
+    await w.until_table(f"{w.agent.uid} no_egress")
+    await w.until_table(f"{w.agent.uid} lockdown")
+    late = time.time() - until
+    print(f"\nexpiry applied {late * 1000:.0f} ms after `until`")
+    assert late < CUT_S
+    web = await w.curl_proxy(w.agent)
+    assert web.answered("fine"), web.err
+    await control_unaffected(w)
