@@ -138,6 +138,9 @@ class HostEnforcer:
                 if self.lost != self._lost_said:
                     log.warning("host: %d dropped attempts counted but not audited", self.lost)
                     self._lost_said = self.lost
+                # A package upgrade replaces a binary (a new file without the entry):
+                # the next pass sets or clears every mapped pair again.
+                self._acls_synced = False
                 if not await system.table_present():
                     # Someone flushed the ruleset (a firewall service reloading): the
                     # agents' users must not stay unfenced until the next posture change.

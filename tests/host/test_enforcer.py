@@ -266,3 +266,24 @@ async def test_an_expired_restriction_is_lifted_on_the_host(fresh: HostWorld) ->
     web = await w.curl_proxy(w.agent)
     assert web.answered("fine"), web.err
     await control_unaffected(w)
+
+
+async def test_a_replaced_tool_binary_is_disabled_again(fresh: HostWorld) -> None:
+    w = fresh
+    await w.runtime.pdp.store.restrict("coder", [f"tool:{TOOL}"])
+    started = time.monotonic()
+    while (await run_as(w.agent, str(w.tool))).code == 0:
+        assert time.monotonic() - started < CUT_S, "tool still runs"
+    # As a package upgrade does: a new file renamed over the old one, without the ACL.
+    fresh_copy = w.tmp / "probe.new"
+    await run_as(None, "cp", "/usr/bin/id", str(fresh_copy))
+    acl = await run_as(None, "getfacl", "-c", "-n", str(fresh_copy))
+    assert f"user:{w.agent.uid}:" not in acl.out
+    fresh_copy.rename(w.tool)
+    started = time.monotonic()
+    while (r := await run_as(w.agent, str(w.tool))).code == 0:
+        assert w.config.host is not None
+        assert time.monotonic() - started < w.config.host.resync_interval + 1, r.out
+        await asyncio.sleep(0.05)
+    assert "Permission denied" in r.err
+    assert (await run_as(w.other, str(w.tool))).code == 0
