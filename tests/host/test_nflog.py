@@ -71,13 +71,13 @@ def test_a_truncated_message_is_not_read_past_its_end() -> None:
     assert nflog.parse(whole[:-8]) == []
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.binary(max_size=300))
 def test_arbitrary_bytes_never_raise(data: bytes) -> None:
     nflog.parse(data)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     st.ip_addresses(),
     st.integers(0, 65535),

@@ -141,7 +141,7 @@ postures = st.builds(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.dictionaries(st.integers(1, 2**32 - 2), postures, max_size=4), st.floats(0, 20))
 def test_every_ruleset_touches_only_its_table_and_drops_what_it_does_not_allow(
     agents: dict[int, Posture], now: float
@@ -161,3 +161,27 @@ def test_every_ruleset_touches_only_its_table_and_drops_what_it_does_not_allow(
         }[mode]
         assert allowed == expected
         assert f"\n  chain agent_{uid} {{\n" in script
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.dictionaries(st.sampled_from(["a", "b", "c"]), st.integers(1, 5000), max_size=3),
+    st.dictionaries(st.sampled_from(["curl", "git", "ssh"]), st.sampled_from(["/x", "/y"])),
+    st.dictionaries(
+        st.sampled_from(["a", "b", "c", "d"]),
+        st.frozensets(st.sampled_from(["curl", "git", "ssh", "psql"])),
+    ),
+)
+def test_acl_denials_are_exactly_the_mapped_tools_of_configured_agents(
+    uids: dict[str, int], tools: dict[str, str], disabled: dict[str, frozenset[str]]
+) -> None:
+    paths = {name: Path(p) for name, p in tools.items()}
+    denials = acl_denials(uids, paths, disabled)
+    expected = {
+        (uids[agent], paths[name])
+        for agent, names in disabled.items()
+        for name in names
+        if agent in uids and name in paths
+    }
+    assert denials == expected
+    assert all(uid in uids.values() for uid, _ in denials)
