@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -56,7 +57,8 @@ class HostEnforcer:
         self.postures: dict[str, Posture] = {}
         self.modes: dict[str, Mode] = {}
         self.lost = 0
-        """Attempts dropped but not audited (report queue full, netlink buffer overrun)."""
+        """Dropped attempts not audited: each one the report queue had no room for, and
+        each netlink buffer overrun (which loses one or more)."""
         self._lost_said = 0
         self._unreadable: set[str] = set()
         self._script: str | None = None
@@ -136,7 +138,8 @@ class HostEnforcer:
             except TimeoutError:
                 await self._resync()
                 if self.lost != self._lost_said:
-                    log.warning("host: %d dropped attempts counted but not audited", self.lost)
+                    log.warning("host: %d dropped attempts (or NFLOG overruns) not audited",
+                                self.lost)  # fmt: skip
                     self._lost_said = self.lost
                 # A package upgrade replaces a binary (a new file without the entry):
                 # the next pass sets or clears every mapped pair again.
@@ -251,9 +254,11 @@ class HostEnforcer:
             except BlockingIOError:
                 return
             except OSError as exc:
-                # ENOBUFS: the kernel dropped log messages; the counters still have them.
+                if exc.errno != errno.ENOBUFS:
+                    log.error("host: reading NFLOG failed: %s", exc)
+                    return
+                # The kernel dropped log messages (a burst): the counters still have them.
                 self.lost += 1
-                log.warning("host: NFLOG messages lost (%s)", exc)
                 continue
             for item in nflog.parse(data):
                 if isinstance(item, nflog.Dropped):

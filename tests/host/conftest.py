@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import subprocess
@@ -200,6 +201,11 @@ class HostWorld:
             )
             await asyncio.sleep(0.01)
         return time.monotonic() - started
+
+    async def dropped_packets(self) -> int:
+        """The agent chain's drop counter."""
+        found = re.search(r"counter packets (\d+) bytes \d+ drop", await self.table())
+        return int(found.group(1)) if found else 0
 
     async def records(self) -> list[dict[str, Any]]:
         audit = self.runtime.audit

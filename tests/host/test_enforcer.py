@@ -287,3 +287,43 @@ async def test_a_replaced_tool_binary_is_disabled_again(fresh: HostWorld) -> Non
         await asyncio.sleep(0.05)
     assert "Permission denied" in r.err
     assert (await run_as(w.other, str(w.tool))).code == 0
+
+
+SCAN = """
+import socket, sys
+socks = []
+for port in range(int(sys.argv[1]), int(sys.argv[1]) + int(sys.argv[2])):
+    s = socket.socket()
+    s.setblocking(False)
+    s.connect_ex(("127.0.0.1", port))
+    socks.append(s)
+"""
+
+
+async def test_a_scan_is_counted_whole_and_audited_at_a_bounded_rate(fresh: HostWorld) -> None:
+    w = fresh
+    before = await w.dropped_packets()
+    first, count = 40000, 400
+    started = time.monotonic()
+    scan = await run_as(w.agent, "python3", "-c", SCAN, str(first), str(count))
+    assert scan.code == 0, scan.err
+    elapsed = time.monotonic() - started
+    assert await w.dropped_packets() - before >= count
+
+    async def audited() -> int:
+        return len({
+            r["action"]["details"]["port"]
+            for r in await w.records()
+            if r["action"]["protocol"] == "host"
+            and first <= (r["action"]["details"]["port"] or 0) < first + count
+        })  # fmt: skip
+
+    # The enforcer has no "done" to wait on: until its count of the scan stops growing.
+    seen, settled = -1, await audited()
+    while settled != seen:
+        assert time.monotonic() - started < 20
+        await asyncio.sleep(0.3)
+        seen, settled = settled, await audited()
+    # nft's limit: a burst of 100, then 50 a second.
+    assert 50 <= settled <= 100 + 50 * elapsed + 5, (settled, elapsed)
+    await control_unaffected(w)
