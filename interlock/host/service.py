@@ -45,12 +45,12 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     runtime = build(config)
+    enforcer = HostEnforcer(config, runtime.pdp)  # a listener it cannot name: refused now
     store, audit = runtime.pdp.store, runtime.audit
     if hasattr(store, "start"):
         await store.start()
     await audit.start()
     watch = asyncio.create_task(runtime.policy.watch(config.policy.watch_interval))
-    enforcer = HostEnforcer(config, runtime.pdp)
     try:
         await enforcer.start()
         agents = ", ".join(f"{a} (uid {u}) {m}" for a, u in enforcer.uids.items()
