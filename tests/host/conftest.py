@@ -213,13 +213,17 @@ class HostWorld:
         stored = await audit.store.records(0, await audit.store.size())
         return [json.loads(r.data) for r in stored]
 
-    async def host_denials(self, port: int, bound: float = 5.0) -> list[dict[str, Any]]:
-        """The enforcer's audit records of dropped connections to `port` (waits for one)."""
+    async def host_denials(
+        self, port: int, target: str | None = None, bound: float = 5.0
+    ) -> list[dict[str, Any]]:
+        """The enforcer's audit records of dropped connections to `port` (and `target`,
+        if given); waits for one."""
         started = time.monotonic()
         while True:
             found = [
                 r for r in await self.records()
                 if r["action"]["protocol"] == "host" and r["action"]["details"]["port"] == port
+                and target in (None, r["action"]["target"])
             ]  # fmt: skip
             if found or time.monotonic() - started > bound:
                 return found

@@ -40,8 +40,13 @@ async def test_direct_connections_are_dropped_counted_and_audited(fresh: HostWor
     db, ssh, web = await asyncio.gather(
         w.psql(w.agent, w.direct_dsn()), w.ssh_direct(w.agent), w.curl_direct(w.agent)
     )
-    for r in (db, ssh, web):
+    # IPv6 too (nothing listens on [::1] here: without the table, curl is refused at once).
+    six = await run_as(w.agent, "curl", "-sS", "-g", "--connect-timeout", "1",
+                       f"http://[::1]:{w.site}/ok")  # fmt: skip
+    for r in (db, ssh, web, six):
         assert r.dropped, r.err
+    [record6, *_] = await w.host_denials(w.site, f"tcp://[::1]:{w.site}")
+    assert record6["effect"] == "deny"
     for port in (w.pg.port, w.sshd.port, w.site):
         found = await w.host_denials(port)
         assert found, f"no audit record of the dropped connection to {port}"
