@@ -201,7 +201,7 @@ async def test_a_flushed_table_is_installed_again(fresh: HostWorld) -> None:
     await run_as(None, "nft", "delete", "table", "inet", "interlock")
     took = await w.until_table(f"{w.agent.uid} lockdown")
     assert w.config.host is not None
-    assert took < w.config.host.resync_interval + 0.5
+    assert took < 2 * w.config.host.resync_interval + 1  # the next re-read, on a busy machine
     db = await w.psql(w.agent, w.direct_dsn())
     assert db.dropped, db.err
     await control_unaffected(w)
@@ -288,7 +288,7 @@ async def test_a_replaced_tool_binary_is_disabled_again(fresh: HostWorld) -> Non
     started = time.monotonic()
     while (r := await run_as(w.agent, str(w.tool))).code == 0:
         assert w.config.host is not None
-        assert time.monotonic() - started < w.config.host.resync_interval + 1, r.out
+        assert time.monotonic() - started < 2 * w.config.host.resync_interval + 1, r.out
         await asyncio.sleep(0.05)
     assert "Permission denied" in r.err
     assert (await run_as(w.other, str(w.tool))).code == 0
