@@ -175,8 +175,28 @@ async def test_restart_keeps_the_rules_and_rebuilds_from_current_posture(
     await control_unaffected(w)
 
 
-async def test_stop_without_keep_lockdown_removes_the_table_and_acls(fresh: HostWorld) -> None:
+OPERATOR_TABLE = """table inet operator {
+  chain output {
+    type filter hook output priority filter; policy accept;
+    tcp dport 9 counter drop
+  }
+}
+"""
+
+
+async def operator_table() -> str:
+    return (await run_as(None, "nft", "list", "table", "inet", "operator")).out
+
+
+async def test_stop_without_keep_lockdown_removes_only_its_table_and_acls(
+    fresh: HostWorld,
+) -> None:
     w = fresh
+    # The host's own firewall, there before the enforcer and never touched by it.
+    load = await asyncio.create_subprocess_exec("nft", "-f", "-", stdin=asyncio.subprocess.PIPE)
+    await load.communicate(OPERATOR_TABLE.encode())
+    assert load.returncode == 0
+    before = await operator_table()
     await w.runtime.pdp.store.restrict("coder", [f"tool:{TOOL}"])
     await w.stop_enforcer()
     loose = w.tmp / "loose.toml"
@@ -192,7 +212,9 @@ async def test_stop_without_keep_lockdown_removes_the_table_and_acls(fresh: Host
         db = await w.psql(w.agent, w.direct_dsn())
         assert db.answered("1"), db.err
         await control_unaffected(w)
+        assert await operator_table() == before
     finally:
+        await run_as(None, "nft", "delete", "table", "inet", "operator")
         await w.start_enforcer()
 
 
