@@ -164,6 +164,8 @@ class HostEnforcer:
         script = rules.ruleset(
             {self.uids[a]: m for a, m in modes.items()}, self.endpoints, self.host.nflog_group
         )
+        # ACLs first: they never raise, so a table nft refuses still leaves them right.
+        await self._apply_acls(now)
         if script != self._script:
             await system.load(script)
             self._script = script
@@ -172,7 +174,6 @@ class HostEnforcer:
                 rules.TABLE,
                 ", ".join(f"{a} {m}" for a, m in sorted(modes.items())) or "no agents",
             )
-        await self._apply_acls(now)
         for agent, mode in modes.items():
             if (
                 mode is Mode.ISOLATED

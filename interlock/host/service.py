@@ -26,11 +26,7 @@ class Built(Protocol):
     policy: PolicyManager
 
 
-async def serve(
-    config: Config,
-    build: Callable[[Config], Built],
-    ready: Callable[[HostEnforcer], None] | None = None,
-) -> None:
+async def serve(config: Config, build: Callable[[Config], Built]) -> None:
     """The PDP here decides and audits dropped connections; posture comes from the shared
     state store, which is why an in-memory one (another process's memory) is refused."""
     if config.host is None:
@@ -56,8 +52,6 @@ async def serve(
         agents = ", ".join(f"{a} (uid {u}) {m}" for a, u in enforcer.uids.items()
                            for m in [enforcer.modes[a]])  # fmt: skip
         print(f"interlock host: table inet {TABLE}, agents: {agents or 'none'}", flush=True)
-        if ready is not None:
-            ready(enforcer)
         await stop.wait()
     finally:
         await enforcer.stop()
