@@ -170,8 +170,15 @@ async def test_restart_keeps_the_rules_and_rebuilds_from_current_posture(
         await w.start_enforcer()
     assert f"{w.agent.uid} no_egress" in await w.table()
     assert (await run_as(w.agent, str(w.tool))).code != 0
-    await w.runtime.pdp.store.restore("coder")
-    await w.until_table(f"{w.agent.uid} lockdown")
+    # And a restore while it was down: the tool's ACL entry goes at start too.
+    await w.stop_enforcer()
+    try:
+        assert (await run_as(w.agent, str(w.tool))).code != 0
+        await w.runtime.pdp.store.restore("coder")
+    finally:
+        await w.start_enforcer()
+    assert f"{w.agent.uid} lockdown" in await w.table()
+    assert (await run_as(w.agent, str(w.tool))).code == 0
     await control_unaffected(w)
 
 
