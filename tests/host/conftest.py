@@ -81,6 +81,21 @@ async def run_as(user: User | None, *argv: str, limit: float = 20) -> Result:
     return Result(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
 
 
+async def start_as(user: User, *argv: str) -> asyncio.subprocess.Process:
+    """A long-running process as `user`, in a session of its own: `end_session` kills
+    runuser and what it started (killing runuser alone would leave its child running)."""
+    return await asyncio.create_subprocess_exec(
+        "runuser", "-u", user.name, "--", *argv, start_new_session=True,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+async def end_session(proc: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    await proc.wait()
+
+
 @dataclass
 class HostWorld:
     tmp: Path
@@ -258,7 +273,8 @@ def _user(name: str) -> Iterator[User]:
     try:
         yield User(name, pwd.getpwnam(name).pw_uid)
     finally:
-        subprocess.run(["userdel", name], capture_output=True)
+        gone = subprocess.run(["userdel", name], capture_output=True, text=True)
+        assert gone.returncode == 0, f"test user {name} left behind: {gone.stderr}"
 
 
 def config_text(w: dict[str, Any], **host: str) -> str:

@@ -14,7 +14,7 @@ import pytest
 import pytest_asyncio
 
 from interlock.testing.services import free_port
-from tests.host.conftest import CUT_S, TOOL, HostWorld, run_as
+from tests.host.conftest import CUT_S, TOOL, HostWorld, end_session, run_as, start_as
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -79,12 +79,18 @@ async def test_isolation_cuts_everything_within_a_second_and_restore_brings_it_b
     fresh: HostWorld,
 ) -> None:
     w = fresh
-    sleeper = await asyncio.create_subprocess_exec(
-        "runuser", "-u", w.agent.name, "--", "sleep", "60"
-    )
-    bystander = await asyncio.create_subprocess_exec(
-        "runuser", "-u", w.other.name, "--", "sleep", "60"
-    )
+    sleeper = await start_as(w.agent, "sleep", "60")
+    bystander = await start_as(w.other, "sleep", "60")
+    try:
+        await isolate_and_restore(w, sleeper, bystander)
+    finally:
+        await end_session(sleeper)
+        await end_session(bystander)
+
+
+async def isolate_and_restore(
+    w: HostWorld, sleeper: asyncio.subprocess.Process, bystander: asyncio.subprocess.Process
+) -> None:
     started = time.monotonic()
     await w.runtime.pdp.store.restrict("coder", (), isolate=True, reason="test")
     cut = await w.until_table(f"{w.agent.uid} isolated")
@@ -99,8 +105,6 @@ async def test_isolation_cuts_everything_within_a_second_and_restore_brings_it_b
         assert r.dropped, r.err
     assert await asyncio.wait_for(sleeper.wait(), 5) != 0  # kill_on_isolate
     assert bystander.returncode is None
-    bystander.kill()
-    await bystander.wait()
     await control_unaffected(w)
     assert (await w.host_denials(w.port("postgres")))[-1]["action"]["details"]["mode"] == "isolated"
 
@@ -256,10 +260,9 @@ async def test_dns_only_through_the_allowed_resolvers(fresh: HostWorld) -> None:
 async def test_local_clients_reach_the_agents_own_server(fresh: HostWorld) -> None:
     w = fresh
     port = free_port()
-    server = await asyncio.create_subprocess_exec(
-        "runuser", "-u", w.agent.name, "--", "python3", "-m", "http.server", str(port),
-        "--bind", "127.0.0.1", "--directory", str(w.tmp),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    server = await start_as(
+        w.agent, "python3", "-m", "http.server", str(port), "--bind", "127.0.0.1",
+        "--directory", str(w.tmp),
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/hosts"
     try:
@@ -272,8 +275,7 @@ async def test_local_clients_reach_the_agents_own_server(fresh: HostWorld) -> No
         own = await run_as(w.agent, "curl", "-sS", "--connect-timeout", "1", url)
         assert own.dropped, own.err
     finally:
-        server.kill()
-        await server.wait()
+        await end_session(server)
 
 
 async def test_a_second_enforcer_in_the_namespace_is_refused(fresh: HostWorld) -> None:
