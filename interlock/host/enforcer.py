@@ -1,4 +1,4 @@
-"""The running enforcer: posture in, table and ACLs out, dropped connections to the audit log.
+"""The running enforcer: posture in, the table and tool ACLs out.
 
 It follows the posture stream every PEP follows (the state store's subscription), and
 re-reads every agent's posture each `resync_interval` so an expiry or a message missed
@@ -10,36 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import signal
-import socket
 import time
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 from interlock.config import Config
 from interlock.core.context import Posture
-from interlock.core.model import Action, Agent, Decision, Effect, Operation
 from interlock.core.pdp import PDP
-from interlock.core.result import parse_result
-from interlock.errors import HostError, PolicyError, StateError
-from interlock.host import nflog, rules, system
+from interlock.errors import HostError, StateError
+from interlock.host import rules, system
+from interlock.host.reports import Reports
 from interlock.host.rules import Mode
 
 log = logging.getLogger(__name__)
-
-REPORT_QUEUE = 1000
-"""Dropped connections waiting to be decided and audited; beyond it they are counted in
-`lost` (the kernel counter still has them)."""
-SAME_ATTEMPT_S = 10.0
-"""A retransmitted SYN (same source port) within this long is the same attempt."""
-RECENT_ATTEMPTS = 4096
-REASON = "host: connection outside interlock's proxies dropped by the firewall"
-ISOLATED_REASON = "host: agent isolated, every connection dropped by the firewall"
 
 
 class HostEnforcer:
@@ -56,19 +42,14 @@ class HostEnforcer:
         self.agent_of = {uid: name for name, uid in self.uids.items()}
         self.postures: dict[str, Posture] = {}
         self.modes: dict[str, Mode] = {}
-        self.lost = 0
-        """Dropped attempts not audited: each one the report queue had no room for, and
-        each netlink buffer overrun (which loses one or more)."""
+        self.reports = Reports(pdp, self.agent_of, self.host.nflog_group)
         self._lost_said = 0
         self._unreadable: set[str] = set()
         self._script: str | None = None
         self._denied: frozenset[tuple[int, Path]] = frozenset()
         self._acls_synced = False
         self._wake = asyncio.Event()
-        self._queue: asyncio.Queue[nflog.Dropped] = asyncio.Queue(REPORT_QUEUE)
-        self._recent: OrderedDict[tuple[object, ...], float] = OrderedDict()
-        self._sock: socket.socket | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._task: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
 
     async def start(self) -> None:
@@ -79,22 +60,18 @@ class HostEnforcer:
         self._unsubscribe = self.pdp.store.subscribe(self._heard)
         await self._resync()
         await self._apply()
-        self._open_log()
-        self._tasks.append(asyncio.create_task(self._follow()))
-        self._tasks.append(asyncio.create_task(self._report()))
+        self.reports.start()
+        self._task = asyncio.create_task(self._follow())
 
     async def stop(self) -> None:
         """Stop following; the table and ACLs stay unless `keep_lockdown` is false."""
         if self._unsubscribe is not None:
             self._unsubscribe()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
+        if self._task is not None:
+            self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if self._sock is not None:
-            asyncio.get_running_loop().remove_reader(self._sock)
-            self._sock.close()
+                await self._task
+        await self.reports.close()
         if not self.host.keep_lockdown:
             await system.remove_table()
             for uid, path in sorted(self._denied):
@@ -137,10 +114,10 @@ class HostEnforcer:
                 await asyncio.wait_for(self._wake.wait(), self._next_expiry(self.clock()))
             except TimeoutError:
                 await self._resync()
-                if self.lost != self._lost_said:
+                if self.reports.lost != self._lost_said:
+                    self._lost_said = self.reports.lost
                     log.warning("host: %d dropped attempts (or NFLOG overruns) not audited",
-                                self.lost)  # fmt: skip
-                    self._lost_said = self.lost
+                                self._lost_said)  # fmt: skip
                 # A package upgrade replaces a binary (a new file without the entry):
                 # the next pass sets or clears every mapped pair again.
                 self._acls_synced = False
@@ -215,111 +192,3 @@ class HostEnforcer:
                 applied.discard((uid, path))
         self._denied = frozenset(applied)
         self._acls_synced = self._acls_synced or not failed
-
-    # --- dropped connections -> decisions ----------------------------------------------------
-
-    def _open_log(self) -> None:
-        group = self.host.nflog_group
-        try:
-            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, nflog.NETLINK_NETFILTER)
-        except OSError as exc:
-            raise HostError(f"netfilter netlink unavailable for NFLOG: {exc}") from None
-        try:
-            sock.bind((0, 0))
-            sock.settimeout(2.0)
-            sock.send(nflog.bind_request(group))
-            acks = 0
-            while acks < 2:
-                for item in nflog.parse(sock.recv(65536)):
-                    if isinstance(item, nflog.NetlinkError):
-                        raise HostError(
-                            f"NFLOG group {group}: {os.strerror(item.errno)} "
-                            "(another reader on this group? set host.nflog_group)"
-                        )
-                    acks += 1
-        except OSError as exc:
-            sock.close()
-            raise HostError(f"NFLOG group {group}: {exc}") from None
-        except HostError:
-            sock.close()
-            raise
-        sock.setblocking(False)
-        asyncio.get_running_loop().add_reader(sock, self._readable)
-        self._sock = sock
-
-    def _readable(self) -> None:
-        assert self._sock is not None
-        while True:
-            try:
-                data = self._sock.recv(65536)
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                if exc.errno != errno.ENOBUFS:
-                    log.error("host: reading NFLOG failed: %s", exc)
-                    return
-                # The kernel dropped log messages (a burst): the counters still have them.
-                self.lost += 1
-                continue
-            for item in nflog.parse(data):
-                if isinstance(item, nflog.Dropped):
-                    self._enqueue(item)
-
-    def _enqueue(self, dropped: nflog.Dropped) -> None:
-        now = time.monotonic()
-        key = (dropped.prefix, dropped.protocol, dropped.destination, dropped.port,
-               dropped.source_port)  # fmt: skip
-        seen = self._recent.get(key)
-        self._recent[key] = now
-        self._recent.move_to_end(key)
-        while len(self._recent) > RECENT_ATTEMPTS:
-            self._recent.popitem(last=False)
-        if seen is not None and now - seen < SAME_ATTEMPT_S:
-            return
-        try:
-            self._queue.put_nowait(dropped)
-        except asyncio.QueueFull:
-            self.lost += 1
-
-    async def _report(self) -> None:
-        while True:
-            dropped = await self._queue.get()
-            try:
-                await self.decide(dropped)
-            except Exception:
-                log.exception("host: reporting a dropped connection failed")
-
-    async def decide(self, dropped: nflog.Dropped) -> Decision | None:
-        """Ask the policy about a connection the table already dropped: the answer is at
-        least a deny (the packet is gone); a stricter one (restrict, isolate) is applied
-        like any decision's, and the record goes to the audit log."""
-        parts = dropped.prefix.split()
-        if len(parts) != 3 or parts[0] != rules.PREFIX or not parts[1].isdigit():
-            return None
-        uid, mode = int(parts[1]), parts[2]
-        agent = self.agent_of.get(uid)
-        if agent is None:
-            return None
-        host = f"[{dropped.destination}]" if ":" in dropped.destination else dropped.destination
-        target = f"{dropped.protocol}://{host}" + (f":{dropped.port}" if dropped.port else "")
-        details = {"uid": uid, "transport": dropped.protocol, "destination": dropped.destination,
-                   "port": dropped.port, "mode": mode, "enforced_by": "nftables"}  # fmt: skip
-        action = Action(Agent(agent, authn="uid"), "host", Operation.CONNECT, target, details)
-        a = await self.pdp.assess(action)
-        reason = ISOLATED_REASON if mode == Mode.ISOLATED else REASON
-        if a.error is not None:
-            decision = a.deny(a.error)
-        else:
-            try:
-                result = a.policy.evaluate(self.pdp.entrypoint, a.input_doc)
-                decision = parse_result(
-                    result, decision_id=a.decision_id, risk=a.risk,
-                    policy_version=a.version, now=a.now,
-                )  # fmt: skip
-            except PolicyError as exc:
-                decision = a.deny(f"policy: {exc}")
-        if decision.effect in (Effect.ALLOW, Effect.APPROVE):
-            decision = replace(decision, effect=Effect.DENY, reasons=(reason,), obligations=())
-        else:
-            decision = replace(decision, reasons=(reason, *decision.reasons))
-        return await self.pdp.settle(a.action, a, decision)
