@@ -88,6 +88,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_host(args: argparse.Namespace) -> int:
+    from interlock.host.service import serve
+    from interlock.runtime import build
+
+    asyncio.run(serve(_config(args.config), build))
+    return 0
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     """Write the example config: the embedded defaults as a file, the demo agent's token
     taken from (or first written to) .interlock/demo.token, as `interlock up` would."""
@@ -464,6 +472,17 @@ def parser() -> argparse.ArgumentParser:
         "--only", help=f"run just these components (comma-separated: {', '.join(COMPONENTS)})"
     )
     up.set_defaults(func=cmd_up)
+
+    host = sub.add_parser(
+        "host",
+        help="fence the agents' local users in: nftables lockdown and tool ACLs (root)",
+        description="Keep the nftables table inet interlock for the users in [host.agents]: "
+        "they reach only interlock's proxies; posture (isolate, no_egress, tool:NAME) is "
+        "followed from the shared state store; dropped connections are audited. See "
+        "docs/host.md.",
+    )
+    host.add_argument("-c", "--config", help=CONFIG_HELP)
+    host.set_defaults(func=cmd_host)
 
     init = sub.add_parser(
         "init",

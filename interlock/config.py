@@ -577,6 +577,62 @@ class IntelConfig(Section):
     """Indicator files (plain lists or JSON, see docs/risk.md), re-read when they change."""
 
 
+ProxyKind = Literal["http", "postgres", "ssh"]
+
+
+class HostAgent(Section):
+    """One agent's local user on this machine."""
+
+    uid: int = Field(ge=1, lt=2**32 - 1)
+    """Root (0) cannot be fenced in: it can rewrite the firewall and ignores ACLs."""
+
+
+class HostConfig(Section):
+    """`interlock host`: the per-user firewall and tool ACLs on the agents' machine
+    (docs/host.md)."""
+
+    agents: dict[Name, HostAgent] = {}
+    proxies: dict[ProxyKind, list[Listen]] = {}
+    """Where the agents reach each proxy; unset kinds are the [http]/[postgres]/[ssh]
+    listen addresses (and [[http.reverse]] gateways) of this config."""
+    dns: list[str] = []
+    """Resolvers (IP addresses) the agents' users may query on port 53; none by default."""
+    tools: dict[Name, Path] = {}
+    """`tool:NAME` restriction -> the binary whose execute permission it removes."""
+    keep_lockdown: bool = True
+    """On stop, leave the table in place (fail closed); false removes it and the ACLs."""
+    kill_on_isolate: bool = False
+    """Isolation also kills every process of the agent's user (SIGKILL)."""
+    nflog_group: int = Field(2929, ge=1, le=65535)
+    """The NFLOG group dropped connections are reported on (one enforcer per group)."""
+    resync_interval: float = Field(2.0, gt=0)
+    """Seconds between re-reads of every agent's posture (expiries, missed messages)."""
+
+    @field_validator("dns")
+    @classmethod
+    def _resolvers(cls, v: list[str]) -> list[str]:
+        for address in v:
+            ipaddress.ip_address(address)
+        return v
+
+    @field_validator("tools")
+    @classmethod
+    def _absolute(cls, v: dict[str, Path]) -> dict[str, Path]:
+        for name, path in v.items():
+            if not path.is_absolute():
+                raise ValueError(f"{name}: must be an absolute path")
+        return v
+
+    @model_validator(mode="after")
+    def _distinct_uids(self) -> HostConfig:
+        seen: dict[int, str] = {}
+        for name, agent in self.agents.items():
+            if agent.uid in seen:
+                raise ValueError(f"agents.{name}: uid {agent.uid} is also {seen[agent.uid]}'s")
+            seen[agent.uid] = name
+        return self
+
+
 class BenchConfig(Section):
     budgets: dict[str, float] = {}
     """SLO limits for `interlock bench`, by budget id (e.g. `"pdp.cached_p99_us" = 500`);
@@ -602,6 +658,7 @@ class Config(Section):
     credentials: CredentialsConfig | None = None
     classification: ClassificationConfig = ClassificationConfig()
     bench: BenchConfig = BenchConfig()
+    host: HostConfig | None = None
 
     @classmethod
     def embedded(cls) -> Config:

@@ -13,6 +13,7 @@ Hierarchy::
     ├── IdentityError          credentials missing, wrong, expired or not verifiable
     ├── StateError             the session / posture store failed
     ├── AuditError             the audit log could not record (store down, disk full, ...)
+    ├── HostError              the host enforcer could not change the firewall or an ACL
     └── UsageError             a command-line mistake (printed without a traceback, exit 2)
 
 Every PolicyError becomes a `deny` decision with the error's text as its reason; nothing
@@ -66,3 +67,7 @@ class AuditError(InterlockError):
 
 class UsageError(InterlockError):
     """A command-line mistake: printed without a traceback, exit status 2."""
+
+
+class HostError(InterlockError):
+    """The host enforcer could not change the firewall or an ACL (the message says which)."""

@@ -117,7 +117,8 @@ class Agent:
     owner: str | None = None
     delegation: tuple[str, ...] = ()
     authn: str = "none"
-    """How the identity was established: token, jwt, ssh_key, ssh_cert, mtls, header, none."""
+    """How the identity was established: token, jwt, ssh_key, ssh_cert, mtls, header, uid
+    (the local user, `interlock host`), none."""
 
 
 @dataclass(frozen=True, slots=True)

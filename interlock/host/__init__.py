@@ -1,0 +1,1 @@
+"""`interlock host`: per-agent-user nftables lockdown and tool ACLs, following posture."""
