@@ -109,7 +109,7 @@ async def test_metrics_decisions_and_audit(api: Api) -> None:
     await api.audit.flush()
     async with api.client() as c:
         text = (await c.get("/metrics")).text
-        assert 'interlock_decisions_total{protocol="http",effect="allow"} 2' in text
+        assert 'interlock_decisions_total{protocol="http",effect="allow",enforced="true"} 2' in text
         assert "interlock_decision_seconds_count 2" in text
         assert 'interlock_open_sessions{proxy="ssh"} 2' in text
         rows = (await c.get("/v1/decisions", params={"agent": "coder", "limit": 1})).json()
