@@ -20,6 +20,9 @@ class Mode(StrEnum):
     SHADOW = "shadow"
 
 
+PROTOCOLS = ("http", "mcp", "postgres", "ssh", "envoy")
+"""The protocols the bundled PEPs decide, for which `interlock agents show` lists a mode."""
+
 SHADOW_KEEPS = frozenset({"add_header"})
 """Obligations a shadowed decision still carries: they add what an allowed request would
 carry (the verified agent id for a service behind a mesh), they restrict nothing, and a
