@@ -26,7 +26,10 @@ decision := {"effect": "deny", "reasons": ["no forbidden paths"]} if {
 	startswith(input.action.details.path, "/forbidden")
 } else := {"effect": "approve", "reasons": ["held path"]} if {
 	startswith(input.action.details.path, "/held")
-} else := {"effect": "allow", "reasons": ["ok"], "shadow": [{"effect": "deny", "reason": "trial: no /trial"}]} if {
+} else := {
+	"effect": "allow", "reasons": ["ok"],
+	"shadow": [{"effect": "deny", "reason": "trial: no /trial"}],
+} if {
 	startswith(input.action.details.path, "/trial")
 } else := {"effect": "allow", "reasons": ["ok"]}
 """
@@ -118,8 +121,8 @@ async def test_switching_one_agent_changes_its_next_request_only(
     proxy: tuple[HttpProxy, CaptureSink], upstream: RawUpstream
 ) -> None:
     p, sink = proxy
-    base = f"http://127.0.0.1:{upstream.port}"
     async with client(p) as coder, client(p, "other") as other:
+        base = f"http://127.0.0.1:{upstream.port}"
         assert (await coder.get(base + "/forbidden/1")).status_code == 200
         assert (await other.get(base + "/forbidden/1")).status_code == 200
         await p.pdp.set_agent_mode("coder", Mode.ENFORCE, "test")
@@ -135,11 +138,10 @@ async def test_the_report_counts_what_the_log_holds(
     proxy: tuple[HttpProxy, CaptureSink], upstream: RawUpstream
 ) -> None:
     p, sink = proxy
-    base = f"http://127.0.0.1:{upstream.port}"
     async with client(p) as coder, client(p, "other") as other:
         for path in PATHS:
-            await coder.get(base + path)
-        await other.get(base + "/forbidden/x")
+            await coder.get(f"http://127.0.0.1:{upstream.port}{path}")
+        await other.get(f"http://127.0.0.1:{upstream.port}/forbidden/x")
     docs = [document(r) for r in sink.records]
     report = summarize(docs).to_json()
     assert report["not_enforced"] == sum(not d["enforced"] for d in docs) == 4
