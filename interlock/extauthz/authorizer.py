@@ -274,6 +274,8 @@ class Authorizer:
         decision = await self.pdp.settle(a.action, a, proposed)
         if result.allowed and decision.effect is not Effect.ALLOW:
             return denial(decision)  # posture or the audit log overruled the policy
+        if not result.allowed and decision.allowed:
+            result = AuthzResponse(True, 200)  # shadow mode: the denial is recorded, not enforced
         result.metadata = {**result.metadata, **dynamic_metadata(decision)}
         if not result.allowed:
             result.headers.append(("x-interlock-decision-id", decision.decision_id))
