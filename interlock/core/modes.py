@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from interlock.core.model import Decision, Effect
+from interlock.core.model import Action, Decision, Effect
 
 
 class Mode(StrEnum):
@@ -70,6 +70,32 @@ class Modes:
 
 def _name(mode: Mode | None) -> str:
     return mode.value if mode is not None else "unset"
+
+
+UNREADABLE = frozenset(
+    {
+        "unparsed",
+        "unparsable",
+        "truncated",
+        "unresolved",
+        "dynamic_sql",
+        "dynamic_command",
+        "code_from_stdin",
+        "interactive_shell",
+    }
+)
+"""Classifier flags (docs/postgres.md, docs/ssh.md) saying the PEP could not read
+completely what would run. What cannot be read is refused in every mode: shadow mode
+must not forward what no decision saw."""
+
+
+def shadowable(action: Action) -> bool:
+    """Whether a decision on `action` may be shadowed: not for an unauthenticated agent
+    (identity is always enforced), not for what the PEP could not read."""
+    if action.agent.authn == "none":
+        return False
+    flags = action.details.get("flags", ())
+    return not any(isinstance(f, str) and f in UNREADABLE for f in flags)
 
 
 def shadow_answer(decision: Decision) -> Decision:

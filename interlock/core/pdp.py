@@ -16,7 +16,8 @@ In shadow mode (core/modes.py) `settle` records the decision as made, with `enfo
 false`, and answers the PEP with an allow under the same id; posture changes it asks for
 are not applied and context is updated as if the action was allowed. Never shadowed:
 `refuse`, decisions the policy could not make (errors fail closed), actions of an
-unauthenticated agent, and the posture an operator or an enforced decision set.
+unauthenticated agent or that the PEP could not read completely (modes.UNREADABLE), and
+the posture an operator or an enforced decision set.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from interlock.core.model import (
     Tier,
     new_decision_id,
 )
-from interlock.core.modes import Mode, Modes, shadow_answer
+from interlock.core.modes import Mode, Modes, shadow_answer, shadowable
 from interlock.core.policy import DECISION_ENTRYPOINT, PolicyManager
 from interlock.core.policy_input import build_input
 from interlock.core.record import AuditSink, DecisionRecord
@@ -229,7 +230,7 @@ class PDP:
         if (
             not a.failed
             and a.error is None
-            and action.agent.authn != "none"
+            and shadowable(action)
             and self.mode(action)[0] is Mode.SHADOW
         ):
             # The posture in force still holds: it is the operator's, or an enforced

@@ -171,6 +171,10 @@ async def test_identity_and_policy_failures_are_never_shadowed(
     d = await broken.decide(act())
     assert d.effect is Effect.DENY
     assert sink.last.enforced is True
+    unreadable = act(Operation.READ, details={"flags": ["copy_program", "truncated"]})
+    d = await pdp.decide(unreadable)
+    assert d.effect is Effect.DENY, "what the PEP could not read is refused in shadow too"
+    assert sink.last.enforced is True
     refused = await pdp.refuse(act(), "unreadable")
     assert refused.effect is Effect.DENY
     assert sink.last.enforced is True
