@@ -228,10 +228,10 @@ class PDP:
         decision = enforce_posture(decision, action, a.posture)
         answer = decision
         if (
-            not a.failed
+            self.mode(action)[0] is Mode.SHADOW
+            and not a.failed
             and a.error is None
             and shadowable(action)
-            and self.mode(action)[0] is Mode.SHADOW
         ):
             # The posture in force still holds: it is the operator's, or an enforced
             # decision's (a shadowed one never changes it).
