@@ -56,11 +56,15 @@ class Modes:
         out = []
         if self.default != other.default:
             out.append(("[policy] mode", self.default.value, other.default.value))
+        by_setting: dict[str, tuple[str, str]] = {}
         for proto in sorted(set(self.protocols) | set(other.protocols)):
             old, new = self.protocols.get(proto), other.protocols.get(proto)
-            if (old and old[0]) != (new and new[0]):
-                key = (new or old or (Mode.ENFORCE, proto))[1]
-                out.append((key, _name(old and old[0]), _name(new and new[0])))
+            before, after = _name(old[0] if old else None), _name(new[0] if new else None)
+            if before != after:
+                # One setting can cover several protocols ([http] mode: http and mcp).
+                setting = new[1] if new else old[1] if old else proto
+                by_setting.setdefault(setting, (before, after))
+        out.extend((setting, *change) for setting, change in by_setting.items())
         for agent in sorted(set(self.agents) | set(other.agents)):
             a, b = self.agents.get(agent), other.agents.get(agent)
             if a != b:

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from interlock.config import Config, HttpConfig
 from interlock.core.model import Action, Agent, Decision, Effect, Obligation, Operation, Risk, Tier
 from interlock.core.modes import Mode, Modes, shadow_answer
 from interlock.core.pdp import PDP
@@ -71,6 +72,8 @@ def test_changes_name_each_setting_that_moved() -> None:
         ("[agents.reporter] mode", "enforce", "unset"),
     ]
     assert MODES.changes(MODES) == []
+    http = Config(http=HttpConfig(mode="shadow")).modes()
+    assert Config().modes().changes(http) == [("[http] mode", "unset", "shadow")]
 
 
 @settings(max_examples=60, deadline=None)
