@@ -267,6 +267,7 @@ class Authorizer:
             value = self.pdp.policy.current.evaluate(self.config.decision_path, doc)
             result = opa.parse_result(value)
         except (PolicyError, opa.BadResult, BadPath) as exc:
+            a.failed = True  # denied in every mode, shadow too
             return denial(await self.pdp.settle(a.action, a, a.deny(f"policy: {exc}")))
         effect = Effect.ALLOW if result.allowed else Effect.DENY
         reason = f"{self.config.decision_path} = {'allowed' if result.allowed else 'denied'}"

@@ -173,6 +173,12 @@ async def test_in_shadow_the_opa_denial_is_recorded_and_the_request_allowed(
         assert shadowed.dynamic_metadata["interlock"]["effect"] == "allow"
         anonymous = await a.check(check_request(headers={}))
         assert anonymous.denied_response.status.code == 401, "identity is never shadowed"
+        config = a.authorizer.config
+        a.authorizer.config = config.model_copy(update={"decision_path": "envoy/authz/none"})
+        broken = await a.check(delete)
+        assert broken.denied_response.status.code == 403, "a policy error denies in shadow too"
+        assert a.sink.last.enforced is True
+        a.authorizer.config = config
         a.pdp.modes = Config(extauthz=ExtAuthzConfig()).modes()
         assert (await a.check(delete)).denied_response.status.code == 403
         assert (a.sink.last.decision.effect, a.sink.last.enforced) == (Effect.DENY, True)
