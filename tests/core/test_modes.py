@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -228,3 +229,43 @@ async def test_mode_changes_are_audit_records(clock: FakeClock, sink: CaptureSin
     await pdp.set_agent_mode("reporter", Mode.ENFORCE, "admin API")
     assert len(sink.records) == n, "setting the same mode again is no change"
     assert json.loads(json.dumps(sink.last.to_json()))
+
+
+FLAGS = ["copy_program", "do_block", "obfuscation", "truncated", "unparsed", "dev_tcp"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    op=st.sampled_from(list(Operation)),
+    labels=st.frozensets(st.sampled_from(["pii", "restricted", "financial", "secret"])),
+    flags=st.lists(st.sampled_from(FLAGS), max_size=2, unique=True),
+    taints=st.lists(st.sampled_from(["untrusted_content", "prompt_injection_suspected"])),
+)
+def test_shadow_records_what_enforce_records(
+    op: Operation, labels: frozenset[str], flags: list[str], taints: list[str]
+) -> None:
+    """The mode changes what the PEP is told, never what is recorded; what is not
+    readable is answered as enforced."""
+
+    async def both() -> None:
+        records = []
+        for modes in (Modes(), SHADOW_ALL):
+            sink = CaptureSink()
+            pdp = make_pdp(clock=FakeClock(), sink=sink)
+            pdp.modes = modes
+            for t in taints:
+                await pdp.store.add_taint(AGENT.id, t, pdp.clock() + 60)
+            action = act(op, labels=labels, details={"flags": flags}, protocol="ssh")
+            answer = await pdp.decide(action)
+            d = sink.last.decision
+            records.append((d.effect, d.reasons, d.restrictions, d.obligations, d.risk.score))
+            unreadable = {"truncated", "unparsed"} & set(flags)
+            if modes is SHADOW_ALL and not unreadable:
+                assert answer.effect is Effect.ALLOW
+                assert sink.last.enforced is (d.effect is Effect.ALLOW and not d.obligations)
+            else:
+                assert answer.effect is d.effect
+                assert sink.last.enforced
+        assert records[0] == records[1]
+
+    asyncio.run(both())
