@@ -337,6 +337,22 @@ def cmd_audit_replay(args: argparse.Namespace) -> int:
     return _with_store(args, work)
 
 
+def cmd_audit_shadow_report(args: argparse.Namespace) -> int:
+    from interlock.audit.shadow import parse_since, shadow_report
+
+    try:
+        since = parse_since(args.since) if args.since else None
+    except ValueError:
+        raise UsageError("--since takes a UTC time, YYYY-MM-DDTHH:MM:SS") from None
+
+    async def work(config: Config, store: AuditStore) -> int:
+        report = await shadow_report(store, since, args.agent, args.protocol)
+        print(json.dumps(report.to_json(), indent=2) if args.json else report.render(), end="")
+        return 0
+
+    return _with_store(args, work)
+
+
 def cmd_audit_checkpoint(args: argparse.Namespace) -> int:
     from interlock.audit.factory import signer_for
     from interlock.audit.log import AuditLog
@@ -371,6 +387,12 @@ def cmd_agents(args: argparse.Namespace) -> int:
         return 0
     if action == "show":
         print(json.dumps(call(config, "GET", f"/v1/agents/{args.agent}"), indent=2))
+        return 0
+    if action == "mode":
+        mode = None if args.mode == "config" else args.mode
+        out = call(config, "POST", f"/v1/agents/{args.agent}/mode", {"mode": mode})
+        for protocol, m in out["modes"].items():
+            print(f"{protocol:<10} {m['mode']:<8} ({m['why']})")
         return 0
     body: dict[str, Any] = {"reason": args.reason} if args.reason else {}
     if action == "restrict":
@@ -562,6 +584,13 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--agent", required=True)
     sp.add_argument("--since", help="UTC time, YYYY-MM-DDTHH:MM:SS")
     sp.add_argument("--policy", help="bundle directory (default: the config's)")
+    sp = audit_cmd(
+        "shadow-report", cmd_audit_shadow_report, "what enforcement would have changed (shadow)"
+    )
+    sp.add_argument("--since", help="UTC time, YYYY-MM-DDTHH:MM:SS")
+    sp.add_argument("--agent")
+    sp.add_argument("--protocol", help="http, mcp, postgres, ssh, envoy")
+    sp.add_argument("--json", action="store_true", help="the report as JSON, for scripts")
     audit_cmd("checkpoint", cmd_audit_checkpoint, "sign a checkpoint of the current tree now")
     audit_cmd("key", cmd_audit_key, "print the log's verifier (public) key")
 
@@ -579,6 +608,11 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("restrictions", nargs="+")
     sp.add_argument("--minutes", type=float, help="lift them after this long")
     sp.add_argument("--reason", default="")
+    sp.add_argument("-c", "--config", help=CONFIG_HELP)
+    sp.set_defaults(func=cmd_agents)
+    sp = asub.add_parser("mode", help="enforce or shadow this agent now (config: as configured)")
+    sp.add_argument("agent")
+    sp.add_argument("mode", choices=["enforce", "shadow", "config"])
     sp.add_argument("-c", "--config", help=CONFIG_HELP)
     sp.set_defaults(func=cmd_agents)
     for name, text in (

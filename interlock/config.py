@@ -26,9 +26,14 @@ from pydantic import (
 )
 
 from interlock.core.model import MAX_NAME, Tier
+from interlock.core.modes import Mode, Modes
 from interlock.errors import ConfigError
 
 DEFAULT_DATA_DIR = ".interlock"
+
+ModeName = Literal["enforce", "shadow"]
+"""`enforce`, or `shadow`: decide and record, enforce nothing (docs/operations.md,
+"Rolling out"). Per agent, per proxy and `[policy] mode`; the most specific set wins."""
 
 
 def _listen(value: str) -> str:
@@ -72,6 +77,7 @@ class PolicyConfig(Section):
     bundle from there compiles."""
     bundle_poll_interval: float = Field(30.0, gt=0)
     bundle_token: str | None = None
+    mode: ModeName = "enforce"
     """Bearer token for the bundle server."""
 
 
@@ -131,6 +137,7 @@ class AgentConfig(Section):
     postgres_scram: str | None = Field(None, pattern=r"^SCRAM-SHA-256\$\d+:[^$]+\$[^:]+:.+$")
     """A PostgreSQL SCRAM verifier for the Postgres proxy, for agents whose token is given
     only as token_sha256 (a plain `token` gets one derived at start-up)."""
+    mode: ModeName | None = None
 
     @model_validator(mode="after")
     def _one_secret(self) -> AgentConfig:
@@ -249,6 +256,8 @@ class HttpConfig(Section):
     """Seconds without a byte in either direction before any connection is closed
     (pass-through tunnels, WebSockets, a wait for a slow upstream)."""
     max_connections_per_client: int = Field(256, ge=1)
+    mode: ModeName | None = None
+    """For protocol `http` and the MCP tool calls (protocol `mcp`) this proxy sees."""
     """Open connections one client address may hold; more are closed at once."""
     allow_tunnelled_ipv6: bool = False
     """Let agents reach 6to4, Teredo and NAT64 addresses whose embedded IPv4 addresses
@@ -292,6 +301,7 @@ class PostgresConfig(Section):
     """Read `COMMENT ON COLUMN ... IS 'classification: ...'` labels (and views over
     labelled columns) from the database, in addition to the configured ones."""
     catalog_refresh: float = Field(60.0, ge=0)
+    mode: ModeName | None = None
     """Seconds between two readings of each database's catalog (labels, the OIDs of
     labelled columns, pg_proc); 0 reads it once."""
 
@@ -356,6 +366,7 @@ class SshConfig(Section):
     env_allow: list[str] = ["LANG", "LC_*"]
     """Environment variables a client may set (shell-style patterns); others are dropped."""
     approval_timeout: float = Field(30.0, gt=0)
+    mode: ModeName | None = None
 
     @model_validator(mode="after")
     def _routes(self) -> SshConfig:
@@ -393,6 +404,8 @@ class ExtAuthzConfig(Section):
     `#`, and `...`-style dot segments. Turn off only when every upstream decodes exactly
     once and never folds Unicode."""
     approval_timeout: float = Field(300.0, gt=0)
+    enforcement: ModeName | None = None
+    """Shadow or enforce (`mode` here already names the policy language)."""
     """How long a request refused for approval stays open for a human to answer; once
     approved, a retry of the same request passes (`[approvals] grant_ttl`, `grant_uses`)."""
 
@@ -666,6 +679,22 @@ class Config(Section):
         that needs no upstream, on loopback (`interlock init` writes the same as a file).
         Postgres and SSH need an upstream, so they stay off."""
         return cls(admin=AdminConfig(), http=HttpConfig(), extauthz=ExtAuthzConfig())
+
+    def modes(self) -> Modes:
+        """The enforce/shadow settings, keyed as the PDP resolves them (by the action's
+        protocol; `mcp` tool calls follow `[http]`, `envoy` follows `[extauthz]`)."""
+        per_proxy = {
+            "http": ("[http] mode", self.http and self.http.mode),
+            "mcp": ("[http] mode", self.http and self.http.mode),
+            "postgres": ("[postgres] mode", self.postgres and self.postgres.mode),
+            "ssh": ("[ssh] mode", self.ssh and self.ssh.mode),
+            "envoy": ("[extauthz] enforcement", self.extauthz and self.extauthz.enforcement),
+        }
+        return Modes(
+            Mode(self.policy.mode),
+            {p: (Mode(m), key) for p, (key, m) in per_proxy.items() if m},
+            {name: Mode(a.mode) for name, a in self.agents.items() if a.mode},
+        )
 
 
 def _format(error: ValidationError, source: str) -> str:

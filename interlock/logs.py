@@ -1,8 +1,8 @@
 """Log output: readable lines for people, or one JSON object per line for collectors.
 
 JSON lines carry `time` (RFC 3339 UTC), `level`, `logger`, `message`, and any of
-`decision_id`, `agent`, `protocol`, `effect`, `tier` a log call passes in `extra`, so a
-log search can jump straight to the audit record of a decision.
+`decision_id`, `agent`, `protocol`, `effect`, `tier`, `enforced` a log call passes in
+`extra`, so a log search can jump straight to the audit record of a decision.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import logging
 import sys
 from datetime import UTC, datetime
 
-FIELDS = ("decision_id", "agent", "protocol", "effect", "tier")
+FIELDS = ("decision_id", "agent", "protocol", "effect", "tier", "enforced")
 """Structured fields copied from a record's `extra`."""
 
 

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -114,6 +115,7 @@ def build(config: Config) -> Runtime:
         audit_fail_open_max_tier=None if fail_open == "none" else Tier(fail_open),
         intel=intel,
         cache_size=config.policy.cache_size,
+        modes=config.modes(),
     )
     registry = AgentRegistry.from_config(config.agents)
     jwt = JwtVerifier(config.identity.jwt, registry) if config.identity.jwt else None
@@ -522,13 +524,30 @@ async def reload(runtime: Runtime) -> None:
         await asyncio.to_thread(runtime.intel.reload)
         for path, error in runtime.intel.errors.items():
             log.error("SIGHUP: threat feed %s: %s (last good version kept)", path, error)
-    if runtime.reread is not None:
-        reload_agents(runtime)
+    if runtime.reread is not None and reload_agents(runtime):
+        await runtime.pdp.set_modes(runtime.config.modes(), "SIGHUP")
 
 
-def reload_agents(runtime: Runtime) -> None:
-    """Re-read `[agents]` from the config file. Other sections need a restart (they
-    decide which sockets exist); the log says so when they changed."""
+MODE_KEYS = (("http", "mode"), ("postgres", "mode"), ("ssh", "mode"), ("extauthz", "enforcement"))
+"""The per-proxy enforce/shadow settings, which SIGHUP reloads (with `[policy] mode`)."""
+
+
+def _with_modes(config: Config, source: Config) -> Config:
+    """`config` with the enforce/shadow settings of `source`."""
+    update: dict[str, Any] = {
+        "policy": config.policy.model_copy(update={"mode": source.policy.mode})
+    }
+    for section, key in MODE_KEYS:
+        mine, theirs = getattr(config, section), getattr(source, section)
+        if mine is not None and theirs is not None:
+            update[section] = mine.model_copy(update={key: getattr(theirs, key)})
+    return config.model_copy(update=update)
+
+
+def reload_agents(runtime: Runtime) -> bool:
+    """Re-read `[agents]` and the enforce/shadow modes from the config file; False when
+    the file was refused. Other sections need a restart (they decide which sockets
+    exist); the log says so when they changed."""
     # Every part is built first; nothing changes unless all of it can (a half-applied
     # reload could leave a withdrawn key working in one proxy).
     assert runtime.reread is not None
@@ -538,11 +557,13 @@ def reload_agents(runtime: Runtime) -> None:
     except Exception as exc:
         reason = str(exc) if isinstance(exc, InterlockError) else f"{type(exc).__name__}: {exc}"
         log.error("SIGHUP: config refused, agents unchanged: %s", reason)
-        return
-    if fresh.model_copy(update={"agents": runtime.config.agents}) != runtime.config:
-        log.warning("SIGHUP: only [agents] is reloaded; restart for the other changes")
+        return False
+    if fresh.model_copy(update={"agents": runtime.config.agents}) != _with_modes(
+        runtime.config, fresh
+    ):
+        log.warning("SIGHUP: only [agents] and modes are reloaded; restart for the other changes")
     before, after = set(runtime.config.agents), set(fresh.agents)
-    runtime.config = runtime.config.model_copy(update={"agents": fresh.agents})
+    runtime.config = _with_modes(runtime.config.model_copy(update={"agents": fresh.agents}), fresh)
     runtime.registry.replace(fresh.agents)
     for apply in applies:
         apply()
@@ -552,6 +573,7 @@ def reload_agents(runtime: Runtime) -> None:
         len(after - before),
         len(before - after),
     )
+    return True
 
 
 async def serve(

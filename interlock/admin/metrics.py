@@ -31,11 +31,14 @@ def render(
         out.append(f"# HELP {name} {help_text}")
         out.append(f"# TYPE {name} {kind}")
 
-    metric("interlock_decisions_total", "counter", "Decisions by protocol and effect.")
-    for (protocol, effect), n in sorted(stats.decisions.items()):
-        out.append(
-            f"interlock_decisions_total{_labels({'protocol': protocol, 'effect': effect})} {n}"
-        )
+    metric(
+        "interlock_decisions_total",
+        "counter",
+        "Decisions by protocol, effect, and whether they were enforced (false: shadow mode).",
+    )
+    for (protocol, effect, enforced), n in sorted(stats.decisions.items()):
+        labels = {"protocol": protocol, "effect": effect, "enforced": str(enforced).lower()}
+        out.append(f"interlock_decisions_total{_labels(labels)} {n}")
     metric("interlock_decision_seconds", "histogram", "Time to decide, from PEP call to answer.")
     running = 0
     for bound, n in zip((*BUCKETS, float("inf")), stats.latency_buckets, strict=True):

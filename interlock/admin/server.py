@@ -25,6 +25,7 @@ from interlock.approvals.web import WebApprovals, add_routes
 from interlock.audit.log import AuditLog
 from interlock.core.context import Posture
 from interlock.core.model import parse_restriction
+from interlock.core.modes import PROTOCOLS, Mode
 from interlock.core.pdp import PDP
 from interlock.core.policy import PolicyManager
 from interlock.errors import AuditError, BundleError, StateError
@@ -202,8 +203,49 @@ async def agent(request: web.Request) -> web.Response:
             "actions_last_minute": view.actions_last_minute,
             "baseline_per_minute": view.baseline_per_minute,
             "decisions": pdp.stats.for_agent(agent_id, 50),
+            "modes": _modes(pdp, agent_id),
         }
     )
+
+
+def _modes(pdp: PDP, agent_id: str) -> dict[str, dict[str, str]]:
+    """Per protocol, the mode this agent's next action is decided in, and the setting
+    that chose it."""
+    out = {}
+    for protocol in PROTOCOLS:
+        mode, why = pdp.modes.resolve(agent_id, protocol, pdp.mode_overrides)
+        out[protocol] = {"mode": mode.value, "why": why}
+    return out
+
+
+async def agent_mode(request: web.Request) -> web.Response:
+    """Set an agent's mode (`{"mode": "enforce" | "shadow"}`), or with `null` go back to
+    the configured one; effective from the agent's next action, on open sessions too."""
+    agent_id = request.match_info["agent"]
+    _known(request, agent_id)
+    pdp = _pdp(request)
+    value = (await _body(request)).get("mode", "missing")
+    if value is not None and value not in {m.value for m in Mode}:
+        return web.json_response({"error": "mode must be enforce, shadow or null"}, status=400)
+    await pdp.set_agent_mode(agent_id, Mode(value) if value else None, "admin API")
+    return web.json_response({"id": agent_id, "modes": _modes(pdp, agent_id)})
+
+
+async def shadow_report(request: web.Request) -> web.Response:
+    """`interlock audit shadow-report` as JSON, or with `?format=html` as a page."""
+    from interlock.audit.shadow import parse_since
+    from interlock.audit.shadow import shadow_report as report_of
+
+    q = request.query
+    try:
+        since = parse_since(q["since"]) if "since" in q else None
+    except ValueError:
+        return web.json_response({"error": "since must be YYYY-MM-DDTHH:MM:SS"}, status=400)
+    store = request.app[AUDIT_KEY].store
+    report = await report_of(store, since, q.get("agent"), q.get("protocol"))
+    if q.get("format") == "html":
+        return web.Response(text=report.page(), content_type="text/html", charset="utf-8")
+    return web.json_response(report.to_json())
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
@@ -355,6 +397,8 @@ def make_app(policy: PolicyManager, audit: AuditLog, admin: Admin | None = None)
     app.router.add_post("/v1/agents/{agent}/restrict", restrict)
     app.router.add_post("/v1/agents/{agent}/isolate", isolate)
     app.router.add_post("/v1/agents/{agent}/restore", restore)
+    app.router.add_post("/v1/agents/{agent}/mode", agent_mode)
+    app.router.add_get("/v1/shadow-report", shadow_report)
     app.router.add_get("/v1/decisions", decisions)
     app.router.add_get("/v1/audit/checkpoint", checkpoint)
     app.router.add_get("/v1/audit/proof", proof)

@@ -198,6 +198,8 @@ def build(rec: DecisionRecord, when: Callable[[float], str] = timestamp) -> dict
         "restrictions": d.restrictions,
         "obligations": [{"type": o.type, **o.params} for o in d.obligations],
         "approver": dict(rec.approver) if rec.approver is not None else None,
+        "enforced": rec.enforced,
+        "shadow": [{"effect": e.value, "reason": r} for e, r in d.shadow],
     }
 
 

@@ -181,6 +181,9 @@ class Decision:
     restrictions: tuple[str, ...] = ()
     obligations: tuple[Obligation, ...] = ()
     time: float = field(default_factory=time.time)
+    shadow: tuple[tuple[Effect, str], ...] = ()
+    """(effect, reason) findings of rules on trial (the policy's `shadow` key): recorded,
+    never enforced."""
 
     @property
     def allowed(self) -> bool:

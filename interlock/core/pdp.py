@@ -11,6 +11,13 @@ A PEP whose policy speaks another language (ext_authz in OPA-Envoy mode) uses th
 halves: `assess` (context, risk, the interlock input document) and `settle` (posture,
 context, audit) around its own evaluation. A PEP that cannot even read a request uses
 `refuse`, which denies and audits without asking the policy.
+
+In shadow mode (core/modes.py) `settle` records the decision as made, with `enforced:
+false`, and answers the PEP with an allow under the same id; posture changes it asks for
+are not applied and context is updated as if the action was allowed. Never shadowed:
+`refuse`, decisions the policy could not make (errors fail closed), actions of an
+unauthenticated agent or that the PEP could not read completely (modes.UNREADABLE), and
+the posture an operator or an enforced decision set.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from interlock.core.decision_cache import DecisionCache, fact_key
 from interlock.core.enforcement import enforce_posture
 from interlock.core.model import (
     Action,
+    Agent,
     Decision,
     Effect,
     Operation,
@@ -35,6 +43,7 @@ from interlock.core.model import (
     Tier,
     new_decision_id,
 )
+from interlock.core.modes import Mode, Modes, shadow_answer, shadowable
 from interlock.core.policy import DECISION_ENTRYPOINT, PolicyManager
 from interlock.core.policy_input import build_input
 from interlock.core.record import AuditSink, DecisionRecord
@@ -84,6 +93,9 @@ class Assessment:
     """The compiled bundle this decision uses from start to end (a reload mid-decision
     never mixes two)."""
     view: ContextView | None = None
+    failed: bool = False
+    """The policy could not decide (error, timeout, malformed result): the deny that
+    stands for it is enforced in every mode."""
 
     def deny(self, reason: str) -> Decision:
         return Decision(
@@ -110,6 +122,7 @@ class PDP:
         entrypoint: str = DECISION_ENTRYPOINT,
         intel: Intel | None = None,
         cache_size: int = 4096,
+        modes: Modes | None = None,
     ) -> None:
         self.policy = policy
         self.store = store
@@ -121,6 +134,9 @@ class PDP:
         self.stats = DecisionStats()
         self.cache = DecisionCache(cache_size)
         self._model: tuple[str, RiskModel] | None = None
+        self.modes = modes or Modes()
+        self.mode_overrides: dict[str, Mode] = {}
+        """Per-agent modes set through the admin API; they outlive a SIGHUP."""
 
     def _risk_model(self, version: str, data: Mapping[str, Any]) -> RiskModel:
         """The bundle's risk model, converted once per bundle version."""
@@ -145,7 +161,7 @@ class PDP:
             t, a.input_doc = hit
             decision = Decision(
                 a.decision_id, t.effect, t.risk, t.policy_version, t.reasons, t.restrictions,
-                t.obligations, a.now,
+                t.obligations, a.now, t.shadow,
             )  # fmt: skip
             return await self.settle(a.action, a, decision)
         try:
@@ -157,9 +173,11 @@ class PDP:
             if key is not None:
                 self.cache.put(a.policy, key, decision, a.input_doc)
         except PolicyError as exc:
+            a.failed = True
             decision = a.deny(f"policy: {exc}")
         except Exception as exc:
             log.exception("decision %s failed", a.decision_id)
+            a.failed = True
             decision = a.deny(f"internal error: {type(exc).__name__}")
         return await self.settle(a.action, a, decision)
 
@@ -199,29 +217,50 @@ class PDP:
             a.error = f"internal error: {type(exc).__name__}"
         return a
 
+    def mode(self, action: Action) -> tuple[Mode, str]:
+        """The mode `action` is decided in, and the setting that chose it."""
+        return self.modes.resolve(action.agent.id, action.protocol, self.mode_overrides)
+
     async def settle(self, action: Action, a: Assessment, decision: Decision) -> Decision:
         """Everything after evaluation: posture veto, posture changes, context, audit.
-        Returns the decision the PEP must enforce (possibly stricter than `decision`)."""
+        Returns the decision the PEP must enforce (possibly stricter than `decision`, or
+        in shadow mode an allow)."""
         decision = enforce_posture(decision, action, a.posture)
+        answer = decision
+        if (
+            self.mode(action)[0] is Mode.SHADOW
+            and not a.failed
+            and a.error is None
+            and shadowable(action)
+        ):
+            # The posture in force still holds: it is the operator's, or an enforced
+            # decision's (a shadowed one never changes it).
+            answer = enforce_posture(shadow_answer(decision), action, a.posture)
+            if answer.effect is decision.effect and answer.obligations == decision.obligations:
+                answer = decision
         if not a.store_down:
-            await self._apply(action, decision)
-            await self._remember(action, decision, target_key(action), a.now, a.data)
+            await self._apply(action, answer)
+            await self._remember(action, answer, target_key(action), a.now, a.data)
         # No engine when the policy never ran: replay then knows it cannot re-decide this.
         ran = a.policy is not None and a.error is None
         engine = f"{a.policy.engine_name} {a.policy.engine_version}" if ran else None
-        decision = await self._audit(action, decision, a.input_doc, engine)
+        final = await self._audit(action, decision, a.input_doc, engine, answer)
+        enforced = final is decision
+        if final is not answer:
+            decision, enforced = final, True  # the audit log overruled: its denial is shown
         if decision.effect is not Effect.ALLOW:
             log.info(
-                "%s %s %s %s: %s",
-                decision.effect.value, action.agent.id, action.protocol, action.target[:200],
+                "%s%s %s %s %s: %s",
+                decision.effect.value, "" if enforced else " (shadow, not enforced)",
+                action.agent.id, action.protocol, action.target[:200],
                 "; ".join(decision.reasons)[:500],
                 extra={"decision_id": decision.decision_id, "agent": action.agent.id,
                        "protocol": action.protocol, "effect": decision.effect.value,
-                       "tier": decision.risk.tier.value},
+                       "tier": decision.risk.tier.value, "enforced": enforced},
             )  # fmt: skip
         elapsed = time.perf_counter() - a.started if a.started is not None else None
-        self.stats.add(action, decision, elapsed)
-        return decision
+        self.stats.add(action, decision, elapsed, enforced)
+        return final
 
     async def observe(
         self,
@@ -369,17 +408,23 @@ class PDP:
         decision: Decision,
         input_doc: Mapping[str, Any],
         engine: str | None = None,
+        answer: Decision | None = None,
     ) -> Decision:
         """Audit before allow: above `low` (or always, with fail-open "none") the record
-        must be durable before the decision is returned."""
+        must be durable before the answer (`decision`, or what shadow mode answers
+        instead) is returned; when it cannot be written, a permissive answer becomes a
+        deny, in every mode."""
+        answer = decision if answer is None else answer
         limit = self.audit_fail_open_max_tier
         durable = limit is None or decision.risk.tier is not Tier.LOW
         try:
-            record = DecisionRecord(decision, action, input_doc, engine=engine)
+            record = DecisionRecord(
+                decision, action, input_doc, engine=engine, enforced=answer is decision
+            )
             await self.audit.append(record, durable=durable)
         except Exception as exc:
             log.error("audit log write failed for %s: %s", decision.decision_id, exc)
-            if decision.effect in (Effect.ALLOW, Effect.APPROVE) and (
+            if answer.effect in (Effect.ALLOW, Effect.APPROVE) and (
                 limit is None or _TIER_RANK[decision.risk.tier] > _TIER_RANK[limit]
             ):
                 denied = replace(
@@ -393,4 +438,48 @@ class PDP:
                         DecisionRecord(denied, action, input_doc, engine=engine), durable=False
                     )
                 return denied
-        return decision
+        return answer
+
+    async def set_modes(self, modes: Modes, via: str) -> None:
+        """Serve `modes` from the next decision on; each changed setting is an audit record."""
+        changes = self.modes.changes(modes)
+        self.modes = modes
+        for setting, old, new in changes:
+            await self._record_mode(setting, old, new, via, "interlock")
+
+    async def set_agent_mode(self, agent_id: str, mode: Mode | None, via: str) -> None:
+        """Override (or with None, stop overriding) the configured mode of one agent."""
+        old = self.mode_overrides.get(agent_id)
+        if mode is None:
+            self.mode_overrides.pop(agent_id, None)
+        else:
+            self.mode_overrides[agent_id] = mode
+        if old != mode:
+            await self._record_mode(
+                f"admin API, agent {agent_id}",
+                old.value if old else "unset",
+                mode.value if mode else "unset",
+                via,
+                agent_id,
+            )
+
+    async def _record_mode(self, setting: str, old: str, new: str, via: str, agent: str) -> None:
+        """A mode change is an audit record (protocol `interlock`, operation `admin`): a
+        shadow report read later must know when enforcement began. Failing to write it is
+        loud but does not undo the change (the operator asked for it)."""
+        log.warning("mode %s: %s -> %s (%s)", setting, old, new, via)
+        version = "unknown"
+        with contextlib.suppress(Exception):
+            version = self.policy.current.version
+        decision = Decision(
+            new_decision_id(), Effect.ALLOW, Risk(0, Tier.LOW), version,
+            reasons=(f"mode {setting}: {old} -> {new}",), time=self.clock(),
+        )  # fmt: skip
+        details = {"setting": setting, "from": old, "to": new, "via": via}
+        action = Action(
+            Agent(agent, authn="operator"), "interlock", Operation.ADMIN, "mode", details
+        )
+        try:
+            await self.audit.append(DecisionRecord(decision, action, {}), durable=True)
+        except Exception as exc:
+            log.error("audit log write failed for mode change %s: %s", decision.decision_id, exc)

@@ -25,6 +25,9 @@ class DecisionRecord:
     whether they approved."""
     engine: str | None = None
     """The policy engine and its version (`regorus 0.9.1`) when a policy was evaluated."""
+    enforced: bool = True
+    """False when shadow mode let the action through although `decision` was not a plain
+    allow (docs/operations.md, "Rolling out")."""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready view (the audit store defines the canonical, hashed form)."""
@@ -59,6 +62,8 @@ class DecisionRecord:
             "reasons": list(d.reasons),
             "restrictions": list(d.restrictions),
             "obligations": [{"type": o.type, **thaw(o.params)} for o in d.obligations],
+            "enforced": self.enforced,
+            "shadow": [{"effect": e.value, "reason": r} for e, r in d.shadow],
         }
 
 

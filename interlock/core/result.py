@@ -13,7 +13,7 @@ from typing import Any
 from interlock.core.model import Decision, Effect, Obligation, Risk, freeze, parse_restriction
 from interlock.errors import MalformedResult
 
-RESULT_KEYS = frozenset({"effect", "reasons", "restrictions", "obligations"})
+RESULT_KEYS = frozenset({"effect", "reasons", "restrictions", "obligations", "shadow"})
 MAX_REASONS = 64
 
 
@@ -23,6 +23,24 @@ def _strings(value: Any, key: str) -> tuple[str, ...]:
     if len(value) > MAX_REASONS:
         raise MalformedResult(f"decision.{key} has more than {MAX_REASONS} entries")
     return tuple(value)
+
+
+def _effect(value: Any, key: str) -> Effect:
+    try:
+        return Effect(str(value))
+    except ValueError:
+        raise MalformedResult(
+            f"{key} must be one of {', '.join(e.value for e in Effect)}, got {value!r}"
+        ) from None
+
+
+def _finding(value: Any) -> tuple[Effect, str]:
+    """One `shadow` entry: what a rule on trial would have decided, and why."""
+    if not isinstance(value, Mapping) or set(value) != {"effect", "reason"}:
+        raise MalformedResult("each decision.shadow entry must be an object {effect, reason}")
+    if not isinstance(value["reason"], str):
+        raise MalformedResult("decision.shadow reason must be a string")
+    return _effect(value["effect"], "decision.shadow effect"), value["reason"]
 
 
 def _obligation(value: Any) -> Obligation:
@@ -41,13 +59,7 @@ def parse_result(
     unknown = set(value) - RESULT_KEYS
     if unknown:
         raise MalformedResult(f"decision has unknown keys: {', '.join(sorted(unknown))}")
-    try:
-        effect = Effect(str(value.get("effect")))
-    except ValueError:
-        raise MalformedResult(
-            f"decision.effect must be one of {', '.join(e.value for e in Effect)}, "
-            f"got {value.get('effect')!r}"
-        ) from None
+    effect = _effect(value.get("effect"), "decision.effect")
     reasons = _strings(value.get("reasons", []), "reasons")
     restrictions = _strings(value.get("restrictions", []), "restrictions")
     try:
@@ -60,6 +72,10 @@ def parse_result(
     if not isinstance(obligations_raw, list):
         raise MalformedResult("decision.obligations must be a list")
     obligations = tuple(_obligation(o) for o in obligations_raw)
+    shadow_raw = value.get("shadow", [])
+    if not isinstance(shadow_raw, list) or len(shadow_raw) > MAX_REASONS:
+        raise MalformedResult(f"decision.shadow must be a list of at most {MAX_REASONS}")
+    shadow = tuple(_finding(f) for f in shadow_raw)
     return Decision(
         decision_id=decision_id,
         effect=effect,
@@ -69,4 +85,5 @@ def parse_result(
         restrictions=restrictions,
         obligations=obligations,
         time=now,
+        shadow=shadow,
     )

@@ -91,8 +91,9 @@ def action_from_json(doc: Any) -> Action:
 
 
 def decision_to_json(d: Decision) -> dict[str, Any]:
-    """The decision as the CLI and API print it."""
-    return {
+    """The decision as the CLI and API print it (`shadow`: only when a rule on trial
+    found something)."""
+    out = {
         "decision_id": d.decision_id,
         "effect": d.effect.value,
         "reasons": list(d.reasons),
@@ -101,3 +102,6 @@ def decision_to_json(d: Decision) -> dict[str, Any]:
         "risk": {"score": d.risk.score, "tier": d.risk.tier.value, "signals": dict(d.risk.signals)},
         "policy_version": d.policy_version,
     }
+    if d.shadow:
+        out["shadow"] = [{"effect": e.value, "reason": r} for e, r in d.shadow]
+    return out

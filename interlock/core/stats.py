@@ -16,19 +16,21 @@ BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 
 
 @dataclass
 class DecisionStats:
-    _rows: deque[tuple[Decision, str, str, str, str, tuple[str, ...]]] = field(
+    _rows: deque[tuple[Decision, str, str, str, str, tuple[str, ...], bool]] = field(
         default_factory=lambda: deque(maxlen=RECENT)
     )
     """The last decisions as recorded: tuples now, dicts only when someone reads them
     (the admin API), because every decision pays for the write and few are read."""
-    decisions: Counter[tuple[str, str]] = field(default_factory=Counter)
-    """(protocol, effect) -> count."""
+    decisions: Counter[tuple[str, str, bool]] = field(default_factory=Counter)
+    """(protocol, effect, enforced) -> count."""
     latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
     latency_sum: float = 0.0
     latency_count: int = 0
 
-    def add(self, action: Action, decision: Decision, seconds: float | None) -> None:
-        self.decisions[(action.protocol, decision.effect.value)] += 1
+    def add(
+        self, action: Action, decision: Decision, seconds: float | None, enforced: bool = True
+    ) -> None:
+        self.decisions[(action.protocol, decision.effect.value, enforced)] += 1
         self._rows.append(
             (
                 decision,
@@ -37,6 +39,7 @@ class DecisionStats:
                 action.operation.value,
                 action.target,
                 action.parents,
+                enforced,
             )
         )
         if seconds is not None:
@@ -61,6 +64,7 @@ def _row(
     operation: str,
     target: str,
     parents: tuple[str, ...],
+    enforced: bool,
 ) -> dict[str, Any]:
     return {
         "decision_id": decision.decision_id,
@@ -73,4 +77,5 @@ def _row(
         "risk": {"score": decision.risk.score, "tier": decision.risk.tier.value},
         "reasons": list(decision.reasons)[:8],
         "parents": list(parents),
+        "enforced": enforced,
     }

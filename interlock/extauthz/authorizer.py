@@ -267,6 +267,7 @@ class Authorizer:
             value = self.pdp.policy.current.evaluate(self.config.decision_path, doc)
             result = opa.parse_result(value)
         except (PolicyError, opa.BadResult, BadPath) as exc:
+            a.failed = True  # denied in every mode, shadow too
             return denial(await self.pdp.settle(a.action, a, a.deny(f"policy: {exc}")))
         effect = Effect.ALLOW if result.allowed else Effect.DENY
         reason = f"{self.config.decision_path} = {'allowed' if result.allowed else 'denied'}"
@@ -274,6 +275,8 @@ class Authorizer:
         decision = await self.pdp.settle(a.action, a, proposed)
         if result.allowed and decision.effect is not Effect.ALLOW:
             return denial(decision)  # posture or the audit log overruled the policy
+        if not result.allowed and decision.allowed:
+            result = AuthzResponse(True, 200)  # shadow mode: the denial is recorded, not enforced
         result.metadata = {**result.metadata, **dynamic_metadata(decision)}
         if not result.allowed:
             result.headers.append(("x-interlock-decision-id", decision.decision_id))

@@ -10,7 +10,26 @@ package interlock
 import rego.v1
 
 # The decision the PDP queries (entrypoint interlock/decision).
-decision := decide(input, data.interlock.policy)
+decision := decide_with_trials(input, data.interlock.policy)
+
+# Rules on trial add findings under `shadow`: the PDP records them and never enforces
+# them, so a new rule can be tried inside an enforcing policy (docs/operations.md,
+# "Rolling out"). Empty by default, one `count` per decision.
+decide_with_trials(inp, cfg) := decide(inp, cfg) if {
+	count(trial_reasons(inp, cfg)) == 0
+} else := object.union(decide(inp, cfg), {"shadow": trial_findings(inp, cfg)})
+
+trial_findings(inp, cfg) := [{"effect": "deny", "reason": r} | some r in sort(trial_reasons(inp, cfg))]
+
+# The example trial: denying egress to listed hosts, before it joins the hard rules.
+trial_reasons(inp, cfg) := set() if {
+	count(object.get(object.get(cfg, "trial", {}), "deny_egress_hosts", [])) == 0
+} else := trial_found(inp, cfg)
+
+trial_found(inp, cfg) := {concat("", ["trial: egress to ", inp.action.target]) |
+	inp.action.operation in cfg.egress_operations
+	inp.action.target in cfg.trial.deny_egress_hosts
+}
 
 decide(inp, cfg) := isolation(inp, cfg) if {
 	count(isolate_reasons(inp, cfg)) > 0

@@ -27,6 +27,18 @@ test_low_tier_allows if {
 	interlock.decide(base, cfg).effect == "allow"
 }
 
+test_no_trial_rule_no_shadow_findings if {
+	not "shadow" in object.keys(interlock.decide_with_trials(acting(base, "egress", "example.org"), cfg))
+}
+
+test_a_trial_rule_is_a_shadow_finding_and_changes_no_effect if {
+	trial := object.union(cfg, {"trial": {"deny_egress_hosts": ["example.org"]}})
+	d := interlock.decide_with_trials(acting(base, "egress", "example.org"), trial)
+	d.effect == "allow"
+	d.shadow == [{"effect": "deny", "reason": "trial: egress to example.org"}]
+	not "shadow" in object.keys(interlock.decide_with_trials(acting(base, "egress", "other.org"), trial))
+}
+
 test_medium_tier_holds_for_approval if {
 	interlock.decide(tiered(base, "medium", 40), cfg).effect == "approve"
 }

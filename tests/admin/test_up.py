@@ -286,6 +286,12 @@ async def test_agents_cli_changes_posture_through_the_running_instance(
     missing = await asyncio.to_thread(cli, "show", "nobody")
     assert missing.returncode == 2
     assert "404" in missing.stderr
+    shadow = (await asyncio.to_thread(cli, "mode", "coder", "shadow")).stdout.splitlines()
+    assert "postgres   shadow   (admin API, agent coder)" in shadow
+    shown = json.loads((await asyncio.to_thread(cli, "show", "coder")).stdout)
+    assert shown["modes"]["http"] == {"mode": "shadow", "why": "admin API, agent coder"}
+    back = (await asyncio.to_thread(cli, "mode", "coder", "config")).stdout
+    assert "http       enforce  ([policy] mode)" in back
     assert await asyncio.to_thread(up.stop) == 0
 
 

@@ -45,7 +45,11 @@ async def test_record_has_the_documented_fields() -> None:
         "restrictions",
         "obligations",
         "approver",
+        "enforced",
+        "shadow",
     }
+    assert rec["enforced"] is True
+    assert rec["shadow"] == []
     assert rec["agent"] == {
         "id": "reporter",
         "roles": ["analyst"],

@@ -15,7 +15,7 @@ import jwt
 import pytest
 from google.rpc import code_pb2
 
-from interlock.config import ExtAuthzConfig
+from interlock.config import Config, ExtAuthzConfig
 from interlock.core.model import Effect
 from tests.extauthz.conftest import MESH_HEADER, App, Authz, check_request, opa_bundle, start_authz
 from tests.services import envoy_server
@@ -158,3 +158,27 @@ async def test_a_policy_error_is_a_denial(tmp_path: Path) -> None:
     finally:
         await a.server.stop(0)
         await a.runner.cleanup()
+
+
+async def test_in_shadow_the_opa_denial_is_recorded_and_the_request_allowed(
+    tmp_path: Path,
+) -> None:
+    async for a in opa_authz(tmp_path, "envoy/authz/result"):
+        a.pdp.modes = Config(extauthz=ExtAuthzConfig(enforcement="shadow")).modes()
+        bearer = {"authorization": f"Bearer {token('guest', 'b')}", MESH_HEADER: "coder"}
+        delete = check_request("DELETE", headers=bearer)
+        shadowed = await a.check(delete)
+        assert shadowed.status.code == code_pb2.OK
+        assert (a.sink.last.decision.effect, a.sink.last.enforced) == (Effect.DENY, False)
+        assert shadowed.dynamic_metadata["interlock"]["effect"] == "allow"
+        anonymous = await a.check(check_request(headers={}))
+        assert anonymous.denied_response.status.code == 401, "identity is never shadowed"
+        config = a.authorizer.config
+        a.authorizer.config = config.model_copy(update={"decision_path": "envoy/authz/none"})
+        broken = await a.check(delete)
+        assert broken.denied_response.status.code == 403, "a policy error denies in shadow too"
+        assert a.sink.last.enforced is True
+        a.authorizer.config = config
+        a.pdp.modes = Config(extauthz=ExtAuthzConfig()).modes()
+        assert (await a.check(delete)).denied_response.status.code == 403
+        assert (a.sink.last.decision.effect, a.sink.last.enforced) == (Effect.DENY, True)
