@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 
 from mitmproxy import connection, http
 from mitmproxy.proxy import mode_specs
@@ -22,6 +21,7 @@ from interlock.core.model import Agent
 from interlock.errors import IdentityError
 from interlock.identity.jwt import JwtVerifier
 from interlock.identity.registry import AgentEntry, AgentRegistry
+from interlock.proxies.http.answer import refuse
 
 AGENT = "interlock.agent"
 """flow.metadata key holding the authenticated Agent."""
@@ -33,9 +33,10 @@ def challenge(flow: http.HTTPFlow, why: str) -> None:
         status, header, error = 401, "WWW-Authenticate", "authentication required"
     else:
         status, header, error = 407, "Proxy-Authenticate", "proxy authentication required"
-    flow.response = http.Response.make(
+    refuse(
+        flow,
         status,
-        json.dumps({"error": error, "reason": why}),
+        {"error": error, "reason": why},
         {header: 'Basic realm="interlock"', "Content-Type": "application/json"},
     )
 
@@ -100,6 +101,14 @@ class Identity:
             return
         flow.metadata[AGENT] = agent
         self.clients[flow.client_conn.id] = agent.id
+
+    async def who(self, flow: http.HTTPFlow) -> Agent | None:
+        """Whom `flow` speaks for, without answering it: a refusal made before this addon
+        ran (a malformed request) is audited under the agent its credentials name."""
+        tunnel = self._tunnels.get(flow.client_conn.id)
+        if tunnel is not None:
+            return tunnel[0]
+        return await self._authenticate(flow)
 
     def client_disconnected(self, client: connection.Client) -> None:
         self._tunnels.pop(client.id, None)
