@@ -75,6 +75,14 @@ class PolicyConfig(Section):
     """Bearer token for the bundle server."""
 
 
+class WitnessConfig(Section):
+    url: str = Field(pattern=r"^https?://")
+    """The witness's submission prefix (`<url>/add-checkpoint` is asked)."""
+    key: str
+    """Its verifier key, `name+<hex id>+<base64(0x04 || Ed25519 key)>` (`interlock witness
+    key` prints it)."""
+
+
 class AuditConfig(Section):
     store: str = "sqlite:///audit.db"
     """sqlite:///path (relative paths are inside data_dir) or postgresql://..."""
@@ -93,6 +101,10 @@ class AuditConfig(Section):
     max_pending: int = Field(100_000, ge=1)
     """Records queued in memory before appends are refused."""
     write_timeout: float = Field(5.0, gt=0)
+    witnesses: list[WitnessConfig] = []
+    """Witnesses asked to cosign each checkpoint (c2sp.org/tlog-witness)."""
+    witness_timeout: float = Field(5.0, gt=0)
+    """Seconds to wait for each witness's answer before storing the checkpoint without it."""
 
     @field_validator("store")
     @classmethod

@@ -14,8 +14,8 @@ from interlock.config import load_config
 from interlock.core.context import MemoryStore
 from interlock.core.model import Action, Agent, Effect, Operation
 from interlock.core.pdp import PDP
-from interlock.core.refusal import guard_action
 from interlock.core.policy import PolicyManager
+from interlock.core.refusal import guard_action
 from interlock.errors import StateError
 from interlock.testing import CaptureSink, FakeClock, make_pdp
 from tests.audit.conftest import audit_cli
@@ -80,7 +80,7 @@ def test_same_policy_replay_of_recorded_traffic_changes_nothing(tmp_path: Path) 
     assert "CHANGED" not in out.stdout, out.stdout
     assert lines[-1].endswith(", 0 would change, 5 not replayable (no policy decided them)")
     assert lines[-1].startswith("12 decisions replayed"), out.stdout
-    assert [x for x in lines if " connect app" in x][0].endswith("deny -> not replayable")
+    assert next(x for x in lines if " connect app" in x).endswith("deny -> not replayable")
     refused = [x for x in lines if "https://example.com/" in x]
     assert len(refused) == 1, out.stdout
     assert refused[0].startswith("n/a "), out.stdout

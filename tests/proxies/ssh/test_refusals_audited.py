@@ -36,7 +36,8 @@ async def test_isolation_ending_a_session_is_recorded_as_its_consequence(rig: Ri
 
 async def test_a_failed_login_is_recorded_as_anonymous(rig: Rig, tmp_path: Path) -> None:
     stranger = tmp_path / "stranger"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
+    keygen = ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)]
+    await asyncio.to_thread(subprocess.run, keygen, check=True)
     args = [a if a != str(rig.agent_key) else str(stranger) for a in rig.ssh_args()]
     done = await asyncio.to_thread(subprocess.run, [*args, "true"], capture_output=True, timeout=60)
     assert done.returncode == 255
