@@ -168,7 +168,8 @@ def _verifier(args: argparse.Namespace, config: Config) -> Verifier:
     if args.key:
         text = Path(args.key).read_text("utf-8") if Path(args.key).is_file() else args.key
         return Verifier.parse(text)
-    if not (config.audit.key or config.data_dir / "audit.key").exists():
+    local = config.audit.key or config.data_dir / "audit.key"
+    if config.audit.transit is None and not local.exists():
         raise UsageError("no audit key here; pass --key NAME+ID+KEY")
     return signer_for(config).verifier
 

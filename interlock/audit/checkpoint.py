@@ -23,7 +23,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Self
+from typing import ClassVar, Protocol, Self
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -93,6 +93,16 @@ class Verifier:
         return verifier
 
 
+class NoteSigner(Protocol):
+    """What signs the log's checkpoints: the local key file (`Signer`) or a key held
+    elsewhere (`transit.TransitSigner`). `verifier` is the key an auditor trusts."""
+
+    name: str
+    verifier: Verifier
+
+    async def sign_note(self, text: str) -> str: ...
+
+
 class Signer:
     """Signs notes with an Ed25519 key under a name."""
 
@@ -113,6 +123,9 @@ class Signer:
         sig = self._key.sign(text.encode())
         blob = base64.b64encode(self.verifier.id + sig).decode()
         return f"{text}\n{DASH}{self.name} {blob}\n"
+
+    async def sign_note(self, text: str) -> str:
+        return self.sign(text)
 
 
 def load_or_create_key(path: Path) -> Ed25519PrivateKey:

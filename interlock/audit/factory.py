@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from interlock.audit.checkpoint import CheckpointError, Signer, load_or_create_key
+from interlock.audit.checkpoint import CheckpointError, NoteSigner, Signer, load_or_create_key
 from interlock.audit.cosignature import WitnessKey
 from interlock.audit.log import AuditLog
 from interlock.audit.store import AuditStore
@@ -13,7 +13,13 @@ from interlock.config import Config
 from interlock.errors import ConfigError
 
 
-def signer_for(config: Config) -> Signer:
+def signer_for(config: Config) -> NoteSigner:
+    """OpenBao transit when `audit.transit` is set (its public key read now), else the
+    local key file, created on first use."""
+    if config.audit.transit is not None:
+        from interlock.audit.transit import TransitSigner
+
+        return TransitSigner(config.audit.origin, config.audit.transit)
     key_path = config.audit.key or config.data_dir / "audit.key"
     return Signer(config.audit.origin, load_or_create_key(key_path))
 

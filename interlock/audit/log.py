@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from interlock.audit import merkle
-from interlock.audit.checkpoint import Signer, sign_checkpoint
+from interlock.audit.checkpoint import NoteSigner, checkpoint_text
 from interlock.audit.record import encode
 from interlock.audit.store import AuditStore
 from interlock.audit.witnessing import Witnesses
@@ -77,7 +77,7 @@ class AuditLog:
     def __init__(
         self,
         store: AuditStore,
-        signer: Signer,
+        signer: NoteSigner,
         origin: str,
         *,
         max_batch: int = 512,
@@ -232,7 +232,7 @@ class AuditLog:
         if size == self.stats.last_checkpoint_size:
             return None
         root = merkle.root_from(size, await self.store.nodes(merkle.frontier_keys(size)))
-        note = sign_checkpoint(self.signer, self.origin, size, root)
+        note = await self.signer.sign_note(checkpoint_text(self.origin, size, root))
         if self.witnesses is not None:
             note = await self.witnesses.cosign(self.store, note, size)
         await self.store.add_checkpoint(size, note)
