@@ -322,6 +322,17 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     return _with_store(args, work)
 
 
+def cmd_audit_tiles(args: argparse.Namespace) -> int:
+    from interlock.audit.tiles import write_static
+
+    async def work(config: Config, store: AuditStore) -> int:
+        out = await write_static(store, _verifier(args, config), Path(args.dir))
+        print(f"wrote the checkpoint at size {out.size} and {out.files} tile(s) to {args.dir}")
+        return 0
+
+    return _with_store(args, work)
+
+
 def cmd_audit_replay(args: argparse.Namespace) -> int:
     from interlock.audit import commands
 
@@ -609,6 +620,9 @@ def parser() -> argparse.ArgumentParser:
     group.add_argument("--inclusion", type=int, metavar="INDEX")
     sp.add_argument("--size", type=int, help="tree size for --inclusion (default: current)")
     sp = audit_cmd("export", cmd_audit_export, "records, checkpoints and proofs as files")
+    sp.add_argument("dir")
+    sp.add_argument("--key", help=argparse.SUPPRESS)
+    sp = audit_cmd("tiles", cmd_audit_tiles, "the log as static tlog-tiles files")
     sp.add_argument("dir")
     sp.add_argument("--key", help=argparse.SUPPRESS)
     sp = audit_cmd("replay", cmd_audit_replay, "re-decide an agent's actions under a policy")
