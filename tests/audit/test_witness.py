@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -127,17 +128,20 @@ def witness_cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "interlock.cli", "witness", *args]
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[str, str]]:
+def log_key(tmp_path: Path) -> str:
+    """The verifier key of the log every config here signs with."""
+    return Signer(ORIGIN, load_or_create_key(tmp_path / "log" / "audit.key")).verifier.encode()
+
+
+@contextlib.contextmanager
+def witness_process(tmp_path: Path, witness: str) -> Iterator[tuple[str, str]]:
     """A real `interlock witness serve` process following the log's key: (url, its key)."""
-    key_file = tmp_path / "log" / "audit.key"
-    log_key = Signer(ORIGIN, load_or_create_key(key_file)).verifier.encode()
-    wdir = tmp_path / "witness"
-    name = ["--name", "witness.test/w1", "--dir", str(wdir)]
+    wdir = tmp_path / witness.replace("/", "_")
+    name = ["--name", witness, "--dir", str(wdir)]
     wkey = subprocess.run(witness_cli("key", *name), capture_output=True, text=True, check=True)
     port = free_port()
     proc = subprocess.Popen(
-        witness_cli("serve", *name, "--log", log_key, "--listen", f"127.0.0.1:{port}"),
+        witness_cli("serve", *name, "--log", log_key(tmp_path), "--listen", f"127.0.0.1:{port}"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -149,12 +153,21 @@ def served(tmp_path: Path) -> Iterator[tuple[str, str]]:
         proc.wait(10)
 
 
-def config(tmp_path: Path, name: str, url: str, wkey: str) -> Path:
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    with witness_process(tmp_path, "witness.test/w1") as w:
+        yield w
+
+
+def config(tmp_path: Path, name: str, *witnesses: str) -> Path:
+    """A log config asking the witnesses given as url, key, url, key, ..."""
     cfg = tmp_path / f"{name}.toml"
+    pairs = zip(witnesses[::2], witnesses[1::2], strict=True)
+    listed = ", ".join(f'{{ url = "{u}", key = "{k}" }}' for u, k in pairs)
     cfg.write_text(
         f'data_dir = "{tmp_path / name}"\n[audit]\norigin = "{ORIGIN}"\n'
         f'key = "{tmp_path / "log" / "audit.key"}"\ncheckpoint_interval = 0\n'
-        f'witnesses = [{{ url = "{url}", key = "{wkey}" }}]\n'
+        f"witnesses = [{listed}]\n"
     )
     return cfg
 
@@ -167,10 +180,12 @@ async def write(cfg: Path, n: int, op_clock: FakeClock | None = None) -> None:
     await log.close()
 
 
-def verify(cfg: Path, wkey: str) -> subprocess.CompletedProcess[str]:
-    key = audit_cli("key", "-c", str(cfg)).stdout.strip()
+def verify(cfg: Path, *wkeys: str, quorum: int = 0) -> subprocess.CompletedProcess[str]:
+    key = log_key(cfg.parent)
+    trusted = [a for w in wkeys for a in ("--witness", w)]
+    k = ["--quorum", str(quorum)] if quorum else []
     out = audit_cli(
-        "verify", "-c", str(cfg), "--key", key, "--witness", wkey, "--max-unsigned-age", "1e9"
+        "verify", "-c", str(cfg), "--key", key, *trusted, *k, "--max-unsigned-age", "1e9"
     )
     assert "Traceback" not in out.stderr, out.stderr
     return out
@@ -213,7 +228,7 @@ def test_a_real_witness_refuses_a_rewritten_log_and_the_verifier_rejects_it(
     text, _ = signatures(notes[-1].read_text("utf-8"))
     assert text.split("\n")[1] == "15"
     assert cosigned_at(notes[-1].read_text("utf-8"), WitnessKey.parse(wkey)) is not None
-    key = audit_cli("key", "-c", str(honest)).stdout.strip()
+    key = log_key(tmp_path)
     bundle = audit_cli(
         "verify",
         "--bundle",
@@ -226,3 +241,29 @@ def test_a_real_witness_refuses_a_rewritten_log_and_the_verifier_rejects_it(
         "1e9",
     )
     assert bundle.returncode == 0, bundle.stdout
+
+
+@pytest.mark.integration
+def test_a_quorum_of_two_witness_processes_and_one_going_away(tmp_path: Path) -> None:
+    with (
+        witness_process(tmp_path, "witness.test/a") as (url_a, key_a),
+        witness_process(tmp_path, "witness.test/b") as (url_b, key_b),
+    ):
+        cfg = config(tmp_path, "log", url_a, key_a, url_b, key_b)
+        asyncio.run(write(cfg, 5))
+        out = verify(cfg, key_a, key_b)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "cosigned by witness.test/a, witness.test/b" in out.stdout
+    # Both stopped; a new checkpoint gets no cosignature: 2 of 2 and 1 of 2 both fail.
+    asyncio.run(write(cfg, 3))
+    failed = verify(cfg, key_a, key_b, quorum=1)
+    assert failed.returncode == 1
+    assert "(size 8) is cosigned by 0 of the 2 witnesses you trust, 1 required" in failed.stdout
+    with witness_process(tmp_path, "witness.test/a") as (url_a, _):
+        # One back (its state kept): it cosigns from size 5, 1 of 2 suffices, 2 of 2 not.
+        cfg = config(tmp_path, "log", url_a, key_a, url_b, key_b)
+        assert audit_cli("checkpoint", "-c", str(cfg)).returncode == 0
+        asyncio.run(write(cfg, 1))
+        assert verify(cfg, key_a, key_b, quorum=1).returncode == 0
+        short = verify(cfg, key_a, key_b)
+        assert "cosigned by 1 of the 2 witnesses you trust, 2 required" in short.stdout
