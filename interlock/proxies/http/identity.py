@@ -12,7 +12,6 @@ may also come in `X-Interlock-Authorization` (same schemes), and a failure is a 
 from __future__ import annotations
 
 import base64
-import binascii
 
 from mitmproxy import connection, http
 from mitmproxy.proxy import mode_specs
@@ -61,7 +60,7 @@ class Identity:
         if scheme.lower() == "basic":
             try:
                 decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-            except (binascii.Error, UnicodeDecodeError):
+            except ValueError:  # not base64 (or not ASCII at all), not UTF-8
                 return None
             agent_id, sep, token = decoded.partition(":")
             return self.registry.authenticate(agent_id, token) if sep else None

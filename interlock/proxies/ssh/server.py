@@ -58,6 +58,8 @@ class Connection(asyncssh.SSHServer):
         self.proxy = proxy
         self.conn: asyncssh.SSHServerConnection | None = None
         self.login: Login | None = None
+        self.offered: str | None = None
+        """The user name the client asked to log in as (for the record of a failed login)."""
         self._agent: Agent | None = None
         self._upstream: asyncssh.SSHClientConnection | None = None
         self._upstream_lock = asyncio.Lock()
@@ -75,12 +77,13 @@ class Connection(asyncssh.SSHServer):
         self.conn = conn
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._agent is None and self.login is not None:
+        if self._agent is None and self.offered is not None:
             # It offered a login and never completed one: authentication failed.
-            claimed = {"user": self.login.agent_id[:128], "target": self.login.target[:128]}
+            target = self.login.target if self.login is not None else ""
+            claimed = {"user": self.offered[:128], "target": target[:128]}
             self.proxy.refusals.soon(
-                guard_action(None, "ssh", Operation.CONNECT, self.login.target, claimed),
-                f"authentication failed for {self.login.agent_id[:128]!r}",
+                guard_action(None, "ssh", Operation.CONNECT, target, claimed),
+                f"authentication failed for {self.offered[:128]!r}",
             )
         for waiting in list(self.held):
             waiting.cancel()  # the hold records itself as withdrawn
@@ -89,6 +92,7 @@ class Connection(asyncssh.SSHServer):
             self._upstream.close()
 
     def begin_auth(self, username: str) -> bool:
+        self.offered = username
         self.login = parse_login(username, self.proxy.config)
         return True
 
