@@ -20,6 +20,7 @@ from interlock.errors import ConfigError, InterlockError, PolicyError, UsageErro
 
 if TYPE_CHECKING:
     from interlock.audit.checkpoint import Verifier
+    from interlock.audit.cosignature import Quorum
     from interlock.audit.store import AuditStore
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parent / "config_example.toml"
@@ -175,7 +176,8 @@ def _verifier(args: argparse.Namespace, config: Config) -> Verifier:
     if args.key:
         text = Path(args.key).read_text("utf-8") if Path(args.key).is_file() else args.key
         return Verifier.parse(text)
-    if not (config.audit.key or config.data_dir / "audit.key").exists():
+    local = config.audit.key or config.data_dir / "audit.key"
+    if config.audit.transit is None and not local.exists():
         raise UsageError("no audit key here; pass --key NAME+ID+KEY")
     return signer_for(config).verifier
 
@@ -203,20 +205,41 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         if args.max_unsigned_age is not None
         else 2 * config.audit.checkpoint_interval
     )
+    quorum = _quorum(args)
     if args.bundle:
         report = commands.verify_bundle(
-            Path(args.bundle), _verifier(args, config), None, since=since, max_age=max_age
+            Path(args.bundle),
+            _verifier(args, config),
+            None,
+            since=since,
+            max_age=max_age,
+            quorum=quorum,
         )
         return _print_report(report)
 
     async def work(config: Config, store: AuditStore) -> int:
         verifier = _verifier(args, config)
         report = await commands.verify_store(
-            store, verifier, config.audit.origin, since=since, max_age=max_age
+            store, verifier, config.audit.origin, since=since, max_age=max_age, quorum=quorum
         )
         return _print_report(report)
 
     return _with_store(args, work)
+
+
+def _quorum(args: argparse.Namespace) -> Quorum | None:
+    """--witness keys (each a vkey or a file holding one) and --quorum K (default: all)."""
+    from interlock.audit.cosignature import Quorum, WitnessKey
+
+    if not args.witness:
+        if args.quorum:
+            raise UsageError("--quorum needs --witness keys")
+        return None
+    keys = tuple(
+        WitnessKey.parse(Path(w).read_text("utf-8") if Path(w).is_file() else w)
+        for w in args.witness
+    )
+    return Quorum(keys, args.quorum or len(keys))
 
 
 def _print_report(report: Any) -> int:
@@ -307,6 +330,17 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     return _with_store(args, work)
 
 
+def cmd_audit_tiles(args: argparse.Namespace) -> int:
+    from interlock.audit.tiles import write_static
+
+    async def work(config: Config, store: AuditStore) -> int:
+        out = await write_static(store, _verifier(args, config), Path(args.dir))
+        print(f"wrote the checkpoint at size {out.size} and {out.files} tile(s) to {args.dir}")
+        return 0
+
+    return _with_store(args, work)
+
+
 def cmd_audit_replay(args: argparse.Namespace) -> int:
     from interlock.audit import commands
 
@@ -354,11 +388,17 @@ def cmd_audit_shadow_report(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_checkpoint(args: argparse.Namespace) -> int:
-    from interlock.audit.factory import signer_for
+    from interlock.audit.factory import signer_for, witnesses_for
     from interlock.audit.log import AuditLog
 
     async def work(config: Config, store: AuditStore) -> int:
-        log = AuditLog(store, signer_for(config), config.audit.origin, checkpoint_interval=0)
+        log = AuditLog(
+            store,
+            signer_for(config),
+            config.audit.origin,
+            checkpoint_interval=0,
+            witnesses=witnesses_for(config),
+        )
         made = await log.checkpoint()
         size = made[0] if made else await store.size()
         print(f"checkpoint at size {size}")
@@ -371,6 +411,36 @@ def cmd_audit_key(args: argparse.Namespace) -> int:
     from interlock.audit.factory import signer_for
 
     print(signer_for(_config(args.config)).verifier.encode())
+    return 0
+
+
+def _cosigner(args: argparse.Namespace) -> Any:
+    from interlock.audit.checkpoint import load_or_create_key
+    from interlock.audit.cosignature import Cosigner
+
+    return Cosigner(args.name, load_or_create_key(Path(args.dir) / "witness.key"))
+
+
+def cmd_witness_key(args: argparse.Namespace) -> int:
+    print(_cosigner(args).key.encode())
+    return 0
+
+
+def cmd_witness_serve(args: argparse.Namespace) -> int:
+    """Serve c2sp.org/tlog-witness for the logs given, until interrupted."""
+    from aiohttp import web
+
+    from interlock.audit.checkpoint import Verifier
+    from interlock.audit.witness import WitnessState, witness_app
+
+    logs = {}
+    for text in args.log:
+        verifier = Verifier.parse(Path(text).read_text("utf-8") if Path(text).is_file() else text)
+        logs[verifier.name] = verifier
+    state = WitnessState(_cosigner(args), logs, Path(args.dir) / "witness.json")
+    host, _, port = args.listen.rpartition(":")
+    print(f"witness {args.name} for {', '.join(logs)} on {args.listen}", flush=True)
+    web.run_app(witness_app(state), host=host or "127.0.0.1", port=int(port), print=None)
     return 0
 
 
@@ -563,6 +633,19 @@ def parser() -> argparse.ArgumentParser:
         help="fail when records past the latest signed checkpoint are older than this "
         "(default: twice audit.checkpoint_interval)",
     )
+    sp.add_argument(
+        "--witness",
+        action="append",
+        metavar="KEY",
+        help="a witness key you trust (NAME+ID+KEY, or a file with it); repeat for several",
+    )
+    sp.add_argument(
+        "--quorum",
+        type=int,
+        metavar="K",
+        help="require cosignatures by K of the --witness keys on the latest checkpoint "
+        "(default: all of them)",
+    )
     sp = audit_cmd("show", cmd_audit_show, "a record (by decision id or index) and its proof")
     sp.add_argument(
         "ref",
@@ -580,6 +663,9 @@ def parser() -> argparse.ArgumentParser:
     sp = audit_cmd("export", cmd_audit_export, "records, checkpoints and proofs as files")
     sp.add_argument("dir")
     sp.add_argument("--key", help=argparse.SUPPRESS)
+    sp = audit_cmd("tiles", cmd_audit_tiles, "the log as static tlog-tiles files")
+    sp.add_argument("dir")
+    sp.add_argument("--key", help=argparse.SUPPRESS)
     sp = audit_cmd("replay", cmd_audit_replay, "re-decide an agent's actions under a policy")
     sp.add_argument("--agent", required=True)
     sp.add_argument("--since", help="UTC time, YYYY-MM-DDTHH:MM:SS")
@@ -593,6 +679,26 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="the report as JSON, for scripts")
     audit_cmd("checkpoint", cmd_audit_checkpoint, "sign a checkpoint of the current tree now")
     audit_cmd("key", cmd_audit_key, "print the log's verifier (public) key")
+
+    witness = sub.add_parser("witness", help="cosign other logs' checkpoints (tlog-witness)")
+    wsub = witness.add_subparsers(dest="witness_command", required=True)
+    for name, func, text in (
+        ("serve", cmd_witness_serve, "serve POST /add-checkpoint for the given logs"),
+        ("key", cmd_witness_key, "print this witness's verifier key (created on first use)"),
+    ):
+        sp = wsub.add_parser(name, help=text)
+        sp.add_argument("--name", required=True, help="the witness's name (e.g. example.com/w1)")
+        sp.add_argument("--dir", required=True, help="where its key and state are kept")
+        sp.set_defaults(func=func)
+        if name == "serve":
+            sp.add_argument(
+                "--log",
+                action="append",
+                required=True,
+                metavar="KEY",
+                help="a log's verifier key (its name is the log's origin); repeat for several",
+            )
+            sp.add_argument("--listen", default="127.0.0.1:8470", help="HOST:PORT")
 
     agents = sub.add_parser("agents", help="see and change agents' posture (admin API)")
     asub = agents.add_subparsers(dest="agents_command", required=True)

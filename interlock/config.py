@@ -81,6 +81,39 @@ class PolicyConfig(Section):
     """Bearer token for the bundle server."""
 
 
+class WitnessConfig(Section):
+    url: str = Field(pattern=r"^https?://")
+    """The witness's submission prefix (`<url>/add-checkpoint` is asked)."""
+    key: str
+    """Its verifier key, `name+<hex id>+<base64(0x04 || Ed25519 key)>` (`interlock witness
+    key` prints it)."""
+
+
+class AuditTransitConfig(Section):
+    """Checkpoints signed by an OpenBao/Vault transit key (Ed25519): the signing key never
+    leaves OpenBao, so the host cannot re-sign a rewritten log by itself."""
+
+    address: str
+    """https (http only to a loopback address: the token crosses this link)."""
+    token: str | None = None
+    token_file: Path | None = None
+    mount: str = "transit"
+    key: str = "interlock-audit"
+    """A transit key of type ed25519 (`bao write transit/keys/interlock-audit type=ed25519`)."""
+    timeout: float = Field(5.0, gt=0)
+
+    @field_validator("address")
+    @classmethod
+    def _secure(cls, v: str) -> str:
+        return tls_unless_loopback(v)
+
+    @model_validator(mode="after")
+    def _one_token(self) -> AuditTransitConfig:
+        if bool(self.token) == bool(self.token_file):
+            raise ValueError("give exactly one of token, token_file")
+        return self
+
+
 class AuditConfig(Section):
     store: str = "sqlite:///audit.db"
     """sqlite:///path (relative paths are inside data_dir) or postgresql://..."""
@@ -99,6 +132,12 @@ class AuditConfig(Section):
     max_pending: int = Field(100_000, ge=1)
     """Records queued in memory before appends are refused."""
     write_timeout: float = Field(5.0, gt=0)
+    witnesses: list[WitnessConfig] = []
+    """Witnesses asked to cosign each checkpoint (c2sp.org/tlog-witness)."""
+    witness_timeout: float = Field(5.0, gt=0)
+    """Seconds to wait for each witness's answer before storing the checkpoint without it."""
+    transit: AuditTransitConfig | None = None
+    """Sign checkpoints through OpenBao/Vault transit instead of the local `key` file."""
 
     @field_validator("store")
     @classmethod

@@ -146,7 +146,8 @@ async def test_payroll_then_injection_then_a_new_host_isolates_the_agent(world: 
 
     sent = await world.send([{"name": r["name"], "salary": str(r["salary"])} for r in rows])
     assert sent.status_code == 403
-    read, fetch, post = records(world)[-3:]
+    # (Isolation's ending of the open Postgres session is a `connect` record of its own.)
+    read, fetch, post = [r for r in records(world) if r["operation"] != "connect"][-3:]
     assert post["effect"] == "isolate"
     assert "exfiltration pattern" in post["reasons"][0]
     # The POST's record names where its taint and its data came from.
@@ -154,9 +155,12 @@ async def test_payroll_then_injection_then_a_new_host_isolates_the_agent(world: 
     assert fetch["decision_id"] in post["parents"]
     posture = await world.runtime.pdp.store.posture("coder", world.runtime.pdp.clock())
     assert posture.isolated
-    # The agent's open Postgres session is ended within a second.
+    # The agent's open Postgres session is ended within a second, recorded as a
+    # consequence of the isolating decision.
     assert await session_ended(conn, within=1.0)
     await conn.close()
+    ended = [r for r in records(world) if r["reasons"][0].startswith("session ended")]
+    assert [(e["protocol"], e["parents"]) for e in ended] == [("postgres", [post["decision_id"]])]
 
     await world.runtime.stop()
     out = await asyncio.to_thread(

@@ -319,6 +319,40 @@ async def checkpoint(request: web.Request) -> web.Response:
     return web.json_response({"size": size, "checkpoint": note})
 
 
+async def log_checkpoint(request: web.Request) -> web.Response:
+    """tlog-tiles `<prefix>/checkpoint`: the latest signed note (not cached)."""
+    notes = await request.app[AUDIT_KEY].store.checkpoints()
+    if not notes:
+        return web.Response(status=404, text="no checkpoint yet\n")
+    return web.Response(
+        text=notes[-1][1], content_type="text/plain", headers={"Cache-Control": "no-store"}
+    )
+
+
+async def log_tile(request: web.Request) -> web.Response:
+    """tlog-tiles `<prefix>/tile/...`: only tiles of a size some checkpoint signed."""
+    from interlock.audit import tiles
+
+    store = request.app[AUDIT_KEY].store
+    try:
+        wanted = tiles.parse_path("tile/" + request.match_info["path"])
+    except ValueError as exc:
+        return web.Response(status=400, text=f"{exc}\n")
+    sizes = [s for s, _ in await store.checkpoints()]
+    # Full tiles of the latest signed tree, and the partial ones any checkpoint needs.
+    signed = sizes[-1:] if wanted.width == tiles.WIDTH else sizes
+    if not any(tiles.part_of(wanted, s) for s in signed):
+        return web.Response(status=404, text="no such tile\n")
+    try:
+        body = await tiles.read(store, wanted)
+    except AuditError as exc:
+        return web.Response(status=500, text=f"{exc}\n")
+    cache = "public, max-age=31536000, immutable"
+    return web.Response(
+        body=body, content_type="application/octet-stream", headers={"Cache-Control": cache}
+    )
+
+
 async def proof(request: web.Request) -> web.Response:
     from interlock.audit import commands
 
@@ -402,6 +436,8 @@ def make_app(policy: PolicyManager, audit: AuditLog, admin: Admin | None = None)
     app.router.add_get("/v1/decisions", decisions)
     app.router.add_get("/v1/audit/checkpoint", checkpoint)
     app.router.add_get("/v1/audit/proof", proof)
+    app.router.add_get("/v1/audit/log/checkpoint", log_checkpoint)
+    app.router.add_get("/v1/audit/log/tile/{path:.+}", log_tile)
     app.router.add_get("/v1/intel", intel)
     app.router.add_get("/v1/approvals", approvals)
     app.router.add_get("/v1/approvals/{id}", approval)

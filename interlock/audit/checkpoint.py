@@ -23,6 +23,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, Protocol, Self
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -47,8 +48,8 @@ class Checkpoint:
     root: bytes
 
 
-def key_id(name: str, public: bytes) -> bytes:
-    return hashlib.sha256(name.encode() + b"\n" + ED25519 + public).digest()[:4]
+def key_id(name: str, public: bytes, kind: bytes = ED25519) -> bytes:
+    return hashlib.sha256(name.encode() + b"\n" + kind + public).digest()[:4]
 
 
 def _valid_name(name: str) -> str:
@@ -61,19 +62,22 @@ def _valid_name(name: str) -> str:
 class Verifier:
     """A trusted public key with its name."""
 
+    KIND: ClassVar[bytes] = ED25519
+    """The signature type byte (c2sp.org/signed-note): in the key id and the vkey."""
+
     name: str
     public: bytes
 
     @property
     def id(self) -> bytes:
-        return key_id(self.name, self.public)
+        return key_id(self.name, self.public, self.KIND)
 
     def encode(self) -> str:
-        raw = base64.b64encode(ED25519 + self.public).decode()
+        raw = base64.b64encode(self.KIND + self.public).decode()
         return f"{self.name}+{self.id.hex()}+{raw}"
 
     @classmethod
-    def parse(cls, text: str) -> Verifier:
+    def parse(cls, text: str) -> Self:
         """Parse `name+hexid+base64key`, checking that the id matches the key."""
         try:
             name, hexid, raw = text.strip().split("+", 2)
@@ -81,7 +85,7 @@ class Verifier:
             wanted = bytes.fromhex(hexid)
         except (ValueError, binascii.Error) as exc:
             raise CheckpointError(f"malformed verifier key: {exc}") from exc
-        if len(blob) != 33 or blob[:1] != ED25519:
+        if len(blob) != 33 or blob[:1] != cls.KIND:
             raise CheckpointError("verifier key is not an Ed25519 key")
         verifier = cls(_valid_name(name), blob[1:])
         if verifier.id != wanted:
@@ -89,8 +93,20 @@ class Verifier:
         return verifier
 
 
+class NoteSigner(Protocol):
+    """What signs the log's checkpoints: the local key file (`Signer`) or a key held
+    elsewhere (`transit.TransitSigner`). `verifier` is the key an auditor trusts."""
+
+    name: str
+    verifier: Verifier
+
+    async def sign_note(self, text: str) -> str: ...
+
+
 class Signer:
     """Signs notes with an Ed25519 key under a name."""
+
+    VERIFIER: ClassVar[type[Verifier]] = Verifier
 
     def __init__(self, name: str, key: Ed25519PrivateKey) -> None:
         self.name = _valid_name(name)
@@ -98,7 +114,7 @@ class Signer:
         public = key.public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
         )
-        self.verifier = Verifier(name, public)
+        self.verifier = self.VERIFIER(name, public)
 
     def sign(self, text: str) -> str:
         """The signed note: `text` (ending in newline), blank line, signature line."""
@@ -107,6 +123,9 @@ class Signer:
         sig = self._key.sign(text.encode())
         blob = base64.b64encode(self.verifier.id + sig).decode()
         return f"{text}\n{DASH}{self.name} {blob}\n"
+
+    async def sign_note(self, text: str) -> str:
+        return self.sign(text)
 
 
 def load_or_create_key(path: Path) -> Ed25519PrivateKey:
@@ -147,25 +166,33 @@ def sign_checkpoint(signer: Signer, origin: str, size: int, root: bytes) -> str:
     return signer.sign(checkpoint_text(origin, size, root))
 
 
+def signatures(note: str) -> tuple[str, list[tuple[str, bytes]]]:
+    """A signed note's text (ending in a newline) and its signatures as (key name, key
+    ID followed by the signature), in order; raise CheckpointError if malformed."""
+    text, sep, sigs = note.partition("\n\n")
+    if not sep or not sigs.endswith("\n"):
+        raise CheckpointError("not a signed note (no blank line before signatures)")
+    out = []
+    for line in sigs[:-1].split("\n"):
+        if not line.startswith(DASH):
+            raise CheckpointError(f"malformed signature line {line[:40]!r}")
+        name, _, blob = line[len(DASH) :].partition(" ")
+        try:
+            out.append((name, base64.b64decode(blob, validate=True)))
+        except binascii.Error as exc:
+            raise CheckpointError("signature is not base64") from exc
+    return text + "\n", out
+
+
 def open_checkpoint(note: str, verifier: Verifier) -> Checkpoint:
     """Verify `note` under `verifier` and parse it; raise CheckpointError otherwise."""
     if len(note) > MAX_NOTE:
         raise CheckpointError("note too large")
     if any(ord(c) < 0x20 and c != "\n" for c in note):
         raise CheckpointError("note contains control characters")
-    text, sep, sigs = note.partition("\n\n")
-    if not sep or not sigs.endswith("\n"):
-        raise CheckpointError("not a signed note (no blank line before signatures)")
-    text += "\n"
+    text, sigs = signatures(note)
     verified = False
-    for line in sigs[:-1].split("\n"):
-        if not line.startswith(DASH):
-            raise CheckpointError(f"malformed signature line {line[:40]!r}")
-        name, _, blob = line[len(DASH) :].partition(" ")
-        try:
-            raw = base64.b64decode(blob, validate=True)
-        except binascii.Error as exc:
-            raise CheckpointError("signature is not base64") from exc
+    for name, raw in sigs:
         if name != verifier.name or raw[:4] != verifier.id:
             continue
         try:

@@ -18,6 +18,7 @@ from typing import Any
 
 from interlock.audit import merkle
 from interlock.audit.checkpoint import Verifier
+from interlock.audit.cosignature import Quorum
 from interlock.audit.merkle import Range
 from interlock.audit.store import AuditStore, StoredRecord
 from interlock.audit.verify import Finding, LogVerifier, Report
@@ -46,13 +47,14 @@ async def verify_store(
     *,
     since: str | None = None,
     max_age: float | None = None,
+    quorum: Quorum | None = None,
 ) -> Report:
     """Recompute the tree from every record; check every checkpoint, stored leaf hashes,
     every stored tree node, and consistency proofs built from the stored tree between
     successive checkpoints and from the auditor's kept checkpoint (`since`). A damaged
     store gives findings, never an exception: an auditor needs the diagnosis most then."""
     notes = [note for _, note in await store.checkpoints()]
-    check = LogVerifier(verifier, notes, origin, since)
+    check = LogVerifier(verifier, notes, origin, since, quorum)
     size = await store.size()
     async for chunk in _chunks(store):
         if not chunk:
@@ -260,11 +262,12 @@ def verify_bundle(
     *,
     since: str | None = None,
     max_age: float | None = None,
+    quorum: Quorum | None = None,
 ) -> Report:
     """Verify an export with nothing but its files and the verifier key. The unsigned
     tail's age is measured against the newest record: the export's time is not signed."""
     notes = [p.read_text("utf-8") for p in sorted((target / "checkpoints").glob("*.note"))]
-    check = LogVerifier(verifier, notes, origin, since)
+    check = LogVerifier(verifier, notes, origin, since, quorum)
     gaps = [(e["start"], e["end"]) for e in _lines(target / "missing.jsonl")]
     records: dict[int, bytes] = {}
     index = 0

@@ -4,16 +4,35 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from interlock.audit.checkpoint import Signer, load_or_create_key
+from interlock.audit.checkpoint import CheckpointError, NoteSigner, Signer, load_or_create_key
+from interlock.audit.cosignature import WitnessKey
 from interlock.audit.log import AuditLog
 from interlock.audit.store import AuditStore
+from interlock.audit.witnessing import Witness, Witnesses
 from interlock.config import Config
 from interlock.errors import ConfigError
 
 
-def signer_for(config: Config) -> Signer:
+def signer_for(config: Config) -> NoteSigner:
+    """OpenBao transit when `audit.transit` is set (its public key read now), else the
+    local key file, created on first use."""
+    if config.audit.transit is not None:
+        from interlock.audit.transit import TransitSigner
+
+        return TransitSigner(config.audit.origin, config.audit.transit)
     key_path = config.audit.key or config.data_dir / "audit.key"
     return Signer(config.audit.origin, load_or_create_key(key_path))
+
+
+def witnesses_for(config: Config) -> Witnesses | None:
+    """The configured witnesses, their keys checked now rather than at the first checkpoint."""
+    if not config.audit.witnesses:
+        return None
+    try:
+        found = [Witness(w.url, WitnessKey.parse(w.key)) for w in config.audit.witnesses]
+    except CheckpointError as exc:
+        raise ConfigError(f"audit.witnesses: {exc}") from None
+    return Witnesses(found, config.audit.witness_timeout)
 
 
 def store_for(config: Config) -> AuditStore:
@@ -32,6 +51,7 @@ def log_for(config: Config) -> AuditLog:
         max_pending=a.max_pending,
         write_timeout=a.write_timeout,
         checkpoint_interval=a.checkpoint_interval,
+        witnesses=witnesses_for(config),
     )
 
 

@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from interlock.audit import merkle
-from interlock.audit.checkpoint import Signer, sign_checkpoint
+from interlock.audit.checkpoint import NoteSigner, checkpoint_text
 from interlock.audit.record import encode
 from interlock.audit.store import AuditStore
+from interlock.audit.witnessing import Witnesses
 from interlock.core.record import DecisionRecord
 from interlock.errors import AuditError
 
@@ -66,7 +67,7 @@ class AuditLog:
     def __init__(
         self,
         store: AuditStore,
-        signer: Signer,
+        signer: NoteSigner,
         origin: str,
         *,
         max_batch: int = 512,
@@ -75,6 +76,7 @@ class AuditLog:
         write_timeout: float = 5.0,
         checkpoint_interval: float = 60.0,
         clock: Callable[[], float] = time.time,
+        witnesses: Witnesses | None = None,
     ) -> None:
         self.store = store
         self.signer = signer
@@ -85,6 +87,8 @@ class AuditLog:
         self.write_timeout = write_timeout
         self.checkpoint_interval = checkpoint_interval
         self.clock = clock
+        self.witnesses = witnesses
+        """Asked to cosign each checkpoint (c2sp.org/tlog-witness) before it is stored."""
         self.stats = AuditStats()
         self._queue: deque[_Entry] = deque()
         self._wake = asyncio.Event()
@@ -224,7 +228,9 @@ class AuditLog:
         if size == self.stats.last_checkpoint_size:
             return None
         root = merkle.root_from(size, await self.store.nodes(merkle.frontier_keys(size)))
-        note = sign_checkpoint(self.signer, self.origin, size, root)
+        note = await self.signer.sign_note(checkpoint_text(self.origin, size, root))
+        if self.witnesses is not None:
+            note = await self.witnesses.cosign(self.store, note, size)
         await self.store.add_checkpoint(size, note)
         self.stats.last_checkpoint_size = size
         return size, note

@@ -16,6 +16,7 @@ from datetime import datetime
 
 from interlock.audit import merkle
 from interlock.audit.checkpoint import Checkpoint, CheckpointError, Verifier, open_checkpoint
+from interlock.audit.cosignature import Quorum, witnessed_by
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,10 @@ class Report:
     """Seconds from the first unsigned record's time to `now` (None: no tail)."""
     since: int | None = None
     """Size of the auditor's kept checkpoint the log was proved consistent with."""
+    witnessed: int | None = None
+    """Size of the latest checkpoint cosigned by the required quorum of witnesses."""
+    witnesses: list[str] = field(default_factory=list)
+    """The witnesses whose cosignatures on that checkpoint verify."""
     findings: list[Finding] = field(default_factory=list)
 
     @property
@@ -67,6 +72,11 @@ class Report:
             )
         if self.since is not None:
             lines.append(f"consistent with your checkpoint at size {self.since}")
+        if self.witnessed is not None:
+            lines.append(
+                f"witnessed: checkpoint at size {self.witnessed} cosigned by "
+                + ", ".join(self.witnesses)
+            )
         return lines
 
 
@@ -91,13 +101,17 @@ class LogVerifier:
         notes: Iterable[str],
         origin: str | None = None,
         since: str | None = None,
+        quorum: Quorum | None = None,
     ):
         self.report = Report()
+        self.quorum = quorum
         self._checkpoints: dict[int, Checkpoint] = {}
+        self._notes: dict[int, str] = {}
         for note in notes:
             cp = self._open(note, verifier, origin, "checkpoint")
             if cp is None:
                 continue
+            self._notes[cp.size] = note
             seen = self._checkpoints.get(cp.size)
             if seen is not None and seen.root != cp.root:
                 self.find(None, f"two checkpoints sign different roots for size {cp.size}")
@@ -218,6 +232,7 @@ class LogVerifier:
         if not self._checkpoints:
             self.find(None, "no checkpoint signed by the trusted key")
         self._check_kept()
+        self._check_quorum()
         self.report.signed = max((s for s in self._checkpoints if s <= self._next), default=0)
         if self.report.unsigned and not beyond:
             self._check_tail(now, max_age)
@@ -252,6 +267,27 @@ class LogVerifier:
             self.find(None, f"cannot prove consistency with your checkpoint at size {kept.size}")
         if not self._forked and len(self.report.findings) == before:
             self.report.since = kept.size
+
+    def _check_quorum(self) -> None:
+        """The latest checkpoint must carry the quorum's cosignatures: without them only
+        the host vouches that it is the history every other client is shown."""
+        q = self.quorum
+        if q is None or not self._notes:
+            return
+        latest = max(self._notes)
+        names, problems = witnessed_by(self._notes[latest], q.keys)
+        for problem in problems:
+            self.find(None, f"checkpoint at size {latest}: {problem}")
+        if len(names) < q.k:
+            self.find(
+                None,
+                f"not witnessed: the latest checkpoint (size {latest}) is cosigned by "
+                f"{len(names)} of the {len(q.keys)} witnesses you trust, {q.k} required "
+                "(no outside party vouches that others see this history: a split view or "
+                "a rewritten log looks like this)",
+            )
+            return
+        self.report.witnessed, self.report.witnesses = latest, names
 
     def _check_tail(self, now: float | None, max_age: float | None) -> None:
         signed = self.report.signed

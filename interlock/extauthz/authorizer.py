@@ -25,6 +25,7 @@ from interlock.classify.mcp import tool_call
 from interlock.config import ExtAuthzConfig
 from interlock.core.model import Action, Agent, Decision, Effect, Operation
 from interlock.core.pdp import PDP
+from interlock.core.refusal import ANONYMOUS
 from interlock.errors import IdentityError, PolicyError
 from interlock.extauthz import opa
 from interlock.extauthz.body import PARSED, BadBody, Body, read_body
@@ -36,7 +37,6 @@ from interlock.identity.registry import AgentRegistry
 
 log = logging.getLogger(__name__)
 
-ANONYMOUS = Agent("anonymous", authn="none")
 VOLATILE_HEADERS = frozenset(
     {"x-request-id", "traceparent", "tracestate", "x-amzn-trace-id", "x-cloud-trace-context",
      "grpc-timeout", "date"}

@@ -15,6 +15,7 @@ from interlock.core.context import MemoryStore
 from interlock.core.model import Action, Agent, Effect, Operation
 from interlock.core.pdp import PDP
 from interlock.core.policy import PolicyManager
+from interlock.core.refusal import guard_action
 from interlock.errors import StateError
 from interlock.testing import CaptureSink, FakeClock, make_pdp
 from tests.audit.conftest import audit_cli
@@ -61,6 +62,10 @@ async def record_traffic(cfg: Path) -> None:
         Action(AGENT, "http", Operation.READ, "https://example.com/"), "request body truncated"
     )
     await pdp.decide(Action(AGENT, "postgres", Operation.WRITE, "public.t0"))
+    # A guard's refusal of a reporter session (what isolation's ending of it records).
+    ended = {"database": "app", "session": "ended"}
+    refused = guard_action(AGENT, "postgres", Operation.CONNECT, "app", ended)
+    await pdp.refuse(refused, "session ended: agent is isolated")
     await held(pdp, holds, ddl("public.c"), None)
     await log.close()
 
@@ -73,8 +78,9 @@ def test_same_policy_replay_of_recorded_traffic_changes_nothing(tmp_path: Path) 
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert "CHANGED" not in out.stdout, out.stdout
-    assert lines[-1].endswith(", 0 would change, 4 not replayable (no policy decided them)")
-    assert lines[-1].startswith("11 decisions replayed"), out.stdout
+    assert lines[-1].endswith(", 0 would change, 5 not replayable (no policy decided them)")
+    assert lines[-1].startswith("12 decisions replayed"), out.stdout
+    assert next(x for x in lines if " connect app" in x).endswith("deny -> not replayable")
     refused = [x for x in lines if "https://example.com/" in x]
     assert len(refused) == 1, out.stdout
     assert refused[0].startswith("n/a "), out.stdout

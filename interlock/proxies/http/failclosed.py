@@ -8,12 +8,13 @@ into a 502 (or a killed connection, for server hooks).
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mitmproxy import http
+
+from interlock.proxies.http.answer import refuse
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +27,10 @@ def guarded[A](hook: Callable[[A, Any], Awaitable[None]]) -> Callable[[A, Any], 
         except Exception as exc:
             log.exception("interlock addon %s.%s failed", type(self).__name__, hook.__name__)
             if isinstance(arg, http.HTTPFlow):
-                arg.response = http.Response.make(
+                refuse(
+                    arg,
                     502,
-                    json.dumps({"error": "interlock internal error", "reason": type(exc).__name__}),
+                    {"error": "interlock internal error", "reason": type(exc).__name__},
                     {"Content-Type": "application/json"},
                 )
             elif hasattr(arg, "server"):

@@ -9,11 +9,12 @@ policy cannot read (non-UTF-8 fields) or what exceeds the configured limits.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable
 
 from mitmproxy import http
+
+from interlock.proxies.http.answer import refuse
 
 MAX_HEADER_BYTES = 60 * 1024
 """Envoy's default `max_request_headers_kb` (60 KiB)."""
@@ -35,9 +36,10 @@ fragment (`#`) is not part of a request target at all (RFC 9112 3.2)."""
 
 
 def bad_request(flow: http.HTTPFlow, reason: str) -> None:
-    flow.response = http.Response.make(
+    refuse(
+        flow,
         400,
-        json.dumps({"error": "malformed request", "reason": reason}),
+        {"error": "malformed request", "reason": reason},
         {"Content-Type": "application/json", "Connection": "close"},
     )
 

@@ -12,8 +12,6 @@ may also come in `X-Interlock-Authorization` (same schemes), and a failure is a 
 from __future__ import annotations
 
 import base64
-import binascii
-import json
 
 from mitmproxy import connection, http
 from mitmproxy.proxy import mode_specs
@@ -22,6 +20,7 @@ from interlock.core.model import Agent
 from interlock.errors import IdentityError
 from interlock.identity.jwt import JwtVerifier
 from interlock.identity.registry import AgentEntry, AgentRegistry
+from interlock.proxies.http.answer import refuse
 
 AGENT = "interlock.agent"
 """flow.metadata key holding the authenticated Agent."""
@@ -33,9 +32,10 @@ def challenge(flow: http.HTTPFlow, why: str) -> None:
         status, header, error = 401, "WWW-Authenticate", "authentication required"
     else:
         status, header, error = 407, "Proxy-Authenticate", "proxy authentication required"
-    flow.response = http.Response.make(
+    refuse(
+        flow,
         status,
-        json.dumps({"error": error, "reason": why}),
+        {"error": error, "reason": why},
         {header: 'Basic realm="interlock"', "Content-Type": "application/json"},
     )
 
@@ -60,7 +60,7 @@ class Identity:
         if scheme.lower() == "basic":
             try:
                 decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-            except (binascii.Error, UnicodeDecodeError):
+            except ValueError:  # not base64 (or not ASCII at all), not UTF-8
                 return None
             agent_id, sep, token = decoded.partition(":")
             return self.registry.authenticate(agent_id, token) if sep else None
@@ -100,6 +100,14 @@ class Identity:
             return
         flow.metadata[AGENT] = agent
         self.clients[flow.client_conn.id] = agent.id
+
+    async def who(self, flow: http.HTTPFlow) -> Agent | None:
+        """Whom `flow` speaks for, without answering it: a refusal made before this addon
+        ran (a malformed request) is audited under the agent its credentials name."""
+        tunnel = self._tunnels.get(flow.client_conn.id)
+        if tunnel is not None:
+            return tunnel[0]
+        return await self._authenticate(flow)
 
     def client_disconnected(self, client: connection.Client) -> None:
         self._tunnels.pop(client.id, None)

@@ -27,6 +27,7 @@ from interlock.proxies.http.framing import Framing
 from interlock.proxies.http.hygiene import Hygiene
 from interlock.proxies.http.identity import AGENT, Identity
 from interlock.proxies.http.inject import Inject, Redact
+from interlock.proxies.http.refusals import Refusals
 from interlock.proxies.http.ssrf import DnsResolver, Resolver, SsrfGuard, SystemResolver
 from interlock.proxies.http.tunnel import Tunnels
 
@@ -147,6 +148,8 @@ class HttpProxy:
                 else []
             ),
             guard_all(Framing("framing_final")),
+            # Last: it audits what any addon before it refused.
+            guard_all(Refusals(self.pdp, self.identity.who)),
         ]
 
     async def start(self) -> None:

@@ -18,12 +18,13 @@ clients name the gateway, not the upstream.
 
 from __future__ import annotations
 
-import json
 import logging
 
 from mitmproxy import connection, http, tls
 from mitmproxy.net.http import url
 from mitmproxy.proxy import mode_specs
+
+from interlock.proxies.http.answer import refuse
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +43,10 @@ def _norm(host: str) -> str:
 
 
 def misdirected(flow: http.HTTPFlow, reason: str) -> None:
-    flow.response = http.Response.make(
+    refuse(
+        flow,
         421,
-        json.dumps({"error": "misdirected request", "reason": reason}),
+        {"error": "misdirected request", "reason": reason},
         {"Content-Type": "application/json"},
     )
 

@@ -32,6 +32,7 @@ from interlock.core.dataflow import value_fingerprints
 from interlock.core.enforcement import posture_veto
 from interlock.core.model import Action, Agent, Decision, Effect, Operation
 from interlock.core.pdp import PDP
+from interlock.core.refusal import guard_action, posture_parents
 from interlock.credentials.broker import Broker, CredentialError
 from interlock.credentials.leases import Lease
 from interlock.errors import StateError
@@ -273,14 +274,14 @@ class PostgresProxy:
             if session is not None:
                 await self._relay(reader, session)
         except TimeoutError:
-            await self._fatal(writer, "login timed out", "08006")
+            await self._refuse(writer, session, "login timed out", "08006")
         except ProtocolError as exc:
-            await self._fatal(writer, f"protocol violation: {exc}", "08P01")
+            await self._refuse(writer, session, f"protocol violation: {exc}", "08P01")
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         except Exception:
             log.exception("postgres proxy connection failed")
-            await self._fatal(writer, "internal error in the proxy", "XX000")
+            await self._refuse(writer, session, "internal error in the proxy", "XX000")
         finally:
             if session is not None:
                 self._sessions.pop((session.pid, session.key), None)
@@ -327,23 +328,23 @@ class PostgresProxy:
             if isinstance(msg, m.StartupMessage):
                 break
             raise ProtocolError("expected a startup packet")
-        if self.config.require_tls and not encrypted:
-            await self._fatal(writer, "this proxy requires TLS (sslmode=require)", "28000")
-            return None
         params = msg.params
         user = params["user"]
+        if self.config.require_tls and not encrypted:
+            why = "this proxy requires TLS (sslmode=require)"
+            await self._refuse_login(writer, user, params, why, "28000", authenticated=False)
+            return None
         refused = REFUSED_STARTUP & set(params)
         if refused:
-            await self._fatal(
-                writer, f"startup parameter {sorted(refused)[0]} is not allowed", "08004"
-            )
+            why = f"startup parameter {sorted(refused)[0]} is not allowed"
+            await self._refuse_login(writer, user, params, why, "08004", authenticated=False)
             return None
         verifier = self.verifiers.get(user) or Verifier.from_password(secrets.token_hex(16))
-        if not await self._authenticate(reader, writer, frontend, verifier):
-            await self._fatal(writer, f'password authentication failed for user "{user}"', "28P01")
-            return None
-        if user not in self.verifiers:
-            await self._fatal(writer, f'password authentication failed for user "{user}"', "28P01")
+        if not await self._authenticate(reader, writer, frontend, verifier) or (
+            user not in self.verifiers
+        ):
+            why = f'password authentication failed for user "{user}"'
+            await self._refuse_login(writer, user, params, why, "28P01", authenticated=False)
             return None
         try:
             posture = await self.pdp.store.posture(user, self.pdp.clock())
@@ -351,7 +352,8 @@ class PostgresProxy:
             await self._refuse_login(writer, user, params, str(exc), UNAVAILABLE)
             return None
         if posture.isolated:
-            await self._fatal(writer, "interlock: agent is isolated", "42501")
+            parents = posture_parents(posture)
+            await self._refuse_login(writer, user, params, "agent is isolated", "42501", parents)
             return None
         forward = {k: v for k, v in params.items() if k in ALLOWED_STARTUP}
         encoding = forward.get("client_encoding", "UTF8")
@@ -409,7 +411,8 @@ class PostgresProxy:
             entry = self.agents.get(user)
             if entry is None or self.verifiers.get(user) is not verifier:
                 # SIGHUP removed the agent or changed its secret while it logged in.
-                await self._fatal(writer, "interlock: the agent's configuration changed", "28000")
+                why = "the agent's configuration changed"
+                await self._refuse_login(writer, user, params, why, "28000")
                 raise _LoginAbandoned
             agent = Agent(user, tuple(entry.roles), entry.owner, (), "token")
             pid, key = self._new_key()
@@ -432,7 +435,7 @@ class PostgresProxy:
             writer.write(b"".join(out))
             await writer.drain()
             if revoked:
-                await self._fatal(writer, f"interlock: {revoked[0]}", "57P01")
+                await self._refuse_login(writer, user, params, revoked[0], "57P01")
                 raise _LoginAbandoned
         except BaseException as exc:
             # Timed out, reset, refused or revoked mid-login: nothing of it may linger,
@@ -455,13 +458,29 @@ class PostgresProxy:
         params: Mapping[str, str],
         reason: str,
         code: str,
+        parents: tuple[str, ...] = (),
+        *,
+        authenticated: bool = True,
     ) -> None:
-        """A login a dependency cannot serve: denied, audited, and told with the id."""
-        known = self.agents[user]
-        who = Agent(user, tuple(known.roles), known.owner, (), "token")
+        """A refused login: denied, audited, and told with the id. Before authentication
+        it is recorded under `anonymous`, with the user it claimed in details."""
+        known = self.agents.get(user) if authenticated else None
+        who = Agent(user, tuple(known.roles), known.owner, (), "token") if known else None
         db = params.get("database", self.upstream.database)
-        attempt = Action(who, "postgres", Operation.CONNECT, db, {"database": db})
+        details = {"database": db, "user": user[:128]}
+        attempt = guard_action(who, "postgres", Operation.CONNECT, db, details, parents)
         refused = await self.pdp.refuse(attempt, reason)
+        await self._fatal(writer, f"interlock: {_reason(refused)}", code)
+
+    async def _refuse(
+        self, writer: asyncio.StreamWriter, session: _Session | None, reason: str, code: str
+    ) -> None:
+        """A connection ended by a guard outside the login's own checks (its deadline, a
+        protocol violation, an internal error): audited too."""
+        agent = session.agent if session is not None else None
+        target = session.database if session is not None else self.upstream.database
+        action = guard_action(agent, "postgres", Operation.CONNECT, target, {"database": target})
+        refused = await self.pdp.refuse(action, reason)
         await self._fatal(writer, f"interlock: {_reason(refused)}", code)
 
     async def _authenticate(
@@ -782,7 +801,7 @@ class PostgresProxy:
         read_only = "read_only" in posture.restrictions
         for session in [s for s in self._sessions.values() if s.agent.id == agent_id]:
             if posture.isolated:
-                self._end(session, "agent is isolated", "42501")
+                self._end(session, "agent is isolated", "42501", posture_parents(posture))
             elif session.read_only != read_only:
                 session.read_only = read_only
                 self._tell_upstream(session)
@@ -801,21 +820,35 @@ class PostgresProxy:
         for session in sessions:
             self._end(session, reason, "57P01")
 
-    def _end(self, session: _Session, reason: str, code: str) -> None:
+    def _end(
+        self, session: _Session, reason: str, code: str, parents: tuple[str, ...] = ()
+    ) -> None:
         """`_terminate` in the background (from callbacks that cannot await)."""
-        task = asyncio.get_running_loop().create_task(self._terminate(session, reason, code))
+        task = asyncio.get_running_loop().create_task(
+            self._terminate(session, reason, code, parents)
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _terminate(self, session: _Session, reason: str, code: str) -> None:
+    async def _terminate(
+        self, session: _Session, reason: str, code: str, parents: tuple[str, ...] = ()
+    ) -> None:
+        """End an open session (isolation, revoked credentials): the upstream first, then
+        the record of the ending (a child of the decision that caused it), then the client
+        is told its id."""
         if session.closed:
             return
         session.closed = True
         with contextlib.suppress(Exception):
             await up.cancel(self.upstream, session.conn.pid, session.conn.key)
-        await self._fatal(session.client_writer, f"interlock: {reason}", code)
-        session.client_writer.close()
         session.conn.writer.close()
+        details = {"database": session.database, "session": "ended"}
+        action = guard_action(
+            session.agent, "postgres", Operation.CONNECT, session.database, details, parents
+        )
+        ended = await self.pdp.refuse(action, f"session ended: {reason}")
+        await self._fatal(session.client_writer, f"interlock: {_reason(ended)}", code)
+        session.client_writer.close()
 
     @staticmethod
     async def _fatal(writer: asyncio.StreamWriter, message: str, code: str) -> None:

@@ -12,6 +12,7 @@ from interlock.classify.shellpath import Where
 from interlock.config import SshConfig
 from interlock.core.model import Action, Agent, Decision
 from interlock.core.pdp import PDP
+from interlock.core.refusal import Refusals
 
 
 class Proxy(Protocol):
@@ -22,6 +23,9 @@ class Proxy(Protocol):
 
     @property
     def pdp(self) -> PDP: ...
+
+    @property
+    def refusals(self) -> Refusals: ...
 
     async def decide(
         self, action: Action, text: str = "", held: set[asyncio.Task[Verdict]] | None = None

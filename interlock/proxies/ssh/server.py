@@ -27,6 +27,7 @@ from interlock.config import AgentConfig, SshConfig
 from interlock.core.context import Posture
 from interlock.core.model import Action, Agent, Decision, Effect, Operation
 from interlock.core.pdp import PDP
+from interlock.core.refusal import Refusals, guard_action, posture_parents
 from interlock.credentials.broker import Broker
 from interlock.identity.registry import AgentRegistry
 from interlock.proxies.ssh import connection, session, upstream
@@ -57,6 +58,8 @@ class Connection(asyncssh.SSHServer):
         self.proxy = proxy
         self.conn: asyncssh.SSHServerConnection | None = None
         self.login: Login | None = None
+        self.offered: str | None = None
+        """The user name the client asked to log in as (for the record of a failed login)."""
         self._agent: Agent | None = None
         self._upstream: asyncssh.SSHClientConnection | None = None
         self._upstream_lock = asyncio.Lock()
@@ -74,6 +77,14 @@ class Connection(asyncssh.SSHServer):
         self.conn = conn
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._agent is None and self.offered is not None:
+            # It offered a login and never completed one: authentication failed.
+            target = self.login.target if self.login is not None else ""
+            claimed = {"user": self.offered[:128], "target": target[:128]}
+            self.proxy.refusals.soon(
+                guard_action(None, "ssh", Operation.CONNECT, target, claimed),
+                f"authentication failed for {self.offered[:128]!r}",
+            )
         for waiting in list(self.held):
             waiting.cancel()  # the hold records itself as withdrawn
         self.proxy.forget(self)
@@ -81,6 +92,7 @@ class Connection(asyncssh.SSHServer):
             self._upstream.close()
 
     def begin_auth(self, username: str) -> bool:
+        self.offered = username
         self.login = parse_login(username, self.proxy.config)
         return True
 
@@ -178,10 +190,30 @@ class Connection(asyncssh.SSHServer):
         return False
 
     def unix_connection_requested(self, dest_path: str) -> bool:
+        self._refused(Operation.EGRESS, dest_path, "direct-streamlocal", "unix socket forwarding")
         return False
 
     def unix_server_requested(self, listen_path: str) -> bool:
+        self._refused(
+            Operation.FORWARD, listen_path, "streamlocal-forward", "unix socket forwarding"
+        )
         return False
+
+    def _refused(self, operation: Operation, target: str, forward: str, what: str) -> None:
+        details = {"forward": forward, "flags": ["port_forward"]}
+        action = guard_action(self.agent, "ssh", operation, target, details)
+        self.proxy.refusals.soon(action, f"{what} is not supported")
+
+    def ended(self, reason: str, parents: tuple[str, ...] = ()) -> None:
+        """Disconnect this connection, with a record of why (a child of its cause)."""
+        if self.conn is None:
+            return
+        details = {"session": "ended"}
+        action = guard_action(
+            self.agent, "ssh", Operation.CONNECT, self.target_name, details, parents
+        )
+        self.proxy.refusals.soon(action, f"session ended: {reason}")
+        self.conn.disconnect(asyncssh.DISC_BY_APPLICATION, f"interlock: {reason}")
 
 
 class SshProxy:
@@ -210,6 +242,7 @@ class SshProxy:
         self._unsubscribe: Any = None
         self._where: dict[str, Where] = {}
         """Per target: its login user's home and starting directory."""
+        self.refusals = Refusals(pdp)
 
     async def decide(
         self, action: Action, text: str = "", held: set[asyncio.Task[Verdict]] | None = None
@@ -291,19 +324,16 @@ class SshProxy:
             still = same and self.keys.agent_key(agent_id, key)
         else:
             still = (agent_id in agents and same) or not conn.registered
-        if not still and conn.conn is not None:
+        if not still:
             log.warning("agent %s removed or changed: closing its SSH connection", agent_id)
-            conn.conn.disconnect(
-                asyncssh.DISC_BY_APPLICATION, "interlock: agent removed or changed in configuration"
-            )
+            conn.ended("agent removed or changed in configuration")
 
     def _posture_changed(self, agent_id: str, posture: Posture) -> None:
         if not posture.isolated:
             return
         for conn in list(self._by_agent.get(agent_id, ())):
             log.warning("agent %s isolated: closing its SSH connection", agent_id)
-            if conn.conn is not None:
-                conn.conn.disconnect(asyncssh.DISC_BY_APPLICATION, "interlock: agent isolated")
+            conn.ended("agent isolated", posture_parents(posture))
 
     async def start(self) -> None:
         host, _, port = self.config.listen.rpartition(":")
@@ -348,6 +378,7 @@ class SshProxy:
             for conn in list(conns):
                 if conn.conn is not None:
                     conn.conn.close()
+        await self.refusals.drain()
 
 
 def _decided_by(agent: AgentConfig) -> tuple[object, ...]:

@@ -28,6 +28,7 @@ from interlock.classify.content import MAX_SCAN, scan
 from interlock.classify.shell import ShellParseError, analyse
 from interlock.classify.shellpath import Where
 from interlock.core.model import Action, Agent, Decision, Effect, Operation
+from interlock.core.refusal import guard_action
 from interlock.proxies.ssh.connection import Connection
 
 log = logging.getLogger(__name__)
@@ -122,9 +123,15 @@ async def handle(process: asyncssh.SSHServerProcess[bytes], conn: Connection) ->
     """The process_factory: one exec or shell request (SFTP and scp go to `ProxySFTP`)."""
     command = process.command
     if process.subsystem is not None:
-        process.stderr.write(
-            f"interlock: subsystem {process.subsystem!r} is not served\r\n".encode()
+        why = f"subsystem {process.subsystem[:64]!r} is not served"
+        action = guard_action(
+            conn.agent,
+            "ssh",
+            Operation.EXEC,
+            conn.target_name,
+            {"subsystem": process.subsystem[:64]},
         )
+        process.stderr.write(_denial_text(await conn.proxy.pdp.refuse(action, why)))
         process.exit(DENIED_EXIT)
         return
     term = process.get_terminal_type()

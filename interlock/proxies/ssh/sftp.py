@@ -21,21 +21,12 @@ from asyncssh import SFTPAttrs, SFTPError, SFTPName
 
 from interlock.classify.shellpath import normalise
 from interlock.core.model import Action, Effect, Operation
+from interlock.core.refusal import guard_action
 from interlock.proxies.ssh.connection import Connection
 
 log = logging.getLogger(__name__)
 
 _WRITE_FLAGS = asyncssh.FXF_WRITE | asyncssh.FXF_APPEND | asyncssh.FXF_CREAT | asyncssh.FXF_TRUNC
-
-
-def _path(raw: bytes) -> str:
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise SFTPError(asyncssh.FX_FAILURE, "path is not UTF-8") from None
-    if "\x00" in text:
-        raise SFTPError(asyncssh.FX_FAILURE, "NUL in path")
-    return text
 
 
 def _file(obj: object) -> asyncssh.SFTPClientFile:
@@ -53,6 +44,22 @@ class ProxySFTP(asyncssh.SFTPServer):
         self._client: asyncssh.SFTPClient | None = None
         self._opened: dict[int, tuple[str, bool]] = {}
         """id(handle) -> (decided path, opened for writing)."""
+
+    def _path(self, raw: bytes) -> str:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise self._refused(asyncssh.FX_FAILURE, "path is not UTF-8", raw) from None
+        if "\x00" in text:
+            raise self._refused(asyncssh.FX_FAILURE, "NUL in path", raw)
+        return text
+
+    def _refused(self, code: int, reason: str, path: bytes | str = "") -> SFTPError:
+        """The error for a request this proxy refuses itself, audited as a refusal."""
+        shown = path if isinstance(path, str) else path.decode("utf-8", "replace")
+        action = guard_action(self.conn.agent, "ssh", Operation.FILE_READ, shown, {"sftp": True})
+        self.conn.proxy.refusals.soon(action, reason)
+        return SFTPError(code, reason)
 
     async def _sftp(self) -> asyncssh.SFTPClient:
         if self._client is None:
@@ -99,7 +106,8 @@ class ProxySFTP(asyncssh.SFTPServer):
             with contextlib.suppress(OSError, asyncssh.Error):
                 if (await client.lstat(path)).type == asyncssh.FILEXFER_TYPE_SYMLINK:
                     # Opening it would create whatever it points to, undecided.
-                    raise SFTPError(asyncssh.FX_PERMISSION_DENIED, f"{path!r}: dangling symlink")
+                    why = f"{path!r}: dangling symlink"
+                    raise self._refused(asyncssh.FX_PERMISSION_DENIED, why, path)
         parent, name = posixpath.split(path.rstrip("/") or "/")
         if name in ("", ".", ".."):
             parent, name = path, ""
@@ -107,14 +115,15 @@ class ProxySFTP(asyncssh.SFTPServer):
             resolved = str(await client.realpath(parent or "."))
         except (OSError, asyncssh.Error):
             if not parent.startswith("/"):
-                raise SFTPError(asyncssh.FX_NO_SUCH_FILE, f"cannot resolve {path!r}") from None
+                why = f"cannot resolve {path!r}"
+                raise self._refused(asyncssh.FX_NO_SUCH_FILE, why, path) from None
             resolved = parent
         return normalise(posixpath.join(resolved, name) if name else resolved)
 
     # --- files ----------------------------------------------------------------------------
 
     async def open(self, path: bytes, pflags: int, attrs: SFTPAttrs) -> object:
-        p = _path(path)
+        p = self._path(path)
         writing = bool(pflags & _WRITE_FLAGS)
         resolved = await self._decide(
             Operation.FILE_WRITE if writing else Operation.FILE_READ,
@@ -130,7 +139,7 @@ class ProxySFTP(asyncssh.SFTPServer):
     async def open56(
         self, path: bytes, desired_access: int, flags: int, attrs: SFTPAttrs
     ) -> object:
-        raise SFTPError(asyncssh.FX_OP_UNSUPPORTED, "SFTPv5+ open is not proxied")
+        raise self._refused(asyncssh.FX_OP_UNSUPPORTED, "SFTPv5+ open is not proxied", path)
 
     async def close(self, file_obj: object) -> None:
         self._opened.pop(id(file_obj), None)
@@ -162,10 +171,10 @@ class ProxySFTP(asyncssh.SFTPServer):
         return await _file(file_obj).statvfs()
 
     def lock(self, file_obj: object, offset: int, length: int, flags: int) -> None:
-        raise SFTPError(asyncssh.FX_OP_UNSUPPORTED, "locking is not proxied")
+        raise self._refused(asyncssh.FX_OP_UNSUPPORTED, "locking is not proxied")
 
     def unlock(self, file_obj: object, offset: int, length: int) -> None:
-        raise SFTPError(asyncssh.FX_OP_UNSUPPORTED, "locking is not proxied")
+        raise self._refused(asyncssh.FX_OP_UNSUPPORTED, "locking is not proxied")
 
     # --- paths ----------------------------------------------------------------------------
 
@@ -187,39 +196,39 @@ class ProxySFTP(asyncssh.SFTPServer):
         return await (await self._sftp()).statvfs(path)
 
     async def scandir(self, path: bytes) -> AsyncIterator[SFTPName]:
-        decided = await self._decide(Operation.FILE_READ, _path(path), op="list")
+        decided = await self._decide(Operation.FILE_READ, self._path(path), op="list")
         async for name in (await self._sftp()).scandir(decided):
             yield name
 
     async def setstat(self, path: bytes, attrs: SFTPAttrs) -> None:
-        decided = await self._decide(Operation.FILE_WRITE, _path(path), op="setstat")
+        decided = await self._decide(Operation.FILE_WRITE, self._path(path), op="setstat")
         await (await self._sftp()).setstat(decided, attrs)
 
     async def lsetstat(self, path: bytes, attrs: SFTPAttrs) -> None:
-        decided = await self._decide(Operation.FILE_WRITE, _path(path), False, op="setstat")
+        decided = await self._decide(Operation.FILE_WRITE, self._path(path), False, op="setstat")
         await (await self._sftp()).setstat(decided, attrs, follow_symlinks=False)
 
     async def remove(self, path: bytes) -> None:
-        decided = await self._decide(Operation.FILE_WRITE, _path(path), False, op="remove")
+        decided = await self._decide(Operation.FILE_WRITE, self._path(path), False, op="remove")
         await (await self._sftp()).remove(decided)
 
     async def mkdir(self, path: bytes, attrs: SFTPAttrs) -> None:
-        decided = await self._decide(Operation.FILE_WRITE, _path(path), False, op="mkdir")
+        decided = await self._decide(Operation.FILE_WRITE, self._path(path), False, op="mkdir")
         await (await self._sftp()).mkdir(decided, attrs)
 
     async def rmdir(self, path: bytes) -> None:
-        decided = await self._decide(Operation.FILE_WRITE, _path(path), False, op="rmdir")
+        decided = await self._decide(Operation.FILE_WRITE, self._path(path), False, op="rmdir")
         await (await self._sftp()).rmdir(decided)
 
     async def _renamed(self, oldpath: bytes, newpath: bytes) -> tuple[str, str]:
         # Moving a symlink carries what it points to into its new place: the target is
         # decided with the new name (a link into /etc moved under an allowed root).
-        text = _path(oldpath)
+        text = self._path(oldpath)
         old = await self._decide(Operation.FILE_WRITE, text, False, op="rename_from")
         pointed = await self._absolute(text)
         new = await self._decide(
             Operation.FILE_WRITE,
-            _path(newpath),
+            self._path(newpath),
             False,
             op="rename_to",
             **({"link_targets": [pointed]} if pointed != old else {}),
@@ -236,8 +245,8 @@ class ProxySFTP(asyncssh.SFTPServer):
         # A symlink is a write of its own name and a way to reach its target later: the
         # target (relative to the link's directory, resolved on the target) is decided
         # with it, as `link_targets`.
-        text = _path(oldpath)
-        new = await self._absolute(_path(newpath), follow=False)
+        text = self._path(oldpath)
+        new = await self._absolute(self._path(newpath), follow=False)
         target = await self._absolute(posixpath.join(posixpath.dirname(new), text))
         decided = await self._decide(
             Operation.FILE_WRITE, new, False, op="symlink", to=text, link_targets=[target]
@@ -247,11 +256,16 @@ class ProxySFTP(asyncssh.SFTPServer):
     async def link(self, oldpath: bytes, newpath: bytes) -> None:
         # A hard link is a second name for the file: both names are decided (the file as
         # `link_targets`), so linking a protected file somewhere harmless is refused.
-        text = _path(oldpath)
+        text = self._path(oldpath)
         old = await self._decide(Operation.FILE_WRITE, text, False, op="link_from")
         target = await self._absolute(text)
         new = await self._decide(
-            Operation.FILE_WRITE, _path(newpath), False, op="link", to=text, link_targets=[target]
+            Operation.FILE_WRITE,
+            self._path(newpath),
+            False,
+            op="link",
+            to=text,
+            link_targets=[target],
         )
         await (await self._sftp()).link(old, new)
 

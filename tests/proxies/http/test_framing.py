@@ -25,6 +25,7 @@ from tests.proxies.http.test_clients import hypercorn_tls
 from tests.proxies.http.util import (
     BASIC,
     connect,
+    decided,
     proxy_url,
     raw_exchange,
     start_proxy,
@@ -84,7 +85,7 @@ async def test_a_streamed_body_arrives_as_one_framed_request(rig: Rig, version: 
     assert (got.method, got.target, got.body) == (b"POST", b"/upload", SMUGGLED)
     assert got.header(b"content-length") == [str(len(SMUGGLED)).encode()]
     assert got.header(b"transfer-encoding") == []
-    assert [r.action.details["path"] for r in sink.records] == ["/upload"]
+    assert [r.action.details["path"] for r in decided(sink)] == ["/upload"]
 
 
 class H2Only(ssl.SSLContext):
@@ -120,7 +121,7 @@ async def test_httpx_http2_streamed_body_arrives_as_one_framed_request(rig: Rig)
         r = await client.post(url, content=stream([SMUGGLED[:10], SMUGGLED[10:]]))
     assert (r.status_code, r.http_version, r.text) == (200, "HTTP/2", "ok")
     assert [(g.target, g.body) for g in upstream.requests] == [(b"/mcp", SMUGGLED)]
-    assert len(sink.records) == 1
+    assert len(decided(sink)) == 1
 
 
 @settings(
@@ -137,14 +138,14 @@ async def test_any_h2_body_arrives_whole_in_exactly_one_request(
     rig: Rig, chunks: list[bytes], method: str
 ) -> None:
     proxy, sink, upstream = rig
-    before, decided = len(upstream.requests), len(sink.records)
+    before, n = len(upstream.requests), len(decided(sink))
     async with h2_client(proxy) as client:
         url = f"https://localhost:{upstream.port}/p"
         r = await client.request(method, url, content=stream(chunks))
     assert r.status_code == 200
     got = upstream.requests[before:]
     assert [(g.method.decode(), g.body) for g in got] == [(method, b"".join(chunks))]
-    assert len(sink.records) == decided + 1
+    assert len(decided(sink)) == n + 1
 
 
 async def test_pipelined_http1_requests_are_each_decided_and_arrive_once(rig: Rig) -> None:
@@ -160,7 +161,7 @@ async def test_pipelined_http1_requests_are_each_decided_and_arrive_once(rig: Ri
         answers += await asyncio.wait_for(reader.read(65536), 15)
     writer.close()
     assert [(g.target, g.body) for g in upstream.requests] == [(b"/a", b"abc"), (b"/b", b"")]
-    assert [r.action.details["path"] for r in sink.records] == ["/a", "/b"]
+    assert [r.action.details["path"] for r in decided(sink)] == ["/a", "/b"]
 
 
 async def test_a_websocket_upgrade_is_one_request_then_frames(rig: Rig) -> None:
@@ -180,7 +181,7 @@ async def test_a_websocket_upgrade_is_one_request_then_frames(rig: Rig) -> None:
         # The proxy re-frames with its own mask: same header, same payload.
         assert data[:2] == frame[:2]
         assert bytes(b ^ data[2 + i % 4] for i, b in enumerate(data[6:])) == b"hi"
-        assert [r.action.details["path"] for r in sink.records] == ["/ws"]
+        assert [r.action.details["path"] for r in decided(sink)] == ["/ws"]
     finally:
         await plain.stop()
 
@@ -201,7 +202,7 @@ async def test_an_upgrade_to_anything_but_websocket_is_refused(rig: Rig, upgrade
         )
         assert answer.startswith(b"HTTP/1.1 400"), answer[:100]
         assert plain.requests == []
-        assert sink.records == []
+        assert decided(sink) == []
     finally:
         await plain.stop()
 
@@ -240,7 +241,7 @@ async def test_h2_to_h2_streamed_body_arrives_once(
         body, spoken = await curl(proxy, url, "--http2", "-X", "POST", "-T", "-", data=SMUGGLED)
         assert (json.loads(body), spoken) == ({"http_version": "2"}, "2")
         assert seen == [("/h2", SMUGGLED)]
-        assert len(sink.records) == 1
+        assert len(decided(sink)) == 1
     finally:
         await proxy.stop()
 
@@ -261,7 +262,7 @@ async def test_h2_frames_in_several_data_frames_arrive_as_one_body(rig: Rig) -> 
     status, body = await h2_exchange(proxy, target, h2_head(upstream), [b"a" * 10, SMUGGLED, b""])
     assert (status, body) == (200, b"ok")
     assert [(g.target, g.body) for g in upstream.requests] == [(b"/h2raw", b"a" * 10 + SMUGGLED)]
-    assert len(sink.records) == 1
+    assert len(decided(sink)) == 1
 
 
 @pytest.mark.parametrize(
@@ -293,7 +294,7 @@ async def test_malformed_h2_requests_reach_nobody(
     status, _ = await h2_exchange(proxy, target, h2_head(upstream, *extra), data, trailers)
     assert status in (None, 400)  # None: the stream was reset as malformed (h2's own checks)
     assert upstream.requests == []
-    assert sink.records == []
+    assert decided(sink) == []
 
 
 async def test_bytes_that_are_not_http_in_a_tunnel_are_refused(rig: Rig) -> None:
@@ -323,7 +324,7 @@ async def test_any_chunked_http1_body_arrives_whole_in_exactly_one_request(
     assert proxy.address is not None
     plain = await RawUpstream().start()
     try:
-        decided = len(sink.records)
+        n = len(decided(sink))
         body = b"".join(b"%x%s\r\n%s\r\n" % (len(c), extension, c) for c in chunks)
         answer = await raw_exchange(
             proxy.address,
@@ -338,7 +339,7 @@ async def test_any_chunked_http1_body_arrives_whole_in_exactly_one_request(
         assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
         assert [(g.target, g.body) for g in plain.requests] == [(b"/c", b"".join(chunks))]
         assert plain.requests[0].header(b"transfer-encoding") == []
-        assert len(sink.records) == decided + 1
+        assert len(decided(sink)) == n + 1
     finally:
         await plain.stop()
 
@@ -356,4 +357,4 @@ async def test_a_connect_inside_a_tunnel_reaches_nobody(rig: Rig) -> None:
     writer.close()
     assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
     assert upstream.requests == []
-    assert sink.records == []
+    assert decided(sink) == []

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from interlock.proxies.http.server import HttpProxy
 from interlock.testing import CaptureSink
 from tests.proxies.http.rawupstream import RawUpstream
-from tests.proxies.http.util import BASIC, raw_exchange, start_proxy
+from tests.proxies.http.util import BASIC, decided, raw_exchange, refusal_record, start_proxy
 
 pytestmark = pytest.mark.integration
 
@@ -104,7 +104,10 @@ async def test_refused_before_any_decision(rig: Rig, parts: dict[str, bytes]) ->
     answer = await send(rig, **parts)
     assert answer.split(b" ", 2)[1] in (b"400", b"414", b"431"), answer[:200]
     assert upstream.requests == []
-    assert sink.records == []
+    assert decided(sink) == []
+    if b"application/json" in answer.partition(b"\r\n\r\n")[0]:
+        # Refused by interlock's guard (not mitmproxy's parser): audited, under the agent.
+        assert refusal_record(sink, answer).action.agent.id == "coder"
 
 
 async def test_http_1_0_is_accepted(rig: Rig) -> None:
@@ -122,7 +125,7 @@ async def test_a_request_within_the_limits_arrives_as_read(rig: Rig) -> None:
     [got] = upstream.requests
     assert got.method == b"PROPFIND"
     assert [got.header(b"X-%d" % i) for i in range(30)] == [[b"v\t%d" % i] for i in range(30)]
-    assert len(sink.records) == 1
+    assert len(decided(sink)) == 1
 
 
 VALUE_BYTES = st.binary(max_size=12).map(lambda b: b.replace(b"\n", b""))
@@ -143,17 +146,17 @@ def forbidden(value: bytes) -> bool:
 @given(value=VALUE_BYTES)
 async def test_a_header_value_is_refused_or_arrives_exactly(rig: Rig, value: bytes) -> None:
     _, sink, upstream = rig
-    before, decided = len(upstream.requests), len(sink.records)
+    before, n = len(upstream.requests), len(decided(sink))
     answer = await send(rig, extra=b"X-T: " + value + b"\r\n")
     read = value.strip()  # what any HTTP/1.1 parser keeps of the value
     got = upstream.requests[before:]
     if forbidden(read):
         assert answer.startswith(b"HTTP/1.1 400"), (value, answer[:200])
-        assert (got, len(sink.records)) == ([], decided)
+        assert (got, len(decided(sink))) == ([], n)
     else:
         assert answer.startswith(b"HTTP/1.1 200"), (value, answer[:200])
         assert [g.header(b"x-t") for g in got] == [[read]]
-        assert len(sink.records) == decided + 1
+        assert len(decided(sink)) == n + 1
 
 
 @settings(
@@ -163,16 +166,16 @@ async def test_a_header_value_is_refused_or_arrives_exactly(rig: Rig, value: byt
 async def test_a_method_is_refused_unless_it_is_a_token(rig: Rig, method: bytes) -> None:
     _, sink, upstream = rig
     method = b"".join(method.split())  # whitespace would split the request line
-    before, decided = len(upstream.requests), len(sink.records)
+    before, n = len(upstream.requests), len(decided(sink))
     answer = await send(rig, method=method)
     got = upstream.requests[before:]
     token = all((chr(b).isalnum() and b < 0x80) or chr(b) in "!#$%&'*+-.^_`|~" for b in method)
     if token and len(method) <= 32 and method != b"CONNECT":
         assert [g.method for g in got] == [method], answer[:200]
-        assert len(sink.records) == decided + 1
+        assert len(decided(sink)) == n + 1
     else:
         assert not answer.startswith(b"HTTP/1.1 200"), answer[:200]
-        assert (got, len(sink.records)) == ([], decided)
+        assert (got, len(decided(sink))) == ([], n)
 
 
 @pytest.mark.parametrize(
@@ -183,7 +186,7 @@ async def test_a_path_servers_read_differently_is_refused(rig: Rig, path: bytes)
     answer = await send(rig, path=path)
     assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
     assert upstream.requests == []
-    assert sink.records == []
+    assert decided(sink) == []
 
 
 @settings(

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from pathlib import Path
 from typing import Any
 
 from interlock.config import AgentConfig, HttpConfig
+from interlock.core.record import DecisionRecord
 from interlock.identity.registry import AgentRegistry
 from interlock.proxies.http.server import HttpProxy
 from interlock.testing import CaptureSink, make_pdp
@@ -103,3 +105,17 @@ async def tunnel(
     writer.write(connect(target))
     assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
     return reader, writer
+
+
+def decided(sink: CaptureSink) -> list[DecisionRecord]:
+    """Records of decisions the policy made: a guard's refusal is audited without one."""
+    return [r for r in sink.records if r.engine is not None]
+
+
+def refusal_record(sink: CaptureSink, answer: bytes) -> DecisionRecord:
+    """The one audited guard refusal, checked to be the one `answer`'s body names."""
+    [record] = [r for r in sink.records if r.action.details.get("guard")]
+    body = json.loads(answer.partition(b"\r\n\r\n")[2])
+    assert body["decision_id"] == record.decision.decision_id, (body, record)
+    assert record.decision.effect.value == "deny"
+    return record

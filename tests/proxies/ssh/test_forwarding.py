@@ -139,7 +139,18 @@ async def test_unknown_keys_and_targets_are_refused(rig: Rig) -> None:
         r = await rig.ssh("echo hi", user=user)
         assert r.returncode == 255
         assert b"Permission denied" in r.stderr
-    assert rig.sink.records == []
+    # No decision was asked; each failed login is recorded under `anonymous`, with the
+    # user it offered (the proxy sees a client go shortly after the client has).
+    for _ in range(100):
+        await rig.proxy.refusals.drain()
+        if len(rig.sink.records) >= 3:
+            break
+        await asyncio.sleep(0.02)
+    offered = [(r.action.agent.id, r.action.details["user"]) for r in rig.sink.records]
+    assert sorted(offered) == sorted(
+        ("anonymous", u) for u in ("coder+nowhere", "mallory", "+web1")
+    )
+    assert all(r.engine is None for r in rig.sink.records)
 
 
 async def test_a_target_that_dies_mid_command_ends_the_session_cleanly(tmp_path: Path) -> None:

@@ -1,0 +1,17 @@
+"""A guard's own answer to a flow, a refusal, marked so that `refusals.Refusals` audits it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from mitmproxy import http
+
+REFUSAL = "interlock.refusal"
+"""flow.metadata key: why a guard answered the flow itself (None once audited)."""
+
+
+def refuse(flow: http.HTTPFlow, status: int, body: dict[str, Any], headers: dict[str, str]) -> None:
+    """Answer `flow` with a guard's refusal (a JSON `body` with a `reason`), marked for audit."""
+    flow.response = http.Response.make(status, json.dumps(body), headers)
+    flow.metadata[REFUSAL] = str(body.get("reason") or body.get("error") or status)
