@@ -417,6 +417,10 @@ class ExtAuthzConfig(Section):
     approval_timeout: float = Field(300.0, gt=0)
     """How long a request refused for approval stays open for a human to answer; once
     approved, a retry of the same request passes (`[approvals] grant_ttl`, `grant_uses`)."""
+    max_concurrent_checks: int = Field(256, ge=1)
+    """gRPC Checks in progress at once; more are refused at once with RESOURCE_EXHAUSTED
+    (Envoy then denies the request, `status_on_error`), so an overload is answered
+    instead of queued past Envoy's timeout, where finishing it is wasted work."""
 
     @field_validator("http_listen", mode="before")
     @classmethod
