@@ -415,7 +415,7 @@ async def _start_extauthz(runtime: Runtime) -> None:
     cfg = runtime.config.extauthz
     assert cfg is not None
     authorizer = Authorizer(cfg, runtime.pdp, runtime.registry, runtime.jwt, runtime.holds)
-    grpc_server = ExtAuthzServer(authorizer, cfg.grpc_listen)
+    grpc_server = ExtAuthzServer(authorizer, cfg.grpc_listen, cfg.max_concurrent_checks)
     await grpc_server.start()
     runtime._stoppers.append(grpc_server.stop)
     host = cfg.grpc_listen.rpartition(":")[0]

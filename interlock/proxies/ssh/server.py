@@ -142,7 +142,9 @@ class Connection(asyncssh.SSHServer):
         async with self._upstream_lock:
             if self._upstream is None:
                 target = self.proxy.config.targets[self.target_name]
-                self._upstream = await upstream.connect(target, self.proxy.credentials)
+                self._upstream = await upstream.connect(
+                    target, self.proxy.config.ciphers, self.proxy.credentials
+                )
             return self._upstream
 
     # --- forwarding -----------------------------------------------------------------------
@@ -362,6 +364,7 @@ class SshProxy:
             allow_pty=True,
             line_editor=False,
             keepalive_interval=30,
+            encryption_algs=self.config.ciphers,
         )
         sock = self.server.sockets[0].getsockname()
         self.address = (str(sock[0]), int(sock[1]))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import functools
 import hashlib
 import logging
 from collections.abc import Callable, Mapping
@@ -27,7 +28,7 @@ import asyncssh
 from interlock.classify.content import MAX_SCAN, scan
 from interlock.classify.shell import ShellParseError, analyse
 from interlock.classify.shellpath import Where
-from interlock.core.model import Action, Agent, Decision, Effect, Operation
+from interlock.core.model import Action, Agent, Decision, Effect, Operation, freeze
 from interlock.core.refusal import guard_action
 from interlock.proxies.ssh.connection import Connection
 
@@ -38,11 +39,34 @@ UPSTREAM_FAILED_EXIT = 255
 CHUNK = 64 * 1024
 
 
+CACHED_COMMAND_CHARS = 1024
+"""Commands up to this long are classified once and the result reused (below)."""
+
+
 def command_action(
     agent: Agent, target: str, command: str, max_bytes: int, where: Where | None = None
 ) -> tuple[Action, bool]:
     """The action for `command` run on the target in `where`, and whether it has paths
     that the target's home directory (not given) would resolve."""
+    classify = _classified if len(command) <= CACHED_COMMAND_CHARS else _classify
+    details, needs_home, labels = classify(command, max_bytes, where)
+    action = Action(
+        agent,
+        "ssh",
+        Operation.EXEC,
+        target,
+        details,
+        labels=labels,
+        payload=command[:MAX_SCAN],
+    )
+    return action, needs_home
+
+
+def _classify(
+    command: str, max_bytes: int, where: Where | None
+) -> tuple[Mapping[str, Any], bool, frozenset[str]]:
+    """Details (frozen), whether a path needs the home, and the content labels: a pure
+    function of the text and where it runs."""
     needs_home = False
     details: dict[str, Any] = {"command": command, "interactive": False}
     if len(command.encode("utf-8", "replace")) > max_bytes:
@@ -60,16 +84,13 @@ def command_action(
     found = scan(command[:MAX_SCAN])
     if found.kinds:
         details["dlp"] = sorted(found.kinds)
-    action = Action(
-        agent,
-        "ssh",
-        Operation.EXEC,
-        target,
-        details,
-        labels=found.labels,
-        payload=command[:MAX_SCAN],
-    )
-    return action, needs_home
+    return freeze(details), needs_home, found.labels
+
+
+_classified = functools.lru_cache(maxsize=512)(_classify)
+"""Why cached: parsing (bashlex) was the largest part of the proxy's own CPU per command,
+0.25 ms for `true` and 0.8 ms for a two-command pipeline, more than the decision; agents
+repeat their commands, and the result is immutable, so sharing it is safe."""
 
 
 def shell_action(agent: Agent, target: str, term: str | None) -> Action:

@@ -20,7 +20,7 @@ class NoCredentials(OSError):
 
 
 async def connect(
-    target: SshTarget, credentials: Broker | None = None
+    target: SshTarget, ciphers: list[str], credentials: Broker | None = None
 ) -> asyncssh.SSHClientConnection:
     keys: list[Any]
     if credentials is not None and credentials.config.ssh is not None:
@@ -42,4 +42,5 @@ async def connect(
         config=[],
         connect_timeout=CONNECT_TIMEOUT_S,
         preferred_auth="publickey",
+        encryption_algs=ciphers,
     )
