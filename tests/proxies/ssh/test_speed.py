@@ -3,6 +3,7 @@ command classified once and reused, without changing what a policy sees."""
 
 from __future__ import annotations
 
+import asyncio
 from types import MappingProxyType
 
 import pytest
@@ -22,11 +23,17 @@ async def test_both_legs_use_aes_and_a_chacha_only_client_is_refused(rig: Rig) -
     only_chacha = await rig.ssh("true", "-o", "Ciphers=chacha20-poly1305@openssh.com")
     assert only_chacha.returncode == 255
     assert b"no matching cipher" in only_chacha.stderr
-    r = await rig.ssh("echo aes", "-o", "Ciphers=aes128-ctr")
-    assert r.stdout == b"aes\n", r.stderr
+    # The upstream leg is read while the session is open: it goes when the client does.
+    running = asyncio.create_task(rig.ssh("echo aes; sleep 2", "-o", "Ciphers=aes128-ctr"))
+    for _ in range(200):
+        if rig.proxy._by_agent.get("coder") or running.done():
+            break
+        await asyncio.sleep(0.02)
     (conn,) = rig.proxy._by_agent["coder"]
     upstream = await conn.upstream()
     assert upstream.get_extra_info("send_cipher") == "aes128-gcm@openssh.com"
+    r = await running
+    assert r.stdout == b"aes\n", r.stderr
 
 
 def test_ciphers_are_checked_when_the_config_is_read() -> None:
