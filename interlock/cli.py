@@ -421,6 +421,37 @@ def cmd_ca_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mcp_run(args: argparse.Namespace) -> int:
+    from interlock.runtime import MCP_TOKEN_ENV, run_mcp
+
+    argv = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not argv:
+        raise UsageError("interlock mcp run --agent ID -- COMMAND [ARGS...]: no server command")
+    token = os.environ.get(MCP_TOKEN_ENV)
+    return asyncio.run(run_mcp(_config(args.config), args.agent, argv, token))
+
+
+def cmd_mcp_tools(args: argparse.Namespace) -> int:
+    from interlock.approvals.pins import PinStore
+
+    config = _config(args.config)
+    pins = PinStore(config.data_dir / config.mcp.pins)
+    try:
+        if args.mcp_command == "tools":
+            for pin in pins.pins(args.server):
+                print(json.dumps(pin.as_json()))
+            return 0
+        try:
+            pin = pins.approve(args.server, args.owner, args.tool)
+        except KeyError as exc:
+            raise UsageError(str(exc.args[0])) from None
+        print(f"approved: {pin.name} of {pin.server} for {pin.owner} (description "
+              f"{pin.description_sha256[:12]}, schema {pin.schema_sha256[:12]})")  # fmt: skip
+        return 0
+    finally:
+        pins.close()
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from interlock.bench.runner import main as bench_main
 
@@ -596,6 +627,24 @@ def parser() -> argparse.ArgumentParser:
     sp = casub.add_parser("export", help="print the CA certificate agents must trust")
     sp.add_argument("-c", "--config", help=CONFIG_HELP)
     sp.set_defaults(func=cmd_ca_export)
+
+    mcp = sub.add_parser("mcp", help="the stdio MCP gateway and pinned tools")
+    msub = mcp.add_subparsers(dest="mcp_command", required=True)
+    sp = msub.add_parser("run", help="relay a stdio MCP server, deciding every call")
+    sp.add_argument("--agent", required=True, help="the agent (its token in $INTERLOCK_TOKEN)")
+    sp.add_argument("-c", "--config", help=CONFIG_HELP)
+    sp.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+    sp.set_defaults(func=cmd_mcp_run)
+    sp = msub.add_parser("tools", help="pinned tools, held ones with why")
+    sp.add_argument("--server", help="only this server (its command line or URL)")
+    sp.add_argument("-c", "--config", help=CONFIG_HELP)
+    sp.set_defaults(func=cmd_mcp_tools)
+    sp = msub.add_parser("approve-tool", help="accept a held tool as the server offers it now")
+    sp.add_argument("--server", required=True, help="its command line or URL, as `tools` shows")
+    sp.add_argument("--owner", required=True, help="whose pin, as `tools` shows")
+    sp.add_argument("tool")
+    sp.add_argument("-c", "--config", help=CONFIG_HELP)
+    sp.set_defaults(func=cmd_mcp_tools)
 
     bench = sub.add_parser("bench", help="run benchmark suites against their baselines")
     bench.add_argument(

@@ -6,8 +6,15 @@ the agent using a tool, which is a `tool_call` action whatever proxy sees it.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import re
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from interlock.classify.content import MAX_SCAN, HeuristicDetector
 
 
 @dataclass(frozen=True)
@@ -46,3 +53,124 @@ def confidence_value(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if 0.0 <= number <= 1.0 else None
+
+
+# --- what a tool server is told and what it describes (the stdio gateway, tool pinning) ---
+
+DECIDED_METHODS = frozenset({"tools/call", "resources/read", "prompts/get"})
+"""Requests that do something on the agent's behalf: each is an action the PDP decides."""
+LISTING_METHODS = frozenset(
+    {
+        "initialize",
+        "ping",
+        "tools/list",
+        "resources/list",
+        "resources/templates/list",
+        "prompts/list",
+        "completion/complete",
+        "logging/setLevel",
+        "resources/subscribe",
+        "resources/unsubscribe",
+    }
+)
+"""Requests that only negotiate or list what the server offers: relayed undecided (their
+answers are still read: tools/list goes through pinning)."""
+
+_PATH_KEY = re.compile(r"path|file|dir|folder|source|dest|root|repo|location|uri", re.I)
+MAX_PATHS = 256
+"""Path arguments per call; a call naming more is refused rather than half checked."""
+
+
+class TooManyPaths(ValueError):
+    """A call names more paths than the gateway checks."""
+
+
+def _strings(value: Any, key: str, out: list[tuple[str, str]]) -> None:
+    if isinstance(value, str):
+        out.append((key, value))
+    elif isinstance(value, list):
+        for item in value:
+            _strings(item, key, out)
+    elif isinstance(value, dict):
+        for k, item in value.items():
+            _strings(item, str(k), out)
+
+
+def argument_paths(arguments: dict[str, Any], cwd: str, home: str) -> list[str]:
+    """Every argument value a local tool server could take as a file path, resolved as it
+    would (home expanded, relative to its working directory, `..` collapsed, symbolic
+    links followed: the server runs on this machine, so the gateway sees the same file
+    system). A value counts when its key says path-like or it looks like a path."""
+    found: list[tuple[str, str]] = []
+    _strings(arguments, "", found)
+    paths: list[str] = []
+    for key, value in found:
+        if value.startswith("file://"):
+            value = unquote(urlsplit(value).path)
+        elif not (_PATH_KEY.search(key) or value.startswith(("/", "~", "./", "../"))):
+            continue
+        if not value or "\x00" in value:
+            continue
+        if value == "~" or value.startswith("~/"):
+            value = home + value[1:]
+        full = os.path.normpath(os.path.join(cwd, value))
+        paths.append(full)
+        real = os.path.realpath(full)
+        if real != full:
+            paths.append(real)
+        if len(paths) > MAX_PATHS:
+            raise TooManyPaths(f"more than {MAX_PATHS} path arguments")
+    return list(dict.fromkeys(paths))
+
+
+def canonical_sha256(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def tool_hashes(tool: dict[str, Any]) -> tuple[str, str]:
+    """(description hash, schema hash) of a tools/list entry. The schema hash covers all
+    the server says about calling the tool besides its description: input and output
+    schema, title and annotations (a flipped `readOnlyHint` is a change too)."""
+    description = tool.get("description")
+    schema = {k: tool.get(k) for k in ("inputSchema", "outputSchema", "title", "annotations")}
+    return canonical_sha256(description), canonical_sha256(schema)
+
+
+_POISON = [
+    (
+        "instructions_to_model",
+        re.compile(
+            r"<\s*/?\s*(?:important|system|instructions?|secret)\s*>|"
+            r"\b(?:before|after|when)\s+(?:using|calling)\s+(?:this|any|the)\b.{0,40}"
+            r"\b(?:you\s+must|always|first)\b|"
+            r"\bdo\s+not\s+(?:tell|mention|inform|reveal\s+to|show)\s+(?:the\s+)?user\b|"
+            r"\b(?:read|open|cat|include|pass)\b.{0,40}(?:~/|\.ssh|id_rsa|\.env\b|"
+            r"/etc/passwd|mcp\.json|credentials)",
+            re.I | re.S,
+        ),
+    ),
+    (
+        "hidden_unicode",
+        re.compile(r"[\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff\U000e0000-\U000e007f]"),
+    ),
+    (
+        "exfiltration_url",
+        re.compile(
+            r"https?://[^\s\"'<>]*(?:[?&][\w.-]*=\s*(?:\{|<|\$)|\{\{|\$\{)|"
+            r"\b(?:send|post|upload|forward|transmit)\b.{0,80}https?://",
+            re.I | re.S,
+        ),
+    ),
+]
+
+
+def tool_poisoning(tool: dict[str, Any]) -> list[str]:
+    """Why a tool's description (or any text in its schema) looks written for the model
+    rather than the user: instructions to it, hidden Unicode, exfiltration URLs, plus
+    the prompt-injection heuristics used on content."""
+    found: list[tuple[str, str]] = []
+    _strings({k: tool.get(k) for k in ("description", "title", "inputSchema")}, "", found)
+    text = "\n".join(v for _, v in found)[:MAX_SCAN]
+    reasons = [name for name, pattern in _POISON if pattern.search(text)]
+    return sorted(set(reasons) | set(HeuristicDetector().scan(text)))

@@ -1,0 +1,147 @@
+"""The gateway's pipes: this process's stdin/stdout (the host) and a child server's.
+
+The child's stderr is this process's stderr (the host shows server logs as it would
+without interlock). The gateway ends with the child, with its exit status; when the host
+closes stdin or the gateway is told to stop (SIGTERM, SIGINT), holds are withdrawn, the
+child's stdin is closed and the child is given time to exit, then terminated, as the MCP
+stdio transport asks of a client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Callable
+from typing import BinaryIO
+
+from interlock.proxies.mcp.gateway import Gateway
+from interlock.proxies.mcp.relay import INVALID_REQUEST, MAX_MESSAGE, Side, error
+
+EXIT_GRACE_S = 2.0
+"""How long the child has to exit after its stdin closes, and again after SIGTERM."""
+
+
+async def _lines(
+    reader: asyncio.StreamReader, on_line: Callable[[bytes], None], too_long: Callable[[], None]
+) -> None:
+    """Feed each line of `reader` to `on_line`; an over-long line is skipped whole (its
+    sender is told) and reading goes on at the next line."""
+    while True:
+        try:
+            line = await reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial.strip():
+                on_line(exc.partial)
+            return
+        except asyncio.LimitOverrunError:
+            too_long()
+            while True:
+                try:
+                    await reader.readuntil(b"\n")
+                    break
+                except asyncio.LimitOverrunError as exc:
+                    await reader.readexactly(exc.consumed)
+                except asyncio.IncompleteReadError:
+                    return
+            continue
+        on_line(line)
+
+
+def exit_code(returncode: int) -> int:
+    """A child killed by signal N ends the gateway as a shell reports it: 128 + N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+async def _stdio(
+    stdin: BinaryIO, stdout: BinaryIO
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=MAX_MESSAGE + 1, loop=loop)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), stdin)
+    transport, protocol = await loop.connect_write_pipe(
+        lambda: asyncio.streams.FlowControlMixin(loop=loop), stdout
+    )
+    writer = asyncio.StreamWriter(transport, protocol, None, loop)
+    return reader, writer
+
+
+async def run(
+    argv: list[str],
+    make_gateway: Callable[[Callable[[Side, bytes], None]], Gateway],
+    stdin: BinaryIO | None = None,
+    stdout: BinaryIO | None = None,
+) -> int:
+    """Relay until the child exits or the host goes away; the exit status to end with."""
+    child = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=None,
+        limit=MAX_MESSAGE + 1,
+    )
+    assert child.stdin is not None
+    assert child.stdout is not None
+    host_in, host_out = await _stdio(stdin or sys.stdin.buffer, stdout or sys.stdout.buffer)
+    to_server = child.stdin
+
+    def send(to: Side, data: bytes) -> None:
+        target = host_out if to is Side.HOST else to_server
+        if not target.is_closing():
+            target.write(data)
+
+    gateway = make_gateway(send)
+    too_long = f"interlock: message over {MAX_MESSAGE} bytes"
+    host = asyncio.create_task(
+        _lines(
+            host_in,
+            gateway.host_line,
+            lambda: send(Side.HOST, error(None, INVALID_REQUEST, too_long)),
+        )
+    )
+    server = asyncio.create_task(
+        _lines(
+            child.stdout,
+            gateway.server_line,
+            lambda: send(Side.SERVER, error(None, INVALID_REQUEST, too_long)),
+        )
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({host, server, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        await gateway.close()
+        if not server.done():
+            # The host is gone (or we were told to stop): the child's turn to end.
+            with contextlib.suppress(ConnectionError):
+                to_server.close()
+            await _end(child)
+        with contextlib.suppress(ConnectionError):
+            await host_out.drain()
+        returncode = await child.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        for task in (host, server, stopping):
+            task.cancel()
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+    return exit_code(returncode)
+
+
+async def _end(child: asyncio.subprocess.Process) -> None:
+    """Stdin closed: wait, then SIGTERM, wait, then SIGKILL."""
+    for step in (None, child.terminate, child.kill):
+        if step is not None:
+            with contextlib.suppress(ProcessLookupError):
+                step()
+        try:
+            await asyncio.wait_for(child.wait(), EXIT_GRACE_S)
+            return
+        except TimeoutError:
+            continue
