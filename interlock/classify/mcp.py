@@ -109,11 +109,12 @@ def argument_paths(arguments: dict[str, Any], cwd: str, home: str) -> list[str]:
             value = unquote(urlsplit(value).path)
         elif not (_PATH_KEY.search(key) or value.startswith(("/", "~", "./", "../"))):
             continue
-        if not value or "\x00" in value:
-            continue
+        if "\x00" in value:
+            continue  # no system call opens such a path
         if value == "~" or value.startswith("~/"):
             value = home + value[1:]
-        full = os.path.normpath(os.path.join(cwd, value))
+        # normpath keeps a leading "//" (POSIX leaves it to the system); Linux reads "/".
+        full = "/" + os.path.normpath(os.path.join(cwd, value)).lstrip("/")
         paths.append(full)
         real = os.path.realpath(full)
         if real != full:
