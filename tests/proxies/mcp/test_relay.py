@@ -26,7 +26,7 @@ params = st.one_of(
             "arguments": st.none()
             | st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
             "requestId": ids,
-        },  # noqa: E501
+        },
     ),
     st.lists(st.integers(), max_size=2),
     st.text(max_size=3),
