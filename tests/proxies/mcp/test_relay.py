@@ -12,9 +12,10 @@ from hypothesis import strategies as st
 from interlock.classify.mcp import DECIDED_METHODS, LISTING_METHODS
 from interlock.proxies.mcp.relay import Decide, Inspect, Relay, Send, Side, parse
 
-METHODS = sorted(DECIDED_METHODS | LISTING_METHODS) + [
-    "notifications/initialized", "notifications/cancelled", "debug/exec", "tools/call ", "",
-]  # fmt: skip
+METHODS = [
+    *sorted(DECIDED_METHODS | LISTING_METHODS),
+    *["notifications/initialized", "notifications/cancelled", "debug/exec", "tools/call ", ""],
+]
 ids = st.one_of(
     st.integers(-3, 3), st.sampled_from(["a", "1", ""]), st.none(), st.booleans(), st.floats(0, 2)
 )
