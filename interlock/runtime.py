@@ -304,6 +304,7 @@ async def start(runtime: Runtime) -> None:
         assert proxy.address is not None
         runtime.endpoints["postgres"] = f"postgresql://{proxy.address[0]}:{proxy.address[1]}"
     if cfg.http is not None:
+        from interlock.approvals.pins import PinStore
         from interlock.proxies.http.server import HttpProxy
 
         http_proxy = HttpProxy(
@@ -314,6 +315,7 @@ async def start(runtime: Runtime) -> None:
             runtime.jwt,
             runtime.holds,
             runtime.credentials,
+            PinStore(cfg.data_dir / cfg.mcp.pins),
         )
         await http_proxy.start()
         runtime._stoppers.append(http_proxy.stop)

@@ -37,7 +37,16 @@ FLOORS: list[set[str]] = [
     {"classify", "intel", "config"},
     {"audit", "identity"},
     {"approvals", "credentials"},
-    {"proxies", "proxies.http", "proxies.postgres", "proxies.ssh", "proxies.mcp", "extauthz", "admin", "testing"},
+    {
+        "proxies",
+        "proxies.http",
+        "proxies.postgres",
+        "proxies.ssh",
+        "proxies.mcp",
+        "extauthz",
+        "admin",
+        "testing",
+    },
     {"bench", "runtime"},
     {"cli"},
 ]

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from interlock.classify.mcp import tool_hashes, tool_poisoning
+from interlock.core.model import Action, Agent, Operation
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pins (
@@ -80,6 +81,23 @@ class Change:
     reason: str
     old: tuple[str, str]
     new: tuple[str, str]
+
+
+def owner_of(agent: Agent) -> str:
+    """Whose pins: the agent's owner (pins are the owner's trust), else the agent."""
+    return agent.owner or f"agent:{agent.id}"
+
+
+def change_action(agent: Agent, server: str, change: Change) -> Action:
+    """What the audit log records of a tool becoming held: its old and new hashes."""
+    pin = {
+        "old_description_sha256": change.old[0],
+        "old_schema_sha256": change.old[1],
+        "new_description_sha256": change.new[0],
+        "new_schema_sha256": change.new[1],
+    }
+    details = {"mcp_server": server, "method": "tools/list", "pin": pin}
+    return Action(agent, "mcp", Operation.TOOL_CALL, change.name, details)
 
 
 class PinStore:

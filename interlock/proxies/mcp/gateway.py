@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from interlock.approvals.holds import Holds
-from interlock.approvals.pins import PinStore
+from interlock.approvals.pins import PinStore, change_action, owner_of
 from interlock.classify.content import MAX_SCAN, HeuristicDetector
 from interlock.core.model import Action, Agent, Decision, Effect, Operation
 from interlock.core.pdp import PDP
@@ -59,11 +59,6 @@ def result_text(value: Any) -> str:
 
     walk(value)
     return "\n".join(parts)
-
-
-def owner_of(agent: Agent) -> str:
-    """Whose pins: the agent's owner (pins are the owner's trust), else the agent."""
-    return agent.owner or f"agent:{agent.id}"
 
 
 class Gateway:
@@ -299,14 +294,7 @@ class Gateway:
         owner = owner_of(self.agent)
         changes, held = await asyncio.to_thread(self.pins.check, self.where.server, owner, tools)
         for change in changes:
-            action = Action(
-                self.agent, "mcp", Operation.TOOL_CALL, change.name,
-                {"mcp_server": self.where.server, "method": "tools/list",
-                 "pin": {"old_description_sha256": change.old[0],
-                         "old_schema_sha256": change.old[1],
-                         "new_description_sha256": change.new[0],
-                         "new_schema_sha256": change.new[1]}},
-            )  # fmt: skip
+            action = change_action(self.agent, self.where.server, change)
             decision = await self.pdp.refuse(action, f"tool held: {change.reason}")
             log.warning(
                 "mcp %s: tool %r held (%s), decision %s; accept with `interlock mcp"
