@@ -650,7 +650,7 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--suite",
         default="all",
-        help="all (default) or some of pdp,audit,postgres,http,extauthz,ssh,e2e",
+        help="all (default) or some of pdp,audit,postgres,http,extauthz,ssh,mcp,e2e",
     )
     bench.add_argument("--json", help="write machine-readable results here")
     bench.add_argument("--report", metavar="DIR", help="write report.md, plots and JSON here")
