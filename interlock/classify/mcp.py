@@ -14,7 +14,18 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from interlock.classify.content import MAX_SCAN, HeuristicDetector
+from interlock.classify.content import (
+    CARD,
+    EMAIL,
+    IBAN,
+    LABELS,
+    MAX_SCAN,
+    PHONE,
+    SECRET_PATTERNS,
+    SSN,
+    HeuristicDetector,
+    scan,
+)
 
 
 @dataclass(frozen=True)
@@ -175,3 +186,37 @@ def tool_poisoning(tool: dict[str, Any]) -> list[str]:
     text = "\n".join(v for _, v in found)[:MAX_SCAN]
     reasons = [name for name, pattern in _POISON if pattern.search(text)]
     return sorted(set(reasons) | set(HeuristicDetector().scan(text)))
+
+
+# --- masking what a tool server answers ------------------------------------------------
+
+_PRIVATE_KEY_BLOCK = re.compile(
+    r"-----BEGIN [A-Z ]*PRIVATE KEY[A-Z ]*-----.*?(?:-----END [A-Z ]*PRIVATE KEY[A-Z ]*-----|\Z)",
+    re.S,
+)
+_MASKS: list[tuple[str, re.Pattern[str]]] = [
+    ("private_key", _PRIVATE_KEY_BLOCK),
+    *((k, p) for k, p in SECRET_PATTERNS.items() if k != "private_key"),
+    ("email", EMAIL),
+    ("ssn", SSN),
+    ("card_number", CARD),
+    ("iban", IBAN),
+    ("phone", PHONE),
+]
+_PII = frozenset({"card_number", "iban", "ssn", "email", "phone"})
+
+
+def _label_of(kind: str) -> frozenset[str]:
+    return frozenset({LABELS[kind], *(["pii"] if kind in _PII else [])})
+
+
+def masked(text: str, labels: frozenset[str]) -> str:
+    """`text` with every value of the given labels replaced by `[masked:<kind>]`; a text
+    whose scan still finds one of them afterwards (a high-entropy secret no pattern
+    spans) is replaced whole: masking fails closed."""
+    for kind, pattern in _MASKS:
+        if _label_of(kind) & labels:
+            text = pattern.sub(f"[masked:{kind}]", text)
+    if scan(text).labels & labels:
+        return "[masked]"
+    return text

@@ -16,6 +16,7 @@ from typing import Any
 from interlock.approvals.holds import Holds
 from interlock.approvals.pins import PinStore, change_action, owner_of
 from interlock.classify.content import MAX_SCAN, HeuristicDetector
+from interlock.classify.mcp import masked
 from interlock.core.model import Action, Agent, Decision, Effect, Operation
 from interlock.core.pdp import PDP
 from interlock.errors import StateError
@@ -40,6 +41,17 @@ PROGRESS_INTERVAL = 5.0
 """Seconds between progress notifications to a host that asked for them while held."""
 SKIPPED_KEYS = frozenset({"blob", "data"})
 """Base64 payloads (images, binary resources) the host does not read as text."""
+
+
+def mask_strings(value: Any, labels: frozenset[str]) -> Any:
+    """`value` with the given labels masked in every string the model may read."""
+    if isinstance(value, str):
+        return masked(value, labels)
+    if isinstance(value, list):
+        return [mask_strings(x, labels) for x in value]
+    if isinstance(value, dict):
+        return {k: x if k in SKIPPED_KEYS else mask_strings(x, labels) for k, x in value.items()}
+    return value
 
 
 def result_text(value: Any) -> str:
@@ -267,18 +279,35 @@ class Gateway:
             labels=labels, parents=(source,) if source else (),
         )  # fmt: skip
         verdict = await self.pdp.decide(read)
-        if verdict.effect is not Effect.ALLOW:
-            reason = "; ".join(verdict.reasons) or verdict.effect.value
+        refusal = None
+        if verdict.effect is Effect.APPROVE:
+            what = f"result of MCP {event.method} holds {', '.join(sorted(labels))}"
+            answer = await self.holds.wait_in(
+                self._held, verdict, self.approval_timeout, read, what
+            )
+            if not answer.approved:
+                refusal = f"held for approval: {answer.reason or 'denied'}"
+        elif verdict.effect is not Effect.ALLOW:
+            refusal = "; ".join(verdict.reasons) or verdict.effect.value
+        if refusal is not None:
             return {
                 "jsonrpc": "2.0",
                 "id": response["id"],
                 "error": {
                     "code": DENIED,
-                    "message": f"denied by interlock: result withheld: {reason}",
+                    "message": f"denied by interlock: result withheld: {refusal}",
                     "data": {"decision_id": verdict.decision_id},
                 },
             }
-        return response
+        hidden = frozenset(
+            str(label)
+            for o in verdict.obligations
+            if o.type == "mask"
+            for label in o.params.get("labels", ())
+        )
+        if not hidden:
+            return response
+        return {**response, "result": mask_strings(response.get("result"), hidden)}
 
     async def _pin(self, response: dict[str, Any]) -> dict[str, Any]:
         """The listing as the host may see it: held tools left out (a changed description

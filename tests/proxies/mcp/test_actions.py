@@ -9,7 +9,8 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from interlock.classify.mcp import argument_paths, tool_poisoning
+from interlock.classify.content import scan
+from interlock.classify.mcp import argument_paths, masked, tool_poisoning
 
 segments = st.sampled_from(["a", "b", ".", "..", "", ".ssh"])
 
@@ -68,3 +69,24 @@ def test_poisoned_descriptions_are_flagged_and_plain_ones_are_not() -> None:
         },
     }
     assert "instructions_to_model" in tool_poisoning(hidden_in_schema)
+
+
+words = st.text(st.sampled_from("abc xyz.,:\n"), max_size=20)
+emails = st.builds(
+    "{}@{}.{}".format,
+    st.text(st.sampled_from("abcdef1._"), min_size=1, max_size=8).filter(lambda s: s[0].isalnum()),
+    st.text(st.sampled_from("abcdef"), min_size=1, max_size=8),
+    st.sampled_from(["com", "org", "example"]),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(words, emails), min_size=1, max_size=4), words)
+def test_masked_text_keeps_no_value_of_a_masked_label(
+    parts: list[tuple[str, str]], tail: str
+) -> None:
+    text = " ".join(f"{w} {e}" for w, e in parts) + " " + tail
+    out = masked(text, frozenset({"pii"}))
+    assert "pii" not in scan(out).labels
+    assert all(e not in out for _, e in parts)
+    assert masked("meeting at noon", frozenset({"pii"})) == "meeting at noon"

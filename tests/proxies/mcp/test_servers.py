@@ -107,3 +107,17 @@ async def test_everything_server_tools_resources_prompts(setup: Setup) -> None:
     assert {"tools/call", "resources/read", "prompts/get"} <= set(methods)
     kinds = {(r["action"]["operation"], r["effect"]) for r in await setup.audit()}
     assert {("tool_call", "allow"), ("read", "allow"), ("prompt", "allow")} <= kinds
+
+
+async def test_labelled_values_in_results_are_masked_or_held(setup: Setup, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "notes.txt").write_text("contact bob@example.com or +1 415 555 0100, at noon")
+    (root / "keys.txt").write_text("deploy key AKIAABCDEFGHIJKLMNOP")
+    params = setup.gateway([npm_server("mcp-server-filesystem"), str(root)], cwd=root)
+    async with session(params) as s:
+        got = text(await s.call_tool("read_text_file", {"path": str(root / "notes.txt")}))
+        # Credentials in a result raise the read's risk: held, and withheld on time-out.
+        with pytest.raises(MCPError, match="result withheld: held for approval"):
+            await s.call_tool("read_text_file", {"path": str(root / "keys.txt")})
+    assert got == "contact [masked:email] or [masked:phone], at noon"
