@@ -405,7 +405,8 @@ async def run_mcp(config: Config, agent_id: str, argv: list[str], token: str | N
         )  # fmt: skip
 
     try:
-        return await stdio.run(argv, gateway)
+        env = {k: v for k, v in os.environ.items() if k != MCP_TOKEN_ENV}
+        return await stdio.run(argv, gateway, env)
     finally:
         await runtime.stop()
         pins.close()

@@ -87,13 +87,17 @@ LISTING_METHODS = frozenset(
 """Requests that only negotiate or list what the server offers: relayed undecided (their
 answers are still read: tools/list goes through pinning)."""
 
-_PATH_KEY = re.compile(r"path|file|dir|folder|source|dest|root|repo|location|uri", re.I)
+_PATH_KEY = re.compile(
+    r"path|file|dir|folder|source|src|dest|dst|root|repo|location|uri|cwd|output|target", re.I
+)
+_PATH_SHAPE = re.compile(r"[^\s]*/[^\s]*|\.{1,2}")
+"""A word with a slash and no blank (`home/.ssh/id_rsa`), or `.` / `..`."""
 MAX_PATHS = 256
 """Path arguments per call; a call naming more is refused rather than half checked."""
 
 
-class TooManyPaths(ValueError):
-    """A call names more paths than the gateway checks."""
+class PathError(ValueError):
+    """Paths the gateway cannot check: too many, or a file URI of another host."""
 
 
 def _strings(value: Any, key: str, out: list[tuple[str, str]]) -> None:
@@ -116,9 +120,12 @@ def argument_paths(arguments: dict[str, Any], cwd: str, home: str) -> list[str]:
     _strings(arguments, "", found)
     paths: list[str] = []
     for key, value in found:
-        if value.startswith("file://"):
-            value = unquote(urlsplit(value).path)
-        elif not (_PATH_KEY.search(key) or value.startswith(("/", "~", "./", "../"))):
+        if value[:5].lower() == "file:":
+            url = urlsplit(value)
+            if url.netloc not in ("", "localhost"):
+                raise PathError(f"file URI of another host: {value[:200]!r}")
+            value = "/" + unquote(url.path)  # a file URI's path is absolute, "" is "/"
+        elif not (_PATH_KEY.search(key) or value.startswith("~") or _PATH_SHAPE.fullmatch(value)):
             continue
         if "\x00" in value:
             continue  # no system call opens such a path
@@ -131,7 +138,7 @@ def argument_paths(arguments: dict[str, Any], cwd: str, home: str) -> list[str]:
         if real != full:
             paths.append(real)
         if len(paths) > MAX_PATHS:
-            raise TooManyPaths(f"more than {MAX_PATHS} path arguments")
+            raise PathError(f"more than {MAX_PATHS} path arguments")
     return list(dict.fromkeys(paths))
 
 

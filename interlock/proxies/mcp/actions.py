@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from interlock.classify.content import MAX_SCAN, scan
-from interlock.classify.mcp import TooManyPaths, argument_paths, confidence_value
+from interlock.classify.mcp import PathError, argument_paths, confidence_value
 from interlock.core.model import Action, Agent, Operation
 
 MAX_ARGUMENTS = 64
@@ -75,7 +75,7 @@ def action_for(method: str, request: dict[str, Any], agent: Agent, where: Where)
         args, text = _arguments(params)
         try:
             paths = argument_paths(args, where.cwd, where.home)
-        except TooManyPaths as exc:
+        except PathError as exc:
             raise Unreadable(str(exc)) from None
         details.update(arguments=sorted(args), paths=paths)
         return Action(
@@ -85,8 +85,12 @@ def action_for(method: str, request: dict[str, Any], agent: Agent, where: Where)
     if method == "resources/read":
         uri = _string(params, "uri")
         # A URI of the server's own scheme names no local file; a file: URI does.
-        local = uri.startswith("file://")
-        details["paths"] = argument_paths({"uri": uri}, where.cwd, where.home) if local else []
+        local = uri[:5].lower() == "file:"
+        try:
+            paths = argument_paths({"uri": uri}, where.cwd, where.home) if local else []
+        except PathError as exc:
+            raise Unreadable(str(exc)) from None
+        details["paths"] = paths
         return Action(agent, "mcp", Operation.READ, uri, details, confidence=confidence)
     if method == "prompts/get":
         name = _string(params, "name")

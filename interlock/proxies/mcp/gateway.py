@@ -101,8 +101,6 @@ class Gateway:
         self._deciding: dict[IdKey, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._held: set[asyncio.Task[Any]] = set()
-        self._decisions: dict[int, Decision] = {}
-        """Decision of each forwarded request (by id of its request dict), for results."""
 
     # --- input -------------------------------------------------------------------------
 
@@ -187,8 +185,7 @@ class Gateway:
         elif decision.effect is not Effect.ALLOW:
             self._deny(event.key, decision)
             return
-        self._decisions[id(event.request)] = decision
-        self._run(self.relay.allow(event.key))
+        self._run(self.relay.allow(event.key, decision))
 
     async def _hold(self, event: Decide, action: Action, decision: Decision) -> Any:
         meta = event.request.get("params", {}).get("_meta")
@@ -231,7 +228,8 @@ class Gateway:
         response = event.response
         try:
             if event.method == "tools/list":
-                response = await self._pin(response)
+                if "result" in response:
+                    response = await self._pin(response)
             else:
                 response = await self._scan(event, response)
         except (StateError, Unreadable) as exc:
@@ -257,9 +255,10 @@ class Gateway:
         """Tool results, resources and prompts are text from outside: the session is
         tainted by reading them, harder when they try to steer the agent, and labelled
         values in them are decided as a read (the policy's taints and masks apply)."""
-        decision = self._decisions.pop(id(event.request), None)
-        source = decision.decision_id if decision is not None else ""
-        text = result_text(response.get("result"))
+        decision = event.note
+        source = decision.decision_id if isinstance(decision, Decision) else ""
+        part = "result" if "result" in response else "error"
+        text = result_text(response.get(part))
         until = self.pdp.clock() + self.taint_ttl
         store = self.pdp.store
         await store.add_taint(self.agent.id, "untrusted_content", until, source)
@@ -307,7 +306,7 @@ class Gateway:
         )
         if not hidden:
             return response
-        return {**response, "result": mask_strings(response.get("result"), hidden)}
+        return {**response, part: mask_strings(response.get(part), hidden)}
 
     async def _pin(self, response: dict[str, Any]) -> dict[str, Any]:
         """The listing as the host may see it: held tools left out (a changed description

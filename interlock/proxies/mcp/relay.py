@@ -69,11 +69,14 @@ class Cancel:
 
 @dataclass(frozen=True)
 class Inspect:
-    """The server answered a request whose answer is read before the host sees it."""
+    """The server answered a request whose answer is read before the host sees it (a
+    result or an error: both are the server's text). `note` is what the PEP attached
+    when it allowed the request (its decision)."""
 
     method: str
     request: dict[str, Any]
     response: dict[str, Any]
+    note: Any = None
 
 
 @dataclass(frozen=True)
@@ -180,8 +183,9 @@ class Relay:
     """The state of one host-server session: which requests wait for what."""
 
     def __init__(self) -> None:
-        self._forwarded: dict[IdKey, tuple[str, dict[str, Any]]] = {}
-        """Host requests the server has: method and the request, until it answers."""
+        self._forwarded: dict[IdKey, tuple[str, dict[str, Any], Any]] = {}
+        """Host requests the server has: method, the request and the PEP's note, until
+        it answers."""
         self._deciding: dict[IdKey, dict[str, Any]] = {}
         """Host requests waiting for their decision: the server has not seen them."""
         self._from_server: set[IdKey] = set()
@@ -207,7 +211,7 @@ class Relay:
             return [Send(Side.HOST, error(doc["id"], INVALID_REQUEST, f"interlock: {why}"))]
         method = doc["method"]
         if method in LISTING_METHODS:
-            self._forwarded[key] = (method, doc)
+            self._forwarded[key] = (method, doc, None)
             return [Send(Side.SERVER, encode(doc))]
         self._deciding[key] = doc
         return [Decide(key, method, doc)]
@@ -231,12 +235,13 @@ class Relay:
         self._from_server.discard(key)
         return [Send(Side.SERVER, encode(doc))]
 
-    def allow(self, key: IdKey) -> list[Event]:
-        """The decision let the request through: the server gets it now."""
+    def allow(self, key: IdKey, note: Any = None) -> list[Event]:
+        """The decision let the request through: the server gets it now. `note` comes
+        back with the answer."""
         doc = self._deciding.pop(key, None)
         if doc is None:
             return []  # cancelled meanwhile
-        self._forwarded[key] = (doc["method"], doc)
+        self._forwarded[key] = (doc["method"], doc, note)
         return [Send(Side.SERVER, encode(doc))]
 
     def deny(self, key: IdKey, message: str, data: dict[str, Any]) -> list[Event]:
@@ -273,9 +278,9 @@ class Relay:
         entry = self._forwarded.pop(key, None)
         if entry is None:
             return [Problem(Side.SERVER, "answer to no request in flight dropped")]
-        method, request = entry
-        if method in INSPECTED and "result" in doc:
-            return [Inspect(method, request, doc)]
+        method, request, note = entry
+        if method in INSPECTED:
+            return [Inspect(method, request, doc, note)]
         return [Send(Side.HOST, encode(doc))]
 
     def release(self, response: dict[str, Any]) -> list[Event]:

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import BinaryIO
 
 from interlock.proxies.mcp.gateway import Gateway
@@ -70,12 +70,15 @@ async def _stdio(
 async def run(
     argv: list[str],
     make_gateway: Callable[[Callable[[Side, bytes], None]], Gateway],
+    env: Mapping[str, str] | None = None,
     stdin: BinaryIO | None = None,
     stdout: BinaryIO | None = None,
 ) -> int:
-    """Relay until the child exits or the host goes away; the exit status to end with."""
+    """Relay until the child exits or the host goes away; the exit status to end with.
+    `env` is the child's environment (the agent's token is not the server's business)."""
     child = await asyncio.create_subprocess_exec(
         *argv,
+        env=env,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=None,

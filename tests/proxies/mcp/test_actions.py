@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from interlock.classify.content import scan
-from interlock.classify.mcp import argument_paths, masked, tool_poisoning
+from interlock.classify.mcp import PathError, argument_paths, masked, tool_poisoning
 
 segments = st.sampled_from(["a", "b", ".", "..", "", ".ssh"])
 
@@ -18,7 +20,7 @@ segments = st.sampled_from(["a", "b", ".", "..", "", ".ssh"])
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(segments, min_size=1, max_size=6),
-    st.sampled_from(["abs", "rel", "home", "uri"]),
+    st.sampled_from(["abs", "rel", "home", "uri", "URI"]),
     st.sampled_from(["path", "source", "anything"]),
     st.integers(0, 2),
 )
@@ -27,16 +29,20 @@ def test_every_spelling_of_a_path_resolves_as_the_server_would(
 ) -> None:
     cwd, home = "/srv/work", "/home/agent"
     raw = "/".join(parts)
-    base = {"abs": "/", "rel": "", "home": "~/", "uri": "file:///"}[spelling]
+    base = {"abs": "/", "rel": "", "home": "~/", "uri": "file:///", "URI": "FILE:/"}[spelling]
     value = base + raw
-    if spelling == "rel" and key == "anything" and not value.startswith(("./", "../")):
+    if spelling == "rel" and key == "anything" and "/" not in value and value not in (".", ".."):
         return  # an untyped word that does not look like a path is not one
-    local = value.removeprefix("file://")
+    local = "/" + urlsplit(value).path if spelling in ("uri", "URI") else value
     joined = os.path.join(cwd, home + "/" + raw if spelling == "home" else local)
     expected = "/" + os.path.normpath(joined).lstrip("/")
     args: object = value
     for _ in range(depth):
         args = [args]
+    if spelling in ("uri", "URI") and urlsplit(value).netloc not in ("", "localhost"):
+        with pytest.raises(PathError):
+            argument_paths({key: args}, cwd, home)
+        return
     paths = argument_paths({key: args}, cwd, home)
     assert expected in paths
     assert not any(p.startswith("//") for p in paths)

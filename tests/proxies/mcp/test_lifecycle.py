@@ -211,7 +211,10 @@ async def test_holds_time_out_are_approved_elsewhere_and_are_withdrawn(
 
 
 async def test_child_stderr_and_exit_status_pass_through(setup: Setup) -> None:
-    async with gateway(setup, ["sh", "-c", "echo server-says-hi >&2; exit 3"]) as g:
+    script = 'echo server-says-hi >&2; echo "token=[$INTERLOCK_TOKEN]" >&2; exit 3'
+    async with gateway(setup, ["sh", "-c", script]) as g:
         assert await asyncio.wait_for(g.proc.wait(), 10) == 3
         assert g.proc.stderr is not None
-        assert b"server-says-hi" in await g.proc.stderr.read()
+        stderr = await g.proc.stderr.read()
+    assert b"server-says-hi" in stderr
+    assert b"token=[]" in stderr  # the agent's token is not handed to the server
