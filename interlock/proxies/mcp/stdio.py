@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
+import stat
 import sys
+import threading
 from collections.abc import Callable, Mapping
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from interlock.proxies.mcp.gateway import Gateway
 from interlock.proxies.mcp.relay import INVALID_REQUEST, MAX_MESSAGE, Side, error
@@ -54,17 +57,66 @@ def exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-async def _stdio(
-    stdin: BinaryIO, stdout: BinaryIO
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+class Out(Protocol):
+    """Where lines are written: a pipe's StreamWriter, or a blocking file."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def is_closing(self) -> bool: ...
+
+    async def drain(self) -> None: ...
+
+
+class _FileOut:
+    """stdout that is a file or a terminal (no pipe transport for those): plain writes."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+
+    def write(self, data: bytes) -> None:
+        self.out.write(data)
+        self.out.flush()
+
+    def is_closing(self) -> bool:
+        return self.out.closed
+
+    async def drain(self) -> None:
+        return None
+
+
+def _is_pipe(f: BinaryIO) -> bool:
+    mode = os.fstat(f.fileno()).st_mode
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+
+def _read_in_thread(f: BinaryIO, reader: asyncio.StreamReader) -> None:
+    """stdin that is a file or a device (/dev/null): read by a thread, fed to `reader`."""
+    loop = asyncio.get_running_loop()
+
+    def pump() -> None:
+        while data := f.read1(65536):  # type: ignore[attr-defined]
+            loop.call_soon_threadsafe(reader.feed_data, data)
+        loop.call_soon_threadsafe(reader.feed_eof)
+
+    threading.Thread(target=pump, name="interlock-mcp-stdin", daemon=True).start()
+
+
+async def _stdio(stdin: BinaryIO, stdout: BinaryIO) -> tuple[asyncio.StreamReader, Out]:
+    """The host's side as a reader and a writer: pipes (what hosts give) get non-blocking
+    transports; anything else (a file, /dev/null, a terminal) plain reads and writes."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=MAX_MESSAGE + 1, loop=loop)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), stdin)
-    transport, protocol = await loop.connect_write_pipe(
+    if _is_pipe(stdin):
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        await loop.connect_read_pipe(lambda: protocol, stdin)
+    else:
+        _read_in_thread(stdin, reader)
+    if not _is_pipe(stdout):
+        return reader, _FileOut(stdout)
+    transport, flow = await loop.connect_write_pipe(
         lambda: asyncio.streams.FlowControlMixin(loop=loop), stdout
     )
-    writer = asyncio.StreamWriter(transport, protocol, None, loop)
-    return reader, writer
+    return reader, asyncio.StreamWriter(transport, flow, None, loop)
 
 
 async def run(

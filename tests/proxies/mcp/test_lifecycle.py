@@ -55,7 +55,7 @@ class Raw:
 
     async def read(self) -> dict[str, Any]:
         assert self.proc.stdout is not None
-        line = await asyncio.wait_for(self.proc.stdout.readline(), 10)
+        line = await asyncio.wait_for(self.proc.stdout.readline(), 60)
         assert line, "the gateway closed stdout"
         doc: dict[str, Any] = json.loads(line)
         return doc
@@ -145,7 +145,7 @@ async def test_malformed_from_the_server_is_answered_and_never_forwarded(
         first = await g.read()
         assert first["method"] == "notifications/message"  # the valid one, and only it
         g.proc.stdin.close()  # type: ignore[union-attr]
-        assert await asyncio.wait_for(g.proc.wait(), 10) == 0
+        assert await asyncio.wait_for(g.proc.wait(), 60) == 0
     error = json.loads(log.read_text())
     assert error["id"] is None
     assert error["error"]["code"] == -32700
@@ -186,14 +186,14 @@ async def test_holds_time_out_are_approved_elsewhere_and_are_withdrawn(
             g.send({**call, "id": 3})
             await g.read()  # held
             g.proc.stdin.close()  # type: ignore[union-attr]
-            assert await asyncio.wait_for(g.proc.wait(), 10) == 0
+            assert await asyncio.wait_for(g.proc.wait(), 60) == 0
         async with gateway(setup, [sys.executable, SERVER, str(log)]) as g:
             g.send(INIT)
             await g.answer("init")
             g.send({**call, "id": 4})
             await g.read()  # held
             g.proc.send_signal(signal.SIGTERM)
-            assert await asyncio.wait_for(g.proc.wait(), 10) == 0
+            assert await asyncio.wait_for(g.proc.wait(), 60) == 0
     finally:
         await elsewhere.shared.close()
         await client.aclose()
@@ -213,7 +213,7 @@ async def test_holds_time_out_are_approved_elsewhere_and_are_withdrawn(
 async def test_child_stderr_and_exit_status_pass_through(setup: Setup) -> None:
     script = 'echo server-says-hi >&2; echo "token=[$INTERLOCK_TOKEN]" >&2; exit 3'
     async with gateway(setup, ["sh", "-c", script]) as g:
-        assert await asyncio.wait_for(g.proc.wait(), 10) == 3
+        assert await asyncio.wait_for(g.proc.wait(), 60) == 3
         assert g.proc.stderr is not None
         stderr = await g.proc.stderr.read()
     assert b"server-says-hi" in stderr
