@@ -148,12 +148,22 @@ class Gateway:
         data = {"decision_id": decision.decision_id}
         self._run(self.relay.deny(key, f"denied by interlock: {reason}", data))
 
+    def _stub(self, method: str, operation: Operation = Operation.TOOL_CALL) -> Action:
+        """An action for what could not be read as one, so its refusal is audited."""
+        details = {"mcp_server": self.where.server, "transport": "stdio", "method": method[:100]}
+        return Action(self.agent, "mcp", operation, method[:100], details)
+
     async def _decide(self, event: Decide) -> None:
         try:
             await self._decide_one(event)
         except asyncio.CancelledError:
             self.relay.forget(event.key)  # the host cancelled it, or the session ends
             raise
+        except Exception as exc:
+            # Fail closed, and keep serving the session's other requests.
+            log.exception("mcp %s: deciding %s failed", self.where.server, event.method[:100])
+            why = f"internal error: {type(exc).__name__}"
+            self._deny(event.key, await self.pdp.refuse(self._stub(event.method), why))
         finally:
             self._deciding.pop(event.key, None)
 
@@ -161,12 +171,7 @@ class Gateway:
         try:
             action = action_for(event.method, event.request, self.agent, self.where)
         except Unreadable as exc:
-            stub = Action(
-                self.agent, "mcp", Operation.TOOL_CALL, event.method[:100],
-                {"mcp_server": self.where.server, "transport": "stdio",
-                 "method": event.method[:100]},
-            )  # fmt: skip
-            self._deny(event.key, await self.pdp.refuse(stub, str(exc)))
+            self._deny(event.key, await self.pdp.refuse(self._stub(event.method), str(exc)))
             return
         if action.operation is Operation.TOOL_CALL and self.pins is not None:
             # A point read in WAL mode never waits for a writer: cheaper on the loop
@@ -232,13 +237,13 @@ class Gateway:
                     response = await self._pin(response)
             else:
                 response = await self._scan(event, response)
-        except (StateError, Unreadable) as exc:
-            # Content the session would not know it read, or a listing that cannot be
-            # pinned: it does not reach the host.
-            action = Action(
-                self.agent, "mcp", Operation.READ, event.method,
-                {"mcp_server": self.where.server, "transport": "stdio", "method": event.method},
-            )  # fmt: skip
+        except Exception as exc:
+            # Content the session would not know it read, a listing that cannot be
+            # pinned, or a failure here: it does not reach the host.
+            if not isinstance(exc, StateError | Unreadable):
+                log.exception("mcp %s: reading the answer failed", self.where.server)
+                exc = Unreadable(f"internal error: {type(exc).__name__}")
+            action = self._stub(event.method, Operation.READ)
             decision = await self.pdp.refuse(action, f"answer withheld: {exc}")
             response = {
                 "jsonrpc": "2.0",
