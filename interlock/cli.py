@@ -431,6 +431,41 @@ def cmd_mcp_run(args: argparse.Namespace) -> int:
     return asyncio.run(run_mcp(_config(args.config), args.agent, argv, token))
 
 
+async def _audit_tool_approval(config: Config, pin: Any) -> None:
+    """The owner's acceptance of a changed tool goes into the audit log, with the hashes
+    now pinned (the change itself was recorded when it was held)."""
+    from interlock.audit.factory import log_for
+    from interlock.core.model import (
+        Action,
+        Agent,
+        Decision,
+        Effect,
+        Operation,
+        Risk,
+        Tier,
+        new_decision_id,
+    )
+    from interlock.core.record import DecisionRecord
+
+    details = {
+        "mcp_server": pin.server,
+        "method": "approve-tool",
+        "pin": {"description_sha256": pin.description_sha256, "schema_sha256": pin.schema_sha256},
+    }
+    agent = Agent(f"owner:{pin.owner}", owner=pin.owner, authn="cli")
+    action = Action(agent, "mcp", Operation.TOOL_CALL, pin.name, details)
+    decision = Decision(
+        new_decision_id(), Effect.ALLOW, Risk(0, Tier.LOW), "n/a",
+        reasons=(f"tool change approved by its owner {pin.owner}",),
+    )  # fmt: skip
+    audit = log_for(config)
+    await audit.start()
+    try:
+        await audit.append(DecisionRecord(decision, action, {}), durable=True)
+    finally:
+        await audit.close()
+
+
 def cmd_mcp_tools(args: argparse.Namespace) -> int:
     from interlock.approvals.pins import PinStore
 
@@ -445,6 +480,7 @@ def cmd_mcp_tools(args: argparse.Namespace) -> int:
             pin = pins.approve(args.server, args.owner, args.tool)
         except KeyError as exc:
             raise UsageError(str(exc.args[0])) from None
+        asyncio.run(_audit_tool_approval(config, pin))
         print(f"approved: {pin.name} of {pin.server} for {pin.owner} (description "
               f"{pin.description_sha256[:12]}, schema {pin.schema_sha256[:12]})")  # fmt: skip
         return 0

@@ -73,6 +73,13 @@ async def test_rug_pull_is_held_until_the_owner_approves(setup: Setup, tmp_path:
     assert approved.returncode == 0, approved.stderr
     again = cli(setup, "approve-tool", "--server", server, "--owner", OWNER, "lookup")
     assert again.returncode == 2  # nothing held any more
+    (accepted,) = [
+        r for r in await setup.audit() if r["action"]["details"].get("method") == "approve-tool"
+    ]
+    assert (
+        accepted["action"]["details"]["pin"]["description_sha256"] == pin["new_description_sha256"]
+    )
+    assert accepted["reasons"] == [f"tool change approved by its owner {OWNER}"]
     async with session(setup.gateway(argv)) as s:
         await s.list_tools()  # this server process's first listing: the original text
         listed = [t.name for t in (await s.list_tools()).tools]
