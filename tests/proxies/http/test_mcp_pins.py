@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx2
 import pytest
 import uvicorn
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import MCPServer
@@ -21,6 +24,7 @@ from interlock.approvals.pins import PinStore
 from interlock.config import AgentConfig, HttpConfig
 from interlock.identity.registry import AgentRegistry
 from interlock.proxies.http.server import HttpProxy
+from interlock.proxies.http.toolpins import rewrite
 from interlock.testing import CaptureSink, make_pdp
 from interlock.testing.services import free_port
 
@@ -99,3 +103,31 @@ async def test_changed_description_is_held_over_http(tmp_path: Path, json_respon
     finally:
         await proxy.stop()
         pins.close()
+
+
+names = st.lists(st.sampled_from(["a", "b", "c", "lookup"]), max_size=5)
+
+
+@settings(max_examples=100, deadline=None)
+@given(names, st.sets(st.sampled_from(["a", "b", "c", "lookup"])), st.booleans())
+def test_a_rewritten_listing_names_no_held_tool(
+    listed: list[str], held: set[str], event_stream: bool
+) -> None:
+    doc = {"jsonrpc": "2.0", "id": 1, "result": {"tools": [{"name": n} for n in listed]}}
+    text = json.dumps(doc)
+    if event_stream:
+        text = f"event: message\ndata: {text}\n\n"
+    out = rewrite(text, event_stream, lambda tools: [t for t in tools if t["name"] not in held])
+    assert out is not None
+    body = out.split("data: ", 1)[1] if event_stream else out
+    kept = [t["name"] for t in json.loads(body)["result"]["tools"]]
+    assert kept == [n for n in listed if n not in held]
+
+
+@pytest.mark.parametrize(
+    ("text", "event_stream"),
+    [("not json", False), ('{"result": {"tools": "x"}}', False), ("data: {}\n\n", True),
+     ('{"result": {"tools": [{"name": 1}]}}', False)],
+)  # fmt: skip
+def test_a_listing_that_cannot_be_read_is_not_passed_on(text: str, event_stream: bool) -> None:
+    assert rewrite(text, event_stream, lambda tools: tools) is None
