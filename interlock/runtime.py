@@ -26,7 +26,7 @@ from interlock.approvals.web import WebApprovals
 from interlock.audit.factory import log_for
 from interlock.audit.log import AuditLog
 from interlock.config import AgentConfig, Config
-from interlock.core.context import MemoryStore, StateStore
+from interlock.core.context import MemoryStore, Posture, StateStore
 from interlock.core.engines import fallback_note, make_engine
 from interlock.core.model import Tier
 from interlock.core.pdp import PDP
@@ -404,10 +404,20 @@ async def run_mcp(config: Config, agent_id: str, argv: list[str], token: str | N
             pins=pins, approval_timeout=config.mcp.approval_timeout, taint_ttl=taint_ttl,
         )  # fmt: skip
 
+    stop = asyncio.Event()
+
+    def posture_changed(agent_id: str, posture: Posture) -> None:
+        # Isolation ends every session of the agent on every PEP: this one too.
+        if agent_id == agent.id and posture.isolated and not stop.is_set():
+            log.warning("mcp %s: agent %s isolated, ending the session", where.server, agent_id)
+            stop.set()
+
+    unsubscribe = runtime.pdp.store.subscribe(posture_changed)
     try:
         env = {k: v for k, v in os.environ.items() if k != MCP_TOKEN_ENV}
-        return await stdio.run(argv, gateway, env)
+        return await stdio.run(argv, gateway, env, stop)
     finally:
+        unsubscribe()
         await runtime.stop()
         pins.close()
 

@@ -123,11 +123,13 @@ async def run(
     argv: list[str],
     make_gateway: Callable[[Callable[[Side, bytes], None]], Gateway],
     env: Mapping[str, str] | None = None,
+    stop: asyncio.Event | None = None,
     stdin: BinaryIO | None = None,
     stdout: BinaryIO | None = None,
 ) -> int:
-    """Relay until the child exits or the host goes away; the exit status to end with.
-    `env` is the child's environment (the agent's token is not the server's business)."""
+    """Relay until the child exits, the host goes away, or `stop` is set (a signal, the
+    agent's isolation); the exit status to end with. `env` is the child's environment
+    (the agent's token is not the server's business)."""
     child = await asyncio.create_subprocess_exec(
         *argv,
         env=env,
@@ -162,7 +164,7 @@ async def run(
             lambda: send(Side.SERVER, error(None, INVALID_REQUEST, too_long)),
         )
     )
-    stop = asyncio.Event()
+    stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

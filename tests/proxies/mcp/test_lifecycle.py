@@ -19,6 +19,7 @@ import redis.asyncio
 
 from interlock.approvals.holds import Holds
 from interlock.approvals.shared import SharedApprovals
+from interlock.core.redis_store import RedisStore
 from tests.proxies.mcp.conftest import OWNER, ROOT, TOKEN, Setup, write_config
 
 pytestmark = pytest.mark.integration
@@ -218,3 +219,19 @@ async def test_child_stderr_and_exit_status_pass_through(setup: Setup) -> None:
         stderr = await g.proc.stderr.read()
     assert b"server-says-hi" in stderr
     assert b"token=[]" in stderr  # the agent's token is not handed to the server
+
+
+async def test_isolating_the_agent_elsewhere_ends_the_session(setup: Setup, tmp_path: Path) -> None:
+    store = RedisStore(setup.redis_url)
+    await store.start()
+    try:
+        async with gateway(setup, [sys.executable, SERVER, str(tmp_path / "s.log")]) as g:
+            g.send(INIT)
+            await g.answer("init")
+            await store.restrict("coder", (), isolate=True, reason="test")
+            assert await asyncio.wait_for(g.proc.wait(), 60) == 0
+            assert g.proc.stderr is not None
+            assert b"isolated, ending the session" in await g.proc.stderr.read()
+    finally:
+        await store.restore("coder")
+        await store.close()
