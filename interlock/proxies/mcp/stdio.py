@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import BinaryIO, Protocol
 
+from interlock.errors import UsageError
 from interlock.proxies.mcp.gateway import Gateway
 from interlock.proxies.mcp.relay import INVALID_REQUEST, MAX_MESSAGE, Side, error
 
@@ -130,14 +131,17 @@ async def run(
     """Relay until the child exits, the host goes away, or `stop` is set (a signal, the
     agent's isolation); the exit status to end with. `env` is the child's environment
     (the agent's token is not the server's business)."""
-    child = await asyncio.create_subprocess_exec(
-        *argv,
-        env=env,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=None,
-        limit=MAX_MESSAGE + 1,
-    )
+    try:
+        child = await asyncio.create_subprocess_exec(
+            *argv,
+            env=env,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=None,
+            limit=MAX_MESSAGE + 1,
+        )
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot start the server {argv[0]!r}: {exc}") from None
     assert child.stdin is not None
     assert child.stdout is not None
     host_in, host_out = await _stdio(stdin or sys.stdin.buffer, stdout or sys.stdout.buffer)

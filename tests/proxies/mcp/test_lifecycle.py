@@ -235,3 +235,10 @@ async def test_isolating_the_agent_elsewhere_ends_the_session(setup: Setup, tmp_
     finally:
         await store.restore("coder")
         await store.close()
+
+
+async def test_a_server_that_cannot_start_is_a_clear_error(setup: Setup) -> None:
+    async with gateway(setup, ["/nonexistent/mcp-server"]) as g:
+        assert await asyncio.wait_for(g.proc.wait(), 60) == 2
+        assert g.proc.stderr is not None
+        assert b"cannot start the server '/nonexistent/mcp-server'" in await g.proc.stderr.read()
