@@ -31,6 +31,7 @@ policy-test: $(VENV)/.installed
 unit: $(VENV)/.installed
 	scripts/system-deps
 	npm ci --prefix tests/oidc --no-audit --no-fund --loglevel=error
+	npm ci --prefix tests/proxies/mcp/servers --no-audit --no-fund --loglevel=error
 	$(BIN)/pytest
 
 test: lint typecheck policy-test unit

@@ -521,6 +521,73 @@ def cmd_ca_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mcp_run(args: argparse.Namespace) -> int:
+    from interlock.runtime import MCP_TOKEN_ENV, run_mcp
+
+    argv = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not argv:
+        raise UsageError("interlock mcp run --agent ID -- COMMAND [ARGS...]: no server command")
+    token = os.environ.get(MCP_TOKEN_ENV)
+    return asyncio.run(run_mcp(_config(args.config), args.agent, argv, token))
+
+
+async def _audit_tool_approval(config: Config, pin: Any) -> None:
+    """The owner's acceptance of a changed tool goes into the audit log, with the hashes
+    now pinned (the change itself was recorded when it was held)."""
+    from interlock.audit.factory import log_for
+    from interlock.core.model import (
+        Action,
+        Agent,
+        Decision,
+        Effect,
+        Operation,
+        Risk,
+        Tier,
+        new_decision_id,
+    )
+    from interlock.core.record import DecisionRecord
+
+    details = {
+        "mcp_server": pin.server,
+        "method": "approve-tool",
+        "pin": {"description_sha256": pin.description_sha256, "schema_sha256": pin.schema_sha256},
+    }
+    agent = Agent(f"owner:{pin.owner}", owner=pin.owner, authn="cli")
+    action = Action(agent, "mcp", Operation.TOOL_CALL, pin.name, details)
+    decision = Decision(
+        new_decision_id(), Effect.ALLOW, Risk(0, Tier.LOW), "n/a",
+        reasons=(f"tool change approved by its owner {pin.owner}",),
+    )  # fmt: skip
+    audit = log_for(config)
+    await audit.start()
+    try:
+        await audit.append(DecisionRecord(decision, action, {}), durable=True)
+    finally:
+        await audit.close()
+
+
+def cmd_mcp_tools(args: argparse.Namespace) -> int:
+    from interlock.approvals.pins import PinStore
+
+    config = _config(args.config)
+    pins = PinStore(config.data_dir / config.mcp.pins)
+    try:
+        if args.mcp_command == "tools":
+            for pin in pins.pins(args.server):
+                print(json.dumps(pin.as_json()))
+            return 0
+        try:
+            pin = pins.approve(args.server, args.owner, args.tool)
+        except KeyError as exc:
+            raise UsageError(str(exc.args[0])) from None
+        asyncio.run(_audit_tool_approval(config, pin))
+        print(f"approved: {pin.name} of {pin.server} for {pin.owner} (description "
+              f"{pin.description_sha256[:12]}, schema {pin.schema_sha256[:12]})")  # fmt: skip
+        return 0
+    finally:
+        pins.close()
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from interlock.bench.runner import main as bench_main
 
@@ -756,11 +823,29 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("-c", "--config", help=CONFIG_HELP)
     sp.set_defaults(func=cmd_ca_export)
 
+    mcp = sub.add_parser("mcp", help="the stdio MCP gateway and pinned tools")
+    msub = mcp.add_subparsers(dest="mcp_command", required=True)
+    sp = msub.add_parser("run", help="relay a stdio MCP server, deciding every call")
+    sp.add_argument("--agent", required=True, help="the agent (its token in $INTERLOCK_TOKEN)")
+    sp.add_argument("-c", "--config", help=CONFIG_HELP)
+    sp.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+    sp.set_defaults(func=cmd_mcp_run)
+    sp = msub.add_parser("tools", help="pinned tools, held ones with why")
+    sp.add_argument("--server", help="only this server (its command line or URL)")
+    sp.add_argument("-c", "--config", help=CONFIG_HELP)
+    sp.set_defaults(func=cmd_mcp_tools)
+    sp = msub.add_parser("approve-tool", help="accept a held tool as the server offers it now")
+    sp.add_argument("--server", required=True, help="its command line or URL, as `tools` shows")
+    sp.add_argument("--owner", required=True, help="whose pin, as `tools` shows")
+    sp.add_argument("tool")
+    sp.add_argument("-c", "--config", help=CONFIG_HELP)
+    sp.set_defaults(func=cmd_mcp_tools)
+
     bench = sub.add_parser("bench", help="run benchmark suites against their baselines")
     bench.add_argument(
         "--suite",
         default="all",
-        help="all (default) or some of pdp,audit,postgres,http,extauthz,ssh,e2e",
+        help="all (default) or some of pdp,audit,postgres,http,extauthz,ssh,mcp,e2e",
     )
     bench.add_argument("--json", help="write machine-readable results here")
     bench.add_argument("--report", metavar="DIR", help="write report.md, plots and JSON here")

@@ -717,6 +717,16 @@ class BenchConfig(Section):
     unnamed budgets keep their defaults (docs/benchmarks.md lists them)."""
 
 
+class McpConfig(Section):
+    """The stdio MCP gateway (`interlock mcp run`) and tool pinning (stdio and HTTP)."""
+
+    approval_timeout: float = Field(30.0, gt=0)
+    """How long a held tools/call, resources/read or prompts/get waits for a person."""
+    pins: str = "mcp_pins.db"
+    """SQLite file of pinned tools (relative: inside data_dir), shared by every process
+    on this machine: the gateways, `interlock up` and the CLI."""
+
+
 class Config(Section):
     """The whole file. Absent sections are None: that component does not run."""
 
@@ -737,6 +747,7 @@ class Config(Section):
     classification: ClassificationConfig = ClassificationConfig()
     bench: BenchConfig = BenchConfig()
     host: HostConfig | None = None
+    mcp: McpConfig = McpConfig()
 
     @classmethod
     def embedded(cls) -> Config:

@@ -28,7 +28,7 @@ from interlock.audit.factory import log_for
 from interlock.audit.log import AuditLog
 from interlock.config import AgentConfig, Config
 from interlock.core import heap
-from interlock.core.context import MemoryStore, StateStore
+from interlock.core.context import MemoryStore, Posture, StateStore
 from interlock.core.engines import fallback_note, make_engine
 from interlock.core.model import Tier
 from interlock.core.pdp import PDP
@@ -281,15 +281,7 @@ async def start(runtime: Runtime) -> None:
             runtime.endpoints["approvals page"] = f"{runtime.endpoints['admin']}/ui/approvals"
     else:
         _approval_channels(runtime, None)
-    runtime._stoppers.append(runtime.holds.close)
-    client = getattr(runtime.pdp.store, "client", None)
-    if client is not None:
-        from interlock.approvals.shared import SharedApprovals
-
-        shared = SharedApprovals(client)
-        runtime.holds.shared = shared
-        await shared.start(runtime.holds)
-        runtime._stoppers.append(shared.close)
+    await _share_approvals(runtime)
     if runtime.credentials is not None:
         await runtime.credentials.start(runtime.pdp.store)
         runtime.endpoints["vault"] = cfg.credentials.address if cfg.credentials else ""
@@ -315,6 +307,7 @@ async def start(runtime: Runtime) -> None:
         assert proxy.address is not None
         runtime.endpoints["postgres"] = f"postgresql://{proxy.address[0]}:{proxy.address[1]}"
     if cfg.http is not None:
+        from interlock.approvals.pins import PinStore
         from interlock.proxies.http.server import HttpProxy
 
         http_proxy = HttpProxy(
@@ -325,6 +318,7 @@ async def start(runtime: Runtime) -> None:
             runtime.jwt,
             runtime.holds,
             runtime.credentials,
+            PinStore(cfg.data_dir / cfg.mcp.pins),
         )
         await http_proxy.start()
         runtime._stoppers.append(http_proxy.stop)
@@ -361,6 +355,74 @@ async def start(runtime: Runtime) -> None:
         runtime._stoppers.append(runtime.credentials.stop)
     runtime.endpoints["audit"] = _audit_where(cfg)
     runtime.endpoints["audit key"] = runtime.audit.signer.verifier.encode()
+
+
+async def _share_approvals(runtime: Runtime) -> None:
+    """Holds end with the runtime; with Redis, any instance shows and answers them."""
+    runtime._stoppers.append(runtime.holds.close)
+    client = getattr(runtime.pdp.store, "client", None)
+    if client is not None:
+        from interlock.approvals.shared import SharedApprovals
+
+        shared = SharedApprovals(client)
+        runtime.holds.shared = shared
+        await shared.start(runtime.holds)
+        runtime._stoppers.append(shared.close)
+
+
+MCP_TOKEN_ENV = "INTERLOCK_TOKEN"  # noqa: S105 (a variable name)
+
+
+async def run_mcp(config: Config, agent_id: str, argv: list[str], token: str | None) -> int:
+    """`interlock mcp run`: one stdio gateway, deciding with an embedded PDP on this
+    config's policy, state store, audit log and approvals (docs/mcp.md says why), no
+    listeners. The child's exit status is returned."""
+    from interlock.approvals.pins import PinStore
+    from interlock.proxies.mcp import stdio
+    from interlock.proxies.mcp.actions import Where
+    from interlock.proxies.mcp.gateway import Gateway
+    from interlock.proxies.mcp.relay import Side
+
+    runtime = build(config)
+    agent = runtime.registry.authenticate(agent_id, token or "")
+    if agent is None:
+        raise ConfigError(
+            f"agent {agent_id!r}: not registered, or ${MCP_TOKEN_ENV} is not its token"
+        )
+    pins = PinStore(config.data_dir / config.mcp.pins)
+    if hasattr(runtime.pdp.store, "start"):
+        await runtime.pdp.store.start()
+    await runtime.audit.start()
+    runtime._tasks.append(asyncio.create_task(runtime.policy.watch(config.policy.watch_interval)))
+    _approval_channels(runtime, None)
+    await _share_approvals(runtime)
+    where = Where(shlex.join(argv), os.getcwd(), str(Path.home()))
+    taint_ttl = float(
+        runtime.policy.current.data.get("interlock", {}).get("taint", {}).get("ttl_seconds", 900)
+    )
+
+    def gateway(send: Callable[[Side, bytes], None]) -> Gateway:
+        return Gateway(
+            runtime.pdp, runtime.holds, agent, where, send,
+            pins=pins, approval_timeout=config.mcp.approval_timeout, taint_ttl=taint_ttl,
+        )  # fmt: skip
+
+    stop = asyncio.Event()
+
+    def posture_changed(agent_id: str, posture: Posture) -> None:
+        # Isolation ends every session of the agent on every PEP: this one too.
+        if agent_id == agent.id and posture.isolated and not stop.is_set():
+            log.warning("mcp %s: agent %s isolated, ending the session", where.server, agent_id)
+            stop.set()
+
+    unsubscribe = runtime.pdp.store.subscribe(posture_changed)
+    try:
+        env = {k: v for k, v in os.environ.items() if k != MCP_TOKEN_ENV}
+        return await stdio.run(argv, gateway, env, stop)
+    finally:
+        unsubscribe()
+        await runtime.stop()
+        pins.close()
 
 
 def _audit_where(cfg: Config) -> str:

@@ -12,8 +12,8 @@ The floors, bottom first (a unit is a subpackage of `interlock`, each proxy its 
 3. `audit` (the verifiable log), `identity` (agents, JWTs): read the config.
 4. `approvals` (holds, channels), `credentials` (Vault, leases).
 5. The enforcement points and the admin side, which never import each other:
-   `proxies.http`, `proxies.postgres`, `proxies.ssh`, `extauthz`, `admin`, `host` (the
-   nftables enforcer), and `testing` (real services for tests and benchmarks).
+   `proxies.http`, `proxies.postgres`, `proxies.ssh`, `proxies.mcp`, `extauthz`, `admin`,
+   `host` (the nftables enforcer), and `testing` (real services for tests and benchmarks).
 6. `bench` (benchmarks, over the proxies and `testing`) and `runtime` (`interlock up`).
 7. `cli`.
 
@@ -42,6 +42,7 @@ FLOORS: list[set[str]] = [
         "proxies.http",
         "proxies.postgres",
         "proxies.ssh",
+        "proxies.mcp",
         "extauthz",
         "admin",
         "host",

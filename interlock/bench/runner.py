@@ -14,7 +14,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from interlock.bench import audit, e2e, extauthz, http, pdp, postgres, progress, slo, ssh
+from interlock.bench import audit, e2e, extauthz, http, mcp, pdp, postgres, progress, slo, ssh
 
 MODULES: dict[str, ModuleType] = {
     "pdp": pdp,
@@ -23,6 +23,7 @@ MODULES: dict[str, ModuleType] = {
     "http": http,
     "extauthz": extauthz,
     "ssh": ssh,
+    "mcp": mcp,
     "e2e": e2e,
 }
 SUITES: dict[str, Callable[[bool], dict[str, Any]]] = {

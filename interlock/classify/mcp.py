@@ -6,8 +6,26 @@ the agent using a tool, which is a `tool_call` action whatever proxy sees it.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import re
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from interlock.classify.content import (
+    CARD,
+    EMAIL,
+    IBAN,
+    LABELS,
+    MAX_SCAN,
+    PHONE,
+    SECRET_PATTERNS,
+    SSN,
+    HeuristicDetector,
+    scan,
+)
 
 
 @dataclass(frozen=True)
@@ -46,3 +64,166 @@ def confidence_value(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if 0.0 <= number <= 1.0 else None
+
+
+# --- what a tool server is told and what it describes (the stdio gateway, tool pinning) ---
+
+DECIDED_METHODS = frozenset({"tools/call", "resources/read", "prompts/get"})
+"""Requests that do something on the agent's behalf: each is an action the PDP decides."""
+LISTING_METHODS = frozenset(
+    {
+        "initialize",
+        "ping",
+        "tools/list",
+        "resources/list",
+        "resources/templates/list",
+        "prompts/list",
+        "completion/complete",
+        "logging/setLevel",
+        "resources/subscribe",
+        "resources/unsubscribe",
+    }
+)
+"""Requests that only negotiate or list what the server offers: relayed undecided (their
+answers are still read: tools/list goes through pinning)."""
+
+_PATH_KEY = re.compile(
+    r"path|file|dir|folder|source|src|dest|dst|root|repo|location|uri|cwd|output|target", re.I
+)
+_PATH_SHAPE = re.compile(r"[^\s]*/[^\s]*|\.{1,2}")
+"""A word with a slash and no blank (`home/.ssh/id_rsa`), or `.` / `..`."""
+MAX_PATHS = 256
+"""Path arguments per call; a call naming more is refused rather than half checked."""
+
+
+class PathError(ValueError):
+    """Paths the gateway cannot check: too many, or a file URI of another host."""
+
+
+def _strings(value: Any, key: str, out: list[tuple[str, str]]) -> None:
+    if isinstance(value, str):
+        out.append((key, value))
+    elif isinstance(value, list):
+        for item in value:
+            _strings(item, key, out)
+    elif isinstance(value, dict):
+        for k, item in value.items():
+            _strings(item, str(k), out)
+
+
+def argument_paths(arguments: dict[str, Any], cwd: str, home: str) -> list[str]:
+    """Every argument value a local tool server could take as a file path, resolved as it
+    would (home expanded, relative to its working directory, `..` collapsed, symbolic
+    links followed: the server runs on this machine, so the gateway sees the same file
+    system). A value counts when its key says path-like or it looks like a path."""
+    found: list[tuple[str, str]] = []
+    _strings(arguments, "", found)
+    paths: list[str] = []
+    for key, value in found:
+        if value[:5].lower() == "file:":
+            url = urlsplit(value)
+            if url.netloc not in ("", "localhost"):
+                raise PathError(f"file URI of another host: {value[:200]!r}")
+            value = "/" + unquote(url.path)  # a file URI's path is absolute, "" is "/"
+        elif not (_PATH_KEY.search(key) or value.startswith("~") or _PATH_SHAPE.fullmatch(value)):
+            continue
+        if "\x00" in value:
+            continue  # no system call opens such a path
+        if value == "~" or value.startswith("~/"):
+            value = home + value[1:]
+        # normpath keeps a leading "//" (POSIX leaves it to the system); Linux reads "/".
+        full = "/" + os.path.normpath(os.path.join(cwd, value)).lstrip("/")
+        paths.append(full)
+        real = os.path.realpath(full)
+        if real != full:
+            paths.append(real)
+        if len(paths) > MAX_PATHS:
+            raise PathError(f"more than {MAX_PATHS} path arguments")
+    return list(dict.fromkeys(paths))
+
+
+def canonical_sha256(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def tool_hashes(tool: dict[str, Any]) -> tuple[str, str]:
+    """(description hash, schema hash) of a tools/list entry. The schema hash covers all
+    the server says about calling the tool besides its description: input and output
+    schema, title and annotations (a flipped `readOnlyHint` is a change too)."""
+    description = tool.get("description")
+    schema = {k: tool.get(k) for k in ("inputSchema", "outputSchema", "title", "annotations")}
+    return canonical_sha256(description), canonical_sha256(schema)
+
+
+_POISON = [
+    (
+        "instructions_to_model",
+        re.compile(
+            r"<\s*/?\s*(?:important|system|instructions?|secret)\s*>|"
+            r"\b(?:before|after|when)\s+(?:using|calling)\s+(?:this|any|the)\b.{0,40}"
+            r"\b(?:you\s+must|always|first)\b|"
+            r"\bdo\s+not\s+(?:tell|mention|inform|reveal\s+to|show)\s+(?:the\s+)?user\b|"
+            r"\b(?:read|open|cat|include|pass)\b.{0,40}(?:~/|\.ssh|id_rsa|\.env\b|"
+            r"/etc/passwd|mcp\.json|credentials)",
+            re.I | re.S,
+        ),
+    ),
+    (
+        "hidden_unicode",
+        re.compile(r"[\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff\U000e0000-\U000e007f]"),
+    ),
+    (
+        "exfiltration_url",
+        re.compile(
+            r"https?://[^\s\"'<>]*(?:[?&][\w.-]*=\s*(?:\{|<|\$)|\{\{|\$\{)|"
+            r"\b(?:send|post|upload|forward|transmit)\b.{0,80}https?://",
+            re.I | re.S,
+        ),
+    ),
+]
+
+
+def tool_poisoning(tool: dict[str, Any]) -> list[str]:
+    """Why a tool's description (or any text in its schema) looks written for the model
+    rather than the user: instructions to it, hidden Unicode, exfiltration URLs, plus
+    the prompt-injection heuristics used on content."""
+    found: list[tuple[str, str]] = []
+    _strings({k: tool.get(k) for k in ("description", "title", "inputSchema")}, "", found)
+    text = "\n".join(v for _, v in found)[:MAX_SCAN]
+    reasons = [name for name, pattern in _POISON if pattern.search(text)]
+    return sorted(set(reasons) | set(HeuristicDetector().scan(text)))
+
+
+# --- masking what a tool server answers ------------------------------------------------
+
+_PRIVATE_KEY_BLOCK = re.compile(
+    r"-----BEGIN [A-Z ]*PRIVATE KEY[A-Z ]*-----.*?(?:-----END [A-Z ]*PRIVATE KEY[A-Z ]*-----|\Z)",
+    re.S,
+)
+_MASKS: list[tuple[str, re.Pattern[str]]] = [
+    ("private_key", _PRIVATE_KEY_BLOCK),
+    *((k, p) for k, p in SECRET_PATTERNS.items() if k != "private_key"),
+    ("email", EMAIL),
+    ("ssn", SSN),
+    ("card_number", CARD),
+    ("iban", IBAN),
+    ("phone", PHONE),
+]
+_PII = frozenset({"card_number", "iban", "ssn", "email", "phone"})
+
+
+def _label_of(kind: str) -> frozenset[str]:
+    return frozenset({LABELS[kind], *(["pii"] if kind in _PII else [])})
+
+
+def masked(text: str, labels: frozenset[str]) -> str:
+    """`text` with every value of the given labels replaced by `[masked:<kind>]`; a text
+    whose scan still finds one of them afterwards (a high-entropy secret no pattern
+    spans) is replaced whole: masking fails closed."""
+    for kind, pattern in _MASKS:
+        if _label_of(kind) & labels:
+            text = pattern.sub(f"[masked:{kind}]", text)
+    if scan(text).labels & labels:
+        return "[masked]"
+    return text

@@ -69,7 +69,7 @@ exfiltration_found(inp, cfg) := {"exfiltration pattern: restricted data read and
 
 # --- hard rules: deny ---------------------------------------------------------------------
 
-deny_reasons(inp, cfg) := posture_denials(inp, cfg) | identity_denials(inp) | intel_denials(inp, cfg) | forbidden(inp, cfg) | flag_denials(inp, cfg) | path_denials(inp, cfg) | glob_denials(inp, cfg) | tree_denials(inp, cfg) | root_denials(inp, cfg)
+deny_reasons(inp, cfg) := posture_denials(inp, cfg) | identity_denials(inp) | intel_denials(inp, cfg) | forbidden(inp, cfg) | flag_denials(inp, cfg) | path_denials(inp, cfg) | glob_denials(inp, cfg) | tree_denials(inp, cfg) | root_denials(inp, cfg) | mcp_path_denials(inp, cfg)
 
 # Each set below starts with a guard for the common case (nothing to find), because
 # rego-cpp evaluates every comprehension otherwise and that is most of a decision's cost.
@@ -209,6 +209,18 @@ protected_among(paths, protocol, table) := {p | some p in paths; strings.any_pre
 } | {d | some d in directories(protocol, table); d in paths}
 
 directories(protocol, table) := [trim_suffix(p, "/") | some p in object.get(table, protocol, []); endswith(p, "/")]
+
+# MCP tool arguments and file: resources that name local files (`details.paths`, resolved
+# by the stdio gateway as the server on the same machine resolves them, links followed)
+# meet the protected paths of SSH/SFTP: a file server is another way to the same files.
+mcp_path_denials(inp, cfg) := set() if {
+	count(object.get(inp.action.details, "paths", [])) == 0
+} else := mcp_paths_found(inp, cfg)
+
+mcp_paths_found(inp, cfg) := {concat("", ["protected path: ", p]) |
+	inp.action.protocol == "mcp"
+	some p in protected_among(inp.action.details.paths, "ssh", object.get(cfg, "protected_paths", {}))
+}
 
 # Globs (`details.globs`: absolute patterns where only * and ? are special) are refused
 # when some path they could match is protected, lies under a protected prefix, or is a

@@ -292,3 +292,18 @@ test_recursive_operations_above_protected_paths_are_denied if {
 	interlock.decide(ssh_exec({"reads": ["/srv/app"], "trees": ["/srv/app"], "effects": []}), cfg).effect == "allow"
 	interlock.decide(ssh_exec({"reads": [], "trees": ["/srv"], "effects": []}), rooted).effect == "deny"
 }
+
+mcp_tool(paths) := object.union(base, {"action": {"protocol": "mcp", "operation": "tool_call", "target": "read_text_file", "details": {"paths": paths, "arguments": ["path"]}, "labels": [], "threat_matches": []}})
+
+test_mcp_tool_paths_meet_the_ssh_protected_paths if {
+	d := interlock.decide(mcp_tool(["/tmp/work/notes.txt", "/etc/shadow"]), cfg)
+	d.effect == "deny"
+	"protected path: /etc/shadow" in d.reasons
+	interlock.decide(mcp_tool(["/home/deploy/.ssh/authorized_keys"]), cfg).effect == "deny"
+	interlock.decide(mcp_tool(["/root/.ssh"]), cfg).effect == "deny"
+}
+
+test_mcp_tool_with_ordinary_paths_is_decided_by_risk if {
+	interlock.decide(mcp_tool(["/tmp/work/notes.txt"]), cfg).effect == "allow"
+	interlock.decide(mcp_tool([]), cfg).effect == "allow"
+}

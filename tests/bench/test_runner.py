@@ -365,3 +365,16 @@ def test_a_suite_that_breaks_is_reported_and_the_others_still_count(
     out = capsys.readouterr().out
     assert "suite postgres FAILED" in out
     assert "ERR  postgres" in out
+
+
+@pytest.mark.integration
+def test_mcp_suite_compares_the_gateway_with_direct_stdio() -> None:
+    from interlock.bench import mcp
+
+    result = mcp.run(quick=True)
+    by_name = {m["name"]: m for m in result["measurements"]}
+    assert set(by_name) == {"call_direct", "call_interlock"}
+    assert by_name["call_interlock"]["baseline"] == "call_direct"
+    assert by_name["call_interlock"]["notes"]["errors"] == 0
+    assert by_name["call_direct"]["n"] == by_name["call_interlock"]["n"] == 400
+    assert [c["id"] for c in result["checks"]] == ["mcp.call_added_p50_ms", "mcp.call_added_p99_ms"]

@@ -13,6 +13,7 @@ from mitmproxy.addons import core, disable_h2c, next_layer, proxyserver, tlsconf
 from mitmproxy.master import Master
 
 from interlock.approvals.holds import Holds
+from interlock.approvals.pins import PinStore
 from interlock.config import HttpConfig, dns_address
 from interlock.core.context import Posture
 from interlock.core.model import Action, Operation
@@ -29,6 +30,7 @@ from interlock.proxies.http.identity import AGENT, Identity
 from interlock.proxies.http.inject import Inject, Redact
 from interlock.proxies.http.refusals import Refusals
 from interlock.proxies.http.ssrf import DnsResolver, Resolver, SsrfGuard, SystemResolver
+from interlock.proxies.http.toolpins import ToolPins
 from interlock.proxies.http.tunnel import Tunnels
 
 log = logging.getLogger(__name__)
@@ -48,8 +50,11 @@ class HttpProxy:
         jwt: JwtVerifier | None = None,
         holds: Holds | None = None,
         credentials: Broker | None = None,
+        pins: PinStore | None = None,
     ) -> None:
         self.config = config
+        self.pins = pins
+        """Tool pins: MCP listings pinned and held tools refused (none: not pinned)."""
         self.credentials = credentials
         self.confdir = data_dir / "ca"
         self.pdp = pdp
@@ -132,6 +137,7 @@ class HttpProxy:
             guard_all(Framing()),
             # Before Egress: its response hook must never see an echoed key.
             *([guard_all(Redact())] if self._injecting() else []),
+            *([guard_all(ToolPins(self.pdp, self.pins))] if self.pins is not None else []),
             guard_all(
                 Egress(
                     self.pdp,

@@ -1,0 +1,1 @@
+"""The stdio MCP gateway (`interlock mcp run -- SERVER`): a PEP between a host and a tool server."""
