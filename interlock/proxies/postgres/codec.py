@@ -20,9 +20,10 @@ memory one connection can pin."""
 MAX_SERVER_MESSAGE = 1024 * 1024 * 1024
 """The server's own limit on one message (a row can be up to 1 GB)."""
 SMALL_MESSAGES = frozenset(b"SHXc")
+"""Messages with an empty body: Sync, Flush, Terminate, CopyDone."""
 FRONTEND_TYPES = frozenset(b"QPBDECSHXpdcfF")
 """Every message type a client may send after startup (PostgreSQL docs, Message Formats)."""
-"""Messages with an empty body: Sync, Flush, Terminate, CopyDone."""
+_LENGTH = struct.Struct("!i")
 
 
 class ProtocolError(Exception):
@@ -97,38 +98,61 @@ def _fields(c: _Cursor) -> dict[str, str]:
 
 
 class _Reader:
+    """A byte buffer consumed from `_pos`: frames are found by type and length without
+    copying, and the consumed prefix is dropped once per `feed`, not once per message."""
+
     def __init__(self, max_message: int) -> None:
         self._buf = bytearray()
+        self._pos = 0
         self.max_message = max_message
 
     def feed(self, data: bytes) -> None:
+        if self._pos:
+            del self._buf[: self._pos]
+            self._pos = 0
         self._buf += data
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        return len(self._buf) - self._pos
 
-    def _typed(self) -> tuple[bytes, bytes] | None:
-        if len(self._buf) < 5:
+    @property
+    def data(self) -> bytearray:
+        """The buffer `next_frame` positions index into (valid until the next `feed`)."""
+        return self._buf
+
+    def next_frame(self) -> tuple[int, int, int] | None:
+        """(type byte, start, end) of the next whole typed message in `data`, checked
+        like every message (type, length bounds), its body not read; None until one has
+        arrived."""
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos < 5:
             return None
-        kind = bytes(self._buf[:1])
-        if self._role == "client" and kind[0] not in FRONTEND_TYPES:
+        kind = buf[pos]
+        if self._role == "client" and kind not in FRONTEND_TYPES:
             # Refuse at once rather than wait for a body whose length is garbage.
-            raise ProtocolError(f"unknown frontend message type {kind!r}")
-        (length,) = struct.unpack("!i", self._buf[1:5])
+            raise ProtocolError(f"unknown frontend message type {bytes([kind])!r}")
+        (length,) = _LENGTH.unpack_from(buf, pos + 1)
         if length < 4:
             raise ProtocolError(f"message length {length} is below the minimum of 4")
         if length > self.max_message:
             raise ProtocolError(
                 f"message of {length} bytes exceeds the {self.max_message} byte limit"
             )
-        if kind[0] in SMALL_MESSAGES and self._role == "client" and length != 4:
-            raise ProtocolError(f"message {kind!r} must have an empty body")
-        if len(self._buf) < 1 + length:
+        if kind in SMALL_MESSAGES and self._role == "client" and length != 4:
+            raise ProtocolError(f"message {bytes([kind])!r} must have an empty body")
+        end = pos + 1 + length
+        if len(buf) < end:
             return None
-        body = bytes(self._buf[5 : 1 + length])
-        del self._buf[: 1 + length]
-        return kind, body
+        self._pos = end
+        return kind, pos, end
+
+    def _typed(self) -> tuple[bytes, bytes] | None:
+        got = self.next_frame()
+        if got is None:
+            return None
+        kind, start, end = got
+        return bytes((kind,)), bytes(self._buf[start + 5 : end])
 
     _role = "server"
 
@@ -152,6 +176,7 @@ class FrontendReader(_Reader):
         return decode_frontend(kind, body)
 
     def _startup(self) -> m.Message | None:
+        # Startup packets come before any typed frame, so `_pos` is 0 here.
         if len(self._buf) < 4:
             return None
         (length,) = struct.unpack("!i", self._buf[:4])

@@ -191,6 +191,23 @@ class ResultTracker:
 
     # --- what comes back --------------------------------------------------------------
 
+    def passes(self, kind: int) -> bool:
+        """Whether a server message of type `kind` goes to the client unchanged with its
+        body unread, the tracker's state moved as `backend` would move it. False: decode
+        it and call `backend` (descriptions, errors, ReadyForQuery, rows that are masked
+        or watched, anything answering a query of the proxy's own)."""
+        front = self._pending[0] if self._pending else None
+        if kind in _READ or isinstance(front, _Injected):
+            return False
+        if kind == _DATA_ROW:
+            mask, watch = self._mask_of(front)
+            return not mask and watch is None
+        if kind == _COPY_DATA:
+            return not (isinstance(front, (_Query, _Execute)) and front.copy is not None)
+        if kind in _COMPLETES:
+            self._completed(front)
+        return True
+
     def backend(self, msg: m.Message) -> m.Message | None:
         """The message to pass to the client (masked where needed), or None to swallow
         it (an answer to something the proxy sent on its own)."""
@@ -355,6 +372,12 @@ class ResultTracker:
                 return
 
 
+_READ = frozenset(b"ZTENntHRK")
+"""Server messages `backend` reads: ReadyForQuery, RowDescription, ErrorResponse,
+NoticeResponse, NoData, ParameterDescription, CopyOutResponse, and the login's."""
+_DATA_ROW, _COPY_DATA = ord("D"), ord("d")
+_COMPLETES = frozenset(b"CIs")
+"""CommandComplete, EmptyQueryResponse, PortalSuspended: one statement done."""
 _KEPT_FIELDS = frozenset("SVC")
 """Severity and SQLSTATE: what a client needs to handle an error, and no data."""
 
