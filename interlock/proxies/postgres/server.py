@@ -420,7 +420,10 @@ class PostgresProxy:
                 await self._fatal(writer, "interlock: the agent's configuration changed", "28000")
                 raise _LoginAbandoned
             agent = Agent(user, tuple(entry.roles), entry.owner, (), "token")
-            pid, key = self._new_key()
+            # The real backend pid (what pg_backend_pid() says, what pg_stat_activity and
+            # pg_terminate_backend know), with the proxy's own key: the server's key never
+            # leaves the proxy, so a cancel must come through it.
+            pid, key = conn.pid, self._new_key(conn.pid)
             session = _Session(
                 agent,
                 database,
@@ -502,12 +505,11 @@ class PostgresProxy:
         except ScramError:
             return False
 
-    def _new_key(self) -> tuple[int, int]:
+    def _new_key(self, pid: int) -> int:
         while True:
-            pid = int.from_bytes(os.urandom(4), "big") & 0x7FFFFFFF
             key = int.from_bytes(os.urandom(4), "big")
             if (pid, key) not in self._sessions:
-                return pid, key
+                return key
 
     # --- relaying --------------------------------------------------------------------
 
