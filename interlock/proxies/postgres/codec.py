@@ -24,6 +24,7 @@ SMALL_MESSAGES = frozenset(b"SHXc")
 FRONTEND_TYPES = frozenset(b"QPBDECSHXpdcfF")
 """Every message type a client may send after startup (PostgreSQL docs, Message Formats)."""
 _LENGTH = struct.Struct("!i")
+_UINT16 = struct.Struct("!H")
 
 
 class ProtocolError(Exception):
@@ -269,6 +270,51 @@ def decode_frontend(kind: bytes, body: bytes) -> m.Message:
     raise ProtocolError(f"unknown frontend message type {kind!r}")
 
 
+def bind_names(buf: bytes | bytearray, start: int, end: int) -> tuple[str, str]:
+    """Portal and statement names of the Bind whose body is `buf[start:end]`, every
+    field checked as `decode_frontend` checks it (same errors, same order), the
+    parameters not copied: what the relay needs of a Bind, at a fraction of decoding it."""
+    portal, pos = _cstr_at(buf, start, end)
+    statement, pos = _cstr_at(buf, pos, end)
+    formats_ok = True
+    for section in range(3):
+        if pos + 2 > end:
+            raise ProtocolError("message shorter than its fields")
+        (count,) = _UINT16.unpack_from(buf, pos)
+        pos += 2
+        if section != 1:
+            if pos + 2 * count > end:
+                raise ProtocolError("message shorter than its fields")
+            codes = struct.unpack_from(f"!{count}H", buf, pos)
+            formats_ok = formats_ok and all(f in (0, 1) for f in codes)
+            pos += 2 * count
+            continue
+        for _ in range(count):
+            if pos + 4 > end:
+                raise ProtocolError("message shorter than its fields")
+            (size,) = _LENGTH.unpack_from(buf, pos)
+            if size < -1:
+                raise ProtocolError(f"parameter length {size} is negative")
+            pos += 4 + max(size, 0)
+            if pos > end:
+                raise ProtocolError("message shorter than its fields")
+    if pos != end:
+        raise ProtocolError("trailing bytes after the message fields")
+    if not formats_ok:
+        raise ProtocolError("format codes must be 0 (text) or 1 (binary)")
+    return portal, statement
+
+
+def _cstr_at(buf: bytes | bytearray, pos: int, end: int) -> tuple[str, int]:
+    stop = buf.find(b"\0", pos, end)
+    if stop < 0:
+        raise ProtocolError("string field without its terminating NUL")
+    try:
+        return buf[pos:stop].decode("utf-8"), stop + 1
+    except UnicodeDecodeError:
+        raise ProtocolError("string field is not valid UTF-8") from None
+
+
 class BackendReader(_Reader):
     """Messages from a server. RowDescription, errors and the session-level messages are
     decoded; DataRow and the rest stay `Raw` (decode rows with `decode_data_row`)."""
@@ -304,20 +350,7 @@ def decode_backend(kind: bytes, body: bytes) -> m.Message:
             raise ProtocolError(f"unknown transaction status {status!r}")
         return m.ReadyForQuery(status)
     if kind == b"T":
-        fields = []
-        for _ in range(c.uint16()):
-            name = c.cstr()
-            table, col, typ, size, mod, fmt = (
-                c.uint32(),
-                c.int16(),
-                c.uint32(),
-                c.int16(),
-                c.int32(),
-                c.int16(),
-            )
-            fields.append(m.Field(name, table, col, typ, size, mod, fmt))
-        c.done()
-        return m.RowDescription(tuple(fields))
+        return decode_row_description(body)
     if kind == b"C":
         tag = c.cstr()
         c.done()
@@ -327,6 +360,24 @@ def decode_backend(kind: bytes, body: bytes) -> m.Message:
     if kind == b"N":
         return m.NoticeResponse(_fields(c))
     return m.Raw(kind, body)
+
+
+def decode_row_description(body: bytes) -> m.RowDescription:
+    c = _Cursor(body)
+    fields = []
+    for _ in range(c.uint16()):
+        name = c.cstr()
+        table, col, typ, size, mod, fmt = (
+            c.uint32(),
+            c.int16(),
+            c.uint32(),
+            c.int16(),
+            c.int32(),
+            c.int16(),
+        )
+        fields.append(m.Field(name, table, col, typ, size, mod, fmt))
+    c.done()
+    return m.RowDescription(tuple(fields))
 
 
 def decode_data_row(body: bytes) -> m.DataRow:

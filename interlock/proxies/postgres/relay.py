@@ -6,6 +6,10 @@ from interlock.proxies.postgres import messages as m
 from interlock.proxies.postgres.codec import BackendReader, decode_backend
 from interlock.proxies.postgres.results import ResultTracker
 
+_READY, _ROW_DESCRIPTION = ord("Z"), ord("T")
+_STATUSES = frozenset(b"ITE")
+"""ReadyForQuery's transaction states (anything else is decoded, and refused)."""
+
 
 class Pieces:
     """What one read turns into: byte ranges of the buffer it arrived in, and messages the
@@ -63,6 +67,13 @@ class Downstream:
         out = Pieces(buf)
         while (frame := reader.next_frame()) is not None:
             kind, start, end = frame
+            if kind == _READY:
+                if end - start != 6 or buf[end - 1] not in _STATUSES:
+                    decode_backend(b"Z", bytes(buf[start + 5 : end]))  # raises why
+                self.status = chr(buf[end - 1])
+            elif kind == _ROW_DESCRIPTION and results.described(bytes(buf[start + 5 : end])):
+                out.forward(start, end)
+                continue
             if results.passes(kind):
                 out.forward(start, end)
                 continue

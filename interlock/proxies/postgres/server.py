@@ -37,7 +37,12 @@ from interlock.credentials.leases import Lease
 from interlock.errors import StateError
 from interlock.proxies.postgres import messages as m
 from interlock.proxies.postgres import upstream as up
-from interlock.proxies.postgres.codec import FrontendReader, ProtocolError, decode_frontend
+from interlock.proxies.postgres.codec import (
+    FrontendReader,
+    ProtocolError,
+    bind_names,
+    decode_frontend,
+)
 from interlock.proxies.postgres.copyformat import copy_format
 from interlock.proxies.postgres.discovery import Snapshot, snapshot
 from interlock.proxies.postgres.relay import Downstream, Pieces
@@ -76,6 +81,7 @@ READ_WRITE_SESSION = "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE"
 UNAVAILABLE = "57P03"
 """cannot_connect_now: a login refused because a dependency (the state store) is down;
 pools and drivers treat it as worth retrying."""
+_BIND, _SYNC = ord("B"), ord("S")
 GONE_POLL_S = 0.2
 """How often a held statement checks that its client is still there."""
 
@@ -548,6 +554,15 @@ class PostgresProxy:
             out.add(self._wall(session) if session.read_only else self._unwall(session))
         while (frame := frontend.next_frame()) is not None:
             kind, start, end = frame
+            if kind == _BIND:
+                # Only its names matter: its statement was decided at Parse.
+                self._bound(session, *bind_names(buf, start + 5, end))
+                out.forward(start, end)
+                continue
+            if kind == _SYNC:
+                session.results.sent_sync()
+                out.forward(start, end)
+                continue
             msg = decode_frontend(bytes((kind,)), bytes(buf[start + 5 : end]))
             if isinstance(msg, m.Terminate):
                 out.forward(start, end)
@@ -609,8 +624,7 @@ class PostgresProxy:
                 session.actions[msg.name] = action
             return None if sql is None else m.Parse(msg.name, sql, msg.param_types).encode()
         if isinstance(msg, m.Bind):
-            prepared = session.statements.get(msg.statement) or Prepared(ORIGINS_ONLY)
-            session.portals[msg.portal] = (msg.statement, prepared)
+            self._bound(session, msg.portal, msg.statement)
         elif isinstance(msg, m.Describe):
             if msg.kind == "S":
                 target = session.statements.get(msg.name)
@@ -643,6 +657,13 @@ class PostgresProxy:
         elif isinstance(msg, m.AuthResponse):
             raise ProtocolError("authentication message after login")
         return None
+
+    @staticmethod
+    def _bound(session: _Session, portal: str, statement: str) -> None:
+        """Bind: the portal's rows get its statement's plan (and its Execute the
+        statement's posture check)."""
+        prepared = session.statements.get(statement) or Prepared(ORIGINS_ONLY)
+        session.portals[portal] = (statement, prepared)
 
     async def _posture_veto(self, session: _Session, statement: str) -> str | None:
         """A restriction that arrived after Parse still stops the Execute."""

@@ -161,3 +161,31 @@ def test_ranges_with_a_gap_are_not_merged(gap: tuple[int, int, int, int]) -> Non
     out.forward(gap[0], gap[1])
     out.forward(gap[2], gap[3])
     assert out.take() == bytes(buf[gap[0] : gap[1]] + buf[gap[2] : gap[3]])
+
+
+def _field(table: int) -> m.Field:
+    return m.Field("c", table, 1, 25, -1, -1, 0)
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "masked"),
+    [((0,), (100,), True), ((100,), (0,), False), ((100,), (100,), True), ((0,), (0,), False)],
+)
+def test_a_statement_described_again_is_masked_by_its_newest_description(
+    first: tuple[int, ...], second: tuple[int, ...], masked: bool
+) -> None:
+    """Drivers describe before every execution; the relay skips decoding a description
+    it has seen, never one that changed (a table altered between two executions)."""
+    statement = Prepared(PLANS[0])
+    results = ResultTracker(ORIGINS, frozenset({100}))
+    relay = Downstream(results, {}, "I")
+    for fields in (first, second):
+        results.sent_describe(statement)
+        results.sent_execute(statement)
+        results.sent_sync()
+        description = m.RowDescription(tuple(_field(t) for t in fields))
+        sent = relay.receive(
+            description.encode() + m.DataRow((b"ann",)).encode() + m.ReadyForQuery("I").encode()
+        )
+    assert (m.DataRow((None,)).encode() in sent) is masked
+    assert (m.DataRow((b"ann",)).encode() in sent) is not masked
