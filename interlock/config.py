@@ -587,6 +587,9 @@ class Config(Section):
     """The whole file. Absent sections are None: that component does not run."""
 
     data_dir: Path = Path(DEFAULT_DATA_DIR)
+    event_loop: Literal["asyncio", "uvloop", "auto"] = "asyncio"
+    """The event loop every component runs on: asyncio's own, uvloop (the `fast` extra;
+    an error when it is not installed), or uvloop when installed and asyncio's when not."""
     policy: PolicyConfig = PolicyConfig()
     audit: AuditConfig = AuditConfig()
     state: StateConfig = StateConfig()

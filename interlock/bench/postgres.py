@@ -30,6 +30,7 @@ from interlock.config import AgentConfig, PostgresConfig
 from interlock.core.context import MemoryStore
 from interlock.core.pdp import PDP
 from interlock.core.policy import PolicyManager
+from interlock.eventloop import loop_factory
 from interlock.proxies.postgres.server import PostgresProxy
 from interlock.testing.services import pgbouncer, postgres_server
 
@@ -42,8 +43,9 @@ SCALED = 64
 
 @contextmanager
 def _proxy(dsn: str, data: Path) -> Iterator[int]:
-    """The proxy with the bundled policy and a real audit log, on its own loop/thread."""
-    loop = asyncio.new_event_loop()
+    """The proxy with the bundled policy and a real audit log, on its own loop/thread
+    (uvloop when it is installed: `event_loop = "auto"`)."""
+    loop = loop_factory("auto")()
     ready = threading.Event()
     box: dict[str, Any] = {}
 
