@@ -50,8 +50,16 @@ class Downstream:
     that are masked or watched); every other message, DataRow and CommandComplete
     included, is forwarded as the bytes it arrived in."""
 
-    def __init__(self, results: ResultTracker, denials: dict[str, str], status: str) -> None:
-        self.reader = BackendReader()
+    def __init__(
+        self,
+        results: ResultTracker,
+        denials: dict[str, str],
+        status: str,
+        reader: BackendReader | None = None,
+    ) -> None:
+        self.reader = reader or BackendReader()
+        """The login's reader when there is one: what the server sent after its
+        ReadyForQuery is relayed, not lost."""
         self.results = results
         self.denials = denials
         """Marker -> reason of the denials in flight (see `server._Session.denial_sql`)."""

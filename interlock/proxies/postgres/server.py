@@ -437,7 +437,9 @@ class PostgresProxy:
                 conn,
                 pid,
                 key,
-                Downstream(ResultTracker(snap.origins, snap.relations), {}, conn.status),
+                Downstream(
+                    ResultTracker(snap.origins, snap.relations), {}, conn.status, conn.backend
+                ),
                 lease=lease,
                 read_only="read_only" in posture.restrictions,
                 client_reader=reader,

@@ -189,3 +189,15 @@ def test_a_statement_described_again_is_masked_by_its_newest_description(
         )
     assert (m.DataRow((None,)).encode() in sent) is masked
     assert (m.DataRow((b"ann",)).encode() in sent) is not masked
+
+
+def test_what_the_server_sent_after_the_login_is_relayed() -> None:
+    """Bytes the login read past its ReadyForQuery (a notice, a parameter change) stay in
+    its reader; the relay takes that reader over and forwards them with the next read."""
+    login = BackendReader()
+    notice = m.NoticeResponse({"S": "NOTICE", "M": "hello"}).encode()
+    login.feed(m.ReadyForQuery("I").encode() + notice)
+    assert isinstance(login.next(), m.ReadyForQuery)
+    relay = Downstream(ResultTracker(), {}, "I", login)
+    change = m.ParameterStatus("TimeZone", "UTC").encode()
+    assert relay.receive(change) == notice + change
