@@ -156,6 +156,8 @@ class PostgresProxy:
         self.agents: dict[str, AgentConfig] = {}
         self.verifiers: dict[str, Verifier] = {}
         self._sessions: dict[tuple[int, int], _Session] = {}
+        self._clients = 0
+        """Connections that sent a StartupMessage and have not ended (`max_client_conn`)."""
         self.use_agents(agents)
         self._server: asyncio.Server | None = None
         self.client_tls = _server_context(config)
@@ -282,8 +284,11 @@ class PostgresProxy:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         session: _Session | None = None
+        counted: list[bool] = []
         try:
-            session = await asyncio.wait_for(self._login(reader, writer), self.config.login_timeout)
+            session = await asyncio.wait_for(
+                self._login(reader, writer, counted), self.config.login_timeout
+            )
             if session is not None:
                 await self._relay(reader, session)
         except TimeoutError:
@@ -296,6 +301,8 @@ class PostgresProxy:
             log.exception("postgres proxy connection failed")
             await self._fatal(writer, "internal error in the proxy", "XX000")
         finally:
+            if counted:
+                self._clients -= 1
             if session is not None:
                 self._sessions.pop((session.pid, session.key), None)
                 session.conn.writer.close()
@@ -314,8 +321,10 @@ class PostgresProxy:
         return msg
 
     async def _login(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, counted: list[bool]
     ) -> _Session | None:
+        """The session of a client that logged in (None: it was refused, or it only sent a
+        cancel request). `counted` gets an entry once it counts against max_client_conn."""
         frontend = FrontendReader(self.config.max_message_bytes)
         encrypted = False
         while True:
@@ -341,6 +350,14 @@ class PostgresProxy:
             if isinstance(msg, m.StartupMessage):
                 break
             raise ProtocolError("expected a startup packet")
+        if self._clients >= self.config.max_client_conn:
+            limit = self.config.max_client_conn
+            await self._fatal(
+                writer, f"too many client connections (max_client_conn {limit})", "53300"
+            )
+            return None
+        self._clients += 1
+        counted.append(True)
         if self.config.require_tls and not encrypted:
             await self._fatal(writer, "this proxy requires TLS (sslmode=require)", "28000")
             return None

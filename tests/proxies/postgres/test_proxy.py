@@ -250,6 +250,31 @@ async def test_clients_see_their_real_backend_pid_with_the_proxys_own_key(
         await admin.close()
 
 
+async def test_logins_past_max_client_conn_are_refused_with_a_clear_error(
+    proxied: Proxied,
+) -> None:
+    proxied.proxy.config = proxied.proxy.config.model_copy(update={"max_client_conn": 1})
+    first = await asyncpg.connect(proxied.dsn())
+    try:
+        with pytest.raises(asyncpg.TooManyConnectionsError, match="max_client_conn 1"):
+            await asyncpg.connect(proxied.dsn())
+        reader, writer = await asyncio.open_connection(proxied.host, proxied.port)
+        writer.write(m.CancelRequest(first.get_server_pid(), 1).encode())
+        await writer.drain()
+        assert await reader.read() == b"", "a cancel request is not a client session"
+        writer.close()
+        assert await first.fetchval("select 1") == 1
+    finally:
+        await first.close()
+    for _ in range(200):  # the proxy counts the session out once it has seen it end
+        if not proxied.proxy._clients:
+            break
+        await asyncio.sleep(0.01)
+    second = await asyncpg.connect(proxied.dsn())
+    assert await second.fetchval("select 2") == 2, "the place is free again"
+    await second.close()
+
+
 async def test_read_only_stops_a_prepared_write_at_execute(proxied: Proxied) -> None:
     conn = await asyncpg.connect(proxied.dsn())
     try:
