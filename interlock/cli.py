@@ -77,6 +77,7 @@ def only(config: Config, names: str) -> Config:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from interlock.eventloop import loop_factory
     from interlock.runtime import serve, with_demo_agent
 
     source = _config_file(args.config)
@@ -85,7 +86,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         config = load_config(source) if source else with_demo_agent(Config.embedded())
         return only(config, args.only) if args.only else config
 
-    asyncio.run(serve(read(), reread=read if source else None, source=source))
+    config = read()
+    asyncio.run(
+        serve(config, reread=read if source else None, source=source),
+        loop_factory=loop_factory(config.event_loop),
+    )
     return 0
 
 

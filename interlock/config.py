@@ -324,6 +324,10 @@ class PostgresConfig(Section):
     see them)."""
     login_timeout: float = Field(10.0, gt=0)
     """A client that has not finished logging in by then is disconnected."""
+    max_client_conn: int = Field(1000, ge=1)
+    """Client sessions at once (logins in progress included); each has its own upstream
+    connection, so this also bounds the proxy's share of the database's max_connections.
+    A login past it is refused with SQLSTATE 53300; cancel requests are not counted."""
     max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     approval_timeout: float = Field(30.0, gt=0)
     """How long a statement held for approval waits before it counts as denied."""
@@ -731,6 +735,9 @@ class Config(Section):
     """The whole file. Absent sections are None: that component does not run."""
 
     data_dir: Path = Path(DEFAULT_DATA_DIR)
+    event_loop: Literal["asyncio", "uvloop", "auto"] = "asyncio"
+    """The event loop every component runs on: asyncio's own, uvloop (the `fast` extra;
+    an error when it is not installed), or uvloop when installed and asyncio's when not."""
     policy: PolicyConfig = PolicyConfig()
     audit: AuditConfig = AuditConfig()
     state: StateConfig = StateConfig()

@@ -3,8 +3,9 @@ the same server directly and through PgBouncer, in one run.
 
 Latency: pgbench at a fixed rate (`-R`, open loop: a transaction's latency includes its
 wait behind the schedule), simple and prepared protocol. Throughput: closed-loop pgbench
-at rising client counts (1, 4, 16, 32; quick: 16 only). Budgets: TPS at 16 clients
-against PgBouncer's, and added p50 over PgBouncer at the fixed rate."""
+at rising client counts (1, 4, 16, 32, 64; quick: 16 only). Budgets: TPS at 16 clients
+against PgBouncer's, added p50 over PgBouncer at the fixed rate, and (full runs) no
+collapse with more clients: TPS at 64 against TPS at 16."""
 
 from __future__ import annotations
 
@@ -29,18 +30,22 @@ from interlock.config import AgentConfig, PostgresConfig
 from interlock.core.context import MemoryStore
 from interlock.core.pdp import PDP
 from interlock.core.policy import PolicyManager
+from interlock.eventloop import loop_factory
 from interlock.proxies.postgres.server import PostgresProxy
 from interlock.testing.services import pgbouncer, postgres_server
 
 TOKEN = "bench-agent-token-0123456789"  # noqa: S105 (a throwaway benchmark agent)
 RATE = 300
 """Transactions per second of the open-loop latency phase (4 pgbench clients)."""
+SCALED = 64
+"""The most clients a full run drives: throughput there must not fall below 16's."""
 
 
 @contextmanager
 def _proxy(dsn: str, data: Path) -> Iterator[int]:
-    """The proxy with the bundled policy and a real audit log, on its own loop/thread."""
-    loop = asyncio.new_event_loop()
+    """The proxy with the bundled policy and a real audit log, on its own loop/thread
+    (uvloop when it is installed: `event_loop = "auto"`)."""
+    loop = loop_factory("auto")()
     ready = threading.Event()
     box: dict[str, Any] = {}
 
@@ -145,7 +150,7 @@ def _pgbench(
 def run(quick: bool = False) -> dict[str, Any]:
     seconds = 1 if quick else 5
     latency_s = 1 if quick else 10
-    concurrency = (16,) if quick else (1, 4, 16, 32)
+    concurrency = (16,) if quick else (1, 4, 16, 32, SCALED)
     results: dict[tuple[str, str, int], tuple[float, list[float]]] = {}
     latency: dict[tuple[str, str], tuple[float, list[float]]] = {}
     with (
@@ -242,6 +247,9 @@ def run(quick: bool = False) -> dict[str, Any]:
         ours_lat, base_lat = latency[("interlock", mode)][1], latency[("pgbouncer", mode)][1]
         added = round(percentile(ours_lat, 50) - percentile(base_lat, 50), 3)
         checks.append(slo.check(f"postgres.{mode}_added_p50_ms", added))
+        if ("interlock", mode, SCALED) in results:
+            scaled = results[("interlock", mode, SCALED)][0] / ours_tps
+            checks.append(slo.check(f"postgres.{mode}_tps_{SCALED}_vs_16", round(scaled, 3)))
     names = ("direct", "pgbouncer", "interlock")
     curves = []
     for mode in ("simple", "prepared"):

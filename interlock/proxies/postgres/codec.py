@@ -20,9 +20,11 @@ memory one connection can pin."""
 MAX_SERVER_MESSAGE = 1024 * 1024 * 1024
 """The server's own limit on one message (a row can be up to 1 GB)."""
 SMALL_MESSAGES = frozenset(b"SHXc")
+"""Messages with an empty body: Sync, Flush, Terminate, CopyDone."""
 FRONTEND_TYPES = frozenset(b"QPBDECSHXpdcfF")
 """Every message type a client may send after startup (PostgreSQL docs, Message Formats)."""
-"""Messages with an empty body: Sync, Flush, Terminate, CopyDone."""
+_LENGTH = struct.Struct("!i")
+_UINT16 = struct.Struct("!H")
 
 
 class ProtocolError(Exception):
@@ -97,38 +99,61 @@ def _fields(c: _Cursor) -> dict[str, str]:
 
 
 class _Reader:
+    """A byte buffer consumed from `_pos`: frames are found by type and length without
+    copying, and the consumed prefix is dropped once per `feed`, not once per message."""
+
     def __init__(self, max_message: int) -> None:
         self._buf = bytearray()
+        self._pos = 0
         self.max_message = max_message
 
     def feed(self, data: bytes) -> None:
+        if self._pos:
+            del self._buf[: self._pos]
+            self._pos = 0
         self._buf += data
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        return len(self._buf) - self._pos
 
-    def _typed(self) -> tuple[bytes, bytes] | None:
-        if len(self._buf) < 5:
+    @property
+    def data(self) -> bytearray:
+        """The buffer `next_frame` positions index into (valid until the next `feed`)."""
+        return self._buf
+
+    def next_frame(self) -> tuple[int, int, int] | None:
+        """(type byte, start, end) of the next whole typed message in `data`, checked
+        like every message (type, length bounds), its body not read; None until one has
+        arrived."""
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos < 5:
             return None
-        kind = bytes(self._buf[:1])
-        if self._role == "client" and kind[0] not in FRONTEND_TYPES:
+        kind = buf[pos]
+        if self._role == "client" and kind not in FRONTEND_TYPES:
             # Refuse at once rather than wait for a body whose length is garbage.
-            raise ProtocolError(f"unknown frontend message type {kind!r}")
-        (length,) = struct.unpack("!i", self._buf[1:5])
+            raise ProtocolError(f"unknown frontend message type {bytes([kind])!r}")
+        (length,) = _LENGTH.unpack_from(buf, pos + 1)
         if length < 4:
             raise ProtocolError(f"message length {length} is below the minimum of 4")
         if length > self.max_message:
             raise ProtocolError(
                 f"message of {length} bytes exceeds the {self.max_message} byte limit"
             )
-        if kind[0] in SMALL_MESSAGES and self._role == "client" and length != 4:
-            raise ProtocolError(f"message {kind!r} must have an empty body")
-        if len(self._buf) < 1 + length:
+        if kind in SMALL_MESSAGES and self._role == "client" and length != 4:
+            raise ProtocolError(f"message {bytes([kind])!r} must have an empty body")
+        end = pos + 1 + length
+        if len(buf) < end:
             return None
-        body = bytes(self._buf[5 : 1 + length])
-        del self._buf[: 1 + length]
-        return kind, body
+        self._pos = end
+        return kind, pos, end
+
+    def _typed(self) -> tuple[bytes, bytes] | None:
+        got = self.next_frame()
+        if got is None:
+            return None
+        kind, start, end = got
+        return bytes((kind,)), bytes(self._buf[start + 5 : end])
 
     _role = "server"
 
@@ -152,6 +177,7 @@ class FrontendReader(_Reader):
         return decode_frontend(kind, body)
 
     def _startup(self) -> m.Message | None:
+        # Startup packets come before any typed frame, so `_pos` is 0 here.
         if len(self._buf) < 4:
             return None
         (length,) = struct.unpack("!i", self._buf[:4])
@@ -244,6 +270,51 @@ def decode_frontend(kind: bytes, body: bytes) -> m.Message:
     raise ProtocolError(f"unknown frontend message type {kind!r}")
 
 
+def bind_names(buf: bytes | bytearray, start: int, end: int) -> tuple[str, str]:
+    """Portal and statement names of the Bind whose body is `buf[start:end]`, every
+    field checked as `decode_frontend` checks it (same errors, same order), the
+    parameters not copied: what the relay needs of a Bind, at a fraction of decoding it."""
+    portal, pos = _cstr_at(buf, start, end)
+    statement, pos = _cstr_at(buf, pos, end)
+    formats_ok = True
+    for section in range(3):
+        if pos + 2 > end:
+            raise ProtocolError("message shorter than its fields")
+        (count,) = _UINT16.unpack_from(buf, pos)
+        pos += 2
+        if section != 1:
+            if pos + 2 * count > end:
+                raise ProtocolError("message shorter than its fields")
+            codes = struct.unpack_from(f"!{count}H", buf, pos)
+            formats_ok = formats_ok and all(f in (0, 1) for f in codes)
+            pos += 2 * count
+            continue
+        for _ in range(count):
+            if pos + 4 > end:
+                raise ProtocolError("message shorter than its fields")
+            (size,) = _LENGTH.unpack_from(buf, pos)
+            if size < -1:
+                raise ProtocolError(f"parameter length {size} is negative")
+            pos += 4 + max(size, 0)
+            if pos > end:
+                raise ProtocolError("message shorter than its fields")
+    if pos != end:
+        raise ProtocolError("trailing bytes after the message fields")
+    if not formats_ok:
+        raise ProtocolError("format codes must be 0 (text) or 1 (binary)")
+    return portal, statement
+
+
+def _cstr_at(buf: bytes | bytearray, pos: int, end: int) -> tuple[str, int]:
+    stop = buf.find(b"\0", pos, end)
+    if stop < 0:
+        raise ProtocolError("string field without its terminating NUL")
+    try:
+        return buf[pos:stop].decode("utf-8"), stop + 1
+    except UnicodeDecodeError:
+        raise ProtocolError("string field is not valid UTF-8") from None
+
+
 class BackendReader(_Reader):
     """Messages from a server. RowDescription, errors and the session-level messages are
     decoded; DataRow and the rest stay `Raw` (decode rows with `decode_data_row`)."""
@@ -279,20 +350,7 @@ def decode_backend(kind: bytes, body: bytes) -> m.Message:
             raise ProtocolError(f"unknown transaction status {status!r}")
         return m.ReadyForQuery(status)
     if kind == b"T":
-        fields = []
-        for _ in range(c.uint16()):
-            name = c.cstr()
-            table, col, typ, size, mod, fmt = (
-                c.uint32(),
-                c.int16(),
-                c.uint32(),
-                c.int16(),
-                c.int32(),
-                c.int16(),
-            )
-            fields.append(m.Field(name, table, col, typ, size, mod, fmt))
-        c.done()
-        return m.RowDescription(tuple(fields))
+        return decode_row_description(body)
     if kind == b"C":
         tag = c.cstr()
         c.done()
@@ -302,6 +360,24 @@ def decode_backend(kind: bytes, body: bytes) -> m.Message:
     if kind == b"N":
         return m.NoticeResponse(_fields(c))
     return m.Raw(kind, body)
+
+
+def decode_row_description(body: bytes) -> m.RowDescription:
+    c = _Cursor(body)
+    fields = []
+    for _ in range(c.uint16()):
+        name = c.cstr()
+        table, col, typ, size, mod, fmt = (
+            c.uint32(),
+            c.int16(),
+            c.uint32(),
+            c.int16(),
+            c.int32(),
+            c.int16(),
+        )
+        fields.append(m.Field(name, table, col, typ, size, mod, fmt))
+    c.done()
+    return m.RowDescription(tuple(fields))
 
 
 def decode_data_row(body: bytes) -> m.DataRow:

@@ -26,7 +26,11 @@ from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 
 from interlock.proxies.postgres import messages as m
-from interlock.proxies.postgres.codec import ProtocolError, decode_data_row
+from interlock.proxies.postgres.codec import (
+    ProtocolError,
+    decode_data_row,
+    decode_row_description,
+)
 from interlock.proxies.postgres.copyformat import CopyFormat, CopyMasker
 
 log = logging.getLogger(__name__)
@@ -115,6 +119,9 @@ class Prepared:
     mask: Mask | None = None
     describing: bool = False
     """A Describe of it is on its way; its answer resolves `mask` before any Execute."""
+    described: tuple[bytes, Origins, Set[int]] | None = None
+    """The RowDescription `mask` was resolved from, and the catalog it was resolved
+    against: the same answer again (drivers describe every execution) changes nothing."""
 
 
 @dataclass(eq=False)
@@ -190,6 +197,44 @@ class ResultTracker:
         self._pending.append(_Injected(sql))
 
     # --- what comes back --------------------------------------------------------------
+
+    def passes(self, kind: int) -> bool:
+        """Whether a server message of type `kind` goes to the client unchanged with its
+        body unread, the tracker's state moved as `backend` would move it. False: decode
+        it and call `backend` (descriptions, errors, ReadyForQuery, rows that are masked
+        or watched, anything answering a query of the proxy's own)."""
+        front = self._pending[0] if self._pending else None
+        if kind in _READ or isinstance(front, _Injected):
+            return False
+        if kind == _READY:
+            self._ready()
+            return True
+        if kind == _DATA_ROW:
+            mask, watch = self._mask_of(front)
+            return not mask and watch is None
+        if kind == _COPY_DATA:
+            return not (isinstance(front, (_Query, _Execute)) and front.copy is not None)
+        if kind in _COMPLETES:
+            self._completed(front)
+        return True
+
+    def described(self, body: bytes) -> bool:
+        """Whether the RowDescription with this body answers a client's Describe, which
+        is then done: it goes to the client unchanged, its mask resolved, or kept when
+        the statement was last described with the same bytes against the same catalog
+        (then it is not decoded). False: call `backend` with it decoded."""
+        front = self._pending[0] if self._pending else None
+        if not isinstance(front, _Describe) or front.injected or front.target is None:
+            return False
+        target = front.target
+        known = target.described
+        if known != (body, self.origins, self.relations):
+            fields = decode_row_description(body).fields
+            target.mask = target.plan.resolve(fields, self.origins, self.relations)
+            target.described = (body, self.origins, self.relations)
+        self._pending.popleft()
+        target.describing = False
+        return True
 
     def backend(self, msg: m.Message) -> m.Message | None:
         """The message to pass to the client (masked where needed), or None to swallow
@@ -355,6 +400,12 @@ class ResultTracker:
                 return
 
 
+_READ = frozenset(b"TENntHRK")
+"""Server messages `backend` reads: RowDescription, ErrorResponse, NoticeResponse,
+NoData, ParameterDescription, CopyOutResponse, and the login's."""
+_DATA_ROW, _COPY_DATA, _READY = ord("D"), ord("d"), ord("Z")
+_COMPLETES = frozenset(b"CIs")
+"""CommandComplete, EmptyQueryResponse, PortalSuspended: one statement done."""
 _KEPT_FIELDS = frozenset("SVC")
 """Severity and SQLSTATE: what a client needs to handle an error, and no data."""
 

@@ -38,9 +38,15 @@ from interlock.credentials.leases import Lease
 from interlock.errors import StateError
 from interlock.proxies.postgres import messages as m
 from interlock.proxies.postgres import upstream as up
-from interlock.proxies.postgres.codec import FrontendReader, ProtocolError
+from interlock.proxies.postgres.codec import (
+    FrontendReader,
+    ProtocolError,
+    bind_names,
+    decode_frontend,
+)
 from interlock.proxies.postgres.copyformat import copy_format
 from interlock.proxies.postgres.discovery import Snapshot, snapshot
+from interlock.proxies.postgres.relay import Downstream, Pieces
 from interlock.proxies.postgres.results import (
     ORIGINS_ONLY,
     MaskPlan,
@@ -76,6 +82,7 @@ READ_WRITE_SESSION = "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE"
 UNAVAILABLE = "57P03"
 """cannot_connect_now: a login refused because a dependency (the state store) is down;
 pools and drivers treat it as worth retrying."""
+_BIND, _SYNC = ord("B"), ord("S")
 GONE_POLL_S = 0.2
 """How often a held statement checks that its client is still there."""
 
@@ -92,12 +99,11 @@ class _Session:
     conn: up.Connection
     pid: int
     key: int
+    downstream: Downstream = field(default_factory=lambda: Downstream(ResultTracker(), {}, "I"))
+    """The server-to-client relay (sans-IO), with the result tracker and denials."""
     nonce: str = field(default_factory=lambda: secrets.token_hex(8))
-    denials: dict[str, str] = field(default_factory=dict)
     seq: int = 0
-    status: str = "I"
     closed: bool = False
-    results: ResultTracker = field(default_factory=ResultTracker)
     statements: dict[str, Prepared] = field(default_factory=dict)
     actions: dict[str, Action] = field(default_factory=dict)
     """The action each prepared statement was decided as, to re-check posture at Execute."""
@@ -114,10 +120,18 @@ class _Session:
     client_reader: asyncio.StreamReader | None = None
     """Watched while a statement is held: a client that went away withdraws it."""
 
+    @property
+    def results(self) -> ResultTracker:
+        return self.downstream.results
+
+    @property
+    def status(self) -> str:
+        return self.downstream.status
+
     def denial_sql(self, reason: str) -> str:
         self.seq += 1
         marker = f"interlock_denied_{self.nonce}_{self.seq}"
-        self.denials[marker] = reason
+        self.downstream.denials[marker] = reason
         return f"SELECT 1 FROM pg_catalog.{marker}"  # noqa: S608 (hex nonce and a counter)
 
 
@@ -143,6 +157,8 @@ class PostgresProxy:
         self.agents: dict[str, AgentConfig] = {}
         self.verifiers: dict[str, Verifier] = {}
         self._sessions: dict[tuple[int, int], _Session] = {}
+        self._clients = 0
+        """Connections that sent a StartupMessage and have not ended (`max_client_conn`)."""
         self.use_agents(agents)
         self._server: asyncio.Server | None = None
         self.client_tls = _server_context(config)
@@ -269,8 +285,11 @@ class PostgresProxy:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         session: _Session | None = None
+        counted: list[bool] = []
         try:
-            session = await asyncio.wait_for(self._login(reader, writer), self.config.login_timeout)
+            session = await asyncio.wait_for(
+                self._login(reader, writer, counted), self.config.login_timeout
+            )
             if session is not None:
                 await self._relay(reader, session)
         except TimeoutError:
@@ -283,6 +302,8 @@ class PostgresProxy:
             log.exception("postgres proxy connection failed")
             await self._refuse(writer, session, "internal error in the proxy", "XX000")
         finally:
+            if counted:
+                self._clients -= 1
             if session is not None:
                 self._sessions.pop((session.pid, session.key), None)
                 session.conn.writer.close()
@@ -301,8 +322,10 @@ class PostgresProxy:
         return msg
 
     async def _login(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, counted: list[bool]
     ) -> _Session | None:
+        """The session of a client that logged in (None: it was refused, or it only sent a
+        cancel request). `counted` gets an entry once it counts against max_client_conn."""
         frontend = FrontendReader(self.config.max_message_bytes)
         encrypted = False
         while True:
@@ -328,6 +351,14 @@ class PostgresProxy:
             if isinstance(msg, m.StartupMessage):
                 break
             raise ProtocolError("expected a startup packet")
+        if self._clients >= self.config.max_client_conn:
+            limit = self.config.max_client_conn
+            await self._fatal(
+                writer, f"too many client connections (max_client_conn {limit})", "53300"
+            )
+            return None
+        self._clients += 1
+        counted.append(True)
         params = msg.params
         user = params["user"]
         if self.config.require_tls and not encrypted:
@@ -415,7 +446,10 @@ class PostgresProxy:
                 await self._refuse_login(writer, user, params, why, "28000")
                 raise _LoginAbandoned
             agent = Agent(user, tuple(entry.roles), entry.owner, (), "token")
-            pid, key = self._new_key()
+            # The real backend pid (what pg_backend_pid() says, what pg_stat_activity and
+            # pg_terminate_backend know), with the proxy's own key: the server's key never
+            # leaves the proxy, so a cancel must come through it.
+            pid, key = conn.pid, self._new_key(conn.pid)
             session = _Session(
                 agent,
                 database,
@@ -423,9 +457,10 @@ class PostgresProxy:
                 conn,
                 pid,
                 key,
-                status=conn.status,
+                Downstream(
+                    ResultTracker(snap.origins, snap.relations), {}, conn.status, conn.backend
+                ),
                 lease=lease,
-                results=ResultTracker(snap.origins, snap.relations),
                 read_only="read_only" in posture.restrictions,
                 client_reader=reader,
             )
@@ -514,12 +549,11 @@ class PostgresProxy:
         except ScramError:
             return False
 
-    def _new_key(self) -> tuple[int, int]:
+    def _new_key(self, pid: int) -> int:
         while True:
-            pid = int.from_bytes(os.urandom(4), "big") & 0x7FFFFFFF
             key = int.from_bytes(os.urandom(4), "big")
             if (pid, key) not in self._sessions:
-                return pid, key
+                return key
 
     # --- relaying --------------------------------------------------------------------
 
@@ -539,17 +573,44 @@ class PostgresProxy:
             data = await reader.read(READ_CHUNK)
             if not data:
                 return
-            frontend.feed(data)
-            out: list[bytes] = []
-            if session.read_only != session.read_only_applied:
-                out.append(self._wall(session) if session.read_only else self._unwall(session))
-            while (msg := frontend.next()) is not None:
-                if isinstance(msg, m.Terminate):
-                    session.conn.writer.write(b"".join(out) + msg.encode())
-                    return
-                out.append(await self._police(session, msg))
-            session.conn.writer.write(b"".join(out))
+            out, ended = await self._from_client(session, frontend, data)
+            session.conn.writer.write(out)
+            if ended:
+                return
             await session.conn.writer.drain()
+
+    async def _from_client(
+        self, session: _Session, frontend: FrontendReader, data: bytes
+    ) -> tuple[bytes, bool]:
+        """What to send upstream for one read from the client, and whether it ended with
+        Terminate. Messages the decisions left alone go as the byte ranges they arrived
+        in, one write for the whole read."""
+        frontend.feed(data)
+        buf = frontend.data
+        out = Pieces(buf)
+        if session.read_only != session.read_only_applied:
+            out.add(self._wall(session) if session.read_only else self._unwall(session))
+        while (frame := frontend.next_frame()) is not None:
+            kind, start, end = frame
+            if kind == _BIND:
+                # Only its names matter: its statement was decided at Parse.
+                self._bound(session, *bind_names(buf, start + 5, end))
+                out.forward(start, end)
+                continue
+            if kind == _SYNC:
+                session.results.sent_sync()
+                out.forward(start, end)
+                continue
+            msg = decode_frontend(bytes((kind,)), bytes(buf[start + 5 : end]))
+            if isinstance(msg, m.Terminate):
+                out.forward(start, end)
+                return out.take(), True
+            replaced = await self._enforce(session, msg)
+            if replaced is None:
+                out.forward(start, end)
+            else:
+                out.add(replaced)
+        return out.take(), False
 
     def _wall(self, session: _Session) -> bytes:
         """The query that makes the upstream session refuse writes itself, sent ahead of
@@ -581,10 +642,16 @@ class PostgresProxy:
 
     async def _police(self, session: _Session, msg: m.Message) -> bytes:
         """The bytes to send upstream for one client message."""
+        replaced = await self._enforce(session, msg)
+        return msg.encode() if replaced is None else replaced
+
+    async def _enforce(self, session: _Session, msg: m.Message) -> bytes | None:
+        """What to send upstream instead of one client message, or None to forward it
+        as it arrived: the decision and enforcement point of every client message."""
         if isinstance(msg, m.Query):
             sql, plans, _, watches = await self._checked(session, msg.sql)
             session.results.sent_query(plans, watches)
-            return msg.encode() if sql is None else m.Query(sql).encode()
+            return None if sql is None else m.Query(sql).encode()
         if isinstance(msg, m.Parse):
             sql, plans, action, watches = await self._checked(session, msg.sql)
             session.statements[msg.name] = Prepared(
@@ -593,12 +660,9 @@ class PostgresProxy:
             session.actions.pop(msg.name, None)
             if action is not None:
                 session.actions[msg.name] = action
-            if sql is None:
-                return msg.encode()
-            return m.Parse(msg.name, sql, msg.param_types).encode()
+            return None if sql is None else m.Parse(msg.name, sql, msg.param_types).encode()
         if isinstance(msg, m.Bind):
-            prepared = session.statements.get(msg.statement) or Prepared(ORIGINS_ONLY)
-            session.portals[msg.portal] = (msg.statement, prepared)
+            self._bound(session, msg.portal, msg.statement)
         elif isinstance(msg, m.Describe):
             if msg.kind == "S":
                 target = session.statements.get(msg.name)
@@ -630,7 +694,14 @@ class PostgresProxy:
             return m.Query(session.denial_sql(reason)).encode()
         elif isinstance(msg, m.AuthResponse):
             raise ProtocolError("authentication message after login")
-        return msg.encode()
+        return None
+
+    @staticmethod
+    def _bound(session: _Session, portal: str, statement: str) -> None:
+        """Bind: the portal's rows get its statement's plan (and its Execute the
+        statement's posture check)."""
+        prepared = session.statements.get(statement) or Prepared(ORIGINS_ONLY)
+        session.portals[portal] = (statement, prepared)
 
     async def _posture_veto(self, session: _Session, statement: str) -> str | None:
         """A restriction that arrived after Parse still stops the Execute."""
@@ -750,25 +821,13 @@ class PostgresProxy:
     async def _downstream(self, session: _Session) -> None:
         conn = session.conn
         writer = session.client_writer
+        results = session.results
         try:
             while True:
                 data = await conn.reader.read(READ_CHUNK)
                 if not data:
                     break
-                conn.backend.feed(data)
-                out: list[bytes] = []
-                results = session.results
-                while (msg := conn.backend.next()) is not None:
-                    if isinstance(msg, m.ReadyForQuery):
-                        session.status = msg.status
-                    forward = results.backend(msg)
-                    if forward is None:
-                        continue
-                    if isinstance(forward, m.ErrorResponse) and session.denials:
-                        forward = self._rewrite(session, forward)
-                    elif isinstance(forward, m.ReadyForQuery) and results.seen:
-                        await self._remember_values(session, results.take_seen())
-                    out.append(forward.encode())
+                out = session.downstream.receive(data)
                 if results.injected_errors:
                     for why in results.injected_errors:
                         log.warning(
@@ -776,8 +835,12 @@ class PostgresProxy:
                         )
                     results.injected_errors.clear()
                     session.read_only_applied = False
-                writer.write(b"".join(out))
-                await writer.drain()
+                if results.seen:
+                    # Remembered before the client has them.
+                    await self._remember_values(session, results.take_seen())
+                if out:
+                    writer.write(out)
+                    await writer.drain()
         except (ConnectionError, ProtocolError):
             pass
         if not session.closed:
@@ -785,15 +848,6 @@ class PostgresProxy:
             session.closed = True
             with contextlib.suppress(Exception):
                 writer.close()
-
-    @staticmethod
-    def _rewrite(session: _Session, err: m.ErrorResponse) -> m.ErrorResponse:
-        text = err.message
-        for marker, reason in list(session.denials.items()):
-            if marker in text:
-                del session.denials[marker]
-                return m.error(f"interlock: {reason}")
-        return err
 
     # --- posture and termination ------------------------------------------------------
 

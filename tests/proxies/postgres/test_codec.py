@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import struct
 from typing import Any
 
@@ -16,7 +17,9 @@ from interlock.proxies.postgres.codec import (
     BackendReader,
     FrontendReader,
     ProtocolError,
+    bind_names,
     decode_data_row,
+    decode_frontend,
 )
 
 FRONTEND = [
@@ -202,3 +205,37 @@ def test_random_bytes_never_crash_the_readers(data: bytes) -> None:
     for reader in (FrontendReader(max_message=4096), started(), BackendReader(4096)):
         with contextlib.suppress(ProtocolError):
             read_all(reader, data, 17)
+
+
+binds = st.builds(
+    m.Bind,
+    st.sampled_from(["", "p1", "pörtal"]),
+    st.sampled_from(["", "s1"]),
+    st.lists(st.integers(0, 2), max_size=3).map(tuple),
+    st.lists(st.one_of(st.none(), st.binary(max_size=6)), max_size=3).map(tuple),
+    st.lists(st.integers(0, 2), max_size=3).map(tuple),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(binds, st.integers(0, 40), st.binary(max_size=3), st.integers(0, 255), st.integers(-1, 40))
+def test_bind_names_reads_a_bind_exactly_as_decoding_it_does(
+    bind: m.Bind, cut: int, tail: bytes, byte: int, at: int
+) -> None:
+    """The relay's Bind shortcut accepts and refuses exactly what the full decoder does,
+    with the same error, on valid, truncated, extended and corrupted bodies."""
+    body = bytearray(bind.encode()[5:])
+    for variant in (bytes(body), bytes(body[:cut]), bytes(body) + tail):
+        corrupt = bytearray(variant)
+        if 0 <= at < len(corrupt):
+            corrupt[at] = byte
+        for candidate in (variant, bytes(corrupt)):
+            framed = b"xx" + candidate + b"yy"
+            try:
+                decoded = decode_frontend(b"B", candidate)
+            except ProtocolError as exc:
+                with pytest.raises(ProtocolError, match=re.escape(str(exc))):
+                    bind_names(framed, 2, 2 + len(candidate))
+                continue
+            assert isinstance(decoded, m.Bind)
+            assert bind_names(framed, 2, 2 + len(candidate)) == (decoded.portal, decoded.statement)

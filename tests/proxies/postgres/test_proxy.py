@@ -206,6 +206,75 @@ async def test_cancellation_reaches_the_right_backend_and_forged_keys_do_nothing
         await conn.close()
 
 
+async def test_clients_see_their_real_backend_pid_with_the_proxys_own_key(
+    proxied: Proxied,
+) -> None:
+    """pg_backend_pid() and pg_terminate_backend work on the pid the client was given; a
+    cancel with that real pid but a guessed key (the server's own key, say) does
+    nothing: only the proxy's key cancels, and the proxy never gives out the server's."""
+    conn = await asyncpg.connect(proxied.dsn())
+    other = await asyncpg.connect(proxied.dsn())
+    admin = await asyncpg.connect(proxied.proxy.config.upstream)
+    try:
+        pid = conn.get_server_pid()
+        assert await conn.fetchval("select pg_backend_pid()") == pid
+        assert other.get_server_pid() != pid
+        (session,) = [s for s in proxied.proxy._sessions.values() if s.pid == pid]
+        assert session.key != session.conn.key, "the server's key stays in the proxy"
+        slow = asyncio.create_task(
+            conn.fetchval("select count(*) from generate_series(1, 3000000000)")
+        )
+        for _ in range(200):
+            if await admin.fetchval(
+                "select state = 'active' from pg_stat_activity where pid = $1", pid
+            ):
+                break
+            await asyncio.sleep(0.05)
+        for forged in (session.conn.key, session.key ^ 1):
+            reader, writer = await asyncio.open_connection(proxied.host, proxied.port)
+            writer.write(m.CancelRequest(pid, forged).encode())
+            await writer.drain()
+            assert await reader.read() == b""
+            writer.close()
+        assert (
+            await admin.fetchval("select state from pg_stat_activity where pid = $1", pid)
+            == "active"
+        ), "a forged key cancels nothing"
+        assert await admin.fetchval("select pg_terminate_backend($1)", pid)
+        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError)):
+            await slow
+        assert await other.fetchval("select 3") == 3, "only that client's session ended"
+    finally:
+        conn.terminate()
+        await other.close()
+        await admin.close()
+
+
+async def test_logins_past_max_client_conn_are_refused_with_a_clear_error(
+    proxied: Proxied,
+) -> None:
+    proxied.proxy.config = proxied.proxy.config.model_copy(update={"max_client_conn": 1})
+    first = await asyncpg.connect(proxied.dsn())
+    try:
+        with pytest.raises(asyncpg.TooManyConnectionsError, match="max_client_conn 1"):
+            await asyncpg.connect(proxied.dsn())
+        reader, writer = await asyncio.open_connection(proxied.host, proxied.port)
+        writer.write(m.CancelRequest(first.get_server_pid(), 1).encode())
+        await writer.drain()
+        assert await reader.read() == b"", "a cancel request is not a client session"
+        writer.close()
+        assert await first.fetchval("select 1") == 1
+    finally:
+        await first.close()
+    for _ in range(200):  # the proxy counts the session out once it has seen it end
+        if not proxied.proxy._clients:
+            break
+        await asyncio.sleep(0.01)
+    second = await asyncpg.connect(proxied.dsn())
+    assert await second.fetchval("select 2") == 2, "the place is free again"
+    await second.close()
+
+
 async def test_read_only_stops_a_prepared_write_at_execute(proxied: Proxied) -> None:
     conn = await asyncpg.connect(proxied.dsn())
     try:
