@@ -131,6 +131,10 @@ class AuditConfig(Section):
     max_batch: int = Field(512, ge=1, le=100_000)
     max_pending: int = Field(100_000, ge=1)
     """Records queued in memory before appends are refused."""
+    loss_window_ms: float = Field(100.0, ge=0)
+    """Longest a queued (`low`) record may stay uncommitted once acknowledged: past it,
+    appends wait for their commit, so a crash loses at most this much of acknowledged
+    decisions however slow the disk (0: no bound). Not applied while the store fails."""
     write_timeout: float = Field(5.0, gt=0)
     witnesses: list[WitnessConfig] = []
     """Witnesses asked to cosign each checkpoint (c2sp.org/tlog-witness)."""

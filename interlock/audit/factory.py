@@ -49,6 +49,7 @@ def log_for(config: Config) -> AuditLog:
         max_batch=a.max_batch,
         max_delay=a.max_delay_ms / 1000,
         max_pending=a.max_pending,
+        loss_window=a.loss_window_ms / 1000,
         write_timeout=a.write_timeout,
         checkpoint_interval=a.checkpoint_interval,
         witnesses=witnesses_for(config),

@@ -42,6 +42,11 @@ class _Entry:
     record: DecisionRecord | None
     data: bytes | None = None
     done: asyncio.Future[None] | None = None
+    at: float = 0.0
+    """time.monotonic() when it was accepted."""
+    held: bool = False
+    """A queued record whose append waits for its commit only to bound the loss window:
+    on a store failure it stays queued like any other, and only its waiter hears of it."""
 
 
 @dataclass
@@ -77,6 +82,7 @@ class AuditLog:
         checkpoint_interval: float = 60.0,
         clock: Callable[[], float] = time.time,
         witnesses: Witnesses | None = None,
+        loss_window: float = 0.1,
     ) -> None:
         self.store = store
         self.signer = signer
@@ -88,6 +94,12 @@ class AuditLog:
         self.checkpoint_interval = checkpoint_interval
         self.clock = clock
         self.witnesses = witnesses
+        self.loss_window = loss_window
+        """Longest an acknowledged record may stay uncommitted (0: no bound). Once the
+        oldest uncommitted record is older, appends wait for their commit, so a crash
+        loses at most what was acknowledged within this window before the last answer."""
+        self._taken: deque[float] = deque()
+        """Acceptance times of the first record of each batch taken but not committed."""
         """Asked to cosign each checkpoint (c2sp.org/tlog-witness) before it is stored."""
         self.stats = AuditStats()
         self._queue: deque[_Entry] = deque()
@@ -109,8 +121,14 @@ class AuditLog:
             raise AuditError("audit log is closed")
         if len(self._queue) >= self.max_pending:
             raise AuditError(f"audit queue full ({self.max_pending} records pending)")
-        entry = _Entry(record.decision.decision_id, record)
-        if durable:
+        now = time.monotonic()
+        entry = _Entry(record.decision.decision_id, record, at=now)
+        if not durable and self.loss_window > 0 and self.stats.healthy:
+            # A slow store is waited for; a failing one is not (its records are kept
+            # and retried, and the decision cannot wait out every retry).
+            oldest = self._taken[0] if self._taken else (self._queue[0].at if self._queue else None)
+            entry.held = oldest is not None and now - oldest > self.loss_window
+        if durable or entry.held:
             entry.done = asyncio.get_running_loop().create_future()
         self._queue.append(entry)
         self._idle.clear()
@@ -150,6 +168,7 @@ class AuditLog:
                     await asyncio.sleep(self.max_delay)
                 take = min(self.max_batch, len(self._queue))
                 batch = [self._queue.popleft() for _ in range(take)]
+                self._taken.append(batch[0].at)
                 await self._encode(batch)
             if inflight is not None:
                 done, task = inflight
@@ -158,6 +177,7 @@ class AuditLog:
                     await task
                 except Exception as exc:
                     self._queue.extendleft(reversed(batch))
+                    self._taken.clear()  # both batches are back at the head of the queue
                     self._failed(done, exc)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, MAX_BACKOFF_S)
@@ -186,6 +206,8 @@ class AuditLog:
         del self.stats.timings[:-1000]
 
     def _succeeded(self, batch: list[_Entry]) -> None:
+        if self._taken:
+            self._taken.popleft()
         self.stats.appended += len(batch)
         self.stats.batches += 1
         if not self.stats.healthy:
@@ -200,9 +222,18 @@ class AuditLog:
         self.stats.failures += 1
         self.stats.healthy = False
         self.stats.last_error = reason
-        keep = [e for e in batch if e.done is None]
+        keep = [e for e in batch if e.done is None or e.held]
         for e in batch:
-            if e.done is not None:
+            if e.done is None:
+                continue
+            if e.held:
+                # Queued like the rest; its append learns the store is failing, so the
+                # decision is taken under fail_open_max_tier as for a durable one.
+                if not e.done.done():
+                    e.done.set_exception(
+                        AuditError(f"audit store failing, record kept queued: {reason}")
+                    )
+            else:
                 self.stats.dropped_durable += 1
                 if not e.done.done():
                     e.done.set_exception(AuditError(f"audit record not written: {reason}"))

@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import os
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -245,3 +246,53 @@ async def test_postgres_going_down_denies_durable_appends(tmp_path: Path) -> Non
         assert not log.stats.healthy
         assert log.status()["last_error"]
         await log.close()
+
+
+class SlowDisk(SqliteStore):
+    """The real SQLite store behind a disk that takes `delay` per commit: a stand-in for
+    an fsync stalled by other I/O, which cannot be arranged on demand here. It notes when
+    each record's commit returned."""
+
+    def __init__(self, path: Path, delay: float) -> None:
+        super().__init__(path)
+        self.delay = delay
+        self.committed: dict[str, float] = {}
+
+    async def append(self, entries: Sequence[tuple[str, bytes]]) -> int:
+        await asyncio.sleep(self.delay)
+        size = await super().append(entries)
+        now = time.monotonic()
+        for decision_id, _ in entries:
+            self.committed[decision_id] = now
+        return size
+
+
+@pytest.mark.parametrize("window", [0.05, 0.0])
+async def test_a_slow_disk_cannot_widen_the_loss_window(tmp_path: Path, window: float) -> None:
+    """With a loss window W, whenever a queued append is acknowledged every record
+    acknowledged more than W earlier is committed: a crash then loses at most W of
+    acknowledged decisions, however slow the disk. Without the bound (W = 0) a disk
+    taking 150 ms per commit leaves older acknowledged records uncommitted."""
+    store = SlowDisk(tmp_path / "a.db", delay=0.15)
+    log = AuditLog(
+        store, SIGNER, "interlock.test/audit", max_delay=0.001, checkpoint_interval=0,
+        loss_window=window,
+    )  # fmt: skip
+    await log.start()
+    acks: list[tuple[str, float, float]] = []  # decision id, called, returned
+    for rec in await sample_records(40):
+        called = time.monotonic()
+        await log.append(rec, durable=False)
+        acks.append((rec.decision.decision_id, called, time.monotonic()))
+        await asyncio.sleep(0.01)
+    await log.close()
+    late = [
+        (earlier, later)
+        for later, called, returned in acks
+        for earlier, _, earlier_returned in acks
+        if earlier_returned < called - window - 0.005 and store.committed[earlier] > returned
+    ]
+    if window:
+        assert late == []
+    else:
+        assert late, "the slow disk did not leave acknowledged records uncommitted"
