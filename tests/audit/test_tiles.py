@@ -7,7 +7,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import os
+import shutil
 import struct
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -174,3 +177,57 @@ async def test_the_admin_listener_serves_the_same_tiles(log: AuditLog) -> None:
             assert (await c.get(url + "tile/0/2")).status_code == 400
     finally:
         await runner.cleanup()
+
+
+GOTLOG = Path(__file__).with_name("gotlog") / "main.go"
+GO_DEPS = "/usr/share/gocode"
+"""Debian's golang-golang-x-mod-dev: golang.org/x/mod source, built without a network."""
+
+
+def build_gotlog(out: Path) -> Path:
+    """The Go project's transparency-log verifier (tests/audit/gotlog), built here."""
+    go = shutil.which("go")
+    if go is None or not (Path(GO_DEPS) / "src/golang.org/x/mod/sumdb/tlog").is_dir():
+        pytest.fail(
+            "the third-party tlog verifier needs Go and golang.org/x/mod: "
+            "apt-get install golang-go golang-golang-x-mod-dev (scripts/system-deps does)"
+        )
+    binary = out / "gotlog"
+    env = {**os.environ, "GO111MODULE": "off", "GOPATH": GO_DEPS, "GOCACHE": str(out / "gocache")}
+    subprocess.run([go, "build", "-o", str(binary), str(GOTLOG)], check=True, env=env, timeout=300)
+    return binary
+
+
+@pytest.mark.integration
+async def test_the_go_projects_tlog_code_verifies_our_export(log: AuditLog, tmp_path: Path) -> None:
+    """golang.org/x/mod's sumdb/note and sumdb/tlog (where the C2SP signed-note and
+    tiles formats come from; nothing of interlock's) open our checkpoint under the
+    log's key, authenticate every tile against it, recompute the root, match every
+    entry to its leaf and check an inclusion proof for each. An edited entry or a
+    checkpoint under another key is refused."""
+    cfg = tmp_path / "interlock.toml"
+    cfg.write_text(f'data_dir = "{tmp_path}"\n[audit]\norigin = "{ORIGIN}"\n')
+    key = SIGNER.verifier.encode()
+    root = tmp_path / "tiles"
+    done = await asyncio.to_thread(audit_cli, "tiles", "-c", str(cfg), "--key", key, str(root))
+    assert done.returncode == 0, done.stderr
+    gotlog = await asyncio.to_thread(build_gotlog, tmp_path)
+
+    def check(vkey: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(gotlog), vkey, str(root)], capture_output=True, text=True, timeout=120
+        )
+
+    ok = await asyncio.to_thread(check, key)
+    assert (ok.returncode, ok.stdout) == (0, "ok 600\n"), ok.stderr
+    other = Signer(ORIGIN, Ed25519PrivateKey.generate()).verifier.encode()
+    refused = await asyncio.to_thread(check, other)
+    assert refused.returncode == 1
+    assert "checkpoint" in refused.stderr
+    bundle = root / "tile" / "entries" / "001"
+    data = bytearray(bundle.read_bytes())
+    data[100] ^= 1
+    bundle.write_bytes(bytes(data))
+    edited = await asyncio.to_thread(check, key)
+    assert edited.returncode == 1
+    assert "does not hash to its leaf" in edited.stderr
