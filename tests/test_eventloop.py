@@ -35,7 +35,8 @@ def test_asking_for_uvloop_without_it_is_a_configuration_error(
 
 
 def test_uvloop_runs_the_loop_where_installed() -> None:
-    uvloop = pytest.importorskip("uvloop")
+    import uvloop  # in the test extra: the suite runs it, never skips it
+
     for choice in ("uvloop", "auto"):
         loop = loop_factory(choice)()
         try:

@@ -6,7 +6,8 @@ cycle hidden in a lazy import is still two modules that cannot be read or moved 
 The floors, bottom first (a unit is a subpackage of `interlock`, each proxy its own unit):
 
 0. `errors`, `logs`, `policies` (the bundled Rego, data only): imported by everything.
-1. `core`: the model, the PDP, the policy engines, the context store, canonical JSON.
+1. `core`: the model, the PDP, the policy engines, the context store, canonical JSON;
+   `eventloop` (asyncio or uvloop).
 2. `classify` (SQL, shell, content, MCP classifiers), `intel` (feeds), `config`
    (settings: it names core types).
 3. `audit` (the verifiable log), `identity` (agents, JWTs): read the config.
@@ -33,7 +34,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "interlock"
 
 FLOORS: list[set[str]] = [
     {"interlock", "errors", "logs", "policies"},
-    {"core"},
+    {"core", "eventloop"},
     {"classify", "intel", "config"},
     {"audit", "identity"},
     {"approvals", "credentials"},
