@@ -66,3 +66,26 @@ class Refusals:
     async def drain(self) -> None:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class RefusalBudget:
+    """At most one audited refusal per key (a client address) per `interval` seconds:
+    a refusal anyone can cause without credentials must not let them fill the log. The
+    ones in between are counted and reported with the next one written."""
+
+    def __init__(self, interval: float = 1.0, max_keys: int = 10_000) -> None:
+        self.interval = interval
+        self.max_keys = max_keys
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def take(self, key: str, now: float) -> int | None:
+        """The number suppressed since the last record for `key` when one may be written
+        now, else None (this one is counted)."""
+        last, suppressed = self._last.get(key, (float("-inf"), 0))
+        if now - last < self.interval:
+            self._last[key] = (last, suppressed + 1)
+            return None
+        if key not in self._last and len(self._last) >= self.max_keys:
+            self._last.pop(next(iter(self._last)))
+        self._last[key] = (now, 0)
+        return suppressed

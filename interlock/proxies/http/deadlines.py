@@ -46,7 +46,9 @@ class _Client:
 class Deadlines:
     """mitmproxy addon, first of all so that a head counts as arrived before other
     addons spend time on it (a DNS lookup, say). `close(client_id)` closes a client
-    connection; `exempt(client_id)` says it became a pass-through tunnel."""
+    connection; `exempt(client_id)` says it became a pass-through tunnel; `refused(address,
+    reason)` hears of each connection refused or closed with a request unfinished (an idle
+    keep-alive connection closing is housekeeping, not a refusal)."""
 
     def __init__(
         self,
@@ -56,6 +58,7 @@ class Deadlines:
         idle_timeout: float,
         body_timeout: float,
         max_per_client: int,
+        refused: Callable[[str, str], None] | None = None,
     ) -> None:
         self.close = close
         self.exempt = exempt
@@ -63,6 +66,7 @@ class Deadlines:
         self.idle_timeout = idle_timeout
         self.body_timeout = body_timeout
         self.max_per_client = max_per_client
+        self.refused = refused
         self._clients: dict[str, _Client] = {}
         self._per_address: Counter[str] = Counter()
 
@@ -73,6 +77,8 @@ class Deadlines:
                 "%s has %d connections open: refusing another", address, self.max_per_client
             )
             client.error = f"more than {self.max_per_client} connections from {address}"
+            if self.refused is not None:
+                self.refused(address, client.error)
             return
         self._per_address[address] += 1
         self._clients[client.id] = _Client(address)
@@ -162,4 +168,6 @@ class Deadlines:
             self._untimed(client_id)
             return
         log.info("closing the connection from %s: %s", state.address, why)
+        if self.refused is not None and not why.startswith("idle"):
+            self.refused(state.address, why)
         self.close(client_id)

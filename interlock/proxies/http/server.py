@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import time
 from pathlib import Path
 
 from mitmproxy import http, options
@@ -18,6 +19,7 @@ from interlock.config import HttpConfig, dns_address
 from interlock.core.context import Posture
 from interlock.core.model import Action, Operation
 from interlock.core.pdp import PDP
+from interlock.core.refusal import RefusalBudget, Refusals, guard_action
 from interlock.credentials.broker import Broker
 from interlock.identity.jwt import JwtVerifier
 from interlock.identity.registry import AgentRegistry
@@ -28,7 +30,7 @@ from interlock.proxies.http.framing import Framing
 from interlock.proxies.http.hygiene import Hygiene
 from interlock.proxies.http.identity import AGENT, Identity
 from interlock.proxies.http.inject import Inject, Redact
-from interlock.proxies.http.refusals import Refusals
+from interlock.proxies.http.refusals import Refusals as RefusalAnswers
 from interlock.proxies.http.ssrf import DnsResolver, Resolver, SsrfGuard, SystemResolver
 from interlock.proxies.http.toolpins import ToolPins
 from interlock.proxies.http.tunnel import Tunnels
@@ -69,6 +71,9 @@ class HttpProxy:
         self._unsubscribe = pdp.store.subscribe(self._posture_changed)
         self.reverse_addresses: list[tuple[str, int]] = []
         """Where each `reverse` route listens, in config order."""
+        self.refusals = Refusals(pdp)
+        """Connection-level refusals (deadlines, the per-address cap), audited off-hook."""
+        self.refusal_budget = RefusalBudget()
 
     def _posture_changed(self, agent_id: str, posture: Posture) -> None:
         """Isolation closes the agent's open client connections (tunnels and keep-alive
@@ -128,6 +133,7 @@ class HttpProxy:
                     self.config.idle_timeout,
                     self.config.body_timeout,
                     self.config.max_connections_per_client,
+                    self._connection_refused,
                 )
             ),
             guard_all(Hygiene(self.config.max_header_bytes, self.config.max_headers)),
@@ -155,7 +161,7 @@ class HttpProxy:
             ),
             guard_all(Framing("framing_final")),
             # Last: it audits what any addon before it refused.
-            guard_all(Refusals(self.pdp, self.identity.who)),
+            guard_all(RefusalAnswers(self.pdp, self.identity.who)),
         ]
 
     async def start(self) -> None:
@@ -214,6 +220,19 @@ class HttpProxy:
             await asyncio.sleep(0.01)
         raise RuntimeError("the HTTP proxy did not start listening")
 
+    def _connection_refused(self, address: str, why: str) -> None:
+        """A connection refused or closed with its request unfinished is a decision in
+        the log like any refusal, at most once a second per address (a flood of them is
+        counted in the next record, not written one by one)."""
+        suppressed = self.refusal_budget.take(address, time.monotonic())
+        if suppressed is None:
+            return
+        details = {"client": address, "connection": True, "suppressed_since_last": suppressed}
+        action = guard_action(
+            None, "http", Operation.CONNECT, f"connection from {address}", details
+        )
+        self.refusals.soon(action, why)
+
     async def stop(self) -> None:
         self._unsubscribe()
         if self.master is not None:
@@ -221,6 +240,7 @@ class HttpProxy:
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(self._task, 10)
+        await self.refusals.drain()
 
     @property
     def ca_file(self) -> Path:

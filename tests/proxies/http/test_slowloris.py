@@ -87,8 +87,9 @@ async def echo_round_trip() -> float:
 
 
 async def test_slowloris_is_closed_and_others_are_served(rig: Rig) -> None:
-    proxy, _, upstream = rig
+    proxy, sink, upstream = rig
     assert proxy.address is not None
+    proxy.refusal_budget.interval = 0.0  # every refusal written (the flood limit: below)
     start = time.monotonic()
     conns = [await asyncio.open_connection(*proxy.address) for _ in range(CAP + 20)]
     whole = head(upstream.port, "Content-Length: 5\r\n")
@@ -131,6 +132,19 @@ async def test_slowloris_is_closed_and_others_are_served(rig: Rig) -> None:
             break
         await asyncio.sleep(0.02)
     assert proxy.master.addons.get("proxyserver").connections == {}
+    # Each refusal is a decision in the log: the connections over the cap, and those
+    # closed with a request unfinished (none for the served ones).
+    await proxy.refusals.drain()
+    refused = [r for r in sink.records if r.action.details.get("connection")]
+    reasons = [r.decision.reasons[0] for r in refused]
+    assert sum(x == f"more than {CAP} connections from 127.0.0.1" for x in reasons) == 20
+    assert (
+        sum(x.startswith(("no complete request head", "no complete body")) for x in reasons)
+        >= CAP - 1
+    )
+    assert all(
+        r.decision.effect.value == "deny" and r.action.agent.id == "anonymous" for r in refused
+    )
 
 
 async def test_an_idle_keep_alive_connection_is_closed(rig: Rig) -> None:
