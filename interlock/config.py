@@ -733,6 +733,9 @@ class McpConfig(Section):
     pins: str = "mcp_pins.db"
     """SQLite file of pinned tools (relative: inside data_dir), shared by every process
     on this machine: the gateways, `interlock up` and the CLI."""
+    mode: ModeName | None = None
+    """Enforce or shadow MCP actions (protocol `mcp`: the stdio gateway and the MCP tool
+    calls the HTTP proxy sees); unset: `[http] mode`, then `[policy] mode`."""
 
 
 class Config(Section):
@@ -769,10 +772,11 @@ class Config(Section):
 
     def modes(self) -> Modes:
         """The enforce/shadow settings, keyed as the PDP resolves them (by the action's
-        protocol; `mcp` tool calls follow `[http]`, `envoy` follows `[extauthz]`)."""
+        protocol; `mcp` follows `[mcp]`, else `[http]`; `envoy` follows `[extauthz]`)."""
+        mcp = ("[mcp] mode", self.mcp.mode) if self.mcp.mode else ("[http] mode", None)
         per_proxy = {
             "http": ("[http] mode", self.http and self.http.mode),
-            "mcp": ("[http] mode", self.http and self.http.mode),
+            "mcp": (mcp[0], mcp[1] or (self.http and self.http.mode)),
             "postgres": ("[postgres] mode", self.postgres and self.postgres.mode),
             "ssh": ("[ssh] mode", self.ssh and self.ssh.mode),
             "envoy": ("[extauthz] enforcement", self.extauthz and self.extauthz.enforcement),

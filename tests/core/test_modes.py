@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from interlock.config import Config, HttpConfig
+from interlock.config import Config, HttpConfig, parse_config
 from interlock.core.model import Action, Agent, Decision, Effect, Obligation, Operation, Risk, Tier
 from interlock.core.modes import Mode, Modes, shadow_answer
 from interlock.core.pdp import PDP
@@ -269,3 +270,22 @@ def test_shadow_records_what_enforce_records(
         assert records[0] == records[1]
 
     asyncio.run(both())
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ('[http]\nmode = "shadow"\n', (Mode.SHADOW, "[http] mode")),
+        ('[http]\nmode = "shadow"\n[mcp]\nmode = "enforce"\n', (Mode.ENFORCE, "[mcp] mode")),
+        ('[mcp]\nmode = "shadow"\n', (Mode.SHADOW, "[mcp] mode")),
+        ("", (Mode.ENFORCE, "[policy] mode")),
+    ],
+    ids=["follows http", "mcp beats http", "mcp alone", "neither"],
+)
+def test_mcp_actions_follow_mcp_then_http(section: str, expected: tuple[Mode, str]) -> None:
+    """The stdio gateway and MCP over HTTP decide protocol `mcp`: `[mcp] mode` when set,
+    else the HTTP proxy's, else the global one; `[mcp] mode` never touches plain HTTP."""
+    modes = parse_config(tomllib.loads(section)).modes()
+    assert modes.resolve("planner", "mcp") == expected
+    http_mode = Mode.SHADOW if "[http]" in section else Mode.ENFORCE
+    assert modes.resolve("planner", "http")[0] is http_mode
