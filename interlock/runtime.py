@@ -590,7 +590,13 @@ async def reload(runtime: Runtime) -> None:
         await runtime.pdp.set_modes(runtime.config.modes(), "SIGHUP")
 
 
-MODE_KEYS = (("http", "mode"), ("postgres", "mode"), ("ssh", "mode"), ("extauthz", "enforcement"))
+MODE_KEYS = (
+    ("http", "mode"),
+    ("postgres", "mode"),
+    ("ssh", "mode"),
+    ("extauthz", "enforcement"),
+    ("mcp", "mode"),
+)
 """The per-proxy enforce/shadow settings, which SIGHUP reloads (with `[policy] mode`)."""
 
 

@@ -289,3 +289,21 @@ def test_mcp_actions_follow_mcp_then_http(section: str, expected: tuple[Mode, st
     assert modes.resolve("planner", "mcp") == expected
     http_mode = Mode.SHADOW if "[http]" in section else Mode.ENFORCE
     assert modes.resolve("planner", "http")[0] is http_mode
+
+
+def test_sighup_carries_every_mode_setting_over() -> None:
+    """What SIGHUP re-reads: each proxy's mode and `[mcp] mode`, nothing else."""
+    from interlock.runtime import _with_modes
+
+    old = parse_config(tomllib.loads('[http]\nlisten = "127.0.0.1:1"\n'))
+    new = parse_config(
+        tomllib.loads('[http]\nlisten = "127.0.0.1:2"\nmode = "shadow"\n[mcp]\nmode = "enforce"\n')
+    )
+    merged = _with_modes(old, new)
+    assert merged.http is not None
+    assert (merged.http.mode, merged.http.listen, merged.mcp.mode) == (
+        "shadow",
+        "127.0.0.1:1",
+        "enforce",
+    )
+    assert merged.modes().resolve("a", "mcp") == (Mode.ENFORCE, "[mcp] mode")
