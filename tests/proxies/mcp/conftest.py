@@ -95,12 +95,14 @@ def redis_url() -> Iterator[str]:
         yield redis.url
 
 
-def write_config(path: Path, data_dir: Path, redis_url: str, extra: str = "") -> None:
+def write_config(
+    path: Path, data_dir: Path, redis_url: str, extra: str = "", approval_timeout: float = 1.0
+) -> None:
     path.write_text(
         f'data_dir = "{data_dir}"\n'
         f'[state]\nstore = "{redis_url}"\n'
         f'[agents.coder]\ntoken = "{TOKEN}"\nowner = "{OWNER}"\n'
-        f"[mcp]\napproval_timeout = 1.0\n{extra}"
+        f"[mcp]\napproval_timeout = {approval_timeout}\n{extra}"
     )
 
 
