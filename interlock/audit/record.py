@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
@@ -139,15 +139,15 @@ def _timestamp_fast(t: float) -> str:
     return f"{cached[1]}.{dt.microsecond:06d}Z"
 
 
-_signal_docs: dict[tuple[tuple[str, Any], ...], dict[str, Any]] = {}
+_signal_docs: dict[Hashable, Any] = {}
 
 
 def _signals(signals: Mapping[str, Any], plain: _Plain) -> Any:
     """The sanitized risk signals, memoised: a handful of quantised values recur in
     every record. The memo keys on each value's type too (`1 == 1.0 == True`)."""
     try:
-        key = tuple([(k, type(v), v) for k, v in signals.items()])
-        found = _signal_docs.get(key)  # type: ignore[arg-type]
+        key: Hashable = tuple([(k, type(v), v) for k, v in signals.items()])
+        found = _signal_docs.get(key)
     except TypeError:
         return sanitize(signals, 0, plain)
     if found is None:
@@ -157,7 +157,7 @@ def _signals(signals: Mapping[str, Any], plain: _Plain) -> Any:
             plain.ok = False
             return found
         if len(_signal_docs) < 10_000:
-            _signal_docs[key] = found  # type: ignore[index]
+            _signal_docs[key] = found
     return found
 
 

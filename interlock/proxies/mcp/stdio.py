@@ -95,7 +95,7 @@ def _read_in_thread(f: BinaryIO, reader: asyncio.StreamReader) -> None:
     loop = asyncio.get_running_loop()
 
     def pump() -> None:
-        while data := f.read1(65536):  # type: ignore[attr-defined]
+        while data := os.read(f.fileno(), 65536):
             loop.call_soon_threadsafe(reader.feed_data, data)
         loop.call_soon_threadsafe(reader.feed_eof)
 

@@ -145,7 +145,8 @@ async def test_malformed_from_the_server_is_answered_and_never_forwarded(
     async with gateway(setup, [sys.executable, "-c", script]) as g:
         first = await g.read()
         assert first["method"] == "notifications/message"  # the valid one, and only it
-        g.proc.stdin.close()  # type: ignore[union-attr]
+        assert g.proc.stdin is not None
+        g.proc.stdin.close()
         assert await asyncio.wait_for(g.proc.wait(), 60) == 0
     error = json.loads(log.read_text())
     assert error["id"] is None
@@ -189,7 +190,8 @@ async def test_holds_time_out_are_approved_elsewhere_and_are_withdrawn(
 
             g.send({**call, "id": 3})
             await g.read()  # held
-            g.proc.stdin.close()  # type: ignore[union-attr]
+            assert g.proc.stdin is not None
+            g.proc.stdin.close()
             assert await asyncio.wait_for(g.proc.wait(), 60) == 0
         async with gateway(setup, [sys.executable, SERVER, str(log)]) as g:
             g.send(INIT)

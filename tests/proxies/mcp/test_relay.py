@@ -124,5 +124,6 @@ def test_cancelling_a_request_in_decision_tells_the_server_nothing() -> None:
     cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 4}}
     events = relay.from_host(line_of(cancel, b""))
     assert [type(e).__name__ for e in events] == ["Cancel"]
-    relay.forget(decide.key)  # type: ignore[union-attr]
-    assert relay.allow(decide.key) == []  # type: ignore[union-attr]
+    assert isinstance(decide, Decide)
+    relay.forget(decide.key)
+    assert relay.allow(decide.key) == []
