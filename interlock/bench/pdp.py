@@ -259,7 +259,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         return build_input(sample_action, posture, view, risk, 0.0)
 
     def eval_only() -> object:
-        return policy.evaluate(DECISION_ENTRYPOINT, sample_input)
+        return policy.evaluate(DECISION_ENTRYPOINT, sample_input, bounded=True)
 
     def eval_cpp() -> object:
         return policy_cpp.evaluate(DECISION_ENTRYPOINT, sample_input)

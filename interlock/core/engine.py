@@ -17,6 +17,10 @@ from interlock.errors import PolicyTimeout
 EngineName = Literal["regorus", "rego-cpp"]
 DEFAULT_ENGINE: EngineName = "regorus"
 
+MAX_INPUT_DEPTH = 32
+"""Deeper inputs are rejected by both engines: the PDP builds shallow documents, so depth
+means a bug or a hostile document."""
+
 
 class CompiledPolicy(Protocol):
     """An immutable, compiled bundle. Safe to call from several threads."""
@@ -36,8 +40,10 @@ class CompiledPolicy(Protocol):
     @property
     def entrypoints(self) -> frozenset[str]: ...
 
-    def evaluate(self, entrypoint: str, input: Mapping[str, Any]) -> Any:
-        """Return the entrypoint's value for `input`, or raise a PolicyError subclass."""
+    def evaluate(self, entrypoint: str, input: Mapping[str, Any], *, bounded: bool = False) -> Any:
+        """Return the entrypoint's value for `input`, or raise a PolicyError subclass.
+        `bounded`: the caller built `input` within MAX_INPUT_DEPTH already (the PDP's
+        input builder does), so the engine need not walk it again to check."""
         ...
 
 

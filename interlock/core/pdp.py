@@ -166,7 +166,7 @@ class PDP:
             return await self.settle(a.action, a, decision)
         try:
             a.input_doc = build_input(a.action, a.posture, a.view, a.risk, a.now)
-            result = a.policy.evaluate(self.entrypoint, a.input_doc)
+            result = a.policy.evaluate(self.entrypoint, a.input_doc, bounded=True)
             decision = parse_result(
                 result, decision_id=a.decision_id, risk=a.risk, policy_version=a.version, now=a.now
             )

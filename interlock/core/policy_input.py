@@ -12,12 +12,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from interlock.core.context import ContextView, Posture
+from interlock.core.engine import MAX_INPUT_DEPTH
 from interlock.core.model import Action, Risk
 from interlock.errors import PolicyError
 
 MAX_DETAIL_NODES = 2_000
 """Action details larger than this are refused: a PEP should pass features, not payloads,
 and an unbounded input would let one request stall the decision loop."""
+
+
+DETAILS_DEPTH = 2
+"""How deep `details` sits in the input document (input.action.details)."""
 
 
 class _Budget:
@@ -27,21 +32,26 @@ class _Budget:
         self.left = left
 
 
-def _plain(value: Any, budget: _Budget) -> Any:
+def _plain(value: Any, budget: _Budget, depth: int = DETAILS_DEPTH) -> Any:
+    """A plain copy of a details value. It bounds the size, and the depth too, so the
+    engines need not walk the whole document again (`evaluate(..., bounded=True)`)."""
     budget.left -= 1
     if budget.left < 0:
         raise PolicyError(f"action details exceed {MAX_DETAIL_NODES} values")
     t = type(value)
     if t is str or t is int or t is bool or t is float or value is None:
         return value
+    if depth > MAX_INPUT_DEPTH:
+        raise PolicyError(f"action details nested deeper than {MAX_INPUT_DEPTH}")
+    depth += 1
     if t is tuple or t is list:
-        return [_plain(v, budget) for v in value]
+        return [_plain(v, budget, depth) for v in value]
     if isinstance(value, Mapping):
-        return {str(k): _plain(v, budget) for k, v in value.items()}
+        return {str(k): _plain(v, budget, depth) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v, budget) for v in value]
+        return [_plain(v, budget, depth) for v in value]
     if isinstance(value, (frozenset, set)):
-        return sorted(_plain(v, budget) for v in value)
+        return sorted(_plain(v, budget, depth) for v in value)
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     return str(value)

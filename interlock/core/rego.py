@@ -34,7 +34,7 @@ import regopy
 import regopy.rego_shared as _rs
 
 from interlock.core.bundle import BundleSource
-from interlock.core.engine import CompiledBundle
+from interlock.core.engine import MAX_INPUT_DEPTH, CompiledBundle
 from interlock.core.rego_text import refuse_with
 from interlock.errors import (
     BundleError,
@@ -56,9 +56,6 @@ _in_item = _lib.regoInputObjectItem
 _in_object = _lib.regoInputObject
 _in_array = _lib.regoInputArray
 _in_set = _lib.regoInputSet
-
-MAX_INPUT_DEPTH = 32
-"""Deeper inputs are rejected: the PDP builds shallow documents, so depth means a bug."""
 
 INT64 = (-(2**63), 2**63 - 1)
 
@@ -171,8 +168,9 @@ class RegoPolicy(CompiledBundle):
         self._bundle_impl = bundle._impl
         self._lock = threading.Lock()
 
-    def evaluate(self, entrypoint: str, input: Mapping[str, Any]) -> Any:
-        """Evaluate a compiled entrypoint (`pkg/path/rule`) against `input`."""
+    def evaluate(self, entrypoint: str, input: Mapping[str, Any], *, bounded: bool = False) -> Any:
+        """Evaluate a compiled entrypoint (`pkg/path/rule`) against `input` (converting it
+        checks its depth anyway, so `bounded` changes nothing here)."""
         if entrypoint not in self._entrypoints:
             raise PolicyEvaluationError(f"entrypoint {entrypoint!r} is not compiled")
         with self._lock:

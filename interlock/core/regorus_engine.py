@@ -38,7 +38,7 @@ import regorus
 from interlock.core.bundle import BundleSource
 from interlock.core.canonical import dumps_fast
 from interlock.core.canonical import loads_fast as loads
-from interlock.core.engine import CompiledBundle, CompiledPolicy
+from interlock.core.engine import MAX_INPUT_DEPTH, CompiledBundle, CompiledPolicy
 from interlock.core.rego_text import lacking, refuse_with, spell_out_imports
 from interlock.errors import (
     BundleError,
@@ -52,9 +52,6 @@ try:
     VERSION = _dist_version("celine-regorus")
 except PackageNotFoundError:  # pragma: no cover - a vendored build
     VERSION = "unknown"
-
-MAX_INPUT_DEPTH = 32
-"""Deeper inputs are rejected, as with rego-cpp: the PDP builds shallow documents."""
 
 _UNDEFINED = '"<undefined>"'
 """What `eval_rule_as_json` prints for an undefined rule (and for that very string)."""
@@ -142,13 +139,14 @@ class RegorusPolicy(CompiledBundle):
             return self._keep(RegorusEngine.build(self._source, self._source.modules))
         return engine
 
-    def evaluate(self, entrypoint: str, input: Mapping[str, Any]) -> Any:
+    def evaluate(self, entrypoint: str, input: Mapping[str, Any], *, bounded: bool = False) -> Any:
         """Evaluate a compiled entrypoint (`pkg/path/rule`) against `input`."""
         rule = self._rules.get(entrypoint)
         if rule is None:
             raise PolicyEvaluationError(f"entrypoint {entrypoint!r} is not compiled")
         try:
-            _depth(input)
+            if not bounded:
+                _depth(input)
             text = dumps_fast(input)
         except (TypeError, ValueError) as exc:
             raise PolicyEvaluationError(f"bad policy input: {exc}") from exc

@@ -171,7 +171,7 @@ class Reports:
             decision = a.deny(a.error)
         else:
             try:
-                result = a.policy.evaluate(self.pdp.entrypoint, a.input_doc)
+                result = a.policy.evaluate(self.pdp.entrypoint, a.input_doc, bounded=True)
                 decision = parse_result(
                     result, decision_id=a.decision_id, risk=a.risk,
                     policy_version=a.version, now=a.now,

@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 
 from interlock.core.context import MemoryStore
+from interlock.core.engine import MAX_INPUT_DEPTH
 from interlock.core.model import Action, Agent, Effect, Operation, Tier
 from interlock.core.pdp import PDP
-from interlock.core.policy import PolicyManager
+from interlock.core.policy import DECISION_ENTRYPOINT, PolicyManager
+from interlock.errors import PolicyEvaluationError
 from interlock.testing import CaptureSink, FakeClock, make_pdp
 
 UUID = re.compile(r"^[0-9a-f-]{36}$")
@@ -159,6 +161,28 @@ async def test_oversized_details_are_denied(pdp: PDP) -> None:
     d = await pdp.decide(act(details={"columns": [f"c{i}" for i in range(5000)]}))
     assert d.effect is Effect.DENY
     assert "exceed" in d.reasons[0]
+
+
+def _nested(levels: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+async def test_details_nested_deeper_than_the_engines_accept_are_denied(pdp: PDP) -> None:
+    """The input builder bounds depth itself (the engines then skip their own walk), at
+    the same limit an engine applies to a document handed to it directly."""
+    # details sits at depth 2 of the input, so "tree" at 3: its innermost list is at
+    # depth 32 (allowed) with 30 levels, at 33 with 31.
+    allowed = await pdp.decide(act(details={"tree": _nested(MAX_INPUT_DEPTH - 2)}))
+    assert allowed.effect is Effect.ALLOW
+    doc = {"action": {"details": {"tree": _nested(MAX_INPUT_DEPTH - 1)}}}
+    with pytest.raises(PolicyEvaluationError, match="deeper"):
+        pdp.policy.current.evaluate(DECISION_ENTRYPOINT, doc)
+    denied = await pdp.decide(act(details={"tree": _nested(MAX_INPUT_DEPTH - 1)}))
+    assert denied.effect is Effect.DENY
+    assert f"nested deeper than {MAX_INPUT_DEPTH}" in denied.reasons[0]
 
 
 class BrokenStore(MemoryStore):

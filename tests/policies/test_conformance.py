@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,11 @@ def policy_inputs(draw: st.DrawFn) -> dict[str, Any]:
         details["effects"] = draw(
             st.lists(st.sampled_from(["write", "egress", "read"]), max_size=2)
         )
+    for key in ("globs", "trees", "link_targets", "paths"):
+        if draw(st.integers(0, 4)) == 0:
+            details[key] = draw(
+                st.lists(st.sampled_from([*_PATHS, "/etc/*", "/root/.s*"]), max_size=2)
+            )
     return {
         "agent": {
             "id": draw(st.sampled_from(["reporter", "coder", "runner"])),
@@ -142,6 +148,86 @@ def policy_inputs(draw: st.DrawFn) -> dict[str, Any]:
 def test_generated_inputs_decide_alike(doc: dict[str, Any]) -> None:
     results = {e: _outcome(BUNDLED[e], DECISION_ENTRYPOINT, doc) for e in ENGINES}
     assert results["regorus"] == results["rego-cpp"]
+
+
+GUARD_CHECK = """package guardcheck
+import rego.v1
+full := data.interlock.all_deny_reasons(input, data.interlock.policy)
+guarded := data.interlock.deny_reasons(input, data.interlock.policy)
+"""
+
+
+@pytest.fixture(scope="module")
+def guard_check(tmp_path_factory: pytest.TempPathFactory) -> dict[EngineName, CompiledPolicy]:
+    root = tmp_path_factory.mktemp("guardcheck")
+    shutil.copytree(bundled_policy_dir(), root, dirs_exist_ok=True)
+    (root / "guardcheck.rego").write_text(GUARD_CHECK)
+    # Rules the default data leaves idle (no forbidden operations, no path roots) armed.
+    data = json.loads((root / "data.json").read_text())
+    data["interlock"]["policy"]["forbidden_operations"] = {"postgres": ["ddl"], "ssh": ["forward"]}
+    data["interlock"]["policy"]["path_roots"] = {"ssh": ["/home/"]}
+    (root / "data.json").write_text(json.dumps(data))
+    return {e: _compiled(e, root, ["guardcheck/full", "guardcheck/guarded"]) for e in ENGINES}
+
+
+def _set(doc: dict[str, Any], path: str, value: Any) -> None:
+    *parents, leaf = path.split(".")
+    for key in parents:
+        doc = doc[key]
+    doc[leaf] = value
+
+
+# One field each that some deny rule reads, with values that can trip it.
+_TRIPS = [
+    ("context.posture.isolated", st.just(True)),
+    ("context.posture.restrictions", st.lists(st.sampled_from(_RESTRICTIONS), min_size=1)),
+    ("agent.authn", st.sampled_from(["none", "token"])),
+    ("agent", st.just({"id": "x"})),
+    ("action.threat_matches", st.just(["feed:bad.example"])),
+    ("action.operation", st.sampled_from(_OPS)),
+    ("action.protocol", st.sampled_from(["postgres", "http", "ssh", "envoy", "mcp", "sftp"])),
+    ("action.target", st.sampled_from(_PATHS)),
+    *[
+        (
+            f"action.details.{key}",
+            st.lists(st.sampled_from([*_PATHS, "/etc/*", "/root/.s*"]), min_size=1),
+        )
+        for key in ("globs", "trees", "link_targets", "paths", "reads", "writes")
+    ],
+    ("action.details.flags", st.lists(st.sampled_from(_FLAGS), min_size=1)),
+    ("action.details.effects", st.lists(st.sampled_from(["write", "egress"]), min_size=1)),
+]
+
+
+@st.composite
+def nearly_plain_inputs(draw: st.DrawFn) -> dict[str, Any]:
+    """A plain action with one to three fields a deny rule reads changed: where a
+    shortcut that forgot one condition would answer "nothing to deny"."""
+    doc = draw(policy_inputs())
+    doc["agent"]["authn"] = "token"
+    doc["action"].update(operation="read", details={}, threat_matches=[])
+    doc["action"]["protocol"] = draw(st.sampled_from(["ssh", "postgres", "mcp"]))
+    doc["action"]["target"] = draw(st.sampled_from(_PATHS))
+    doc["context"]["posture"] = {"restrictions": [], "isolated": False}
+    for path, values in draw(st.lists(st.sampled_from(_TRIPS), min_size=1, max_size=3)):
+        _set(doc, path, draw(values))
+    return doc
+
+
+@settings(
+    max_examples=800,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(doc=st.one_of(policy_inputs(), nearly_plain_inputs(), nearly_plain_inputs()))
+def test_the_deny_shortcut_never_hides_a_denial(
+    guard_check: dict[EngineName, CompiledPolicy], doc: dict[str, Any]
+) -> None:
+    """`deny_reasons` answers "none" from one guard before evaluating the ten rules: on
+    every generated input, and on both engines, it equals the ten rules evaluated."""
+    for engine, policy in guard_check.items():
+        full = _outcome(policy, "guardcheck/full", doc)
+        assert _outcome(policy, "guardcheck/guarded", doc) == full, (engine, json.dumps(doc))
 
 
 ENVOY_CASES = [
