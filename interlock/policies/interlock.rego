@@ -16,6 +16,8 @@ decision := decide_with_trials(input, data.interlock.policy)
 # them, so a new rule can be tried inside an enforcing policy (docs/operations.md,
 # "Rolling out"). Empty by default, one `count` per decision.
 decide_with_trials(inp, cfg) := decide(inp, cfg) if {
+	count(object.get(object.get(cfg, "trial", {}), "deny_egress_hosts", [])) == 0
+} else := decide(inp, cfg) if {
 	count(trial_reasons(inp, cfg)) == 0
 } else := object.union(decide(inp, cfg), {"shadow": trial_findings(inp, cfg)})
 
@@ -31,7 +33,13 @@ trial_found(inp, cfg) := {concat("", ["trial: egress to ", inp.action.target]) |
 	inp.action.target in cfg.trial.deny_egress_hosts
 }
 
-decide(inp, cfg) := isolation(inp, cfg) if {
+# The common action first: no taint or threat match (so nothing to isolate for) and
+# nothing to deny, decided by its tier without evaluating either set of rules.
+decide(inp, cfg) := by_tier(inp, cfg) if {
+	count(inp.context.taints) == 0
+	count(inp.action.threat_matches) == 0
+	nothing_to_deny(inp, cfg)
+} else := isolation(inp, cfg) if {
 	count(isolate_reasons(inp, cfg)) > 0
 } else := denial(inp, cfg) if {
 	count(deny_reasons(inp, cfg)) > 0
