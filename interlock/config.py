@@ -331,7 +331,8 @@ class PostgresConfig(Section):
     max_client_conn: int = Field(1000, ge=1)
     """Client sessions at once (logins in progress included); each has its own upstream
     connection, so this also bounds the proxy's share of the database's max_connections.
-    A login past it is refused with SQLSTATE 53300; cancel requests are not counted."""
+    A login past it is refused with SQLSTATE 53300 and audited (at most one record a
+    second per client address, docs/audit.md); cancel requests are not counted."""
     max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     approval_timeout: float = Field(30.0, gt=0)
     """How long a statement held for approval waits before it counts as denied."""

@@ -27,7 +27,13 @@ from interlock.config import AgentConfig, SshConfig
 from interlock.core.context import Posture
 from interlock.core.model import Action, Agent, Decision, Effect, Operation
 from interlock.core.pdp import PDP
-from interlock.core.refusal import Refusals, guard_action, posture_parents
+from interlock.core.refusal import (
+    FloodLimit,
+    Refusals,
+    client_address,
+    guard_action,
+    posture_parents,
+)
 from interlock.credentials.broker import Broker
 from interlock.identity.registry import AgentRegistry
 from interlock.proxies.ssh import connection, session, upstream
@@ -58,6 +64,8 @@ class Connection(asyncssh.SSHServer):
         self.proxy = proxy
         self.conn: asyncssh.SSHServerConnection | None = None
         self.login: Login | None = None
+        self.client = "unknown"
+        """The client's address (the flood limit's key), read while the socket is open."""
         self.offered: str | None = None
         """The user name the client asked to log in as (for the record of a failed login)."""
         self._agent: Agent | None = None
@@ -75,16 +83,25 @@ class Connection(asyncssh.SSHServer):
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
+        self.client = client_address(conn.get_extra_info("peername"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._agent is None and self.offered is not None:
-            # It offered a login and never completed one: authentication failed.
-            target = self.login.target if self.login is not None else ""
-            claimed = {"user": self.offered[:128], "target": target[:128]}
-            self.proxy.refusals.soon(
-                guard_action(None, "ssh", Operation.CONNECT, target, claimed),
-                f"authentication failed for {self.offered[:128]!r}",
-            )
+            # It offered a login and never completed one: authentication failed. Anyone
+            # can cause that, so it is recorded under the flood limit.
+            suppressed = self.proxy.flood.take(self.client)
+            if suppressed is not None:
+                target = self.login.target if self.login is not None else ""
+                claimed = {
+                    "user": self.offered[:128],
+                    "target": target[:128],
+                    "client": self.client,
+                    "suppressed_since_last": suppressed,
+                }
+                self.proxy.flood.refusals.soon(
+                    guard_action(None, "ssh", Operation.CONNECT, target, claimed),
+                    f"authentication failed for {self.offered[:128]!r}",
+                )
         for waiting in list(self.held):
             waiting.cancel()  # the hold records itself as withdrawn
         self.proxy.forget(self)
@@ -245,6 +262,8 @@ class SshProxy:
         self._where: dict[str, Where] = {}
         """Per target: its login user's home and starting directory."""
         self.refusals = Refusals(pdp)
+        self.flood = FloodLimit(pdp, "ssh")
+        """Failed logins, audited at most once a second per client address."""
 
     async def decide(
         self, action: Action, text: str = "", held: set[asyncio.Task[Verdict]] | None = None
@@ -369,6 +388,7 @@ class SshProxy:
         sock = self.server.sockets[0].getsockname()
         self.address = (str(sock[0]), int(sock[1]))
         self._unsubscribe = self.pdp.store.subscribe(self._posture_changed)
+        self.flood.start()
 
     async def stop(self) -> None:
         if self._unsubscribe is not None:
@@ -382,6 +402,7 @@ class SshProxy:
                 if conn.conn is not None:
                     conn.conn.close()
         await self.refusals.drain()
+        await self.flood.stop()
 
 
 def _decided_by(agent: AgentConfig) -> tuple[object, ...]:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from interlock.core.model import Effect, Operation
+from interlock.core.refusal import refusals_counted
 from tests.proxies.ssh.conftest import Rig, make_rig
 from tests.services import free_port, sshd_server
 
@@ -140,16 +141,19 @@ async def test_unknown_keys_and_targets_are_refused(rig: Rig) -> None:
         assert r.returncode == 255
         assert b"Permission denied" in r.stderr
     # No decision was asked; each failed login is recorded under `anonymous`, with the
-    # user it offered (the proxy sees a client go shortly after the client has).
-    for _ in range(100):
-        await rig.proxy.refusals.drain()
-        if len(rig.sink.records) >= 3:
+    # user it offered, or counted in a later record of its address (the flood limit; its
+    # sweep writes what is left). The proxy sees a client go shortly after the client has.
+    for _ in range(200):
+        await rig.proxy.flood.refusals.drain()
+        if refusals_counted(rig.sink.records) >= 3:
             break
-        await asyncio.sleep(0.02)
-    offered = [(r.action.agent.id, r.action.details["user"]) for r in rig.sink.records]
-    assert sorted(offered) == sorted(
+        await asyncio.sleep(0.05)
+    assert refusals_counted(rig.sink.records) == 3
+    offered = [r for r in rig.sink.records if not r.action.details.get("summary")]
+    assert offered, "the first failed login is recorded"
+    assert {(r.action.agent.id, r.action.details["user"]) for r in offered} <= {
         ("anonymous", u) for u in ("coder+nowhere", "mallory", "+web1")
-    )
+    }
     assert all(r.engine is None for r in rig.sink.records)
 
 
