@@ -43,6 +43,8 @@ from interlock.proxies.ssh.sftp import ProxySFTP
 log = logging.getLogger(__name__)
 
 HOST_KEY_FILE = "ssh_host_ed25519_key"
+PEER_CLOSED = "Connection lost"
+"""asyncssh's reason when the client closed its socket (asyncssh/connection.py)."""
 
 
 def load_host_key(path: Path) -> asyncssh.SSHKey:
@@ -86,27 +88,31 @@ class Connection(asyncssh.SSHServer):
         self.client = client_address(conn.get_extra_info("peername"))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._agent is None and self.offered is not None:
-            # It offered a login and never completed one: authentication failed. Anyone
-            # can cause that, so it is recorded under the flood limit.
-            suppressed = self.proxy.flood.take(self.client)
-            if suppressed is not None:
-                target = self.login.target if self.login is not None else ""
-                claimed = {
-                    "user": self.offered[:128],
-                    "target": target[:128],
-                    "client": self.client,
-                    "suppressed_since_last": suppressed,
-                }
-                self.proxy.flood.refusals.soon(
-                    guard_action(None, "ssh", Operation.CONNECT, target, claimed),
-                    f"authentication failed for {self.offered[:128]!r}",
-                )
+        if self._agent is None and (self.offered is not None or closed_by_proxy(exc)):
+            self._refused_before_login(exc)
         for waiting in list(self.held):
             waiting.cancel()  # the hold records itself as withdrawn
         self.proxy.forget(self)
         if self._upstream is not None:
             self._upstream.close()
+
+    def _refused_before_login(self, exc: Exception | None) -> None:
+        """A connection that offered a login and never completed one (authentication
+        failed), or that the proxy closed before any login (a protocol error, the login
+        deadline). Anyone can cause these, so they are recorded under the flood limit."""
+        suppressed = self.proxy.flood.take(self.client)
+        if suppressed is None:
+            return
+        target = self.login.target if self.login is not None else ""
+        details: dict[str, object] = {"target": target[:128], "client": self.client}
+        details["suppressed_since_last"] = suppressed
+        if self.offered is not None:
+            details["user"] = self.offered[:128]
+            why = f"authentication failed for {self.offered[:128]!r}"
+        else:
+            why = f"connection closed before login: {str(exc)[:256] or type(exc).__name__}"
+        action = guard_action(None, "ssh", Operation.CONNECT, target, details)
+        self.proxy.flood.refusals.soon(action, why)
 
     def begin_auth(self, username: str) -> bool:
         self.offered = username
@@ -403,6 +409,16 @@ class SshProxy:
                     conn.conn.close()
         await self.refusals.drain()
         await self.flood.stop()
+
+
+def closed_by_proxy(exc: Exception | None) -> bool:
+    """Whether a connection ended because the proxy ended it (a protocol error, the login
+    deadline: asyncssh's own errors), not because the client left (a disconnect, which
+    asyncssh reports as None, a plain close as `ConnectionLost('Connection lost')`, or a
+    reset, an OSError)."""
+    if not isinstance(exc, asyncssh.Error):
+        return False
+    return not (isinstance(exc, asyncssh.ConnectionLost) and str(exc) == PEER_CLOSED)
 
 
 def _decided_by(agent: AgentConfig) -> tuple[object, ...]:

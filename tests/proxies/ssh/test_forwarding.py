@@ -133,6 +133,18 @@ async def test_login_timeout_and_garbage_leave_the_proxy_serving(rig: Rig) -> No
     assert time.monotonic() - t0 < 15
     silent_w.close()
     assert (await rig.ssh("echo still-serving")).stdout == b"still-serving\n"
+    await rig.proxy.flood.stop()  # writes what the flood limit still counted
+    refused = [r for r in rig.sink.records if r.action.details.get("guard")]
+    assert refusals_counted(refused) == 2, "the garbage and the silent client"
+    reasons = sorted(r.decision.reasons[0] for r in refused if "summary" not in r.action.details)
+    assert reasons[0].startswith("connection closed before login: ")
+    assert reasons in (
+        [
+            "connection closed before login: Login timeout expired",
+            "connection closed before login: Max packet size exceeded",
+        ],
+        ["connection closed before login: Max packet size exceeded"],
+    )
 
 
 async def test_unknown_keys_and_targets_are_refused(rig: Rig) -> None:

@@ -8,10 +8,12 @@ import asyncio
 import subprocess
 from pathlib import Path
 
+import asyncssh
 import pytest
 
 from interlock.core.record import DecisionRecord
 from interlock.core.refusal import refusals_counted
+from interlock.proxies.ssh.server import closed_by_proxy
 from tests.proxies.ssh.conftest import Rig
 
 pytestmark = pytest.mark.integration
@@ -88,3 +90,19 @@ async def test_a_subsystem_not_served_is_a_recorded_denial(rig: Rig) -> None:
     [refused] = await guard_records(rig)
     assert refused.decision.decision_id in done.stderr.decode()
     assert "netconf" in refused.decision.reasons[0]
+
+
+@pytest.mark.parametrize(
+    ("exc", "refused"),
+    [
+        (None, False),  # the client disconnected
+        (asyncssh.ConnectionLost("Connection lost"), False),  # it closed its socket
+        (ConnectionResetError(104, "Connection reset by peer"), False),
+        (asyncssh.ProtocolError("Max packet size exceeded"), True),
+        (asyncssh.ConnectionLost("Login timeout expired"), True),
+    ],
+)
+def test_only_a_connection_the_proxy_closed_before_login_is_a_refusal(
+    exc: Exception | None, refused: bool
+) -> None:
+    assert closed_by_proxy(exc) is refused
