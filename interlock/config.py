@@ -331,7 +331,8 @@ class PostgresConfig(Section):
     max_client_conn: int = Field(1000, ge=1)
     """Client sessions at once (logins in progress included); each has its own upstream
     connection, so this also bounds the proxy's share of the database's max_connections.
-    A login past it is refused with SQLSTATE 53300; cancel requests are not counted."""
+    A login past it is refused with SQLSTATE 53300 and audited (at most one record a
+    second per client address, docs/audit.md); cancel requests are not counted."""
     max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     approval_timeout: float = Field(30.0, gt=0)
     """How long a statement held for approval waits before it counts as denied."""
@@ -478,9 +479,10 @@ class ExtAuthzConfig(Section):
     """How long a request refused for approval stays open for a human to answer; once
     approved, a retry of the same request passes (`[approvals] grant_ttl`, `grant_uses`)."""
     max_concurrent_checks: int = Field(256, ge=1)
-    """gRPC Checks in progress at once; more are refused at once with RESOURCE_EXHAUSTED
-    (Envoy then denies the request, `status_on_error`), so an overload is answered
-    instead of queued past Envoy's timeout, where finishing it is wasted work."""
+    """gRPC Checks in progress at once; more are denied at once (HTTP 503, audited at most
+    once a second per peer), so an overload is answered instead of queued past Envoy's
+    timeout, where finishing it is wasted work. A denial, not a gRPC error, so that
+    `failure_mode_allow` cannot let a shed request through (docs/extauthz.md)."""
 
     @field_validator("http_listen", mode="before")
     @classmethod

@@ -62,8 +62,10 @@ def postgres_server() -> contextlib.AbstractContextManager[Postgres]:
     return _required(_postgres_server())
 
 
-def envoy_server(app_port: int, authz_port: int) -> contextlib.AbstractContextManager[int]:
-    return _required(_envoy_server(app_port, authz_port))
+def envoy_server(
+    app_port: int, authz_port: int, failure_mode_allow: bool = False
+) -> contextlib.AbstractContextManager[int]:
+    return _required(_envoy_server(app_port, authz_port, failure_mode_allow=failure_mode_allow))
 
 
 def nginx_server(app_port: int, authz_port: int) -> contextlib.AbstractContextManager[int]:

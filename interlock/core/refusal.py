@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import contextlib
+import time
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from interlock.core.context import Posture
@@ -11,10 +13,18 @@ from interlock.core.model import Action, Agent, Operation
 
 if TYPE_CHECKING:
     from interlock.core.pdp import PDP
+    from interlock.core.record import DecisionRecord
 
 ANONYMOUS = Agent("anonymous", authn="none")
 """Who a refusal is recorded for when the guard refused before anyone was identified (a
 malformed request, failed authentication): what the client claimed goes in `details`."""
+
+UNRECORDED = "not recorded on its own: counted in the next record for this address (flood limit)"
+"""What a client refused under the flood limit is told instead of a decision id."""
+FORGOTTEN = "*"
+"""The key under which `RefusalBudget.due` reports counts of keys it forgot to make room."""
+SWEEP_MIN_S = 0.1
+"""The shortest pause between `FloodLimit` sweeps (an interval of 0 writes every refusal)."""
 
 POSTURE_REASON = "decision "
 """How `PDP._apply` names the decision that set a posture (`Posture.reason`)."""
@@ -26,6 +36,25 @@ def posture_parents(posture: Posture) -> tuple[str, ...]:
     if posture.reason.startswith(POSTURE_REASON):
         return (posture.reason[len(POSTURE_REASON) :],)
     return ()
+
+
+def client_address(peername: object) -> str:
+    """A flood limit's key from a socket's `peername`: the address without its port (a
+    flood opens a new port per connection)."""
+    if isinstance(peername, tuple) and peername:
+        return str(peername[0])
+    return str(peername or "unknown")
+
+
+def refusals_counted(records: Iterable[DecisionRecord]) -> int:
+    """How many refusals the flood-limited records among `records` stand for: each is one
+    (a `summary` none) plus the ones it reports as suppressed."""
+    total = 0
+    for record in records:
+        details = record.action.details
+        if "suppressed_since_last" in details:
+            total += (0 if details.get("summary") else 1) + int(details["suppressed_since_last"])
+    return total
 
 
 def guard_action(
@@ -77,6 +106,7 @@ class RefusalBudget:
         self.interval = interval
         self.max_keys = max_keys
         self._last: dict[str, tuple[float, int]] = {}
+        self._forgotten = 0
 
     def take(self, key: str, now: float) -> int | None:
         """The number suppressed since the last record for `key` when one may be written
@@ -86,6 +116,68 @@ class RefusalBudget:
             self._last[key] = (last, suppressed + 1)
             return None
         if key not in self._last and len(self._last) >= self.max_keys:
-            self._last.pop(next(iter(self._last)))
+            self._forgotten += self._last.pop(next(iter(self._last)))[1]
         self._last[key] = (now, 0)
         return suppressed
+
+    def counted(self, key: str) -> int:
+        """Refusals from `key` counted and not yet reported."""
+        return self._last.get(key, (0.0, 0))[1]
+
+    def due(self, now: float) -> list[tuple[str, int]]:
+        """The counts left behind by floods that stopped (no record for their key for an
+        `interval`), each now reported: a count waiting for its key's next refusal
+        could wait forever. Counts of keys forgotten to make room come as `FORGOTTEN`."""
+        out: list[tuple[str, int]] = []
+        for key, (last, suppressed) in list(self._last.items()):
+            if suppressed and now - last >= self.interval:
+                self._last[key] = (now, 0)
+                out.append((key, suppressed))
+        if self._forgotten:
+            out.append((FORGOTTEN, self._forgotten))
+            self._forgotten = 0
+        return out
+
+
+class FloodLimit:
+    """One proxy's refusals that anyone can cause: `take` says whether to write this one
+    (and what it reports), and a sweep writes the counts a flood leaves when it stops,
+    so every refusal is a record or counted in one."""
+
+    def __init__(self, pdp: PDP, protocol: str, interval: float = 1.0) -> None:
+        self.budget = RefusalBudget(interval)
+        self.refusals = Refusals(pdp)
+        self.protocol = protocol
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def take(self, key: str) -> int | None:
+        """As `RefusalBudget.take`, now."""
+        return self.budget.take(key, time.monotonic())
+
+    def start(self) -> None:
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def stop(self) -> None:
+        """Stops sweeping and writes every count still waiting."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        self.report(float("inf"))
+        await self.refusals.drain()
+
+    def report(self, now: float) -> None:
+        """Writes the counts `RefusalBudget.due` at `now`, as `summary` records."""
+        for key, count in self.budget.due(now):
+            details = {"client": key, "suppressed_since_last": count, "summary": True}
+            action = guard_action(
+                None, self.protocol, Operation.CONNECT, f"refusals from {key}", details
+            )
+            why = f"{count} refusal(s) from {key} counted by the flood limit"
+            self.refusals.soon(action, why)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(max(self.budget.interval, SWEEP_MIN_S))
+            self.report(time.monotonic())

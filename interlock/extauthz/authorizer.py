@@ -198,6 +198,15 @@ class Authorizer:
                 return entry.agent("mtls")
         return Unidentified("no agent identity (bearer JWT, identity header or mTLS principal)")
 
+    async def refuse_undecided(
+        self, req: AuthzRequest, reason: str, details: dict[str, Any]
+    ) -> Decision:
+        """A Check refused before it was decided (shed under overload, or past its
+        deadline): recorded under `anonymous` with the request it carried, unread."""
+        action = self._action(ANONYMOUS, req, None, None)
+        noted = replace(action, details={**action.details, "guard": True, **details})
+        return await self.pdp.refuse(noted, reason)
+
     async def _refuse(self, agent: Agent, req: AuthzRequest, reason: str) -> AuthzResponse:
         decision = await self.pdp.refuse(self._action(agent, req, None, None), reason)
         return denial(decision)

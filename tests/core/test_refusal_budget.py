@@ -1,12 +1,15 @@
 """The flood limit on refusals anyone can cause: one record per key per interval, the
-rest counted into the next one."""
+rest counted into the next one, and no count left behind when a flood stops."""
 
 from __future__ import annotations
 
-from hypothesis import given
+import asyncio
+
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from interlock.core.refusal import RefusalBudget
+from interlock.core.refusal import FloodLimit, RefusalBudget, refusals_counted
+from interlock.testing import CaptureSink, make_pdp
 
 
 @given(st.lists(st.tuples(st.sampled_from("abc"), st.floats(0, 0.7)), max_size=200))
@@ -29,3 +32,64 @@ def test_one_record_per_key_per_interval_and_nothing_uncounted(
     # What is still counted is exactly what the next record would report.
     for key, left in counted.items():
         assert left == budget.take(key, now + 10.0)
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("refuse"), st.sampled_from("abcdef"), st.floats(0, 0.8)),
+            st.tuples(st.just("sweep"), st.just(""), st.floats(0, 0.8)),
+        ),
+        max_size=150,
+    ),
+    st.integers(1, 4),
+)
+def test_records_and_their_counts_add_up_to_every_refusal(
+    events: list[tuple[str, str, float]], max_keys: int
+) -> None:
+    """Refusals at random times from more addresses than the budget remembers, with sweeps
+    between them: records written plus the counts they report equal the refusals made."""
+    budget = RefusalBudget(interval=1.0, max_keys=max_keys)
+    now, refused, records, reported = 0.0, 0, 0, 0
+    for kind, key, step in events:
+        now += step
+        if kind == "refuse":
+            refused += 1
+            suppressed = budget.take(key, now)
+            if suppressed is not None:
+                records, reported = records + 1, reported + suppressed
+        else:
+            for _, count in budget.due(now):
+                assert count > 0
+                reported += count
+    for _, count in budget.due(float("inf")):  # at shutdown
+        reported += count
+    assert records + reported == refused
+
+
+async def test_a_stopped_flood_is_reported_by_the_sweep_without_a_further_refusal() -> None:
+    sink = CaptureSink()
+    flood = FloodLimit(make_pdp(sink=sink), "postgres", interval=0.2)
+    flood.start()
+    try:
+        assert flood.take("192.0.2.7") == 0  # written by its proxy
+        assert flood.take("192.0.2.7") is None
+        assert flood.take("192.0.2.7") is None
+        for _ in range(200):
+            await flood.refusals.drain()
+            if sink.records:
+                break
+            await asyncio.sleep(0.01)
+        [summary] = sink.records
+    finally:
+        await flood.stop()
+    details = summary.action.details
+    assert (details["client"], details["suppressed_since_last"], details["summary"]) == (
+        "192.0.2.7",
+        2,
+        True,
+    )
+    assert summary.action.agent.id == "anonymous"
+    assert refusals_counted(sink.records) == 2
+    assert len(sink.records) == 1, "stopping writes nothing more when nothing is pending"

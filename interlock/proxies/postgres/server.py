@@ -32,7 +32,13 @@ from interlock.core.dataflow import value_fingerprints
 from interlock.core.enforcement import posture_veto
 from interlock.core.model import Action, Agent, Decision, Effect, Operation
 from interlock.core.pdp import PDP
-from interlock.core.refusal import guard_action, posture_parents
+from interlock.core.refusal import (
+    UNRECORDED,
+    FloodLimit,
+    client_address,
+    guard_action,
+    posture_parents,
+)
 from interlock.credentials.broker import Broker, CredentialError
 from interlock.credentials.leases import Lease
 from interlock.errors import StateError
@@ -159,6 +165,8 @@ class PostgresProxy:
         self._sessions: dict[tuple[int, int], _Session] = {}
         self._clients = 0
         """Connections that sent a StartupMessage and have not ended (`max_client_conn`)."""
+        self.flood = FloodLimit(pdp, "postgres")
+        """Refusals before authentication, audited at most once a second per address."""
         self.use_agents(agents)
         self._server: asyncio.Server | None = None
         self.client_tls = _server_context(config)
@@ -185,6 +193,7 @@ class PostgresProxy:
         self._server = await asyncio.start_server(self._handle, host.strip("[]"), int(port))
         sock = self._server.sockets[0].getsockname()
         self.address = (sock[0], sock[1])
+        self.flood.start()
         if self.config.catalog_refresh > 0:
             self._refresher = asyncio.get_running_loop().create_task(self._refresh_loop())
 
@@ -280,6 +289,7 @@ class PostgresProxy:
             await self._server.wait_closed()
         for session in list(self._sessions.values()):
             await self._terminate(session, "the proxy is shutting down", "57P01")
+        await self.flood.stop()
 
     # --- connection set-up ---------------------------------------------------------
 
@@ -352,10 +362,9 @@ class PostgresProxy:
                 break
             raise ProtocolError("expected a startup packet")
         if self._clients >= self.config.max_client_conn:
-            limit = self.config.max_client_conn
-            await self._fatal(
-                writer, f"too many client connections (max_client_conn {limit})", "53300"
-            )
+            why = f"too many client connections (max_client_conn {self.config.max_client_conn})"
+            details = {"user": msg.params["user"][:128], "shed": True}
+            await self._refuse_anonymous(writer, msg.params.get("database"), details, why, "53300")
             return None
         self._clients += 1
         counted.append(True)
@@ -498,8 +507,13 @@ class PostgresProxy:
         authenticated: bool = True,
     ) -> None:
         """A refused login: denied, audited, and told with the id. Before authentication
-        it is recorded under `anonymous`, with the user it claimed in details."""
-        known = self.agents.get(user) if authenticated else None
+        it is recorded under `anonymous`, with the user it claimed in details, under the
+        flood limit (`_refuse_anonymous`)."""
+        if not authenticated:
+            details = {"user": user[:128]}
+            await self._refuse_anonymous(writer, params.get("database"), details, reason, code)
+            return
+        known = self.agents.get(user)
         who = Agent(user, tuple(known.roles), known.owner, (), "token") if known else None
         db = params.get("database", self.upstream.database)
         details = {"database": db, "user": user[:128]}
@@ -511,11 +525,40 @@ class PostgresProxy:
         self, writer: asyncio.StreamWriter, session: _Session | None, reason: str, code: str
     ) -> None:
         """A connection ended by a guard outside the login's own checks (its deadline, a
-        protocol violation, an internal error): audited too."""
-        agent = session.agent if session is not None else None
-        target = session.database if session is not None else self.upstream.database
-        action = guard_action(agent, "postgres", Operation.CONNECT, target, {"database": target})
+        protocol violation, an internal error): audited too, under the flood limit when
+        no session had been opened."""
+        if session is None:
+            await self._refuse_anonymous(writer, None, {}, reason, code)
+            return
+        target = session.database
+        details = {"database": target}
+        action = guard_action(session.agent, "postgres", Operation.CONNECT, target, details)
         refused = await self.pdp.refuse(action, reason)
+        await self._fatal(writer, f"interlock: {_reason(refused)}", code)
+
+    async def _refuse_anonymous(
+        self,
+        writer: asyncio.StreamWriter,
+        database: str | None,
+        details: Mapping[str, Any],
+        reason: str,
+        code: str,
+    ) -> None:
+        """A refusal anyone can cause without credentials (a login past max_client_conn,
+        failed authentication, a deadline or protocol violation before login): recorded
+        under `anonymous` at most once a second per client address, with the number
+        refused since the last record; a client refused in between is told so instead
+        of an id."""
+        client = client_address(writer.get_extra_info("peername"))
+        suppressed = self.flood.take(client)
+        if suppressed is None:
+            await self._fatal(writer, f"interlock: {reason} ({UNRECORDED})", code)
+            return
+        db = database or self.upstream.database
+        noted = {"database": db, **details, "client": client}
+        noted["suppressed_since_last"] = suppressed
+        attempt = guard_action(None, "postgres", Operation.CONNECT, db, noted)
+        refused = await self.pdp.refuse(attempt, reason)
         await self._fatal(writer, f"interlock: {_reason(refused)}", code)
 
     async def _authenticate(

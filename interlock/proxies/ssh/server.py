@@ -27,7 +27,13 @@ from interlock.config import AgentConfig, SshConfig
 from interlock.core.context import Posture
 from interlock.core.model import Action, Agent, Decision, Effect, Operation
 from interlock.core.pdp import PDP
-from interlock.core.refusal import Refusals, guard_action, posture_parents
+from interlock.core.refusal import (
+    FloodLimit,
+    Refusals,
+    client_address,
+    guard_action,
+    posture_parents,
+)
 from interlock.credentials.broker import Broker
 from interlock.identity.registry import AgentRegistry
 from interlock.proxies.ssh import connection, session, upstream
@@ -37,6 +43,8 @@ from interlock.proxies.ssh.sftp import ProxySFTP
 log = logging.getLogger(__name__)
 
 HOST_KEY_FILE = "ssh_host_ed25519_key"
+PEER_CLOSED = "Connection lost"
+"""asyncssh's reason when the client closed its socket (asyncssh/connection.py)."""
 
 
 def load_host_key(path: Path) -> asyncssh.SSHKey:
@@ -58,6 +66,8 @@ class Connection(asyncssh.SSHServer):
         self.proxy = proxy
         self.conn: asyncssh.SSHServerConnection | None = None
         self.login: Login | None = None
+        self.client = "unknown"
+        """The client's address (the flood limit's key), read while the socket is open."""
         self.offered: str | None = None
         """The user name the client asked to log in as (for the record of a failed login)."""
         self._agent: Agent | None = None
@@ -75,21 +85,34 @@ class Connection(asyncssh.SSHServer):
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
+        self.client = client_address(conn.get_extra_info("peername"))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._agent is None and self.offered is not None:
-            # It offered a login and never completed one: authentication failed.
-            target = self.login.target if self.login is not None else ""
-            claimed = {"user": self.offered[:128], "target": target[:128]}
-            self.proxy.refusals.soon(
-                guard_action(None, "ssh", Operation.CONNECT, target, claimed),
-                f"authentication failed for {self.offered[:128]!r}",
-            )
+        if self._agent is None and (self.offered is not None or closed_by_proxy(exc)):
+            self._refused_before_login(exc)
         for waiting in list(self.held):
             waiting.cancel()  # the hold records itself as withdrawn
         self.proxy.forget(self)
         if self._upstream is not None:
             self._upstream.close()
+
+    def _refused_before_login(self, exc: Exception | None) -> None:
+        """A connection that offered a login and never completed one (authentication
+        failed), or that the proxy closed before any login (a protocol error, the login
+        deadline). Anyone can cause these, so they are recorded under the flood limit."""
+        suppressed = self.proxy.flood.take(self.client)
+        if suppressed is None:
+            return
+        target = self.login.target if self.login is not None else ""
+        details: dict[str, object] = {"target": target[:128], "client": self.client}
+        details["suppressed_since_last"] = suppressed
+        if self.offered is not None:
+            details["user"] = self.offered[:128]
+            why = f"authentication failed for {self.offered[:128]!r}"
+        else:
+            why = f"connection closed before login: {str(exc)[:256] or type(exc).__name__}"
+        action = guard_action(None, "ssh", Operation.CONNECT, target, details)
+        self.proxy.flood.refusals.soon(action, why)
 
     def begin_auth(self, username: str) -> bool:
         self.offered = username
@@ -245,6 +268,8 @@ class SshProxy:
         self._where: dict[str, Where] = {}
         """Per target: its login user's home and starting directory."""
         self.refusals = Refusals(pdp)
+        self.flood = FloodLimit(pdp, "ssh")
+        """Failed logins, audited at most once a second per client address."""
 
     async def decide(
         self, action: Action, text: str = "", held: set[asyncio.Task[Verdict]] | None = None
@@ -369,6 +394,7 @@ class SshProxy:
         sock = self.server.sockets[0].getsockname()
         self.address = (str(sock[0]), int(sock[1]))
         self._unsubscribe = self.pdp.store.subscribe(self._posture_changed)
+        self.flood.start()
 
     async def stop(self) -> None:
         if self._unsubscribe is not None:
@@ -382,6 +408,17 @@ class SshProxy:
                 if conn.conn is not None:
                     conn.conn.close()
         await self.refusals.drain()
+        await self.flood.stop()
+
+
+def closed_by_proxy(exc: Exception | None) -> bool:
+    """Whether a connection ended because the proxy ended it (a protocol error, the login
+    deadline: asyncssh's own errors), not because the client left (a disconnect, which
+    asyncssh reports as None, a plain close as `ConnectionLost('Connection lost')`, or a
+    reset, an OSError)."""
+    if not isinstance(exc, asyncssh.Error):
+        return False
+    return not (isinstance(exc, asyncssh.ConnectionLost) and str(exc) == PEER_CLOSED)
 
 
 def _decided_by(agent: AgentConfig) -> tuple[object, ...]:

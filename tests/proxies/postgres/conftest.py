@@ -37,7 +37,7 @@ class Proxied:
     def dsn(self, user: str = "reporter", password: str = TOKEN) -> str:
         return f"postgresql://{user}:{password}@{self.host}:{self.port}/{self.database}"
 
-    def psql(self, command: str) -> subprocess.CompletedProcess[str]:
+    def psql(self, command: str, password: str = TOKEN) -> subprocess.CompletedProcess[str]:
         """The real psql client running `command` as the reporter agent (blocking)."""
         return subprocess.run(
             [
@@ -57,7 +57,7 @@ class Proxied:
             capture_output=True,
             text=True,
             timeout=60,
-            env={**os.environ, "PGPASSWORD": TOKEN},
+            env={**os.environ, "PGPASSWORD": password},
         )
 
 

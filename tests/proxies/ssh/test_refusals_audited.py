@@ -8,9 +8,12 @@ import asyncio
 import subprocess
 from pathlib import Path
 
+import asyncssh
 import pytest
 
 from interlock.core.record import DecisionRecord
+from interlock.core.refusal import refusals_counted
+from interlock.proxies.ssh.server import closed_by_proxy
 from tests.proxies.ssh.conftest import Rig
 
 pytestmark = pytest.mark.integration
@@ -20,6 +23,7 @@ CAUSE = "01a24dc8-0000-7000-8000-000000000002"
 
 async def guard_records(rig: Rig) -> list[DecisionRecord]:
     await rig.proxy.refusals.drain()
+    await rig.proxy.flood.refusals.drain()
     return [r for r in rig.sink.records if r.action.details.get("guard")]
 
 
@@ -51,6 +55,31 @@ async def test_a_failed_login_is_recorded_as_anonymous(rig: Rig, tmp_path: Path)
     assert failed.decision.reasons == ("authentication failed for 'coder'",)
 
 
+async def test_failed_logins_are_recorded_or_counted(rig: Rig) -> None:
+    """Anyone can fail a login: one record per address per interval, the rest counted in
+    the next record of that address, none lost."""
+    rig.proxy.flood.budget.interval = 60.0  # every failed login after the first is counted
+    for user in ("mallory", "coder+nowhere", "+web1", "eve"):
+        assert (await rig.ssh("true", user=user)).returncode == 255
+    for _ in range(200):  # the proxy sees a client go shortly after the client has
+        if rig.proxy.flood.budget.counted("127.0.0.1") == 3:
+            break
+        await asyncio.sleep(0.05)
+    await rig.proxy.flood.stop()  # writes what it still counted
+    written, summary = [r for r in rig.sink.records if r.action.details.get("guard")]
+    assert written.action.details["user"] in ("mallory", "coder+nowhere", "+web1", "eve")
+    assert (written.action.details["client"], written.action.details["suppressed_since_last"]) == (
+        "127.0.0.1",
+        0,
+    )
+    assert (summary.action.details["summary"], summary.action.details["client"]) == (
+        True,
+        "127.0.0.1",
+    )
+    assert summary.action.details["suppressed_since_last"] == 3
+    assert refusals_counted(rig.sink.records) == 4
+
+
 async def test_a_subsystem_not_served_is_a_recorded_denial(rig: Rig) -> None:
     done = await asyncio.to_thread(
         subprocess.run,
@@ -61,3 +90,19 @@ async def test_a_subsystem_not_served_is_a_recorded_denial(rig: Rig) -> None:
     [refused] = await guard_records(rig)
     assert refused.decision.decision_id in done.stderr.decode()
     assert "netconf" in refused.decision.reasons[0]
+
+
+@pytest.mark.parametrize(
+    ("exc", "refused"),
+    [
+        (None, False),  # the client disconnected
+        (asyncssh.ConnectionLost("Connection lost"), False),  # it closed its socket
+        (ConnectionResetError(104, "Connection reset by peer"), False),
+        (asyncssh.ProtocolError("Max packet size exceeded"), True),
+        (asyncssh.ConnectionLost("Login timeout expired"), True),
+    ],
+)
+def test_only_a_connection_the_proxy_closed_before_login_is_a_refusal(
+    exc: Exception | None, refused: bool
+) -> None:
+    assert closed_by_proxy(exc) is refused
