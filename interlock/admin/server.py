@@ -192,7 +192,7 @@ async def agent(request: web.Request) -> web.Response:
     _known(request, agent_id)
     pdp = _pdp(request)
     now = pdp.clock()
-    view = await pdp.store.view(agent_id, "", now)
+    view = await pdp.store.view(agent_id, "", now, recent=True)
     posture = await pdp.store.posture(agent_id, now)
     return web.json_response(
         {

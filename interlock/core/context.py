@@ -102,7 +102,13 @@ PostureListener = Callable[[str, Posture], None]
 class StateStore(Protocol):
     """Where context and posture live. All methods may be called concurrently."""
 
-    async def view(self, agent_id: str, target_key: str, now: float) -> ContextView: ...
+    async def view(
+        self, agent_id: str, target_key: str, now: float, *, recent: bool = False
+    ) -> ContextView:
+        """The agent's context for a decision on `target_key`. The recent actions are
+        read only when asked (`recent`): no decision reads them, and from Redis they
+        are 64 JSON documents per call."""
+        ...
 
     async def record(
         self,
@@ -222,7 +228,9 @@ class MemoryStore(Listeners):
             state = self._agents[agent_id] = _Agent()
         return state
 
-    async def view(self, agent_id: str, target_key: str, now: float) -> ContextView:
+    async def view(
+        self, agent_id: str, target_key: str, now: float, *, recent: bool = False
+    ) -> ContextView:
         state = self._agents.get(agent_id)
         if state is None:
             return ContextView()
@@ -237,7 +245,7 @@ class MemoryStore(Listeners):
             actions_last_minute=len(state.window),
             approved=state.answers.get(target_key, (0, 0))[0],
             denied=state.answers.get(target_key, (0, 0))[1],
-            recent=tuple(state.recent),
+            recent=tuple(state.recent) if recent else (),
             taint_sources=dict(state.taint_sources),
             baseline_per_minute=_baseline_of(state, now),
         )

@@ -319,8 +319,11 @@ class PDP:
         ]
         if not matches and not flows and parents == action.parents:
             return action
-        details = dict(action.details)
+        # Details are copied (and frozen again) only when they change: they are already
+        # frozen, and re-freezing them was most of this step for a tainted agent.
+        details = action.details
         if flows:
+            details = dict(details)
             details["flows"] = [{"source": f.source, "labels": sorted(f.labels)} for f in flows[:8]]
         return replace(
             action,

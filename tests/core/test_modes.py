@@ -144,7 +144,7 @@ async def test_context_is_updated_as_if_allowed(clock: FakeClock, sink: CaptureS
     assert sink.last.decision.effect is Effect.DENY
     assert not sink.last.enforced
     await pdp.decide(act(Operation.EGRESS, "example.org", taints=("untrusted_content",)))
-    view = await pdp.store.view(AGENT.id, "k", clock())
+    view = await pdp.store.view(AGENT.id, "k", clock(), recent=True)
     assert [r.effect for r in view.recent] == ["allow", "allow"], view.recent
     assert "untrusted_content" in view.taints, "what the allowed action brought in taints"
 

@@ -59,7 +59,7 @@ async def test_direct_connections_are_dropped_counted_and_audited(fresh: HostWor
         assert "firewall" in record["reasons"][0]
     assert "counter packets 0 " not in await w.table()
     # A decision like any other: it is in the agent's context the next decision reads.
-    view = await w.runtime.pdp.store.view("coder", "", time.time())
+    view = await w.runtime.pdp.store.view("coder", "", time.time(), recent=True)
     assert {(a.protocol, a.effect) for a in view.recent} >= {("host", "deny")}
     await control_unaffected(w)
 

@@ -38,7 +38,8 @@ async def test_context_is_kept_as_the_embedded_store_keeps_it(store: RedisStore)
             "a", RecentAction(f"d{i}", now + i, "pg", "read", "t", "allow"), "pg:read:t",
             {"untrusted_content": now + 60} if i == 0 else {},
         )  # fmt: skip
-    view = await store.view("a", "pg:read:t", now + 3)
+    assert (await store.view("a", "pg:read:t", now + 3)).recent == (), "read only when asked"
+    view = await store.view("a", "pg:read:t", now + 3, recent=True)
     assert view.first_seen is False
     assert view.actions_last_minute == 3
     assert [r.decision_id for r in view.recent] == ["d0", "d1", "d2"]
