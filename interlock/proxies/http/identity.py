@@ -101,13 +101,16 @@ class Identity:
         flow.metadata[AGENT] = agent
         self.clients[flow.client_conn.id] = agent.id
 
+    def tunnel_agent(self, client_id: str) -> Agent | None:
+        """The agent whose CONNECT opened this client connection's tunnel, if any: what
+        is refused inside the tunnel before a request is read is theirs."""
+        tunnel = self._tunnels.get(client_id)
+        return tunnel[0] if tunnel is not None else None
+
     async def who(self, flow: http.HTTPFlow) -> Agent | None:
         """Whom `flow` speaks for, without answering it: a refusal made before this addon
         ran (a malformed request) is audited under the agent its credentials name."""
-        tunnel = self._tunnels.get(flow.client_conn.id)
-        if tunnel is not None:
-            return tunnel[0]
-        return await self._authenticate(flow)
+        return self.tunnel_agent(flow.client_conn.id) or await self._authenticate(flow)
 
     def client_disconnected(self, client: connection.Client) -> None:
         self._tunnels.pop(client.id, None)

@@ -19,6 +19,7 @@ clients name the gateway, not the upstream.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from mitmproxy import connection, http, tls
 from mitmproxy.net.http import url
@@ -52,10 +53,16 @@ def misdirected(flow: http.HTTPFlow, reason: str) -> None:
 
 
 class Tunnels:
-    """mitmproxy addon."""
+    """mitmproxy addon. `refused(client, target, reason)` hears of each TLS handshake
+    refused, to audit it (its CONNECT was decided, the handshake's refusal is another)."""
 
-    def __init__(self, passthrough: frozenset[str]) -> None:
+    def __init__(
+        self,
+        passthrough: frozenset[str],
+        refused: Callable[[connection.Client, str, str], None] | None = None,
+    ) -> None:
         self.passthrough = frozenset(_norm(h) for h in passthrough)
+        self.refused = refused
         self._refused: dict[str, str] = {}
         self.tunnelled: set[str] = set()
         """Client connections that opened a CONNECT tunnel."""
@@ -83,8 +90,13 @@ class Tunnels:
     def tls_start_client(self, data: tls.TlsData) -> None:
         """Runs after mitmproxy's own TLS set-up; without a TLS context mitmproxy closes
         the client connection, which is how a refused handshake ends."""
-        if self._refused.pop(data.context.client.id, None) is not None:
+        why = self._refused.pop(data.context.client.id, None)
+        if why is not None:
             data.ssl_conn = None
+            if self.refused is not None:
+                server = data.context.server.address
+                target = str(server[0]) if server is not None else ""
+                self.refused(data.context.client, target, why)
 
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         self.tunnelled.add(flow.client_conn.id)

@@ -81,7 +81,7 @@ def tunnel_get(proxy: tuple[str, int], target: str, sni: str, cafile: Path) -> s
 async def test_sni_disagreeing_with_the_connect_target_is_refused(
     tmp_path: Path, https_upstream: Upstream
 ) -> None:
-    proxy, _ = await start_proxy(
+    proxy, sink = await start_proxy(
         tmp_path, allow_networks=["127.0.0.0/8"], upstream_ca=https_upstream.cert
     )
     try:
@@ -96,6 +96,13 @@ async def test_sni_disagreeing_with_the_connect_target_is_refused(
     finally:
         await proxy.stop()
     assert https_upstream.hits == ["/tunnel"]
+    # The refused handshake is a decision of its own, under the agent of its CONNECT.
+    [record] = [r for r in sink.records if r.action.details.get("guard")]
+    assert record.action.details["tls"] is True
+    assert record.action.agent.id == "coder"
+    assert record.action.target == "localhost"
+    assert "'evil.example' does not match" in record.decision.reasons[0]
+    assert record.decision.effect.value == "deny"
 
 
 async def test_a_passthrough_host_is_tunnelled_without_interception(

@@ -1,0 +1,131 @@
+"""What mitmproxy's HTTP/1 parser refuses before any addon sees a request, audited.
+
+A request line mitmproxy cannot parse (`GET /` with no version, a bad authority, bytes
+that are not HTTP at all), and an origin-form request with no Host on the forward
+listener, are answered 400 by mitmproxy's own HTTP/1 server layer and closed before a
+flow exists: no hook runs, so no guard could record them. `ParserGuard` puts
+`AuditedHttp1Server` in mitmproxy's place on every HTTP layer (the slot mitmproxy keeps
+for client playback, `HttpLayer.connections`). It asks the addons through its own
+blocking hook (`http_parser_refused`) before it answers, so the answer is interlock's
+JSON refusal naming the decision id. Refusals made once a flow exists (a bad
+Content-Length or chunk size, an invalid header name) reach the `error` hook instead
+(`refusals.Refusals`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from mitmproxy import connection
+from mitmproxy.connection import ConnectionState
+from mitmproxy.proxy import commands, events, layer, layers
+from mitmproxy.proxy.layers.http._base import HttpEvent
+from mitmproxy.proxy.layers.http._events import ErrorCode, ResponseProtocolError
+from mitmproxy.proxy.layers.http._http1 import Http1Server
+
+MAX_REASON = 256
+"""A reason quotes what the client sent (mitmproxy's repr of it): enough to see what was
+refused, not a way to write the client's bytes into the log at length."""
+
+
+@dataclass
+class ParserRefusal:
+    client: connection.Client
+    target: str
+    """The host its tunnel or reverse route leads to ("": a forward request's own)."""
+    reason: str
+    decision_id: str | None = None
+    """Set by the addon that audited it; None when the record was rate-limited."""
+
+
+@dataclass
+class HttpParserRefusedHook(commands.StartHook):  # type: ignore[no-untyped-call]  # mitmproxy's Hook.__init_subclass__
+    """mitmproxy's HTTP/1 parser refused a request no flow was made for."""
+
+    refusal: ParserRefusal
+
+
+def answer(refusal: ParserRefusal) -> bytes:
+    """interlock's 400, as `answer.refuse` would write it, closing the connection."""
+    body: dict[str, str] = {"error": "malformed request", "reason": refusal.reason}
+    if refusal.decision_id is not None:
+        body["decision_id"] = refusal.decision_id
+    else:
+        body["audit"] = "rate-limited: counted in the next record for this address"
+    content = json.dumps(body).encode()
+    head = (
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+        f"Connection: close\r\nContent-Length: {len(content)}\r\n\r\n"
+    )
+    return head.encode() + content
+
+
+class AuditedHttp1Server(Http1Server):
+    """mitmproxy's HTTP/1 server layer, asking the addons before it refuses a request
+    that has no flow."""
+
+    def read_headers(self, event: events.ConnectionEvent) -> layer.CommandGenerator[None]:
+        held: list[commands.Command] = []
+        for command in super().read_headers(event):
+            # The only answer this state sends is the 400 for a head it cannot parse;
+            # with no request parsed, no flow follows it.
+            if held or (isinstance(command, commands.SendData) and self.request is None):
+                held.append(command)
+            else:
+                yield command
+        if not held:
+            return
+        # mitmproxy logs the parser's error as "<client address>: <error>".
+        logged = [c.message for c in held if isinstance(c, commands.Log)]
+        reason = logged[0].partition(": ")[2] if logged else "unreadable request head"
+        yield from self._refuse(reason)
+        for command in held:
+            if not isinstance(command, (commands.SendData, commands.CloseConnection)):
+                yield command
+
+    def send(self, event: HttpEvent) -> layer.CommandGenerator[None]:
+        if (
+            isinstance(event, ResponseProtocolError)
+            and event.code is ErrorCode.DESTINATION_UNKNOWN
+            and self.response is None
+        ):
+            # Sent before any hook: the request head has no destination to decide on.
+            yield from self._refuse(event.message)
+            return
+        yield from super().send(event)
+
+    def _refuse(self, reason: str) -> layer.CommandGenerator[None]:
+        server = self.context.server.address
+        target = str(server[0]) if server is not None else ""
+        refusal = ParserRefusal(self.context.client, target, reason[:MAX_REASON])
+        yield HttpParserRefusedHook(refusal)
+        if self.conn.state & ConnectionState.CAN_WRITE:
+            yield commands.SendData(self.conn, answer(refusal))
+        yield commands.CloseConnection(self.conn)
+        self.state = self.done
+
+
+Audit = Callable[[ParserRefusal], Awaitable[str | None]]
+
+
+class ParserGuard:
+    """mitmproxy addon, after mitmproxy's NextLayer: gives each HTTP/1 layer the audited
+    server, and audits what it refuses through `audit` (the decision id, or None)."""
+
+    def __init__(self, audit: Audit) -> None:
+        self.audit = audit
+
+    def next_layer(self, nextlayer: layer.NextLayer) -> None:
+        http_layer = nextlayer.layer
+        if not isinstance(http_layer, layers.HttpLayer):
+            return
+        client = http_layer.context.client
+        alpn = client.alpn or b""
+        if alpn == b"h2" or alpn.startswith(b"h3"):
+            return  # mitmproxy's HTTP/2 and HTTP/3 servers: not this parser
+        http_layer.connections[client] = AuditedHttp1Server(http_layer.context.fork())
+
+    async def http_parser_refused(self, refusal: ParserRefusal) -> None:
+        refusal.decision_id = await self.audit(refusal)
