@@ -5,32 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from interlock.core.record import DecisionRecord
-from interlock.proxies.http.server import HttpProxy
 from interlock.testing import CaptureSink
-from tests.proxies.http.rawupstream import RawUpstream
-from tests.proxies.http.util import BASIC, raw_exchange, start_proxy
+from tests.proxies.http import test_refusals_audited
+from tests.proxies.http.util import BASIC, raw_exchange
 
 pytestmark = pytest.mark.integration
 
-Rig = tuple[HttpProxy, CaptureSink, RawUpstream]
+Rig = test_refusals_audited.Rig
+rig = test_refusals_audited.rig
+"""A proxy (flood limit as configured) and a raw-socket upstream logging what it reads."""
 AUTH = f"Proxy-Authorization: Basic {BASIC}\r\n".encode()
-
-
-@pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    upstream = await RawUpstream().start()
-    proxy, sink = await start_proxy(tmp_path, allow_networks=["127.0.0.0/8"], max_body_bytes=2048)
-    yield proxy, sink, upstream
-    await proxy.stop()
-    await upstream.stop()
 
 
 def guarded(sink: CaptureSink) -> list[DecisionRecord]:
