@@ -49,8 +49,8 @@ class Identity:
         self._tunnels: dict[str, tuple[Agent, AgentEntry | None]] = {}
         """Client connection id -> the agent a CONNECT authenticated, and its registry
         entry then: a tunnel's requests are checked against the entry now (SIGHUP)."""
-        self.clients: dict[str, str] = {}
-        """Client connection id -> agent id, for closing an isolated agent's connections."""
+        self.clients: dict[str, Agent] = {}
+        """Client connection id -> its agent, for closing an isolated agent's connections."""
 
     async def _authenticate(self, flow: http.HTTPFlow) -> Agent | None:
         header = flow.request.headers.get("Proxy-Authorization", "")
@@ -77,7 +77,7 @@ class Identity:
             challenge(flow, "missing or invalid Proxy-Authorization on CONNECT")
             return
         self._tunnels[flow.client_conn.id] = (agent, self.registry.get(agent.id))
-        self.clients[flow.client_conn.id] = agent.id
+        self.clients[flow.client_conn.id] = agent
         flow.metadata[AGENT] = agent
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -99,7 +99,7 @@ class Identity:
             challenge(flow, "missing or invalid credentials")
             return
         flow.metadata[AGENT] = agent
-        self.clients[flow.client_conn.id] = agent.id
+        self.clients[flow.client_conn.id] = agent
 
     def tunnel_agent(self, client_id: str) -> Agent | None:
         """The agent whose CONNECT opened this client connection's tunnel, if any: what

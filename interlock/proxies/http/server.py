@@ -18,7 +18,7 @@ from interlock.config import HttpConfig, dns_address
 from interlock.core.context import Posture
 from interlock.core.model import Action, Operation
 from interlock.core.pdp import PDP
-from interlock.core.refusal import RefusalBudget, Refusals
+from interlock.core.refusal import RefusalBudget, Refusals, guard_action, posture_parents
 from interlock.credentials.broker import Broker
 from interlock.identity.jwt import JwtVerifier
 from interlock.identity.registry import AgentRegistry
@@ -85,23 +85,35 @@ class HttpProxy:
             return
         # A moment's grace: the request whose decision isolated the agent is still being
         # answered on one of these connections, and its 403 should reach the agent.
-        asyncio.get_running_loop().call_later(CLOSE_GRACE_S, self._close_connections, agent_id)
+        asyncio.get_running_loop().call_later(
+            CLOSE_GRACE_S, self._close_connections, agent_id, posture_parents(posture)
+        )
 
-    def _close_connections(self, agent_id: str) -> None:
-        for cid, aid in list(self.identity.clients.items()):
-            if aid == agent_id:
-                log.warning("agent %s isolated: closing its proxy connection", agent_id)
-                self._close_client(cid)
+    def _close_connections(self, agent_id: str, parents: tuple[str, ...]) -> None:
+        """Each connection isolation ends is a record, its parent the isolating decision."""
+        for cid, agent in list(self.identity.clients.items()):
+            if agent.id != agent_id:
+                continue
+            log.warning("agent %s isolated: closing its proxy connection", agent_id)
+            address = self._close_client(cid)
+            if address is not None:
+                details = {"client": address, "session": "ended"}
+                target = f"connection from {address}"
+                action = guard_action(agent, "http", Operation.CONNECT, target, details, parents)
+                self.refusals.soon(action, "session ended: agent isolated")
 
-    def _close_client(self, client_id: str) -> None:
-        """Close one client connection (mitmproxy then ends its server side too)."""
+    def _close_client(self, client_id: str) -> str | None:
+        """Close one client connection (mitmproxy then ends its server side too); the
+        client's address if it was open."""
         if self.master is None:
-            return
+            return None
         handler = self.master.addons.get("proxyserver").connections.get(client_id)
         if handler is not None and handler.client in handler.transports:
             writer = handler.transports[handler.client].writer
             if writer is not None:
                 writer.close()
+                return str(handler.client.peername[0])
+        return None
 
     async def _refused(self, flow: http.HTTPFlow, why: str) -> str | None:
         """An SSRF refusal is audited like any denial, so the log shows what was tried

@@ -183,7 +183,7 @@ async def test_a_host_header_naming_another_host_gets_421(
 async def test_isolation_closes_the_agents_open_tunnels(
     tmp_path: Path, https_upstream: Upstream
 ) -> None:
-    proxy, _ = await start_proxy(tmp_path, allow_networks=["127.0.0.0/8"])
+    proxy, sink = await start_proxy(tmp_path, allow_networks=["127.0.0.0/8"])
     try:
         assert proxy.address is not None
         reader, writer = await asyncio.open_connection(*proxy.address)
@@ -193,12 +193,17 @@ async def test_isolation_closes_the_agents_open_tunnels(
         assert head.startswith(b"HTTP/1.1 200")
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        await proxy.pdp.store.restrict("coder", (), isolate=True)
+        await proxy.pdp.store.restrict("coder", (), isolate=True, reason="decision cause-1")
         assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the proxy
         assert loop.time() - t0 < 1.0
         writer.close()
     finally:
         await proxy.stop()
+    # The connection it ended is a record of its own, linked to the isolating decision.
+    [ended] = [r for r in sink.records if r.action.details.get("session") == "ended"]
+    assert ended.action.agent.id == "coder"
+    assert ended.action.parents == ("cause-1",)
+    assert ended.decision.reasons == ("session ended: agent isolated",)
 
 
 async def test_an_absolute_url_inside_a_tunnel_must_name_the_tunnel(
