@@ -9,7 +9,10 @@ for client playback, `HttpLayer.connections`). It asks the addons through its ow
 blocking hook (`http_parser_refused`) before it answers, so the answer is interlock's
 JSON refusal naming the decision id. Refusals made once a flow exists (a bad
 Content-Length or chunk size, an invalid header name) reach the `error` hook instead
-(`refusals.Refusals`).
+(`refusals.Refusals`). Over HTTP/2 (inside a tunnel) every refusal of the client's
+frames or header block ends the whole connection (GOAWAY) through one method,
+`protocol_error`: `AuditedHttp2Server` audits it there, once, and names the decision in
+the GOAWAY's debug data.
 """
 
 from __future__ import annotations
@@ -18,12 +21,15 @@ import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import h2.errors
 from mitmproxy import connection
 from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy import commands, events, layer, layers
+from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers.http._base import HttpEvent
 from mitmproxy.proxy.layers.http._events import ErrorCode, ResponseProtocolError
 from mitmproxy.proxy.layers.http._http1 import Http1Server
+from mitmproxy.proxy.layers.http._http2 import Http2Server
 
 MAX_REASON = 256
 """A reason quotes what the client sent (mitmproxy's repr of it): enough to see what was
@@ -97,14 +103,34 @@ class AuditedHttp1Server(Http1Server):
         yield from super().send(event)
 
     def _refuse(self, reason: str) -> layer.CommandGenerator[None]:
-        server = self.context.server.address
-        target = str(server[0]) if server is not None else ""
-        refusal = ParserRefusal(self.context.client, target, reason[:MAX_REASON])
-        yield HttpParserRefusedHook(refusal)
+        refusal = yield from audit(self.context, reason)
         if self.conn.state & ConnectionState.CAN_WRITE:
             yield commands.SendData(self.conn, answer(refusal))
         yield commands.CloseConnection(self.conn)
         self.state = self.done
+
+
+class AuditedHttp2Server(Http2Server):
+    """mitmproxy's HTTP/2 server layer, asking the addons before it ends a connection
+    for a protocol error (an invalid header block, a frame out of order)."""
+
+    def protocol_error(
+        self, message: str, error_code: int = h2.errors.ErrorCodes.PROTOCOL_ERROR
+    ) -> layer.CommandGenerator[None]:
+        refusal = yield from audit(self.context, message)
+        if refusal.decision_id is not None:
+            message = f"{message} (decision {refusal.decision_id})"
+        yield from super().protocol_error(message, error_code)
+
+
+def audit(context: Context, reason: str) -> layer.CommandGenerator[ParserRefusal]:
+    """Ask the addons to audit a refusal of `context`'s client (the hook blocks until
+    they have); the refusal, with its decision id if one was written."""
+    server = context.server.address
+    target = str(server[0]) if server is not None else ""
+    refusal = ParserRefusal(context.client, target, reason[:MAX_REASON])
+    yield HttpParserRefusedHook(refusal)
+    return refusal
 
 
 Audit = Callable[[ParserRefusal], Awaitable[str | None]]
@@ -123,9 +149,14 @@ class ParserGuard:
             return
         client = http_layer.context.client
         alpn = client.alpn or b""
-        if alpn == b"h2" or alpn.startswith(b"h3"):
-            return  # mitmproxy's HTTP/2 and HTTP/3 servers: not this parser
-        http_layer.connections[client] = AuditedHttp1Server(http_layer.context.fork())
+        server: layer.Layer
+        if alpn.startswith(b"h3"):
+            return  # never offered: the listeners are TCP
+        if alpn == b"h2":
+            server = AuditedHttp2Server(http_layer.context.fork())
+        else:
+            server = AuditedHttp1Server(http_layer.context.fork())
+        http_layer.connections[client] = server
 
     async def http_parser_refused(self, refusal: ParserRefusal) -> None:
         refusal.decision_id = await self.audit(refusal)

@@ -55,11 +55,14 @@ def listener_mode(client: connection.Client) -> str:
 def refused_by_parser(flow: http.HTTPFlow) -> bool:
     """mitmproxy refused to read the rest of a request it had started (its error hook
     fires before the request was complete, and the client did not just leave). A CONNECT
-    never completes as a request (its tunnel follows); its head was decided."""
+    never completes as a request (its tunnel follows); its head was decided. Over HTTP/2
+    mitmproxy refuses by ending the connection, audited once there (`parser.py`); a
+    stream's own error is the client's reset."""
     why = flow.error.msg if flow.error is not None else ""
     return (
         bool(why)
         and flow.request.method != "CONNECT"
+        and not flow.request.is_http2
         and flow.request.timestamp_end is None
         and not any(left in why for left in CLIENT_LEFT)
     )

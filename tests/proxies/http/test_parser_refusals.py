@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from interlock.core.record import DecisionRecord
 from interlock.testing import CaptureSink
 from tests.proxies.http import test_refusals_audited
+from tests.proxies.http.rawh2 import h2_exchange
 from tests.proxies.http.util import BASIC, raw_exchange
 
 pytestmark = pytest.mark.integration
@@ -187,4 +188,44 @@ async def test_every_malformed_request_is_recorded_or_counted(
 
     await until(lambda: accounted() >= len(requests) + 1)
     assert accounted() == len(requests) + 1, [r.decision.reasons for r in guarded(sink)[before:]]
+    assert upstream.requests == []
+
+
+def h2_block(port: int) -> list[tuple[bytes, bytes]]:
+    """The pseudo-headers of a GET, but for `:path`."""
+    return [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"localhost:%d" % port)]
+
+
+H2_MALFORMED: dict[str, Callable[[int], list[tuple[bytes, bytes]]]] = {
+    "no :path": lambda p: h2_block(p),
+    "a pseudo-header after a field": lambda p: [
+        *h2_block(p)[:2],
+        (b"x-a", b"1"),
+        (b":authority", b"localhost:%d" % p),
+        (b":path", b"/"),
+    ],
+    "an upper-case field name": lambda p: [*h2_block(p), (b":path", b"/"), (b"X-Upper", b"1")],
+    "a connection-specific field": lambda p: [
+        *h2_block(p),
+        (b":path", b"/"),
+        (b"connection", b"keep-alive"),
+    ],
+    "an unknown pseudo-header": lambda p: [*h2_block(p), (b":path", b"/"), (b":evil", b"1")],
+}
+
+
+@pytest.mark.parametrize("block", H2_MALFORMED.values(), ids=H2_MALFORMED.keys())
+async def test_an_http2_protocol_error_is_one_audited_refusal_named_in_the_goaway(
+    rig: Rig, block: Callable[[int], list[tuple[bytes, bytes]]]
+) -> None:
+    proxy, sink, upstream = rig
+    proxy.refusal_budget.interval = 0.0
+    target = f"localhost:{upstream.port}"
+    status, _, sent = await h2_exchange(proxy, target, block(upstream.port))
+    await until(lambda: bool(guarded(sink)))
+    assert status is None
+    refused = guarded(sink)
+    assert [(r.action.agent.id, r.action.target) for r in refused] == [("coder", "localhost")]
+    assert sent is not None  # ended by a GOAWAY, whose debug data names the decision
+    assert f"(decision {refused[0].decision.decision_id})".encode() in sent
     assert upstream.requests == []
