@@ -6,16 +6,19 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from interlock.config import ReverseRoute
 from interlock.core.record import DecisionRecord
 from interlock.testing import CaptureSink
 from tests.proxies.http import test_refusals_audited
 from tests.proxies.http.rawh2 import h2_exchange
-from tests.proxies.http.util import BASIC, raw_exchange
+from tests.proxies.http.rawupstream import RawUpstream
+from tests.proxies.http.util import BASIC, raw_exchange, start_proxy
 
 pytestmark = pytest.mark.integration
 
@@ -228,4 +231,23 @@ async def test_an_http2_protocol_error_is_one_audited_refusal_named_in_the_goawa
     assert [(r.action.agent.id, r.action.target) for r in refused] == [("coder", "localhost")]
     assert sent is not None  # ended by a GOAWAY, whose debug data names the decision
     assert f"(decision {refused[0].decision.decision_id})".encode() in sent
+    assert upstream.requests == []
+
+
+async def test_a_malformed_request_to_a_reverse_listener_is_audited(tmp_path: Path) -> None:
+    upstream = await RawUpstream().start()
+    route = ReverseRoute(listen="127.0.0.1:0", upstream=f"http://127.0.0.1:{upstream.port}")
+    proxy, sink = await start_proxy(tmp_path, allow_networks=["127.0.0.0/8"], reverse=[route])
+    try:
+        answer = await raw_exchange(proxy.reverse_addresses[0], b"GET /x\r\n\r\n")
+    finally:
+        await proxy.stop()
+        await upstream.stop()
+    [record] = guarded(sink)
+    assert record.action.details["mode"] == "reverse"
+    assert record.action.details["parser"] is True
+    assert record.action.target == "127.0.0.1"  # the route's upstream
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["decision_id"] == (
+        record.decision.decision_id
+    )
     assert upstream.requests == []
