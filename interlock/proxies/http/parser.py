@@ -1,4 +1,4 @@
-"""What mitmproxy's HTTP/1 parser refuses before any addon sees a request, audited.
+"""What mitmproxy's HTTP/1 and HTTP/2 server layers refuse before any addon sees it, audited.
 
 A request line mitmproxy cannot parse (`GET /` with no version, a bad authority, bytes
 that are not HTTP at all), and an origin-form request with no Host on the forward
@@ -31,9 +31,7 @@ from mitmproxy.proxy.layers.http._events import ErrorCode, ResponseProtocolError
 from mitmproxy.proxy.layers.http._http1 import Http1Server
 from mitmproxy.proxy.layers.http._http2 import Http2Server
 
-MAX_REASON = 256
-"""A reason quotes what the client sent (mitmproxy's repr of it): enough to see what was
-refused, not a way to write the client's bytes into the log at length."""
+from interlock.proxies.http.answer import COUNTED, MAX_QUOTED_REASON
 
 
 @dataclass
@@ -48,7 +46,8 @@ class ParserRefusal:
 
 @dataclass
 class HttpParserRefusedHook(commands.StartHook):  # type: ignore[no-untyped-call]  # mitmproxy's Hook.__init_subclass__
-    """mitmproxy's HTTP/1 parser refused a request no flow was made for."""
+    """mitmproxy's HTTP server layer refused what a client sent before any flow existed
+    (addons: `http_parser_refused(refusal)`, which sets `refusal.decision_id`)."""
 
     refusal: ParserRefusal
 
@@ -59,7 +58,7 @@ def answer(refusal: ParserRefusal) -> bytes:
     if refusal.decision_id is not None:
         body["decision_id"] = refusal.decision_id
     else:
-        body["audit"] = "rate-limited: counted in the next record for this address"
+        body["audit"] = COUNTED
     content = json.dumps(body).encode()
     head = (
         "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
@@ -128,7 +127,7 @@ def audit(context: Context, reason: str) -> layer.CommandGenerator[ParserRefusal
     they have); the refusal, with its decision id if one was written."""
     server = context.server.address
     target = str(server[0]) if server is not None else ""
-    refusal = ParserRefusal(context.client, target, reason[:MAX_REASON])
+    refusal = ParserRefusal(context.client, target, reason[:MAX_QUOTED_REASON])
     yield HttpParserRefusedHook(refusal)
     return refusal
 
@@ -137,8 +136,9 @@ Audit = Callable[[ParserRefusal], Awaitable[str | None]]
 
 
 class ParserGuard:
-    """mitmproxy addon, after mitmproxy's NextLayer: gives each HTTP/1 layer the audited
-    server, and audits what it refuses through `audit` (the decision id, or None)."""
+    """mitmproxy addon, after mitmproxy's NextLayer: gives each HTTP layer the audited
+    HTTP/1 or HTTP/2 server, and audits what it refuses through `audit` (the decision
+    id, or None)."""
 
     def __init__(self, audit: Audit) -> None:
         self.audit = audit

@@ -28,7 +28,7 @@ from mitmproxy.proxy import mode_specs
 from interlock.core.model import Action, Agent, Operation
 from interlock.core.pdp import PDP
 from interlock.core.refusal import RefusalBudget, guard_action
-from interlock.proxies.http.answer import REFUSAL
+from interlock.proxies.http.answer import COUNTED, MAX_QUOTED_REASON, REFUSAL
 from interlock.proxies.http.identity import AGENT
 
 GUARD_ERRORS = (
@@ -44,8 +44,6 @@ CLIENT_LEFT = (
 )
 """Flow errors where the client went away (or a deadline closed it, recorded by then):
 nothing was refused."""
-COUNTED_NOTE = "rate-limited: counted in the next record for this address"
-"""Said instead of a decision id when a refusal's record was rate-limited."""
 
 
 def listener_mode(client: connection.Client) -> str:
@@ -122,7 +120,7 @@ class Refusals:
         guard = any(mark in why for mark in GUARD_ERRORS)
         if guard or refused_by_parser(flow):
             flow.metadata[REFUSAL] = why
-            await self._record(flow, why, parser=not guard)
+            await self._record(flow, why if guard else why[:MAX_QUOTED_REASON], parser=not guard)
 
     async def _answered(self, flow: http.HTTPFlow) -> None:
         why = flow.metadata.get(REFUSAL)
@@ -136,7 +134,7 @@ class Refusals:
             return
         if isinstance(body, dict):
             if decision_id is None:
-                body["audit"] = COUNTED_NOTE
+                body["audit"] = COUNTED
             else:
                 body["decision_id"] = decision_id
             flow.response.set_content(json.dumps(body).encode())
