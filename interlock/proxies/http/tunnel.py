@@ -43,6 +43,14 @@ def _norm(host: str) -> str:
         return h
 
 
+def refused_handshake(error: str) -> bool:
+    """Whether a failed client handshake was refused by mitmproxy (its own parser, or
+    OpenSSL on its side) rather than ended by the client (an alert, a close)."""
+    if error.startswith("Cannot parse ClientHello"):
+        return True
+    return "SSL routines" in error and "alert" not in error
+
+
 def misdirected(flow: http.HTTPFlow, reason: str) -> None:
     refuse(
         flow,
@@ -97,6 +105,18 @@ class Tunnels:
                 server = data.context.server.address
                 target = str(server[0]) if server is not None else ""
                 self.refused(data.context.client, target, why)
+
+    def tls_failed_client(self, data: tls.TlsData) -> None:
+        """mitmproxy refused the handshake itself (a ClientHello it cannot parse, a
+        protocol version or ciphers it does not accept): a refusal like the SNI check's.
+        A client that closed early or sent an alert (it does not trust the CA) refused
+        the proxy, not the other way round."""
+        why = data.conn.error or ""
+        if self.refused is None or not refused_handshake(why):
+            return
+        server = data.context.server.address
+        target = str(server[0]) if server is not None else ""
+        self.refused(data.context.client, target, f"TLS handshake refused: {why}")
 
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         self.tunnelled.add(flow.client_conn.id)

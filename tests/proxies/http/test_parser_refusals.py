@@ -14,11 +14,12 @@ from hypothesis import strategies as st
 
 from interlock.config import ReverseRoute
 from interlock.core.record import DecisionRecord
+from interlock.proxies.http.tunnel import refused_handshake
 from interlock.testing import CaptureSink
 from tests.proxies.http import test_refusals_audited
 from tests.proxies.http.rawh2 import h2_exchange
 from tests.proxies.http.rawupstream import RawUpstream
-from tests.proxies.http.util import BASIC, raw_exchange, start_proxy
+from tests.proxies.http.util import BASIC, raw_exchange, start_proxy, tunnel
 
 pytestmark = pytest.mark.integration
 
@@ -119,6 +120,23 @@ async def test_garbage_inside_a_tunnel_is_the_tunnels_agents(rig: Rig) -> None:
     assert json.loads(answer.partition(b"\r\n\r\n")[2])["decision_id"] == (
         refused[0].decision.decision_id
     )
+    assert upstream.requests == []
+
+
+async def test_a_clienthello_the_proxy_cannot_parse_is_the_tunnels_agents(rig: Rig) -> None:
+    proxy, sink, upstream = rig
+    reader, writer = await tunnel(proxy, f"127.0.0.1:{upstream.port}")
+    try:
+        # A TLS handshake record whose ClientHello claims more bytes than it holds.
+        writer.write(b"\x16\x03\x01\x00\x08\x01\x00\x00\x04\xff\xff\xff\xff")
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, nothing answered
+    finally:
+        writer.close()
+    await until(lambda: bool(guarded(sink)))
+    [record] = guarded(sink)
+    assert (record.action.agent.id, record.action.target) == ("coder", "127.0.0.1")
+    assert record.action.details["tls"] is True
+    assert record.decision.reasons[0].startswith("TLS handshake refused: Cannot parse")
     assert upstream.requests == []
 
 
@@ -251,3 +269,20 @@ async def test_a_malformed_request_to_a_reverse_listener_is_audited(tmp_path: Pa
         record.decision.decision_id
     )
     assert upstream.requests == []
+
+
+@pytest.mark.parametrize(
+    ("error", "refused"),
+    [
+        ("Cannot parse ClientHello: 160301000801000004ffffffff", True),
+        ("('SSL routines', '', 'no shared cipher')", True),
+        ("('SSL routines', '', 'unsupported protocol')", True),
+        ("The client does not trust the proxy's certificate for x (tlsv1 alert unknown ca)", False),
+        ("('SSL routines', '', 'sslv3 alert certificate unknown')", False),
+        ("connection closed early", False),  # the client left, or the SNI check (its own)
+    ],
+)
+def test_a_handshake_is_refused_by_the_proxy_not_ended_by_the_client(
+    error: str, refused: bool
+) -> None:
+    assert refused_handshake(error) is refused
