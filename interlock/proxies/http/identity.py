@@ -53,9 +53,13 @@ class Identity:
         """Client connection id -> its agent, for closing an isolated agent's connections."""
 
     async def _authenticate(self, flow: http.HTTPFlow) -> Agent | None:
-        header = flow.request.headers.get("Proxy-Authorization", "")
-        if not header and isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode):
-            header = flow.request.headers.get(GATEWAY_HEADER, "")
+        return await self.named_by(flow.request.headers, flow.client_conn)
+
+    async def named_by(self, headers: http.Headers, client: connection.Client) -> Agent | None:
+        """The agent these request headers' credentials name, if they are valid."""
+        header = headers.get("Proxy-Authorization", "")
+        if not header and isinstance(client.proxy_mode, mode_specs.ReverseMode):
+            header = headers.get(GATEWAY_HEADER, "")
         scheme, _, value = header.partition(" ")
         if scheme.lower() == "basic":
             try:

@@ -22,12 +22,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import h2.errors
-from mitmproxy import connection
+from mitmproxy import connection, http
 from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy import commands, events, layer, layers
 from mitmproxy.proxy.context import Context
-from mitmproxy.proxy.layers.http._base import HttpEvent
-from mitmproxy.proxy.layers.http._events import ErrorCode, ResponseProtocolError
+from mitmproxy.proxy.layers.http._base import HttpEvent, ReceiveHttp
+from mitmproxy.proxy.layers.http._events import (
+    ErrorCode,
+    RequestProtocolError,
+    ResponseProtocolError,
+)
 from mitmproxy.proxy.layers.http._http1 import Http1Server
 from mitmproxy.proxy.layers.http._http2 import Http2Server
 
@@ -38,8 +42,11 @@ from interlock.proxies.http.answer import COUNTED, MAX_QUOTED_REASON
 class ParserRefusal:
     client: connection.Client
     target: str
-    """The host its tunnel or reverse route leads to ("": a forward request's own)."""
+    """The host its tunnel or reverse route leads to, else the one its head names ("":
+    no head was read)."""
     reason: str
+    request: http.Request | None = None
+    """Its head, when mitmproxy could read that much (for the credentials it carries)."""
     decision_id: str | None = None
     """Set by the addon that audited it; None when the record was rate-limited."""
 
@@ -74,20 +81,28 @@ class AuditedHttp1Server(Http1Server):
     def read_headers(self, event: events.ConnectionEvent) -> layer.CommandGenerator[None]:
         held: list[commands.Command] = []
         for command in super().read_headers(event):
-            # The only answer this state sends is the 400 for a head it cannot parse;
-            # with no request parsed, no flow follows it.
-            if held or (isinstance(command, commands.SendData) and self.request is None):
+            # The only answer this state sends is the 400 for a head it cannot read
+            # (a request line), or whose framing it cannot (a Content-Length that is not
+            # a number): mitmproxy's fixed page, sent before any hook could run.
+            if held or isinstance(command, commands.SendData):
                 held.append(command)
             else:
                 yield command
         if not held:
             return
-        # mitmproxy logs the parser's error as "<client address>: <error>".
-        logged = [c.message for c in held if isinstance(c, commands.Log)]
-        reason = logged[0].partition(": ")[2] if logged else "unreadable request head"
-        yield from self._refuse(reason)
+        # mitmproxy logs the parser's error as "<client address>: <error>", or, when it
+        # read the head, reports it to the flow it would make for it.
+        logged = [c.message.partition(": ")[2] for c in held if isinstance(c, commands.Log)]
+        errors = [
+            c.event.message
+            for c in held
+            if isinstance(c, ReceiveHttp) and isinstance(c.event, RequestProtocolError)
+        ]
+        reason = (logged or errors or ["unreadable request head"])[0]
+        # No flow: this refusal is audited here, once, with the head that was read.
+        yield from self._refuse(reason, self.request)
         for command in held:
-            if not isinstance(command, (commands.SendData, commands.CloseConnection)):
+            if isinstance(command, commands.Log):
                 yield command
 
     def send(self, event: HttpEvent) -> layer.CommandGenerator[None]:
@@ -97,12 +112,12 @@ class AuditedHttp1Server(Http1Server):
             and self.response is None
         ):
             # Sent before any hook: the request head has no destination to decide on.
-            yield from self._refuse(event.message)
+            yield from self._refuse(event.message, self.request)
             return
         yield from super().send(event)
 
-    def _refuse(self, reason: str) -> layer.CommandGenerator[None]:
-        refusal = yield from audit(self.context, reason)
+    def _refuse(self, reason: str, request: http.Request | None) -> layer.CommandGenerator[None]:
+        refusal = yield from audit(self.context, reason, request)
         if self.conn.state & ConnectionState.CAN_WRITE:
             yield commands.SendData(self.conn, answer(refusal))
         yield commands.CloseConnection(self.conn)
@@ -122,12 +137,14 @@ class AuditedHttp2Server(Http2Server):
         yield from super().protocol_error(message, error_code)
 
 
-def audit(context: Context, reason: str) -> layer.CommandGenerator[ParserRefusal]:
+def audit(
+    context: Context, reason: str, request: http.Request | None = None
+) -> layer.CommandGenerator[ParserRefusal]:
     """Ask the addons to audit a refusal of `context`'s client (the hook blocks until
     they have); the refusal, with its decision id if one was written."""
     server = context.server.address
-    target = str(server[0]) if server is not None else ""
-    refusal = ParserRefusal(context.client, target, reason[:MAX_QUOTED_REASON])
+    target = str(server[0]) if server is not None else request.host if request else ""
+    refusal = ParserRefusal(context.client, target, reason[:MAX_QUOTED_REASON], request)
     yield HttpParserRefusedHook(refusal)
     return refusal
 

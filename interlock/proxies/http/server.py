@@ -249,10 +249,13 @@ class HttpProxy:
 
     async def _parser_refused(self, refusal: ParserRefusal) -> str | None:
         """A request mitmproxy's parser refused before any flow existed: under the
-        tunnel's agent if it came inside one, else `anonymous`, and throttled."""
+        tunnel's agent if it came inside one, else the agent its credentials name if
+        mitmproxy read its head, else `anonymous`; throttled."""
         client = refusal.client
         address = str(client.peername[0])
         agent = self.identity.tunnel_agent(client.id)
+        if agent is None and refusal.request is not None:
+            agent = await self.identity.named_by(refusal.request.headers, client)
         target = refusal.target or f"request from {address}"
         details = {"parser": True, "mode": listener_mode(client)}
         action = self.throttle.action(address, agent, Operation.EGRESS, target, details)
