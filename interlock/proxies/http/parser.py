@@ -35,7 +35,7 @@ from mitmproxy.proxy.layers.http._events import (
 from mitmproxy.proxy.layers.http._http1 import Http1Server
 from mitmproxy.proxy.layers.http._http2 import Http2Server
 
-from interlock.proxies.http.answer import COUNTED, MAX_QUOTED_REASON
+from interlock.proxies.http.answer import COUNTED, MAX_QUOTED_REASON, REFUSAL
 
 
 @dataclass
@@ -74,9 +74,18 @@ def answer(refusal: ParserRefusal) -> bytes:
     return head.encode() + content
 
 
+Answered = Callable[[str], bytes | None]
+"""A client connection's current flow's audited refusal, as bytes to send, if it has one."""
+
+
 class AuditedHttp1Server(Http1Server):
     """mitmproxy's HTTP/1 server layer, asking the addons before it refuses a request
-    that has no flow."""
+    that has no flow, and sending a flow's audited refusal (naming its decision) where
+    mitmproxy would send its own page for a request its validation failed."""
+
+    def __init__(self, context: Context, answered: Answered) -> None:
+        super().__init__(context)
+        self.answered = answered
 
     def read_headers(self, event: events.ConnectionEvent) -> layer.CommandGenerator[None]:
         held: list[commands.Command] = []
@@ -114,6 +123,19 @@ class AuditedHttp1Server(Http1Server):
             # Sent before any hook: the request head has no destination to decide on.
             yield from self._refuse(event.message, self.request)
             return
+        if (
+            isinstance(event, ResponseProtocolError)
+            and event.code is ErrorCode.REQUEST_VALIDATION_FAILED
+            and self.response is None
+            and self.conn.state & ConnectionState.CAN_WRITE
+        ):
+            # Sent after the flow's hooks: the refusal they audited, not mitmproxy's page.
+            audited = self.answered(self.context.client.id)
+            if audited is not None:
+                yield commands.SendData(self.conn, audited)
+                yield commands.CloseConnection(self.conn)
+                self.state = self.done
+                return
         yield from super().send(event)
 
     def _refuse(self, reason: str, request: http.Request | None) -> layer.CommandGenerator[None]:
@@ -159,6 +181,24 @@ class ParserGuard:
 
     def __init__(self, audit: Audit) -> None:
         self.audit = audit
+        self._flows: dict[str, http.HTTPFlow] = {}
+        """Client connection id -> its current flow (HTTP/1: one at a time)."""
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        self._flows[flow.client_conn.id] = flow
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self._flows.pop(client.id, None)
+
+    def answered(self, client_id: str) -> bytes | None:
+        flow = self._flows.get(client_id)
+        if flow is None or flow.response is None or REFUSAL not in flow.metadata:
+            return None
+        response = flow.response
+        response.headers["Connection"] = "close"
+        fields = b"".join(n + b": " + v + b"\r\n" for n, v in response.headers.fields)
+        status = f"HTTP/1.1 {response.status_code} {response.reason}\r\n".encode()
+        return status + fields + b"\r\n" + (response.raw_content or b"")
 
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
         http_layer = nextlayer.layer
@@ -172,7 +212,7 @@ class ParserGuard:
         if alpn == b"h2":
             server = AuditedHttp2Server(http_layer.context.fork())
         else:
-            server = AuditedHttp1Server(http_layer.context.fork())
+            server = AuditedHttp1Server(http_layer.context.fork(), self.answered)
         http_layer.connections[client] = server
 
     async def http_parser_refused(self, refusal: ParserRefusal) -> None:

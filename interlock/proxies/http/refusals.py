@@ -120,7 +120,15 @@ class Refusals:
         guard = any(mark in why for mark in GUARD_ERRORS)
         if guard or refused_by_parser(flow):
             flow.metadata[REFUSAL] = why
-            await self._record(flow, why if guard else why[:MAX_QUOTED_REASON], parser=not guard)
+            reason = why if guard else why[:MAX_QUOTED_REASON]
+            decision_id = await self._record(flow, reason, parser=not guard)
+            if not guard and flow.response is None:
+                # What mitmproxy then answers, if anything (`parser.AuditedHttp1Server`).
+                body = {"error": "malformed request", "reason": reason}
+                body |= {"audit": COUNTED} if decision_id is None else {"decision_id": decision_id}
+                flow.response = http.Response.make(
+                    400, json.dumps(body), {"Content-Type": "application/json"}
+                )
 
     async def _answered(self, flow: http.HTTPFlow) -> None:
         why = flow.metadata.get(REFUSAL)
