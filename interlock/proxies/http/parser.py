@@ -1,18 +1,20 @@
 """What mitmproxy's HTTP/1 and HTTP/2 server layers refuse before any addon sees it, audited.
 
 A request line mitmproxy cannot parse (`GET /` with no version, a bad authority, bytes
-that are not HTTP at all), and an origin-form request with no Host on the forward
-listener, are answered 400 by mitmproxy's own HTTP/1 server layer and closed before a
-flow exists: no hook runs, so no guard could record them. `ParserGuard` puts
-`AuditedHttp1Server` in mitmproxy's place on every HTTP layer (the slot mitmproxy keeps
-for client playback, `HttpLayer.connections`). It asks the addons through its own
-blocking hook (`http_parser_refused`) before it answers, so the answer is interlock's
-JSON refusal naming the decision id. Refusals made once a flow exists (a bad
-Content-Length or chunk size, an invalid header name) reach the `error` hook instead
-(`refusals.Refusals`). Over HTTP/2 (inside a tunnel) every refusal of the client's
-frames or header block ends the whole connection (GOAWAY) through one method,
-`protocol_error`: `AuditedHttp2Server` audits it there, once, and names the decision in
-the GOAWAY's debug data.
+that are not HTTP at all), a head whose framing it cannot read (a Content-Length that is
+not a number), and an origin-form request with no Host on the forward listener, are
+answered 400 by mitmproxy's own HTTP/1 server layer, with its fixed HTML page, before any
+hook runs: no guard could record them. `ParserGuard` puts `AuditedHttp1Server` in
+mitmproxy's place on every HTTP layer (the slot mitmproxy keeps for client playback,
+`HttpLayer.connections`). It asks the addons through its own blocking hook
+(`http_parser_refused`) before it answers, so the answer is interlock's JSON refusal
+naming the decision id, and no flow is made for the refused request. Where mitmproxy
+refuses after a flow's hooks ran (its header validation), the flow's own audited refusal
+is sent instead of the page; a bad chunk, found while a flow's body is read, reaches the
+`error` hook (`refusals.Refusals`) and the connection is closed. Over HTTP/2 (inside a
+tunnel) every refusal of the client's frames or header block ends the whole connection
+(GOAWAY) through one method, `protocol_error`: `AuditedHttp2Server` audits it there,
+once, and names the decision in the GOAWAY's debug data.
 """
 
 from __future__ import annotations
