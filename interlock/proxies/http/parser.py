@@ -9,9 +9,10 @@ mitmproxy's place on every HTTP layer (the slot mitmproxy keeps for client playb
 `HttpLayer.connections`). It asks the addons through its own blocking hook
 (`http_parser_refused`) before it answers, so the answer is interlock's JSON refusal
 naming the decision id, and no flow is made for the refused request. Where mitmproxy
-refuses after a flow's hooks ran (its header validation), the flow's own audited refusal
-is sent instead of the page; a bad chunk, found while a flow's body is read, reaches the
-`error` hook (`refusals.Refusals`) and the connection is closed. Over HTTP/2 (inside a
+refuses after a flow's hooks ran (its header validation, the body limit, the socket the
+SSRF guard refused), the flow's own audited refusal is sent instead of the page; a bad
+chunk, found while a flow's body is read, reaches the `error` hook
+(`refusals.Refusals`) and the connection is closed. Over HTTP/2 (inside a
 tunnel) every refusal of the client's frames or header block ends the whole connection
 (GOAWAY) through one method, `protocol_error`: `AuditedHttp2Server` audits it there,
 once, and names the decision in the GOAWAY's debug data.
@@ -76,6 +77,12 @@ def answer(refusal: ParserRefusal) -> bytes:
     return head.encode() + content
 
 
+AUDITED_ERRORS = frozenset(
+    {ErrorCode.REQUEST_VALIDATION_FAILED, ErrorCode.REQUEST_TOO_LARGE, ErrorCode.CONNECT_FAILED}
+)
+"""Errors mitmproxy answers with its page after the flow's hooks ran, which may have
+audited them as refusals (header validation, the body limit, the SSRF guard's check of
+the socket): then the audited refusal is the answer."""
 Answered = Callable[[str], bytes | None]
 """A client connection's current flow's audited refusal, as bytes to send, if it has one."""
 
@@ -127,7 +134,7 @@ class AuditedHttp1Server(Http1Server):
             return
         if (
             isinstance(event, ResponseProtocolError)
-            and event.code is ErrorCode.REQUEST_VALIDATION_FAILED
+            and event.code in AUDITED_ERRORS
             and self.response is None
             and self.conn.state & ConnectionState.CAN_WRITE
         ):

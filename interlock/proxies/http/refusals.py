@@ -50,6 +50,18 @@ def listener_mode(client: connection.Client) -> str:
     return "reverse" if isinstance(client.proxy_mode, mode_specs.ReverseMode) else "forward"
 
 
+def error_answer(why: str, guard: bool) -> tuple[int, str]:
+    """The status and `error` of the answer to a refusal audited from the error hook, as
+    mitmproxy's own page would have had them."""
+    if not guard:
+        return 400, "malformed request"
+    if "body_size_limit" in why:
+        return 413, "request body too large"
+    if "SSRF guard" in why:
+        return 502, "forbidden destination"
+    return 502, "interlock internal error"
+
+
 def refused_by_parser(flow: http.HTTPFlow) -> bool:
     """mitmproxy refused to read the rest of a request it had started (its error hook
     fires before the request was complete, and the client did not just leave). A CONNECT
@@ -122,12 +134,13 @@ class Refusals:
             flow.metadata[REFUSAL] = why
             reason = why if guard else why[:MAX_QUOTED_REASON]
             decision_id = await self._record(flow, reason, parser=not guard)
-            if not guard and flow.response is None:
+            if flow.response is None:
                 # What mitmproxy then answers, if anything (`parser.AuditedHttp1Server`).
-                body = {"error": "malformed request", "reason": reason}
+                status, error = error_answer(why, guard)
+                body = {"error": error, "reason": reason}
                 body |= {"audit": COUNTED} if decision_id is None else {"decision_id": decision_id}
                 flow.response = http.Response.make(
-                    400, json.dumps(body), {"Content-Type": "application/json"}
+                    status, json.dumps(body), {"Content-Type": "application/json"}
                 )
 
     async def _answered(self, flow: http.HTTPFlow) -> None:
