@@ -106,6 +106,21 @@ async def test_each_malformed_request_is_one_audited_refusal(
     assert upstream.requests == []
 
 
+async def test_a_malformed_request_after_a_served_one_is_audited(rig: Rig) -> None:
+    """Pipelined on one keep-alive connection: the first is served, the second refused."""
+    proxy, sink, upstream = rig
+    host = b"127.0.0.1:%d" % upstream.port
+    served = b"GET http://" + host + b"/x HTTP/1.1\r\nHost: " + host + b"\r\n" + AUTH + b"\r\n"
+    answer = await raw_exchange(proxy.address, served + b"NOT HTTP\r\n\r\n")
+    first, _, second = answer.partition(b"okHTTP/1.1")
+    assert first.startswith(b"HTTP/1.1 200"), answer[:300]
+    [record] = guarded(sink)
+    assert json.loads(second.partition(b"\r\n\r\n")[2])["decision_id"] == (
+        record.decision.decision_id
+    )
+    assert [r.target for r in upstream.requests] == [b"/x"]
+
+
 async def test_garbage_inside_a_tunnel_is_the_tunnels_agents(rig: Rig) -> None:
     proxy, sink, upstream = rig
     assert proxy.address is not None
