@@ -52,7 +52,7 @@ class Deadlines:
 
     def __init__(
         self,
-        close: Callable[[str], None],
+        close: Callable[[str], object],
         exempt: Callable[[str], bool],
         header_timeout: float,
         idle_timeout: float,

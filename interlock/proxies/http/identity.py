@@ -49,13 +49,17 @@ class Identity:
         self._tunnels: dict[str, tuple[Agent, AgentEntry | None]] = {}
         """Client connection id -> the agent a CONNECT authenticated, and its registry
         entry then: a tunnel's requests are checked against the entry now (SIGHUP)."""
-        self.clients: dict[str, str] = {}
-        """Client connection id -> agent id, for closing an isolated agent's connections."""
+        self.clients: dict[str, Agent] = {}
+        """Client connection id -> its agent, for closing an isolated agent's connections."""
 
     async def _authenticate(self, flow: http.HTTPFlow) -> Agent | None:
-        header = flow.request.headers.get("Proxy-Authorization", "")
-        if not header and isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode):
-            header = flow.request.headers.get(GATEWAY_HEADER, "")
+        return await self.named_by(flow.request.headers, flow.client_conn)
+
+    async def named_by(self, headers: http.Headers, client: connection.Client) -> Agent | None:
+        """The agent these request headers' credentials name, if they are valid."""
+        header = headers.get("Proxy-Authorization", "")
+        if not header and isinstance(client.proxy_mode, mode_specs.ReverseMode):
+            header = headers.get(GATEWAY_HEADER, "")
         scheme, _, value = header.partition(" ")
         if scheme.lower() == "basic":
             try:
@@ -77,7 +81,7 @@ class Identity:
             challenge(flow, "missing or invalid Proxy-Authorization on CONNECT")
             return
         self._tunnels[flow.client_conn.id] = (agent, self.registry.get(agent.id))
-        self.clients[flow.client_conn.id] = agent.id
+        self.clients[flow.client_conn.id] = agent
         flow.metadata[AGENT] = agent
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -99,15 +103,18 @@ class Identity:
             challenge(flow, "missing or invalid credentials")
             return
         flow.metadata[AGENT] = agent
-        self.clients[flow.client_conn.id] = agent.id
+        self.clients[flow.client_conn.id] = agent
+
+    def tunnel_agent(self, client_id: str) -> Agent | None:
+        """The agent whose CONNECT opened this client connection's tunnel, if any: what
+        is refused inside the tunnel before a request is read is theirs."""
+        tunnel = self._tunnels.get(client_id)
+        return tunnel[0] if tunnel is not None else None
 
     async def who(self, flow: http.HTTPFlow) -> Agent | None:
         """Whom `flow` speaks for, without answering it: a refusal made before this addon
         ran (a malformed request) is audited under the agent its credentials name."""
-        tunnel = self._tunnels.get(flow.client_conn.id)
-        if tunnel is not None:
-            return tunnel[0]
-        return await self._authenticate(flow)
+        return self.tunnel_agent(flow.client_conn.id) or await self._authenticate(flow)
 
     def client_disconnected(self, client: connection.Client) -> None:
         self._tunnels.pop(client.id, None)

@@ -6,10 +6,9 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import time
 from pathlib import Path
 
-from mitmproxy import http, options
+from mitmproxy import connection, http, options
 from mitmproxy.addons import core, disable_h2c, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
 
@@ -19,7 +18,7 @@ from interlock.config import HttpConfig, dns_address
 from interlock.core.context import Posture
 from interlock.core.model import Action, Operation
 from interlock.core.pdp import PDP
-from interlock.core.refusal import RefusalBudget, Refusals, guard_action
+from interlock.core.refusal import RefusalBudget, Refusals, guard_action, posture_parents
 from interlock.credentials.broker import Broker
 from interlock.identity.jwt import JwtVerifier
 from interlock.identity.registry import AgentRegistry
@@ -30,7 +29,9 @@ from interlock.proxies.http.framing import Framing
 from interlock.proxies.http.hygiene import Hygiene
 from interlock.proxies.http.identity import AGENT, Identity
 from interlock.proxies.http.inject import Inject, Redact
+from interlock.proxies.http.parser import ParserGuard, ParserRefusal
 from interlock.proxies.http.refusals import Refusals as RefusalAnswers
+from interlock.proxies.http.refusals import Throttle, listener_mode
 from interlock.proxies.http.ssrf import DnsResolver, Resolver, SsrfGuard, SystemResolver
 from interlock.proxies.http.toolpins import ToolPins
 from interlock.proxies.http.tunnel import Tunnels
@@ -74,6 +75,8 @@ class HttpProxy:
         self.refusals = Refusals(pdp)
         """Connection-level refusals (deadlines, the per-address cap), audited off-hook."""
         self.refusal_budget = RefusalBudget()
+        """One for every refusal anyone can cause without credentials, per client address."""
+        self.throttle = Throttle(self.refusal_budget)
 
     def _posture_changed(self, agent_id: str, posture: Posture) -> None:
         """Isolation closes the agent's open client connections (tunnels and keep-alive
@@ -82,23 +85,35 @@ class HttpProxy:
             return
         # A moment's grace: the request whose decision isolated the agent is still being
         # answered on one of these connections, and its 403 should reach the agent.
-        asyncio.get_running_loop().call_later(CLOSE_GRACE_S, self._close_connections, agent_id)
+        asyncio.get_running_loop().call_later(
+            CLOSE_GRACE_S, self._close_connections, agent_id, posture_parents(posture)
+        )
 
-    def _close_connections(self, agent_id: str) -> None:
-        for cid, aid in list(self.identity.clients.items()):
-            if aid == agent_id:
-                log.warning("agent %s isolated: closing its proxy connection", agent_id)
-                self._close_client(cid)
+    def _close_connections(self, agent_id: str, parents: tuple[str, ...]) -> None:
+        """Each connection isolation ends is a record, its parent the isolating decision."""
+        for cid, agent in list(self.identity.clients.items()):
+            if agent.id != agent_id:
+                continue
+            log.warning("agent %s isolated: closing its proxy connection", agent_id)
+            address = self._close_client(cid)
+            if address is not None:
+                details = {"client": address, "session": "ended"}
+                target = f"connection from {address}"
+                action = guard_action(agent, "http", Operation.CONNECT, target, details, parents)
+                self.refusals.soon(action, "session ended: agent isolated")
 
-    def _close_client(self, client_id: str) -> None:
-        """Close one client connection (mitmproxy then ends its server side too)."""
+    def _close_client(self, client_id: str) -> str | None:
+        """Close one client connection (mitmproxy then ends its server side too); the
+        client's address if it was open."""
         if self.master is None:
-            return
+            return None
         handler = self.master.addons.get("proxyserver").connections.get(client_id)
         if handler is not None and handler.client in handler.transports:
             writer = handler.transports[handler.client].writer
             if writer is not None:
                 writer.close()
+                return str(handler.client.peername[0])
+        return None
 
     async def _refused(self, flow: http.HTTPFlow, why: str) -> str | None:
         """An SSRF refusal is audited like any denial, so the log shows what was tried
@@ -123,8 +138,9 @@ class HttpProxy:
             if self.config.dns_servers
             else SystemResolver()
         )
-        tunnels = Tunnels(frozenset(self.config.passthrough))
+        tunnels = Tunnels(frozenset(self.config.passthrough), self._handshake_refused)
         return [
+            ParserGuard(self._parser_refused),
             guard_all(
                 Deadlines(
                     self._close_client,
@@ -161,7 +177,7 @@ class HttpProxy:
             ),
             guard_all(Framing("framing_final")),
             # Last: it audits what any addon before it refused.
-            guard_all(RefusalAnswers(self.pdp, self.identity.who)),
+            guard_all(RefusalAnswers(self.pdp, self.identity.who, self.throttle)),
         ]
 
     async def start(self) -> None:
@@ -224,14 +240,38 @@ class HttpProxy:
         """A connection refused or closed with its request unfinished is a decision in
         the log like any refusal, at most once a second per address (a flood of them is
         counted in the next record, not written one by one)."""
-        suppressed = self.refusal_budget.take(address, time.monotonic())
-        if suppressed is None:
-            return
-        details = {"client": address, "connection": True, "suppressed_since_last": suppressed}
-        action = guard_action(
-            None, "http", Operation.CONNECT, f"connection from {address}", details
+        target = f"connection from {address}"
+        action = self.throttle.action(
+            address, None, Operation.CONNECT, target, {"connection": True}
         )
-        self.refusals.soon(action, why)
+        if action is not None:
+            self.refusals.soon(action, why)
+
+    async def _parser_refused(self, refusal: ParserRefusal) -> str | None:
+        """A request mitmproxy's parser refused before any flow existed: under the
+        tunnel's agent if it came inside one, else the agent its credentials name if
+        mitmproxy read its head, else `anonymous`; throttled."""
+        client = refusal.client
+        address = str(client.peername[0])
+        agent = self.identity.tunnel_agent(client.id)
+        if agent is None and refusal.request is not None:
+            agent = await self.identity.named_by(refusal.request.headers, client)
+        target = refusal.target or f"request from {address}"
+        details = {"parser": True, "mode": listener_mode(client)}
+        action = self.throttle.action(address, agent, Operation.EGRESS, target, details)
+        if action is None:
+            return None
+        return (await self.pdp.refuse(action, refusal.reason)).decision_id
+
+    def _handshake_refused(self, client: connection.Client, target: str, why: str) -> None:
+        """A tunnel's TLS handshake refused (its SNI names another host than its
+        CONNECT): under the agent whose CONNECT opened it."""
+        address = str(client.peername[0])
+        agent = self.identity.tunnel_agent(client.id)
+        details = {"tls": True, "mode": listener_mode(client)}
+        action = self.throttle.action(address, agent, Operation.CONNECT, target, details)
+        if action is not None:
+            self.refusals.soon(action, why)
 
     async def stop(self) -> None:
         self._unsubscribe()

@@ -19,6 +19,7 @@ clients name the gateway, not the upstream.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from mitmproxy import connection, http, tls
 from mitmproxy.net.http import url
@@ -42,6 +43,14 @@ def _norm(host: str) -> str:
         return h
 
 
+def refused_handshake(error: str) -> bool:
+    """Whether a failed client handshake was refused by mitmproxy (its own parser, or
+    OpenSSL on its side) rather than ended by the client (an alert, a close)."""
+    if error.startswith("Cannot parse ClientHello"):
+        return True
+    return "SSL routines" in error and "alert" not in error
+
+
 def misdirected(flow: http.HTTPFlow, reason: str) -> None:
     refuse(
         flow,
@@ -52,10 +61,16 @@ def misdirected(flow: http.HTTPFlow, reason: str) -> None:
 
 
 class Tunnels:
-    """mitmproxy addon."""
+    """mitmproxy addon. `refused(client, target, reason)` hears of each TLS handshake
+    refused, to audit it (its CONNECT was decided, the handshake's refusal is another)."""
 
-    def __init__(self, passthrough: frozenset[str]) -> None:
+    def __init__(
+        self,
+        passthrough: frozenset[str],
+        refused: Callable[[connection.Client, str, str], None] | None = None,
+    ) -> None:
         self.passthrough = frozenset(_norm(h) for h in passthrough)
+        self.refused = refused
         self._refused: dict[str, str] = {}
         self.tunnelled: set[str] = set()
         """Client connections that opened a CONNECT tunnel."""
@@ -83,8 +98,25 @@ class Tunnels:
     def tls_start_client(self, data: tls.TlsData) -> None:
         """Runs after mitmproxy's own TLS set-up; without a TLS context mitmproxy closes
         the client connection, which is how a refused handshake ends."""
-        if self._refused.pop(data.context.client.id, None) is not None:
+        why = self._refused.pop(data.context.client.id, None)
+        if why is not None:
             data.ssl_conn = None
+            if self.refused is not None:
+                server = data.context.server.address
+                target = str(server[0]) if server is not None else ""
+                self.refused(data.context.client, target, why)
+
+    def tls_failed_client(self, data: tls.TlsData) -> None:
+        """mitmproxy refused the handshake itself (a ClientHello it cannot parse, a
+        protocol version or ciphers it does not accept): a refusal like the SNI check's.
+        A client that closed early or sent an alert (it does not trust the CA) refused
+        the proxy, not the other way round."""
+        why = data.conn.error or ""
+        if self.refused is None or not refused_handshake(why):
+            return
+        server = data.context.server.address
+        target = str(server[0]) if server is not None else ""
+        self.refused(data.context.client, target, f"TLS handshake refused: {why}")
 
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         self.tunnelled.add(flow.client_conn.id)

@@ -23,9 +23,11 @@ async def h2_exchange(
     headers: Fields,
     data: list[bytes] = [],  # noqa: B006 (never mutated)
     trailers: Fields | None = None,
-) -> tuple[int | None, bytes]:
-    """(status or None if the stream was reset, body) of one request to `target`
-    (`host:port`) over HTTP/2 inside a CONNECT tunnel."""
+) -> tuple[int | None, bytes, bytes | None]:
+    """(status or None if the stream was reset, body, and when a GOAWAY ended the
+    connection every byte of HTTP/2 the proxy sent up to its close, else None) of one
+    request to `target` (`host:port`) over HTTP/2 inside a CONNECT tunnel. All bytes:
+    h2 may send a GOAWAY of its own first, without the proxy's debug data."""
     reader, writer = await tunnel(proxy, target)
     try:
         ctx = ssl.create_default_context(cafile=str(proxy.ca_file))
@@ -44,22 +46,25 @@ async def h2_exchange(
             conn.send_headers(sid, trailers, end_stream=True)
         writer.write(conn.data_to_send())
         status: int | None = None
-        body = b""
+        body = received = b""
         while True:
             chunk = await asyncio.wait_for(reader.read(65536), 15)
             if not chunk:
-                return status, body
+                return status, body, None
+            received += chunk
             for event in conn.receive_data(chunk):
                 if isinstance(event, h2.events.ResponseReceived):
                     status = int(dict(event.headers)[b":status"])
                 elif isinstance(event, h2.events.DataReceived):
                     body += event.data
                     conn.acknowledge_received_data(event.flow_controlled_length, sid)
-                elif isinstance(
-                    event,
-                    h2.events.StreamEnded | h2.events.StreamReset | h2.events.ConnectionTerminated,
-                ):
-                    return status, body
+                elif isinstance(event, h2.events.ConnectionTerminated):
+                    with contextlib.suppress(OSError):
+                        while chunk := await asyncio.wait_for(reader.read(65536), 15):
+                            received += chunk
+                    return status, body, received
+                elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+                    return status, body, None
             writer.write(conn.data_to_send())
     finally:
         with contextlib.suppress(OSError):

@@ -259,7 +259,9 @@ def h2_head(upstream: RawUpstream, *extra: tuple[bytes, bytes]) -> list[tuple[by
 async def test_h2_frames_in_several_data_frames_arrive_as_one_body(rig: Rig) -> None:
     proxy, sink, upstream = rig
     target = f"localhost:{upstream.port}"
-    status, body = await h2_exchange(proxy, target, h2_head(upstream), [b"a" * 10, SMUGGLED, b""])
+    status, body, _ = await h2_exchange(
+        proxy, target, h2_head(upstream), [b"a" * 10, SMUGGLED, b""]
+    )
     assert (status, body) == (200, b"ok")
     assert [(g.target, g.body) for g in upstream.requests] == [(b"/h2raw", b"a" * 10 + SMUGGLED)]
     assert len(decided(sink)) == 1
@@ -291,7 +293,7 @@ async def test_malformed_h2_requests_reach_nobody(
 ) -> None:
     proxy, sink, upstream = rig
     target = f"localhost:{upstream.port}"
-    status, _ = await h2_exchange(proxy, target, h2_head(upstream, *extra), data, trailers)
+    status, _, _ = await h2_exchange(proxy, target, h2_head(upstream, *extra), data, trailers)
     assert status in (None, 400)  # None: the stream was reset as malformed (h2's own checks)
     assert upstream.requests == []
     assert decided(sink) == []

@@ -81,7 +81,7 @@ def tunnel_get(proxy: tuple[str, int], target: str, sni: str, cafile: Path) -> s
 async def test_sni_disagreeing_with_the_connect_target_is_refused(
     tmp_path: Path, https_upstream: Upstream
 ) -> None:
-    proxy, _ = await start_proxy(
+    proxy, sink = await start_proxy(
         tmp_path, allow_networks=["127.0.0.0/8"], upstream_ca=https_upstream.cert
     )
     try:
@@ -96,6 +96,13 @@ async def test_sni_disagreeing_with_the_connect_target_is_refused(
     finally:
         await proxy.stop()
     assert https_upstream.hits == ["/tunnel"]
+    # The refused handshake is a decision of its own, under the agent of its CONNECT.
+    [record] = [r for r in sink.records if r.action.details.get("guard")]
+    assert record.action.details["tls"] is True
+    assert record.action.agent.id == "coder"
+    assert record.action.target == "localhost"
+    assert "'evil.example' does not match" in record.decision.reasons[0]
+    assert record.decision.effect.value == "deny"
 
 
 async def test_a_passthrough_host_is_tunnelled_without_interception(
@@ -176,7 +183,7 @@ async def test_a_host_header_naming_another_host_gets_421(
 async def test_isolation_closes_the_agents_open_tunnels(
     tmp_path: Path, https_upstream: Upstream
 ) -> None:
-    proxy, _ = await start_proxy(tmp_path, allow_networks=["127.0.0.0/8"])
+    proxy, sink = await start_proxy(tmp_path, allow_networks=["127.0.0.0/8"])
     try:
         assert proxy.address is not None
         reader, writer = await asyncio.open_connection(*proxy.address)
@@ -186,12 +193,17 @@ async def test_isolation_closes_the_agents_open_tunnels(
         assert head.startswith(b"HTTP/1.1 200")
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        await proxy.pdp.store.restrict("coder", (), isolate=True)
+        await proxy.pdp.store.restrict("coder", (), isolate=True, reason="decision cause-1")
         assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the proxy
         assert loop.time() - t0 < 1.0
         writer.close()
     finally:
         await proxy.stop()
+    # The connection it ended is a record of its own, linked to the isolating decision.
+    [ended] = [r for r in sink.records if r.action.details.get("session") == "ended"]
+    assert ended.action.agent.id == "coder"
+    assert ended.action.parents == ("cause-1",)
+    assert ended.decision.reasons == ("session ended: agent isolated",)
 
 
 async def test_an_absolute_url_inside_a_tunnel_must_name_the_tunnel(
