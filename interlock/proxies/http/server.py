@@ -18,7 +18,7 @@ from interlock.config import HttpConfig, dns_address
 from interlock.core.context import Posture
 from interlock.core.model import Action, Operation
 from interlock.core.pdp import PDP
-from interlock.core.refusal import RefusalBudget, Refusals, guard_action, posture_parents
+from interlock.core.refusal import FloodLimit, Refusals, guard_action, posture_parents
 from interlock.credentials.broker import Broker
 from interlock.identity.jwt import JwtVerifier
 from interlock.identity.registry import AgentRegistry
@@ -74,8 +74,10 @@ class HttpProxy:
         """Where each `reverse` route listens, in config order."""
         self.refusals = Refusals(pdp)
         """Connection-level refusals (deadlines, the per-address cap), audited off-hook."""
-        self.refusal_budget = RefusalBudget()
-        """One for every refusal anyone can cause without credentials, per client address."""
+        self.flood = FloodLimit(pdp, "http")
+        """One budget for every refusal anyone can cause without credentials, per client
+        address; its sweep writes the counts a flood leaves when it stops."""
+        self.refusal_budget = self.flood.budget
         self.throttle = Throttle(self.refusal_budget)
 
     def _posture_changed(self, agent_id: str, posture: Posture) -> None:
@@ -182,6 +184,7 @@ class HttpProxy:
 
     async def start(self) -> None:
         self.confdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.flood.start()
         modes = [f"regular@{self.config.listen}"] + [
             f"reverse:{r.upstream}@{r.listen}" for r in self.config.reverse
         ]
@@ -280,6 +283,7 @@ class HttpProxy:
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(self._task, 10)
+        await self.flood.stop()
         await self.refusals.drain()
 
     @property
