@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -374,6 +375,63 @@ async def test_sigterm_under_load_loses_no_acknowledged_record(
     )  # fmt: skip
     assert verify.returncode == 0, verify.stdout
     assert "signed checkpoint" in verify.stdout
+
+
+MALFORMED = [
+    b"NOT HTTP\r\n\r\n",
+    b"GET / HTTP/1.1\r\n\r\n",
+    b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n",
+    b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\nX-A: a\x00b\r\n\r\n",
+    b"POST http://example.com/ HTTP/1.1\r\nHost: example.com\r\nContent-Length: z\r\n\r\n",
+]
+"""Refusals anyone can cause: not HTTP, no Host, no credentials (407), a NUL in a
+value, a Content-Length that is not a number."""
+
+
+def _exchange(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        return answer
+
+
+def test_a_flood_of_refusals_is_accounted_for_in_the_log_after_a_stop(
+    tmp_path: Path, up_factory: Any
+) -> None:
+    """A flood from one address right before SIGTERM: most refusals are only counted
+    (the flood limit), and the shutdown writes the counts still waiting before the log
+    closes, so the records and their counts add up to every refusal, in a log that
+    verifies."""
+    http = free_port()
+    cfg = tmp_path / "interlock.toml"
+    cfg.write_text(
+        f'data_dir = "{tmp_path / "data"}"\n'
+        f'[http]\nlisten = "127.0.0.1:{http}"\n'
+        f'[admin]\nlisten = "127.0.0.1:{free_port()}"\n'
+    )
+    up = up_factory(["-c", str(cfg)], tmp_path)
+    up.wait_ready()
+    answers = [_exchange(http, MALFORMED[i % len(MALFORMED)]) for i in range(30)]
+    assert all(a.split(b" ", 2)[1] in (b"400", b"407") for a in answers), answers[:3]
+    assert up.stop() == 0
+    tail = subprocess.run(
+        [sys.executable, "-m", "interlock.cli", "audit", "tail", "-n", "1000", "-c", str(cfg)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert tail.returncode == 0, tail.stderr
+    records = [json.loads(line) for line in tail.stdout.splitlines() if line.startswith("{")]
+    details = [r["action"]["details"] for r in records if r["action"]["protocol"] == "http"]
+    assert len(details) < 30, "a flood is not a record per refusal"
+    accounted = sum((0 if d.get("summary") else 1) + d["suppressed_since_last"] for d in details)
+    assert accounted == 30
+    assert any(d.get("summary") for d in details), "the shutdown wrote the waiting count"
+    verify = subprocess.run(
+        [sys.executable, "-m", "interlock.cli", "audit", "verify", "-c", str(cfg)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert verify.returncode == 0, verify.stdout
 
 
 async def test_json_logs_carry_the_decision_id_of_a_denial(
