@@ -19,20 +19,24 @@ from interlock.classify.content import MAX_SCAN, HeuristicDetector
 from interlock.classify.mcp import masked
 from interlock.core.model import Action, Agent, Decision, Effect, Operation
 from interlock.core.pdp import PDP
+from interlock.core.refusal import guard_action
 from interlock.errors import StateError
 from interlock.proxies.mcp.actions import Unreadable, Where, action_for, held_text, labels_of
 from interlock.proxies.mcp.relay import (
     DENIED,
+    INVALID_REQUEST,
     Cancel,
     Decide,
     Event,
     IdKey,
     Inspect,
     Problem,
+    Refused,
     Relay,
     Send,
     Side,
     encode,
+    error,
 )
 
 log = logging.getLogger(__name__)
@@ -100,6 +104,8 @@ class Gateway:
         self.detector = HeuristicDetector()
         self._deciding: dict[IdKey, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._refusing: set[asyncio.Task[None]] = set()
+        """Refusals being recorded: finished at close, never cancelled."""
         self._held: set[asyncio.Task[Any]] = set()
 
     # --- input -------------------------------------------------------------------------
@@ -109,6 +115,11 @@ class Gateway:
 
     def server_line(self, line: bytes) -> None:
         self._run(self.relay.from_server(line))
+
+    def too_long(self, side: Side, reason: str) -> None:
+        """A line the transport skipped unread (over its size limit): refused like a
+        malformed one, recorded, and its sender told."""
+        self._run([Refused(side, reason, None, INVALID_REQUEST)])
 
     def _run(self, events: list[Event]) -> None:
         for event in events:
@@ -122,10 +133,26 @@ class Gateway:
                     deciding.cancel()  # a hold is withdrawn and audited by Holds
             elif isinstance(event, Inspect):
                 self._spawn(self._inspect(event))
+            elif isinstance(event, Refused):
+                task = asyncio.create_task(self._refused(event))
+                self._refusing.add(task)
+                task.add_done_callback(self._refusing.discard)
             elif isinstance(event, Problem):
                 log.warning(
                     "mcp %s: %s sent: %s", self.where.server, event.side.value, event.reason
                 )
+
+    async def _refused(self, event: Refused) -> None:
+        """A message the relay refused is a refusal in the log like any other (the
+        session's agent, which side sent it); the error its sender gets names it."""
+        log.warning("mcp %s: %s sent: %s", self.where.server, event.side.value, event.reason)
+        details = {"mcp_server": self.where.server, "transport": "stdio", "side": event.side.value}
+        action = guard_action(self.agent, "mcp", Operation.TOOL_CALL, self.where.server, details)
+        why = f"message from the {event.side.value} refused: {event.reason}"
+        decision = await self.pdp.refuse(action, why)
+        if event.code is not None:
+            data = {"decision_id": decision.decision_id}
+            self.send(event.side, error(event.id, event.code, f"interlock: {event.reason}", data))
 
     def _spawn(self, work: Any) -> None:
         task = asyncio.create_task(work)
@@ -140,6 +167,8 @@ class Gateway:
         for task in waiting:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._refusing:
+            await asyncio.gather(*self._refusing, return_exceptions=True)
 
     # --- requests ----------------------------------------------------------------------
 

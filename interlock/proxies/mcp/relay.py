@@ -81,13 +81,26 @@ class Inspect:
 
 @dataclass(frozen=True)
 class Problem:
-    """Something refused or dropped, for the log (stderr), with whose fault it was."""
+    """Something dropped that changes nothing (a cancellation of no request in flight),
+    for the log (stderr), with whose fault it was."""
 
     side: Side
     reason: str
 
 
-Event = Send | Decide | Cancel | Inspect | Problem
+@dataclass(frozen=True)
+class Refused:
+    """A message the relay refused: nothing of it goes on. The gateway records it as a
+    refusal, then (when `code` is set) answers `side` with that JSON-RPC error for `id`,
+    naming the record."""
+
+    side: Side
+    reason: str
+    id: Any = None
+    code: int | None = None
+
+
+Event = Send | Decide | Cancel | Inspect | Problem | Refused
 
 
 class Malformed(ValueError):
@@ -173,10 +186,7 @@ def _read(line: bytes, sender: Side) -> dict[str, Any] | list[Event]:
     try:
         return parse(line)
     except Malformed as exc:
-        return [
-            Send(sender, error(exc.id, exc.code, f"interlock: {exc}")),
-            Problem(sender, str(exc)),
-        ]
+        return [Refused(sender, str(exc), exc.id, exc.code)]
 
 
 class Relay:
@@ -205,10 +215,10 @@ class Relay:
         assert key is not None
         if key in self._forwarded or key in self._deciding:
             why = "id already in use by a request in flight"
-            return [Send(Side.HOST, error(doc["id"], INVALID_REQUEST, f"interlock: {why}"))]
+            return [Refused(Side.HOST, why, doc["id"], INVALID_REQUEST)]
         if len(self._forwarded) + len(self._deciding) >= MAX_PENDING:
             why = f"more than {MAX_PENDING} requests in flight"
-            return [Send(Side.HOST, error(doc["id"], INVALID_REQUEST, f"interlock: {why}"))]
+            return [Refused(Side.HOST, why, doc["id"], INVALID_REQUEST)]
         method = doc["method"]
         if method in LISTING_METHODS:
             self._forwarded[key] = (method, doc, None)
@@ -225,13 +235,13 @@ class Relay:
             if key is None or self._forwarded.pop(key, None) is None:
                 return [Problem(Side.HOST, "cancellation of no request in flight dropped")]
         elif not method.startswith("notifications/"):
-            return [Problem(Side.HOST, f"notification {method[:100]!r} is not relayed")]
+            return [Refused(Side.HOST, f"notification {method[:100]!r} is not relayed")]
         return [Send(Side.SERVER, encode(doc))]
 
     def _answer_to_server(self, doc: dict[str, Any]) -> list[Event]:
         key = _key(doc["id"])
         if key not in self._from_server:
-            return [Problem(Side.HOST, "answer to no server request in flight dropped")]
+            return [Refused(Side.HOST, "answer to no server request in flight dropped")]
         self._from_server.discard(key)
         return [Send(Side.SERVER, encode(doc))]
 
@@ -268,7 +278,7 @@ class Relay:
             assert key is not None
             if key in self._from_server or len(self._from_server) >= MAX_PENDING:
                 why = "id already in use, or too many requests in flight"
-                return [Send(Side.SERVER, error(doc["id"], INVALID_REQUEST, f"interlock: {why}"))]
+                return [Refused(Side.SERVER, why, doc["id"], INVALID_REQUEST)]
             self._from_server.add(key)
         return [Send(Side.HOST, encode(doc))]
 
@@ -277,7 +287,7 @@ class Relay:
         assert key is not None
         entry = self._forwarded.pop(key, None)
         if entry is None:
-            return [Problem(Side.SERVER, "answer to no request in flight dropped")]
+            return [Refused(Side.SERVER, "answer to no request in flight dropped")]
         method, request, note = entry
         if method in INSPECTED:
             return [Inspect(method, request, doc, note)]

@@ -21,7 +21,7 @@ from typing import BinaryIO, Protocol
 
 from interlock.errors import UsageError
 from interlock.proxies.mcp.gateway import Gateway
-from interlock.proxies.mcp.relay import INVALID_REQUEST, MAX_MESSAGE, Side, error
+from interlock.proxies.mcp.relay import MAX_MESSAGE, Side
 
 EXIT_GRACE_S = 2.0
 """How long the child has to exit after its stdin closes, and again after SIGTERM."""
@@ -153,20 +153,12 @@ async def run(
             target.write(data)
 
     gateway = make_gateway(send)
-    too_long = f"interlock: message over {MAX_MESSAGE} bytes"
+    too_long = f"message over {MAX_MESSAGE} bytes"
     host = asyncio.create_task(
-        _lines(
-            host_in,
-            gateway.host_line,
-            lambda: send(Side.HOST, error(None, INVALID_REQUEST, too_long)),
-        )
+        _lines(host_in, gateway.host_line, lambda: gateway.too_long(Side.HOST, too_long))
     )
     server = asyncio.create_task(
-        _lines(
-            child.stdout,
-            gateway.server_line,
-            lambda: send(Side.SERVER, error(None, INVALID_REQUEST, too_long)),
-        )
+        _lines(child.stdout, gateway.server_line, lambda: gateway.too_long(Side.SERVER, too_long))
     )
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

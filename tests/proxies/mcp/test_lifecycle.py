@@ -20,6 +20,7 @@ import redis.asyncio
 from interlock.approvals.holds import Holds
 from interlock.approvals.shared import SharedApprovals
 from interlock.core.redis_store import RedisStore
+from interlock.proxies.mcp.relay import MAX_MESSAGE
 from tests.proxies.mcp.conftest import OWNER, ROOT, TOKEN, Setup, write_config
 
 pytestmark = pytest.mark.integration
@@ -108,6 +109,7 @@ async def test_malformed_from_the_host_is_answered_and_never_forwarded(
         (b'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":""}}\n', 7, -32001),
         (b'{"jsonrpc":"2.0","id":8,"result":{}}\n', None, 0),  # an answer to nothing: dropped
     ]  # fmt: skip
+    named: list[str] = []
     async with gateway(setup, [sys.executable, SERVER, str(log)]) as g:
         for line, id, code in bad:
             g.send(line)
@@ -115,19 +117,54 @@ async def test_malformed_from_the_host_is_answered_and_never_forwarded(
                 reply = await g.read()
                 assert reply["id"] == id, line
                 assert reply["error"]["code"] == code, (line, reply)
-                if code == -32001:
-                    assert reply["error"]["data"]["decision_id"]
+                # Every refusal, the relay's own included, names its record.
+                named.append(reply["error"]["data"]["decision_id"])
         g.send(INIT)
         assert "result" in await g.answer("init")
         g.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
         g.send({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
                 "params": {"name": "lookup", "arguments": {"q": "cat"}}})  # fmt: skip
         assert (await g.answer(9))["result"]["content"][0]["text"] == "lookup: cat"
+        # The host leaves: the gateway finishes recording what it refused, then exits.
+        assert g.proc.stdin is not None
+        g.proc.stdin.close()
+        assert await asyncio.wait_for(g.proc.wait(), 60) == 0
     received = [json.loads(line) for line in log.read_text().splitlines()]
     assert [m.get("method") for m in received] == [
         "initialize", "notifications/initialized", "tools/call",
     ]  # fmt: skip
     assert received[-1]["id"] == 9
+    records = {r["decision_id"]: r for r in await setup.audit()}
+    assert set(named) <= set(records)
+    refused = [r for r in records.values() if r["action"]["details"].get("side") == "host"]
+    # The nine lines the relay could not read and the answer to nothing (nobody is told
+    # of that one), each recorded as a denial of the session's agent; the three the
+    # policy could not read are decisions of their own.
+    assert len(refused) == 10, "\n".join(r["reasons"][0] for r in refused)
+    assert {(r["agent"]["id"], r["effect"]) for r in refused} == {("coder", "deny")}
+
+
+async def test_an_over_long_line_is_refused_recorded_and_skipped(
+    setup: Setup, tmp_path: Path
+) -> None:
+    log = tmp_path / "server.log"
+    async with gateway(setup, [sys.executable, SERVER, str(log)]) as g:
+        g.send(b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":"' + b"a" * MAX_MESSAGE)
+        g.send(b'"}}\n')
+        reply = await g.read()
+        assert (reply["id"], reply["error"]["code"]) == (None, -32600)
+        assert f"over {MAX_MESSAGE} bytes" in reply["error"]["message"]
+        g.send(INIT)
+        assert "result" in await g.answer("init"), "reading went on at the next line"
+        assert g.proc.stdin is not None
+        g.proc.stdin.close()
+        assert await asyncio.wait_for(g.proc.wait(), 60) == 0
+    records = {r["decision_id"]: r for r in await setup.audit()}
+    record = records[reply["error"]["data"]["decision_id"]]
+    assert record["effect"] == "deny"
+    assert record["action"]["details"]["side"] == "host"
+    received = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [m.get("method") for m in received] == ["initialize"], "the long line went nowhere"
 
 
 async def test_malformed_from_the_server_is_answered_and_never_forwarded(
@@ -151,6 +188,13 @@ async def test_malformed_from_the_server_is_answered_and_never_forwarded(
     error = json.loads(log.read_text())
     assert error["id"] is None
     assert error["error"]["code"] == -32700
+    # The garbage and the answer to no request: both refused, both recorded.
+    refused = [r for r in await setup.audit() if r["action"]["details"].get("side") == "server"]
+    reasons = sorted(r["reasons"][0].split(": ", 1)[1] for r in refused)
+    assert reasons[0] == "answer to no request in flight dropped", reasons
+    assert reasons[1].startswith("invalid JSON"), reasons
+    assert len(reasons) == 2
+    assert error["error"]["data"]["decision_id"] in {r["decision_id"] for r in refused}
 
 
 async def test_holds_time_out_are_approved_elsewhere_and_are_withdrawn(

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from interlock.classify.mcp import DECIDED_METHODS, LISTING_METHODS
-from interlock.proxies.mcp.relay import Decide, Inspect, Relay, Send, Side, parse
+from interlock.proxies.mcp.relay import Decide, Inspect, Refused, Relay, Send, Side, parse
 
 METHODS = [
     *sorted(DECIDED_METHODS | LISTING_METHODS),
@@ -62,11 +62,11 @@ def test_nothing_undecided_reaches_the_server(lines: list[tuple[dict[str, Any], 
         try:
             parsed = parse(line)
         except ValueError:
-            # Malformed: one error back to the host, nothing else anywhere.
-            assert len(events) == 2
-            assert isinstance(events[0], Send)
-            assert events[0].to is Side.HOST
-            assert "error" in json.loads(events[0].data)
+            # Malformed: refused, to be recorded and answered to the host; nothing else.
+            assert len(events) == 1
+            assert isinstance(events[0], Refused)
+            assert events[0].side is Side.HOST
+            assert events[0].code is not None
             continue
         for send in to_server:
             out = json.loads(send.data)
@@ -90,8 +90,8 @@ def test_decided_requests_go_through_once_allowed_and_answers_are_inspected() ->
     assert isinstance(decide, Decide)
     # The same id again while the first waits: refused, not a second request.
     (dup,) = relay.from_host(line_of(call, b""))
-    assert isinstance(dup, Send)
-    assert json.loads(dup.data)["error"]["code"] == -32600
+    assert isinstance(dup, Refused)
+    assert (dup.side, dup.id, dup.code) == (Side.HOST, 1, -32600)
     # An answer the server invents for a request it never saw goes nowhere.
     answer = {"jsonrpc": "2.0", "id": 1, "result": {"content": []}}
     assert all(not isinstance(e, Send) for e in relay.from_server(line_of(answer, b"")))
