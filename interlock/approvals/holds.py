@@ -411,7 +411,40 @@ class Holds:
         self, decision_id: str, approved: bool, approver: str, channel: str, reason: str = ""
     ) -> ApprovalRequest:
         """`answer`, for a request held by this instance or (with shared approvals) any
-        other: checked here, claimed once across instances, delivered to its holder."""
+        other: checked here, claimed once across instances, delivered to its holder. An
+        answer refused because its approver may not answer for the agent (403) is a
+        refusal in the audit log: someone tried to approve what was not theirs."""
+        try:
+            return await self._answer_anywhere(decision_id, approved, approver, channel, reason)
+        except ApprovalError as exc:
+            if exc.status == 403:
+                await self._refused_answer(decision_id, approved, approver, channel, str(exc))
+            raise
+
+    async def _refused_answer(
+        self, decision_id: str, approved: bool, approver: str, channel: str, why: str
+    ) -> None:
+        if self.pdp is None:
+            return
+        try:
+            request = await self.get_anywhere(decision_id)
+        except ApprovalError:
+            request = None  # shared approvals unreachable: recorded without the agent
+        agent = request.agent if request is not None else None
+        details = {"approved": approved, "approver": approver[:256], "channel": channel}
+        action = Action(
+            Agent(agent or "unknown", owner=request.owner if request else None, authn="none"),
+            "approval",
+            Operation.DELEGATE,
+            decision_id,
+            details,
+            parents=(decision_id,),
+        )
+        await self.pdp.refuse(action, f"answer refused: {why}")
+
+    async def _answer_anywhere(
+        self, decision_id: str, approved: bool, approver: str, channel: str, reason: str
+    ) -> ApprovalRequest:
         if self.shared is None:
             return self.answer(decision_id, approved, approver, channel, reason)
         request = await self.get_anywhere(decision_id)

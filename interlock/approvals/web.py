@@ -25,6 +25,7 @@ import base64
 import hashlib
 import hmac
 import html
+import logging
 import secrets
 import time
 from collections import deque
@@ -38,6 +39,8 @@ from interlock.approvals.holds import Holds
 from interlock.approvals.links import LinkError, LinkSigner
 from interlock.approvals.request import ApprovalError, ApprovalRequest
 from interlock.config import WebApprovalsConfig
+
+log = logging.getLogger(__name__)
 
 COOKIE = "interlock_session"
 MAX_FAILURES = 5
@@ -169,7 +172,9 @@ def _same_token(sent: object, expected: str) -> bool:
     return isinstance(sent, str) and hmac.compare_digest(sent.encode(), expected.encode())
 
 
-def _forbidden(message: str) -> web.Response:
+def _forbidden(message: str, request: web.Request | None = None) -> web.Response:
+    if request is not None:
+        log.warning("approval page: %s (from %s)", message, request.remote)
     return _page("Refused", f"<p>{e(message)}</p>", status=403)
 
 
@@ -189,7 +194,7 @@ async def login_form(request: web.Request) -> web.Response:
 async def login(request: web.Request) -> web.StreamResponse:
     state = _state(request)
     if not _same_origin(request, state):
-        return _forbidden("cross-site request refused")
+        return _forbidden("cross-site request refused", request)
     form = await request.post()
     user, password = str(form.get("user", ""))[:128], str(form.get("password", ""))[:1024]
     now = state.clock()
@@ -205,6 +210,7 @@ async def login(request: web.Request) -> web.StreamResponse:
         while recent and recent[0] <= now - 60:
             recent.popleft()
         if len(recent) >= limit:
+            log.warning("approval page: sign-in as %r refused: too many attempts", user)
             return _page("Sign in to approve", "<p>Too many attempts; wait a minute.</p>", 429)
     for recent, _ in counters:
         recent.append(now)  # counted now, so parallel guesses cannot all pass the check
@@ -213,6 +219,7 @@ async def login(request: web.Request) -> web.StreamResponse:
         # Hash either way, so timing does not tell which names exist.
         ok = await asyncio.to_thread(check_password, password, stored or state._dummy)
     if stored is None or not ok:
+        log.warning("approval page: sign-in as %r failed (from %s)", user, request.remote)
         return _page("Sign in to approve", "<p>Wrong name or password.</p>", 401)
     state.failures.pop(user, None)
     sid = secrets.token_urlsafe(32)
@@ -297,10 +304,10 @@ async def answer(request: web.Request) -> web.StreamResponse:
     if session is None:
         return _forbidden("not signed in")
     if not _same_origin(request, state):
-        return _forbidden("cross-site request refused")
+        return _forbidden("cross-site request refused", request)
     form = await request.post()
     if not _same_token(form.get("csrf"), session.csrf):
-        return _forbidden("missing or wrong CSRF token")
+        return _forbidden("missing or wrong CSRF token", request)
     verb = request.match_info["verb"]
     decision_id = request.match_info["id"]
     try:
@@ -340,7 +347,7 @@ async def link_answer(request: web.Request) -> web.Response:
     if state.links is None:
         return _forbidden("links are not enabled")
     if not _same_origin(request, state):
-        return _forbidden("cross-site request refused")
+        return _forbidden("cross-site request refused", request)
     try:
         link = state.links.verify(request.match_info["token"])
     except LinkError as exc:

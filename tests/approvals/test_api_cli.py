@@ -35,6 +35,14 @@ async def test_the_owner_approves_through_the_api_and_the_request_proceeds(
         url = f"/v1/approvals/{pending['id']}/approve"
         other = await c.post(url, json={"approver": "mallory@example.com"})
         assert other.status_code == 403
+        # Trying to answer for someone else's agent is a refusal in the log.
+        (refused,) = [
+            r for r in rig.rt.pdp.stats.recent
+            if r["protocol"] == "approval" and r["effect"] == "deny"
+        ]  # fmt: skip
+        assert (refused["agent"], refused["target"]) == ("coder", pending["id"])
+        assert refused["parents"] == [pending["id"]]
+        assert refused["reasons"][0].startswith("answer refused: only ")
         assert (await c.post(url, json={})).status_code == 400, "no approver named"
         ok = await c.post(url, json={"approver": OWNER, "reason": "expected"})
         assert ok.status_code == 200
