@@ -82,21 +82,32 @@ exfiltration_found(inp, cfg) := {"exfiltration pattern: restricted data read and
 # rule's own "nothing to find" guard, conjoined; anything undefined takes the full path.
 deny_reasons(inp, cfg) := set() if {
 	nothing_to_deny(inp, cfg)
+} else := file_denials(inp, cfg) if {
+	# A command or file operation tripping nothing else: only its paths can deny it.
+	nothing_else_to_deny(inp, cfg)
 } else := all_deny_reasons(inp, cfg)
 
 nothing_to_deny(inp, cfg) if {
+	not inp.action.operation in {"file_read", "file_write", "exec"}
+	nothing_else_to_deny(inp, cfg)
+}
+
+# Every deny rule's guard but the one for file operations and commands.
+nothing_else_to_deny(inp, cfg) if {
 	not inp.context.posture.isolated
 	count(inp.context.posture.restrictions) == 0
 	inp.agent.authn != "none"
 	count(inp.action.threat_matches) == 0
 	not inp.action.operation in object.get(cfg.forbidden_operations, inp.action.protocol, [])
-	not inp.action.operation in {"file_read", "file_write", "exec"}
 	count(object.get(inp.action.details, "flags", [])) == 0
 	count(object.get(inp.action.details, "globs", [])) == 0
 	count(object.get(inp.action.details, "trees", [])) == 0
 	count(object.get(inp.action.details, "link_targets", [])) == 0
 	count(object.get(inp.action.details, "paths", [])) == 0
 }
+
+# The rules gated on the operation being a file operation or a command.
+file_denials(inp, cfg) := path_denials(inp, cfg) | root_denials(inp, cfg)
 
 all_deny_reasons(inp, cfg) := posture_denials(inp, cfg) | identity_denials(inp) | intel_denials(inp, cfg) | forbidden(inp, cfg) | flag_denials(inp, cfg) | path_denials(inp, cfg) | glob_denials(inp, cfg) | tree_denials(inp, cfg) | root_denials(inp, cfg) | mcp_path_denials(inp, cfg)
 
