@@ -10,6 +10,7 @@ import asyncio
 import logging
 from collections.abc import Coroutine
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
 import grpc
 from envoy.config.core.v3 import base_pb2
@@ -41,8 +42,10 @@ EXPIRED = "deadline passed before the Check was decided: dropped undecided"
 
 def peer_address(peer: str) -> str:
     """The address in a gRPC peer (`ipv4:10.0.0.1:5000`, `ipv6:[::1]:5000`) without its
-    port: Envoy opens several connections, the flood limit is per peer."""
+    port: Envoy opens several connections, the flood limit is per peer. gRPC
+    percent-encodes the brackets of an IPv6 peer (`ipv6:%5B::1%5D:5000`)."""
     kind, _, rest = peer.partition(":")
+    rest = unquote(rest)
     if kind in ("ipv4", "ipv6"):
         return rest.rpartition(":")[0].strip("[]") or rest
     return peer
@@ -123,8 +126,9 @@ class ExtAuthzServer:
                 log.warning("ext_authz: %d Checks shed past max_concurrent_checks", self.shed)
             why = f"interlock is overloaded (max_concurrent_checks {self.max_concurrent})"
             return await self._shed(raw, context.peer(), why)
+        request = from_check_bytes(raw)  # before counting: nothing may leak a slot
         self._active += 1
-        deciding = self._finished(self.authorizer.check(from_check_bytes(raw)))
+        deciding = self._finished(self.authorizer.check(request))
         deciding.add_done_callback(self._decided)
         response = await asyncio.shield(deciding)
         out: bytes = to_check_response(response).SerializeToString()

@@ -170,6 +170,7 @@ async def test_a_check_whose_caller_gives_up_mid_decision_is_still_recorded_once
     [
         ("ipv4:10.0.0.1:5000", "10.0.0.1"),
         ("ipv6:[::1]:5000", "::1"),
+        ("ipv6:%5B::1%5D:56794", "::1"),  # as grpc.aio reports it
         ("unix:/run/envoy.sock", "unix:/run/envoy.sock"),
     ],
 )

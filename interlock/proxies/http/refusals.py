@@ -62,20 +62,24 @@ def error_answer(why: str, guard: bool) -> tuple[int, str]:
     return 502, "interlock internal error"
 
 
+VALIDATION_ERRORS = ("Invalid request scheme", "refusing to prevent request smuggling")
+"""How mitmproxy's own check of a request head (`validate_request`) words its refusal."""
+
+
 def refused_by_parser(flow: http.HTTPFlow) -> bool:
     """mitmproxy refused to read the rest of a request it had started (its error hook
     fires before the request was complete, and the client did not just leave). A CONNECT
     never completes as a request (its tunnel follows); its head was decided. Over HTTP/2
-    mitmproxy refuses by ending the connection, audited once there (`parser.py`); a
-    stream's own error is the client's reset."""
+    mitmproxy refuses a malformed frame or header block by ending the connection, audited
+    once there (`parser.py`), and a head its own validation refuses (a scheme that is not
+    http(s), smuggling headers) on the stream, audited here; any other stream error is
+    the client's reset."""
     why = flow.error.msg if flow.error is not None else ""
-    return (
-        bool(why)
-        and flow.request.method != "CONNECT"
-        and not flow.request.is_http2
-        and flow.request.timestamp_end is None
-        and not any(left in why for left in CLIENT_LEFT)
-    )
+    if not why or any(left in why for left in CLIENT_LEFT):
+        return False
+    if flow.request.is_http2:
+        return any(mark in why for mark in VALIDATION_ERRORS)
+    return flow.request.method != "CONNECT" and flow.request.timestamp_end is None
 
 
 class Throttle:

@@ -19,7 +19,7 @@ from interlock.classify.content import MAX_SCAN, HeuristicDetector
 from interlock.classify.mcp import masked
 from interlock.core.model import Action, Agent, Decision, Effect, Operation
 from interlock.core.pdp import PDP
-from interlock.core.refusal import guard_action
+from interlock.core.refusal import UNRECORDED, FloodLimit, guard_action
 from interlock.errors import StateError
 from interlock.proxies.mcp.actions import Unreadable, Where, action_for, held_text, labels_of
 from interlock.proxies.mcp.relay import (
@@ -106,6 +106,11 @@ class Gateway:
         self._tasks: set[asyncio.Task[None]] = set()
         self._refusing: set[asyncio.Task[None]] = set()
         """Refusals being recorded: finished at close, never cancelled."""
+        self.flood = FloodLimit(pdp, "mcp")
+        """What the server sends that is refused, at most one record a second: a server
+        that prints its logs to stdout is not an agent filling the log on purpose. (The
+        host's refusals are the agent's own, each recorded.)"""
+        self._sweeping = False
         self._held: set[asyncio.Task[Any]] = set()
 
     # --- input -------------------------------------------------------------------------
@@ -134,19 +139,39 @@ class Gateway:
             elif isinstance(event, Inspect):
                 self._spawn(self._inspect(event))
             elif isinstance(event, Refused):
-                task = asyncio.create_task(self._refused(event))
-                self._refusing.add(task)
-                task.add_done_callback(self._refusing.discard)
+                self._refuse(event)
             elif isinstance(event, Problem):
                 log.warning(
                     "mcp %s: %s sent: %s", self.where.server, event.side.value, event.reason
                 )
 
-    async def _refused(self, event: Refused) -> None:
+    def _refuse(self, event: Refused) -> None:
+        suppressed: int | None = None
+        if event.side is Side.SERVER:
+            if not self._sweeping:
+                self.flood.start()
+                self._sweeping = True
+            suppressed = self.flood.take(f"mcp server {self.where.server[:200]}")
+            if suppressed is None:
+                log.warning("mcp %s: server sent: %s", self.where.server, event.reason)
+                if event.code is not None:
+                    data = {"audit": UNRECORDED}
+                    reply = error(event.id, event.code, f"interlock: {event.reason}", data)
+                    self.send(event.side, reply)
+                return
+        task = asyncio.create_task(self._refused(event, suppressed))
+        self._refusing.add(task)
+        task.add_done_callback(self._refusing.discard)
+
+    async def _refused(self, event: Refused, suppressed: int | None) -> None:
         """A message the relay refused is a refusal in the log like any other (the
         session's agent, which side sent it); the error its sender gets names it."""
         log.warning("mcp %s: %s sent: %s", self.where.server, event.side.value, event.reason)
-        details = {"mcp_server": self.where.server, "transport": "stdio", "side": event.side.value}
+        details: dict[str, Any] = {
+            "mcp_server": self.where.server, "transport": "stdio", "side": event.side.value,
+        }  # fmt: skip
+        if suppressed is not None:
+            details["suppressed_since_last"] = suppressed
         action = guard_action(self.agent, "mcp", Operation.TOOL_CALL, self.where.server, details)
         why = f"message from the {event.side.value} refused: {event.reason}"
         decision = await self.pdp.refuse(action, why)
@@ -169,6 +194,8 @@ class Gateway:
                 await task
         if self._refusing:
             await asyncio.gather(*self._refusing, return_exceptions=True)
+        if self._sweeping:
+            await self.flood.stop()  # the count a flood of server output left
 
     # --- requests ----------------------------------------------------------------------
 

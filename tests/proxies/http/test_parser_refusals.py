@@ -276,6 +276,37 @@ async def test_an_http2_protocol_error_is_one_audited_refusal_named_in_the_goawa
     assert upstream.requests == []
 
 
+H2_INVALID: dict[str, Callable[[int], list[tuple[bytes, bytes]]]] = {
+    "a scheme that is not http(s)": lambda p: [
+        (b":method", b"GET"),
+        (b":scheme", b"ftp"),
+        (b":authority", b"localhost:%d" % p),
+        (b":path", b"/"),
+    ],
+    "Content-Length with Transfer-Encoding": lambda p: [
+        *h2_block(p),
+        (b":path", b"/"),
+        (b"content-length", b"0"),
+        (b"transfer-encoding", b"chunked"),
+    ],
+}
+
+
+@pytest.mark.parametrize("block", H2_INVALID.values(), ids=H2_INVALID.keys())
+async def test_an_http2_request_mitmproxy_refuses_on_its_stream_is_audited(
+    rig: Rig, block: Callable[[int], list[tuple[bytes, bytes]]]
+) -> None:
+    """Requests mitmproxy's own validation refuses per stream (not by ending the
+    connection): one record each, and nothing upstream."""
+    proxy, sink, upstream = rig
+    proxy.refusal_budget.interval = 0.0
+    await h2_exchange(proxy, f"localhost:{upstream.port}", block(upstream.port))
+    await until(lambda: bool(guarded(sink)))
+    [record] = guarded(sink)
+    assert record.decision.effect.value == "deny"
+    assert upstream.requests == []
+
+
 async def test_a_malformed_request_to_a_reverse_listener_is_audited(tmp_path: Path) -> None:
     upstream = await RawUpstream().start()
     route = ReverseRoute(listen="127.0.0.1:0", upstream=f"http://127.0.0.1:{upstream.port}")
