@@ -75,6 +75,8 @@ class _Hold:
     request: ApprovalRequest
     future: asyncio.Future[Verdict]
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    published: asyncio.Task[None] | None = None
+    """Its request being published to shared approvals (answerable elsewhere once done)."""
 
 
 @dataclass
@@ -130,12 +132,24 @@ class Holds:
     # --- holding -------------------------------------------------------------------------
 
     async def wait(
-        self, decision: Decision, limit: float, action: Action, text: str = ""
+        self,
+        decision: Decision,
+        limit: float,
+        action: Action,
+        text: str = "",
+        on_open: Callable[[], None] | None = None,
     ) -> Verdict:
         """Hold until answered or `limit` seconds pass (a denial). `text` is the exact
-        statement, command or request the PEP will carry out if approved."""
+        statement, command or request the PEP will carry out if approved. `on_open` is
+        called once the request can be answered on any instance (for a PEP that tells
+        its client the id: an approver acting on that at once must find it)."""
         hold = self._open(decision, limit, action, text)
         try:
+            if on_open is not None:
+                if hold.published is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(hold.published)  # a failure is logged there
+                on_open()
             verdict = await self._settle(hold, limit)
         except asyncio.CancelledError:
             # The client went away while it waited: the request ends, and says so.
@@ -156,11 +170,12 @@ class Holds:
         limit: float,
         action: Action,
         text: str = "",
+        on_open: Callable[[], None] | None = None,
     ) -> Verdict:
         """`wait`, as a task in `group`, which the PEP cancels when the client goes away
         (a disconnect the waiting coroutine itself would not notice): the request is then
         withdrawn, and the verdict is a denial saying so."""
-        waiting = asyncio.ensure_future(self.wait(decision, limit, action, text))
+        waiting = asyncio.ensure_future(self.wait(decision, limit, action, text, on_open))
         group.add(waiting)
         try:
             return await asyncio.shield(waiting)
@@ -205,6 +220,9 @@ class Holds:
         hold = self._open(decision, limit, action, text)
         self._by_hash[digest] = decision.decision_id
         self._spawn(self._await_retry(hold, limit, digest))
+        if hold.published is not None:
+            # The client is told the id next: answerable on any instance by then.
+            await asyncio.shield(hold.published)
         return Retry("pending", decision.decision_id)
 
     async def _retry_shared(self, digest: str, decision_id: str, limit: float) -> Retry | None:
@@ -290,7 +308,7 @@ class Holds:
             return hold
         self._waiting[decision.decision_id] = hold
         if self.shared is not None:
-            self._spawn(self.shared.opened(request))
+            hold.published = self._spawn(self.shared.opened(request))
         for channel in self.channels:
             hold.tasks.append(asyncio.create_task(self._ask(channel, hold)))
         return hold
@@ -318,10 +336,11 @@ class Holds:
                 hold.future.set_result(verdict)
             return hold.future.result()
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     def _close(self, hold: _Hold) -> None:
         if self._waiting.pop(hold.request.decision_id, None) is not None and self.shared:

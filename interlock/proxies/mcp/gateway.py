@@ -251,9 +251,17 @@ class Gateway:
     async def _hold(self, event: Decide, action: Action, decision: Decision) -> Any:
         meta = event.request.get("params", {}).get("_meta")
         token = meta.get("progressToken") if isinstance(meta, dict) else None
-        ticker = None
+        tickers: list[asyncio.Task[None]] = []
+        on_open = None
         if isinstance(token, (str, int)) and not isinstance(token, bool):
-            ticker = asyncio.create_task(self._progress(token, decision.decision_id))
+            progress_token: str | int = token
+
+            def on_open() -> None:
+                # Only now: the host may hand the id to an approver at once.
+                tickers.append(
+                    asyncio.create_task(self._progress(progress_token, decision.decision_id))
+                )
+
         try:
             return await self.holds.wait_in(
                 self._held,
@@ -261,9 +269,10 @@ class Gateway:
                 self.approval_timeout,
                 action,
                 held_text(event.method, event.request),
+                on_open,
             )
         finally:
-            if ticker is not None:
+            for ticker in tickers:
                 ticker.cancel()
 
     async def _progress(self, token: str | int, decision_id: str) -> None:
