@@ -120,6 +120,9 @@ class RefusalBudget:
         self._last[key] = (now, 0)
         return suppressed
 
+    def __contains__(self, key: str) -> bool:
+        return key in self._last
+
     def counted(self, key: str) -> int:
         """Refusals from `key` counted and not yet reported."""
         return self._last.get(key, (0.0, 0))[1]
@@ -149,6 +152,10 @@ class FloodLimit:
         self.refusals = Refusals(pdp)
         self.protocol = protocol
         self._sweeper: asyncio.Task[None] | None = None
+        self.owners: dict[str, tuple[str, Agent]] = {}
+        """Keys that stand for one identified agent's refusals from one address (so an
+        anonymous flood from the same address does not silence them): its address and
+        agent, under which its summary is recorded."""
 
     def take(self, key: str) -> int | None:
         """As `RefusalBudget.take`, now."""
@@ -170,12 +177,15 @@ class FloodLimit:
     def report(self, now: float) -> None:
         """Writes the counts `RefusalBudget.due` at `now`, as `summary` records."""
         for key, count in self.budget.due(now):
-            details = {"client": key, "suppressed_since_last": count, "summary": True}
+            client, agent = self.owners.get(key, (key, None))
+            details = {"client": client, "suppressed_since_last": count, "summary": True}
             action = guard_action(
-                None, self.protocol, Operation.CONNECT, f"refusals from {key}", details
+                agent, self.protocol, Operation.CONNECT, f"refusals from {client}", details
             )
-            why = f"{count} refusal(s) from {key} counted by the flood limit"
+            why = f"{count} refusal(s) from {client} counted by the flood limit"
             self.refusals.soon(action, why)
+        for key in [k for k in self.owners if k not in self.budget]:
+            del self.owners[key]  # forgotten by the budget: its count went under `*`
 
     async def _sweep(self) -> None:
         while True:

@@ -27,7 +27,7 @@ from mitmproxy.proxy import mode_specs
 
 from interlock.core.model import Action, Agent, Operation
 from interlock.core.pdp import PDP
-from interlock.core.refusal import RefusalBudget, guard_action
+from interlock.core.refusal import FloodLimit, guard_action
 from interlock.proxies.http.answer import COUNTED, MAX_QUOTED_REASON, REFUSAL
 from interlock.proxies.http.identity import AGENT
 
@@ -87,8 +87,9 @@ class Throttle:
     address per `budget.interval` (`RefusalBudget`): each record says in
     `details.suppressed_since_last` how many were counted, not written, since the last."""
 
-    def __init__(self, budget: RefusalBudget) -> None:
-        self.budget = budget
+    def __init__(self, flood: FloodLimit) -> None:
+        self.flood = flood
+        self.budget = flood.budget
 
     def action(
         self,
@@ -98,8 +99,13 @@ class Throttle:
         target: str,
         details: Mapping[str, Any],
     ) -> Action | None:
-        """The refused action to record now, or None when this refusal is counted."""
-        suppressed = self.budget.take(address, time.monotonic())
+        """The refused action to record now, or None when this refusal is counted. An
+        identified agent's refusals have a budget of their own per address."""
+        key = address
+        if agent is not None:
+            key = f"{address} {agent.id}"
+            self.flood.owners[key] = (address, agent)
+        suppressed = self.budget.take(key, time.monotonic())
         if suppressed is None:
             return None
         details = {**details, "client": address, "suppressed_since_last": suppressed}

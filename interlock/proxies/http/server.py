@@ -78,7 +78,7 @@ class HttpProxy:
         """One budget for every refusal anyone can cause without credentials, per client
         address; its sweep writes the counts a flood leaves when it stops."""
         self.refusal_budget = self.flood.budget
-        self.throttle = Throttle(self.refusal_budget)
+        self.throttle = Throttle(self.flood)
 
     def _posture_changed(self, agent_id: str, posture: Posture) -> None:
         """Isolation closes the agent's open client connections (tunnels and keep-alive

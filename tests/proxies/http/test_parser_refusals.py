@@ -142,6 +142,37 @@ async def test_garbage_inside_a_tunnel_is_the_tunnels_agents(rig: Rig) -> None:
     assert upstream.requests == []
 
 
+async def test_an_anonymous_flood_does_not_silence_an_agents_refusals(rig: Rig) -> None:
+    """Agents on one host share its address with whatever else runs there: an anonymous
+    flood from it uses up the anonymous budget, not the agent's own, and the count it
+    leaves is reported under `anonymous`, the agent's under the agent."""
+    proxy, sink, upstream = rig
+    assert proxy.address is not None
+    proxy.refusal_budget.interval = 3600.0
+    for _ in range(3):
+        await raw_exchange(proxy.address, b"NOT HTTP\r\n\r\n")
+    target = f"127.0.0.1:{upstream.port}"
+    for _ in range(2):
+        reader, writer = await asyncio.open_connection(*proxy.address)
+        try:
+            connect = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n".encode()
+            writer.write(connect + AUTH + b"\r\n")
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+            writer.write(b"GET /\r\n\r\n")
+            await asyncio.wait_for(reader.read(65536), 10)
+        finally:
+            writer.close()
+    await proxy.flood.stop()  # as at shutdown: the waiting counts are written
+    records = guarded(sink)
+    written = [(r.action.agent.id, r.action.details.get("summary", False)) for r in records]
+    assert sorted(written) == [
+        ("anonymous", False), ("anonymous", True), ("coder", False), ("coder", True),
+    ]  # fmt: skip
+    assert refusals_counted(records) == 5
+    assert {r.action.details["client"] for r in records} == {"127.0.0.1"}
+    assert upstream.requests == []
+
+
 async def test_a_clienthello_the_proxy_cannot_parse_is_the_tunnels_agents(rig: Rig) -> None:
     proxy, sink, upstream = rig
     reader, writer = await tunnel(proxy, f"127.0.0.1:{upstream.port}")
