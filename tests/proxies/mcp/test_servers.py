@@ -7,10 +7,11 @@ from __future__ import annotations
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mcp.shared.exceptions import MCPError
-from mcp.types import TextContent
+from mcp.types import CallToolResult, TextContent
 
 from interlock.core.redis_store import RedisStore
 from tests.proxies.mcp.conftest import Setup, git_server, npm_server, session
@@ -27,9 +28,8 @@ def calls(setup: Setup) -> list[tuple[str, dict[str, object]]]:
     ]
 
 
-def text(result: object) -> str:
-    content = result.content  # type: ignore[attr-defined]
-    return "".join(c.text for c in content if isinstance(c, TextContent))
+def text(result: CallToolResult) -> str:
+    return "".join(c.text for c in result.content if isinstance(c, TextContent))
 
 
 async def test_filesystem_server_protected_paths_as_ssh(setup: Setup, tmp_path: Path) -> None:
@@ -40,7 +40,7 @@ async def test_filesystem_server_protected_paths_as_ssh(setup: Setup, tmp_path: 
     (root / "link").symlink_to(root / "home" / ".ssh" / "id_rsa")
     (root / "docs").symlink_to(root / "home" / ".ssh")
     params = setup.gateway([npm_server("mcp-server-filesystem"), str(root)], cwd=root)
-    denied = [
+    denied: list[tuple[str, dict[str, Any]]] = [
         ("read_text_file", {"path": str(root / "home/.ssh/id_rsa")}),
         ("read_text_file", {"path": "home/.ssh/id_rsa"}),  # relative to the server's cwd
         ("read_text_file", {"path": str(root / "link")}),  # a link to a protected file

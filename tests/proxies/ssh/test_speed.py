@@ -53,6 +53,7 @@ def test_a_repeated_command_is_classified_once_and_the_result_cannot_change() ->
     assert again.details is first.details
     assert isinstance(first.details, MappingProxyType)
     with pytest.raises(TypeError):
+        # The write mypy rightly refuses (a read-only Mapping) is what is being tested.
         first.details["command"] = "rm -rf /"  # type: ignore[index]
     # Where it runs is part of the key: the same text resolves to other paths elsewhere.
     home, _ = command_action(AGENT, "web1", "cat notes.txt", 16384, Where("/home/a", "a"))
