@@ -162,7 +162,9 @@ class FloodLimit:
         return self.budget.take(key, time.monotonic())
 
     def start(self) -> None:
-        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+        """Start sweeping (once; again is a no-op)."""
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
     async def stop(self) -> None:
         """Stops sweeping and writes every count still waiting."""

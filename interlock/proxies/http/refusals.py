@@ -18,7 +18,6 @@ answer names a decision id only when its record was written.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -84,12 +83,11 @@ def refused_by_parser(flow: http.HTTPFlow) -> bool:
 
 class Throttle:
     """Refusals anyone can cause without credentials, at most one recorded per client
-    address per `budget.interval` (`RefusalBudget`): each record says in
+    address per interval (`FloodLimit`): each record says in
     `details.suppressed_since_last` how many were counted, not written, since the last."""
 
     def __init__(self, flood: FloodLimit) -> None:
         self.flood = flood
-        self.budget = flood.budget
 
     def action(
         self,
@@ -105,7 +103,7 @@ class Throttle:
         if agent is not None:
             key = f"{address} {agent.id}"
             self.flood.owners[key] = (address, agent)
-        suppressed = self.budget.take(key, time.monotonic())
+        suppressed = self.flood.take(key)
         if suppressed is None:
             return None
         details = {**details, "client": address, "suppressed_since_last": suppressed}

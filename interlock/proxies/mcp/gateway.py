@@ -110,7 +110,6 @@ class Gateway:
         """What the server sends that is refused, at most one record a second: a server
         that prints its logs to stdout is not an agent filling the log on purpose. (The
         host's refusals are the agent's own, each recorded.)"""
-        self._sweeping = False
         self._held: set[asyncio.Task[Any]] = set()
 
     # --- input -------------------------------------------------------------------------
@@ -148,9 +147,7 @@ class Gateway:
     def _refuse(self, event: Refused) -> None:
         suppressed: int | None = None
         if event.side is Side.SERVER:
-            if not self._sweeping:
-                self.flood.start()
-                self._sweeping = True
+            self.flood.start()
             suppressed = self.flood.take(f"mcp server {self.where.server[:200]}")
             if suppressed is None:
                 log.warning("mcp %s: server sent: %s", self.where.server, event.reason)
@@ -194,8 +191,7 @@ class Gateway:
                 await task
         if self._refusing:
             await asyncio.gather(*self._refusing, return_exceptions=True)
-        if self._sweeping:
-            await self.flood.stop()  # the count a flood of server output left
+        await self.flood.stop()  # the count a flood of server output left
 
     # --- requests ----------------------------------------------------------------------
 
