@@ -12,6 +12,7 @@ import math
 import re
 from collections.abc import Callable, Hashable, Mapping
 from datetime import UTC, datetime
+from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
@@ -22,6 +23,7 @@ from interlock.core.canonical import (
     is_plain_float,
     plain_key,
 )
+from interlock.core.model import Effect, Operation, Tier
 from interlock.core.record import DecisionRecord
 
 RECORD_VERSION = 1
@@ -122,21 +124,34 @@ def timestamp(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-_last_second: tuple[datetime | None, str] = (None, "")
+_last_second: tuple[int, str] = (-1, "")
 
 
 def _timestamp_fast(t: float) -> str:
     """`timestamp` with the date and time of day formatted once per second: records
-    arrive thousands a second, and only the microseconds differ between them."""
+    arrive thousands a second, and only the microseconds differ between them.
+
+    The microseconds are rounded as `datetime.fromtimestamp` rounds them (the fraction
+    times 10**6, half to even, carried into the second at 10**6), so both give the same
+    text for every time (tests/audit/test_record.py checks it)."""
     global _last_second
-    dt = datetime.fromtimestamp(t, UTC)
-    if dt.year < 1000:
+    frac, whole = math.modf(t)
+    if frac < 0 or not 0 <= whole < _LAST_FAST_SECOND:
         return timestamp(t)
-    second = dt.replace(microsecond=0)
+    micros = round(frac * 1e6)
+    second = int(whole)
+    if micros >= 1_000_000:
+        micros -= 1_000_000
+        second += 1
     cached = _last_second
     if cached[0] != second:
+        dt = datetime.fromtimestamp(second, UTC)
         cached = _last_second = (second, dt.strftime("%Y-%m-%dT%H:%M:%S"))
-    return f"{cached[1]}.{dt.microsecond:06d}Z"
+    return f"{cached[1]}.{micros:06d}Z"
+
+
+_LAST_FAST_SECOND = 253402300799.0
+"""9999-12-31T23:59:59Z: after it the year has five digits; `timestamp` handles those."""
 
 
 _signal_docs: dict[Hashable, Any] = {}
@@ -146,7 +161,7 @@ def _signals(signals: Mapping[str, Any], plain: _Plain) -> Any:
     """The sanitized risk signals, memoised: a handful of quantised values recur in
     every record. The memo keys on each value's type too (`1 == 1.0 == True`)."""
     try:
-        key: Hashable = tuple([(k, type(v), v) for k, v in signals.items()])
+        key: Hashable = (tuple(signals.items()), tuple(map(type, signals.values())))
         found = _signal_docs.get(key)
     except TypeError:
         return sanitize(signals, 0, plain)
@@ -159,6 +174,14 @@ def _signals(signals: Mapping[str, Any], plain: _Plain) -> Any:
         if len(_signal_docs) < 10_000:
             _signal_docs[key] = found
     return found
+
+
+_VALUES: dict[StrEnum, str] = {e: e.value for kind in (Operation, Tier, Effect) for e in kind}
+"""Enum member -> its text: `.value` is a descriptor call, several times a dict lookup."""
+
+
+def _text(member: StrEnum) -> str:
+    return _VALUES.get(member) or str(member.value)
 
 
 def build(rec: DecisionRecord, when: Callable[[float], str] = timestamp) -> dict[str, Any]:
@@ -180,7 +203,7 @@ def build(rec: DecisionRecord, when: Callable[[float], str] = timestamp) -> dict
         },
         "action": {
             "protocol": a.protocol,
-            "operation": a.operation.value,
+            "operation": _text(a.operation),
             "target": a.target,
             "details": a.details,
             "labels": sorted(a.labels),
@@ -192,14 +215,14 @@ def build(rec: DecisionRecord, when: Callable[[float], str] = timestamp) -> dict
         "time_features": rec.input.get("time", {}),
         "policy_version": d.policy_version,
         "policy_engine": rec.engine,
-        "risk": {"score": d.risk.score, "tier": d.risk.tier.value, "signals": d.risk.signals},
-        "effect": d.effect.value,
+        "risk": {"score": d.risk.score, "tier": _text(d.risk.tier), "signals": d.risk.signals},
+        "effect": _text(d.effect),
         "reasons": d.reasons,
         "restrictions": d.restrictions,
         "obligations": [{"type": o.type, **o.params} for o in d.obligations],
         "approver": dict(rec.approver) if rec.approver is not None else None,
         "enforced": rec.enforced,
-        "shadow": [{"effect": e.value, "reason": r} for e, r in d.shadow],
+        "shadow": [{"effect": _text(e), "reason": r} for e, r in d.shadow],
     }
 
 

@@ -3,8 +3,20 @@
 from __future__ import annotations
 
 import json
+import math
 
-from interlock.audit.record import REDACTED, document, encode, sanitize
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from interlock.audit.record import (
+    REDACTED,
+    _timestamp_fast,
+    document,
+    encode,
+    sanitize,
+    timestamp,
+)
 from interlock.core.model import Action, Agent, Operation
 from interlock.testing import CaptureSink, make_pdp
 
@@ -98,3 +110,29 @@ async def test_encoding_is_stable() -> None:
     rec = sink.last
     assert encode(rec) == encode(rec)
     assert json.loads(encode(rec))["decision_id"] == rec.decision.decision_id
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.one_of(
+        st.floats(0, 2**35, allow_nan=False),
+        # Times whose microseconds end in exactly half: where rounding rules differ.
+        st.builds(lambda s, u: s + (u + 0.5) / 1e6, st.integers(0, 2**33), st.integers(0, 10**6)),
+        st.floats(-(2**33), 0, allow_nan=False),
+    )
+)
+@example(1e-7)
+@example(0.9999995)
+@example(1700000000.9999996)
+@example(253402300799.9999995)
+def test_the_fast_timestamp_is_the_timestamp(t: float) -> None:
+    """The encoder formats each second once and rounds the microseconds itself: for every
+    time it must print what datetime prints (time 0 to the year 9999 and beyond)."""
+    assert math.isfinite(t)
+    try:
+        expected = timestamp(t)
+    except (ValueError, OverflowError, OSError) as exc:  # past the year 9999
+        with pytest.raises(type(exc)):
+            _timestamp_fast(t)
+        return
+    assert _timestamp_fast(t) == expected
