@@ -153,20 +153,25 @@ def root_from(size: int, nodes: Mapping[NodeKey, bytes]) -> bytes:
 
 
 def extend(
-    size: int, frontier: Mapping[int, bytes], leaves: Sequence[bytes]
+    size: int, frontier: Mapping[int, bytes], leaves: Sequence[bytes], min_level: int = 0
 ) -> tuple[list[tuple[int, int, bytes]], dict[int, bytes]]:
     """Append leaf hashes to a tree of `size` whose right-edge subtrees are `frontier`
-    (level -> hash). Returns the new stored nodes and the new frontier."""
+    (level -> hash). Returns the new nodes from `min_level` up (a store passes
+    `TILE_LEVEL`: it keeps no others) and the new frontier."""
     front = dict(frontier)
     new: list[tuple[int, int, bytes]] = []
+    sha256 = hashlib.sha256
     for leaf in leaves:
         idx, level, cur = size, 0, leaf
-        new.append((0, idx, cur))
+        if min_level == 0:
+            new.append((0, idx, cur))
         while idx & 1:
-            cur = node_hash(front.pop(level), cur)
+            # node_hash, inlined: this loop runs once per record on the append path.
+            cur = sha256(b"\x01" + front.pop(level) + cur).digest()
             idx >>= 1
             level += 1
-            new.append((level, idx, cur))
+            if level >= min_level:
+                new.append((level, idx, cur))
         front[level] = cur
         size += 1
     return new, front

@@ -195,3 +195,18 @@ def test_proof_plans_name_few_nodes() -> None:
     assert len(keys) <= 2 * 20
     keys = m.plan(m.consistency_ranges(400_001, n))
     assert len(keys) <= 2 * 20
+
+
+def test_extend_from_a_level_returns_exactly_those_nodes_and_the_same_frontier() -> None:
+    """Stores ask only for the nodes they keep; the tree they build must not change."""
+    data = entries(300)
+    size: int = 0
+    every: dict[int, bytes] = {}
+    tiled: dict[int, bytes] = {}
+    for chunk in (data[:3], data[3:17], data[17:200], data[200:]):
+        leaves = [m.leaf_hash(x) for x in chunk]
+        all_new, every = m.extend(size, every, leaves)
+        high_new, tiled = m.extend(size, tiled, leaves, m.TILE_LEVEL)
+        assert high_new == [n for n in all_new if n[0] >= m.TILE_LEVEL]
+        assert tiled == every
+        size += len(chunk)
