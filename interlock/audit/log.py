@@ -153,8 +153,8 @@ class AuditLog:
         Encoding is Python CPU work, so it runs here on the loop in slices, between the
         proxies' own tasks: on another thread it gained nothing (it holds the GIL either
         way) and cost about a quarter more CPU per record in GIL hand-offs (measured in
-        docs/benchmarks.md). Committing runs on the store's thread and mostly waits on
-        SQLite and fsync, with the GIL released, so it overlaps with the encoding."""
+        docs/benchmarks.md). Committing is the store's: the SQLite store hands the batch
+        to its writer process, which hashes and writes it on the other core."""
         backoff = 0.01
         inflight: tuple[list[_Entry], asyncio.Task[None]] | None = None
         while True:

@@ -113,7 +113,7 @@ def _big_tree(path: Path, size: int) -> None:
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=OFF")
-    from interlock.audit.sqlite import SCHEMA
+    from interlock.audit.sqlitefile import SCHEMA
 
     db.executescript(SCHEMA)
     front: dict[int, bytes] = {}
