@@ -11,8 +11,6 @@ building on a stale tree.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import sqlite3
 import struct
 import sys
@@ -28,10 +26,6 @@ from interlock.audit.store import StoredRecord
 from interlock.errors import AuditError
 
 T = TypeVar("T")
-
-PIPE_BYTES = 1 << 20
-"""The writer's input pipe size (Linux's default limit for unprivileged processes)."""
-F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 WRITER_STOP_S = 5.0
 """How long `close` waits for the writer process to finish its batch and exit."""
@@ -116,13 +110,6 @@ class SqliteStore:
             )
         except OSError as exc:
             raise AuditError(f"cannot start the audit writer process: {exc}") from exc
-        pipe = self._writer.stdin.get_extra_info("pipe") if self._writer.stdin else None
-        if pipe is not None:
-            # A batch fits the pipe, so the loop hands it over in one write instead of a
-            # write per 64 KiB each waiting for a turn of a busy loop. Best effort: a
-            # smaller pipe only costs time.
-            with contextlib.suppress(OSError):
-                fcntl.fcntl(pipe.fileno(), F_SETPIPE_SZ, PIPE_BYTES)
         return self._writer
 
     async def _stop_writer(self) -> int | None:
