@@ -57,6 +57,10 @@ def _secret(key: str) -> bool:
     return found
 
 
+def _safe(n: int) -> bool:
+    return -MAX_SAFE_INTEGER <= n <= MAX_SAFE_INTEGER
+
+
 def sanitize(value: Any, depth: int = 0, plain: _Plain | None = None) -> Any:
     """JSON-safe, canonicalizable, secret-free copy of `value` (one pass, hot path).
 
@@ -80,8 +84,24 @@ def sanitize(value: Any, depth: int = 0, plain: _Plain | None = None) -> Any:
         if plain is not None and not _plain_float(value):
             plain.ok = False
         return value
-    if t is dict or t is MappingProxyType or (t is not list and isinstance(value, Mapping)):
+    # Containers copy ASCII strings, booleans, None and safe integers in place rather than
+    # through a call each: they are most of what details and contexts hold. (A child one
+    # level down is too deep past 32; strings never are: `sanitize` checks them first.)
+    shallow = depth < 32
+    if t is list or t is tuple:
+        items = []
+        for v in value:
+            tv = type(v)
+            if (tv is str and v.isascii()) or (
+                shallow and (v is None or tv is bool or (tv is int and _safe(v)))
+            ):
+                items.append(v)
+            else:
+                items.append(sanitize(v, depth + 1, plain))
+        return items
+    if t is dict or t is MappingProxyType or isinstance(value, Mapping):
         out = {}
+        secrets = _secret_keys
         for k, v in value.items():
             if type(k) is str and k.isascii():
                 key = k
@@ -89,10 +109,20 @@ def sanitize(value: Any, depth: int = 0, plain: _Plain | None = None) -> Any:
                 key = sanitize(str(k))
                 if plain is not None and not plain_key(key):
                     plain.ok = False
-            out[key] = REDACTED if _secret(key) else sanitize(v, depth + 1, plain)
+            secret = secrets.get(key)  # `_secret`'s memo, without the call
+            if secret is None:
+                secret = _secret(key)
+            if secret:
+                out[key] = REDACTED
+                continue
+            tv = type(v)
+            if (tv is str and v.isascii()) or (
+                shallow and (v is None or tv is bool or (tv is int and _safe(v)))
+            ):
+                out[key] = v
+            else:
+                out[key] = sanitize(v, depth + 1, plain)
         return out
-    if t is list or t is tuple:
-        return [sanitize(v, depth + 1, plain) for v in value]
     if isinstance(value, (set, frozenset)):
         return [sanitize(v, depth + 1, plain) for v in sorted(value, key=str)]
     if isinstance(value, bool):

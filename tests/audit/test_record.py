@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
 
 import pytest
 from hypothesis import example, given, settings
@@ -11,6 +14,7 @@ from hypothesis import strategies as st
 
 from interlock.audit.record import (
     REDACTED,
+    SECRET_KEY,
     _timestamp_fast,
     document,
     encode,
@@ -136,3 +140,69 @@ def test_the_fast_timestamp_is_the_timestamp(t: float) -> None:
             _timestamp_fast(t)
         return
     assert _timestamp_fast(t) == expected
+
+
+def _reference(value: Any, depth: int = 0) -> Any:
+    """`sanitize` as docs/audit.md defines it, one call per value: the oracle for the
+    in-place fast cases of the real one."""
+    if isinstance(value, str) and type(value) is str:
+        return value if value.isascii() else value.encode("utf-8", "replace").decode()
+    if depth > 32:
+        return "[too deep]"
+    if type(value) is int:
+        return value if abs(value) <= 2**53 - 1 else str(value)
+    if value is None or type(value) is bool:
+        return value
+    if type(value) is float:
+        if not math.isfinite(value):
+            return str(value)
+        return int(value) if value.is_integer() and abs(value) <= 2**53 - 1 else value
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            key = k if type(k) is str and k.isascii() else _reference(str(k))
+            out[key] = REDACTED if SECRET_KEY.search(key) else _reference(v, depth + 1)
+        return out
+    if type(value) in (list, tuple):
+        return [_reference(v, depth + 1) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return [_reference(v, depth + 1) for v in sorted(value, key=str)]
+    return _reference(str(value), depth) if isinstance(value, str) else str(value)
+
+
+_leaves = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**60), 2**60)
+    | st.floats()
+    | st.text(max_size=4)
+    | st.sampled_from(["\ud800", "caf\u00e9", "x"])
+)
+_keys = st.text(max_size=5) | st.sampled_from(["password", "Token", "api_key", "é", "k"])
+
+
+def _nest(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return (
+        st.lists(children, max_size=3)
+        | st.lists(children, max_size=3).map(tuple)
+        | st.dictionaries(_keys, children, max_size=3)
+        | st.dictionaries(_keys, children, max_size=3).map(MappingProxyType)
+        | st.frozensets(st.text(max_size=3), max_size=3)
+    )
+
+
+def _deep(value: Any, levels: int) -> Any:
+    for i in range(levels):
+        value = [value] if i % 2 else {"k": value}
+    return value
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.recursive(_leaves, _nest, max_leaves=25), st.integers(0, 36))
+def test_sanitize_equals_its_one_call_per_value_definition(value: Any, levels: int) -> None:
+    """Wrapped 0 to 36 levels deep, so that every kind of value also meets the depth
+    limit (32) at every position."""
+    wrapped = _deep(value, levels)
+    expected = _reference(wrapped)
+    got = sanitize(wrapped)
+    assert json.dumps(got, sort_keys=True) == json.dumps(expected, sort_keys=True)
