@@ -1073,8 +1073,9 @@ class SqlClassifier:
 
     A cached classification is the one of the first text of its shape: equal to a fresh
     one of any text of that shape in everything but `SqlStatement.text`, which keeps that
-    first text's numbers (what depends on a value, COPY's options, is read from the text
-    that executes). The cache belongs to one catalog: any other empties it."""
+    first text's integers (what the proxy reads from it, COPY's options, takes none;
+    tests/classify/test_sql_cache.py). The cache belongs to one catalog: any other
+    empties it."""
 
     def __init__(self, catalog: Catalog | None = None, cache_size: int = CACHE_SIZE) -> None:
         self.catalog = catalog or Catalog()
