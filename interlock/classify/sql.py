@@ -25,6 +25,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any, cast
 
 import sqlglot
 from sqlglot import exp
@@ -52,13 +53,15 @@ from interlock.classify.sqlident import (
 )
 from interlock.classify.sqlsession import SENSITIVE_SETTINGS, SessionStatement, session_statement
 from interlock.classify.sqlsplit import SplitError, shape, split
-from interlock.core.model import Operation
+from interlock.core.model import Operation, freeze
 
 DEFAULT_SCHEMA = "public"
 SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
 COMPILED_LANGUAGES = frozenset({"internal", "c"})
 """Languages of functions installed by the server or extensions, not written by users."""
 CACHE_SIZE = 4096
+_FRACTIONAL = re.compile(r"[0-9](?:\.[0-9]|[eE])")
+"""A digit before a fraction or an exponent: text that may hold a non-integer number."""
 _ADMIN_COMMANDS = frozenset(
     {
         "VACUUM",
@@ -159,6 +162,8 @@ class Catalog:
 @dataclass(frozen=True, slots=True)
 class SqlStatement:
     text: str
+    """The statement's text; from a cache, that of the first statement of its shape (its
+    numbers may differ from the one being decided)."""
     kind: str
     operation: Operation
     reads: frozenset[str] = frozenset()
@@ -181,14 +186,27 @@ class SqlStatement:
 @dataclass(frozen=True, slots=True)
 class SqlClassification:
     statements: tuple[SqlStatement, ...]
+    _memo: dict[str, Any] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
+    """What is derived from `statements` for the policy, derived once: a cached
+    classification is asked again for every statement of its shape."""
 
     @property
     def operation(self) -> Operation:
-        return max((s.operation for s in self.statements), key=_severity, default=Operation.READ)
+        found = self._memo.get("operation")
+        if found is None:
+            found = self._memo["operation"] = max(
+                (s.operation for s in self.statements), key=_severity, default=Operation.READ
+            )
+        return cast(Operation, found)
 
     @property
     def labels(self) -> frozenset[str]:
-        return frozenset().union(*(s.labels for s in self.statements))
+        found = self._memo.get("labels")
+        if found is None:
+            found = self._memo["labels"] = frozenset().union(*(s.labels for s in self.statements))
+        return cast(frozenset[str], found)
 
     @property
     def flags(self) -> frozenset[str]:
@@ -212,6 +230,13 @@ class SqlClassification:
             # a write).
             details["effects"] = ["write"]
         return details
+
+    def frozen_details(self) -> Mapping[str, Any]:
+        """`details()` as `freeze` makes it (what an Action holds), built once."""
+        found = self._memo.get("details")
+        if found is None:
+            found = self._memo["details"] = freeze(self.details())
+        return cast(Mapping[str, Any], found)
 
 
 _ORDER = [Operation.READ, Operation.WRITE, Operation.EXEC, Operation.DDL, Operation.ADMIN]
@@ -1044,21 +1069,34 @@ def _classify(sql: str, catalog: Catalog, depth: int = 0) -> SqlClassification:
 
 
 class SqlClassifier:
-    """Classifies SQL text against a catalog, caching results by shape (bounded LRU)."""
+    """Classifies SQL text against a catalog, caching results by shape (bounded LRU).
+
+    A cached classification is the one of the first text of its shape: equal to a fresh
+    one of any text of that shape in everything but `SqlStatement.text`, which keeps that
+    first text's integers (what the proxy reads from it, COPY's options, takes none;
+    tests/classify/test_sql_cache.py). The cache belongs to one catalog: any other
+    empties it."""
 
     def __init__(self, catalog: Catalog | None = None, cache_size: int = CACHE_SIZE) -> None:
         self.catalog = catalog or Catalog()
         self._cache: OrderedDict[str, SqlClassification] = OrderedDict()
+        self._cached_for = self.catalog
         self._cache_size = cache_size
 
     def use_catalog(self, catalog: Catalog) -> None:
         """Switch catalogs (labels discovered, functions loaded); cached results are
         dropped."""
-        self.catalog = catalog
+        self.catalog = self._cached_for = catalog
         self._cache.clear()
 
     def classify(self, sql: str) -> SqlClassification:
-        key = shape(sql)
+        if self.catalog is not self._cached_for:
+            self._cache.clear()
+            self._cached_for = self.catalog
+        # Only integers are shaped away: a fraction or exponent can change what a statement
+        # is (`FETCH 1.5` is no FETCH), so such text is its own key. The two kinds never
+        # meet: a shape has a fraction or exponent only where its text did.
+        key = sql if _FRACTIONAL.search(sql) else shape(sql)
         hit = self._cache.get(key)
         if hit is not None:
             self._cache.move_to_end(key)

@@ -119,16 +119,28 @@ def _quoted(sql: str, i: int, quote: str, backslash: bool) -> int:
     raise SplitError(f"unterminated {quote}-quoted text")
 
 
-_NUMBER = re.compile(r"(?<![\w$.])\d+(?:\.\d+)?(?:[eE][+-]?\d+)?(?![\w$.])")
+_IDENT_CHAR = "A-Za-z0-9_$\u0080-\U0010ffff"
+"""What continues a word in scan.l (ident_cont, any non-ASCII byte included): digits
+against one of these, or a dot, are part of a name or a longer token, not a number."""
+_NUMBER = re.compile(
+    rf"(?<![{_IDENT_CHAR}.])[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?(?![{_IDENT_CHAR}.])"
+)
+_NOT_PLAIN = re.compile(r"['\"$]|--|/\*")
+"""What starts a comment or a literal: text without any is one code region."""
 
 
 def shape(sql: str) -> str:
     """`sql` with numeric literals outside quotes and comments replaced by 0.
 
-    Classification never depends on a number's value, so statements that differ only in
-    their numbers (`... where aid = 17`) share one cache entry. Text the scanner cannot
+    Classification never depends on an integer's value, so statements that differ only
+    in their integers (`... where aid = 17`) share one cache entry (the classifier keys
+    text with a fraction or an exponent exactly). Only ASCII digits standing alone as
+    scan.l reads them count: U+0661 (an Arabic-Indic digit) or `x` U+00B7 `1` are names
+    to the server, and two names must never share an entry. Text the scanner cannot
     read is returned unchanged, which only costs a cache miss.
     """
+    if _NOT_PLAIN.search(sql) is None:
+        return _NUMBER.sub("0", sql)  # one code region: what `regions` would yield
     try:
         return "".join(
             _NUMBER.sub("0", sql[a:b]) if kind == CODE else sql[a:b] for kind, a, b in regions(sql)

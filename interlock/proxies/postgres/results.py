@@ -171,6 +171,9 @@ class ResultTracker:
     """(decision id, labels, value) of labelled values returned since the last take."""
     injected_errors: list[str] = field(default_factory=list)
     """Why queries the proxy sent itself failed (the driver logs and retries them)."""
+    _last_result: tuple[MaskPlan, bytes, Origins, Set[int], Mask] | None = None
+    """The last simple query's RowDescription, what it was resolved with and to: the same
+    statement again (a client repeating it) is not decoded again."""
 
     @property
     def idle(self) -> bool:
@@ -219,11 +222,15 @@ class ResultTracker:
         return True
 
     def described(self, body: bytes) -> bool:
-        """Whether the RowDescription with this body answers a client's Describe, which
-        is then done: it goes to the client unchanged, its mask resolved, or kept when
-        the statement was last described with the same bytes against the same catalog
-        (then it is not decoded). False: call `backend` with it decoded."""
+        """Whether the RowDescription with this body answers a simple query or a client's
+        Describe (which is then done): it goes to the client unchanged, its mask resolved,
+        or kept when the statement was last described with the same bytes against the
+        same catalog (then it is not decoded). False: call `backend` with it decoded."""
         front = self._pending[0] if self._pending else None
+        if isinstance(front, _Query):
+            current = front.plans[min(front.index, len(front.plans) - 1)]
+            front.mask = self._query_mask(current, body)
+            return True
         if not isinstance(front, _Describe) or front.injected or front.target is None:
             return False
         target = front.target
@@ -235,6 +242,22 @@ class ResultTracker:
         self._pending.popleft()
         target.describing = False
         return True
+
+    def _query_mask(self, plan: MaskPlan, body: bytes) -> Mask:
+        """`plan` resolved against the RowDescription `body` (what `backend` does for a
+        simple query's), reused while plan, body and catalog are the last ones."""
+        last = self._last_result
+        if (
+            last is not None
+            and last[2] is self.origins
+            and last[3] is self.relations
+            and last[1] == body
+            and last[0] == plan
+        ):
+            return last[4]
+        mask = plan.resolve(decode_row_description(body).fields, self.origins, self.relations)
+        self._last_result = (plan, body, self.origins, self.relations, mask)
+        return mask
 
     def backend(self, msg: m.Message) -> m.Message | None:
         """The message to pass to the client (masked where needed), or None to swallow

@@ -21,6 +21,7 @@ import ssl
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any
 
 from interlock.approvals.holds import Holds
@@ -858,7 +859,8 @@ class PostgresProxy:
     def _action(self, session: _Session, cls: SqlClassification) -> Action:
         first = cls.statements[0]
         target = next(iter(sorted(first.writes or first.reads)), "") or session.database
-        details: dict[str, Any] = {"database": session.database, **cls.details()}
+        # Frozen already (once per classification): Action does not freeze it again.
+        details = MappingProxyType({"database": session.database, **cls.frozen_details()})
         return Action(session.agent, "postgres", cls.operation, target, details, labels=cls.labels)
 
     async def _downstream(self, session: _Session) -> None:
@@ -996,7 +998,9 @@ def _plan(statement: SqlStatement, hidden: frozenset[str]) -> tuple[MaskPlan, st
 
     Rows are masked by the server's description of them (`MaskPlan.resolve`), so a star
     is fine. COPY TO STDOUT comes without one: its positions must come from the parse,
-    and its options must be readable to find the fields in its rows."""
+    and its options must be readable to find the fields in its rows. (The text read is
+    the first of the statement's shape: `copy_format` takes no number, so it reads the
+    same options in any text of that shape.)"""
     masked = statement.labels & hidden
     plan = MaskPlan(hidden, statement.labels, statement.output_labels)
     stored = statement.written_labels & hidden

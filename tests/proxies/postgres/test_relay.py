@@ -201,3 +201,21 @@ def test_what_the_server_sent_after_the_login_is_relayed() -> None:
     relay = Downstream(ResultTracker(), {}, "I", login)
     change = m.ParameterStatus("TimeZone", "UTC").encode()
     assert relay.receive(change) == notice + change
+
+
+def test_a_simple_query_repeated_is_masked_by_its_own_plan_and_the_newest_catalog() -> None:
+    """A repeated simple query's description is resolved once, then reused only while the
+    plan, the bytes and the catalog are all the same."""
+    results = ResultTracker({}, frozenset())
+    relay = Downstream(results, {}, "I")
+    answer = (
+        m.RowDescription((_field(100),)).encode()
+        + m.DataRow((b"ann",)).encode()
+        + m.ReadyForQuery("I").encode()
+    )
+    masked = []
+    for plan, origins in [(0, {}), (0, {}), (2, {}), (0, {}), (0, ORIGINS), (0, {})]:
+        results.origins = origins
+        results.sent_query([PLANS[plan]])
+        masked.append(m.DataRow((None,)).encode() in relay.receive(answer))
+    assert masked == [False, False, True, False, True, False]
