@@ -11,6 +11,8 @@ building on a stale tree.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sqlite3
 import struct
 import sys
@@ -19,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+import interlock
 from interlock.audit import sqlitefile, writer
 from interlock.audit.merkle import NodeKey
 from interlock.audit.sqlitefile import SCHEMA as SCHEMA
@@ -31,6 +34,20 @@ WRITER_STOP_S = 5.0
 """How long `close` waits for the writer process to finish its batch and exit."""
 
 
+_PACKAGE_ROOT = str(Path(interlock.__file__).resolve().parents[1])
+
+
+async def _killed(proc: asyncio.subprocess.Process) -> int:
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+    return await proc.wait()
+
+
+def _closing(proc: asyncio.subprocess.Process) -> bool:
+    return proc.stdin is None or proc.stdin.transport.is_closing()
+
+
 class SqliteStore:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -38,6 +55,10 @@ class SqliteStore:
         self._db: sqlite3.Connection | None = None
         self._writer: asyncio.subprocess.Process | None = None
         self._writing = asyncio.Lock()
+        self._closed = False
+        self._unsure = False
+        """The last append's outcome is unknown (its writer failed or it was cancelled
+        after sending): the next one asks the writer to skip what the log already has."""
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._pool is None or self._db is None:
@@ -60,6 +81,7 @@ class SqliteStore:
 
     async def close(self) -> None:
         async with self._writing:
+            self._closed = True
             await self._stop_writer()
         if self._db is not None and self._pool is not None:
             db = self._db
@@ -69,14 +91,17 @@ class SqliteStore:
         self._db = self._pool = None
 
     async def append(self, entries: Sequence[tuple[str, bytes]]) -> int:
-        if self._db is None:
-            raise AuditError("audit store is not open")
-        try:
-            request = writer.encode_append(entries)
-        except UnicodeEncodeError as exc:
-            raise AuditError(f"sqlite audit store {self.path}: decision id: {exc}") from exc
         async with self._writing:
-            proc = self._writer or await self._start_writer()
+            if self._closed or self._db is None:
+                raise AuditError("audit store is not open")
+            try:
+                request = writer.encode_append(entries, recheck=self._unsure)
+            except UnicodeEncodeError as exc:
+                raise AuditError(f"sqlite audit store {self.path}: decision id: {exc}") from exc
+            proc = self._writer
+            if proc is None or proc.returncode is not None or _closing(proc):
+                await self._kill_writer()  # it died while idle: nothing was sent to it
+                proc = await self._start_writer()
             assert proc.stdin is not None  # both are pipes: created with PIPE
             assert proc.stdout is not None
             try:
@@ -84,29 +109,38 @@ class SqliteStore:
                 await proc.stdin.drain()
                 (length,) = struct.unpack(">I", await proc.stdout.readexactly(4))
                 reply = await proc.stdout.readexactly(length)
-            except (OSError, asyncio.IncompleteReadError) as exc:
-                code = await self._stop_writer()
-                raise AuditError(
-                    f"sqlite audit store {self.path}: the writer process exited ({code}); "
-                    "whether the batch was committed is unknown"
-                ) from exc
-            except BaseException:
-                # Cancelled mid-exchange (the log's write timeout): the pipe is out of step,
-                # so the next append starts a new writer.
-                await self._stop_writer()
-                raise
-        return writer.decode_reply(reply)
+            except BaseException as exc:
+                # The batch may or may not have been committed, and the pipe is out of
+                # step: the writer goes at once (a commit is atomic), and the next append
+                # asks the new one to skip whatever of its batch the log already holds.
+                self._unsure = True
+                code = await self._kill_writer()
+                if isinstance(exc, (OSError, RuntimeError, asyncio.IncompleteReadError)):
+                    raise AuditError(
+                        f"sqlite audit store {self.path}: the writer process failed "
+                        f"({code}: {exc or type(exc).__name__}); the batch is retried"
+                    ) from exc
+                raise  # cancelled (the log's write timeout), or the loop is going away
+            first = writer.decode_reply(reply)
+            self._unsure = False
+            return first
 
     async def _start_writer(self) -> asyncio.subprocess.Process:
+        # -P: nothing from the working directory is imported into the process that
+        # writes the log; the parent's own interlock comes first on the child's path.
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (_PACKAGE_ROOT, env.get("PYTHONPATH"))))
         try:
             self._writer = await asyncio.create_subprocess_exec(
                 sys.executable,
+                "-P",
                 "-m",
                 "interlock.audit.writer",
                 str(self.path),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 start_new_session=True,  # a Ctrl-C at the terminal is the parent's to handle
+                env=env,
             )
         except OSError as exc:
             raise AuditError(f"cannot start the audit writer process: {exc}") from exc
@@ -123,8 +157,11 @@ class SqliteStore:
         try:
             return await asyncio.wait_for(proc.wait(), WRITER_STOP_S)
         except TimeoutError:
-            proc.kill()
-            return await proc.wait()
+            return await _killed(proc)
+
+    async def _kill_writer(self) -> int | None:
+        proc, self._writer = self._writer, None
+        return None if proc is None else await _killed(proc)
 
     async def size(self) -> int:
         return await self._run(

@@ -66,29 +66,52 @@ class Appender:
         """(size, frontier) after this appender's last commit: the next append reuses the
         frontier when the tree has not grown since (no other process appended)."""
 
-    def append(self, ids: Sequence[str], lengths: Sequence[int], data: Buffer) -> int:
-        """Atomically append records (`data` cut by `lengths`, with decision `ids`);
-        the first index. `BEGIN IMMEDIATE`: another process appending to the same file
-        waits its turn instead of building on a stale tree."""
+    def append(
+        self, ids: Sequence[str], lengths: Sequence[int], data: Buffer, recheck: bool = False
+    ) -> int:
+        """Atomically append records (`data` cut by `lengths`, with decision `ids`); the
+        index of the first. `BEGIN IMMEDIATE`: another process appending to the same
+        file waits its turn instead of building on a stale tree.
+
+        With `recheck` (the last append's outcome is unknown: its writer died, or the
+        log's write timeout gave up on it, possibly after its commit), records the log's
+        last RECHECK_WINDOW already holds, same decision id and same bytes, are skipped:
+        the log retries what it is unsure of, and must not hold it twice."""
         if len(ids) != len(lengths):
             raise ValueError("one decision id per record")
         view = memoryview(data)
         offsets = list(accumulate(lengths, initial=0))
         if offsets[-1] != len(view):
             raise ValueError("record lengths do not add up to the data")
-        zero = _LEAF_PREFIX
-        leaves = []
-        for start, end in itertools.pairwise(offsets):  # merkle.leaf_hash, without copies
-            h = zero.copy()
-            h.update(view[start:end])
-            leaves.append(h.digest())
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
             (size,) = db.execute("SELECT size FROM audit_head WHERE id = 1").fetchone()
-            if _already_at_tail(db, size, ids, offsets, view):
-                db.execute("ROLLBACK")
-                return int(size) - len(ids)
+            size = int(size)
+            first_found: int | None = None
+            if recheck and ids:
+                logged = _logged(db, size, ids)
+                keep = []
+                for i, did in enumerate(ids):
+                    at = logged.get((did, bytes(view[offsets[i] : offsets[i + 1]])))
+                    if at is None:
+                        keep.append(i)
+                    elif i == 0:
+                        first_found = at
+                if len(keep) < len(ids):
+                    ids = [ids[i] for i in keep]
+                    lengths = [lengths[i] for i in keep]
+                    view = memoryview(b"".join(view[offsets[i] : offsets[i + 1]] for i in keep))
+                    offsets = list(accumulate(lengths, initial=0))
+                if not ids:
+                    db.execute("ROLLBACK")
+                    return first_found if first_found is not None else size
+            zero = _LEAF_PREFIX
+            leaves = []
+            for start, end in itertools.pairwise(offsets):  # merkle.leaf_hash, no copies
+                h = zero.copy()
+                h.update(view[start:end])
+                leaves.append(h.digest())
             head = self._head
             if head is not None and head[0] == size:
                 front = head[1]
@@ -109,31 +132,33 @@ class Appender:
                 db.execute("ROLLBACK")
             raise
         self._head = (size + len(ids), front)
-        return int(size)
+        return first_found if first_found is not None else size
 
 
 _LEAF_PREFIX = hashlib.sha256(b"\x00")
 
+RECHECK_WINDOW = 8192
+"""Records at the log's end a recheck looks through: the batch whose outcome was unknown
+(at most the log's `max_batch`, 512 by default) is there unless other processes appended
+this many records since."""
 
-def _already_at_tail(
-    db: sqlite3.Connection, size: int, ids: Sequence[str], offsets: list[int], view: memoryview
-) -> bool:
-    """Whether this batch is the one the log ends with: a retry of an append whose
-    answer was lost (its writer died, or the log's write timeout gave up on it, after the
-    commit). Its first and last records, ids and bytes, are at the tail: decision ids
-    are unique, so that is the same batch, and writing it again would duplicate it."""
-    n = len(ids)
-    if n == 0 or n > size:
-        return False
-    rows = db.execute(
-        "SELECT idx, decision_id, data FROM audit_records WHERE idx IN (?, ?)",
-        (size - n, size - 1),
-    ).fetchall()
-    found = {int(idx): (did, bytes(data)) for idx, did, data in rows}
-    return found.get(size - n) == (ids[0], bytes(view[: offsets[1]])) and found.get(size - 1) == (
-        ids[-1],
-        bytes(view[offsets[-2] :]),
-    )
+
+def _logged(db: sqlite3.Connection, size: int, ids: Sequence[str]) -> dict[tuple[str, bytes], int]:
+    """(decision id, bytes) -> index of the records among the last RECHECK_WINDOW that
+    carry one of `ids`. The bytes are compared as well: one decision can have several
+    records under its id (a fail-closed denial after an error, say)."""
+    found: dict[tuple[str, bytes], int] = {}
+    unique = sorted(set(ids))
+    for i in range(0, len(unique), 500):
+        chunk = unique[i : i + 500]
+        marks = ",".join("?" * len(chunk))
+        for idx, did, data in db.execute(
+            "SELECT idx, decision_id, data FROM audit_records "  # noqa: S608 (only ?s)
+            f"WHERE idx >= ? AND decision_id IN ({marks})",
+            (size - RECHECK_WINDOW - len(ids), *chunk),
+        ):
+            found.setdefault((str(did), bytes(data)), int(idx))
+    return found
 
 
 def complete(db: sqlite3.Connection, keys: Collection[NodeKey]) -> dict[NodeKey, bytes]:

@@ -7,7 +7,8 @@ writer on a thread, a batch waited about as long for the GIL as it took to write
 (docs/benchmarks.md). In its own process the append costs the loop one pipe write.
 
 The protocol (`encode_append`, `decode_append`, `ok_reply`, `error_reply`, `decode_reply`) is pure
-and framed by length: a request is `A`, the record count, the decision ids' and the
+and framed by length: a request is `A` (or `R`: skip records already logged), the
+record count, the decision ids' and the
 records' byte lengths (native unsigned 32-bit arrays: both ends are one machine), then
 the ids and the records concatenated. The answer is `0` and the first index, or `1` and
 the error. The child stops at end of input: when its store closes or the parent dies.
@@ -34,14 +35,18 @@ _LENGTH = struct.Struct(">I")
 _COUNT = struct.Struct(">I")
 _FIRST = struct.Struct(">Q")
 APPEND = b"A"
+RECHECK = b"R"
+"""An append after one whose outcome is unknown: skip what the log already holds."""
 PIPE_BYTES = 1 << 20
 """The request pipe's size: Linux's default limit for an unprivileged process."""
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
-def encode_append(entries: Sequence[tuple[str, bytes]]) -> bytes:
-    """A framed append request. Raises UnicodeEncodeError for an id that is not text
-    SQLite could store (a lone surrogate), before anything is sent."""
+def encode_append(entries: Sequence[tuple[str, bytes]], *, recheck: bool = False) -> bytes:
+    """A framed append request; with `recheck`, the writer skips the records the log's
+    recent tail already holds (the last append's outcome is unknown). Raises
+    UnicodeEncodeError for an id that is not text SQLite could store (a lone surrogate),
+    before anything is sent."""
     ids = [did for did, _ in entries]
     datas = [data for _, data in entries]
     text = "".join(ids)
@@ -51,7 +56,8 @@ def encode_append(entries: Sequence[tuple[str, bytes]]) -> bytes:
         encoded = [did.encode() for did in ids]
         id_bytes, id_lengths = b"".join(encoded), array("I", map(len, encoded))
     data_lengths = array("I", map(len, datas))
-    head = APPEND + _COUNT.pack(len(entries)) + id_lengths.tobytes() + data_lengths.tobytes()
+    op = RECHECK if recheck else APPEND
+    head = op + _COUNT.pack(len(entries)) + id_lengths.tobytes() + data_lengths.tobytes()
     size = len(head) + len(id_bytes) + sum(data_lengths)
     return b"".join((_LENGTH.pack(size), head, id_bytes, *datas))  # one copy of the records
 
@@ -62,11 +68,12 @@ class Batch(NamedTuple):
     ids: list[str]
     lengths: array[int]
     data: memoryview
+    recheck: bool
 
 
 def decode_append(body: bytes) -> Batch:
     """The batch in a request body; ValueError when it does not add up."""
-    if body[:1] != APPEND or len(body) < 5:
+    if body[:1] not in (APPEND, RECHECK) or len(body) < 5:
         raise ValueError("not an append request")
     (n,) = _COUNT.unpack_from(body, 1)
     pos = 5
@@ -84,7 +91,7 @@ def decode_append(body: bytes) -> Batch:
         ids = [text[a - pos : b - pos] for a, b in _spans(pos, id_lengths)]
     else:
         ids = [body[a:b].decode() for a, b in _spans(pos, id_lengths)]
-    return Batch(ids, lengths, memoryview(body)[ids_end:])
+    return Batch(ids, lengths, memoryview(body)[ids_end:], body[:1] == RECHECK)
 
 
 def _spans(start: int, lengths: Sequence[int]) -> Iterator[tuple[int, int]]:

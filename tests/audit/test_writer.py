@@ -7,16 +7,22 @@ import asyncio
 import io
 import os
 import signal
+import sqlite3
+import time
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from interlock.audit import merkle, writer
+from interlock.audit.checkpoint import Signer
+from interlock.audit.log import AuditLog
 from interlock.audit.sqlite import SqliteStore
 from interlock.audit.sqlitefile import Appender, connect
 from interlock.errors import AuditError
+from tests.audit.test_log import sample_records
 from tests.audit.test_merkle import mth
 
 
@@ -88,7 +94,7 @@ async def _root_matches(store: SqliteStore) -> list[bytes]:
     return data
 
 
-async def test_a_killed_writer_fails_one_append_and_the_next_starts_a_new_one(
+async def test_a_writer_that_died_while_idle_is_replaced_without_failing_an_append(
     tmp_path: Path,
 ) -> None:
     store = SqliteStore(tmp_path / "a.db")
@@ -99,12 +105,33 @@ async def test_a_killed_writer_fails_one_append_and_the_next_starts_a_new_one(
         assert proc is not None
         proc.kill()
         await proc.wait()
-        with pytest.raises(AuditError, match="writer process exited"):
-            await store.append([("d1", b"one")])
         assert await store.append([("d1", b"one")]) == 1
         assert store._writer is not None
         assert store._writer.pid != proc.pid
         assert await _root_matches(store) == [b"zero", b"one"]
+    finally:
+        await store.close()
+
+
+async def test_a_writer_that_dies_mid_batch_fails_the_append_and_its_retry_lands_once(
+    tmp_path: Path,
+) -> None:
+    store = SqliteStore(tmp_path / "a.db")
+    await store.open()
+    try:
+        await store.append([("d0", b"zero")])
+        proc = store._writer
+        assert proc is not None
+        batch = [(f"b{i}", os.urandom(3000)) for i in range(400)]  # more than a pipe holds
+        proc.send_signal(signal.SIGSTOP)  # it reads nothing: the batch waits on the pipe
+        task = asyncio.create_task(store.append(batch))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        proc.kill()
+        with pytest.raises(AuditError, match="writer process failed"):
+            await task
+        assert await store.append(batch) == 1  # the retry, whatever the first one did
+        assert await _root_matches(store) == [b"zero", *(d for _, d in batch)]
     finally:
         await store.close()
 
@@ -135,16 +162,90 @@ async def test_an_append_cancelled_mid_batch_is_retried_without_duplicates(
         await store.close()
 
 
-def test_a_batch_whose_answer_was_lost_is_not_written_twice(tmp_path: Path) -> None:
+def test_a_recheck_skips_exactly_the_records_already_logged(tmp_path: Path) -> None:
+    """After an append whose outcome is unknown the log retries its records, less the
+    durable ones it refused and with newer ones behind them: what is logged already (same
+    id and bytes) is skipped, and nothing else."""
     appender = Appender(connect(tmp_path / "a.db"))
-    batch = writer.decode_append(writer.encode_append([("a", b"1"), ("b", b"2")])[4:])
-    assert appender.append(*batch) == 0
-    assert appender.append(*batch) == 0  # the same batch again: a retry
-    other = writer.decode_append(writer.encode_append([("a", b"1"), ("c", b"2")])[4:])
-    assert appender.append(*other) == 2  # only the first matches: a new batch
-    assert appender.append(*batch) == 4  # no longer at the tail: written again
-    (size,) = appender.db.execute("SELECT size FROM audit_head").fetchone()
-    assert size == 6
+
+    def batch(*entries: tuple[str, bytes], recheck: bool = False) -> writer.Batch:
+        return writer.decode_append(writer.encode_append(entries, recheck=recheck)[4:])
+
+    assert appender.append(*batch(("a", b"1"), ("b", b"2"), ("c", b"3"))) == 0
+    # The retry: "b" was durable and refused, "d" was queued behind.
+    assert appender.append(*batch(("a", b"1"), ("c", b"3"), ("d", b"4"), recheck=True)) == 0
+    # The same id with other bytes (a fail-closed denial under its decision's id) is new.
+    assert appender.append(*batch(("a", b"denied"), recheck=True)) == 4
+    # Without a recheck nothing is skipped: two appends of equal records are two records.
+    assert appender.append(*batch(("d", b"4"))) == 5
+    rows = appender.db.execute("SELECT decision_id, data FROM audit_records ORDER BY idx")
+    assert [(d, bytes(b)) for d, b in rows] == [
+        ("a", b"1"),
+        ("b", b"2"),
+        ("c", b"3"),
+        ("d", b"4"),
+        ("a", b"denied"),
+        ("d", b"4"),
+    ]
+
+
+async def test_a_store_write_timeout_is_kept_while_another_process_holds_the_lock(
+    tmp_path: Path,
+) -> None:
+    """`write_timeout` bounds how long a durable decision waits: the stuck writer is
+    killed, not waited for, and the records are logged once when the lock is free."""
+    path = tmp_path / "a.db"
+    store = SqliteStore(path)
+    log = AuditLog(store, Signer("t", Ed25519PrivateKey.generate()), "t", write_timeout=0.3,
+                   checkpoint_interval=0)  # fmt: skip
+    await log.start()
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        recs = await sample_records(3)
+        started = time.monotonic()
+        with pytest.raises(AuditError):
+            await log.append(recs[0], durable=True)
+        assert time.monotonic() - started < 3  # writers wait up to 5 s for a lock
+        await log.append(recs[1], durable=False)
+        holder.execute("ROLLBACK")
+        await log.append(recs[2], durable=True)
+        ids = [r.decision_id for r in await store.records(0, await store.size())]
+        assert ids == [recs[1].decision.decision_id, recs[2].decision.decision_id]
+    finally:
+        holder.close()
+        await log.close()
+
+
+async def test_an_append_behind_close_is_refused_and_starts_no_writer(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "a.db")
+    await store.open()
+    await store.append([("d0", b"zero")])
+    closing = asyncio.create_task(store.close())
+    await asyncio.sleep(0)
+    with pytest.raises(AuditError, match="not open"):
+        await store.append([("d1", b"one")])
+    await closing
+    assert store._writer is None
+
+
+async def test_the_writer_imports_nothing_from_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process that writes the log runs interlock's code and the standard library,
+    not a `hashlib.py` that happens to sit where interlock was started."""
+    trap = tmp_path / "cwd"
+    trap.mkdir()
+    marker = tmp_path / "imported"
+    (trap / "hashlib.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.chdir(trap)
+    store = SqliteStore(tmp_path / "a.db")
+    await store.open()
+    try:
+        assert await store.append([("d0", b"zero")]) == 0
+    finally:
+        await store.close()
+    assert not marker.exists()
 
 
 async def test_the_terminals_signals_do_not_stop_the_writer(tmp_path: Path) -> None:
