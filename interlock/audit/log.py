@@ -111,6 +111,9 @@ class AuditLog:
 
     async def start(self) -> None:
         await self.store.open()
+        start_writer = getattr(self.store, "start_writer", None)  # stores with a writer process
+        if start_writer is not None:
+            await start_writer()
         self._tasks = [asyncio.create_task(self._writer(), name="audit-writer")]
         if self.checkpoint_interval > 0:
             self._tasks.append(asyncio.create_task(self._checkpointer(), name="audit-ckpt"))

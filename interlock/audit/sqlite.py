@@ -125,6 +125,16 @@ class SqliteStore:
             self._unsure = False
             return first
 
+    async def start_writer(self) -> None:
+        """Start the writer process now rather than at the first append: the log calls
+        this when it starts, so that the process start-up (about 0.1 s of a core) is
+        paid before serving, not by the first decisions."""
+        async with self._writing:
+            if self._closed or self._db is None:
+                raise AuditError("audit store is not open")
+            if self._writer is None:
+                await self._start_writer()
+
     async def _start_writer(self) -> asyncio.subprocess.Process:
         # -P: nothing from the working directory is imported into the process that
         # writes the log; the parent's own interlock comes first on the child's path.

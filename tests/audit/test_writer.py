@@ -279,3 +279,16 @@ async def test_an_id_sqlite_cannot_store_is_refused_before_anything_is_sent(
         assert await store.append([("ok", b"a")]) == 0
     finally:
         await store.close()
+
+
+async def test_the_log_starts_its_writer_before_the_first_decision(tmp_path: Path) -> None:
+    """Its start-up is paid when the log starts, not by the decisions first served."""
+    store = SqliteStore(tmp_path / "a.db")
+    log = AuditLog(store, Signer("t", Ed25519PrivateKey.generate()), "t", checkpoint_interval=0)
+    await log.start()
+    try:
+        assert store._writer is not None
+        assert store._writer.returncode is None
+    finally:
+        await log.close()
+    assert store._writer is None
