@@ -9,6 +9,7 @@ import os
 import signal
 import sqlite3
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -94,72 +95,72 @@ async def _root_matches(store: SqliteStore) -> list[bytes]:
     return data
 
 
-async def test_a_writer_that_died_while_idle_is_replaced_without_failing_an_append(
-    tmp_path: Path,
-) -> None:
+@pytest.fixture
+async def started(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    """A store whose writer is up: one record ("d0", b"zero") appended."""
     store = SqliteStore(tmp_path / "a.db")
     await store.open()
     try:
         assert await store.append([("d0", b"zero")]) == 0
-        proc = store._writer
-        assert proc is not None
-        proc.kill()
-        await proc.wait()
-        assert await store.append([("d1", b"one")]) == 1
-        assert store._writer is not None
-        assert store._writer.pid != proc.pid
-        assert await _root_matches(store) == [b"zero", b"one"]
+        yield store
     finally:
         await store.close()
+
+
+def _writer_of(store: SqliteStore) -> asyncio.subprocess.Process:
+    assert store._writer is not None
+    return store._writer
+
+
+async def test_a_writer_that_died_while_idle_is_replaced_without_failing_an_append(
+    started: SqliteStore,
+) -> None:
+    store = started
+    proc = _writer_of(store)
+    proc.kill()
+    await proc.wait()
+    assert await store.append([("d1", b"one")]) == 1
+    assert store._writer is not None
+    assert store._writer.pid != proc.pid
+    assert await _root_matches(store) == [b"zero", b"one"]
 
 
 async def test_a_writer_that_dies_mid_batch_fails_the_append_and_its_retry_lands_once(
-    tmp_path: Path,
+    started: SqliteStore,
 ) -> None:
-    store = SqliteStore(tmp_path / "a.db")
-    await store.open()
-    try:
-        await store.append([("d0", b"zero")])
-        proc = store._writer
-        assert proc is not None
-        batch = [(f"b{i}", os.urandom(3000)) for i in range(400)]  # more than a pipe holds
-        proc.send_signal(signal.SIGSTOP)  # it reads nothing: the batch waits on the pipe
-        task = asyncio.create_task(store.append(batch))
-        for _ in range(3):
-            await asyncio.sleep(0)
-        proc.kill()
-        with pytest.raises(AuditError, match="writer process failed"):
-            await task
-        assert await store.append(batch) == 1  # the retry, whatever the first one did
-        assert await _root_matches(store) == [b"zero", *(d for _, d in batch)]
-    finally:
-        await store.close()
+    store = started
+    proc = _writer_of(store)
+    batch = [(f"b{i}", os.urandom(3000)) for i in range(400)]  # more than a pipe holds
+    proc.send_signal(signal.SIGSTOP)  # it reads nothing: the batch waits on the pipe
+    task = asyncio.create_task(store.append(batch))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    proc.kill()
+    with pytest.raises(AuditError, match="writer process failed"):
+        await task
+    assert await store.append(batch) == 1  # the retry, whatever the first one did
+    assert await _root_matches(store) == [b"zero", *(d for _, d in batch)]
 
 
 async def test_an_append_cancelled_mid_batch_is_retried_without_duplicates(
-    tmp_path: Path,
+    started: SqliteStore,
 ) -> None:
     """The log's write timeout cancels an append while the batch is on the pipe and then
     retries it: the writer is replaced, the batch is in the log whole or not at all, and
     the retry does not write it twice."""
-    store = SqliteStore(tmp_path / "a.db")
-    await store.open()
-    try:
-        await store.append([("d0", b"zero")])
-        big = [(f"b{i}", os.urandom(4000)) for i in range(600)]  # more than a pipe holds
-        task = asyncio.create_task(store.append(big))
-        for _ in range(3):
-            await asyncio.sleep(0)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        assert await store.size() in (1, 601)
-        assert await store.append(big) == 1
-        assert await store.append([("after", b"after")]) == 601
-        data = await _root_matches(store)
-        assert data == [b"zero", *(d for _, d in big), b"after"]
-    finally:
-        await store.close()
+    store = started
+    big = [(f"b{i}", os.urandom(4000)) for i in range(600)]  # more than a pipe holds
+    task = asyncio.create_task(store.append(big))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await store.size() in (1, 601)
+    assert await store.append(big) == 1
+    assert await store.append([("after", b"after")]) == 601
+    data = await _root_matches(store)
+    assert data == [b"zero", *(d for _, d in big), b"after"]
 
 
 def test_a_recheck_skips_exactly_the_records_already_logged(tmp_path: Path) -> None:
@@ -248,23 +249,18 @@ async def test_the_writer_imports_nothing_from_the_working_directory(
     assert not marker.exists()
 
 
-async def test_the_terminals_signals_do_not_stop_the_writer(tmp_path: Path) -> None:
+async def test_the_terminals_signals_do_not_stop_the_writer(started: SqliteStore) -> None:
     """Ctrl-C or a SIGTERM to everything must not abort a batch being committed: only
     the store, by closing the pipe, ends its writer."""
-    store = SqliteStore(tmp_path / "a.db")
-    await store.open()
-    try:
-        await store.append([("d0", b"zero")])
-        proc = store._writer
-        assert proc is not None
-        assert os.getpgid(proc.pid) != os.getpgid(0)
-        proc.send_signal(signal.SIGINT)
-        proc.send_signal(signal.SIGTERM)
-        assert await store.append([("d1", b"one")]) == 1
-        assert store._writer is proc
-    finally:
-        await store.close()
-    assert proc.returncode == 0
+    store = started
+    proc = _writer_of(store)
+    assert os.getpgid(proc.pid) != os.getpgid(0)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGTERM)
+    assert await store.append([("d1", b"one")]) == 1
+    assert store._writer is proc
+    await store.close()
+    assert proc.returncode == 0  # it ended when its pipe closed, not by a signal
 
 
 async def test_an_id_sqlite_cannot_store_is_refused_before_anything_is_sent(
