@@ -146,7 +146,7 @@ class SqliteStore:
                 "-P",
                 "-m",
                 "interlock.audit.writer",
-                str(self.path),
+                str(self.path.resolve()),  # the same file whatever the child's directory
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 start_new_session=True,  # a Ctrl-C at the terminal is the parent's to handle
