@@ -23,7 +23,7 @@ from interlock.core.canonical import (
     is_plain_float,
     plain_key,
 )
-from interlock.core.model import Effect, Operation, Tier
+from interlock.core.model import TEXT
 from interlock.core.record import DecisionRecord
 
 RECORD_VERSION = 1
@@ -206,12 +206,8 @@ def _signals(signals: Mapping[str, Any], plain: _Plain) -> Any:
     return found
 
 
-_VALUES: dict[StrEnum, str] = {e: e.value for kind in (Operation, Tier, Effect) for e in kind}
-"""Enum member -> its text: `.value` is a descriptor call, several times a dict lookup."""
-
-
 def _text(member: StrEnum) -> str:
-    return _VALUES.get(member) or str(member.value)
+    return TEXT.get(member) or str(member.value)
 
 
 def build(rec: DecisionRecord, when: Callable[[float], str] = timestamp) -> dict[str, Any]:

@@ -56,6 +56,11 @@ class Tier(StrEnum):
     CRITICAL = "critical"
 
 
+TEXT: dict[StrEnum, str] = {m: m.value for kind in (Operation, Effect, Tier) for m in kind}
+"""Member -> its text, for the per-decision paths: `.value` is a descriptor call, several
+times a dict lookup (measured: 0.22 against 0.05 us)."""
+
+
 NAMED_RESTRICTIONS = frozenset({"read_only", "no_egress", "no_delegation", "rotate_credentials"})
 """Restrictions that take no argument; `tool:<name>` disables one tool."""
 

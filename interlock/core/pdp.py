@@ -26,7 +26,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from interlock.core.context import NORMAL, ContextView, Flow, Posture, RecentAction, StateStore
@@ -34,6 +34,8 @@ from interlock.core.dataflow import candidates
 from interlock.core.decision_cache import DecisionCache, fact_key
 from interlock.core.enforcement import enforce_posture
 from interlock.core.model import (
+    EMPTY,
+    TEXT,
     Action,
     Agent,
     Decision,
@@ -80,8 +82,8 @@ class Assessment:
     version: str = "unknown"
     risk: Risk = UNKNOWN_RISK
     posture: Posture = NORMAL
-    input_doc: Mapping[str, Any] = field(default_factory=dict)
-    data: Mapping[str, Any] = field(default_factory=dict)
+    input_doc: Mapping[str, Any] = EMPTY
+    data: Mapping[str, Any] = EMPTY
     error: str | None = None
     """Set when assessing failed; the decision must then be a deny with this reason."""
     started: float | None = None
@@ -105,7 +107,7 @@ class Assessment:
 
 def target_key(action: Action) -> str:
     """How "the same target" is recognised for first-seen destinations."""
-    return f"{action.protocol}:{action.operation.value}:{action.target}"
+    return f"{action.protocol}:{TEXT[action.operation]}:{action.target}"
 
 
 class PDP:
@@ -313,6 +315,8 @@ class PDP:
 
     def _enrich(self, action: Action, view: ContextView, flows: list[Flow]) -> Action:
         matches = self.intel.match(action) if self.intel is not None else ()
+        if not matches and not flows and not view.taints and not action.parents:
+            return action  # the common case: nothing found, nothing to name as a parent
         sources = [view.taint_sources[t] for t in sorted(view.taints) if t in view.taint_sources]
         parents = tuple(dict.fromkeys([*action.parents, *sources, *(f.source for f in flows)]))[
             :MAX_PARENTS
@@ -335,7 +339,7 @@ class PDP:
     @staticmethod
     def _facts(action: Action, view: ContextView, flows: int = 0) -> Facts:
         return Facts(
-            operation=action.operation.value,
+            operation=TEXT[action.operation],
             labels=action.labels,
             first_seen=view.first_seen,
             taints=view.taints,
@@ -392,9 +396,9 @@ class PDP:
             decision.decision_id,
             now,
             action.protocol,
-            action.operation.value,
+            TEXT[action.operation],
             action.target,
-            decision.effect.value,
+            TEXT[decision.effect],
         )
         try:
             await self.store.record(action.agent.id, recent, key, taints)

@@ -8,7 +8,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from interlock.core.model import Action, Decision
+from interlock.core.model import TEXT, Action, Decision
 
 RECENT = 1000
 BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
@@ -30,13 +30,13 @@ class DecisionStats:
     def add(
         self, action: Action, decision: Decision, seconds: float | None, enforced: bool = True
     ) -> None:
-        self.decisions[(action.protocol, decision.effect.value, enforced)] += 1
+        self.decisions[(action.protocol, TEXT[decision.effect], enforced)] += 1
         self._rows.append(
             (
                 decision,
                 action.agent.id,
                 action.protocol,
-                action.operation.value,
+                TEXT[action.operation],
                 action.target,
                 action.parents,
                 enforced,
