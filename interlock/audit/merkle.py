@@ -13,7 +13,7 @@ names them up front so a store can fetch them in one round trip.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Buffer, Iterable, Mapping, Sequence
 
 NodeKey = tuple[int, int]
 """(level, index) of a perfect subtree."""
@@ -40,9 +40,15 @@ class MissingNode(ProofError):
         )
 
 
-def leaf_hash(data: bytes) -> bytes:
-    """MTH of one entry: SHA-256(0x00 || data)."""
-    return hashlib.sha256(b"\x00" + data).digest()
+def leaf_hash(data: Buffer) -> bytes:
+    """MTH of one entry: SHA-256(0x00 || data). (From a copy of the prefix's state, so a
+    slice of a larger buffer is hashed where it lies.)"""
+    h = _LEAF_PREFIX.copy()
+    h.update(data)
+    return h.digest()
+
+
+_LEAF_PREFIX = hashlib.sha256(b"\x00")
 
 
 def node_hash(left: bytes, right: bytes) -> bytes:

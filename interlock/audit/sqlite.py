@@ -1,11 +1,11 @@
 """The embedded audit store: one SQLite file in WAL mode, fsynced on every commit.
 
 Appends go to a writer process (interlock/audit/writer.py), so that hashing and SQLite
-never wait for the GIL of the process that runs the proxies; it is started at the first
-append and again after it fails. Reads, checkpoints and the schema run on one thread of
-this process (SQLite connections are not shareable across threads). Appends take `BEGIN
-IMMEDIATE`, so another process appending to the same file waits its turn instead of
-building on a stale tree.
+never wait for the GIL of the process that runs the proxies; the log starts it when it
+starts (`start_writer`), and an append starts a new one after it died or failed. Reads,
+checkpoints and the schema run on one thread of this process (SQLite connections are not
+shareable across threads). Appends take `BEGIN IMMEDIATE`, so another process appending
+to the same file waits its turn instead of building on a stale tree.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import os
 import sqlite3
-import struct
 import sys
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -107,7 +106,7 @@ class SqliteStore:
             try:
                 proc.stdin.write(request)
                 await proc.stdin.drain()
-                (length,) = struct.unpack(">I", await proc.stdout.readexactly(4))
+                (length,) = writer.LENGTH.unpack(await proc.stdout.readexactly(writer.LENGTH.size))
                 reply = await proc.stdout.readexactly(length)
             except BaseException as exc:
                 # The batch may or may not have been committed, and the pipe is out of

@@ -4,11 +4,9 @@ imports nothing heavier than this."""
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import sqlite3
 from collections.abc import Buffer, Collection, Sequence
-from itertools import accumulate
+from itertools import accumulate, pairwise
 from pathlib import Path
 
 from interlock.audit import merkle
@@ -90,28 +88,12 @@ class Appender:
             size = int(size)
             first_found: int | None = None
             if recheck and ids:
-                logged = _logged(db, size, ids)
-                keep = []
-                for i, did in enumerate(ids):
-                    at = logged.get((did, bytes(view[offsets[i] : offsets[i + 1]])))
-                    if at is None:
-                        keep.append(i)
-                    elif i == 0:
-                        first_found = at
-                if len(keep) < len(ids):
-                    ids = [ids[i] for i in keep]
-                    lengths = [lengths[i] for i in keep]
-                    view = memoryview(b"".join(view[offsets[i] : offsets[i + 1]] for i in keep))
-                    offsets = list(accumulate(lengths, initial=0))
+                first_found, ids, lengths, view = _unlogged(db, size, ids, lengths, view)
+                offsets = list(accumulate(lengths, initial=0))
                 if not ids:
                     db.execute("ROLLBACK")
                     return first_found if first_found is not None else size
-            zero = _LEAF_PREFIX
-            leaves = []
-            for start, end in itertools.pairwise(offsets):  # merkle.leaf_hash, no copies
-                h = zero.copy()
-                h.update(view[start:end])
-                leaves.append(h.digest())
+            leaves = [merkle.leaf_hash(view[a:b]) for a, b in pairwise(offsets)]
             head = self._head
             if head is not None and head[0] == size:
                 front = head[1]
@@ -135,12 +117,30 @@ class Appender:
         return first_found if first_found is not None else size
 
 
-_LEAF_PREFIX = hashlib.sha256(b"\x00")
-
 RECHECK_WINDOW = 8192
 """Records at the log's end a recheck looks through: the batch whose outcome was unknown
 (at most the log's `max_batch`, 512 by default) is there unless other processes appended
 this many records since."""
+
+
+def _unlogged(
+    db: sqlite3.Connection, size: int, ids: Sequence[str], lengths: Sequence[int], view: memoryview
+) -> tuple[int | None, list[str], list[int], memoryview]:
+    """The batch without the records the log's tail already holds, and the index of its
+    first record if that one is among them."""
+    logged = _logged(db, size, ids)
+    first_found = None
+    keep = []
+    for i, (did, (a, b)) in enumerate(
+        zip(ids, pairwise(accumulate(lengths, initial=0)), strict=True)
+    ):
+        at = logged.get((did, bytes(view[a:b])))
+        if at is None:
+            keep.append((did, view[a:b]))
+        elif i == 0:
+            first_found = at
+    data = memoryview(b"".join(v for _, v in keep)) if len(keep) < len(ids) else view
+    return first_found, [d for d, _ in keep], [len(v) for _, v in keep], data
 
 
 def _logged(db: sqlite3.Connection, size: int, ids: Sequence[str]) -> dict[tuple[str, bytes], int]:

@@ -23,15 +23,16 @@ import sqlite3
 import struct
 import sys
 from array import array
-from collections.abc import Iterator, Sequence
-from itertools import accumulate
+from collections.abc import Sequence
+from itertools import accumulate, pairwise
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
 from interlock.audit.sqlitefile import Appender, connect
 from interlock.errors import AuditError
 
-_LENGTH = struct.Struct(">I")
+LENGTH = struct.Struct(">I")
+"""The frame header of every request and answer: the body's size."""
 _COUNT = struct.Struct(">I")
 _FIRST = struct.Struct(">Q")
 APPEND = b"A"
@@ -59,7 +60,7 @@ def encode_append(entries: Sequence[tuple[str, bytes]], *, recheck: bool = False
     op = RECHECK if recheck else APPEND
     head = op + _COUNT.pack(len(entries)) + id_lengths.tobytes() + data_lengths.tobytes()
     size = len(head) + len(id_bytes) + sum(data_lengths)
-    return b"".join((_LENGTH.pack(size), head, id_bytes, *datas))  # one copy of the records
+    return b"".join((LENGTH.pack(size), head, id_bytes, *datas))  # one copy of the records
 
 
 class Batch(NamedTuple):
@@ -88,27 +89,19 @@ def decode_append(body: bytes) -> Batch:
         raise ValueError("append request lengths do not match its size")
     text = body[pos:ids_end].decode()
     if len(text) == ids_end - pos:  # ASCII: characters are bytes
-        ids = [text[a - pos : b - pos] for a, b in _spans(pos, id_lengths)]
+        ids = [text[a:b] for a, b in pairwise(accumulate(id_lengths, initial=0))]
     else:
-        ids = [body[a:b].decode() for a, b in _spans(pos, id_lengths)]
+        ids = [body[a:b].decode() for a, b in pairwise(accumulate(id_lengths, initial=pos))]
     return Batch(ids, lengths, memoryview(body)[ids_end:], body[:1] == RECHECK)
 
 
-def _spans(start: int, lengths: Sequence[int]) -> Iterator[tuple[int, int]]:
-    ends = accumulate(lengths, initial=start)
-    a = next(ends)
-    for b in ends:
-        yield a, b
-        a = b
-
-
 def ok_reply(first: int) -> bytes:
-    return _LENGTH.pack(1 + _FIRST.size) + b"\x00" + _FIRST.pack(first)
+    return LENGTH.pack(1 + _FIRST.size) + b"\x00" + _FIRST.pack(first)
 
 
 def error_reply(reason: str) -> bytes:
     body = b"\x01" + reason.encode("utf-8", "replace")
-    return _LENGTH.pack(len(body)) + body
+    return LENGTH.pack(len(body)) + body
 
 
 def decode_reply(body: bytes) -> int:
@@ -130,8 +123,8 @@ def serve(path: Path, requests: BinaryIO, replies: BinaryIO) -> None:
     """Answer append requests until the input ends."""
     appender = Appender(connect(path))
     try:
-        while (header := _read_exactly(requests, _LENGTH.size)) is not None:
-            (length,) = _LENGTH.unpack(header)
+        while (header := _read_exactly(requests, LENGTH.size)) is not None:
+            (length,) = LENGTH.unpack(header)
             body = _read_exactly(requests, length)
             if body is None:
                 return  # the parent went away mid-request: nothing of it was written
