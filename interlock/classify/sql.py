@@ -1078,21 +1078,25 @@ class SqlClassifier:
     empties it."""
 
     def __init__(self, catalog: Catalog | None = None, cache_size: int = CACHE_SIZE) -> None:
-        self.catalog = catalog or Catalog()
         self._cache: OrderedDict[str, SqlClassification] = OrderedDict()
-        self._cached_for = self.catalog
+        self._catalog = catalog or Catalog()
         self._cache_size = cache_size
+
+    @property
+    def catalog(self) -> Catalog:
+        return self._catalog
+
+    @catalog.setter
+    def catalog(self, catalog: Catalog) -> None:
+        self.use_catalog(catalog)
 
     def use_catalog(self, catalog: Catalog) -> None:
         """Switch catalogs (labels discovered, functions loaded); cached results are
-        dropped."""
-        self.catalog = self._cached_for = catalog
+        dropped. (Setting `catalog` does the same.)"""
+        self._catalog = catalog
         self._cache.clear()
 
     def classify(self, sql: str) -> SqlClassification:
-        if self.catalog is not self._cached_for:
-            self._cache.clear()
-            self._cached_for = self.catalog
         # Only integers are shaped away: a fraction or exponent can change what a statement
         # is (`FETCH 1.5` is no FETCH), so such text is its own key. The two kinds never
         # meet: a shape has a fraction or exponent only where its text did.
@@ -1101,7 +1105,7 @@ class SqlClassifier:
         if hit is not None:
             self._cache.move_to_end(key)
             return hit
-        result = _classify(sql, self.catalog)
+        result = _classify(sql, self._catalog)
         self._cache[key] = result
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
