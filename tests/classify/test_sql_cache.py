@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -121,3 +122,18 @@ def _shape_by_regions(sql: str) -> str:
 def test_shape_of_plain_text_is_the_shape_by_regions(sql: str) -> None:
     """Text with no quote, dollar or comment is one code region: the short way is exact."""
     assert shape(sql) == _shape_by_regions(sql)
+
+
+@pytest.mark.parametrize("assign", [False, True])
+def test_a_new_catalog_empties_the_cache(assign: bool) -> None:
+    """The same statement after a catalog change (a refresh, or the attribute set) is
+    classified against the new catalog, not answered from the old one's entry."""
+    sql = "select name from payroll where id = 1"
+    classifier = SqlClassifier(CATALOGS[0])
+    assert classifier.classify(sql).labels == {"pii"}
+    if assign:
+        classifier.catalog = CATALOGS[1]
+    else:
+        classifier.use_catalog(CATALOGS[1])
+    assert classifier.classify(sql).labels == SqlClassifier(CATALOGS[1]).classify(sql).labels
+    assert classifier.classify(sql).labels == frozenset()
