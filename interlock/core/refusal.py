@@ -127,13 +127,15 @@ class RefusalBudget:
         """Refusals from `key` counted and not yet reported."""
         return self._last.get(key, (0.0, 0))[1]
 
-    def due(self, now: float) -> list[tuple[str, int]]:
+    def due(self, now: float, every: bool = False) -> list[tuple[str, int]]:
         """The counts left behind by floods that stopped (no record for their key for an
         `interval`), each now reported: a count waiting for its key's next refusal
-        could wait forever. Counts of keys forgotten to make room come as `FORGOTTEN`."""
+        could wait forever. Counts of keys forgotten to make room come as `FORGOTTEN`.
+        `every` reports all counts whatever their age (at shutdown); `now` stays the time
+        of the report, so the budget keeps working after it."""
         out: list[tuple[str, int]] = []
         for key, (last, suppressed) in list(self._last.items()):
-            if suppressed and now - last >= self.interval:
+            if suppressed and (every or now - last >= self.interval):
                 self._last[key] = (now, 0)
                 out.append((key, suppressed))
         if self._forgotten:
@@ -173,12 +175,12 @@ class FloodLimit:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
-        self.report(float("inf"))
+        self.report(time.monotonic(), every=True)
         await self.refusals.drain()
 
-    def report(self, now: float) -> None:
+    def report(self, now: float, every: bool = False) -> None:
         """Writes the counts `RefusalBudget.due` at `now`, as `summary` records."""
-        for key, count in self.budget.due(now):
+        for key, count in self.budget.due(now, every):
             client, agent = self.owners.get(key, (key, None))
             details = {"client": client, "suppressed_since_last": count, "summary": True}
             action = guard_action(

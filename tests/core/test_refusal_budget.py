@@ -63,9 +63,22 @@ def test_records_and_their_counts_add_up_to_every_refusal(
             for _, count in budget.due(now):
                 assert count > 0
                 reported += count
-    for _, count in budget.due(float("inf")):  # at shutdown
+    for _, count in budget.due(now, every=True):  # at shutdown
         reported += count
     assert records + reported == refused
+    assert budget.due(now + 10.0) == []  # nothing reported twice
+    assert budget.take("a", now + 10.0) == 0  # and the budget still works after
+
+
+def test_a_flush_leaves_a_working_budget() -> None:
+    """Reporting every count (as at shutdown, or a test's flush) must not leave a key's
+    last record in the future, where every later refusal would be counted and none
+    written."""
+    budget = RefusalBudget(interval=1.0)
+    assert budget.take("a", 0.0) == 0
+    assert budget.take("a", 0.5) is None
+    assert budget.due(0.6, every=True) == [("a", 1)]
+    assert budget.take("a", 1.7) == 0
 
 
 async def test_a_stopped_flood_is_reported_by_the_sweep_without_a_further_refusal() -> None:
