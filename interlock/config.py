@@ -352,6 +352,11 @@ class PostgresConfig(Section):
     """Seconds between two readings of each database's catalog (labels, the OIDs of
     labelled columns, pg_proc); 0 reads it once."""
     mode: ModeName | None = None
+    workers: int = Field(1, ge=1, le=64)
+    """Processes accepting on `listen` (SO_REUSEPORT), each on its own core: `interlock up`
+    is the first and starts the others. More than one needs what they share: `[state]
+    store = "redis://..."` (context, taints, posture, approvals) and a PostgreSQL `[audit]
+    store` (one tree). `max_client_conn` applies to each process, as in PgBouncer."""
 
     @model_validator(mode="after")
     def _tls(self) -> PostgresConfig:
@@ -764,6 +769,24 @@ class Config(Section):
     bench: BenchConfig = BenchConfig()
     host: HostConfig | None = None
     mcp: McpConfig = McpConfig()
+
+    @model_validator(mode="after")
+    def _workers(self) -> Config:
+        pg = self.postgres
+        if pg is not None and pg.workers > 1:
+            # Each worker is a process with its own memory: what must hold across them
+            # (one agent's context and posture, one audit tree) needs shared stores.
+            if self.state.store == "memory":
+                raise ValueError(
+                    'postgres.workers > 1 needs [state] store = "redis://...": with the '
+                    "in-memory store each worker would see its own context and posture"
+                )
+            if not self.audit.store.startswith(("postgresql://", "postgres://")):
+                raise ValueError(
+                    "postgres.workers > 1 needs a PostgreSQL [audit] store: a SQLite log "
+                    "has one appender, and workers must append to one tree"
+                )
+        return self
 
     @classmethod
     def embedded(cls) -> Config:

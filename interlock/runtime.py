@@ -16,7 +16,7 @@ import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -38,6 +38,9 @@ from interlock.errors import BundleError, ConfigError, InterlockError
 from interlock.identity.jwt import JwtVerifier
 from interlock.identity.registry import AgentRegistry
 from interlock.intel.feeds import ThreatIntel
+
+if TYPE_CHECKING:
+    from interlock.proxies.postgres.workers import Slot, Workers
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,10 @@ class Runtime:
     """The config file `up` read (None: embedded defaults), for the banner's commands."""
     readiness: ready.Readiness = field(default_factory=ready.Readiness)
     """/readyz: set listening once every listener is bound; a probe per dependency."""
+    slot: Slot | None = None
+    """Set in a Postgres worker process other than the first (`[postgres] workers`)."""
+    workers: Workers | None = None
+    """In the first process, when `[postgres] workers` > 1: the other workers."""
     _runners: list[web.AppRunner] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stoppers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -89,8 +96,10 @@ class Runtime:
             await self.pdp.store.close()
 
 
-def build(config: Config) -> Runtime:
-    """Load the policy and build the PDP; raises BundleError or ConfigError."""
+def build(config: Config, lease_dir: Path | None = None) -> Runtime:
+    """Load the policy and build the PDP; raises BundleError or ConfigError. `lease_dir`:
+    where the credential broker keeps its lease journal (default: the data directory;
+    a Postgres worker process has its own)."""
     store: StateStore
     if config.state.store == "memory":
         store = MemoryStore()
@@ -124,7 +133,7 @@ def build(config: Config) -> Runtime:
     holds.pdp = pdp
     credentials = None
     if config.credentials is not None:
-        credentials = Broker(config.credentials, config.data_dir)
+        credentials = Broker(config.credentials, lease_dir or config.data_dir)
     if config.ssh is not None:
         signed = config.credentials is not None and config.credentials.ssh is not None
         for name, target in config.ssh.targets.items():
@@ -289,23 +298,7 @@ async def start(runtime: Runtime) -> None:
             n = runtime.credentials.revoked_on_start
             runtime.endpoints["leases revoked"] = f"{n} left by an earlier run"
     if cfg.postgres is not None:
-        from interlock.classify.sql import Catalog, SqlClassifier
-        from interlock.proxies.postgres.server import PostgresProxy
-
-        proxy = PostgresProxy(
-            cfg.postgres,
-            cfg.agents,
-            runtime.pdp,
-            SqlClassifier(Catalog.from_config(cfg.classification.postgres)),
-            runtime.holds,
-            runtime.credentials,
-        )
-        await proxy.start()
-        runtime._stoppers.append(proxy.stop)
-        runtime.agent_users.append(proxy.prepare_agents)
-        runtime.sessions["postgres"] = proxy.open_sessions
-        assert proxy.address is not None
-        runtime.endpoints["postgres"] = f"postgresql://{proxy.address[0]}:{proxy.address[1]}"
+        await _start_postgres(runtime)
     if cfg.http is not None:
         from interlock.approvals.pins import PinStore
         from interlock.proxies.http.server import HttpProxy
@@ -355,6 +348,45 @@ async def start(runtime: Runtime) -> None:
         runtime._stoppers.append(runtime.credentials.stop)
     runtime.endpoints["audit"] = _audit_where(cfg)
     runtime.endpoints["audit key"] = runtime.audit.signer.verifier.encode()
+
+
+async def _start_postgres(runtime: Runtime) -> None:
+    from interlock.classify.sql import Catalog, SqlClassifier
+    from interlock.proxies.postgres import workers
+    from interlock.proxies.postgres.server import PostgresProxy
+
+    cfg = runtime.config
+    assert cfg.postgres is not None
+    slot = runtime.slot
+    if slot is None and cfg.postgres.workers > 1:
+        slot = workers.Slot(0, cfg.postgres.workers, secrets.token_hex(8))
+    proxy = PostgresProxy(
+        cfg.postgres,
+        cfg.agents,
+        runtime.pdp,
+        SqlClassifier(Catalog.from_config(cfg.classification.postgres)),
+        runtime.holds,
+        runtime.credentials,
+        slot,
+    )
+    await proxy.start()
+    runtime._stoppers.append(proxy.stop)
+    runtime.agent_users.append(proxy.prepare_agents)
+    runtime.sessions["postgres"] = proxy.open_sessions
+    assert proxy.address is not None
+    host, port = proxy.address
+    runtime.endpoints["postgres"] = f"postgresql://{host}:{port}"
+    if slot is not None and runtime.slot is None:
+        # The first worker: the others bind the port it bound (it may have been 0).
+        listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        public_url = cfg.approvals.public_url or runtime.endpoints.get("admin")
+        others = workers.Workers(
+            workers.worker_config(cfg, listen, public_url), slot, runtime.source
+        )
+        runtime._stoppers.append(others.stop)  # with the first worker's own listener
+        await others.start()
+        runtime.workers = others
+        runtime.endpoints["postgres workers"] = f"{cfg.postgres.workers} processes"
 
 
 async def _share_approvals(runtime: Runtime) -> None:
@@ -588,6 +620,8 @@ async def reload(runtime: Runtime) -> None:
             log.error("SIGHUP: threat feed %s: %s (last good version kept)", path, error)
     if runtime.reread is not None and reload_agents(runtime):
         await runtime.pdp.set_modes(runtime.config.modes(), "SIGHUP")
+    if runtime.workers is not None:
+        runtime.workers.reload()
 
 
 MODE_KEYS = (
@@ -644,6 +678,19 @@ def reload_agents(runtime: Runtime) -> bool:
     return True
 
 
+def reload_on_sighup(runtime: Runtime) -> None:
+    """SIGHUP runs `reload` (one task per signal, held until done)."""
+    loop = asyncio.get_running_loop()
+    reloading: set[asyncio.Task[None]] = set()
+
+    def hup() -> None:
+        task = loop.create_task(reload(runtime))
+        reloading.add(task)
+        task.add_done_callback(reloading.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, hup)
+
+
 async def serve(
     config: Config,
     ready: Callable[[Runtime], None] | None = None,
@@ -661,14 +708,7 @@ async def serve(
     runtime.reread = reread
     runtime.source = source
     await start(runtime)
-    reloading: set[asyncio.Task[None]] = set()
-
-    def hup() -> None:
-        task = loop.create_task(reload(runtime))
-        reloading.add(task)
-        task.add_done_callback(reloading.discard)
-
-    loop.add_signal_handler(signal.SIGHUP, hup)
+    reload_on_sighup(runtime)
     heap.settle()
     # The banner last: whoever waits for it may signal at once.
     print(banner(runtime), flush=True)

@@ -62,6 +62,7 @@ from interlock.proxies.postgres.results import (
     Watch,
 )
 from interlock.proxies.postgres.scram import MECHANISM, ScramError, ScramServer, Verifier
+from interlock.proxies.postgres.workers import Slot, parse_cancel, relay_cancel
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +154,12 @@ class PostgresProxy:
         classifier: SqlClassifier,
         holds: Holds | None = None,
         credentials: Broker | None = None,
+        slot: Slot | None = None,
     ) -> None:
         self.config = config
+        self.slot = slot
+        """Which of several worker processes this is (`[postgres] workers`), or None."""
+        self._cancels: asyncio.Server | None = None
         self.holds = holds or Holds()
         self.credentials = credentials if credentials and credentials.config.postgres else None
         """Vault: each session logs in upstream with its own dynamic role."""
@@ -191,7 +196,13 @@ class PostgresProxy:
             # Read again at the first login (which fails closed until it can be).
             log.warning("postgres proxy: cannot read the database catalog yet: %s", exc)
         host, _, port = self.config.listen.rpartition(":")
-        self._server = await asyncio.start_server(self._handle, host.strip("[]"), int(port))
+        self._server = await asyncio.start_server(
+            self._handle, host.strip("[]"), int(port), reuse_port=self.slot is not None
+        )
+        if self.slot is not None:
+            self._cancels = await asyncio.start_unix_server(
+                self._relayed_cancel, self.slot.address(self.slot.index)
+            )
         sock = self._server.sockets[0].getsockname()
         self.address = (sock[0], sock[1])
         self.flood.start()
@@ -285,9 +296,10 @@ class PostgresProxy:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresher
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        for server in (self._server, self._cancels):
+            if server is not None:
+                server.close()
+                await server.wait_closed()
         for session in list(self._sessions.values()):
             await self._terminate(session, "the proxy is shutting down", "57P01")
         await self.flood.stop()
@@ -355,9 +367,7 @@ class PostgresProxy:
                 await writer.drain()
                 continue
             if isinstance(msg, m.CancelRequest):
-                target = self._sessions.get((msg.pid, msg.key))
-                if target is not None:
-                    await up.cancel(self.upstream, target.conn.pid, target.conn.key)
+                await self._cancel(msg)
                 return None
             if isinstance(msg, m.StartupMessage):
                 break
@@ -595,9 +605,35 @@ class PostgresProxy:
 
     def _new_key(self, pid: int) -> int:
         while True:
-            key = int.from_bytes(os.urandom(4), "big")
+            key = self.slot.new_key() if self.slot else int.from_bytes(os.urandom(4), "big")
             if (pid, key) not in self._sessions:
                 return key
+
+    async def _cancel(self, msg: m.CancelRequest, relayed: bool = False) -> None:
+        """Forward a cancel for one of this process's sessions with the server's key; one
+        for another worker's (its key says which) goes to that worker; any other key is
+        ignored, as the server ignores one it does not know."""
+        target = self._sessions.get((msg.pid, msg.key))
+        if target is not None:
+            await up.cancel(self.upstream, target.conn.pid, target.conn.key)
+        elif self.slot is not None and not relayed:
+            owner = self.slot.owner(msg.key)
+            if owner != self.slot.index:
+                await relay_cancel(self.slot.address(owner), msg)
+
+    async def _relayed_cancel(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """A cancel another worker received for a session of this one: the socket takes
+        nothing else (16 bytes, a CancelRequest), and relays nothing further."""
+        try:
+            msg = parse_cancel(await asyncio.wait_for(reader.readexactly(16), 5))
+            if msg is not None:
+                await self._cancel(msg, relayed=True)
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
 
     # --- relaying --------------------------------------------------------------------
 

@@ -1,0 +1,304 @@
+"""Several Postgres proxy processes on one port (`[postgres] workers`).
+
+One Python process relays on one core; a database proxy's clients are many independent
+sessions, so the way to a second core is a second process, as PgBouncer does with
+`so_reuseport`. Every worker binds the same address with SO_REUSEPORT and the kernel
+spreads new connections over them. The first worker is the `interlock up` process itself;
+once its listener is bound it starts the others (`Workers`), each
+`python -m interlock.proxies.postgres.workers` with the same config minus everything but
+the Postgres proxy, and stops them with it.
+
+What must hold across workers, and how:
+
+- **One agent, one context.** Context, taints, posture and approvals live in the shared
+  state store (Redis, required by the config for more than one worker), which pushes
+  posture to every process, as it does between instances on different hosts.
+- **One audit tree.** Every worker appends to the one PostgreSQL audit store (required),
+  whose appenders serialise on the log's head row, signed with the one key.
+- **Cancel requests reach the session.** A CancelRequest arrives on a new connection,
+  which the kernel may hand to any worker. Each worker's keys are its index modulo the
+  number of workers (`Slot.new_key`), so the worker that receives a cancel for a key
+  that is not its own passes the 16 bytes to the owner over a local socket
+  (`relay_cancel`); the owner forwards it with the server's key if the (pid, key) is one
+  of its sessions and ignores it otherwise. The server's key never leaves its worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+import struct
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from interlock.proxies.postgres import messages as m
+
+if TYPE_CHECKING:
+    from interlock.config import Config
+
+log = logging.getLogger(__name__)
+
+CANCEL = struct.Struct("!IIII")
+READY = b"ready\n"
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 30.0
+RESTART_DELAY_S = 1.0
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[3])
+"""Where this interlock is imported from: first on a worker's path (it runs with -P)."""
+
+
+@dataclass(frozen=True)
+class Slot:
+    """This process's place among `count` workers; `token` names this run's cancel
+    sockets, so two `interlock up` on one host never reach each other's."""
+
+    index: int
+    count: int
+    token: str
+
+    def owner(self, key: int) -> int:
+        """The worker that made cancel key `key`."""
+        return key % self.count
+
+    def address(self, index: int) -> str:
+        """Worker `index`'s cancel socket (Linux abstract namespace: no file to leave
+        behind; it takes only CancelRequests, which anyone may send over TCP too)."""
+        return f"\0interlock-postgres-{self.token}-{index}"
+
+    def new_key(self) -> int:
+        """A random 32-bit cancel key that names this worker."""
+        return secrets.randbelow((1 << 32) // self.count) * self.count + self.index
+
+
+def parse_cancel(data: bytes) -> m.CancelRequest | None:
+    """The CancelRequest in 16 bytes, or None if they are not one."""
+    length, code, pid, key = CANCEL.unpack(data)
+    if length != CANCEL.size or code != m.CANCEL_REQUEST_CODE:
+        return None
+    return m.CancelRequest(pid, key)
+
+
+async def relay_cancel(address: str, msg: m.CancelRequest) -> None:
+    """Give a cancel to the worker listening on `address`, and wait until it has dealt
+    with it (it closes the socket), so the client's cancel connection ends after its
+    cancel went on, as it does with the server itself."""
+    try:
+        async with asyncio.timeout(5):
+            reader, writer = await asyncio.open_unix_connection(address)
+            try:
+                writer.write(msg.encode())
+                await writer.drain()
+                await reader.read()
+            finally:
+                writer.close()
+    except (OSError, TimeoutError) as exc:
+        log.warning("postgres proxy: could not pass a cancel request to its worker: %s", exc)
+
+
+def worker_config(config: Config, listen: str, public_url: str | None) -> Config:
+    """What a worker other than the first runs: the Postgres proxy alone, on the address
+    the first worker bound (its port may have been 0). Approval links point at the first
+    worker's admin API, where they are answered."""
+    assert config.postgres is not None
+    approvals = config.approvals
+    if approvals.public_url is None and public_url is not None:
+        approvals = approvals.model_copy(update={"public_url": public_url})
+    return config.model_copy(
+        update={
+            "postgres": config.postgres.model_copy(update={"listen": listen}),
+            "http": None,
+            "ssh": None,
+            "extauthz": None,
+            "admin": None,
+            "host": None,
+            "approvals": approvals,
+        }
+    )
+
+
+def lease_dir(config: Config, slot: Slot) -> Path:
+    """A worker's own credential lease journal: each process holds (and locks) its own."""
+    return config.data_dir if slot.index == 0 else config.data_dir / f"postgres-worker-{slot.index}"
+
+
+class Workers:
+    """The first worker's supervisor of the others: starts them (and fails the start if
+    one cannot), passes SIGHUP on, starts again one that dies, and at shutdown closes
+    their stdin, which makes each stop as `interlock up` stops (sessions end, the audit
+    log is flushed)."""
+
+    def __init__(self, config: Config, slot: Slot, source: Path | None) -> None:
+        self.config = config
+        """The config each worker runs (`worker_config`)."""
+        self.slot = slot
+        self.source = source
+        self._procs: dict[int, asyncio.subprocess.Process] = {}
+        self._watchers: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs.values()]
+
+    async def start(self) -> None:
+        """Start workers 1..count-1 and wait until each serves; raise if one cannot."""
+        from interlock.errors import ConfigError
+
+        indexes = range(1, self.slot.count)
+        results = await asyncio.gather(*(self._spawn(i) for i in indexes), return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            await self.stop()
+            raise ConfigError(f"postgres worker could not start: {failed[0]}")
+        for i in indexes:
+            self._watchers.append(asyncio.create_task(self._watch(i)))
+
+    async def _spawn(self, index: int) -> None:
+        env = dict(os.environ)
+        root = _PACKAGE_ROOT
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (root, env.get("PYTHONPATH"))))
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-P",  # nothing imported from the working directory
+            "-m",
+            "interlock.proxies.postgres.workers",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            start_new_session=True,  # a Ctrl-C at the terminal is the first worker's
+            env=env,
+        )
+        self._procs[index] = proc
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        order = {
+            "config": self.config.model_dump_json(),
+            "index": index,
+            "count": self.slot.count,
+            "token": self.slot.token,
+            "source": str(self.source) if self.source else None,
+            "public_url": self.config.approvals.public_url,
+            "verbose": logging.getLogger().level <= logging.DEBUG,
+            "log_format": _log_format(),
+        }
+        proc.stdin.write(json.dumps(order).encode() + b"\n")
+        await proc.stdin.drain()
+        try:
+            line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT_S)
+        except TimeoutError:
+            proc.kill()
+            raise RuntimeError(f"worker {index} did not start in {START_TIMEOUT_S:.0f} s") from None
+        if line != READY:
+            await proc.wait()
+            why = line.decode("utf-8", "replace").strip() or f"exit status {proc.returncode}"
+            raise RuntimeError(f"worker {index}: {why}")
+
+    async def _watch(self, index: int) -> None:
+        """Start worker `index` again when it dies (its sessions are gone with it); a
+        worker that stopped cleanly was told to (SIGTERM), and stays stopped."""
+        delay = RESTART_DELAY_S
+        while not self._stopping:
+            code = await self._procs[index].wait()
+            if self._stopping or code == 0:
+                return
+            log.error("postgres worker %d exited with status %d; starting it again", index, code)
+            await asyncio.sleep(delay)
+            if self._stopping:
+                return
+            try:
+                await self._spawn(index)
+                delay = RESTART_DELAY_S
+            except Exception as exc:
+                log.error("postgres worker %d: %s", index, exc)
+                delay = min(delay * 2, 30.0)
+
+    def reload(self) -> None:
+        """SIGHUP: each worker re-reads the policy, the feeds and the agents itself."""
+        for proc in self._procs.values():
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGHUP)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in self._watchers:
+            task.cancel()
+        for proc in self._procs.values():
+            if proc.stdin is not None:
+                proc.stdin.close()
+        for index, proc in self._procs.items():
+            try:
+                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
+            except TimeoutError:
+                log.error("postgres worker %d did not stop in time; killed", index)
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+
+
+def _log_format() -> str:
+    from interlock.logs import JsonFormatter
+
+    handlers = logging.getLogger().handlers
+    return "json" if any(isinstance(h.formatter, JsonFormatter) for h in handlers) else "text"
+
+
+async def _serve(order: dict[str, object]) -> int:
+    from interlock.config import Config, load_config
+    from interlock.runtime import build, reload_on_sighup, start
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    config = Config.model_validate_json(str(order["config"]))
+    assert config.postgres is not None
+    slot = Slot(int(str(order["index"])), int(str(order["count"])), str(order["token"]))
+    source = Path(str(order["source"])) if order["source"] else None
+    public_url = str(order["public_url"]) if order["public_url"] else None
+    try:
+        runtime = build(config, lease_dir=lease_dir(config, slot))
+        runtime.slot = slot
+        if source is not None:
+            listen = config.postgres.listen
+            runtime.reread = lambda: worker_config(load_config(source), listen, public_url)
+        await start(runtime)
+    except Exception as exc:
+        sys.stdout.buffer.write(f"error: {exc}\n".encode())
+        sys.stdout.flush()
+        return 1
+    reload_on_sighup(runtime)
+    # The first worker closes our stdin to stop us, or by dying.
+    pipe = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(pipe), sys.stdin)
+    watcher = loop.create_task(pipe.read())
+    watcher.add_done_callback(lambda _: stop.set())
+    sys.stdout.buffer.write(READY)
+    sys.stdout.flush()
+    try:
+        await stop.wait()
+    finally:
+        watcher.cancel()
+        await runtime.stop()
+    return 0
+
+
+def main() -> int:
+    from interlock.config import Config
+    from interlock.eventloop import loop_factory
+    from interlock.logs import setup as setup_logs
+
+    order = json.loads(sys.stdin.buffer.readline())
+    setup_logs(bool(order.get("verbose")), str(order.get("log_format", "text")))
+    config = Config.model_validate_json(order["config"])
+    return asyncio.run(_serve(order), loop_factory=loop_factory(config.event_loop))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
