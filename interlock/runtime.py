@@ -13,6 +13,7 @@ import shlex
 import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +73,8 @@ class Runtime:
     """The config file `up` read (None: embedded defaults), for the banner's commands."""
     readiness: ready.Readiness = field(default_factory=ready.Readiness)
     """/readyz: set listening once every listener is bound; a probe per dependency."""
+    own_dir: Path | None = None
+    """This process's own files (`build`); None: the data directory."""
     slot: Slot | None = None
     """Set in a Postgres worker process other than the first (`[postgres] workers`)."""
     workers: Workers | None = None
@@ -96,10 +99,10 @@ class Runtime:
             await self.pdp.store.close()
 
 
-def build(config: Config, lease_dir: Path | None = None) -> Runtime:
-    """Load the policy and build the PDP; raises BundleError or ConfigError. `lease_dir`:
-    where the credential broker keeps its lease journal (default: the data directory;
-    a Postgres worker process has its own)."""
+def build(config: Config, own_dir: Path | None = None) -> Runtime:
+    """Load the policy and build the PDP; raises BundleError or ConfigError. `own_dir`:
+    where this process keeps files no other may share (the credential lease journal,
+    downloaded bundles); default the data directory, a Postgres worker has its own."""
     store: StateStore
     if config.state.store == "memory":
         store = MemoryStore()
@@ -133,7 +136,7 @@ def build(config: Config, lease_dir: Path | None = None) -> Runtime:
     holds.pdp = pdp
     credentials = None
     if config.credentials is not None:
-        credentials = Broker(config.credentials, lease_dir or config.data_dir)
+        credentials = Broker(config.credentials, own_dir or config.data_dir)
     if config.ssh is not None:
         signed = config.credentials is not None and config.credentials.ssh is not None
         for name, target in config.ssh.targets.items():
@@ -141,7 +144,7 @@ def build(config: Config, lease_dir: Path | None = None) -> Runtime:
                 raise ConfigError(f"ssh.targets.{name}: set key, or [credentials.ssh]")
     return Runtime(
         config, policy, pdp, registry, audit, holds=holds, jwt=jwt, intel=intel,
-        credentials=credentials,
+        credentials=credentials, own_dir=own_dir or config.data_dir,
     )  # fmt: skip
 
 
@@ -249,7 +252,7 @@ async def start(runtime: Runtime) -> None:
         poller = BundlePoller(
             cfg.policy.bundle_url,
             runtime.policy,
-            cfg.data_dir / "bundles",
+            (runtime.own_dir or cfg.data_dir) / "bundles",
             cfg.policy.bundle_poll_interval,
             cfg.policy.bundle_token,
         )
@@ -359,7 +362,8 @@ async def _start_postgres(runtime: Runtime) -> None:
     assert cfg.postgres is not None
     slot = runtime.slot
     if slot is None and cfg.postgres.workers > 1:
-        slot = workers.Slot(0, cfg.postgres.workers, secrets.token_hex(8))
+        # The cancel sockets' directory: short (a socket path has 107 bytes), 0700.
+        slot = workers.Slot(0, cfg.postgres.workers, tempfile.mkdtemp(prefix="interlock-pg-"))
     proxy = PostgresProxy(
         cfg.postgres,
         cfg.agents,
@@ -380,9 +384,7 @@ async def _start_postgres(runtime: Runtime) -> None:
         # The first worker: the others bind the port it bound (it may have been 0).
         listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         public_url = cfg.approvals.public_url or runtime.endpoints.get("admin")
-        others = workers.Workers(
-            workers.worker_config(cfg, listen, public_url), slot, runtime.source
-        )
+        others = workers.Workers(runtime, slot, listen, public_url)
         runtime._stoppers.append(others.stop)  # with the first worker's own listener
         await others.start()
         runtime.workers = others
@@ -704,6 +706,9 @@ async def serve(
     # after the banner) is a graceful stop too, not the default kill.
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # A SIGHUP while starting (which may take a while: Postgres workers) must not end the
+    # process with the default action; the reload handler replaces this once started.
+    loop.add_signal_handler(signal.SIGHUP, lambda: log.warning("SIGHUP while starting: ignored"))
     runtime = build(config)
     runtime.reread = reread
     runtime.source = source

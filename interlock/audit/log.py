@@ -83,6 +83,7 @@ class AuditLog:
         clock: Callable[[], float] = time.time,
         witnesses: Witnesses | None = None,
         loss_window: float = 0.1,
+        final_checkpoint: bool = True,
     ) -> None:
         self.store = store
         self.signer = signer
@@ -95,6 +96,9 @@ class AuditLog:
         self.clock = clock
         self.witnesses = witnesses
         self.loss_window = loss_window
+        self.final_checkpoint = final_checkpoint
+        """Sign a checkpoint at `close` (off in a Postgres worker other than the first,
+        which appends to the tree the first one checkpoints)."""
         """Longest an acknowledged record may stay uncommitted (0: no bound). Once the
         oldest uncommitted record is older, appends wait for their commit, so a crash
         loses at most what was acknowledged within this window before the last answer."""
@@ -283,10 +287,11 @@ class AuditLog:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        try:
-            await self.checkpoint()
-        except AuditError as exc:
-            log.error("final checkpoint failed: %s", exc)
+        if self.final_checkpoint:
+            try:
+                await self.checkpoint()
+            except AuditError as exc:
+                log.error("final checkpoint failed: %s", exc)
         await self.store.close()
 
     def status(self) -> dict[str, Any]:

@@ -138,6 +138,8 @@ class PDP:
         self._model: tuple[str, RiskModel] | None = None
         self.modes = modes or Modes()
         self.mode_overrides: dict[str, Mode] = {}
+        self.mode_listeners: list[Callable[[str, Mode | None], None]] = []
+        """Told of each per-agent override (the other Postgres workers apply it too)."""
         """Per-agent modes set through the admin API; they outlive a SIGHUP."""
 
     def _risk_model(self, version: str, data: Mapping[str, Any]) -> RiskModel:
@@ -461,6 +463,8 @@ class PDP:
             self.mode_overrides.pop(agent_id, None)
         else:
             self.mode_overrides[agent_id] = mode
+        for listener in self.mode_listeners:
+            listener(agent_id, mode)
         if old != mode:
             await self._record_mode(
                 f"admin API, agent {agent_id}",

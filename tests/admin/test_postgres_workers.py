@@ -69,6 +69,22 @@ BLOCKED = "select count(*) from held"
 """A statement that waits, without using a core, for the lock `locked` holds."""
 
 
+async def waiting(lock: asyncpg.Connection, n: int) -> None:
+    """Until `n` sessions wait for the lock: a cancel that arrives before its statement
+    reached the backend cancels nothing."""
+    for _ in range(400):
+        # Inside the lock's transaction pg_stat_activity is read once: clear it each time.
+        await lock.execute("select pg_stat_clear_snapshot()")
+        count = await lock.fetchval(
+            "select count(*) from pg_stat_activity where wait_event_type = 'Lock' and query = $1",
+            BLOCKED,
+        )
+        if count >= n:
+            return
+        await asyncio.sleep(0.05)
+    pytest.fail(f"{count} of {n} statements reached the lock")
+
+
 async def locked(upstream: str) -> asyncpg.Connection:
     """A direct connection holding an exclusive lock on table `held` until it closes."""
     conn = await asyncpg.connect(upstream)
@@ -97,7 +113,8 @@ async def two_workers(
     """Workers 0 and 1 of 2 in this process, each on its own port so a test chooses
     which one receives a cancel (in `interlock up` they share one port)."""
     upstream = await fresh_database(postgres)
-    slot = os.urandom(4).hex()
+    sockets = tmp_path / "sockets"
+    sockets.mkdir(mode=0o700)
     started = []
     for index in (0, 1):
         config = Config(
@@ -106,7 +123,7 @@ async def two_workers(
             postgres=PostgresConfig(listen="127.0.0.1:0", upstream=upstream),
         )
         rt = build(config)
-        rt.slot = Slot(index, 2, slot)
+        rt.slot = Slot(index, 2, str(sockets))
         await start(rt)
         started.append(rt)
     yield started[0], started[1], upstream.rsplit("/", 1)[1]
@@ -132,7 +149,7 @@ async def test_a_cancel_given_to_another_worker_reaches_the_session(
         assert Slot(0, 2, "").owner(key) == 0
         assert pid == await conn.fetchval("select pg_backend_pid()")  # the real backend pid
         sleeping = asyncio.create_task(conn.fetchval(BLOCKED))
-        await asyncio.sleep(0.3)
+        await waiting(lock, 1)
         # A wrong key for worker 0's session, given to worker 1: passed on, ignored there.
         await send_cancel(port_of(one), pid, (key + 2) & 0xFFFFFFFF)
         await asyncio.sleep(0.5)
@@ -162,6 +179,7 @@ class Workers:
         self.cfg = tmp_path / "interlock.toml"
         self.head = (
             f'data_dir = "{tmp_path / "data"}"\n'
+            'event_loop = "uvloop"\n'  # the loop workers are for; asyncio's: the test above
             f'[state]\nstore = "{redis.url}"\n'
             f'[audit]\nstore = "{audit}"\n'
             f'[admin]\nlisten = "127.0.0.1:{free_port()}"\ntoken = "{ADMIN}"\n'
@@ -222,7 +240,7 @@ async def test_two_workers_share_one_port_context_and_log(w: Workers) -> None:
     try:
         # Cancels, each arriving at whichever worker the kernel chooses: every one lands.
         sleeping = [asyncio.create_task(c.fetchval(BLOCKED)) for c in conns]
-        await asyncio.sleep(0.5)
+        await waiting(lock, len(conns))
         for c in conns:
             await send_cancel(w.port, *cancel_bytes(c))
         for task in sleeping:
@@ -269,23 +287,51 @@ async def test_two_workers_share_one_port_context_and_log(w: Workers) -> None:
             assert time.monotonic() < deadline, "the new agent was refused after SIGHUP"
             await asyncio.sleep(0.2)
     assert owners(news) == {0, 1}
+
+    # A per-agent override set through the first worker's admin API holds on both.
+    async def forbidden_runs(conns: list[asyncpg.Connection]) -> list[bool]:
+        ran = []
+        for c in conns:
+            try:
+                await c.fetchval("select pg_sleep(0)")  # a forbidden function
+                ran.append(True)
+            except asyncpg.InsufficientPrivilegeError:
+                ran.append(False)
+        return ran
+
+    async def set_mode(mode: str | None) -> None:
+        async with httpx.AsyncClient(
+            base_url=w.admin, headers={"Authorization": f"Bearer {ADMIN}"}
+        ) as api:
+            r = await api.post("/v1/agents/analyst/mode", json={"mode": mode})
+            assert r.status_code == 200, r.text
+
+    await set_mode("shadow")
+    assert await forbidden_runs(news) == [True] * len(news)
+    await set_mode(None)
+    assert await forbidden_runs(news) == [False] * len(news)
+    await set_mode("shadow")
     for c in news:
         await c.close()
 
-    # A worker that dies is started again, and serves.
+    # A worker that dies is started again, with what the first serves now: the agent
+    # SIGHUP added, and the override.
     os.kill(child, signal.SIGKILL)
     deadline = time.monotonic() + 30
     while (again := w.children()) in ([], [child]):
         assert time.monotonic() < deadline, "the dead worker was not started again"
         await asyncio.sleep(0.2)
     while True:  # started, and then serving
-        conns = [await w.connect() for _ in range(16)]
-        for c in conns:
-            await c.close()
+        conns = [await w.connect("analyst", "analyst-token-0123456789") for _ in range(16)]
         if owners(conns) == {0, 1}:
             break
+        for c in conns:
+            await c.close()
         assert time.monotonic() < deadline, "the worker started again does not serve"
         await asyncio.sleep(0.2)
+    assert await forbidden_runs(conns) == [True] * len(conns)
+    for c in conns:
+        await c.close()
 
     # The workers stop with the first, and the one log verifies.
     assert await asyncio.to_thread(w.up.stop) == 0

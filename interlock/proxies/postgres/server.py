@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import secrets
+import socket
 import ssl
 import struct
 from collections.abc import Callable, Mapping
@@ -32,6 +33,7 @@ from interlock.core.context import Posture
 from interlock.core.dataflow import value_fingerprints
 from interlock.core.enforcement import posture_veto
 from interlock.core.model import Action, Agent, Decision, Effect, Operation
+from interlock.core.modes import Mode
 from interlock.core.pdp import PDP
 from interlock.core.refusal import (
     UNRECORDED,
@@ -113,8 +115,11 @@ class _Session:
     seq: int = 0
     closed: bool = False
     statements: dict[str, Prepared] = field(default_factory=dict)
-    actions: dict[str, Action] = field(default_factory=dict)
-    """The action each prepared statement was decided as, to re-check posture at Execute."""
+    actions: dict[str, tuple[Action, Mode | None]] = field(default_factory=dict)
+    """The action each prepared statement was decided as, and the mode (enforce or
+    shadow) it was decided in: Execute re-checks posture, and decides again when the
+    agent's mode has changed since (a statement let through in shadow mode must not keep
+    running once the agent is enforced)."""
     portals: dict[str, tuple[str, Prepared]] = field(default_factory=dict)
     """Portal -> (its statement's name, that statement's results)."""
     cursors: dict[str, MaskPlan] = field(default_factory=dict)
@@ -196,13 +201,19 @@ class PostgresProxy:
             # Read again at the first login (which fails closed until it can be).
             log.warning("postgres proxy: cannot read the database catalog yet: %s", exc)
         host, _, port = self.config.listen.rpartition(":")
+        if self.slot is not None and self.slot.index == 0 and int(port) != 0:
+            # With SO_REUSEPORT a second `interlock up` would share the port silently
+            # (connections split, cancels lost): the first worker binds alone first.
+            probe = socket.create_server((host.strip("[]"), int(port)))
+            probe.close()
         self._server = await asyncio.start_server(
             self._handle, host.strip("[]"), int(port), reuse_port=self.slot is not None
         )
         if self.slot is not None:
-            self._cancels = await asyncio.start_unix_server(
-                self._relayed_cancel, self.slot.address(self.slot.index)
-            )
+            address = self.slot.address(self.slot.index)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(address)  # left by this worker's predecessor, killed
+            self._cancels = await asyncio.start_unix_server(self._relayed_cancel, address)
         sock = self._server.sockets[0].getsockname()
         self.address = (sock[0], sock[1])
         self.flood.start()
@@ -739,7 +750,7 @@ class PostgresProxy:
             )
             session.actions.pop(msg.name, None)
             if action is not None:
-                session.actions[msg.name] = action
+                session.actions[msg.name] = (action, self.pdp.mode(action)[0])
             return None if sql is None else m.Parse(msg.name, sql, msg.param_types).encode()
         if isinstance(msg, m.Bind):
             self._bound(session, msg.portal, msg.statement)
@@ -784,10 +795,21 @@ class PostgresProxy:
         session.portals[portal] = (statement, prepared)
 
     async def _posture_veto(self, session: _Session, statement: str) -> str | None:
-        """A restriction that arrived after Parse still stops the Execute."""
-        action = session.actions.get(statement)
-        if action is None:
+        """A restriction that arrived after Parse still stops the Execute, and so does a
+        decision made again because the agent's mode changed since Parse."""
+        found = session.actions.get(statement)
+        if found is None:
             return None
+        action, mode = found
+        now = self.pdp.mode(action)[0]
+        if now is not mode:
+            # Decided again, in the mode now in force. Allowed: it runs on in that mode.
+            # Not: no mode is kept, so every later Execute is decided (and recorded) again.
+            decision = await self.pdp.decide(action)
+            allowed = decision.effect is Effect.ALLOW
+            session.actions[statement] = (action, now if allowed else None)
+            if not allowed:
+                return f"the agent's mode is now {now.value}: {_reason(decision)}"
         try:
             posture = await self.pdp.store.posture(session.agent.id, self.pdp.clock())
         except StateError as exc:

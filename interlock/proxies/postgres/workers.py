@@ -18,9 +18,18 @@ What must hold across workers, and how:
 - **Cancel requests reach the session.** A CancelRequest arrives on a new connection,
   which the kernel may hand to any worker. Each worker's keys are its index modulo the
   number of workers (`Slot.new_key`), so the worker that receives a cancel for a key
-  that is not its own passes the 16 bytes to the owner over a local socket
-  (`relay_cancel`); the owner forwards it with the server's key if the (pid, key) is one
-  of its sessions and ignores it otherwise. The server's key never leaves its worker.
+  that is not its own passes the 16 bytes to the owner over a Unix socket in a directory
+  only interlock's user can enter (`relay_cancel`); the owner forwards it with the
+  server's key if the (pid, key) is one of its sessions and ignores it otherwise. The
+  server's key never leaves its worker.
+- **One configuration.** SIGHUP reaches every worker, and a worker started again after a
+  crash gets what the first one serves now (agents and modes as last reloaded, per-agent
+  mode overrides set through the admin API), not what it started with.
+- **One checkpointer.** Only the first worker signs checkpoints (and asks witnesses) of
+  the shared tree; the others append.
+
+Only the first worker serves the admin API, so `/metrics`, session counts and
+`/readyz` describe it alone.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import struct
 import sys
@@ -38,10 +48,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from interlock.core.modes import Mode
 from interlock.proxies.postgres import messages as m
 
 if TYPE_CHECKING:
     from interlock.config import Config
+    from interlock.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -56,21 +68,21 @@ _PACKAGE_ROOT = str(Path(__file__).resolve().parents[3])
 
 @dataclass(frozen=True)
 class Slot:
-    """This process's place among `count` workers; `token` names this run's cancel
-    sockets, so two `interlock up` on one host never reach each other's."""
+    """This process's place among `count` workers; `directory` holds this run's cancel
+    sockets (made by the first worker, mode 0700: no other user can connect to them or
+    take a name while a worker restarts)."""
 
     index: int
     count: int
-    token: str
+    directory: str
 
     def owner(self, key: int) -> int:
         """The worker that made cancel key `key`."""
         return key % self.count
 
     def address(self, index: int) -> str:
-        """Worker `index`'s cancel socket (Linux abstract namespace: no file to leave
-        behind; it takes only CancelRequests, which anyone may send over TCP too)."""
-        return f"\0interlock-postgres-{self.token}-{index}"
+        """Worker `index`'s cancel socket."""
+        return os.path.join(self.directory, f"{index}.sock")
 
     def new_key(self) -> int:
         """A random 32-bit cancel key that names this worker."""
@@ -99,7 +111,8 @@ async def relay_cancel(address: str, msg: m.CancelRequest) -> None:
             finally:
                 writer.close()
     except (OSError, TimeoutError) as exc:
-        log.warning("postgres proxy: could not pass a cancel request to its worker: %s", exc)
+        # Anyone can send cancels: a worker that is down (restarting) costs a debug line.
+        log.debug("postgres proxy: could not pass a cancel request to its worker: %s", exc)
 
 
 def worker_config(config: Config, listen: str, public_url: str | None) -> Config:
@@ -123,29 +136,36 @@ def worker_config(config: Config, listen: str, public_url: str | None) -> Config
     )
 
 
-def lease_dir(config: Config, slot: Slot) -> Path:
-    """A worker's own credential lease journal: each process holds (and locks) its own."""
-    return config.data_dir if slot.index == 0 else config.data_dir / f"postgres-worker-{slot.index}"
+def own_dir(config: Config, index: int) -> Path:
+    """A worker's own files (its credential lease journal, which each process holds and
+    locks, and the bundles it downloads): the first worker's are the data directory's."""
+    return config.data_dir if index == 0 else config.data_dir / f"postgres-worker-{index}"
+
+
+def worker_runtime(runtime: Runtime) -> None:
+    """What a worker other than the first does not do: checkpoints and witnesses are the
+    first worker's (one signer of the one tree)."""
+    runtime.audit.checkpoint_interval = 0
+    runtime.audit.witnesses = None
+    runtime.audit.final_checkpoint = False
 
 
 class Workers:
     """The first worker's supervisor of the others: starts them (and fails the start if
-    one cannot), passes SIGHUP on, starts again one that dies, and at shutdown closes
-    their stdin, which makes each stop as `interlock up` stops (sessions end, the audit
-    log is flushed)."""
+    one cannot), passes SIGHUP and per-agent mode overrides on, starts again one that
+    dies, and at shutdown closes their stdin, which makes each stop as `interlock up`
+    stops (sessions end, the audit log is flushed)."""
 
-    def __init__(self, config: Config, slot: Slot, source: Path | None) -> None:
-        self.config = config
-        """The config each worker runs (`worker_config`)."""
+    def __init__(self, runtime: Runtime, slot: Slot, listen: str, public_url: str | None):
+        self.runtime = runtime
         self.slot = slot
-        self.source = source
+        self.listen = listen
+        self.public_url = public_url
         self._procs: dict[int, asyncio.subprocess.Process] = {}
+        self._ready: set[int] = set()
         self._watchers: list[asyncio.Task[None]] = []
         self._stopping = False
-
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p in self._procs.values()]
+        runtime.pdp.mode_listeners.append(self._mode)
 
     async def start(self) -> None:
         """Start workers 1..count-1 and wait until each serves; raise if one cannot."""
@@ -160,10 +180,27 @@ class Workers:
         for i in indexes:
             self._watchers.append(asyncio.create_task(self._watch(i)))
 
+    def _order(self, index: int) -> bytes:
+        """What worker `index` runs: the config the first worker serves now (as SIGHUP
+        last left it) and the per-agent overrides in force."""
+        rt = self.runtime
+        order = {
+            "config": worker_config(rt.config, self.listen, self.public_url).model_dump_json(),
+            "index": index,
+            "count": self.slot.count,
+            "directory": self.slot.directory,
+            "source": str(rt.source) if rt.source else None,
+            "public_url": self.public_url,
+            "overrides": {a: mode.value for a, mode in rt.pdp.mode_overrides.items()},
+            "verbose": logging.getLogger().level <= logging.DEBUG,
+            "log_format": _log_format(),
+        }
+        return json.dumps(order).encode() + b"\n"
+
     async def _spawn(self, index: int) -> None:
         env = dict(os.environ)
-        root = _PACKAGE_ROOT
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, (root, env.get("PYTHONPATH"))))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (_PACKAGE_ROOT, env.get("PYTHONPATH"))))
+        self._ready.discard(index)
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-P",  # nothing imported from the working directory
@@ -177,35 +214,29 @@ class Workers:
         self._procs[index] = proc
         assert proc.stdin is not None
         assert proc.stdout is not None
-        order = {
-            "config": self.config.model_dump_json(),
-            "index": index,
-            "count": self.slot.count,
-            "token": self.slot.token,
-            "source": str(self.source) if self.source else None,
-            "public_url": self.config.approvals.public_url,
-            "verbose": logging.getLogger().level <= logging.DEBUG,
-            "log_format": _log_format(),
-        }
-        proc.stdin.write(json.dumps(order).encode() + b"\n")
+        proc.stdin.write(self._order(index))
         await proc.stdin.drain()
         try:
             line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT_S)
         except TimeoutError:
-            proc.kill()
-            raise RuntimeError(f"worker {index} did not start in {START_TIMEOUT_S:.0f} s") from None
+            line = b"error: did not start in %d s" % START_TIMEOUT_S
         if line != READY:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
             await proc.wait()
             why = line.decode("utf-8", "replace").strip() or f"exit status {proc.returncode}"
             raise RuntimeError(f"worker {index}: {why}")
+        self._ready.add(index)
 
     async def _watch(self, index: int) -> None:
-        """Start worker `index` again when it dies (its sessions are gone with it); a
-        worker that stopped cleanly was told to (SIGTERM), and stays stopped."""
+        """Start worker `index` again whenever it ends while the first serves (a crash,
+        a kill, a stray SIGTERM): its sessions are gone with it, its share of the port's
+        new connections must not be."""
         delay = RESTART_DELAY_S
         while not self._stopping:
             code = await self._procs[index].wait()
-            if self._stopping or code == 0:
+            self._ready.discard(index)
+            if self._stopping:
                 return
             log.error("postgres worker %d exited with status %d; starting it again", index, code)
             await asyncio.sleep(delay)
@@ -218,15 +249,26 @@ class Workers:
                 log.error("postgres worker %d: %s", index, exc)
                 delay = min(delay * 2, 30.0)
 
+    def _mode(self, agent_id: str, mode: Mode | None) -> None:
+        """A per-agent override set through the admin API: every worker applies it (the
+        first one's audit record stands for all)."""
+        line = json.dumps({"mode": [agent_id, mode.value if mode else None]}).encode() + b"\n"
+        for index, proc in self._procs.items():
+            if index in self._ready and proc.stdin is not None and not proc.stdin.is_closing():
+                proc.stdin.write(line)
+
     def reload(self) -> None:
-        """SIGHUP: each worker re-reads the policy, the feeds and the agents itself."""
-        for proc in self._procs.values():
-            if proc.returncode is None:
+        """SIGHUP: each worker re-reads the policy, the feeds and the agents itself (one
+        still starting gets the reloaded config with its order, `_order`)."""
+        for index, proc in self._procs.items():
+            if index in self._ready and proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     proc.send_signal(signal.SIGHUP)
 
     async def stop(self) -> None:
         self._stopping = True
+        with contextlib.suppress(ValueError):
+            self.runtime.pdp.mode_listeners.remove(self._mode)
         for task in self._watchers:
             task.cancel()
         for proc in self._procs.values():
@@ -240,6 +282,7 @@ class Workers:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 await proc.wait()
+        shutil.rmtree(self.slot.directory, ignore_errors=True)
 
 
 def _log_format() -> str:
@@ -251,6 +294,7 @@ def _log_format() -> str:
 
 async def _serve(order: dict[str, object]) -> int:
     from interlock.config import Config, load_config
+    from interlock.core import heap
     from interlock.runtime import build, reload_on_sighup, start
 
     loop = asyncio.get_running_loop()
@@ -259,12 +303,16 @@ async def _serve(order: dict[str, object]) -> int:
         loop.add_signal_handler(sig, stop.set)
     config = Config.model_validate_json(str(order["config"]))
     assert config.postgres is not None
-    slot = Slot(int(str(order["index"])), int(str(order["count"])), str(order["token"]))
+    slot = Slot(int(str(order["index"])), int(str(order["count"])), str(order["directory"]))
     source = Path(str(order["source"])) if order["source"] else None
     public_url = str(order["public_url"]) if order["public_url"] else None
     try:
-        runtime = build(config, lease_dir=lease_dir(config, slot))
+        runtime = build(config, own_dir=own_dir(config, slot.index))
         runtime.slot = slot
+        worker_runtime(runtime)
+        overrides = order.get("overrides") or {}
+        assert isinstance(overrides, dict)
+        runtime.pdp.mode_overrides.update({a: Mode(v) for a, v in overrides.items()})
         if source is not None:
             listen = config.postgres.listen
             runtime.reread = lambda: worker_config(load_config(source), listen, public_url)
@@ -274,11 +322,13 @@ async def _serve(order: dict[str, object]) -> int:
         sys.stdout.flush()
         return 1
     reload_on_sighup(runtime)
-    # The first worker closes our stdin to stop us, or by dying.
+    # The first worker sends per-agent overrides, one JSON line each, and closes our
+    # stdin to stop us (or by dying).
     pipe = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(pipe), sys.stdin)
-    watcher = loop.create_task(pipe.read())
+    watcher = loop.create_task(_follow(pipe, runtime))
     watcher.add_done_callback(lambda _: stop.set())
+    heap.settle()
     sys.stdout.buffer.write(READY)
     sys.stdout.flush()
     try:
@@ -289,11 +339,27 @@ async def _serve(order: dict[str, object]) -> int:
     return 0
 
 
+async def _follow(pipe: asyncio.StreamReader, runtime: Runtime) -> None:
+    """Apply the first worker's per-agent mode overrides until it closes the pipe."""
+    while line := await pipe.readline():
+        try:
+            agent_id, mode = json.loads(line)["mode"]
+            if mode is None:
+                runtime.pdp.mode_overrides.pop(agent_id, None)
+            else:
+                runtime.pdp.mode_overrides[agent_id] = Mode(mode)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("postgres worker: unreadable order from the first worker: %s", exc)
+
+
 def main() -> int:
     from interlock.config import Config
     from interlock.eventloop import loop_factory
     from interlock.logs import setup as setup_logs
 
+    # Until its handler is installed, a SIGHUP (sent to every worker on reload) must not
+    # end a worker that is still starting: it reads the reloaded config in its order.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     order = json.loads(sys.stdin.buffer.readline())
     setup_logs(bool(order.get("verbose")), str(order.get("log_format", "text")))
     config = Config.model_validate_json(order["config"])

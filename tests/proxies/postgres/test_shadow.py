@@ -110,6 +110,31 @@ async def test_switching_one_agent_to_enforce_mid_session(proxied: Proxied) -> N
     ]
 
 
+async def test_a_statement_prepared_in_shadow_mode_stops_once_the_agent_is_enforced(
+    proxied: Proxied,
+) -> None:
+    """Prepared in shadow mode (let through, decision recorded unenforced), executed
+    again after the agent was switched to enforce: the Execute is decided again, in the
+    mode now in force, and the server never runs it."""
+    proxied.pdp.modes = SHADOW
+    conn = await asyncpg.connect(proxied.dsn())
+    try:
+        block = await conn.prepare(do_insert(401))
+        await block.fetch()
+        await conn.execute("delete from orders where id = 401")
+        await proxied.pdp.set_agent_mode("reporter", Mode.ENFORCE, "test")
+        for _ in range(2):  # and stays stopped
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="mode is now enforce"):
+                await block.fetch()
+        await proxied.pdp.set_agent_mode("reporter", Mode.SHADOW, "test")
+        await block.fetch()  # decided again in shadow mode: let through again
+    finally:
+        await conn.close()
+    assert await rows(proxied, 401) == [401]
+    denied = [r for r in proxied.sink.records if r.decision.effect is Effect.DENY]
+    assert [r.enforced for r in denied] == [False, True, True, False]
+
+
 async def test_the_report_counts_what_the_log_holds(proxied: Proxied) -> None:
     proxied.pdp.modes = SHADOW
     await run(proxied, 301)
