@@ -32,7 +32,8 @@ from interlock.config import AgentConfig, PostgresConfig
 from interlock.core.context import Posture
 from interlock.core.dataflow import value_fingerprints
 from interlock.core.enforcement import posture_veto
-from interlock.core.model import Action, Agent, Decision, Effect, Operation
+from interlock.core.engine import CompiledPolicy
+from interlock.core.model import Action, Agent, Decision, Effect, Obligation, Operation
 from interlock.core.modes import Mode
 from interlock.core.pdp import PDP
 from interlock.core.refusal import (
@@ -101,6 +102,21 @@ class _LoginAbandoned(Exception):
     """The login ended early; the client has been told why."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Decided:
+    """A prepared statement's decision and what it rested on. A decision made at Parse
+    must not outlive them: a statement let through in shadow mode must stop once the
+    agent is enforced, one a reloaded policy denies must stop, and one whose masks the
+    new decision changes cannot run on the plan made for the old ones."""
+
+    action: Action
+    mode: Mode | None
+    """The mode it was decided in; None after a refusal at Execute (decide each time)."""
+    policy: CompiledPolicy
+    """The compiled policy it was decided under (compared by identity)."""
+    obligations: tuple[Obligation, ...]
+
+
 @dataclass
 class _Session:
     agent: Agent
@@ -115,11 +131,9 @@ class _Session:
     seq: int = 0
     closed: bool = False
     statements: dict[str, Prepared] = field(default_factory=dict)
-    actions: dict[str, tuple[Action, Mode | None]] = field(default_factory=dict)
-    """The action each prepared statement was decided as, and the mode (enforce or
-    shadow) it was decided in: Execute re-checks posture, and decides again when the
-    agent's mode has changed since (a statement let through in shadow mode must not keep
-    running once the agent is enforced)."""
+    actions: dict[str, _Decided] = field(default_factory=dict)
+    """How each prepared statement was decided: Execute re-checks posture, and decides
+    again when what the decision rested on has changed since Parse."""
     portals: dict[str, tuple[str, Prepared]] = field(default_factory=dict)
     """Portal -> (its statement's name, that statement's results)."""
     cursors: dict[str, MaskPlan] = field(default_factory=dict)
@@ -744,13 +758,13 @@ class PostgresProxy:
             session.results.sent_query(plans, watches)
             return None if sql is None else m.Query(sql).encode()
         if isinstance(msg, m.Parse):
-            sql, plans, action, watches = await self._checked(session, msg.sql)
+            sql, plans, decided, watches = await self._checked(session, msg.sql)
             session.statements[msg.name] = Prepared(
                 plans[0] if plans else ORIGINS_ONLY, watches[0] if watches else None
             )
             session.actions.pop(msg.name, None)
-            if action is not None:
-                session.actions[msg.name] = (action, self.pdp.mode(action)[0])
+            if decided is not None:
+                session.actions[msg.name] = decided
             return None if sql is None else m.Parse(msg.name, sql, msg.param_types).encode()
         if isinstance(msg, m.Bind):
             self._bound(session, msg.portal, msg.statement)
@@ -795,21 +809,27 @@ class PostgresProxy:
         session.portals[portal] = (statement, prepared)
 
     async def _posture_veto(self, session: _Session, statement: str) -> str | None:
-        """A restriction that arrived after Parse still stops the Execute, and so does a
-        decision made again because the agent's mode changed since Parse."""
-        found = session.actions.get(statement)
-        if found is None:
+        """A restriction that arrived after Parse still stops the Execute, and so does
+        the decision made again when the agent's mode or the policy changed since."""
+        decided = session.actions.get(statement)
+        if decided is None:
             return None
-        action, mode = found
-        now = self.pdp.mode(action)[0]
-        if now is not mode:
-            # Decided again, in the mode now in force. Allowed: it runs on in that mode.
-            # Not: no mode is kept, so every later Execute is decided (and recorded) again.
+        action = decided.action
+        policy, mode = self.pdp.policy.current, self.pdp.mode(action)[0]
+        if mode is not decided.mode or policy is not decided.policy:
+            # Allowed on the same terms: it runs on, under the new stamp. Not: no mode
+            # is kept, so every later Execute is decided (and recorded) again.
             decision = await self.pdp.decide(action)
-            allowed = decision.effect is Effect.ALLOW
-            session.actions[statement] = (action, now if allowed else None)
-            if not allowed:
-                return f"the agent's mode is now {now.value}: {_reason(decision)}"
+            same = decision.effect is Effect.ALLOW
+            same = same and decision.obligations == decided.obligations
+            kept = mode if same else None
+            session.actions[statement] = replace(decided, mode=kept, policy=policy)
+            if not same:
+                why = f"decided again since it was prepared ({mode.value} mode, policy "
+                why += f"{policy.version[:12]}): "
+                if decision.effect is Effect.ALLOW:
+                    return why + "its masks changed; prepare it again"
+                return why + _reason(decision)
         try:
             posture = await self.pdp.store.posture(session.agent.id, self.pdp.clock())
         except StateError as exc:
@@ -820,13 +840,15 @@ class PostgresProxy:
 
     async def _checked(
         self, session: _Session, sql: str
-    ) -> tuple[str | None, list[MaskPlan], Action | None, list[Watch | None]]:
-        """(None, a mask plan per statement, the action decided) when `sql` may go
+    ) -> tuple[str | None, list[MaskPlan], _Decided | None, list[Watch | None]]:
+        """(None, a mask plan per statement, how it was decided) when `sql` may go
         through; else (the replacement that fails with the denial, [], None)."""
         classification = self.classifier.classify(sql)
         if not classification.statements:
             return None, [ORIGINS_ONLY], None, []
         action = self._action(session, classification)
+        # Read before deciding: a reload meanwhile makes the stamp old, never too new.
+        policy, mode = self.pdp.policy.current, self.pdp.mode(action)[0]
         decision = await self.pdp.decide(action)
         if decision.effect is Effect.APPROVE:
             verdict = await self._held(session, decision, action, sql)
@@ -869,7 +891,7 @@ class PostgresProxy:
             elif statement.kind == "close" and statement.name is not None:
                 session.cursors.pop(statement.name, None)
             plans.append(plan)
-        return None, plans, action, watches
+        return None, plans, _Decided(action, mode, policy, decision.obligations), watches
 
     async def _held(
         self, session: _Session, decision: Decision, action: Action, sql: str

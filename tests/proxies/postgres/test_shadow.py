@@ -17,6 +17,7 @@ from tests.proxies.postgres.conftest import HR_TOKEN, Proxied
 
 pytestmark = pytest.mark.integration
 SHADOW = Config(postgres=PostgresConfig(mode="shadow")).modes()
+AGAIN_ENFORCED = r"decided again since it was prepared \(enforce mode"
 ENFORCE = Config(postgres=PostgresConfig(mode="enforce")).modes()
 
 
@@ -124,7 +125,7 @@ async def test_a_statement_prepared_in_shadow_mode_stops_once_the_agent_is_enfor
         await conn.execute("delete from orders where id = 401")
         await proxied.pdp.set_agent_mode("reporter", Mode.ENFORCE, "test")
         for _ in range(2):  # and stays stopped
-            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="mode is now enforce"):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match=AGAIN_ENFORCED):
                 await block.fetch()
         await proxied.pdp.set_agent_mode("reporter", Mode.SHADOW, "test")
         await block.fetch()  # decided again in shadow mode: let through again
