@@ -384,7 +384,9 @@ async def _start_postgres(runtime: Runtime) -> None:
         # The first worker: the others bind the port it bound (it may have been 0).
         listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         public_url = cfg.approvals.public_url or runtime.endpoints.get("admin")
-        others = workers.Workers(runtime, slot, listen, public_url)
+        others = workers.Workers(
+            runtime.pdp, lambda: runtime.config, runtime.source, slot, listen, public_url
+        )
         runtime._stoppers.append(others.stop)  # with the first worker's own listener
         await others.start()
         runtime.workers = others

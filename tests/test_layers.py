@@ -16,7 +16,8 @@ The floors, bottom first (a unit is a subpackage of `interlock`, each proxy its 
    `proxies.http`, `proxies.postgres`, `proxies.ssh`, `proxies.mcp`, `extauthz`, `admin`,
    `host` (the nftables enforcer), and `testing` (real services for tests and benchmarks).
 6. `bench` (benchmarks, over the proxies and `testing`) and `runtime` (`interlock up`).
-7. `cli`.
+7. `cli`, and `worker` (a Postgres worker process other than the first: it builds a
+   runtime, which starts it by name).
 
 A module may import its own unit and any unit on a lower floor; two units on one floor
 do not import each other. Add a new unit to `FLOORS` where its imports put it.
@@ -50,7 +51,7 @@ FLOORS: list[set[str]] = [
         "testing",
     },
     {"bench", "runtime"},
-    {"cli"},
+    {"cli", "worker"},
 ]
 
 

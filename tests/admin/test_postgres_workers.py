@@ -207,7 +207,7 @@ class Workers:
     def children(self) -> list[int]:
         """The other workers: processes whose parent is `interlock up`."""
         out = subprocess.run(
-            ["pgrep", "-P", str(self.up.proc.pid), "-f", "interlock.proxies.postgres.workers"],
+            ["pgrep", "-P", str(self.up.proc.pid), "-f", "interlock.worker"],
             capture_output=True,
             text=True,
         )

@@ -5,8 +5,8 @@ sessions, so the way to a second core is a second process, as PgBouncer does wit
 `so_reuseport`. Every worker binds the same address with SO_REUSEPORT and the kernel
 spreads new connections over them. The first worker is the `interlock up` process itself;
 once its listener is bound it starts the others (`Workers`), each
-`python -m interlock.proxies.postgres.workers` with the same config minus everything but
-the Postgres proxy, and stops them with it.
+`python -m interlock.worker` with the same config minus everything but the Postgres proxy,
+and stops them with it.
 
 What must hold across workers, and how:
 
@@ -52,8 +52,10 @@ from interlock.core.modes import Mode
 from interlock.proxies.postgres import messages as m
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from interlock.config import Config
-    from interlock.runtime import Runtime
+    from interlock.core.pdp import PDP
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,9 @@ STOP_TIMEOUT_S = 30.0
 RESTART_DELAY_S = 1.0
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[3])
 """Where this interlock is imported from: first on a worker's path (it runs with -P)."""
+ENTRY = "interlock.worker"
+"""The module a worker other than the first runs (`python -m`): it builds a runtime, so it
+sits above `interlock.runtime`, which starts the first worker and its `Workers`."""
 
 
 @dataclass(frozen=True)
@@ -142,22 +147,26 @@ def own_dir(config: Config, index: int) -> Path:
     return config.data_dir if index == 0 else config.data_dir / f"postgres-worker-{index}"
 
 
-def worker_runtime(runtime: Runtime) -> None:
-    """What a worker other than the first does not do: checkpoints and witnesses are the
-    first worker's (one signer of the one tree)."""
-    runtime.audit.checkpoint_interval = 0
-    runtime.audit.witnesses = None
-    runtime.audit.final_checkpoint = False
-
-
 class Workers:
     """The first worker's supervisor of the others: starts them (and fails the start if
     one cannot), passes SIGHUP and per-agent mode overrides on, starts again one that
     dies, and at shutdown closes their stdin, which makes each stop as `interlock up`
     stops (sessions end, the audit log is flushed)."""
 
-    def __init__(self, runtime: Runtime, slot: Slot, listen: str, public_url: str | None):
-        self.runtime = runtime
+    def __init__(
+        self,
+        pdp: PDP,
+        config: Callable[[], Config],
+        source: Path | None,
+        slot: Slot,
+        listen: str,
+        public_url: str | None,
+    ):
+        """`config` gives the configuration the first worker serves now (SIGHUP replaces
+        it); `source` is the file it was read from, which each worker re-reads on SIGHUP."""
+        self.pdp = pdp
+        self.config = config
+        self.source = source
         self.slot = slot
         self.listen = listen
         self.public_url = public_url
@@ -165,7 +174,7 @@ class Workers:
         self._ready: set[int] = set()
         self._watchers: list[asyncio.Task[None]] = []
         self._stopping = False
-        runtime.pdp.mode_listeners.append(self._mode)
+        pdp.mode_listeners.append(self._mode)
 
     async def start(self) -> None:
         """Start workers 1..count-1 and wait until each serves; raise if one cannot."""
@@ -183,15 +192,14 @@ class Workers:
     def _order(self, index: int) -> bytes:
         """What worker `index` runs: the config the first worker serves now (as SIGHUP
         last left it) and the per-agent overrides in force."""
-        rt = self.runtime
         order = {
-            "config": worker_config(rt.config, self.listen, self.public_url).model_dump_json(),
+            "config": worker_config(self.config(), self.listen, self.public_url).model_dump_json(),
             "index": index,
             "count": self.slot.count,
             "directory": self.slot.directory,
-            "source": str(rt.source) if rt.source else None,
+            "source": str(self.source) if self.source else None,
             "public_url": self.public_url,
-            "overrides": {a: mode.value for a, mode in rt.pdp.mode_overrides.items()},
+            "overrides": {a: mode.value for a, mode in self.pdp.mode_overrides.items()},
             "verbose": logging.getLogger().level <= logging.DEBUG,
             "log_format": _log_format(),
         }
@@ -205,7 +213,7 @@ class Workers:
             sys.executable,
             "-P",  # nothing imported from the working directory
             "-m",
-            "interlock.proxies.postgres.workers",
+            ENTRY,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             start_new_session=True,  # a Ctrl-C at the terminal is the first worker's
@@ -268,7 +276,7 @@ class Workers:
     async def stop(self) -> None:
         self._stopping = True
         with contextlib.suppress(ValueError):
-            self.runtime.pdp.mode_listeners.remove(self._mode)
+            self.pdp.mode_listeners.remove(self._mode)
         for task in self._watchers:
             task.cancel()
         for proc in self._procs.values():
@@ -290,81 +298,3 @@ def _log_format() -> str:
 
     handlers = logging.getLogger().handlers
     return "json" if any(isinstance(h.formatter, JsonFormatter) for h in handlers) else "text"
-
-
-async def _serve(order: dict[str, object]) -> int:
-    from interlock.config import Config, load_config
-    from interlock.core import heap
-    from interlock.runtime import build, reload_on_sighup, start
-
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    config = Config.model_validate_json(str(order["config"]))
-    assert config.postgres is not None
-    slot = Slot(int(str(order["index"])), int(str(order["count"])), str(order["directory"]))
-    source = Path(str(order["source"])) if order["source"] else None
-    public_url = str(order["public_url"]) if order["public_url"] else None
-    try:
-        runtime = build(config, own_dir=own_dir(config, slot.index))
-        runtime.slot = slot
-        worker_runtime(runtime)
-        overrides = order.get("overrides") or {}
-        assert isinstance(overrides, dict)
-        runtime.pdp.mode_overrides.update({a: Mode(v) for a, v in overrides.items()})
-        if source is not None:
-            listen = config.postgres.listen
-            runtime.reread = lambda: worker_config(load_config(source), listen, public_url)
-        await start(runtime)
-    except Exception as exc:
-        sys.stdout.buffer.write(f"error: {exc}\n".encode())
-        sys.stdout.flush()
-        return 1
-    reload_on_sighup(runtime)
-    # The first worker sends per-agent overrides, one JSON line each, and closes our
-    # stdin to stop us (or by dying).
-    pipe = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(pipe), sys.stdin)
-    watcher = loop.create_task(_follow(pipe, runtime))
-    watcher.add_done_callback(lambda _: stop.set())
-    heap.settle()
-    sys.stdout.buffer.write(READY)
-    sys.stdout.flush()
-    try:
-        await stop.wait()
-    finally:
-        watcher.cancel()
-        await runtime.stop()
-    return 0
-
-
-async def _follow(pipe: asyncio.StreamReader, runtime: Runtime) -> None:
-    """Apply the first worker's per-agent mode overrides until it closes the pipe."""
-    while line := await pipe.readline():
-        try:
-            agent_id, mode = json.loads(line)["mode"]
-            if mode is None:
-                runtime.pdp.mode_overrides.pop(agent_id, None)
-            else:
-                runtime.pdp.mode_overrides[agent_id] = Mode(mode)
-        except (ValueError, KeyError, TypeError) as exc:
-            log.error("postgres worker: unreadable order from the first worker: %s", exc)
-
-
-def main() -> int:
-    from interlock.config import Config
-    from interlock.eventloop import loop_factory
-    from interlock.logs import setup as setup_logs
-
-    # Until its handler is installed, a SIGHUP (sent to every worker on reload) must not
-    # end a worker that is still starting: it reads the reloaded config in its order.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    order = json.loads(sys.stdin.buffer.readline())
-    setup_logs(bool(order.get("verbose")), str(order.get("log_format", "text")))
-    config = Config.model_validate_json(order["config"])
-    return asyncio.run(_serve(order), loop_factory=loop_factory(config.event_loop))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
