@@ -5,7 +5,8 @@ Latency: pgbench at a fixed rate (`-R`, open loop: a transaction's latency inclu
 wait behind the schedule), simple and prepared protocol. Throughput: closed-loop pgbench
 at rising client counts (1, 4, 16, 32, 64; quick: 16 only). Budgets: TPS at 16 clients
 against PgBouncer's, added p50 over PgBouncer at the fixed rate, and (full runs) no
-collapse with more clients: TPS at 64 against TPS at 16."""
+collapse with more clients: TPS at 64 against TPS at 16, and a second `[postgres]
+workers` process adding throughput (`pgworkers`)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from typing import Any
 from interlock.audit.checkpoint import Signer, load_or_create_key
 from interlock.audit.log import AuditLog
 from interlock.audit.sqlite import SqliteStore
-from interlock.bench import progress, slo
+from interlock.bench import pgworkers, progress, slo
 from interlock.bench.stats import from_sorted, percentile
 from interlock.classify.sql import Catalog, SqlClassifier
 from interlock.config import AgentConfig, PostgresConfig
@@ -32,7 +33,7 @@ from interlock.core.pdp import PDP
 from interlock.core.policy import PolicyManager
 from interlock.eventloop import loop_factory
 from interlock.proxies.postgres.server import PostgresProxy
-from interlock.testing.services import pgbouncer, postgres_server
+from interlock.testing.services import pgbouncer, postgres_server, redis_server
 
 TOKEN = "bench-agent-token-0123456789"  # noqa: S105 (a throwaway benchmark agent)
 RATE = 300
@@ -218,7 +219,10 @@ def run(quick: bool = False) -> dict[str, Any]:
                         results[(name, mode, clients)] = _pgbench(
                             port, user, password, "bench", mode, clients, seconds, logdir
                         )
-    measurements = []
+            if not quick:
+                with redis_server() as redis:
+                    extra, gains = pgworkers.run(pg, redis, root, bouncer_port, TOKEN, _pgbench)
+    measurements = [] if quick else extra
     at_rate = {key: from_sorted(f"{key[0]}_{key[1]}_r{RATE}", lat, "ms")
                for key, (_, lat) in latency.items()}  # fmt: skip
     for (name, mode), m in at_rate.items():
@@ -250,6 +254,8 @@ def run(quick: bool = False) -> dict[str, Any]:
         if ("interlock", mode, SCALED) in results:
             scaled = results[("interlock", mode, SCALED)][0] / ours_tps
             checks.append(slo.check(f"postgres.{mode}_tps_{SCALED}_vs_16", round(scaled, 3)))
+        if not quick:
+            checks.append(slo.check(f"postgres.{mode}_workers_2_vs_1", gains[mode]))
     names = ("direct", "pgbouncer", "interlock")
     curves = []
     for mode in ("simple", "prepared"):

@@ -21,6 +21,8 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from interlock.bench.stats import THROUGHPUT_UNITS
+
 PNG_DPI = 96
 
 
@@ -217,7 +219,7 @@ def _measurement_rows(suite: dict[str, Any]) -> list[str]:
     ]
     for m in suite["measurements"]:
         unit = m["unit"]
-        if unit in ("rec/s", "MB/s", "dec/s"):
+        if unit in THROUGHPUT_UNITS:
             rows.append(
                 f"| {m['name']} | {m['n']} | | | | {_fmt(m['throughput'])} {unit} "
                 f"| {m['baseline'] or ''} | | |"

@@ -15,6 +15,7 @@ from types import ModuleType
 from typing import Any
 
 from interlock.bench import audit, e2e, extauthz, http, mcp, pdp, postgres, progress, slo, ssh
+from interlock.bench.stats import THROUGHPUT_UNITS
 
 MODULES: dict[str, ModuleType] = {
     "pdp": pdp,
@@ -74,7 +75,7 @@ def table(result: dict[str, Any]) -> str:
         f"{'baseline':<24} {'x p50':>6} {'x p99':>6}",
     ]
     for m in result["measurements"]:
-        if m["unit"] in ("rec/s", "MB/s", "dec/s"):
+        if m["unit"] in THROUGHPUT_UNITS:
             rows.append(
                 f"{m['name']:<24} {'':>11} {'':>11} {m['throughput'] or 0:>9.0f} "
                 f"{m['baseline'] or '-':<24} ({m['unit']})"

@@ -12,6 +12,9 @@ from typing import Any
 
 from interlock.bench.load import OpenLoopResult
 
+THROUGHPUT_UNITS = ("rec/s", "MB/s", "dec/s", "tx/s")
+"""Units of measurements that are a rate alone (no latency distribution to show)."""
+
 
 @dataclass
 class Measurement:
