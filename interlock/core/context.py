@@ -110,6 +110,14 @@ class StateStore(Protocol):
         are 64 JSON documents per call."""
         ...
 
+    async def context(
+        self, agent_id: str, target_key: str, now: float
+    ) -> tuple[Posture, ContextView, bool]:
+        """What a decision reads, together: `posture`, `view` (without the recent
+        actions) and `has_fingerprints`. From a shared store that is one round trip
+        instead of three, read at one instant."""
+        ...
+
     async def record(
         self,
         agent_id: str,
@@ -248,6 +256,15 @@ class MemoryStore(Listeners):
             recent=tuple(state.recent) if recent else (),
             taint_sources=dict(state.taint_sources),
             baseline_per_minute=_baseline_of(state, now),
+        )
+
+    async def context(
+        self, agent_id: str, target_key: str, now: float
+    ) -> tuple[Posture, ContextView, bool]:
+        return (
+            await self.posture(agent_id, now),
+            await self.view(agent_id, target_key, now),
+            await self.has_fingerprints(agent_id),
         )
 
     async def record(

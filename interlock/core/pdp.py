@@ -196,13 +196,14 @@ class PDP:
             policy = a.policy = self.policy.current
             a.version = policy.version
             a.data = policy.data.get("interlock", {})
-            a.posture = await self.store.posture(action.agent.id, a.now)
-            view = a.view = await self.store.view(action.agent.id, target_key(action), a.now)
+            agent = action.agent.id
+            a.posture, view, prints = await self.store.context(agent, target_key(action), a.now)
+            a.view = view
             # Fingerprinting the payload costs a hash per word run: only when this
             # agent has read labelled values that could be in it.
             flows = (
-                await self.store.flows(action.agent.id, candidates(action.payload), a.now)
-                if action.payload and await self.store.has_fingerprints(action.agent.id)
+                await self.store.flows(agent, candidates(action.payload), a.now)
+                if action.payload and prints
                 else []
             )
             action = a.action = self._enrich(action, view, flows)

@@ -50,9 +50,51 @@ from interlock.errors import StateError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_CONTEXT_PARTS = ("taints", "taint_src", "seen", "window", "answers", "minutes", "posture", "fp")
+_RECORD_PARTS = ("recent", "window", "minutes", "seen", "taints", "taint_src")
 CHANNEL = "interlock:posture"
 TIMEOUT_S = 1.0
 """Per Redis operation: a slow store must not hold decisions for long."""
+
+# Each decision reads its context once and records its action once. Each is one script
+# (one command, run atomically) rather than a pipeline of 8 or 11 commands: the client's
+# per-command packing and reply parsing was most of a decision's cost with Redis
+# (docs/benchmarks.md, "The shared stores"). The keys are declared, as scripts must.
+CONTEXT_LUA = """
+local taints = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf', 'WITHSCORES')
+local sources = redis.call('HGETALL', KEYS[2])
+local seen = redis.call('ZSCORE', KEYS[3], ARGV[2])
+local rate = redis.call('ZCOUNT', KEYS[4], '(' .. ARGV[3], '+inf')
+local answers = redis.call('HGET', KEYS[5], ARGV[2])
+local minutes = redis.call('HGETALL', KEYS[6])
+local posture = redis.call('GET', KEYS[7])
+local prints = redis.call('EXISTS', KEYS[8])
+return {taints, sources, seen and 1 or 0, rate, answers or '', minutes, posture or '', prints}
+"""
+"""KEYS: taints, taint_src, seen, window, answers, minutes, posture, fp. ARGV: now,
+target key, start of the rate window. Missing values come back as 0 or '' (a Lua array
+cannot hold nil)."""
+
+RECORD_LUA = """
+redis.call('LPUSH', KEYS[1], ARGV[1])
+redis.call('LTRIM', KEYS[1], 0, ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[5])
+redis.call('HINCRBY', KEYS[3], ARGV[6], 1)
+redis.call('EXPIRE', KEYS[3], ARGV[7])
+redis.call('ZADD', KEYS[4], ARGV[4], ARGV[8])
+redis.call('ZREMRANGEBYRANK', KEYS[4], 0, ARGV[9])
+for i = 12, #ARGV, 2 do
+  redis.call('ZADD', KEYS[5], 'GT', ARGV[i + 1], ARGV[i])
+  redis.call('HSET', KEYS[6], ARGV[i], ARGV[10])
+end
+redis.call('SADD', KEYS[7], ARGV[11])
+return 1
+"""
+"""KEYS: recent, window, minutes, seen, taints, taint_src, the agent set. ARGV: the action
+(JSON), last index kept of recent, window member, time, window cut-off, minute, minutes'
+TTL, target key, last rank dropped from seen, decision id, agent id, then label and expiry
+pairs of the taints."""
 
 
 def _posture_doc(p: Posture) -> str:
@@ -124,6 +166,8 @@ class RedisStore(Listeners):
         )
         self._clock = clock
         self._prefix = prefix
+        self._context = self._redis.register_script(CONTEXT_LUA)
+        self._record = self._redis.register_script(RECORD_LUA)
         self._known: set[str] = set()
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
@@ -202,6 +246,32 @@ class RedisStore(Listeners):
             baseline_per_minute=_baseline(ordered, now),
         )
 
+    async def context(
+        self, agent_id: str, target_key: str, now: float
+    ) -> tuple[Posture, ContextView, bool]:
+        k = self._k
+        keys = [k(agent_id, part) for part in _CONTEXT_PARTS]
+        args = [repr(float(now)), target_key, repr(float(now - RATE_WINDOW_S))]
+        found = await self._do(self._context(keys=keys, args=args))
+        taints, sources, seen, rate, answers, minutes, posture, prints = found
+        labels = dict(zip(taints[::2], taints[1::2], strict=True))
+        ok, no = (int(x) for x in (answers or "0,0").split(","))
+        counts = dict(zip(minutes[::2], minutes[1::2], strict=True))
+        view = ContextView(
+            taints=frozenset(labels),
+            first_seen=not int(seen),
+            actions_last_minute=int(rate),
+            approved=ok,
+            denied=no,
+            taint_sources={
+                s: v for s, v in zip(sources[::2], sources[1::2], strict=True) if s in labels
+            },
+            baseline_per_minute=_baseline(
+                deque(sorted([int(m), int(c)] for m, c in counts.items())), now
+            ),
+        )
+        return _posture(str(posture) if posture else None).active(now), view, bool(int(prints))
+
     async def record(
         self,
         agent_id: str,
@@ -209,23 +279,25 @@ class RedisStore(Listeners):
         target_key: str,
         taints: Mapping[str, float],
     ) -> None:
-        t = action.time
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.lpush(self._k(agent_id, "recent"), json.dumps(asdict(action)))
-        pipe.ltrim(self._k(agent_id, "recent"), 0, RECENT_ACTIONS - 1)
-        pipe.zadd(self._k(agent_id, "window"), {f"{t}:{action.decision_id}": t})
-        pipe.zremrangebyscore(self._k(agent_id, "window"), "-inf", t - RATE_WINDOW_S)
-        pipe.hincrby(self._k(agent_id, "minutes"), str(int(t // 60)), 1)
-        pipe.expire(self._k(agent_id, "minutes"), int((BASELINE_MINUTES + 2) * 60))
-        pipe.zadd(self._k(agent_id, "seen"), {target_key: t})
-        pipe.zremrangebyrank(self._k(agent_id, "seen"), 0, -(SEEN_TARGETS + 1))
-        if taints:
-            pipe.zadd(self._k(agent_id, "taints"), dict(taints), gt=True)
-            pipe.hset(
-                self._k(agent_id, "taint_src"), mapping={k: action.decision_id for k in taints}
-            )
-        pipe.sadd(f"{self._prefix}agents", agent_id)
-        await self._do(pipe.execute())
+        t = float(action.time)
+        k = self._k
+        keys = [k(agent_id, part) for part in _RECORD_PARTS] + [f"{self._prefix}agents"]
+        args: list[str | int] = [
+            json.dumps(asdict(action)),
+            RECENT_ACTIONS - 1,
+            f"{t}:{action.decision_id}",
+            repr(t),
+            repr(t - RATE_WINDOW_S),
+            str(int(t // 60)),
+            int((BASELINE_MINUTES + 2) * 60),
+            target_key,
+            -(SEEN_TARGETS + 1),
+            action.decision_id,
+            agent_id,
+        ]
+        for label, until in taints.items():
+            args += [label, repr(float(until))]
+        await self._do(self._record(keys=keys, args=args))
         self._known.add(agent_id)
 
     async def add_taint(

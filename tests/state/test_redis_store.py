@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from interlock.core.context import Posture, RecentAction
+from interlock.core.context import MemoryStore, Posture, RecentAction
 from interlock.core.model import Action, Agent, Effect, Operation
 from interlock.core.redis_store import RedisStore
 from interlock.errors import StateError
@@ -124,3 +127,80 @@ async def test_redis_down_mid_run_denies_and_recovers_when_it_returns() -> None:
             assert again.port == port
     finally:
         await store.close()
+
+
+async def test_a_redis_user_without_scripting_gets_every_decision_denied(redis: Redis) -> None:
+    """Context is read and recorded by Lua scripts: a user the ACL forbids them is told
+    so in each denial, and nothing is decided on a partial read."""
+    admin = RedisStore(redis.url)
+    await admin.start()
+    await admin.client.execute_command(
+        "ACL", "SETUSER", "noscript", "on", ">pw", "~*", "&*", "+@all", "-@scripting"
+    )
+    store = RedisStore(f"redis://noscript:pw@127.0.0.1:{redis.port}/0")
+    await store.start()
+    try:
+        pdp = make_pdp(store=store, sink=CaptureSink())
+        denied = await pdp.decide(Action(AGENT, "postgres", Operation.READ, "public.t"))
+        assert denied.effect is Effect.DENY
+        assert "state store unavailable: NoPermissionError" in denied.reasons[0]
+    finally:
+        await store.close()
+        await admin.close()
+
+
+# One step of an agent's history: (kind, seconds later, a small argument).
+_STEP = st.tuples(
+    st.sampled_from(["record", "taint", "answer", "restrict", "prints"]),
+    st.floats(min_value=0, max_value=90, allow_nan=False),
+    st.integers(min_value=0, max_value=3),
+)
+
+
+@given(steps=st.lists(_STEP, max_size=25), ask=st.integers(min_value=0, max_value=3))
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_the_one_round_trip_context_reads_what_the_separate_reads_read(
+    redis: Redis, steps: list[tuple[str, float, int]], ask: int
+) -> None:
+    """`context` (one script) answers what `posture`, `view` and `has_fingerprints` (one
+    command or pipeline each) answer, and what the embedded store answers, after any
+    history; `record` (also one script) keeps what the embedded store keeps."""
+
+    async def run() -> None:
+        shared = RedisStore(redis.url)
+        await shared.start()
+        try:
+            agent = f"agent-{uuid.uuid4().hex}"
+            start = time.time()
+            local = MemoryStore(clock=lambda: start)
+            now = start
+            for i, (kind, later, n) in enumerate(steps):
+                now += later
+                for store in (shared, local):
+                    if kind == "record":
+                        taints = {f"label{n}": now + 60} if n else {}
+                        done = RecentAction(f"d{i}", now, "pg", "read", f"t{n}", "allow")
+                        await store.record(agent, done, f"pg:read:t{n}", taints)
+                    elif kind == "taint":
+                        await store.add_taint(agent, f"label{n}", now + 30 * n, f"s{i}")
+                    elif kind == "answer":
+                        await store.record_approval(agent, f"pg:read:t{n}", n % 2 == 0)
+                    elif kind == "restrict":
+                        await store.restrict(agent, ["read_only"], isolate=n == 3, until=now + 50)
+                    else:
+                        await store.add_fingerprints(
+                            agent, f"d{i}", frozenset({"pii"}), ["f"], now + 60
+                        )
+            target = f"pg:read:t{ask}"
+            for at in (now, now + 45, now + 100):
+                posture, view, prints = await shared.context(agent, target, at)
+                assert posture == await shared.posture(agent, at)
+                assert view == await shared.view(agent, target, at)
+                assert prints == await shared.has_fingerprints(agent)
+                assert (posture, view, prints) == await local.context(agent, target, at)
+        finally:
+            await shared.close()
+
+    asyncio.run(run())
