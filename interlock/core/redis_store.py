@@ -97,6 +97,18 @@ TTL, target key, last rank dropped from seen, decision id, agent id, then label 
 pairs of the taints."""
 
 
+class _PostureRead:
+    """One GET of an agent's posture, shared by the callers that arrive before it is
+    sent (`RedisStore.posture`); `before` is the read it waits for."""
+
+    __slots__ = ("before", "done", "sent")
+
+    def __init__(self, before: asyncio.Future[str | None] | None) -> None:
+        self.before = before
+        self.sent = False
+        self.done: asyncio.Future[str | None]
+
+
 def _posture_doc(p: Posture) -> str:
     doc = asdict(p)
     doc["restrictions"] = sorted(p.restrictions)
@@ -171,6 +183,7 @@ class RedisStore(Listeners):
         self._known: set[str] = set()
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
+        self._posture_reads: dict[str, _PostureRead] = {}
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -368,8 +381,34 @@ class RedisStore(Listeners):
     # --- posture ---------------------------------------------------------------------------
 
     async def posture(self, agent_id: str, now: float) -> Posture:
-        raw = await self._do(self._redis.get(self._k(agent_id, "posture")))
-        return _posture(str(raw) if raw else None).active(now)
+        """The agent's posture as Redis holds it at some instant after this call began.
+
+        Callers asking at once share reads: a caller joins the read that has not been
+        sent yet, or starts one, which is sent as soon as the agent's read in flight (if
+        any) has returned. A shared read is always sent after its callers arrived, so
+        each still sees every change committed before it asked, as with a read of its
+        own; under load (a Postgres Execute re-checks posture each time) one GET serves
+        every caller that arrived during the previous one."""
+        read = self._posture_reads.get(agent_id)
+        if read is None or read.sent:
+            read = _PostureRead(read.done if read is not None else None)
+            self._posture_reads[agent_id] = read
+            read.done = asyncio.ensure_future(self._read_posture(agent_id, read))
+        raw = await asyncio.shield(read.done)
+        return _posture(raw).active(now)
+
+    async def _read_posture(self, agent_id: str, read: _PostureRead) -> str | None:
+        try:
+            if read.before is not None:
+                with contextlib.suppress(Exception):  # its callers had its outcome
+                    await asyncio.shield(read.before)
+            read.sent = True  # callers from now on wait for the next read
+            read.before = None
+            raw = await self._do(self._redis.get(self._k(agent_id, "posture")))
+            return str(raw) if raw else None
+        finally:
+            if self._posture_reads.get(agent_id) is read:
+                del self._posture_reads[agent_id]
 
     async def set_posture(self, agent_id: str, posture: Posture) -> None:
         for r in posture.restrictions:

@@ -7,6 +7,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -147,6 +148,56 @@ async def test_a_redis_user_without_scripting_gets_every_decision_denied(redis: 
     finally:
         await store.close()
         await admin.close()
+
+
+def _late_replies(store: RedisStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Hold each posture GET's reply 0.2 s after Redis answered it (Redis has read the
+    value by then, as a reply still on the wire has); returns the keys read, in order."""
+    real = store.client.get
+    asked: list[str] = []
+
+    async def late(key: str) -> Any:
+        asked.append(key)
+        value = await real(key)
+        await asyncio.sleep(0.2)
+        return value
+
+    monkeypatch.setattr(store.client, "get", late)
+    return asked
+
+
+async def test_callers_at_once_share_one_posture_read(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.restrict("a", ["read_only"])
+    asked = _late_replies(store, monkeypatch)
+    now = time.time()
+    first = asyncio.create_task(store.posture("a", now))
+    await asyncio.sleep(0.05)  # its GET is out
+    rest = await asyncio.gather(*(store.posture("a", now) for _ in range(99)))
+    assert (await first).restrictions == {"read_only"}
+    assert all(p.restrictions == {"read_only"} for p in rest)
+    assert len(asked) == 2, "the 99 that came during the first read share the next one"
+
+
+async def test_a_shared_read_never_predates_its_caller(
+    redis: Redis, store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller must see every change committed before it asked: it may not join a read
+    already sent, whose answer can be older than the change."""
+    other = RedisStore(redis.url)
+    await other.start()
+    try:
+        asked = _late_replies(store, monkeypatch)
+        early = asyncio.create_task(store.posture("a", time.time()))
+        await asyncio.sleep(0.05)  # answered by Redis (normal), reply not yet read
+        await other.restrict("a", ["read_only"])  # committed through another client
+        late = await store.posture("a", time.time())
+        assert late.restrictions == {"read_only"}
+        assert (await early).restrictions == frozenset()
+        assert len(asked) == 2
+    finally:
+        await other.close()
 
 
 # One step of an agent's history: (kind, seconds later, a small argument).
