@@ -80,8 +80,16 @@ redis.call('LPUSH', KEYS[1], ARGV[1])
 redis.call('LTRIM', KEYS[1], 0, ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[5])
-redis.call('HINCRBY', KEYS[3], ARGV[6], 1)
-redis.call('EXPIRE', KEYS[3], ARGV[7])
+if redis.call('HINCRBY', KEYS[3], ARGV[6], 1) == 1 then
+  redis.call('PERSIST', KEYS[3])  -- a TTL earlier versions set
+  local fields = redis.call('HKEYS', KEYS[3])
+  if #fields > tonumber(ARGV[7]) then
+    table.sort(fields, function(a, b) return tonumber(a) < tonumber(b) end)
+    for i = 1, #fields - tonumber(ARGV[7]) do
+      redis.call('HDEL', KEYS[3], fields[i])
+    end
+  end
+end
 redis.call('ZADD', KEYS[4], ARGV[4], ARGV[8])
 redis.call('ZREMRANGEBYRANK', KEYS[4], 0, ARGV[9])
 for i = 12, #ARGV, 2 do
@@ -92,9 +100,20 @@ redis.call('SADD', KEYS[7], ARGV[11])
 return 1
 """
 """KEYS: recent, window, minutes, seen, taints, taint_src, the agent set. ARGV: the action
-(JSON), last index kept of recent, window member, time, window cut-off, minute, minutes'
-TTL, target key, last rank dropped from seen, decision id, agent id, then label and expiry
-pairs of the taints."""
+(JSON), last index kept of recent, window member, time, window cut-off, minute, how many
+minutes to keep, target key, last rank dropped from seen, decision id, agent id, then
+label and expiry pairs of the taints. The per-minute counts keep the newest
+BASELINE_MINUTES + 1 minutes with actions, as the embedded store's deque does (a minute's
+first action may push the oldest out), so a dormant agent's baseline is 0 on both, not
+unknown on one. A script runs without any other command in between; it is not rolled
+back if it fails partway (Redis scripts are not), which only a wrong key type could
+cause."""
+
+
+def _settled(future: asyncio.Future[Any]) -> None:
+    """Mark a shared read's failure as seen (asyncio logs one nobody retrieved)."""
+    if not future.cancelled():
+        future.exception()
 
 
 class _PostureRead:
@@ -184,6 +203,7 @@ class RedisStore(Listeners):
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self._posture_reads: dict[str, _PostureRead] = {}
+        self._closed = False
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -197,6 +217,10 @@ class RedisStore(Listeners):
         await asyncio.wait_for(self._subscribed.wait(), 5)
 
     async def close(self) -> None:
+        # Reads queued behind one in flight fail instead of reconnecting a closed client.
+        self._closed = True
+        reads = [read.done for read in self._posture_reads.values()]
+        await asyncio.gather(*reads, return_exceptions=True)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -302,7 +326,7 @@ class RedisStore(Listeners):
             repr(t),
             repr(t - RATE_WINDOW_S),
             str(int(t // 60)),
-            int((BASELINE_MINUTES + 2) * 60),
+            BASELINE_MINUTES + 1,
             target_key,
             -(SEEN_TARGETS + 1),
             action.decision_id,
@@ -394,6 +418,8 @@ class RedisStore(Listeners):
             read = _PostureRead(read.done if read is not None else None)
             self._posture_reads[agent_id] = read
             read.done = asyncio.ensure_future(self._read_posture(agent_id, read))
+            # Its callers may all have been cancelled: the outcome is then nobody's.
+            read.done.add_done_callback(_settled)
         raw = await asyncio.shield(read.done)
         return _posture(raw).active(now)
 
@@ -404,6 +430,8 @@ class RedisStore(Listeners):
                     await asyncio.shield(read.before)
             read.sent = True  # callers from now on wait for the next read
             read.before = None
+            if self._closed:
+                raise StateError("state store unavailable: closed")
             raw = await self._do(self._redis.get(self._k(agent_id, "posture")))
             return str(raw) if raw else None
         finally:

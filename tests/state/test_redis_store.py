@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from interlock.core.context import MemoryStore, Posture, RecentAction
+from interlock.core.context import BASELINE_MINUTES, MemoryStore, Posture, RecentAction
 from interlock.core.model import Action, Agent, Effect, Operation
 from interlock.core.redis_store import RedisStore
 from interlock.errors import StateError
@@ -200,9 +200,49 @@ async def test_a_shared_read_never_predates_its_caller(
         await other.close()
 
 
+async def test_per_minute_counts_are_bounded_and_a_dormant_agent_has_a_zero_baseline(
+    store: RedisStore,
+) -> None:
+    """An agent acting every minute for hours keeps the embedded store's 61 minutes in
+    Redis, not one per minute it ever acted; after hours of silence both stores say its
+    baseline is 0 actions a minute, not unknown."""
+    start = time.time() // 60 * 60
+    local = MemoryStore(clock=lambda: start)
+    for minute in range(150):
+        t = start + 60 * minute + 1
+        done = RecentAction(f"d{minute}", t, "pg", "read", "t", "allow")
+        for s in (store, local):
+            await s.record("a", done, "pg:read:t", {})
+    fields = await store.client.hlen("interlock:a:a:minutes")
+    assert fields == BASELINE_MINUTES + 1
+    for at in (start + 150 * 60 + 5, start + 150 * 60 + 3 * 3600):
+        assert await store.context("a", "pg:read:t", at) == await local.context(
+            "a", "pg:read:t", at
+        )
+    _, dormant, _ = await store.context("a", "pg:read:t", start + 150 * 60 + 3 * 3600)
+    assert dormant.baseline_per_minute == 0.0
+
+
+async def test_a_read_queued_at_close_fails_instead_of_reconnecting(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = RedisStore(redis.url)
+    await s.start()
+    asked = _late_replies(s, monkeypatch)
+    first = asyncio.create_task(s.posture("a", time.time()))
+    await asyncio.sleep(0.05)  # out, reply held
+    queued = asyncio.create_task(s.posture("a", time.time()))
+    await asyncio.sleep(0)
+    await s.close()
+    assert (await first).normal, "the read in flight finished before the client closed"
+    with pytest.raises(StateError, match="closed"):
+        await queued
+    assert len(asked) == 1, "nothing was sent after close"
+
+
 # One step of an agent's history: (kind, seconds later, a small argument).
 _STEP = st.tuples(
-    st.sampled_from(["record", "taint", "answer", "restrict", "prints"]),
+    st.sampled_from(["record", "taint", "answer", "restrict", "prints", "idle"]),
     st.floats(min_value=0, max_value=90, allow_nan=False),
     st.integers(min_value=0, max_value=3),
 )
@@ -228,7 +268,7 @@ def test_the_one_round_trip_context_reads_what_the_separate_reads_read(
             local = MemoryStore(clock=lambda: start)
             now = start
             for i, (kind, later, n) in enumerate(steps):
-                now += later
+                now += later + (3600.0 * n if kind == "idle" else 0.0)
                 for store in (shared, local):
                     if kind == "record":
                         taints = {f"label{n}": now + 60} if n else {}
@@ -238,6 +278,8 @@ def test_the_one_round_trip_context_reads_what_the_separate_reads_read(
                         await store.add_taint(agent, f"label{n}", now + 30 * n, f"s{i}")
                     elif kind == "answer":
                         await store.record_approval(agent, f"pg:read:t{n}", n % 2 == 0)
+                    elif kind == "idle":
+                        pass
                     elif kind == "restrict":
                         await store.restrict(agent, ["read_only"], isolate=n == 3, until=now + 50)
                     else:
