@@ -138,9 +138,9 @@ class PDP:
         self._model: tuple[str, RiskModel] | None = None
         self.modes = modes or Modes()
         self.mode_overrides: dict[str, Mode] = {}
+        """Per-agent modes set through the admin API; they outlive a SIGHUP."""
         self.mode_listeners: list[Callable[[str, Mode | None], None]] = []
         """Told of each per-agent override (the other Postgres workers apply it too)."""
-        """Per-agent modes set through the admin API; they outlive a SIGHUP."""
 
     def _risk_model(self, version: str, data: Mapping[str, Any]) -> RiskModel:
         """The bundle's risk model, converted once per bundle version."""

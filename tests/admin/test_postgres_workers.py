@@ -23,10 +23,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from interlock.config import AgentConfig, AuditConfig, Config, PostgresConfig, StateConfig
+from interlock.core.modes import Mode
 from interlock.errors import ConfigError
 from interlock.proxies.postgres import messages as m
+from interlock.proxies.postgres import workers
 from interlock.proxies.postgres.workers import Slot, parse_cancel
 from interlock.runtime import Runtime, build, start
+from interlock.testing import make_pdp
 from interlock.testing.services import Postgres, Redis
 from tests.audit.conftest import fresh_database
 from tests.services import free_port, redis_server
@@ -396,3 +399,43 @@ def test_config_error_names_the_setting() -> None:
 
     with pytest.raises(ConfigError, match="workers > 1 needs"):
         parse_config({"postgres": {"workers": 2}})
+
+
+async def test_a_worker_starting_during_a_reload_gets_the_reload_and_overrides_it_missed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker (re)started just before a SIGHUP or an override has an order without it:
+    once it serves, the supervisor sends it the SIGHUP and the overrides that changed.
+    The worker is a stand-in (`tests/admin/standin_worker.py`) that starts slowly and
+    writes down what reaches it; the real one is tested above."""
+    log = tmp_path / "log"
+    sockets = tmp_path / "sockets"  # removed by the supervisor's stop
+    sockets.mkdir(mode=0o700)
+    monkeypatch.setenv("STANDIN_LOG", str(log))
+    monkeypatch.setattr(workers, "ENTRY", "tests.admin.standin_worker")
+    pdp = make_pdp()
+    await pdp.set_agent_mode("leaving", Mode.SHADOW, "test")
+    await pdp.set_agent_mode("staying", Mode.ENFORCE, "test")
+    config = Config(postgres=PostgresConfig(upstream="postgresql://u@127.0.0.1:1/db"))
+    supervisor = workers.Workers(
+        pdp, lambda: config, None, Slot(0, 2, str(sockets)), "127.0.0.1:6432", None
+    )
+    starting = asyncio.create_task(supervisor._spawn(1))
+    for _ in range(100):
+        if log.exists() and log.read_text():
+            break
+        await asyncio.sleep(0.05)
+    supervisor.reload()  # the first worker's config was replaced meanwhile
+    await pdp.set_agent_mode("leaving", None, "test")
+    await pdp.set_agent_mode("coming", Mode.SHADOW, "test")
+    await starting
+    await pdp.set_agent_mode("later", Mode.ENFORCE, "test")  # once it serves: as always
+    await asyncio.sleep(0.3)
+    await supervisor.stop()
+    assert log.read_text().splitlines() == [
+        'order {"leaving": "shadow", "staying": "enforce"}',
+        "sighup",
+        'stdin {"mode": ["coming", "shadow"]}',
+        'stdin {"mode": ["leaving", null]}',
+        'stdin {"mode": ["later", "enforce"]}',
+    ]

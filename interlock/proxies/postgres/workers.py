@@ -174,6 +174,8 @@ class Workers:
         self._ready: set[int] = set()
         self._watchers: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._reloads = 0
+        """SIGHUPs passed on so far: a worker whose order predates one is sent it."""
         pdp.mode_listeners.append(self._mode)
 
     async def start(self) -> None:
@@ -189,7 +191,10 @@ class Workers:
         for i in indexes:
             self._watchers.append(asyncio.create_task(self._watch(i)))
 
-    def _order(self, index: int) -> bytes:
+    def _overrides(self) -> dict[str, str]:
+        return {a: mode.value for a, mode in self.pdp.mode_overrides.items()}
+
+    def _order(self, index: int, overrides: dict[str, str]) -> bytes:
         """What worker `index` runs: the config the first worker serves now (as SIGHUP
         last left it) and the per-agent overrides in force."""
         order = {
@@ -199,7 +204,7 @@ class Workers:
             "directory": self.slot.directory,
             "source": str(self.source) if self.source else None,
             "public_url": self.public_url,
-            "overrides": {a: mode.value for a, mode in self.pdp.mode_overrides.items()},
+            "overrides": overrides,
             "verbose": logging.getLogger().level <= logging.DEBUG,
             "log_format": _log_format(),
         }
@@ -222,7 +227,8 @@ class Workers:
         self._procs[index] = proc
         assert proc.stdin is not None
         assert proc.stdout is not None
-        proc.stdin.write(self._order(index))
+        reloads, overrides = self._reloads, self._overrides()
+        proc.stdin.write(self._order(index, overrides))
         await proc.stdin.drain()
         try:
             line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT_S)
@@ -234,6 +240,15 @@ class Workers:
             await proc.wait()
             why = line.decode("utf-8", "replace").strip() or f"exit status {proc.returncode}"
             raise RuntimeError(f"worker {index}: {why}")
+        # What changed while it started, which its order did not carry: a SIGHUP (the
+        # first worker's config was replaced) and per-agent overrides set or cleared.
+        if self._reloads != reloads:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGHUP)
+        now = self._overrides()
+        for agent_id in sorted(overrides.keys() | now.keys()):
+            if overrides.get(agent_id) != now.get(agent_id):
+                proc.stdin.write(_mode_line(agent_id, now.get(agent_id)))
         self._ready.add(index)
 
     async def _watch(self, index: int) -> None:
@@ -260,14 +275,15 @@ class Workers:
     def _mode(self, agent_id: str, mode: Mode | None) -> None:
         """A per-agent override set through the admin API: every worker applies it (the
         first one's audit record stands for all)."""
-        line = json.dumps({"mode": [agent_id, mode.value if mode else None]}).encode() + b"\n"
+        line = _mode_line(agent_id, mode.value if mode else None)
         for index, proc in self._procs.items():
             if index in self._ready and proc.stdin is not None and not proc.stdin.is_closing():
                 proc.stdin.write(line)
 
     def reload(self) -> None:
         """SIGHUP: each worker re-reads the policy, the feeds and the agents itself (one
-        still starting gets the reloaded config with its order, `_order`)."""
+        still starting is sent it once it serves, `_spawn`)."""
+        self._reloads += 1
         for index, proc in self._procs.items():
             if index in self._ready and proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -298,3 +314,8 @@ def _log_format() -> str:
 
     handlers = logging.getLogger().handlers
     return "json" if any(isinstance(h.formatter, JsonFormatter) for h in handlers) else "text"
+
+
+def _mode_line(agent_id: str, mode: str | None) -> bytes:
+    """A per-agent override as a worker reads it on its stdin (None clears it)."""
+    return json.dumps({"mode": [agent_id, mode]}).encode() + b"\n"
