@@ -279,6 +279,7 @@ async def start(runtime: Runtime) -> None:
             sessions=lambda: {name: count() for name, count in runtime.sessions.items()},
             intel_status=runtime.intel.status if runtime.intel is not None else None,
             readiness=runtime.readiness,
+            workers=lambda: _worker_reports(runtime),
         )
         runner = web.AppRunner(make_app(runtime.policy, runtime.audit, admin), access_log=None)
         await runner.setup()
@@ -351,6 +352,12 @@ async def start(runtime: Runtime) -> None:
         runtime._stoppers.append(runtime.credentials.stop)
     runtime.endpoints["audit"] = _audit_where(cfg)
     runtime.endpoints["audit key"] = runtime.audit.signer.verifier.encode()
+
+
+async def _worker_reports(runtime: Runtime) -> list[Any] | None:
+    """The other Postgres workers' numbers for `/metrics`, None without workers (they
+    start after the admin API)."""
+    return None if runtime.workers is None else await runtime.workers.reports()
 
 
 async def _start_postgres(runtime: Runtime) -> None:

@@ -16,6 +16,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from interlock.core.modes import Mode
 from interlock.proxies.postgres.workers import READY, Slot, own_dir, worker_config
@@ -80,16 +81,34 @@ async def _serve(order: dict[str, object]) -> int:
 
 
 async def _follow(pipe: asyncio.StreamReader, runtime: Runtime) -> None:
-    """Apply the first worker's per-agent mode overrides until it closes the pipe."""
+    """Apply the first worker's per-agent mode overrides and answer its report requests
+    (for `/metrics`) until it closes the pipe."""
     while line := await pipe.readline():
         try:
-            agent_id, mode = json.loads(line)["mode"]
+            order = json.loads(line)
+            if "report" in order:
+                reply = {"report": order["report"], **report(runtime)}
+                sys.stdout.buffer.write(json.dumps(reply).encode() + b"\n")
+                sys.stdout.flush()
+                continue
+            agent_id, mode = order["mode"]
             if mode is None:
                 runtime.pdp.mode_overrides.pop(agent_id, None)
             else:
                 runtime.pdp.mode_overrides[agent_id] = Mode(mode)
         except (ValueError, KeyError, TypeError) as exc:
             log.error("postgres worker: unreadable order from the first worker: %s", exc)
+        except BrokenPipeError:
+            return  # the first worker is gone; its closed stdin ends us too
+
+
+def report(runtime: Runtime) -> dict[str, Any]:
+    """This worker's numbers for the first worker's `/metrics` (`admin.metrics.merge`)."""
+    return {
+        "stats": runtime.pdp.stats.counts(),
+        "audit": runtime.audit.status(),
+        "sessions": {name: count() for name, count in runtime.sessions.items()},
+    }
 
 
 def main() -> int:

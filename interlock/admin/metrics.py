@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from interlock.core.stats import BUCKETS, DecisionStats
@@ -18,13 +18,53 @@ def _labels(pairs: Mapping[str, str]) -> str:
     return "{" + inner + "}"
 
 
+def merge(
+    stats: DecisionStats,
+    audit: Mapping[str, Any],
+    sessions: Mapping[str, int],
+    reports: Sequence[Any],
+) -> tuple[DecisionStats, dict[str, Any], dict[str, int], int]:
+    """This process's numbers plus the other Postgres workers' reports (`[postgres]
+    workers`): counters and sessions add up, the audit log is healthy only if every
+    process finds it so. Returns them and how many processes are in them; an unreadable
+    report is left out of both."""
+    total = DecisionStats()
+    total.absorb(stats.counts())
+    merged = {k: audit.get(k, 0) for k in ("pending", "appended", "failures")}
+    healthy = bool(audit.get("healthy"))
+    open_sessions = dict(sessions)
+    processes = 1
+    for report in reports:
+        try:
+            theirs = report["audit"]
+            counts = {k: int(theirs.get(k, 0)) for k in merged}
+            their_sessions = {str(k): int(v) for k, v in report["sessions"].items()}
+            total.absorb(report["stats"])
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue
+        for k, n in counts.items():
+            merged[k] += n
+        healthy = healthy and bool(theirs.get("healthy"))
+        for name, n in their_sessions.items():
+            open_sessions[name] = open_sessions.get(name, 0) + n
+        processes += 1
+    merged["healthy"] = healthy
+    return total, merged, open_sessions, processes
+
+
 def render(
     stats: DecisionStats,
     audit: Mapping[str, Any],
     holds_pending: int,
     sessions: Mapping[str, int],
     dependencies: Mapping[str, bool] | None = None,
+    workers: Sequence[Any] | None = None,
 ) -> str:
+    """The exposition; with `workers` (the other Postgres workers' reports, possibly
+    none answered), decisions, audit counts and sessions are every worker's."""
+    processes = None
+    if workers is not None:
+        stats, audit, sessions, processes = merge(stats, audit, sessions, workers)
     out: list[str] = []
 
     def metric(name: str, kind: str, help_text: str) -> None:
@@ -83,4 +123,12 @@ def render(
     metric("interlock_dependency_up", "gauge", "1 while the dependency answers its probe.")
     for name, up in sorted((dependencies or {}).items()):
         out.append(f"interlock_dependency_up{_labels({'name': name})} {int(up)}")
+    if processes is not None:
+        single(
+            "interlock_postgres_workers_reporting",
+            "gauge",
+            "Postgres worker processes whose numbers are in this exposition (of [postgres] "
+            "workers; the others did not answer in time).",
+            processes,
+        )
     return "\n".join(out) + "\n"

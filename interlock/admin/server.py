@@ -48,6 +48,9 @@ class Admin:
     web: WebApprovals | None = None
     """The approvals page and webhook links (under /ui/)."""
     readiness: Readiness = field(default_factory=Readiness)
+    workers: Callable[[], Awaitable[list[Any] | None]] | None = None
+    """The other Postgres workers' reports (`[postgres] workers`), for `/metrics`; None
+    from it when there are none."""
 
 
 ADMIN_KEY = web.AppKey("admin", Admin)
@@ -165,12 +168,14 @@ async def metrics(request: web.Request) -> web.Response:
     admin = _admin(request)
     pdp = _pdp(request)
     deps = await admin.readiness.dependencies()
+    reports = await admin.workers() if admin.workers is not None else None
     text = render(
         pdp.stats,
         request.app[AUDIT_KEY].status(),
         len(admin.holds.pending()) if admin.holds is not None else 0,
         admin.sessions(),
         {name: bool(d["up"]) for name, d in deps.items()},
+        reports,
     )
     return web.Response(text=text, content_type="text/plain", charset="utf-8")
 

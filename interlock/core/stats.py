@@ -47,6 +47,33 @@ class DecisionStats:
             self.latency_sum += seconds
             self.latency_count += 1
 
+    def counts(self) -> dict[str, Any]:
+        """The counters and the histogram as plain JSON (what another process of the
+        same deployment reports for `/metrics`, `absorb`)."""
+        return {
+            "decisions": [[p, e, en, n] for (p, e, en), n in sorted(self.decisions.items())],
+            "buckets": list(self.latency_buckets),
+            "sum": self.latency_sum,
+            "count": self.latency_count,
+        }
+
+    def absorb(self, counts: Any) -> None:
+        """Add another process's `counts` to these; raise ValueError (and add nothing)
+        if they are not what `counts` makes."""
+        try:
+            rows = [(str(p), str(e), bool(en), int(n)) for p, e, en, n in counts["decisions"]]
+            buckets = [int(n) for n in counts["buckets"]]
+            total, count = float(counts["sum"]), int(counts["count"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"unreadable counts: {exc!r}") from None
+        if len(buckets) != len(self.latency_buckets):
+            raise ValueError("unreadable counts: another histogram")
+        for p, e, en, n in rows:
+            self.decisions[(p, e, en)] += n
+        self.latency_buckets = [a + b for a, b in zip(self.latency_buckets, buckets, strict=True)]
+        self.latency_sum += total
+        self.latency_count += count
+
     @property
     def recent(self) -> list[dict[str, Any]]:
         """The last decisions, oldest first, as the admin API shows them."""

@@ -360,6 +360,36 @@ async def test_two_workers_share_one_port_context_and_log(w: Workers) -> None:
     assert sum('"reads":["public.held"]' in x for x in tail.stdout.splitlines()) == 16
 
 
+def _samples(text: str, name: str) -> list[tuple[str, float]]:
+    """(labels, value) of every sample of metric `name` in a Prometheus exposition."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name)] in "{ ":
+            labels, _, value = line[len(name) :].rpartition(" ")
+            out.append((labels, float(value)))
+    return out
+
+
+@pytest.mark.integration
+async def test_metrics_count_every_worker(w: Workers) -> None:
+    """The first worker's /metrics adds up every worker's decisions, audit appends and
+    open sessions, and says how many workers are in it."""
+    conns = await sessions_on_both(w)
+    assert [await c.fetchval("select 1") for c in conns] == [1] * len(conns)
+    async with httpx.AsyncClient(
+        base_url=w.admin, headers={"Authorization": f"Bearer {ADMIN}"}
+    ) as api:
+        text = (await api.get("/metrics")).text
+    assert _samples(text, "interlock_postgres_workers_reporting") == [("", 2.0)]
+    assert _samples(text, "interlock_open_sessions") == [('{proxy="postgres"}', 16.0)]
+    decided = sum(
+        n for labels, n in _samples(text, "interlock_decisions_total") if "postgres" in labels
+    )
+    assert decided >= len(conns), "a statement per session, half of them on the other worker"
+    for c in conns:
+        await c.close()
+
+
 @pytest.mark.integration
 async def test_the_workers_end_when_the_first_is_killed(w: Workers) -> None:
     [child] = w.children()

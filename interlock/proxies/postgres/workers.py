@@ -28,14 +28,15 @@ What must hold across workers, and how:
 - **One checkpointer.** Only the first worker signs checkpoints (and asks witnesses) of
   the shared tree; the others append.
 
-Only the first worker serves the admin API, so `/metrics`, session counts and
-`/readyz` describe it alone.
+Only the first worker serves the admin API; its `/metrics` asks the others for their
+numbers (`Workers.reports`) and adds them up, while `/readyz` describes it alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -46,7 +47,7 @@ import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from interlock.core.modes import Mode
 from interlock.proxies.postgres import messages as m
@@ -64,6 +65,8 @@ READY = b"ready\n"
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 RESTART_DELAY_S = 1.0
+REPORT_TIMEOUT_S = 1.0
+"""How long `/metrics` waits for the other workers' numbers."""
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[3])
 """Where this interlock is imported from: first on a worker's path (it runs with -P)."""
 ENTRY = "interlock.worker"
@@ -175,6 +178,9 @@ class Workers:
         self._watchers: list[asyncio.Task[None]] = []
         self._stopping = False
         self._reloads = 0
+        self._asked: dict[tuple[int, int], asyncio.Future[Any]] = {}
+        self._ids = itertools.count()
+        self._listeners: dict[int, asyncio.Task[None]] = {}
         """SIGHUPs passed on so far: a worker whose order predates one is sent it."""
         pdp.mode_listeners.append(self._mode)
 
@@ -250,6 +256,46 @@ class Workers:
             if overrides.get(agent_id) != now.get(agent_id):
                 proc.stdin.write(_mode_line(agent_id, now.get(agent_id)))
         self._ready.add(index)
+        self._listeners[index] = asyncio.create_task(self._listen(index, proc))
+
+    async def _listen(self, index: int, proc: asyncio.subprocess.Process) -> None:
+        """Hand worker `index`'s answers (JSON lines on its stdout) to whoever asked."""
+        assert proc.stdout is not None
+        while line := await proc.stdout.readline():
+            try:
+                doc = json.loads(line)
+                key = (index, int(doc["report"]))
+            except (ValueError, KeyError, TypeError):
+                log.error("postgres worker %d: unreadable line on its stdout", index)
+                continue
+            asked = self._asked.pop(key, None)
+            if asked is not None and not asked.done():
+                asked.set_result(doc)
+
+    async def reports(self) -> list[Any]:
+        """What each serving worker reports (its decision counts, audit status and open
+        sessions), for the first worker's `/metrics`; one that does not answer within
+        REPORT_TIMEOUT_S (restarting, stuck) is left out, and `/metrics` says how many
+        answered."""
+        loop = asyncio.get_running_loop()
+        asked: list[tuple[tuple[int, int], asyncio.Future[Any]]] = []
+        for index, proc in self._procs.items():
+            if index not in self._ready or proc.stdin is None or proc.stdin.is_closing():
+                continue
+            key = (index, next(self._ids))
+            self._asked[key] = future = loop.create_future()
+            proc.stdin.write(json.dumps({"report": key[1]}).encode() + b"\n")
+            asked.append((key, future))
+        if asked:
+            await asyncio.wait([f for _, f in asked], timeout=REPORT_TIMEOUT_S)
+        out = []
+        for key, future in asked:
+            self._asked.pop(key, None)
+            if future.done():
+                out.append(future.result())
+            else:
+                future.cancel()
+        return out
 
     async def _watch(self, index: int) -> None:
         """Start worker `index` again whenever it ends while the first serves (a crash,
@@ -293,7 +339,7 @@ class Workers:
         self._stopping = True
         with contextlib.suppress(ValueError):
             self.pdp.mode_listeners.remove(self._mode)
-        for task in self._watchers:
+        for task in (*self._watchers, *self._listeners.values()):
             task.cancel()
         for proc in self._procs.values():
             if proc.stdin is not None:
