@@ -773,19 +773,14 @@ class Config(Section):
     @model_validator(mode="after")
     def _workers(self) -> Config:
         pg = self.postgres
-        if pg is not None and pg.workers > 1:
-            # Each worker is a process with its own memory: what must hold across them
-            # (one agent's context and posture, one audit tree) needs shared stores.
-            if self.state.store == "memory":
-                raise ValueError(
-                    'postgres.workers > 1 needs [state] store = "redis://...": with the '
-                    "in-memory store each worker would see its own context and posture"
-                )
-            if not self.audit.store.startswith(("postgresql://", "postgres://")):
-                raise ValueError(
-                    "postgres.workers > 1 needs a PostgreSQL [audit] store: a SQLite log "
-                    "has one appender, and workers must append to one tree"
-                )
+        # Each worker is a process with its own memory: one agent's context and posture
+        # need the shared store. The audit log may be either store: SQLite appenders of
+        # one file take turns (BEGIN IMMEDIATE), as PostgreSQL's do.
+        if pg is not None and pg.workers > 1 and self.state.store == "memory":
+            raise ValueError(
+                'postgres.workers > 1 needs [state] store = "redis://...": with the '
+                "in-memory store each worker would see its own context and posture"
+            )
         return self
 
     @classmethod

@@ -38,17 +38,13 @@ TOKEN = "coder-token-0123456789"
 ADMIN = "admin-token-0123456789abcdef"
 
 
-def test_more_than_one_worker_needs_the_shared_stores() -> None:
+def test_more_than_one_worker_needs_the_shared_state_store() -> None:
     pg = PostgresConfig(workers=2)
     with pytest.raises(ValueError, match="redis"):
         Config(postgres=pg)
-    with pytest.raises(ValueError, match="PostgreSQL \\[audit\\] store"):
-        Config(postgres=pg, state=StateConfig(store="redis://127.0.0.1:6379"))
-    Config(
-        postgres=pg,
-        state=StateConfig(store="redis://127.0.0.1:6379"),
-        audit=AuditConfig(store="postgresql://u@h/audit"),
-    )
+    redis = StateConfig(store="redis://127.0.0.1:6379")
+    Config(postgres=pg, state=redis)  # the SQLite audit log: its appenders take turns
+    Config(postgres=pg, state=redis, audit=AuditConfig(store="postgresql://u@h/audit"))
     Config(postgres=PostgresConfig(workers=1))  # one worker: the embedded stores do
 
 
@@ -175,8 +171,8 @@ def redis() -> Any:
 
 
 class Workers:
-    """`interlock up` with `[postgres] workers = 2`, shared Redis and a PostgreSQL audit
-    store, as a real process."""
+    """`interlock up` with `[postgres] workers = 2`, shared Redis and the audit store
+    `audit` (PostgreSQL, or the data directory's SQLite file), as a real process."""
 
     def __init__(self, tmp_path: Path, up_factory: Any, upstream: str, audit: str, redis: Redis):
         self.cfg = tmp_path / "interlock.toml"
@@ -229,9 +225,21 @@ async def sessions_on_both(w: Workers, n: int = 16) -> list[asyncpg.Connection]:
     return conns
 
 
-@pytest.fixture
-async def w(tmp_path: Path, up_factory: Any, postgres: Postgres, redis: Redis) -> Workers:
-    upstream, audit = await fresh_database(postgres), await fresh_database(postgres)
+@pytest.fixture(params=["postgresql", "sqlite"])
+async def w(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    up_factory: Any,
+    postgres: Postgres,
+    redis: Redis,
+) -> Workers:
+    """Workers on each audit store: both workers append to one PostgreSQL log, or take
+    turns on one SQLite file."""
+    upstream = await fresh_database(postgres)
+    if request.param == "sqlite":
+        audit = f"sqlite:///{tmp_path / 'data' / 'audit.db'}"
+    else:
+        audit = await fresh_database(postgres)
     return Workers(tmp_path, up_factory, upstream, audit, redis)
 
 

@@ -13,8 +13,9 @@ What must hold across workers, and how:
 - **One agent, one context.** Context, taints, posture and approvals live in the shared
   state store (Redis, required by the config for more than one worker), which pushes
   posture to every process, as it does between instances on different hosts.
-- **One audit tree.** Every worker appends to the one PostgreSQL audit store (required),
-  whose appenders serialise on the log's head row, signed with the one key.
+- **One audit tree.** Every worker appends to the one audit store, signed with the one
+  key: PostgreSQL's appenders serialise on the log's head row, SQLite's take turns on
+  the one file (`BEGIN IMMEDIATE`), each extending the tree the others left.
 - **Cancel requests reach the session.** A CancelRequest arrives on a new connection,
   which the kernel may hand to any worker. Each worker's keys are its index modulo the
   number of workers (`Slot.new_key`), so the worker that receives a cancel for a key
