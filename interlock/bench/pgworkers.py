@@ -1,6 +1,6 @@
 """The Postgres suite's workers phase (full runs): `interlock up` with `[postgres] workers`
-1 and 2, both on the shared stores workers need (Redis state, a PostgreSQL audit store),
-against the same PgBouncer, in alternating order.
+1 and 2, both on the stores several instances share (Redis state, which workers need,
+and a PostgreSQL audit store), against the same PgBouncer, in alternating order.
 
 What it answers: what the second process gives with the shared stores held equal, and
 what those stores cost against the single default process (memory state, SQLite audit
