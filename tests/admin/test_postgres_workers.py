@@ -36,6 +36,8 @@ from tests.services import free_port, redis_server
 
 TOKEN = "coder-token-0123456789"
 ADMIN = "admin-token-0123456789abcdef"
+OWNER = "alice@example.com"
+"""Every agent's owner, who may answer its holds."""
 
 
 def test_more_than_one_worker_needs_the_shared_state_store() -> None:
@@ -195,7 +197,9 @@ class Workers:
         self.port = int(line.split()[-1].rsplit(":", 1)[1])
 
     def write(self, agents: dict[str, str]) -> None:
-        text = self.head + "".join(f'[agents.{a}]\ntoken = "{t}"\n' for a, t in agents.items())
+        text = self.head + "".join(
+            f'[agents.{a}]\ntoken = "{t}"\nowner = "{OWNER}"\n' for a, t in agents.items()
+        )
         self.cfg.write_text(text)
 
     async def connect(self, user: str = "coder", token: str = TOKEN) -> asyncpg.Connection:
@@ -394,6 +398,52 @@ async def test_metrics_count_every_worker(w: Workers) -> None:
         n for labels, n in _samples(text, "interlock_decisions_total") if "postgres" in labels
     )
     assert decided >= len(conns), "a statement per session, half of them on the other worker"
+    for c in conns:
+        await c.close()
+
+
+@pytest.mark.integration
+async def test_a_hold_on_either_worker_is_answered_through_the_first(w: Workers) -> None:
+    """DDL is held for approval. Held on either worker, it is listed by the first
+    worker's admin API and an answer given there reaches the worker holding it (holds are
+    shared through Redis): approved runs, denied is refused, on both workers."""
+    conns = await sessions_on_both(w)
+    by_owner = {owner: next(c for c in conns if owners([c]) == {owner}) for owner in (0, 1)}
+    async with httpx.AsyncClient(
+        base_url=w.admin, headers={"Authorization": f"Bearer {ADMIN}"}
+    ) as api:
+
+        async def held(table: str) -> str:
+            for _ in range(100):
+                for request in (await api.get("/v1/approvals")).json()["pending"]:
+                    if f"create table {table}" in request["text"]:
+                        return str(request["id"])
+                await asyncio.sleep(0.05)
+            pytest.fail(f"the statement creating {table} was never listed")
+
+        for approved, denied in ((1, 0), (0, 1)):
+            yes = asyncio.create_task(
+                by_owner[approved].execute(f"create table yes_{approved} (a int)")
+            )
+            no = asyncio.create_task(by_owner[denied].execute(f"create table no_{denied} (a int)"))
+            answer = {"approver": OWNER}
+            ok = await api.post(
+                f"/v1/approvals/{await held(f'yes_{approved}')}/approve", json=answer
+            )
+            assert ok.status_code == 200, ok.text
+            refused = await api.post(
+                f"/v1/approvals/{await held(f'no_{denied}')}/deny", json=answer
+            )
+            assert refused.status_code == 200, refused.text
+            assert await asyncio.wait_for(yes, 10) == "CREATE TABLE"
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="held for approval"):
+                await asyncio.wait_for(no, 10)
+    direct = await asyncpg.connect(w.upstream)
+    try:
+        made = await direct.fetch("select relname from pg_class where relname ~ '^(yes|no)_'")
+        assert sorted(r["relname"] for r in made) == ["yes_0", "yes_1"]
+    finally:
+        await direct.close()
     for c in conns:
         await c.close()
 
