@@ -449,6 +449,48 @@ async def test_a_hold_on_either_worker_is_answered_through_the_first(w: Workers)
 
 
 @pytest.mark.integration
+async def test_a_read_only_restriction_reaches_the_database_sessions_of_both_workers(
+    w: Workers,
+) -> None:
+    """`read_only` through the first worker's admin API: every worker makes its own
+    sessions of the agent read-only in PostgreSQL (the second wall), writes fail on both,
+    and a restore lifts it on both."""
+    direct = await asyncpg.connect(w.upstream)
+    await direct.execute("create table ro_t (a int)")
+    conns = await sessions_on_both(w)
+
+    async def read_only(conn: asyncpg.Connection) -> str:
+        return str(await conn.fetchval("select current_setting('transaction_read_only')"))
+
+    async def settled(want: str) -> None:
+        deadline = time.monotonic() + 5
+        while [await read_only(c) for c in conns] != [want] * len(conns):
+            assert time.monotonic() < deadline, f"not every session read-only = {want}"
+            await asyncio.sleep(0.05)
+
+    try:
+        async with httpx.AsyncClient(
+            base_url=w.admin, headers={"Authorization": f"Bearer {ADMIN}"}
+        ) as api:
+            r = await api.post("/v1/agents/coder/restrict", json={"restrictions": ["read_only"]})
+            assert r.status_code == 200, r.text
+            await settled("on")
+            for c in conns:
+                with pytest.raises(asyncpg.PostgresError):
+                    await c.execute("insert into ro_t values (1)")
+            assert await direct.fetchval("select count(*) from ro_t") == 0
+            assert (await api.post("/v1/agents/coder/restore", json={})).status_code == 200
+            await settled("off")
+            for c in conns:
+                await c.execute("insert into ro_t values (1)")
+            assert await direct.fetchval("select count(*) from ro_t") == len(conns)
+    finally:
+        await direct.close()
+        for c in conns:
+            await c.close()
+
+
+@pytest.mark.integration
 async def test_the_workers_end_when_the_first_is_killed(w: Workers) -> None:
     [child] = w.children()
     w.up.proc.kill()
