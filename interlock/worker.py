@@ -18,9 +18,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from interlock.config import Config, load_config
+from interlock.core import heap
 from interlock.core.modes import Mode
+from interlock.eventloop import loop_factory
+from interlock.logs import setup as setup_logs
 from interlock.proxies.postgres.workers import READY, Slot, own_dir, worker_config
-from interlock.runtime import Runtime
+from interlock.runtime import Runtime, build, reload_on_sighup, start
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +38,6 @@ def worker_runtime(runtime: Runtime) -> None:
 
 
 async def _serve(order: dict[str, object]) -> int:
-    from interlock.config import Config, load_config
-    from interlock.core import heap
-    from interlock.runtime import build, reload_on_sighup, start
-
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -112,10 +112,6 @@ def report(runtime: Runtime) -> dict[str, Any]:
 
 
 def main() -> int:
-    from interlock.config import Config
-    from interlock.eventloop import loop_factory
-    from interlock.logs import setup as setup_logs
-
     # Until its handler is installed, a SIGHUP (sent to every worker on reload) must not
     # end a worker that is still starting: it reads the reloaded config in its order.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)

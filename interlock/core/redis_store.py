@@ -257,31 +257,14 @@ class RedisStore(Listeners):
     async def view(
         self, agent_id: str, target_key: str, now: float, *, recent: bool = False
     ) -> ContextView:
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.zrangebyscore(self._k(agent_id, "taints"), f"({now}", "+inf", withscores=True)
-        pipe.hgetall(self._k(agent_id, "taint_src"))
-        pipe.zscore(self._k(agent_id, "seen"), target_key)
-        pipe.zcount(self._k(agent_id, "window"), f"({now - RATE_WINDOW_S}", "+inf")
-        pipe.hget(self._k(agent_id, "answers"), target_key)
-        pipe.hgetall(self._k(agent_id, "minutes"))
-        if recent:
-            pipe.lrange(self._k(agent_id, "recent"), 0, RECENT_ACTIONS - 1)
-        found = await self._do(pipe.execute())
-        taints, sources, seen, rate, answers, minutes = found[:6]
-        latest = found[6] if recent else []
-        live = {label for label, _ in taints}
-        approved, denied = (int(x) for x in (answers or "0,0").split(","))
-        ordered = deque(sorted([int(m), int(c)] for m, c in minutes.items()))
-        return ContextView(
-            taints=frozenset(live),
-            first_seen=seen is None,
-            actions_last_minute=int(rate),
-            approved=approved,
-            denied=denied,
-            recent=tuple(RecentAction(**json.loads(r)) for r in reversed(latest)),
-            taint_sources={k: v for k, v in sources.items() if k in live},
-            baseline_per_minute=_baseline(ordered, now),
+        _, view, _ = await self.context(agent_id, target_key, now)
+        if not recent:
+            return view
+        # Only the admin API asks for them, and reads them a moment after the rest.
+        latest = await self._do(
+            self._redis.lrange(self._k(agent_id, "recent"), 0, RECENT_ACTIONS - 1)
         )
+        return replace(view, recent=tuple(RecentAction(**json.loads(r)) for r in reversed(latest)))
 
     async def context(
         self, agent_id: str, target_key: str, now: float

@@ -179,10 +179,11 @@ class Workers:
         self._watchers: list[asyncio.Task[None]] = []
         self._stopping = False
         self._reloads = 0
+        """SIGHUPs passed on so far: a worker whose order predates one is sent it."""
         self._asked: dict[tuple[int, int], asyncio.Future[Any]] = {}
+        """Report requests (worker, id) waiting for the worker's answer (`reports`)."""
         self._ids = itertools.count()
         self._listeners: dict[int, asyncio.Task[None]] = {}
-        """SIGHUPs passed on so far: a worker whose order predates one is sent it."""
         pdp.mode_listeners.append(self._mode)
 
     async def start(self) -> None:
