@@ -40,10 +40,16 @@ def value_key(value: Any) -> Hashable:
     return (t, value)
 
 
+def risk_key(risk: Risk) -> Hashable:
+    """The risk's part of a fact key (the PDP keeps it with a memoised risk)."""
+    return (risk.score, risk.tier, tuple([(k, type(v), v) for k, v in risk.signals.items()]))
+
+
 def fact_key(
-    action: Action, posture: Posture, view: ContextView, risk: Risk, now: float
+    action: Action, posture: Posture, view: ContextView, risk: Hashable, now: float
 ) -> Hashable:
-    """Everything `policy_input.build_input` reads, as one hashable tuple."""
+    """Everything `policy_input.build_input` reads, as one hashable tuple; `risk` is
+    the decision's `risk_key`."""
     agent = action.agent
     local = time.gmtime(now)
     return (
@@ -51,7 +57,7 @@ def fact_key(
         action.protocol, action.operation, action.target, value_key(action.details),
         action.labels, action.threat_matches,
         view.taints, view.first_seen, posture.restrictions, posture.isolated,
-        risk.score, risk.tier, tuple([(k, type(v), v) for k, v in risk.signals.items()]),
+        risk,
         local.tm_hour, local.tm_wday,
     )  # fmt: skip
 

@@ -157,6 +157,33 @@ class Action:
             object.__setattr__(self, "details", freeze(self.details))
 
 
+def with_findings(
+    action: Action,
+    details: Mapping[str, Any],
+    parents: tuple[str, ...],
+    threat_matches: tuple[str, ...],
+) -> Action:
+    """`action` with what the PDP found (flows in the details, parents, threat intel):
+    `dataclasses.replace` at less than half its cost, which is a tenth of a cached
+    decision for an agent with a live taint. Every field is passed, by keyword, so a
+    new field of `Action` cannot be dropped silently (tests/core/test_model.py)."""
+    return Action(
+        agent=action.agent,
+        protocol=action.protocol,
+        operation=action.operation,
+        target=action.target,
+        details=details,
+        labels=action.labels,
+        parents=parents,
+        taints=action.taints,
+        threat_matches=threat_matches,
+        prompt_hash=action.prompt_hash,
+        prompt_text=action.prompt_text,
+        confidence=action.confidence,
+        payload=action.payload,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Obligation:
     """Something the PEP must carry out for the decision to hold (mask, redact, ...)."""

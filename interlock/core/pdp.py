@@ -25,13 +25,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from interlock.core.context import NORMAL, ContextView, Flow, Posture, RecentAction, StateStore
 from interlock.core.dataflow import candidates
-from interlock.core.decision_cache import DecisionCache, fact_key
+from interlock.core.decision_cache import DecisionCache, fact_key, risk_key
 from interlock.core.enforcement import enforce_posture
 from interlock.core.model import (
     EMPTY,
@@ -44,13 +44,14 @@ from interlock.core.model import (
     Risk,
     Tier,
     new_decision_id,
+    with_findings,
 )
 from interlock.core.modes import Mode, Modes, shadow_answer, shadowable
 from interlock.core.policy import DECISION_ENTRYPOINT, PolicyManager
 from interlock.core.policy_input import build_input
 from interlock.core.record import AuditSink, DecisionRecord
 from interlock.core.result import parse_result
-from interlock.core.signals import Facts, RiskModel, compute, score
+from interlock.core.signals import Facts, RiskModel, compute, pace, score
 from interlock.core.stats import DecisionStats
 from interlock.errors import PolicyError, StateError
 
@@ -64,6 +65,10 @@ _TIER_RANK = {Tier.LOW: 0, Tier.MEDIUM: 1, Tier.HIGH: 2, Tier.CRITICAL: 3}
 
 
 MAX_PARENTS = 16
+
+RISK_MEMO = 4096
+"""Computed risks kept per risk model (emptied when full): one per distinct combination
+of the facts the signals read, which repeat for an agent doing the same kind of work."""
 
 
 class Intel(Protocol):
@@ -81,6 +86,8 @@ class Assessment:
     data flows, and the decisions behind its taints and flows as `parents`)."""
     version: str = "unknown"
     risk: Risk = UNKNOWN_RISK
+    risk_key: Hashable = None
+    """`decision_cache.risk_key(risk)`, computed once with the risk."""
     posture: Posture = NORMAL
     input_doc: Mapping[str, Any] = EMPTY
     data: Mapping[str, Any] = EMPTY
@@ -136,6 +143,8 @@ class PDP:
         self.stats = DecisionStats()
         self.cache = DecisionCache(cache_size)
         self._model: tuple[str, RiskModel] | None = None
+        self._risks: dict[Hashable, tuple[Risk, Hashable]] = {}
+        """Risks (with their `risk_key`) of the current model by the facts behind them."""
         self.modes = modes or Modes()
         self.mode_overrides: dict[str, Mode] = {}
         """Per-agent modes set through the admin API; they outlive a SIGHUP."""
@@ -146,6 +155,7 @@ class PDP:
         """The bundle's risk model, converted once per bundle version."""
         if self._model is None or self._model[0] != version:
             self._model = (version, RiskModel.from_data(data.get("risk", {})))
+            self._risks = {}
         return self._model[1]
 
     async def decide(self, action: Action) -> Decision:
@@ -157,7 +167,11 @@ class PDP:
             return await self.settle(a.action, a, a.deny(a.error))
         assert a.view is not None
         try:
-            key = fact_key(a.action, a.posture, a.view, a.risk, a.now) if self.cache.size else None
+            key = (
+                fact_key(a.action, a.posture, a.view, a.risk_key, a.now)
+                if self.cache.size
+                else None
+            )
         except TypeError:
             key = None  # details holding something unhashable: decide without the cache
         hit = self.cache.get(a.policy, key) if key is not None else None
@@ -208,7 +222,7 @@ class PDP:
             )
             action = a.action = self._enrich(action, view, flows)
             model = self._risk_model(a.version, a.data)
-            a.risk = score(compute(self._facts(action, view, len(flows)), model), model)
+            a.risk, a.risk_key = self._risk(action, view, len(flows), model)
             if with_input:
                 a.input_doc = build_input(action, a.posture, view, a.risk, a.now)
         except PolicyError as exc:
@@ -332,12 +346,34 @@ class PDP:
         if flows:
             details = dict(details)
             details["flows"] = [{"source": f.source, "labels": sorted(f.labels)} for f in flows[:8]]
-        return replace(
-            action,
-            details=details,
-            parents=parents,
-            threat_matches=tuple(dict.fromkeys([*action.threat_matches, *matches])),
-        )
+        matched = tuple(dict.fromkeys([*action.threat_matches, *matches]))
+        return with_findings(action, details, parents, matched)
+
+    def _risk(
+        self, action: Action, view: ContextView, flows: int, model: RiskModel
+    ) -> tuple[Risk, Hashable]:
+        """The action's risk and its `risk_key`, from the memo when the same facts were
+        scored before under this model. The key holds every field of `_facts` except the
+        count of recent actions, which is replaced by the two signals computed from it
+        (`pace`), so equal keys mean equal facts for every signal."""
+        try:
+            key = (
+                action.operation, action.labels, action.details.get("classes", ()),
+                view.first_seen, view.taints, action.threat_matches, view.approved,
+                view.denied, type(action.confidence), action.confidence, action.agent.authn,
+                flows, *pace(view.actions_last_minute, view.baseline_per_minute, model).values(),
+            )  # fmt: skip
+            found = self._risks.get(key)
+        except TypeError:  # classes holding something unhashable: no memo
+            risk = score(compute(self._facts(action, view, flows), model), model)
+            return risk, risk_key(risk)
+        if found is None:
+            risk = score(compute(self._facts(action, view, flows), model), model)
+            found = (risk, risk_key(risk))
+            if len(self._risks) >= RISK_MEMO:
+                self._risks.clear()
+            self._risks[key] = found
+        return found
 
     @staticmethod
     def _facts(action: Action, view: ContextView, flows: int = 0) -> Facts:

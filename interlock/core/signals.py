@@ -220,12 +220,18 @@ def compute(facts: Facts, model: RiskModel) -> dict[str, float]:
         "approval_history": round(approval_history(facts.approved, facts.denied), 1),
         "confidence": round(confidence(facts.confidence), 1),
         "identity_weakness": round(identity_weakness(facts.authn, model.identity_weakness), 1),
-        "rate": round(rate(facts.actions_last_minute, model.rate_per_minute), 1),
+        **pace(facts.actions_last_minute, facts.baseline_per_minute, model),
+    }
+
+
+def pace(actions_last_minute: int, baseline: float | None, model: RiskModel) -> dict[str, float]:
+    """The two signals that depend on how fast the agent acts, quantised as `compute`
+    quantises them: the only signals whose input changes from one decision to the next,
+    so the PDP keys its memo of computed risks on them instead of on the count."""
+    return {
+        "rate": round(rate(actions_last_minute, model.rate_per_minute), 1),
         "baseline_rate": round(
-            baseline_rate(
-                facts.actions_last_minute, facts.baseline_per_minute, model.baseline_factor
-            ),
-            1,
+            baseline_rate(actions_last_minute, baseline, model.baseline_factor), 1
         ),
     }
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from interlock.core.bundle import bundled_policy_dir
 from interlock.core.context import ContextView, MemoryStore, Posture
-from interlock.core.decision_cache import fact_key, value_key
+from interlock.core.decision_cache import fact_key, risk_key, value_key
 from interlock.core.model import Action, Agent, Decision, Operation, Risk, Tier
 from interlock.core.pdp import PDP
 from interlock.core.policy import PolicyManager
@@ -170,7 +170,8 @@ def test_the_key_holds_every_fact_the_input_is_built_from() -> None:
         a = {k: changes.get(k, v) for k, v in act.items()}
         extra = {"threat_matches": changes["threat_matches"]} if "threat_matches" in changes else {}
         f = {k: changes.get(k, v) for k, v in facts.items()}
-        return fact_key(Action(**a, **extra), f["posture"], f["view"], f["risk"], f["now"])
+        risk = risk_key(f["risk"])
+        return fact_key(Action(**a, **extra), f["posture"], f["view"], risk, f["now"])
 
     variants = [
         key(agent=AGENTS[0]), key(protocol="ssh"), key(operation=Operation.WRITE),

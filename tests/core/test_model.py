@@ -16,6 +16,7 @@ from interlock.core.model import (
     new_decision_id,
     parse_restriction,
     thaw,
+    with_findings,
 )
 
 UUID7 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
@@ -90,3 +91,29 @@ def test_a_forked_worker_draws_fresh_randomness_for_its_ids() -> None:
     theirs = os.read(read, 64).decode()
     os.close(read)
     assert mine[-12:] != theirs[-12:]
+
+
+def test_with_findings_keeps_every_other_field() -> None:
+    """The PDP's cheap copy of an action names every field: one added to `Action` and
+    not passed on would be lost from every enriched action (and its audit record)."""
+    action = Action(
+        Agent("a", ("r",), "o@example.com", ("up",), "token"),
+        "http",
+        Operation.EGRESS,
+        "example.com",
+        {"k": "v"},
+        frozenset({"pii"}),
+        ("p0",),
+        frozenset({"untrusted_content"}),
+        ("m0",),
+        "hash",
+        "text",
+        0.5,
+        "payload",
+    )
+    for f in dataclasses.fields(Action):
+        assert getattr(action, f.name) != f.default, f"give {f.name} a non-default value here"
+    found = with_findings(action, {"flows": ()}, ("p1",), ("m1",))
+    assert found == dataclasses.replace(
+        action, details={"flows": ()}, parents=("p1",), threat_matches=("m1",)
+    )

@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 
 from interlock.core import signals
 from interlock.core.bundle import bundled_policy_dir, load_bundle
-from interlock.core.model import Tier
+from interlock.core.context import ContextView
+from interlock.core.decision_cache import risk_key
+from interlock.core.model import Action, Agent, Operation, Tier
 from interlock.core.signals import Facts, RiskModel
 from interlock.errors import PolicyError
 
@@ -148,3 +150,65 @@ def test_score_is_always_0_to_100_and_signals_quantised(f: Facts) -> None:
 def test_malformed_risk_data_is_a_policy_error(bad: Any) -> None:
     with pytest.raises(PolicyError):
         RiskModel.from_data(bad)
+
+
+_MEMO_PDP: list[Any] = []
+"""One PDP for every example, so later examples hit risks memoised by earlier ones."""
+
+
+def _memo_pdp() -> Any:
+    from interlock.testing import make_pdp
+
+    if not _MEMO_PDP:
+        _MEMO_PDP.append(make_pdp())
+    return _MEMO_PDP[0]
+
+
+@given(
+    operation=st.sampled_from(list(Operation)),
+    labels=st.frozensets(st.sampled_from(["pii", "restricted", "x"]), max_size=2),
+    classes=st.sampled_from([None, ("read",), ("write", "read"), ("nope",), ({"a": 1},)]),
+    matches=st.sampled_from([(), ("feed:bad",)]),
+    confidence=st.sampled_from([None, 0.0, 0.5, 1, 1.0, True, 0.05]),
+    authn=st.sampled_from(["token", "none", "jwt", "odd"]),
+    taints=st.frozensets(st.sampled_from(["untrusted_content", "restricted_data_read"])),
+    first_seen=st.booleans(),
+    count=st.integers(0, 1300),
+    approved=st.integers(0, 3),
+    denied=st.integers(0, 3),
+    baseline=st.none() | st.floats(0, 400),
+    flows=st.integers(0, 2),
+)
+def test_a_memoised_risk_is_the_computed_risk(
+    operation: Operation,
+    labels: frozenset[str],
+    classes: Any,
+    matches: tuple[str, ...],
+    confidence: Any,
+    authn: str,
+    taints: frozenset[str],
+    first_seen: bool,
+    count: int,
+    approved: int,
+    denied: int,
+    baseline: float | None,
+    flows: int,
+) -> None:
+    """The PDP's memo of risks answers exactly what scoring the facts answers, for
+    repeated and near-repeated facts (the count of recent actions changes every time)."""
+    pdp = _memo_pdp()
+    details = {} if classes is None else {"classes": classes}
+    action = Action(
+        Agent("a", authn=authn), "ssh", operation, "t", details, labels,
+        threat_matches=matches, confidence=confidence,
+    )  # fmt: skip
+    view = ContextView(taints, first_seen, count, approved, denied, (), {}, baseline)
+    model = pdp._risk_model(pdp.policy.current.version, pdp.policy.current.data["interlock"])
+    for _ in range(2):
+        risk, key = pdp._risk(action, view, flows, model)
+        expected = signals.score(signals.compute(pdp._facts(action, view, flows), model), model)
+        assert risk == expected
+        assert [(k, type(v)) for k, v in risk.signals.items()] == [
+            (k, type(v)) for k, v in expected.signals.items()
+        ]
+        assert key == risk_key(expected)
