@@ -236,9 +236,11 @@ any_protected(paths, protocol, table) if {
 	strings.any_suffix_match(paths, object.get(table, concat("", [protocol, "_suffixes"]), []))
 }
 
+# A path naming a protected directory itself: the path plus "/" is a protected prefix
+# (a lookup per path, not a comprehension over the table per decision).
 any_protected(paths, protocol, table) if {
-	some d in directories(protocol, table)
-	d in paths
+	some p in paths
+	concat("", [p, "/"]) in object.get(table, protocol, [])
 }
 
 # Paths under a protected prefix, ending in a protected suffix, or naming a protected
@@ -246,9 +248,7 @@ any_protected(paths, protocol, table) if {
 protected_among(paths, protocol, table) := {p | some p in paths; strings.any_prefix_match(p, object.get(table, protocol, []))} | {p |
 	some p in paths
 	strings.any_suffix_match(p, object.get(table, concat("", [protocol, "_suffixes"]), []))
-} | {d | some d in directories(protocol, table); d in paths}
-
-directories(protocol, table) := [trim_suffix(p, "/") | some p in object.get(table, protocol, []); endswith(p, "/")]
+} | {p | some p in paths; concat("", [p, "/"]) in object.get(table, protocol, [])}
 
 # MCP tool arguments and file: resources that name local files (`details.paths`, resolved
 # by the stdio gateway as the server on the same machine resolves them, links followed)

@@ -244,6 +244,17 @@ test_protected_directories_and_commands if {
 	interlock.decide(ssh_exec({"reads": ["/etc/hosts"], "effects": []}), cfg).effect == "allow"
 }
 
+# `/etc/ssh/` is protected as a prefix and no suffix names it: only the rule for a path
+# that is a protected directory itself catches these.
+test_a_protected_directory_itself_is_denied if {
+	interlock.decide(ssh_file("file_write", "/etc/ssh"), cfg).effect == "deny"
+	interlock.decide(ssh_file("file_write", "/etc/ssh"), cfg).reasons == ["protected path: /etc/ssh"]
+	interlock.decide(ssh_exec({"reads": ["/etc/ssh"], "effects": []}), cfg).effect == "deny"
+	interlock.decide(ssh_exec({"writes": ["/tmp/x", "/etc/ssh"], "effects": ["write"]}), cfg).effect == "deny"
+	interlock.decide(ssh_file("file_write", "/etc/ss"), cfg).effect == "allow"
+	interlock.decide(ssh_file("file_write", "/etc"), cfg).effect == "allow"
+}
+
 test_ssh_unresolved_and_truncated_commands_are_denied if {
 	interlock.decide(ssh_exec({"flags": ["unresolved"], "unresolved": ["$F: ..."], "effects": []}), cfg).effect == "deny"
 	interlock.decide(ssh_exec({"flags": ["truncated", "unparsable"], "effects": []}), cfg).effect == "deny"
