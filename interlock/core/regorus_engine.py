@@ -97,16 +97,58 @@ ENGINES_PER_THREAD = 4
 
 _per_thread = threading.local()
 _tokens = itertools.count()
+_held: dict[int, Any] = {}
+"""Every engine some thread keeps, by id: a second reference, which only the owning
+thread gives up (on eviction, or as it exits). A child forked with Python running in it
+(uvloop spawns subprocesses that way) clears every other thread's state from the forking
+thread, thread-local engines included; without this reference they would be dropped
+there, and pyo3 prints an "unsendable ... dropped on another thread" error from each
+child on its way to exec."""
+_forking = False
+"""True in a parent between its fork hooks, and in the child it forked until its own
+hook runs: thread states cleared then are a fork's, not a thread's exit."""
+
+
+def _before_fork() -> None:
+    global _forking
+    _forking = True
+
+
+def _after_fork() -> None:
+    global _forking
+    _forking = False
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)
+
+
+class _Keeper:
+    """Sits in a thread's local storage beside its engines. When the thread exits and its
+    storage is freed (on that thread) it gives up `_held`'s references there, so the
+    engines are dropped by the thread that made them. When a forked child clears the
+    thread's storage instead, it keeps them (the child is about to exec, or carries on
+    without that thread)."""
+
+    def __init__(self, engines: OrderedDict[int, Any]) -> None:
+        self.engines = engines
+
+    def __del__(self) -> None:
+        if _forking:
+            return
+        for engine in self.engines.values():
+            _held.pop(id(engine), None)
 
 
 def _engines() -> OrderedDict[int, Any]:
     """This thread's engines by policy token. A regorus engine may only be used, and
     dropped, by the thread that made it (pyo3 `unsendable`); a thread's engines are freed
     by that thread, on eviction here or when it exits, never by a garbage collection
-    elsewhere. The module-level `threading.local` is never freed itself."""
+    elsewhere or by a forked child (`_held`). The module-level `threading.local` is never
+    freed itself."""
     found: OrderedDict[int, Any] | None = getattr(_per_thread, "engines", None)
     if found is None:
         found = _per_thread.engines = OrderedDict()
+        _per_thread.keeper = _Keeper(found)
     return found
 
 
@@ -127,9 +169,16 @@ class RegorusPolicy(CompiledBundle):
 
     def _keep(self, engine: Any) -> Any:
         engines = _engines()
+        replaced = engines.get(self._token)
+        if replaced is not None and replaced is not engine:
+            _held.pop(id(replaced), None)
         engines[self._token] = engine
+        _held[id(engine)] = engine
+        del replaced
         while len(engines) > ENGINES_PER_THREAD:
-            engines.popitem(last=False)
+            _, old = engines.popitem(last=False)
+            _held.pop(id(old), None)
+            del old  # the last reference, dropped on this thread
         return engine
 
     def _engine(self) -> Any:
