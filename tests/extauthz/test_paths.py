@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from interlock.extauthz.paths import BadPath, normalise, parse_query
+from interlock.extauthz.paths import BadPath, _decode, _decode_in_full, normalise, parse_query
 from tests.extauthz.respell import readings, respellings
 
 
@@ -152,3 +153,29 @@ def test_respellings_are_refused_or_mean_one_path(raw: str) -> None:
     except BadPath:
         return
     assert readings(raw) == {decided}, raw
+
+
+def _outcome(fn: Any, *args: Any) -> tuple[str, str]:
+    try:
+        return ("ok", fn(*args))
+    except BadPath as exc:
+        return ("refused", str(exc))
+
+
+SEGMENT_CHARS = st.sampled_from(
+    [chr(c) for c in range(0x20, 0x7F)] + ["\x00", "\x1f", "\x7f", "\u00ad", "\uff0e", "é"]
+)
+
+
+@settings(max_examples=600)
+@given(segment=st.text(SEGMENT_CHARS, max_size=12), strict=st.booleans())
+def test_the_plain_segment_shortcut_decodes_as_the_full_path(segment: str, strict: bool) -> None:
+    """`_decode` answers printable ASCII segments without `%` itself; it must give the
+    same segment or the same refusal as the full decoding for every segment."""
+    assert _outcome(_decode, segment, strict) == _outcome(_decode_in_full, segment, strict)
+
+
+@pytest.mark.parametrize("segment", ["a", "file.txt", "...", ". .", "..", ".", "a b", "~x-_"])
+def test_plain_segments_take_the_shortcut_and_agree(segment: str) -> None:
+    for strict in (True, False):
+        assert _outcome(_decode, segment, strict) == _outcome(_decode_in_full, segment, strict)
