@@ -66,6 +66,11 @@ ENCODE_SLICE = 32
 waits at most about 0.4 ms for a slice."""
 
 
+MAX_BATCH = 512
+"""Records committed together by default: the most a log holds before its writer takes
+them."""
+
+
 class AuditLog:
     """An `AuditSink` over an `AuditStore`, signing checkpoints with `signer`."""
 
@@ -75,7 +80,7 @@ class AuditLog:
         signer: NoteSigner,
         origin: str,
         *,
-        max_batch: int = 512,
+        max_batch: int = MAX_BATCH,
         max_delay: float = 0.005,
         max_pending: int = 100_000,
         write_timeout: float = 5.0,

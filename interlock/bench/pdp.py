@@ -31,7 +31,7 @@ import regopy
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from interlock.audit.checkpoint import Signer
-from interlock.audit.log import AuditLog
+from interlock.audit.log import MAX_BATCH, AuditLog
 from interlock.audit.sqlite import SqliteStore
 from interlock.bench import progress, slo
 from interlock.bench.stats import Measurement, summarize, time_async, time_calls
@@ -178,7 +178,7 @@ def _decider(pdp: PDP, clock: FakeClock, actions: list[Action]) -> Callable[[], 
     per agent: a busy agent, well inside the default rate budget).
 
     The capturing sink lets go of its records once it holds a batch of the audit log's
-    size (`AuditLog.max_batch`), as a real log does once its writer takes them. Keeping
+    size (`audit.log.MAX_BATCH`), as a real log does once its writer takes them. Keeping
     10,000 (as this did before 2026-12-07) grew and released the heap in large steps
     and added 30-40 us to the cached decision's p99 (alternated runs, docs/benchmarks.md)
     that no process serving decisions pays."""
@@ -190,17 +190,13 @@ def _decider(pdp: PDP, clock: FakeClock, actions: list[Action]) -> Callable[[], 
         action = actions[state["i"] % len(actions)]
         state["i"] += 1
         clock.advance(0.1)
-        if len(sink.records) >= LOG_BATCH:
+        if len(sink.records) >= MAX_BATCH:
             sink.records.clear()
             sink.durable.clear()
         return await pdp.decide(action)
 
     return one
 
-
-LOG_BATCH = 512
-"""`AuditLog`'s default `max_batch`: the most records a log holds before its writer takes
-them."""
 
 SESSIONS = 64
 """Concurrent sessions in `decide_and_audit`: a proxy decides for many connections at

@@ -356,6 +356,8 @@ class PDP:
         scored before under this model. The key holds every field of `_facts` except the
         count of recent actions, which is replaced by the two signals computed from it
         (`pace`), so equal keys mean equal facts for every signal."""
+        key: Hashable = None
+        found: tuple[Risk, Hashable] | None = None
         try:
             key = (
                 action.operation, action.labels, action.details.get("classes", ()),
@@ -365,14 +367,14 @@ class PDP:
             )  # fmt: skip
             found = self._risks.get(key)
         except TypeError:  # classes holding something unhashable: no memo
-            risk = score(compute(self._facts(action, view, flows), model), model)
-            return risk, risk_key(risk)
+            key = None
         if found is None:
             risk = score(compute(self._facts(action, view, flows), model), model)
             found = (risk, risk_key(risk))
-            if len(self._risks) >= RISK_MEMO:
-                self._risks.clear()
-            self._risks[key] = found
+            if key is not None:
+                if len(self._risks) >= RISK_MEMO:
+                    self._risks.clear()
+                self._risks[key] = found
         return found
 
     @staticmethod

@@ -168,13 +168,9 @@ class RegorusPolicy(CompiledBundle):
         self._rules = {e: "data." + e.replace("/", ".") for e in entrypoints}
 
     def _keep(self, engine: Any) -> Any:
-        engines = _engines()
-        replaced = engines.get(self._token)
-        if replaced is not None and replaced is not engine:
-            _held.pop(id(replaced), None)
+        engines = _engines()  # a token's engine is kept once: a new policy or a miss
         engines[self._token] = engine
         _held[id(engine)] = engine
-        del replaced
         while len(engines) > ENGINES_PER_THREAD:
             _, old = engines.popitem(last=False)
             _held.pop(id(old), None)
