@@ -31,6 +31,9 @@ T = TypeVar("T")
 
 WRITER_STOP_S = 5.0
 """How long `close` waits for the writer process to finish its batch and exit."""
+WRITER_START_S = 30.0
+"""How long a start waits for the writer process to say its file is open (a Python start
+takes about 0.1 s; a loaded machine can take many times that)."""
 
 
 _PACKAGE_ROOT = str(Path(interlock.__file__).resolve().parents[1])
@@ -125,9 +128,10 @@ class SqliteStore:
             return first
 
     async def start_writer(self) -> None:
-        """Start the writer process now rather than at the first append: the log calls
-        this when it starts, so that the process start-up (about 0.1 s of a core) is
-        paid before serving, not by the first decisions."""
+        """Start the writer process now rather than at the first append, and wait until
+        it has the file open: the log calls this when it starts, so that the process
+        start-up (about 0.1 s of a core) is paid before serving, not by the first
+        decisions, and a file the writer cannot open stops the start with its reason."""
         async with self._writing:
             if self._closed or self._db is None:
                 raise AuditError("audit store is not open")
@@ -153,7 +157,21 @@ class SqliteStore:
             )
         except OSError as exc:
             raise AuditError(f"cannot start the audit writer process: {exc}") from exc
-        return self._writer
+        proc = self._writer
+        assert proc.stdout is not None  # created with PIPE
+        try:
+            async with asyncio.timeout(WRITER_START_S):
+                (length,) = writer.LENGTH.unpack(await proc.stdout.readexactly(writer.LENGTH.size))
+                writer.decode_reply(await proc.stdout.readexactly(length))
+        except (AuditError, OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            code = await self._kill_writer()
+            if isinstance(exc, AuditError):
+                raise
+            raise AuditError(
+                f"the audit writer process for {self.path} did not start "
+                f"({code}: {exc or type(exc).__name__})"
+            ) from exc
+        return proc
 
     async def _stop_writer(self) -> int | None:
         """End the writer: its input closed, it commits what it holds and exits; killed

@@ -11,7 +11,9 @@ and framed by length: a request is `A` (or `R`: skip records already logged), th
 record count, the decision ids' and the
 records' byte lengths (native unsigned 32-bit arrays: both ends are one machine), then
 the ids and the records concatenated. The answer is `0` and the first index, or `1` and
-the error. The child stops at end of input: when its store closes or the parent dies.
+the error. Before any request the child answers once on its own: `0` once the file is
+open (the parent's start waits for it), or `1` and why it could not be opened. The child
+stops at end of input: when its store closes or the parent dies.
 """
 
 from __future__ import annotations
@@ -104,6 +106,10 @@ def error_reply(reason: str) -> bytes:
     return LENGTH.pack(len(body)) + body
 
 
+READY = ok_reply(0)
+"""The first answer, sent before any request: the file is open and appends can come."""
+
+
 def decode_reply(body: bytes) -> int:
     """The first index of the appended batch; AuditError with the writer's reason."""
     if body[:1] == b"\x00" and len(body) == 1 + _FIRST.size:
@@ -119,9 +125,19 @@ def _read_exactly(stream: BinaryIO, n: int) -> bytes | None:
     return data if len(data) == n else None
 
 
+def _answer(replies: BinaryIO, reply: bytes) -> None:
+    replies.write(reply)
+    replies.flush()
+
+
 def serve(path: Path, requests: BinaryIO, replies: BinaryIO) -> None:
-    """Answer append requests until the input ends."""
-    appender = Appender(connect(path))
+    """Say whether the file is open, then answer append requests until the input ends."""
+    try:
+        appender = Appender(connect(path))
+    except (sqlite3.Error, OSError) as exc:
+        _answer(replies, error_reply(f"cannot open sqlite audit store {path}: {exc}"))
+        return
+    _answer(replies, READY)
     try:
         while (header := _read_exactly(requests, LENGTH.size)) is not None:
             (length,) = LENGTH.unpack(header)
@@ -134,8 +150,7 @@ def serve(path: Path, requests: BinaryIO, replies: BinaryIO) -> None:
                 reply = error_reply(f"sqlite audit store {path}: {exc}")
             except (AuditError, ValueError) as exc:
                 reply = error_reply(str(exc))
-            replies.write(reply)
-            replies.flush()
+            _answer(replies, reply)
     finally:
         appender.db.close()
 

@@ -77,6 +77,8 @@ def test_a_bad_request_is_answered_with_its_reason_and_the_next_one_is_served(
     replies = io.BytesIO()
     writer.serve(tmp_path / "a.db", requests, replies)
     out = replies.getvalue()
+    assert out.startswith(writer.READY)  # said before any request was read
+    out = out[len(writer.READY) :]
     first_len = int.from_bytes(out[:4], "big")
     with pytest.raises(AuditError, match="not an append request"):
         writer.decode_reply(out[4 : 4 + first_len])
@@ -84,6 +86,41 @@ def test_a_bad_request_is_answered_with_its_reason_and_the_next_one_is_served(
     assert writer.decode_reply(second[4:]) == 0
     # The half-sent third request was never applied: the parent went away mid-request.
     assert len(second) == 4 + int.from_bytes(second[:4], "big")
+
+
+def test_a_file_the_writer_cannot_open_is_its_only_answer(tmp_path: Path) -> None:
+    (tmp_path / "a.db").mkdir()  # a directory where the file should be
+    requests = io.BytesIO(writer.encode_append([("d0", b"zero")]))
+    replies = io.BytesIO()
+    writer.serve(tmp_path / "a.db", requests, replies)
+    out = replies.getvalue()
+    assert len(out) == 4 + int.from_bytes(out[:4], "big")  # one answer, no append served
+    with pytest.raises(AuditError, match="cannot open sqlite audit store"):
+        writer.decode_reply(out[4:])
+
+
+def _replace_with_a_directory(path: Path) -> None:
+    for leftover in path.parent.iterdir():  # the file, its WAL and shared memory
+        leftover.unlink()
+    path.mkdir()
+
+
+async def test_a_writer_that_cannot_open_the_file_stops_the_start_with_its_reason(
+    tmp_path: Path,
+) -> None:
+    """The parent opened the file; the writer process finds a directory in its place (a
+    file replaced under the running log): the start fails with the writer's own reason
+    instead of the first decisions failing later."""
+    path = tmp_path / "a.db"
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        _replace_with_a_directory(path)
+        with pytest.raises(AuditError, match="cannot open sqlite audit store"):
+            await store.start_writer()
+        assert store._writer is None  # nothing left running
+    finally:
+        await store.close()
 
 
 async def _root_matches(store: SqliteStore) -> list[bytes]:
