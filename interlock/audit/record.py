@@ -184,12 +184,45 @@ _LAST_FAST_SECOND = 253402300799.0
 """9999-12-31T23:59:59Z: after it the year has five digits; `timestamp` handles those."""
 
 
+IDENTITY_MEMO = 4096
+"""Documents `_shared` remembers; all are forgotten at once when it is full."""
+_shared_docs: dict[int, tuple[object, Any]] = {}
+
+
+def _shared(value: Mapping[str, Any], plain: _Plain) -> Any:
+    """`sanitize(value)`, remembered by the identity of `value`.
+
+    For the parts interlock builds once and then shares, unchanged, between decisions: a
+    cached decision carries the very policy input (its `context`) the miss built, and a
+    memoised risk the very signals dict. Neither is changed after it is made (the input
+    is read by the policy engine and the cache; `Risk` is frozen), so an object seen
+    before has the document it had. The memo holds each object, so its id is not reused
+    by another while remembered. Only canonical-safe documents are kept, so a hit never
+    hides a value the C encoder would print differently."""
+    found = _shared_docs.get(id(value))
+    if found is not None and found[0] is value:
+        return found[1]
+    mine = _Plain()
+    doc = sanitize(value, 0, mine)
+    if not mine.ok:
+        plain.ok = False
+        return doc
+    if len(_shared_docs) >= IDENTITY_MEMO:
+        _shared_docs.clear()
+    _shared_docs[id(value)] = (value, doc)
+    return doc
+
+
 _signal_docs: dict[Hashable, Any] = {}
 
 
 def _signals(signals: Mapping[str, Any], plain: _Plain) -> Any:
     """The sanitized risk signals, memoised: a handful of quantised values recur in
-    every record. The memo keys on each value's type too (`1 == 1.0 == True`)."""
+    every record. A memoised risk's own dict is found by identity (`_shared`); others
+    by value, keyed on each value's type too (`1 == 1.0 == True`)."""
+    found = _shared_docs.get(id(signals))
+    if found is not None and found[0] is signals:
+        return found[1]
     try:
         key: Hashable = (tuple(signals.items()), tuple(map(type, signals.values())))
         found = _signal_docs.get(key)
@@ -203,6 +236,9 @@ def _signals(signals: Mapping[str, Any], plain: _Plain) -> Any:
             return found
         if len(_signal_docs) < 10_000:
             _signal_docs[key] = found
+    if len(_shared_docs) >= IDENTITY_MEMO:
+        _shared_docs.clear()
+    _shared_docs[id(signals)] = (signals, found)
     return found
 
 
@@ -267,7 +303,7 @@ def _fast_document(rec: DecisionRecord, plain: _Plain) -> dict[str, Any]:
     action["details"] = sanitize(action["details"], 0, plain)
     if doc["prompt"] is not None:
         doc["prompt"] = sanitize(doc["prompt"], 0, plain)
-    doc["context"] = sanitize(doc["context"], 0, plain)
+    doc["context"] = _shared(doc["context"], plain)
     if doc["obligations"]:
         doc["obligations"] = sanitize(doc["obligations"], 0, plain)
     doc["risk"]["signals"] = _signals(doc["risk"]["signals"], plain)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import math
 from collections.abc import Mapping
@@ -21,7 +23,9 @@ from interlock.audit.record import (
     sanitize,
     timestamp,
 )
+from interlock.core.canonical import canonical_json
 from interlock.core.model import Action, Agent, Operation
+from interlock.core.record import DecisionRecord
 from interlock.testing import CaptureSink, make_pdp
 
 
@@ -206,3 +210,45 @@ def test_sanitize_equals_its_one_call_per_value_definition(value: Any, levels: i
     expected = _reference(wrapped)
     got = sanitize(wrapped)
     assert json.dumps(got, sort_keys=True) == json.dumps(expected, sort_keys=True)
+
+
+_documents = st.dictionaries(_keys, st.recursive(_leaves, _nest, max_leaves=8), max_size=4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    contexts=st.lists(_documents, min_size=1, max_size=3),
+    signals=st.lists(_documents, min_size=1, max_size=3),
+    picks=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2)), min_size=1, max_size=8),
+)
+def test_a_record_sharing_parts_with_earlier_ones_encodes_as_its_full_document(
+    contexts: list[dict[str, Any]],
+    signals: list[dict[str, Any]],
+    picks: list[tuple[int, int]],
+) -> None:
+    """The encoder remembers the documents of the context and signals objects it has
+    seen (cached decisions share them): whatever a record shares with earlier ones, its
+    bytes are those of its complete document encoded the slow, checked way."""
+    base = _one_record()
+    for c, s in picks:
+        context, sig = contexts[c % len(contexts)], signals[s % len(signals)]
+        decision = dataclasses.replace(
+            base.decision, risk=dataclasses.replace(base.decision.risk, signals=sig)
+        )
+        rec = dataclasses.replace(base, decision=decision, input={"context": context})
+        assert encode(rec) == canonical_json(document(rec))
+
+
+_base: list[DecisionRecord] = []
+
+
+def _one_record() -> DecisionRecord:
+    if not _base:
+        sink = CaptureSink()
+        asyncio.run(
+            make_pdp(sink=sink).decide(
+                Action(Agent("a", authn="token"), "postgres", Operation.READ, "t")
+            )
+        )
+        _base.append(sink.last)
+    return _base[0]
