@@ -28,6 +28,7 @@ from interlock.bench import pgworkers, progress, slo
 from interlock.bench.stats import from_sorted, percentile
 from interlock.classify.sql import Catalog, SqlClassifier
 from interlock.config import AgentConfig, PostgresConfig
+from interlock.core import heap
 from interlock.core.context import MemoryStore
 from interlock.core.pdp import PDP
 from interlock.core.policy import PolicyManager
@@ -69,10 +70,12 @@ def _proxy(dsn: str, data: Path) -> Iterator[int]:
         assert proxy.address is not None
         box["port"] = proxy.address[1]
         box["stop"] = asyncio.Event()
+        heap.settle()  # as `interlock up` does once it serves
         ready.set()
         await box["stop"].wait()
         await proxy.stop()
         await audit.close()
+        heap.release()
 
     thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
     thread.start()
