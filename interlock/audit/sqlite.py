@@ -144,7 +144,7 @@ class SqliteStore:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, (_PACKAGE_ROOT, env.get("PYTHONPATH"))))
         try:
-            self._writer = await asyncio.create_subprocess_exec(
+            proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-P",
                 "-m",
@@ -157,20 +157,23 @@ class SqliteStore:
             )
         except OSError as exc:
             raise AuditError(f"cannot start the audit writer process: {exc}") from exc
-        proc = self._writer
         assert proc.stdout is not None  # created with PIPE
         try:
             async with asyncio.timeout(WRITER_START_S):
                 (length,) = writer.LENGTH.unpack(await proc.stdout.readexactly(writer.LENGTH.size))
                 writer.decode_reply(await proc.stdout.readexactly(length))
-        except (AuditError, OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
-            code = await self._kill_writer()
-            if isinstance(exc, AuditError):
-                raise
-            raise AuditError(
-                f"the audit writer process for {self.path} did not start "
-                f"({code}: {exc or type(exc).__name__})"
-            ) from exc
+        except BaseException as exc:
+            # It becomes the store's writer only once it said so: one that has not
+            # (failed, timed out, or the start was cancelled, say by the log's write
+            # timeout) goes, or its late "open" would be read as the next batch's reply.
+            code = await _killed(proc)
+            if isinstance(exc, (OSError, TimeoutError, asyncio.IncompleteReadError)):
+                raise AuditError(
+                    f"the audit writer process for {self.path} did not start "
+                    f"({code}: {exc or type(exc).__name__})"
+                ) from exc
+            raise
+        self._writer = proc
         return proc
 
     async def _stop_writer(self) -> int | None:

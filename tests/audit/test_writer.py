@@ -8,6 +8,7 @@ import io
 import os
 import signal
 import sqlite3
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -119,6 +120,31 @@ async def test_a_writer_that_cannot_open_the_file_stops_the_start_with_its_reaso
         with pytest.raises(AuditError, match="cannot open sqlite audit store"):
             await store.start_writer()
         assert store._writer is None  # nothing left running
+    finally:
+        await store.close()
+
+
+async def test_a_start_cancelled_before_the_writer_said_open_leaves_no_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start given up on (the log's write timeout cancels an append that was starting
+    a writer) must not leave that process as the store's writer: its late "open" would
+    be taken for the next batch's answer, and every answer after it would belong to the
+    batch before."""
+    slow = tmp_path / "slow-python"
+    slow.write_text(f'#!/bin/sh\nsleep 2\nexec "{sys.executable}" "$@"\n')
+    slow.chmod(0o700)
+    store = SqliteStore(tmp_path / "a.db")
+    await store.open()
+    try:
+        monkeypatch.setattr(sys, "executable", str(slow))
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(store.start_writer(), 0.3)
+        assert store._writer is None
+        monkeypatch.undo()
+        assert await store.append([("d0", b"zero")]) == 0
+        assert await store.append([("d1", b"one")]) == 1
+        assert await store.append([("d2", b"two"), ("d3", b"three")]) == 2
     finally:
         await store.close()
 
