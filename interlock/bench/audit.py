@@ -5,6 +5,9 @@ time on a million-entry tree.
   of the log's batch size, one transaction each, same pragmas (WAL, synchronous=FULL);
 * `append_throughput`: records per second through `AuditLog` (canonical encoding, leaf
   hashing, tree nodes, commit), measured end to end with queued appends;
+* the two alternate for ROUNDS rounds, each on fresh files; the ratio is the median of
+  the rounds' ratios, so the machine's drift between two phases moves it less than one
+  pair would (one pair ranged 0.35-0.50 from run to run);
 * `enqueue`: time a queued append holds the decision path;
 * `durable_append`: time until a durable append is committed (group commit + fsync);
 * `inclusion_proof_1m` / `consistency_proof_1m`: proof generation from the stored tree at
@@ -16,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import random
 import sqlite3
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -37,6 +41,8 @@ from interlock.core.record import DecisionRecord
 from interlock.testing import CaptureSink, make_pdp
 
 BATCH = 512
+ROUNDS = 5
+"""Alternated raw and AuditLog rounds (quick: 2)."""
 
 
 async def _records(n: int) -> list[DecisionRecord]:
@@ -164,7 +170,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     tree = 1_000_000
     with tempfile.TemporaryDirectory(prefix="interlock-bench-") as tmp:
         root = Path(tmp)
-        progress.plan(6)
+        progress.plan(5)
         progress.step(f"{n} decision records")
         recs = asyncio.run(_records(n))
         # As `interlock up` does once it serves: what start-up built (here also the
@@ -174,10 +180,20 @@ def run(quick: bool = False) -> dict[str, Any]:
         t0 = time.perf_counter()
         rows = [(i, r.decision.decision_id, encode(r)) for i, r in enumerate(recs)]
         encode_us = (time.perf_counter() - t0) / n * 1e6
-        progress.step("raw SQLite, batched")
-        raw_s = _raw(root / "raw.db", rows)
-        progress.step("AuditLog appends")
-        ours_s, enqueue = asyncio.run(_throughput(root / "audit.db", recs))
+        rounds = 2 if quick else ROUNDS
+        progress.step(f"raw SQLite and AuditLog appends, {rounds} alternated rounds")
+        raw_runs: list[float] = []
+        ours_runs: list[float] = []
+        enqueue: list[float] = []
+        for r in range(rounds):
+            raw_runs.append(_raw(root / f"raw{r}.db", rows))
+            took, waits = asyncio.run(_throughput(root / f"audit{r}.db", recs))
+            ours_runs.append(took)
+            enqueue.extend(waits)
+            for leftover in root.glob(f"*{r}.db*"):
+                leftover.unlink()
+        raw_s, ours_s = statistics.median(raw_runs), statistics.median(ours_runs)
+        ratios = [a / b for a, b in zip(raw_runs, ours_runs, strict=True)]
         progress.step("durable appends")
         durable = asyncio.run(_durable(root / "durable.db", recs[: 400 if quick else 2000]))
         progress.step(f"building a {tree:,}-entry tree")
@@ -188,7 +204,8 @@ def run(quick: bool = False) -> dict[str, Any]:
     raw = Measurement("sqlite_raw_batched", "rec/s", n, 0, 0, 0, round(n / raw_s, 1))
     ours = Measurement("append_throughput", "rec/s", n, 0, 0, 0, round(n / ours_s, 1))
     ours.baseline = raw.name
-    ours.notes["ratio_to_raw"] = round(raw_s / ours_s, 3)
+    ours.notes["ratio_to_raw"] = round(statistics.median(ratios), 3)
+    ours.notes["round_ratios"] = [round(x, 3) for x in ratios]
     ours.notes["record_bytes"] = round(sum(len(r[2]) for r in rows) / n)
     ours.notes["encode_us_per_record"] = round(encode_us, 1)
     ours.notes["raw_us_per_row"] = round(raw_s / n * 1e6, 1)
