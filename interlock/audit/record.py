@@ -165,11 +165,11 @@ def _timestamp_fast(t: float) -> str:
     times 10**6, half to even, carried into the second at 10**6), so both give the same
     text for every time (tests/audit/test_record.py checks it)."""
     global _last_second
-    frac, whole = math.modf(t)
-    if frac < 0 or not 0 <= whole < _LAST_FAST_SECOND:
+    if not 0.0 <= t < _LAST_FAST_SECOND:  # NaN too
         return timestamp(t)
-    micros = round(frac * 1e6)
-    second = int(whole)
+    second = int(t)
+    # Exact: a non-negative double minus its integer part loses nothing (as `math.modf`).
+    micros = round((t - second) * 1e6)
     if micros >= 1_000_000:
         micros -= 1_000_000
         second += 1
@@ -177,7 +177,7 @@ def _timestamp_fast(t: float) -> str:
     if cached[0] != second:
         dt = datetime.fromtimestamp(second, UTC)
         cached = _last_second = (second, dt.strftime("%Y-%m-%dT%H:%M:%S"))
-    return f"{cached[1]}.{micros:06d}Z"
+    return "%s.%06dZ" % (cached[1], micros)  # noqa: UP031 (190 ns against the f-string's 269)
 
 
 _LAST_FAST_SECOND = 253402300799.0
