@@ -199,14 +199,24 @@ def _shared(value: Mapping[str, Any], plain: _Plain) -> Any:
     before has the document it had. The memo holds each object, so its id is not reused
     by another while remembered. Only canonical-safe documents are kept, so a hit never
     hides a value the C encoder would print differently."""
-    found = _shared_docs.get(id(value))
-    if found is not None and found[0] is value:
-        return found[1]
+    found = _recall(value)
+    if found is not None:
+        return found
     mine = _Plain()
     doc = sanitize(value, 0, mine)
     if not mine.ok:
         plain.ok = False
         return doc
+    return _remember(value, doc)
+
+
+def _recall(value: object) -> Any:
+    """The document remembered for this very object, or None."""
+    found = _shared_docs.get(id(value))
+    return found[1] if found is not None and found[0] is value else None
+
+
+def _remember(value: object, doc: Any) -> Any:
     if len(_shared_docs) >= IDENTITY_MEMO:
         _shared_docs.clear()
     _shared_docs[id(value)] = (value, doc)
@@ -220,9 +230,9 @@ def _signals(signals: Mapping[str, Any], plain: _Plain) -> Any:
     """The sanitized risk signals, memoised: a handful of quantised values recur in
     every record. A memoised risk's own dict is found by identity (`_shared`); others
     by value, keyed on each value's type too (`1 == 1.0 == True`)."""
-    found = _shared_docs.get(id(signals))
-    if found is not None and found[0] is signals:
-        return found[1]
+    found = _recall(signals)
+    if found is not None:
+        return found
     try:
         key: Hashable = (tuple(signals.items()), tuple(map(type, signals.values())))
         found = _signal_docs.get(key)
@@ -236,10 +246,7 @@ def _signals(signals: Mapping[str, Any], plain: _Plain) -> Any:
             return found
         if len(_signal_docs) < 10_000:
             _signal_docs[key] = found
-    if len(_shared_docs) >= IDENTITY_MEMO:
-        _shared_docs.clear()
-    _shared_docs[id(signals)] = (signals, found)
-    return found
+    return _remember(signals, found)
 
 
 def _text(member: StrEnum) -> str:

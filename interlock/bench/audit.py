@@ -200,6 +200,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         _big_tree(root / "big.db", tree)
         progress.step("inclusion and consistency proofs")
         incl, cons = asyncio.run(_proofs(root / "big.db", tree, 200 if quick else 2000))
+    heap.release()
 
     raw = Measurement("sqlite_raw_batched", "rec/s", n, 0, 0, 0, round(n / raw_s, 1))
     ours = Measurement("append_throughput", "rec/s", n, 0, 0, 0, round(n / ours_s, 1))
