@@ -149,6 +149,35 @@ async def test_a_start_cancelled_before_the_writer_said_open_leaves_no_writer(
         await store.close()
 
 
+@pytest.mark.parametrize(
+    ("answer", "refused"),  # the answer as printf(1) escapes
+    [
+        (r"\000\000\000\002zz", "not a reply"),  # framed, but no reply
+        (r"\000\000", "did not start"),  # cut inside the frame header, then exit
+        ("", "did not start"),  # nothing at all, then exit
+    ],
+)
+async def test_a_writer_whose_first_answer_is_not_open_is_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answer: str, refused: str
+) -> None:
+    """Garbage, a cut frame or silence where the "open" answer belongs: the start fails
+    with a reason, no writer is kept, and a later append starts a real one."""
+    fake = tmp_path / "fake-python"
+    fake.write_text(f"#!/bin/sh\nprintf '{answer}'\n")
+    fake.chmod(0o700)
+    store = SqliteStore(tmp_path / "a.db")
+    await store.open()
+    try:
+        monkeypatch.setattr(sys, "executable", str(fake))
+        with pytest.raises(AuditError, match=refused):
+            await store.start_writer()
+        assert store._writer is None
+        monkeypatch.undo()
+        assert await store.append([("d0", b"zero")]) == 0
+    finally:
+        await store.close()
+
+
 async def _root_matches(store: SqliteStore) -> list[bytes]:
     size = await store.size()
     recs = await store.records(0, size)
