@@ -62,7 +62,7 @@ class Downstream:
         ReadyForQuery is relayed, not lost."""
         self.results = results
         self.denials = denials
-        """Marker -> reason of the denials in flight (see `server._Session.denial_sql`)."""
+        """Marker -> reason of the denials in flight (see `session.Session.denial_sql`)."""
         self.status = status
         """The transaction status of the last ReadyForQuery."""
 

@@ -1,13 +1,9 @@
-"""The asyncio driver of the PostgreSQL proxy: accept, authenticate, decide, relay.
+"""The asyncio driver of the PostgreSQL proxy: accept, authenticate, relay, and answer
+what each session's sans-IO core asks for.
 
-Enforcement keeps the server in charge of protocol state. A denied statement is not
-dropped: it is replaced by one that fails at parse analysis on the server
-(`SELECT 1 FROM pg_catalog.interlock_denied_<nonce>_<n>`, a relation no one can create),
-and the server's error is rewritten into the denial on its way back. So the client sees
-exactly what PostgreSQL does after any error: in the simple protocol one ErrorResponse and
-one ReadyForQuery with the right transaction status, in the extended protocol an error,
-everything discarded until Sync, exactly one ReadyForQuery, all in order with the
-responses to the messages around it.
+Everything a client's messages make the proxy decide or rewrite is in `session.py`
+(client to server) and `relay.py` (server to client), without sockets; here are the
+logins, the sockets, the PDP, holds, cancels, posture changes and credentials.
 """
 
 from __future__ import annotations
@@ -21,19 +17,18 @@ import socket
 import ssl
 import struct
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from types import MappingProxyType
+from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 from interlock.approvals.holds import Holds
 from interlock.approvals.request import Verdict
-from interlock.classify.sql import Catalog, SqlClassification, SqlClassifier, SqlStatement
+from interlock.classify.sql import Catalog, SqlClassifier
 from interlock.config import AgentConfig, PostgresConfig
 from interlock.core.context import Posture
 from interlock.core.dataflow import value_fingerprints
-from interlock.core.enforcement import posture_veto
 from interlock.core.engine import CompiledPolicy
-from interlock.core.model import Action, Agent, Decision, Effect, Obligation, Operation
+from interlock.core.model import Action, Agent, Decision, Operation
 from interlock.core.modes import Mode
 from interlock.core.pdp import PDP
 from interlock.core.refusal import (
@@ -51,20 +46,22 @@ from interlock.proxies.postgres import upstream as up
 from interlock.proxies.postgres.codec import (
     FrontendReader,
     ProtocolError,
-    bind_names,
-    decode_frontend,
 )
-from interlock.proxies.postgres.copyformat import copy_format
 from interlock.proxies.postgres.discovery import Snapshot, snapshot
-from interlock.proxies.postgres.relay import Downstream, Pieces
+from interlock.proxies.postgres.relay import Downstream
 from interlock.proxies.postgres.results import (
-    ORIGINS_ONLY,
-    MaskPlan,
-    Prepared,
     ResultTracker,
-    Watch,
 )
 from interlock.proxies.postgres.scram import MECHANISM, ScramError, ScramServer, Verifier
+from interlock.proxies.postgres.session import (
+    Decide,
+    Need,
+    PostureNow,
+    Refuse,
+    Session,
+    drive,
+    explain,
+)
 from interlock.proxies.postgres.workers import Slot, parse_cancel, relay_cancel
 
 log = logging.getLogger(__name__)
@@ -86,14 +83,9 @@ REFUSED_STARTUP = frozenset({"options", "replication"})
 READ_CHUNK = 256 * 1024
 FINGERPRINT_TTL_S = 3600.0
 """How long values read under a label are recognised in what the agent sends out."""
-READ_ONLY_SESSION = "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"
-READ_ONLY_TRANSACTION = "SET TRANSACTION READ ONLY"
-READ_WRITE_SESSION = "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE"
-"""The database's own wall behind a read_only posture (and its removal on restore)."""
 UNAVAILABLE = "57P03"
 """cannot_connect_now: a login refused because a dependency (the state store) is down;
 pools and drivers treat it as worth retrying."""
-_BIND, _SYNC = ord("B"), ord("S")
 GONE_POLL_S = 0.2
 """How often a held statement checks that its client is still there."""
 
@@ -102,64 +94,29 @@ class _LoginAbandoned(Exception):
     """The login ended early; the client has been told why."""
 
 
-@dataclass(frozen=True, slots=True)
-class _Decided:
-    """A prepared statement's decision and what it rested on. A decision made at Parse
-    must not outlive them: a statement let through in shadow mode must stop once the
-    agent is enforced, one a reloaded policy denies must stop, and one whose masks the
-    new decision changes cannot run on the plan made for the old ones."""
-
-    action: Action
-    mode: Mode | None
-    """The mode it was decided in; None after a refusal at Execute (decide each time)."""
-    policy: CompiledPolicy
-    """The compiled policy it was decided under (compared by identity)."""
-    obligations: tuple[Obligation, ...]
-
-
 @dataclass
 class _Session:
-    agent: Agent
-    database: str
+    """A logged-in client's session: its sans-IO core (`session.Session`) and the
+    sockets, credentials and key the driver holds for it."""
+
+    core: Session
     client_writer: asyncio.StreamWriter
     conn: up.Connection
     pid: int
     key: int
-    downstream: Downstream = field(default_factory=lambda: Downstream(ResultTracker(), {}, "I"))
-    """The server-to-client relay (sans-IO), with the result tracker and denials."""
-    nonce: str = field(default_factory=lambda: secrets.token_hex(8))
-    seq: int = 0
     closed: bool = False
-    statements: dict[str, Prepared] = field(default_factory=dict)
-    actions: dict[str, _Decided] = field(default_factory=dict)
-    """How each prepared statement was decided: Execute re-checks posture, and decides
-    again when what the decision rested on has changed since Parse."""
-    portals: dict[str, tuple[str, Prepared]] = field(default_factory=dict)
-    """Portal -> (its statement's name, that statement's results)."""
-    cursors: dict[str, MaskPlan] = field(default_factory=dict)
-    """SQL cursors declared through the proxy, with the plan their rows need."""
-    read_only: bool = False
-    """Whether the upstream session should refuse writes itself (read_only posture)."""
-    read_only_applied: bool = False
-    """Whether it does, as far as the proxy has told it."""
     lease: Lease | None = None
     """The dynamic credentials this session logged in upstream with (revoked at its end)."""
     client_reader: asyncio.StreamReader | None = None
     """Watched while a statement is held: a client that went away withdraws it."""
 
     @property
-    def results(self) -> ResultTracker:
-        return self.downstream.results
+    def agent(self) -> Agent:
+        return self.core.agent
 
     @property
-    def status(self) -> str:
-        return self.downstream.status
-
-    def denial_sql(self, reason: str) -> str:
-        self.seq += 1
-        marker = f"interlock_denied_{self.nonce}_{self.seq}"
-        self.downstream.denials[marker] = reason
-        return f"SELECT 1 FROM pg_catalog.{marker}"  # noqa: S608 (hex nonce and a counter)
+    def database(self) -> str:
+        return self.core.database
 
 
 class PostgresProxy:
@@ -269,8 +226,8 @@ class PostgresProxy:
         self._snapshots[database] = snap
         for session in self._sessions.values():
             if session.database == database:
-                session.results.origins = snap.origins
-                session.results.relations = snap.relations
+                session.core.results.origins = snap.origins
+                session.core.results.relations = snap.relations
         if database == self.upstream.database:
             self.classifier.use_catalog(Catalog(snap.labels, snap.routines, routines_known=True))
 
@@ -495,20 +452,18 @@ class PostgresProxy:
             # pg_terminate_backend know), with the proxy's own key: the server's key never
             # leaves the proxy, so a cancel must come through it.
             pid, key = conn.pid, self._new_key(conn.pid)
-            session = _Session(
+            core = Session(
                 agent,
                 database,
-                writer,
-                conn,
-                pid,
-                key,
                 Downstream(
                     ResultTracker(snap.origins, snap.relations), {}, conn.status, conn.backend
                 ),
-                lease=lease,
+                self.classifier.classify,
+                self._stamp,
+                max_message=self.config.max_message_bytes,
                 read_only="read_only" in posture.restrictions,
-                client_reader=reader,
             )
+            session = _Session(core, writer, conn, pid, key, lease=lease, client_reader=reader)
             out = [m.Authentication(0).encode()]
             out += [p.encode() for p in conn.parameters]
             out += [m.BackendKeyData(pid, key).encode(), m.ReadyForQuery(conn.status).encode()]
@@ -555,7 +510,7 @@ class PostgresProxy:
         details = {"database": db, "user": user[:128]}
         attempt = guard_action(who, "postgres", Operation.CONNECT, db, details, parents)
         refused = await self.pdp.refuse(attempt, reason)
-        await self._fatal(writer, f"interlock: {_reason(refused)}", code)
+        await self._fatal(writer, f"interlock: {explain(refused)}", code)
 
     async def _refuse(
         self, writer: asyncio.StreamWriter, session: _Session | None, reason: str, code: str
@@ -570,7 +525,7 @@ class PostgresProxy:
         details = {"database": target}
         action = guard_action(session.agent, "postgres", Operation.CONNECT, target, details)
         refused = await self.pdp.refuse(action, reason)
-        await self._fatal(writer, f"interlock: {_reason(refused)}", code)
+        await self._fatal(writer, f"interlock: {explain(refused)}", code)
 
     async def _refuse_anonymous(
         self,
@@ -595,7 +550,7 @@ class PostgresProxy:
         noted["suppressed_since_last"] = suppressed
         attempt = guard_action(None, "postgres", Operation.CONNECT, db, noted)
         refused = await self.pdp.refuse(attempt, reason)
-        await self._fatal(writer, f"interlock: {_reason(refused)}", code)
+        await self._fatal(writer, f"interlock: {explain(refused)}", code)
 
     async def _authenticate(
         self,
@@ -627,6 +582,10 @@ class PostgresProxy:
             return True
         except ScramError:
             return False
+
+    def _stamp(self, action: Action) -> tuple[CompiledPolicy, Mode]:
+        """What a decision about to be made for `action` rests on (`session.Stamp`)."""
+        return self.pdp.policy.current, self.pdp.mode(action)[0]
 
     def _new_key(self, pid: int) -> int:
         while True:
@@ -672,226 +631,25 @@ class PostgresProxy:
                 await down
 
     async def _upstream_loop(self, reader: asyncio.StreamReader, session: _Session) -> None:
-        frontend = FrontendReader(self.config.max_message_bytes)
-        frontend.in_startup = False
+        core = session.core
         while not session.closed:
             data = await reader.read(READ_CHUNK)
             if not data:
                 return
-            out, ended = await self._from_client(session, frontend, data)
+            out, ended = await drive(core.receive(data), partial(self._answer, session))
             session.conn.writer.write(out)
             if ended:
                 return
             await session.conn.writer.drain()
 
-    async def _from_client(
-        self, session: _Session, frontend: FrontendReader, data: bytes
-    ) -> tuple[bytes, bool]:
-        """What to send upstream for one read from the client, and whether it ended with
-        Terminate. Messages the decisions left alone go as the byte ranges they arrived
-        in, one write for the whole read."""
-        frontend.feed(data)
-        buf = frontend.data
-        out = Pieces(buf)
-        if session.read_only != session.read_only_applied:
-            out.add(self._wall(session) if session.read_only else self._unwall(session))
-        while (frame := frontend.next_frame()) is not None:
-            kind, start, end = frame
-            if kind == _BIND:
-                # Only its names matter: its statement was decided at Parse.
-                self._bound(session, *bind_names(buf, start + 5, end))
-                out.forward(start, end)
-                continue
-            if kind == _SYNC:
-                session.results.sent_sync()
-                out.forward(start, end)
-                continue
-            msg = decode_frontend(bytes((kind,)), bytes(buf[start + 5 : end]))
-            if isinstance(msg, m.Terminate):
-                out.forward(start, end)
-                return out.take(), True
-            replaced = await self._enforce(session, msg)
-            if replaced is None:
-                out.forward(start, end)
-            else:
-                out.add(replaced)
-        return out.take(), False
-
-    def _wall(self, session: _Session) -> bytes:
-        """The query that makes the upstream session refuse writes itself, sent ahead of
-        the client's next message once everything before has been answered (so the
-        transaction state it depends on is known); b"" when there is nothing to do yet.
-
-        Outside a transaction block the session default changes (it would be undone if
-        set inside a block that rolls back); inside one, the running transaction becomes
-        read-only too, and the default follows once the block ends."""
-        if session.read_only_applied or not session.results.idle:
-            return b""
-        if session.status == "I":
-            session.read_only_applied = True
-            sql = READ_ONLY_SESSION
-        elif session.status == "T":
-            sql = READ_ONLY_TRANSACTION
-        else:
-            return b""  # a failed block runs nothing until it ends
-        session.results.sent_injected(sql)
-        return m.Query(sql).encode()
-
-    def _unwall(self, session: _Session) -> bytes:
-        """The default back to read-write once the posture no longer says read_only."""
-        if not session.read_only_applied or not session.results.idle or session.status != "I":
-            return b""
-        session.read_only_applied = False
-        session.results.sent_injected(READ_WRITE_SESSION)
-        return m.Query(READ_WRITE_SESSION).encode()
-
-    async def _police(self, session: _Session, msg: m.Message) -> bytes:
-        """The bytes to send upstream for one client message."""
-        replaced = await self._enforce(session, msg)
-        return msg.encode() if replaced is None else replaced
-
-    async def _enforce(self, session: _Session, msg: m.Message) -> bytes | None:
-        """What to send upstream instead of one client message, or None to forward it
-        as it arrived: the decision and enforcement point of every client message."""
-        if isinstance(msg, m.Query):
-            sql, plans, _, watches = await self._checked(session, msg.sql)
-            session.results.sent_query(plans, watches)
-            return None if sql is None else m.Query(sql).encode()
-        if isinstance(msg, m.Parse):
-            sql, plans, decided, watches = await self._checked(session, msg.sql)
-            session.statements[msg.name] = Prepared(
-                plans[0] if plans else ORIGINS_ONLY, watches[0] if watches else None
-            )
-            session.actions.pop(msg.name, None)
-            if decided is not None:
-                session.actions[msg.name] = decided
-            return None if sql is None else m.Parse(msg.name, sql, msg.param_types).encode()
-        if isinstance(msg, m.Bind):
-            self._bound(session, msg.portal, msg.statement)
-        elif isinstance(msg, m.Describe):
-            if msg.kind == "S":
-                target = session.statements.get(msg.name)
-            else:
-                target = session.portals.get(msg.name, ("", None))[1]
-            session.results.sent_describe(target)
-        elif isinstance(msg, m.Execute):
-            bound = session.portals.get(msg.portal)
-            # A portal the proxy never saw bound fails on the server; its rows, if any,
-            # would get the strictest plan.
-            statement, prepared = bound if bound is not None else ("", Prepared(ORIGINS_ONLY))
-            veto = await self._posture_veto(session, statement)
-            if veto is not None:
-                session.results.sent_execute(prepared)
-                # Fails on the server in order, like any denial; Execute's answer is the error.
-                return m.Parse("", session.denial_sql(veto)).encode()
-            if prepared.mask is None and not prepared.describing:
-                # The rows would come without a description: ask for it first, so the
-                # server says where each column comes from.
-                session.results.sent_describe(prepared, injected=True)
-                session.results.sent_execute(prepared)
-                return m.Describe("P", msg.portal).encode() + msg.encode()
-            session.results.sent_execute(prepared)
-        elif isinstance(msg, m.Sync):
-            session.results.sent_sync()
-        elif isinstance(msg, m.FunctionCall):
-            session.results.sent_query([ORIGINS_ONLY])
-            reason = "the function-call protocol message is not allowed"
-            return m.Query(session.denial_sql(reason)).encode()
-        elif isinstance(msg, m.AuthResponse):
-            raise ProtocolError("authentication message after login")
-        return None
-
-    @staticmethod
-    def _bound(session: _Session, portal: str, statement: str) -> None:
-        """Bind: the portal's rows get its statement's plan (and its Execute the
-        statement's posture check)."""
-        prepared = session.statements.get(statement) or Prepared(ORIGINS_ONLY)
-        session.portals[portal] = (statement, prepared)
-
-    async def _posture_veto(self, session: _Session, statement: str) -> str | None:
-        """A restriction that arrived after Parse still stops the Execute, and so does
-        the decision made again when the agent's mode or the policy changed since."""
-        decided = session.actions.get(statement)
-        if decided is None:
-            return None
-        action = decided.action
-        policy, mode = self.pdp.policy.current, self.pdp.mode(action)[0]
-        if mode is not decided.mode or policy is not decided.policy:
-            # Allowed on the same terms: it runs on, under the new stamp. Not: no mode
-            # is kept, so every later Execute is decided (and recorded) again.
-            decision = await self.pdp.decide(action)
-            same = decision.effect is Effect.ALLOW
-            same = same and decision.obligations == decided.obligations
-            kept = mode if same else None
-            session.actions[statement] = replace(decided, mode=kept, policy=policy)
-            if not same:
-                why = f"decided again since it was prepared ({mode.value} mode, policy "
-                why += f"{policy.version[:12]}): "
-                if decision.effect is Effect.ALLOW:
-                    return why + "its masks changed; prepare it again"
-                return why + _reason(decision)
-        try:
-            posture = await self.pdp.store.posture(session.agent.id, self.pdp.clock())
-        except StateError as exc:
-            return _reason(await self.pdp.refuse(action, str(exc)))
-        if posture.normal:
-            return None
-        return posture_veto(action, posture)
-
-    async def _checked(
-        self, session: _Session, sql: str
-    ) -> tuple[str | None, list[MaskPlan], _Decided | None, list[Watch | None]]:
-        """(None, a mask plan per statement, how it was decided) when `sql` may go
-        through; else (the replacement that fails with the denial, [], None)."""
-        classification = self.classifier.classify(sql)
-        if not classification.statements:
-            return None, [ORIGINS_ONLY], None, []
-        action = self._action(session, classification)
-        # Read before deciding: a reload meanwhile makes the stamp old, never too new.
-        policy, mode = self.pdp.policy.current, self.pdp.mode(action)[0]
-        decision = await self.pdp.decide(action)
-        if decision.effect is Effect.APPROVE:
-            verdict = await self._held(session, decision, action, sql)
-            if not verdict.approved:
-                why = f"held for approval: {verdict.reason or 'denied'}; {_reason(decision)}"
-                return session.denial_sql(why), [ORIGINS_ONLY], None, []
-        elif decision.effect is not Effect.ALLOW:
-            return session.denial_sql(_reason(decision)), [ORIGINS_ONLY], None, []
-        hidden = frozenset(
-            label
-            for o in decision.obligations
-            if o.type == "mask"
-            for label in o.params.get("labels", ())
-        )
-        plans: list[MaskPlan] = []
-        watches: list[Watch | None] = []
-        for statement in classification.statements:
-            watches.append(_watch(statement, decision.decision_id))
-            if statement.kind == "fetch":
-                # A cursor's rows are masked as its DECLARE said; a cursor interlock did
-                # not see declared (a refcursor from a function, say) is refused.
-                if statement.name not in session.cursors:
-                    why = (
-                        f"cursor {statement.name!r} was not declared through interlock "
-                        f"(decision {decision.decision_id})"
-                    )
-                    return session.denial_sql(why), [ORIGINS_ONLY], None, []
-                plans.append(session.cursors[statement.name])
-                continue
-            plan, refusal = _plan(statement, hidden)
-            if refusal is not None:
-                why = f"{refusal} (decision {decision.decision_id})"
-                return session.denial_sql(why), [ORIGINS_ONLY], None, []
-            if statement.kind == "declare" and statement.name is not None:
-                # DECLARE itself returns no rows; its FETCHes get the plan.
-                session.cursors[statement.name] = plan
-                plan = ORIGINS_ONLY
-            elif statement.kind == "close" and statement.name == "all":
-                session.cursors.clear()
-            elif statement.kind == "close" and statement.name is not None:
-                session.cursors.pop(statement.name, None)
-            plans.append(plan)
-        return None, plans, _Decided(action, mode, policy, decision.obligations), watches
+    async def _answer(self, session: _Session, need: Need) -> object:
+        if isinstance(need, Decide):
+            return await self.pdp.decide(need.action)
+        if isinstance(need, PostureNow):
+            return await self.pdp.store.posture(need.agent_id, self.pdp.clock())
+        if isinstance(need, Refuse):
+            return await self.pdp.refuse(need.action, need.reason)
+        return await self._held(session, need.decision, need.action, need.sql)
 
     async def _held(
         self, session: _Session, decision: Decision, action: Action, sql: str
@@ -936,30 +694,19 @@ class PostgresProxy:
         except Exception:
             log.exception("could not remember labelled values for agent %s", session.agent.id)
 
-    def _action(self, session: _Session, cls: SqlClassification) -> Action:
-        first = cls.statements[0]
-        target = next(iter(sorted(first.writes or first.reads)), "") or session.database
-        # Frozen already (once per classification): Action does not freeze it again.
-        details = MappingProxyType({"database": session.database, **cls.frozen_details()})
-        return Action(session.agent, "postgres", cls.operation, target, details, labels=cls.labels)
-
     async def _downstream(self, session: _Session) -> None:
         conn = session.conn
         writer = session.client_writer
-        results = session.results
+        core = session.core
+        results = core.results
         try:
             while True:
                 data = await conn.reader.read(READ_CHUNK)
                 if not data:
                     break
-                out = session.downstream.receive(data)
-                if results.injected_errors:
-                    for why in results.injected_errors:
-                        log.warning(
-                            "postgres proxy: read-only wall for %s: %s", session.agent.id, why
-                        )
-                    results.injected_errors.clear()
-                    session.read_only_applied = False
+                out, wall_failed = core.from_server(data)
+                for why in wall_failed:
+                    log.warning("postgres proxy: read-only wall for %s: %s", session.agent.id, why)
                 if results.seen:
                     # Remembered before the client has them.
                     await self._remember_values(session, results.take_seen())
@@ -981,14 +728,14 @@ class PostgresProxy:
         for session in [s for s in self._sessions.values() if s.agent.id == agent_id]:
             if posture.isolated:
                 self._end(session, "agent is isolated", "42501", posture_parents(posture))
-            elif session.read_only != read_only:
-                session.read_only = read_only
+            elif session.core.read_only != read_only:
+                session.core.read_only = read_only
                 self._tell_upstream(session)
 
     def _tell_upstream(self, session: _Session) -> None:
         """Apply a posture change to the upstream session now if it is idle (the next
         client message would do it otherwise)."""
-        wall = self._wall(session) if session.read_only else self._unwall(session)
+        wall = session.core.wall()
         if wall and not session.closed:
             session.conn.writer.write(wall)
 
@@ -1026,7 +773,7 @@ class PostgresProxy:
             session.agent, "postgres", Operation.CONNECT, session.database, details, parents
         )
         ended = await self.pdp.refuse(action, f"session ended: {reason}")
-        await self._fatal(session.client_writer, f"interlock: {_reason(ended)}", code)
+        await self._fatal(session.client_writer, f"interlock: {explain(ended)}", code)
         session.client_writer.close()
 
     @staticmethod
@@ -1062,49 +809,6 @@ def _client_context(config: PostgresConfig) -> ssl.SSLContext | None:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
-
-
-def _watch(statement: SqlStatement, decision_id: str) -> Watch | None:
-    """Labelled output columns to fingerprint (named columns only: a star's positions are
-    not known here)."""
-    if not statement.labels or not statement.output_labels:
-        return None
-    columns = tuple((i, labels) for i, labels in enumerate(statement.output_labels) if labels)
-    return Watch(decision_id, columns) if columns else None
-
-
-def _plan(statement: SqlStatement, hidden: frozenset[str]) -> tuple[MaskPlan, str | None]:
-    """How to mask `statement`'s results, or why it cannot be masked (and so is refused).
-
-    Rows are masked by the server's description of them (`MaskPlan.resolve`), so a star
-    is fine. COPY TO STDOUT comes without one: its positions must come from the parse,
-    and its options must be readable to find the fields in its rows. (The text read is
-    the first of the statement's shape: `copy_format` takes no number, so it reads the
-    same options in any text of that shape.)"""
-    masked = statement.labels & hidden
-    plan = MaskPlan(hidden, statement.labels, statement.output_labels)
-    stored = statement.written_labels & hidden
-    if stored:
-        return plan, (
-            f"values of masked columns ({', '.join(sorted(stored))}) may not be stored: "
-            "they would be readable unmasked afterwards"
-        )
-    if statement.kind != "copy" or not masked:
-        return plan, None
-    if statement.output_labels is None:
-        return plan, f"masking {', '.join(sorted(masked))} needs the result columns named, not *"
-    fmt = copy_format(statement.text)
-    if fmt is None:
-        return plan, (
-            f"masking {', '.join(sorted(masked))} in COPY needs options interlock can read "
-            "(FORMAT text, csv or binary; one-character DELIMITER, QUOTE, ESCAPE; NULL)"
-        )
-    return MaskPlan(hidden, statement.labels, statement.output_labels, fmt), None
-
-
-def _reason(decision: Decision) -> str:
-    why = "; ".join(decision.reasons) or decision.effect.value
-    return f"{why} (decision {decision.decision_id})"
 
 
 def _secret(agent: AgentConfig) -> tuple[str | None, str | None, str | None]:

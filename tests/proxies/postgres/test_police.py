@@ -1,8 +1,9 @@
 """Property: whatever a client sends, no statement reaches the server undecided.
 
-Drives the proxy's per-message policing (`PostgresProxy._police`) with random message
-sequences (no network; the server side is not needed to decide what is forwarded) and
-checks every Query and Parse that would be forwarded.
+Drives the session core's per-message enforcement (`session.Session.enforce`, its needs
+answered by a real PDP) with random message sequences (no network; the server side is
+not needed to decide what is forwarded) and checks every Query and Parse that would be
+forwarded.
 """
 
 from __future__ import annotations
@@ -15,12 +16,23 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from interlock.approvals.request import Verdict
 from interlock.classify.sql import Catalog, SqlClassifier
-from interlock.config import AgentConfig, PostgresConfig
 from interlock.core.model import Agent, Effect
+from interlock.core.pdp import PDP
 from interlock.proxies.postgres import messages as m
-from interlock.proxies.postgres.codec import FrontendReader
-from interlock.proxies.postgres.server import PostgresProxy, _Session
+from interlock.proxies.postgres.codec import MAX_CLIENT_MESSAGE, FrontendReader
+from interlock.proxies.postgres.relay import Downstream
+from interlock.proxies.postgres.results import ResultTracker
+from interlock.proxies.postgres.session import (
+    Decide,
+    Hold,
+    Need,
+    PostureNow,
+    Refuse,
+    Session,
+    drive,
+)
 from interlock.testing import CaptureSink, make_pdp
 from tests.proxies.postgres.test_relay import chunked
 
@@ -66,26 +78,47 @@ messages = st.lists(
 )
 
 
-def proxy_and_session() -> tuple[PostgresProxy, _Session, CaptureSink]:
-    sink = CaptureSink()
-    pdp = make_pdp(sink=sink)
-    proxy = PostgresProxy(
-        PostgresConfig(listen="127.0.0.1:0", approval_timeout=0.001),
-        {"reporter": AgentConfig(token="reporter-token-0123456789")},
-        pdp,
-        SqlClassifier(Catalog.from_config({"public.payroll.name": ["pii"]})),
-    )
-    session: Any = _Session(Agent("reporter", authn="token"), "app", None, None, 1, 2)  # type: ignore[arg-type]  # policing never touches the connections
-    return proxy, session, sink
+class Policed:
+    """A session core whose needs a real PDP answers, as the proxy's driver does (a
+    hold is answered as an expired one: no person is asked here)."""
+
+    def __init__(self) -> None:
+        self.sink = CaptureSink()
+        self.pdp: PDP = make_pdp(sink=self.sink)
+        self.classifier = SqlClassifier(Catalog.from_config({"public.payroll.name": ["pii"]}))
+        self.core = Session(
+            Agent("reporter", authn="token"),
+            "app",
+            Downstream(ResultTracker(), {}, "I"),
+            self.classifier.classify,
+            lambda action: (self.pdp.policy.current, self.pdp.mode(action)[0]),
+            max_message=MAX_CLIENT_MESSAGE,
+        )
+
+    async def answer(self, need: Need) -> object:
+        if isinstance(need, Decide):
+            return await self.pdp.decide(need.action)
+        if isinstance(need, PostureNow):
+            return await self.pdp.store.posture(need.agent_id, self.pdp.clock())
+        if isinstance(need, Refuse):
+            return await self.pdp.refuse(need.action, need.reason)
+        assert isinstance(need, Hold)
+        return Verdict(False, None, "approval request expired")
+
+    async def police(self, msg: m.Message) -> bytes:
+        """The bytes sent upstream for one client message."""
+        replaced = await drive(self.core.enforce(msg), self.answer)
+        return msg.encode() if replaced is None else replaced
 
 
 @settings(max_examples=150, deadline=None)
 @given(messages)
 def test_no_statement_is_forwarded_without_an_allow_decision(msgs: list[Any]) -> None:
-    proxy, session, sink = proxy_and_session()
+    policed = Policed()
+    sink = policed.sink
 
     async def run() -> bytes:
-        return b"".join([await proxy._police(session, msg) for msg in msgs])
+        return b"".join([await policed.police(msg) for msg in msgs])
 
     forwarded = asyncio.run(run())
     reader = FrontendReader()
@@ -111,7 +144,7 @@ def test_no_statement_is_forwarded_without_an_allow_decision(msgs: list[Any]) ->
                 continue
             assert isinstance(original, (m.Query, m.Parse))
             assert out.sql == original.sql
-            classification = proxy.classifier.classify(out.sql)
+            classification = policed.classifier.classify(out.sql)
             flags = classification.flags
             assert not flags & {
                 "unparsed",
@@ -146,22 +179,20 @@ def _normalised(data: bytes) -> list[Any]:
 def test_the_relay_forwards_what_policing_each_message_would(
     msgs: list[Any], cuts: list[int]
 ) -> None:
-    """The byte-range relay (`_from_client`), fed the same messages cut anywhere, sends
-    upstream exactly what policing message by message does (whose safety the test above
-    proves): one write per read, and a message no decision changed goes as it came."""
+    """The byte-range relay (`Session.receive`), fed the same messages cut anywhere,
+    sends upstream exactly what policing message by message does (whose safety the test
+    above proves): one write per read, and a message no decision changed goes as it came."""
     data = b"".join(msg.encode() for msg in msgs)
     chunks = chunked(data, cuts)
 
     async def per_message() -> bytes:
-        proxy, session, _ = proxy_and_session()
-        return b"".join([await proxy._police(session, msg) for msg in msgs])
+        policed = Policed()
+        return b"".join([await policed.police(msg) for msg in msgs])
 
     async def relayed() -> bytes:
-        proxy, session, _ = proxy_and_session()
-        reader = FrontendReader()
-        reader.in_startup = False
-        sent = [(await proxy._from_client(session, reader, chunk))[0] for chunk in chunks]
-        assert reader.buffered == 0
+        policed = Policed()
+        sent = [(await drive(policed.core.receive(chunk), policed.answer))[0] for chunk in chunks]
+        assert policed.core.frontend.buffered == 0
         return b"".join(sent)
 
     expected, got = asyncio.run(per_message()), asyncio.run(relayed())

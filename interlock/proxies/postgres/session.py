@@ -1,0 +1,463 @@
+"""The client-to-server half of a session without I/O: client bytes in, upstream bytes
+out, and on the way the decisions they need, asked for rather than fetched.
+
+`Session.receive` is a generator. It yields what only the outside can answer (`Decide`
+an action, `Hold` one for a human, the agent's posture now, `Refuse` and record), is sent
+each answer, and returns the bytes to write upstream for one read and whether the client
+ended the session. The asyncio driver (`server.py`) answers with the PDP; tests answer
+with plain values, on bytes alone (`tests/proxies/postgres/test_session.py`). Everything
+a decision changes lives here: the statements and portals and the decisions they rest
+on, the cursors and their mask plans, the denial markers, the read-only wall. It is the
+counterpart of `relay.Downstream`, which does the same for what the server sends.
+
+Enforcement keeps the server in charge of protocol state. A denied statement is not
+dropped: it is replaced by one that fails at parse analysis on the server
+(`SELECT 1 FROM pg_catalog.interlock_denied_<nonce>_<n>`, a relation no one can create),
+and `Downstream` rewrites the server's error into the denial on its way back. So the
+client sees exactly what PostgreSQL does after any error, in order with the responses to
+the messages around it.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Awaitable, Callable, Generator
+from dataclasses import dataclass, replace
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+from interlock.approvals.request import Verdict
+from interlock.classify.sql import SqlClassification, SqlStatement
+from interlock.core.context import Posture
+from interlock.core.enforcement import posture_veto
+from interlock.core.engine import CompiledPolicy
+from interlock.core.model import Action, Agent, Decision, Effect, Obligation
+from interlock.core.modes import Mode
+from interlock.errors import StateError
+from interlock.proxies.postgres import messages as m
+from interlock.proxies.postgres.codec import FrontendReader, ProtocolError, bind_names
+from interlock.proxies.postgres.codec import decode_frontend as decode
+from interlock.proxies.postgres.copyformat import copy_format
+from interlock.proxies.postgres.relay import Downstream, Pieces
+from interlock.proxies.postgres.results import (
+    ORIGINS_ONLY,
+    MaskPlan,
+    Prepared,
+    ResultTracker,
+    Watch,
+)
+
+_T = TypeVar("_T")
+
+READ_ONLY_SESSION = "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"
+READ_ONLY_TRANSACTION = "SET TRANSACTION READ ONLY"
+READ_WRITE_SESSION = "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE"
+"""The database's own wall behind a read_only posture (and its removal on restore)."""
+_BIND, _SYNC, _TERMINATE = ord("B"), ord("S"), ord("X")
+
+
+@dataclass(frozen=True, slots=True)
+class Decide:
+    """Decide `action` (answered with its `Decision`)."""
+
+    action: Action
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """Hold `sql` for a person's answer (answered with the `Verdict`). The driver ends the
+    session instead when the client goes away meanwhile."""
+
+    decision: Decision
+    action: Action
+    sql: str
+
+
+@dataclass(frozen=True, slots=True)
+class PostureNow:
+    """The agent's posture, read after the message arrived (answered with a `Posture`,
+    or `StateError` thrown in when the store cannot say)."""
+
+    agent_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    """Deny `action` without the policy and record it (answered with the `Decision`)."""
+
+    action: Action
+    reason: str
+
+
+Need = Decide | Hold | PostureNow | Refuse
+Steps = Generator[Need, Any, _T]
+"""What `Session.receive` and its parts yield, are sent, and return."""
+Stamp = Callable[[Action], tuple[CompiledPolicy, Mode]]
+"""The policy in force and the mode `action` is decided in: the PDP's memory, no I/O."""
+Classify = Callable[[str], SqlClassification]
+
+
+async def drive[T](steps: Steps[T], answer: Callable[[Need], Awaitable[object]]) -> T:
+    """Run `steps` to their end, awaiting `answer` for each need (a `StateError` it
+    raises is thrown in: the core decides what a store that cannot answer means)."""
+    try:
+        need = next(steps)
+        while True:
+            try:
+                got = await answer(need)
+            except StateError as exc:
+                need = steps.throw(exc)
+            else:
+                need = steps.send(got)
+    except StopIteration as done:
+        result: T = done.value
+        return result
+    finally:
+        steps.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """A prepared statement's decision and what it rested on. A decision made at Parse
+    must not outlive them: a statement let through in shadow mode must stop once the
+    agent is enforced, one a reloaded policy denies must stop, and one whose masks the
+    new decision changes cannot run on the plan made for the old ones."""
+
+    action: Action
+    mode: Mode | None
+    """The mode it was decided in; None after a refusal at Execute (decide each time)."""
+    policy: CompiledPolicy
+    """The compiled policy it was decided under (compared by identity)."""
+    obligations: tuple[Obligation, ...]
+
+
+class Session:
+    """One client's session after login, without sockets: what each client read becomes
+    upstream, and the state the decisions left behind."""
+
+    def __init__(
+        self,
+        agent: Agent,
+        database: str,
+        downstream: Downstream,
+        classify: Classify,
+        stamp: Stamp,
+        *,
+        max_message: int,
+        read_only: bool = False,
+        nonce: str | None = None,
+    ) -> None:
+        self.agent = agent
+        self.database = database
+        self.downstream = downstream
+        """The server-to-client half, with the result tracker and the denials in flight."""
+        self.classify = classify
+        self.stamp = stamp
+        self.frontend = FrontendReader(max_message)
+        self.frontend.in_startup = False
+        self.nonce = nonce or secrets.token_hex(8)
+        """In every denial marker: a client cannot name a marker it has not seen."""
+        self.seq = 0
+        self.statements: dict[str, Prepared] = {}
+        self.actions: dict[str, Decided] = {}
+        """How each prepared statement was decided: Execute re-checks posture, and
+        decides again when what the decision rested on has changed since Parse."""
+        self.portals: dict[str, tuple[str, Prepared]] = {}
+        """Portal -> (its statement's name, that statement's results)."""
+        self.cursors: dict[str, MaskPlan] = {}
+        """SQL cursors declared through the proxy, with the plan their rows need."""
+        self.read_only = read_only
+        """Whether the upstream session should refuse writes itself (read_only posture)."""
+        self.read_only_applied = False
+        """Whether it does, as far as the proxy has told it."""
+
+    @property
+    def results(self) -> ResultTracker:
+        return self.downstream.results
+
+    @property
+    def status(self) -> str:
+        return self.downstream.status
+
+    def denial_sql(self, reason: str) -> str:
+        """A statement that fails on the server, its error rewritten into `reason`."""
+        self.seq += 1
+        marker = f"interlock_denied_{self.nonce}_{self.seq}"
+        self.downstream.denials[marker] = reason
+        return f"SELECT 1 FROM pg_catalog.{marker}"  # noqa: S608 (hex nonce and a counter)
+
+    # --- what the server sends ------------------------------------------------------
+
+    def from_server(self, data: bytes) -> tuple[bytes, list[str]]:
+        """The bytes for the client, and why the read-only wall failed, if it did (it is
+        then not in place, and is tried again before the client's next message)."""
+        out = self.downstream.receive(data)
+        results = self.downstream.results
+        failed: list[str] = []
+        if results.injected_errors:
+            failed = list(results.injected_errors)
+            results.injected_errors.clear()
+            self.read_only_applied = False
+        return out, failed
+
+    # --- what the client sends ------------------------------------------------------
+
+    def receive(self, data: bytes) -> Steps[tuple[bytes, bool]]:
+        """What to send upstream for one read from the client, and whether it ended with
+        Terminate. Messages the decisions left alone go as the byte ranges they arrived
+        in, one write for the whole read."""
+        frontend = self.frontend
+        frontend.feed(data)
+        buf = frontend.data
+        out = Pieces(buf)
+        if self.read_only != self.read_only_applied:
+            out.add(self.wall())
+        while (frame := frontend.next_frame()) is not None:
+            kind, start, end = frame
+            if kind == _BIND:
+                # Only its names matter: its statement was decided at Parse.
+                self.bound(*bind_names(buf, start + 5, end))
+                out.forward(start, end)
+                continue
+            if kind == _SYNC:
+                self.results.sent_sync()
+                out.forward(start, end)
+                continue
+            msg = decode(bytes((kind,)), bytes(buf[start + 5 : end]))
+            if kind == _TERMINATE:
+                out.forward(start, end)
+                return out.take(), True
+            replaced = yield from self.enforce(msg)
+            if replaced is None:
+                out.forward(start, end)
+            else:
+                out.add(replaced)
+        return out.take(), False
+
+    def wall(self) -> bytes:
+        """What makes the upstream session match the posture now (b"" when nothing is
+        to be done yet, or nothing at all)."""
+        return self._wall() if self.read_only else self._unwall()
+
+    def _wall(self) -> bytes:
+        """The query that makes the upstream session refuse writes itself, sent ahead of
+        the client's next message once everything before has been answered (so the
+        transaction state it depends on is known); b"" when there is nothing to do yet.
+
+        Outside a transaction block the session default changes (it would be undone if
+        set inside a block that rolls back); inside one, the running transaction becomes
+        read-only too, and the default follows once the block ends."""
+        if self.read_only_applied or not self.results.idle:
+            return b""
+        if self.status == "I":
+            self.read_only_applied = True
+            sql = READ_ONLY_SESSION
+        elif self.status == "T":
+            sql = READ_ONLY_TRANSACTION
+        else:
+            return b""  # a failed block runs nothing until it ends
+        self.results.sent_injected(sql)
+        return m.Query(sql).encode()
+
+    def _unwall(self) -> bytes:
+        """The default back to read-write once the posture no longer says read_only."""
+        if not self.read_only_applied or not self.results.idle or self.status != "I":
+            return b""
+        self.read_only_applied = False
+        self.results.sent_injected(READ_WRITE_SESSION)
+        return m.Query(READ_WRITE_SESSION).encode()
+
+    def enforce(self, msg: m.Message) -> Steps[bytes | None]:
+        """What to send upstream instead of one client message, or None to forward it
+        as it arrived: the decision and enforcement point of every client message."""
+        results = self.results
+        if isinstance(msg, m.Query):
+            sql, plans, _, watches = yield from self._checked(msg.sql)
+            results.sent_query(plans, watches)
+            return None if sql is None else m.Query(sql).encode()
+        if isinstance(msg, m.Parse):
+            sql, plans, decided, watches = yield from self._checked(msg.sql)
+            self.statements[msg.name] = Prepared(
+                plans[0] if plans else ORIGINS_ONLY, watches[0] if watches else None
+            )
+            self.actions.pop(msg.name, None)
+            if decided is not None:
+                self.actions[msg.name] = decided
+            return None if sql is None else m.Parse(msg.name, sql, msg.param_types).encode()
+        if isinstance(msg, m.Bind):
+            self.bound(msg.portal, msg.statement)
+        elif isinstance(msg, m.Describe):
+            if msg.kind == "S":
+                target = self.statements.get(msg.name)
+            else:
+                target = self.portals.get(msg.name, ("", None))[1]
+            results.sent_describe(target)
+        elif isinstance(msg, m.Execute):
+            bound = self.portals.get(msg.portal)
+            # A portal the proxy never saw bound fails on the server; its rows, if any,
+            # would get the strictest plan.
+            statement, prepared = bound if bound is not None else ("", Prepared(ORIGINS_ONLY))
+            veto = yield from self._posture_veto(statement)
+            if veto is not None:
+                results.sent_execute(prepared)
+                # Fails on the server in order, like any denial; Execute's answer is the error.
+                return m.Parse("", self.denial_sql(veto)).encode()
+            if prepared.mask is None and not prepared.describing:
+                # The rows would come without a description: ask for it first, so the
+                # server says where each column comes from.
+                results.sent_describe(prepared, injected=True)
+                results.sent_execute(prepared)
+                return m.Describe("P", msg.portal).encode() + msg.encode()
+            results.sent_execute(prepared)
+        elif isinstance(msg, m.Sync):
+            results.sent_sync()
+        elif isinstance(msg, m.FunctionCall):
+            results.sent_query([ORIGINS_ONLY])
+            reason = "the function-call protocol message is not allowed"
+            return m.Query(self.denial_sql(reason)).encode()
+        elif isinstance(msg, m.AuthResponse):
+            raise ProtocolError("authentication message after login")
+        return None
+
+    def bound(self, portal: str, statement: str) -> None:
+        """Bind: the portal's rows get its statement's plan (and its Execute the
+        statement's posture check)."""
+        prepared = self.statements.get(statement) or Prepared(ORIGINS_ONLY)
+        self.portals[portal] = (statement, prepared)
+
+    def _posture_veto(self, statement: str) -> Steps[str | None]:
+        """A restriction that arrived after Parse still stops the Execute, and so does
+        the decision made again when the agent's mode or the policy changed since."""
+        decided = self.actions.get(statement)
+        if decided is None:
+            return None
+        action = decided.action
+        policy, mode = self.stamp(action)
+        if mode is not decided.mode or policy is not decided.policy:
+            # Allowed on the same terms: it runs on, under the new stamp. Not: no mode
+            # is kept, so every later Execute is decided (and recorded) again.
+            decision: Decision = yield Decide(action)
+            same = decision.effect is Effect.ALLOW
+            same = same and decision.obligations == decided.obligations
+            kept = mode if same else None
+            self.actions[statement] = replace(decided, mode=kept, policy=policy)
+            if not same:
+                why = f"decided again since it was prepared ({mode.value} mode, policy "
+                why += f"{policy.version[:12]}): "
+                if decision.effect is Effect.ALLOW:
+                    return why + "its masks changed; prepare it again"
+                return why + explain(decision)
+        try:
+            posture: Posture = yield PostureNow(self.agent.id)
+        except StateError as exc:
+            refused: Decision = yield Refuse(action, str(exc))
+            return explain(refused)
+        if posture.normal:
+            return None
+        return posture_veto(action, posture)
+
+    def _checked(
+        self, sql: str
+    ) -> Steps[tuple[str | None, list[MaskPlan], Decided | None, list[Watch | None]]]:
+        """(None, a mask plan per statement, how it was decided) when `sql` may go
+        through; else (the replacement that fails with the denial, [], None)."""
+        classification = self.classify(sql)
+        if not classification.statements:
+            return None, [ORIGINS_ONLY], None, []
+        action = self.action(classification)
+        # Read before deciding: a reload meanwhile makes the stamp old, never too new.
+        policy, mode = self.stamp(action)
+        decision: Decision = yield Decide(action)
+        if decision.effect is Effect.APPROVE:
+            verdict: Verdict = yield Hold(decision, action, sql)
+            if not verdict.approved:
+                why = f"held for approval: {verdict.reason or 'denied'}; {explain(decision)}"
+                return self.denial_sql(why), [ORIGINS_ONLY], None, []
+        elif decision.effect is not Effect.ALLOW:
+            return self.denial_sql(explain(decision)), [ORIGINS_ONLY], None, []
+        hidden = frozenset(
+            label
+            for o in decision.obligations
+            if o.type == "mask"
+            for label in o.params.get("labels", ())
+        )
+        plans: list[MaskPlan] = []
+        watches: list[Watch | None] = []
+        for statement in classification.statements:
+            watches.append(watch(statement, decision.decision_id))
+            if statement.kind == "fetch":
+                # A cursor's rows are masked as its DECLARE said; a cursor interlock did
+                # not see declared (a refcursor from a function, say) is refused.
+                if statement.name not in self.cursors:
+                    why = (
+                        f"cursor {statement.name!r} was not declared through interlock "
+                        f"(decision {decision.decision_id})"
+                    )
+                    return self.denial_sql(why), [ORIGINS_ONLY], None, []
+                plans.append(self.cursors[statement.name])
+                continue
+            plan, refusal = mask_plan(statement, hidden)
+            if refusal is not None:
+                why = f"{refusal} (decision {decision.decision_id})"
+                return self.denial_sql(why), [ORIGINS_ONLY], None, []
+            if statement.kind == "declare" and statement.name is not None:
+                # DECLARE itself returns no rows; its FETCHes get the plan.
+                self.cursors[statement.name] = plan
+                plan = ORIGINS_ONLY
+            elif statement.kind == "close" and statement.name == "all":
+                self.cursors.clear()
+            elif statement.kind == "close" and statement.name is not None:
+                self.cursors.pop(statement.name, None)
+            plans.append(plan)
+        return None, plans, Decided(action, mode, policy, decision.obligations), watches
+
+    def action(self, cls: SqlClassification) -> Action:
+        first = cls.statements[0]
+        target = next(iter(sorted(first.writes or first.reads)), "") or self.database
+        # Frozen already (once per classification): Action does not freeze it again.
+        details = MappingProxyType({"database": self.database, **cls.frozen_details()})
+        return Action(self.agent, "postgres", cls.operation, target, details, labels=cls.labels)
+
+
+def watch(statement: SqlStatement, decision_id: str) -> Watch | None:
+    """Labelled output columns to fingerprint (named columns only: a star's positions are
+    not known here)."""
+    if not statement.labels or not statement.output_labels:
+        return None
+    columns = tuple((i, labels) for i, labels in enumerate(statement.output_labels) if labels)
+    return Watch(decision_id, columns) if columns else None
+
+
+def mask_plan(statement: SqlStatement, hidden: frozenset[str]) -> tuple[MaskPlan, str | None]:
+    """How to mask `statement`'s results, or why it cannot be masked (and so is refused).
+
+    Rows are masked by the server's description of them (`MaskPlan.resolve`), so a star
+    is fine. COPY TO STDOUT comes without one: its positions must come from the parse,
+    and its options must be readable to find the fields in its rows. (The text read is
+    the first of the statement's shape: `copy_format` takes no number, so it reads the
+    same options in any text of that shape.)"""
+    masked = statement.labels & hidden
+    plan = MaskPlan(hidden, statement.labels, statement.output_labels)
+    stored = statement.written_labels & hidden
+    if stored:
+        return plan, (
+            f"values of masked columns ({', '.join(sorted(stored))}) may not be stored: "
+            "they would be readable unmasked afterwards"
+        )
+    if statement.kind != "copy" or not masked:
+        return plan, None
+    if statement.output_labels is None:
+        return plan, f"masking {', '.join(sorted(masked))} needs the result columns named, not *"
+    fmt = copy_format(statement.text)
+    if fmt is None:
+        return plan, (
+            f"masking {', '.join(sorted(masked))} in COPY needs options interlock can read "
+            "(FORMAT text, csv or binary; one-character DELIMITER, QUOTE, ESCAPE; NULL)"
+        )
+    return MaskPlan(hidden, statement.labels, statement.output_labels, fmt), None
+
+
+def explain(decision: Decision) -> str:
+    """A denial's text for the client: the reasons, and the decision to look up."""
+    why = "; ".join(decision.reasons) or decision.effect.value
+    return f"{why} (decision {decision.decision_id})"

@@ -1,0 +1,361 @@
+"""The session core on bytes alone: client bytes in, upstream bytes and needs out.
+
+No PDP, no sockets: each need the core yields (`Decide`, `Hold`, `PostureNow`, `Refuse`)
+is answered from a script, and the test reads what would go upstream, and, through the
+same core's `from_server`, what the client would be told. What must hold: nothing goes
+upstream before its decision, a denial fails on the server and comes back as the
+denial, a restriction or a changed policy that arrives after Parse still stops the
+Execute, a store that cannot say the posture refuses, and the read-only wall is put up
+and taken down at the right moments.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from interlock.approvals.request import Verdict
+from interlock.classify.sql import Catalog, SqlClassifier
+from interlock.core.context import NORMAL, Posture
+from interlock.core.model import Action, Agent, Decision, Effect, Obligation, Risk, Tier
+from interlock.core.modes import Mode
+from interlock.errors import StateError
+from interlock.proxies.postgres import messages as m
+from interlock.proxies.postgres.codec import FrontendReader, ProtocolError
+from interlock.proxies.postgres.relay import Downstream
+from interlock.proxies.postgres.results import ResultTracker
+from interlock.proxies.postgres.session import (
+    READ_ONLY_SESSION,
+    READ_ONLY_TRANSACTION,
+    READ_WRITE_SESSION,
+    Decide,
+    Hold,
+    Need,
+    PostureNow,
+    Refuse,
+    Session,
+    Steps,
+)
+
+CLASSIFIER = SqlClassifier(Catalog.from_config({"public.payroll.name": ["pii"]}))
+LOW = Risk(0, Tier.LOW)
+Answer = Callable[[Need], Any]
+
+
+def decision(effect: Effect, *reasons: str, masks: tuple[str, ...] = ()) -> Decision:
+    obligations = (Obligation("mask", {"labels": list(masks)}),) if masks else ()
+    return Decision(f"d-{effect.value}", effect, LOW, "v1", reasons, (), obligations)
+
+
+class Policy:
+    """Stands for a compiled policy: the core compares it by identity, reads its version."""
+
+    def __init__(self, version: str) -> None:
+        self.version = version
+
+
+class Stamp:
+    """The policy and mode the core reads before deciding: changed by the test."""
+
+    def __init__(self) -> None:
+        self.policy: Any = Policy("v1")
+        self.mode = Mode.ENFORCE
+
+    def __call__(self, action: Action) -> tuple[Any, Mode]:
+        return self.policy, self.mode
+
+
+def core(stamp: Stamp | None = None, read_only: bool = False) -> Session:
+    return Session(
+        Agent("reporter", authn="token"),
+        "app",
+        Downstream(ResultTracker(), {}, "I"),
+        CLASSIFIER.classify,
+        stamp or Stamp(),
+        max_message=1 << 20,
+        read_only=read_only,
+        nonce="0123456789abcdef",
+    )
+
+
+def run(steps: Steps[Any], answer: Answer) -> tuple[Any, list[Need]]:
+    """Drive `steps` to the end, each need answered by `answer` (an exception it returns
+    is thrown in, as the driver throws a store's StateError); the result and the needs."""
+    needs: list[Need] = []
+    try:
+        need = next(steps)
+        while True:
+            needs.append(need)
+            got = answer(need)
+            need = steps.throw(got) if isinstance(got, Exception) else steps.send(got)
+    except StopIteration as done:
+        return done.value, needs
+
+
+def allowing(need: Need) -> Any:
+    if isinstance(need, Decide):
+        return decision(Effect.ALLOW)
+    if isinstance(need, PostureNow):
+        return NORMAL
+    raise AssertionError(f"not expected: {need}")
+
+
+def sent(data: bytes) -> list[m.Message]:
+    reader = FrontendReader()
+    reader.in_startup = False
+    reader.feed(data)
+    out = []
+    while (msg := reader.next()) is not None:
+        out.append(msg)
+    return out
+
+
+def extended(sql: str, name: str = "s1") -> bytes:
+    return (
+        m.Parse(name, sql, ()).encode()
+        + m.Bind("", name, (), (), ()).encode()
+        + m.Execute("", 0).encode()
+        + m.Sync().encode()
+    )
+
+
+def test_an_allowed_read_goes_as_the_bytes_it_came_in_after_one_decision() -> None:
+    s = core()
+    data = m.Query("select id from orders").encode() + m.Query("select 1").encode()
+    (out, ended), needs = run(s.receive(data), allowing)
+    assert (out, ended) == (data, False)
+    assert [type(n) for n in needs] == [Decide, Decide]
+    assert isinstance(needs[0], Decide)
+    assert needs[0].action.target == "public.orders"
+
+
+def test_nothing_is_sent_before_its_decision_and_a_denial_fails_on_the_server() -> None:
+    s = core()
+    steps = s.receive(m.Query("drop table orders").encode())
+    first = next(steps)
+    assert isinstance(first, Decide), "the decision is asked for before anything is returned"
+    try:
+        steps.send(decision(Effect.DENY, "no drops"))
+    except StopIteration as done:
+        out, _ = done.value
+    (query,) = sent(out)
+    assert isinstance(query, m.Query)
+    assert query.sql == "SELECT 1 FROM pg_catalog.interlock_denied_0123456789abcdef_1"
+    missing = 'relation "pg_catalog.interlock_denied_0123456789abcdef_1" does not exist'
+    told, failed = s.from_server(m.error(missing).encode() + m.ReadyForQuery("I").encode())
+    assert failed == []
+    assert told.endswith(m.ReadyForQuery("I").encode())
+    assert b"interlock: no drops (decision d-deny)" in told
+    assert b"interlock_denied" not in told, "the marker never reaches the client"
+
+
+def test_a_partial_message_waits_for_the_rest_and_asks_nothing() -> None:
+    s = core()
+    data = m.Query("select id from orders").encode()
+    (out, _), needs = run(s.receive(data[:7]), allowing)
+    assert (out, needs) == (b"", [])
+    (out, _), needs = run(s.receive(data[7:]), allowing)
+    assert out == data
+    assert len(needs) == 1
+
+
+def test_bind_and_sync_pass_without_a_decision() -> None:
+    s = core()
+    run(s.receive(m.Parse("s1", "select id from orders", ()).encode()), allowing)
+    data = m.Bind("p1", "s1", (), (), ()).encode() + m.Sync().encode()
+    (out, _), needs = run(s.receive(data), allowing)
+    assert (out, needs) == (data, [])
+    assert s.portals["p1"][0] == "s1"
+
+
+def test_execute_rechecks_the_posture_read_after_it_arrived() -> None:
+    s = core()
+    run(s.receive(extended("select id from orders")), allowing)
+    isolated = Posture(isolated=True)
+
+    def answer(need: Need) -> Any:
+        return isolated if isinstance(need, PostureNow) else allowing(need)
+
+    data = m.Bind("", "s1", (), (), ()).encode() + m.Execute("", 0).encode()
+    (out, _), needs = run(s.receive(data), answer)
+    assert [type(n) for n in needs] == [PostureNow]
+    bind, parse = sent(out)
+    assert isinstance(bind, m.Bind)
+    assert isinstance(parse, m.Parse), "the Execute is replaced by a failing statement"
+    assert "interlock_denied_" in parse.sql
+    assert "isolated" in s.downstream.denials[parse.sql.rsplit(".", 1)[1]]
+
+
+def test_a_store_that_cannot_say_the_posture_refuses_the_execute() -> None:
+    s = core()
+    run(s.receive(extended("select id from orders")), allowing)
+
+    def answer(need: Need) -> Any:
+        if isinstance(need, PostureNow):
+            return StateError("state store unreachable")
+        if isinstance(need, Refuse):
+            assert need.reason == "state store unreachable"
+            return decision(Effect.DENY, need.reason)
+        return allowing(need)
+
+    (out, _), needs = run(s.receive(m.Execute("", 0).encode()), answer)
+    assert [type(n) for n in needs] == [PostureNow, Refuse]
+    (parse,) = sent(out)
+    assert isinstance(parse, m.Parse)
+    assert "interlock_denied_" in parse.sql
+
+
+def test_a_changed_mode_or_policy_decides_the_execute_again() -> None:
+    stamp = Stamp()
+    s = core(stamp)
+    run(s.receive(extended("select id from orders")), allowing)
+    (out, _), needs = run(s.receive(m.Execute("", 0).encode()), allowing)
+    assert [type(n) for n in needs] == [PostureNow], "same stamp: no new decision"
+    stamp.policy = Policy("v2")  # a reload
+    denied = decision(Effect.DENY, "reloaded policy says no")
+
+    def answer(need: Need) -> Any:
+        return denied if isinstance(need, Decide) else allowing(need)
+
+    (out, _), needs = run(s.receive(m.Execute("", 0).encode()), answer)
+    assert [type(n) for n in needs] == [Decide]
+    (parse,) = sent(out)
+    assert isinstance(parse, m.Parse)
+    assert "interlock_denied_" in parse.sql
+    assert "reloaded policy says no" in next(iter(s.downstream.denials.values()))
+    # Refused once: every later Execute is decided (and recorded) again.
+    (_, _), needs = run(s.receive(m.Execute("", 0).encode()), answer)
+    assert Decide in [type(n) for n in needs]
+
+
+def test_changed_masks_refuse_a_statement_prepared_under_the_old_ones() -> None:
+    stamp = Stamp()
+    s = core(stamp)
+    run(s.receive(extended("select name from payroll")), allowing)
+    stamp.mode = Mode.SHADOW
+
+    def answer(need: Need) -> Any:
+        if isinstance(need, Decide):
+            return decision(Effect.ALLOW, masks=("pii",))
+        return allowing(need)
+
+    (out, _), _ = run(s.receive(m.Execute("", 0).encode()), answer)
+    (parse,) = sent(out)
+    assert isinstance(parse, m.Parse)
+    assert "its masks changed" in next(iter(s.downstream.denials.values()))
+
+
+@pytest.mark.parametrize(("approved", "forwarded"), [(True, True), (False, False)])
+def test_a_held_statement_goes_only_once_approved(approved: bool, forwarded: bool) -> None:
+    s = core()
+    data = m.Query("delete from orders").encode()
+
+    def answer(need: Need) -> Any:
+        if isinstance(need, Decide):
+            return decision(Effect.APPROVE, "needs a person")
+        assert isinstance(need, Hold)
+        assert need.sql == "delete from orders"
+        return Verdict(approved, "alice" if approved else None, "ok" if approved else "expired")
+
+    (out, _), needs = run(s.receive(data), answer)
+    assert [type(n) for n in needs] == [Decide, Hold]
+    assert (out == data) is forwarded
+    if not forwarded:
+        assert "held for approval: expired" in next(iter(s.downstream.denials.values()))
+
+
+def test_function_calls_are_refused_without_asking() -> None:
+    s = core()
+    (out, _), needs = run(s.receive(m.FunctionCall(b"\0\0\0\1").encode()), allowing)
+    assert needs == []
+    (query,) = sent(out)
+    assert isinstance(query, m.Query)
+    assert "interlock_denied_" in query.sql
+
+
+def test_terminate_ends_the_session_and_what_follows_it_is_not_sent() -> None:
+    s = core()
+    data = m.Terminate().encode() + m.Query("drop table orders").encode()
+    (out, ended), needs = run(s.receive(data), allowing)
+    assert (out, ended, needs) == (m.Terminate().encode(), True, [])
+
+
+def test_an_authentication_message_after_login_is_a_protocol_violation() -> None:
+    s = core()
+    with pytest.raises(ProtocolError):
+        run(s.receive(m.AuthResponse(b"secret").encode()), allowing)
+
+
+def test_the_read_only_wall_goes_up_when_idle_and_its_answer_is_not_relayed() -> None:
+    s = core(read_only=True)
+    data = m.Query("select id from orders").encode()
+    (out, _), _ = run(s.receive(data), allowing)
+    wall, _ = sent(out)
+    assert wall == m.Query(READ_ONLY_SESSION)
+    assert out.endswith(data)
+    assert s.read_only_applied
+    answers = (
+        m.CommandComplete("SET").encode()
+        + m.ReadyForQuery("I").encode()
+        + m.CommandComplete("SELECT 0").encode()
+        + m.ReadyForQuery("I").encode()
+    )
+    told, failed = s.from_server(answers)
+    assert failed == []
+    assert told == m.CommandComplete("SELECT 0").encode() + m.ReadyForQuery("I").encode()
+    s.read_only = False
+    assert s.wall() == m.Query(READ_WRITE_SESSION).encode()
+    assert not s.read_only_applied
+
+
+def test_inside_a_transaction_the_wall_covers_the_running_one_and_retries_after() -> None:
+    s = core()
+    s.downstream.status = "T"
+    s.read_only = True
+    assert s.wall() == m.Query(READ_ONLY_TRANSACTION).encode()
+    assert not s.read_only_applied, "the session default follows once the block ends"
+    told, failed = s.from_server(
+        m.error("cannot set transaction read-only mode").encode() + m.ReadyForQuery("E").encode()
+    )
+    assert failed
+    assert "read-only" in failed[0]
+    assert told == b"", "the answer to the proxy's own query is not the client's"
+    assert s.wall() == b"", "a failed block runs nothing until it ends"
+
+
+def test_a_wall_is_not_sent_while_answers_are_outstanding() -> None:
+    s = core()
+    run(s.receive(m.Query("select id from orders").encode()), allowing)
+    s.read_only = True
+    assert s.wall() == b"", "the transaction state it depends on is not known yet"
+    s.from_server(m.CommandComplete("SELECT 0").encode() + m.ReadyForQuery("I").encode())
+    assert s.wall() == m.Query(READ_ONLY_SESSION).encode()
+
+
+def test_a_message_over_the_limit_is_refused_before_it_is_buffered() -> None:
+    s = core()
+    head = b"Q" + (2 << 20).to_bytes(4, "big")
+    with pytest.raises(ProtocolError):
+        run(s.receive(head), allowing)
+
+
+SANS_IO = ("session", "relay", "codec", "messages", "results", "copyformat")
+IO_MODULES = {"asyncio", "socket", "ssl", "selectors", "uvloop"}
+
+
+@pytest.mark.parametrize("name", SANS_IO)
+def test_the_protocol_core_does_no_io_itself(name: str) -> None:
+    """The session core and what it relays with import no I/O module (server.py does
+    the I/O), so its tests need nothing but bytes."""
+    path = Path(m.__file__).with_name(f"{name}.py")
+    imported = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            imported |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            imported.add(node.module.split(".")[0])
+    assert not imported & IO_MODULES
