@@ -782,6 +782,10 @@ def _statement(
     reach = _reach(calls, catalog, depth)
     _relations(scope, catalog, reach)
     flags = set(reach.flags)
+    if any(isinstance(n, exp.ExecuteAsProperty) for n in nodes):
+        # sqlglot's reading of `CREATE TABLE / MATERIALIZED VIEW ... AS EXECUTE name`:
+        # it runs a prepared statement whose text is not here, as EXECUTE does.
+        flags.add("sql_execute")
     writes: set[str] = set(reach.writes)
     for node_type in (exp.Insert, exp.Update, exp.Delete, exp.Merge):
         for node in _of(nodes, node_type):

@@ -121,6 +121,10 @@ def test_quoted_identifiers_match_labels_case_insensitively() -> None:
         ("RESET ALL", "sensitive_setting", Operation.ADMIN),
         ("select * from pg_read_file('/etc/passwd')", "risky_function", Operation.READ),
         ("EXECUTE stmt1", "sql_execute", Operation.READ),
+        # A prepared statement run inside DDL: its text is not in this one.
+        ("create table t as execute stmt1", "sql_execute", Operation.DDL),
+        ("CREATE TEMP TABLE t AS EXECUTE stmt1 WITH NO DATA", "sql_execute", Operation.DDL),
+        ("create materialized view v as execute stmt1(1)", "sql_execute", Operation.DDL),
         ("this is not sql at all", "unparsed", Operation.ADMIN),
         ("select 'unterminated", "unparsed", Operation.ADMIN),
     ],

@@ -6,7 +6,9 @@ from interlock.proxies.postgres import messages as m
 from interlock.proxies.postgres.codec import BackendReader, decode_backend
 from interlock.proxies.postgres.results import ResultTracker
 
-_READY, _ROW_DESCRIPTION = ord("Z"), ord("T")
+_READY, _ROW_DESCRIPTION, _ERROR = ord("Z"), ord("T"), ord("E")
+FAILED_KEPT = 64
+"""How many of the latest failed ReadyForQuery numbers `Downstream.failed` keeps."""
 _STATUSES = frozenset(b"ITE")
 """ReadyForQuery's transaction states (anything else is decoded, and refused)."""
 
@@ -65,6 +67,14 @@ class Downstream:
         """Marker -> reason of the denials in flight (see `session.Session.denial_sql`)."""
         self.status = status
         """The transaction status of the last ReadyForQuery."""
+        self.readies = 0
+        """ReadyForQuery messages received since login: the number of the batch (a
+        Query, or the messages up to a Sync) the server last finished."""
+        self.failed: set[int] = set()
+        """Numbers of recent batches in which the server reported an error (the rest of
+        an extended-protocol batch is then skipped): what the proxy sent in them may not
+        have taken effect."""
+        self._error = False
 
     def receive(self, data: bytes) -> bytes:
         """The bytes to send the client for `data` from the server (b"" when nothing is
@@ -79,6 +89,9 @@ class Downstream:
                 if end - start != 6 or buf[end - 1] not in _STATUSES:
                     decode_backend(b"Z", bytes(buf[start + 5 : end]))  # raises why
                 self.status = chr(buf[end - 1])
+                self._finished()
+            elif kind == _ERROR:
+                self._error = True
             elif kind == _ROW_DESCRIPTION and results.described(bytes(buf[start + 5 : end])):
                 out.forward(start, end)
                 continue
@@ -98,6 +111,13 @@ class Downstream:
             else:
                 out.add(forward.encode())
         return out.take()
+
+    def _finished(self) -> None:
+        self.readies += 1
+        if self._error:
+            self.failed.add(self.readies)
+            self.failed.discard(self.readies - FAILED_KEPT)
+            self._error = False
 
     def _rewrite(self, err: m.ErrorResponse) -> m.ErrorResponse:
         """The server's error about a denial's marker relation, as the denial itself."""

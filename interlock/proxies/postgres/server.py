@@ -17,7 +17,7 @@ import socket
 import ssl
 import struct
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -59,6 +59,7 @@ from interlock.proxies.postgres.session import (
     PostureNow,
     Refuse,
     Session,
+    Settle,
     drive,
     explain,
 )
@@ -109,6 +110,11 @@ class _Session:
     """The dynamic credentials this session logged in upstream with (revoked at its end)."""
     client_reader: asyncio.StreamReader | None = None
     """Watched while a statement is held: a client that went away withdraws it."""
+    progressed: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set whenever the server's side moved on (a read relayed, or the connection gone):
+    what `Settle` waits on."""
+    server_gone: bool = False
+    """The server's side has ended: nothing more will come from it."""
 
     @property
     def agent(self) -> Agent:
@@ -649,7 +655,22 @@ class PostgresProxy:
             return await self.pdp.store.posture(need.agent_id, self.pdp.clock())
         if isinstance(need, Refuse):
             return await self.pdp.refuse(need.action, need.reason)
+        if isinstance(need, Settle):
+            await self._settle(session, need)
+            return None
         return await self._held(session, need.decision, need.action, need.sql)
+
+    @staticmethod
+    async def _settle(session: _Session, need: Settle) -> None:
+        """Send what came before, then wait for the server to finish `need.batch` (it
+        answers in order, so this costs at most the time the batch takes anyway)."""
+        if need.flush:
+            session.conn.writer.write(need.flush)
+            await session.conn.writer.drain()
+        down = session.core.downstream
+        while down.readies < need.batch and not (session.closed or session.server_gone):
+            session.progressed.clear()
+            await session.progressed.wait()
 
     async def _held(
         self, session: _Session, decision: Decision, action: Action, sql: str
@@ -713,8 +734,12 @@ class PostgresProxy:
                 if out:
                     writer.write(out)
                     await writer.drain()
+                session.progressed.set()
         except (ConnectionError, ProtocolError):
             pass
+        finally:
+            session.server_gone = True
+            session.progressed.set()  # a Bind waiting for the server gives up
         if not session.closed:
             await self._fatal(writer, "the database closed the connection", "08006")
             session.closed = True

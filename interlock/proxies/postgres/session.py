@@ -89,7 +89,17 @@ class Refuse:
     reason: str
 
 
-Need = Decide | Hold | PostureNow | Refuse
+@dataclass(frozen=True, slots=True)
+class Settle:
+    """Send `flush` upstream, then wait until the server has finished batch number
+    `batch` (its ReadyForQuery has reached `Downstream`; answered with None). Asked when a
+    statement's identity on the server depends on how an earlier batch ended."""
+
+    batch: int
+    flush: bytes
+
+
+Need = Decide | Hold | PostureNow | Refuse | Settle
 Steps = Generator[Need, Any, _T]
 """What `Session.receive` and its parts yield, are sent, and return."""
 Stamp = Callable[[Action], tuple[CompiledPolicy, Mode]]
@@ -162,8 +172,23 @@ class Session:
         self.actions: dict[str, Decided] = {}
         """How each prepared statement was decided: Execute re-checks posture, and
         decides again when what the decision rested on has changed since Parse."""
-        self.portals: dict[str, tuple[str, Prepared]] = {}
-        """Portal -> (its statement's name, that statement's results)."""
+        self.portals: dict[str, tuple[str, Prepared, Decided | None]] = {}
+        """Portal -> (its statement's name, that statement's results, and its decision),
+        as they were when it was bound: the server runs what the portal was bound to,
+        even if the name is parsed again before the Execute."""
+        self.named: set[str] = set()
+        """Statement names the server may hold: every named Parse forwarded, every SQL
+        PREPARE. The server refuses to parse such a name again and keeps the old
+        statement, so the proxy refuses it too instead of taking the new text for what
+        the name will run."""
+        self.sent_batches = 0
+        """Messages sent upstream that end with a ReadyForQuery (a Query, a Sync): the
+        number of the batch the next message belongs to, less one (`Downstream.readies`
+        counts the same batches as they end)."""
+        self._unnamed: int | None = None
+        """The batch of the last unnamed Parse forwarded, until it is known to have taken
+        effect: if its batch failed the server may hold the unnamed statement before it,
+        or none."""
         self.cursors: dict[str, MaskPlan] = {}
         """SQL cursors declared through the proxy, with the plan their rows need."""
         self.read_only = read_only
@@ -192,6 +217,8 @@ class Session:
         """The bytes for the client, and why the read-only wall failed, if it did (it is
         then not in place, and is tried again before the client's next message)."""
         out = self.downstream.receive(data)
+        if self._unnamed is not None and self.downstream.readies >= self._unnamed:
+            self._settle_unnamed()
         results = self.downstream.results
         failed: list[str] = []
         if results.injected_errors:
@@ -216,11 +243,15 @@ class Session:
             kind, start, end = frame
             if kind == _BIND:
                 # Only its names matter: its statement was decided at Parse.
-                self.bound(*bind_names(buf, start + 5, end))
+                portal, statement = bind_names(buf, start + 5, end)
+                if statement == "" and self._unsettled():
+                    yield Settle(self._unnamed or 0, out.take())
+                self.bound(portal, statement)
                 out.forward(start, end)
                 continue
             if kind == _SYNC:
                 self.results.sent_sync()
+                self.sent_batches += 1
                 out.forward(start, end)
                 continue
             msg = decode(bytes((kind,)), bytes(buf[start + 5 : end]))
@@ -257,6 +288,7 @@ class Session:
         else:
             return b""  # a failed block runs nothing until it ends
         self.results.sent_injected(sql)
+        self.sent_batches += 1
         return m.Query(sql).encode()
 
     def _unwall(self) -> bytes:
@@ -265,6 +297,7 @@ class Session:
             return b""
         self.read_only_applied = False
         self.results.sent_injected(READ_WRITE_SESSION)
+        self.sent_batches += 1
         return m.Query(READ_WRITE_SESSION).encode()
 
     def enforce(self, msg: m.Message) -> Steps[bytes | None]:
@@ -274,8 +307,15 @@ class Session:
         if isinstance(msg, m.Query):
             sql, plans, _, watches = yield from self._checked(msg.sql)
             results.sent_query(plans, watches)
+            self.sent_batches += 1
             return None if sql is None else m.Query(sql).encode()
         if isinstance(msg, m.Parse):
+            if msg.name in self.named:
+                # The server keeps the statement it has under this name and fails the
+                # Parse; the portal bound next would run the old text.
+                why = f"prepared statement {msg.name!r} was already parsed in this session"
+                throwaway = f"interlock_refused_{self.nonce}_{self.seq + 1}"
+                return m.Parse(throwaway, self.denial_sql(why), ()).encode()
             sql, plans, decided, watches = yield from self._checked(msg.sql)
             self.statements[msg.name] = Prepared(
                 plans[0] if plans else ORIGINS_ONLY, watches[0] if watches else None
@@ -283,21 +323,33 @@ class Session:
             self.actions.pop(msg.name, None)
             if decided is not None:
                 self.actions[msg.name] = decided
-            return None if sql is None else m.Parse(msg.name, sql, msg.param_types).encode()
+            if sql is not None:
+                return m.Parse(msg.name, sql, msg.param_types).encode()
+            if msg.name:
+                self.named.add(msg.name)
+            else:
+                self._unnamed = self.sent_batches + 1
+            return None
         if isinstance(msg, m.Bind):
+            if msg.statement == "" and self._unsettled():
+                yield Settle(self._unnamed or 0, b"")
             self.bound(msg.portal, msg.statement)
         elif isinstance(msg, m.Describe):
             if msg.kind == "S":
                 target = self.statements.get(msg.name)
             else:
-                target = self.portals.get(msg.name, ("", None))[1]
+                target = self.portals.get(msg.name, ("", None, None))[1]
             results.sent_describe(target)
         elif isinstance(msg, m.Execute):
             bound = self.portals.get(msg.portal)
-            # A portal the proxy never saw bound fails on the server; its rows, if any,
-            # would get the strictest plan.
-            statement, prepared = bound if bound is not None else ("", Prepared(ORIGINS_ONLY))
-            veto = yield from self._posture_veto(statement)
+            if bound is None:
+                # A portal interlock did not see bound (a cursor DECLAREd in SQL, say):
+                # what it would run was not decided here.
+                prepared = Prepared(ORIGINS_ONLY)
+                veto: str | None = f"portal {msg.portal!r} was not bound through interlock"
+            else:
+                statement, prepared, decided = bound
+                veto = yield from self._posture_veto(msg.portal, statement, decided)
             if veto is not None:
                 results.sent_execute(prepared)
                 # Fails on the server in order, like any denial; Execute's answer is the error.
@@ -311,26 +363,50 @@ class Session:
             results.sent_execute(prepared)
         elif isinstance(msg, m.Sync):
             results.sent_sync()
+            self.sent_batches += 1
         elif isinstance(msg, m.FunctionCall):
             results.sent_query([ORIGINS_ONLY])
+            self.sent_batches += 1
             reason = "the function-call protocol message is not allowed"
             return m.Query(self.denial_sql(reason)).encode()
         elif isinstance(msg, m.AuthResponse):
             raise ProtocolError("authentication message after login")
         return None
 
-    def bound(self, portal: str, statement: str) -> None:
-        """Bind: the portal's rows get its statement's plan (and its Execute the
-        statement's posture check)."""
-        prepared = self.statements.get(statement) or Prepared(ORIGINS_ONLY)
-        self.portals[portal] = (statement, prepared)
+    def _unsettled(self) -> bool:
+        """Whether the unnamed statement a Bind would use was parsed in an earlier batch
+        whose end the server has not reported yet (within one batch an error skips the
+        Bind too, so only a later batch can run what a failed Parse left behind)."""
+        return self._unnamed is not None and self._unnamed <= self.sent_batches
 
-    def _posture_veto(self, statement: str) -> Steps[str | None]:
+    def _settle_unnamed(self) -> None:
+        """After the unnamed Parse's batch: if it failed, or its end is still unknown
+        (the driver could not wait), the server holds the statement before it or none,
+        so the proxy holds none: an Execute of it is refused as undecided."""
+        batch, self._unnamed = self._unnamed, None
+        if batch is None:
+            return
+        if self.downstream.readies < batch or batch in self.downstream.failed:
+            self.statements.pop("", None)
+            self.actions.pop("", None)
+
+    def bound(self, portal: str, statement: str) -> None:
+        """Bind: the portal's rows get its statement's plan, and its Execute the
+        statement's decision and posture check, as they are now."""
+        if statement == "" and self._unsettled():
+            self._settle_unnamed()
+        prepared = self.statements.get(statement) or Prepared(ORIGINS_ONLY)
+        self.portals[portal] = (statement, prepared, self.actions.get(statement))
+
+    def _posture_veto(
+        self, portal: str, statement: str, decided: Decided | None
+    ) -> Steps[str | None]:
         """A restriction that arrived after Parse still stops the Execute, and so does
-        the decision made again when the agent's mode or the policy changed since."""
-        decided = self.actions.get(statement)
+        the decision made again when the agent's mode or the policy changed since. A
+        portal whose statement interlock did not decide (refused at Parse, or prepared
+        where interlock could not follow it) runs nothing."""
         if decided is None:
-            return None
+            return f"statement {statement!r} of portal {portal!r} was not decided by interlock"
         action = decided.action
         policy, mode = self.stamp(action)
         if mode is not decided.mode or policy is not decided.policy:
@@ -340,7 +416,11 @@ class Session:
             same = decision.effect is Effect.ALLOW
             same = same and decision.obligations == decided.obligations
             kept = mode if same else None
-            self.actions[statement] = replace(decided, mode=kept, policy=policy)
+            restamped = replace(decided, mode=kept, policy=policy)
+            if self.actions.get(statement) is decided:
+                self.actions[statement] = restamped
+            name, prepared, _ = self.portals[portal]
+            self.portals[portal] = (name, prepared, restamped)
             if not same:
                 why = f"decided again since it was prepared ({mode.value} mode, policy "
                 why += f"{policy.version[:12]}): "
@@ -404,6 +484,8 @@ class Session:
                 # DECLARE itself returns no rows; its FETCHes get the plan.
                 self.cursors[statement.name] = plan
                 plan = ORIGINS_ONLY
+            elif statement.kind == "prepare" and statement.name is not None:
+                self.named.add(statement.name)  # SQL-level: its decision is not kept
             elif statement.kind == "close" and statement.name == "all":
                 self.cursors.clear()
             elif statement.kind == "close" and statement.name is not None:

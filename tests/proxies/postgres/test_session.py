@@ -38,6 +38,7 @@ from interlock.proxies.postgres.session import (
     PostureNow,
     Refuse,
     Session,
+    Settle,
     Steps,
 )
 
@@ -341,6 +342,120 @@ def test_a_message_over_the_limit_is_refused_before_it_is_buffered() -> None:
     head = b"Q" + (2 << 20).to_bytes(4, "big")
     with pytest.raises(ProtocolError):
         run(s.receive(head), allowing)
+
+
+def ready(s: Session, *, failed: bool = False) -> None:
+    """The server ends one batch (with an error first when `failed`)."""
+    data = m.error("boom").encode() if failed else b""
+    s.from_server(data + m.ReadyForQuery("I").encode())
+
+
+def test_a_name_parsed_once_cannot_be_parsed_again() -> None:
+    """The server would keep the old statement and fail the Parse; the proxy must not
+    take the new text for what the name runs."""
+    s = core()
+    run(s.receive(m.Parse("s1", "select id from orders", ()).encode()), allowing)
+    (out, _), needs = run(s.receive(m.Parse("s1", "select 1", ()).encode()), allowing)
+    assert needs == [], "refused without a decision"
+    (parse,) = sent(out)
+    assert isinstance(parse, m.Parse)
+    assert parse.name.startswith("interlock_refused_"), "the client's name is not touched"
+    assert "already parsed" in s.downstream.denials[parse.sql.rsplit(".", 1)[1]]
+    decided = s.actions["s1"]
+    assert decided.action.target == "public.orders", "the name keeps what it holds"
+
+
+def test_a_name_prepared_in_sql_cannot_be_parsed_or_executed() -> None:
+    s = core()
+    run(s.receive(m.Query("prepare s2 as select id from orders").encode()), allowing)
+    (out, _), _ = run(s.receive(m.Parse("s2", "select 1", ()).encode()), allowing)
+    (parse,) = sent(out)
+    assert isinstance(parse, m.Parse)
+    assert parse.name.startswith("interlock_refused_")
+    data = m.Bind("", "s2", (), (), ()).encode() + m.Execute("", 0).encode()
+    (out, _), needs = run(s.receive(data), allowing)
+    assert needs == []
+    _, refused = sent(out)
+    assert isinstance(refused, m.Parse)
+    assert "was not decided by interlock" in s.downstream.denials[refused.sql.rsplit(".", 1)[1]]
+
+
+def test_an_unbound_portal_runs_nothing() -> None:
+    s = core()
+    (out, _), needs = run(s.receive(m.Execute("cursor_from_sql", 0).encode()), allowing)
+    assert needs == []
+    (refused,) = sent(out)
+    assert isinstance(refused, m.Parse)
+    assert "not bound through interlock" in next(iter(s.downstream.denials.values()))
+
+
+def test_a_portal_runs_the_decision_it_was_bound_with() -> None:
+    """The unnamed statement parsed again after a Bind: the portal still runs what it
+    was bound to, so its Execute is checked against that statement's decision."""
+    stamp = Stamp()
+    s = core(stamp)
+    run(s.receive(m.Parse("", "select id from orders", ()).encode()), allowing)
+    run(s.receive(m.Bind("p1", "", (), (), ()).encode()), allowing)
+    run(s.receive(m.Parse("", "select name from payroll", ()).encode()), allowing)
+    stamp.policy = Policy("v2")
+    asked: list[Action] = []
+
+    def answer(need: Need) -> Any:
+        if isinstance(need, Decide):
+            asked.append(need.action)
+        return allowing(need)
+
+    run(s.receive(m.Execute("p1", 0).encode()), answer)
+    assert [a.target for a in asked] == ["public.orders"]
+
+
+def test_a_bind_after_the_unnamed_parse_s_batch_waits_for_how_it_ended() -> None:
+    s = core()
+    first = m.Parse("", "select id from orders", ()).encode() + m.Sync().encode()
+    then = m.Bind("", "", (), (), ()).encode() + m.Execute("", 0).encode()
+    steps = s.receive(first + then)
+    needs: list[Need] = []
+    need = next(steps)
+    while not isinstance(need, Settle):
+        needs.append(need)
+        need = steps.send(allowing(need))
+    assert need.batch == 1
+    assert need.flush == first, "what the server must answer is sent before the wait"
+    ready(s, failed=True)  # the Parse's batch failed: it may not have taken effect
+    try:
+        need = steps.send(None)
+        while True:
+            need = steps.send(allowing(need))
+    except StopIteration as done:
+        out, _ = done.value
+    bind, refused = sent(out)
+    assert isinstance(bind, m.Bind)
+    assert isinstance(refused, m.Parse), "the Execute is refused: nothing decided to run"
+    assert "not decided by interlock" in next(iter(s.downstream.denials.values()))
+
+
+def test_an_unnamed_parse_whose_batch_succeeded_runs_without_waiting() -> None:
+    s = core()
+    run(s.receive(m.Parse("", "select id from orders", ()).encode() + m.Sync().encode()), allowing)
+    ready(s)
+    data = m.Bind("", "", (), (), ()).encode() + m.Execute("", 0).encode()
+    (out, _), needs = run(s.receive(data), allowing)
+    assert [type(n) for n in needs] == [PostureNow], "no Settle: the end is known"
+    assert out.endswith(m.Execute("", 0).encode())
+
+
+def test_within_one_batch_a_bind_does_not_wait() -> None:
+    """An error in the batch skips the Bind too, so it cannot run what a failed Parse
+    left behind."""
+    s = core()
+    data = (
+        m.Parse("", "select id from orders", ()).encode()
+        + m.Bind("", "", (), (), ()).encode()
+        + m.Execute("", 0).encode()
+    )
+    (out, _), needs = run(s.receive(data), allowing)
+    assert Settle not in [type(n) for n in needs]
+    assert out.endswith(m.Execute("", 0).encode())
 
 
 SANS_IO = ("session", "relay", "codec", "messages", "results", "copyformat")
