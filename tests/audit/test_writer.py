@@ -124,6 +124,13 @@ async def test_a_writer_that_cannot_open_the_file_stops_the_start_with_its_reaso
         await store.close()
 
 
+def script(path: Path, body: str) -> Path:
+    """An executable shell script at `path` (stands in for the writer's interpreter)."""
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o700)
+    return path
+
+
 async def test_a_start_cancelled_before_the_writer_said_open_leaves_no_writer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -131,9 +138,7 @@ async def test_a_start_cancelled_before_the_writer_said_open_leaves_no_writer(
     a writer) must not leave that process as the store's writer: its late "open" would
     be taken for the next batch's answer, and every answer after it would belong to the
     batch before."""
-    slow = tmp_path / "slow-python"
-    slow.write_text(f'#!/bin/sh\nsleep 2\nexec "{sys.executable}" "$@"\n')
-    slow.chmod(0o700)
+    slow = script(tmp_path / "slow-python", f'sleep 2\nexec "{sys.executable}" "$@"')
     store = SqliteStore(tmp_path / "a.db")
     await store.open()
     try:
@@ -162,9 +167,7 @@ async def test_a_writer_whose_first_answer_is_not_open_is_not_used(
 ) -> None:
     """Garbage, a cut frame or silence where the "open" answer belongs: the start fails
     with a reason, no writer is kept, and a later append starts a real one."""
-    fake = tmp_path / "fake-python"
-    fake.write_text(f"#!/bin/sh\nprintf '{answer}'\n")
-    fake.chmod(0o700)
+    fake = script(tmp_path / "fake-python", f"printf '{answer}'")
     store = SqliteStore(tmp_path / "a.db")
     await store.open()
     try:

@@ -245,7 +245,7 @@ class Session:
                 # Only its names matter: its statement was decided at Parse.
                 portal, statement = bind_names(buf, start + 5, end)
                 if statement == "" and self._unsettled():
-                    yield Settle(self._unnamed or 0, out.take())
+                    yield from self._settle(out.take())
                 self.bound(portal, statement)
                 out.forward(start, end)
                 continue
@@ -332,7 +332,7 @@ class Session:
             return None
         if isinstance(msg, m.Bind):
             if msg.statement == "" and self._unsettled():
-                yield Settle(self._unnamed or 0, b"")
+                yield from self._settle(b"")
             self.bound(msg.portal, msg.statement)
         elif isinstance(msg, m.Describe):
             if msg.kind == "S":
@@ -379,6 +379,12 @@ class Session:
         Bind too, so only a later batch can run what a failed Parse left behind)."""
         return self._unnamed is not None and self._unnamed <= self.sent_batches
 
+    def _settle(self, pending: bytes) -> Steps[None]:
+        """Before a Bind of the unnamed statement: send `pending`, wait for the end of
+        the batch it was parsed in, and keep it only if that batch did not fail."""
+        yield Settle(self._unnamed or 0, pending)
+        self._settle_unnamed()
+
     def _settle_unnamed(self) -> None:
         """After the unnamed Parse's batch: if it failed, or its end is still unknown
         (the driver could not wait), the server holds the statement before it or none,
@@ -393,8 +399,6 @@ class Session:
     def bound(self, portal: str, statement: str) -> None:
         """Bind: the portal's rows get its statement's plan, and its Execute the
         statement's decision and posture check, as they are now."""
-        if statement == "" and self._unsettled():
-            self._settle_unnamed()
         prepared = self.statements.get(statement) or Prepared(ORIGINS_ONLY)
         self.portals[portal] = (statement, prepared, self.actions.get(statement))
 
