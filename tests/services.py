@@ -17,6 +17,7 @@ from interlock.testing.services import (
     Redis,
     Sshd,
     free_port,
+    listening,
 )
 from interlock.testing.services import dns_server as _dns_server
 from interlock.testing.services import envoy_server as _envoy_server
@@ -35,6 +36,7 @@ __all__ = [
     "dns_server",
     "envoy_server",
     "free_port",
+    "listening",
     "nginx_server",
     "oidc_provider",
     "openbao_server",

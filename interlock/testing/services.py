@@ -98,6 +98,19 @@ def _as_postgres_user() -> list[str]:
     return ["runuser", "-u", "postgres", "--"]
 
 
+def listening(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:`port`. A connect to a port nobody listens
+    on can still succeed: when the kernel picks that same port as the connection's own
+    source port, TCP's simultaneous open connects the socket to itself. A fixture that
+    took that for a server would hand its test a port that refuses connections, so a
+    connection whose two ends are the same address does not count."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), 0.2) as s:
+            return bool(s.getsockname() != s.getpeername())
+    except OSError:
+        return False
+
+
 def wait_port(
     port: int,
     proc: subprocess.Popen[bytes],
@@ -116,9 +129,10 @@ def wait_port(
                 log.seek(0)
                 err = log.read()
             raise MissingService(f"{what} exited at start-up: {err.decode(errors='replace')}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            if not ready or subprocess.run(list(ready), capture_output=True).returncode == 0:
-                return
+        if listening(port) and (
+            not ready or subprocess.run(list(ready), capture_output=True).returncode == 0
+        ):
+            return
         if time.monotonic() > deadline:
             raise MissingService(f"{what} did not become ready in {limit:g} s")
         time.sleep(0.1)

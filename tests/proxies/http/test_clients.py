@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import ssl
 import subprocess
 import time
@@ -29,7 +28,7 @@ from interlock.testing import CaptureSink, make_pdp
 from tests.identity.test_jwt import AUD, ISS, RSA_KEY, jwk, token
 from tests.proxies.http.util import proxy_url, start_proxy
 from tests.proxies.postgres.test_tls import self_signed
-from tests.services import free_port
+from tests.services import free_port, listening
 
 pytestmark = pytest.mark.integration
 
@@ -122,7 +121,7 @@ async def hypercorn_tls(app: Any, cert: Path, key: Path) -> AsyncIterator[int]:
 
 def wait_listening(port: int) -> None:
     for _ in range(200):
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+        if listening(port):
             return
         time.sleep(0.05)
     raise RuntimeError("hypercorn did not start")

@@ -1,0 +1,39 @@
+"""The fixtures' readiness check: a port counts as served only when a server accepts on it."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from interlock.testing import services
+
+
+def test_a_port_with_a_server_listening_counts() -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        assert services.listening(server.getsockname()[1])
+
+
+def test_a_port_nobody_listens_on_does_not_count() -> None:
+    assert not services.listening(services.free_port())
+
+
+def test_a_connection_to_itself_does_not_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The kernel can pick the port being probed as the probe's own source port; TCP's
+    # simultaneous open then connects the socket to itself with no server anywhere. That
+    # happens by chance in a readiness loop; here it is made to happen by binding first.
+    connected: list[bool] = []
+
+    def connect_to_itself(address: tuple[str, int], timeout: float) -> socket.socket:
+        s = socket.socket()
+        s.bind(address)
+        s.settimeout(timeout)
+        s.connect(address)
+        connected.append(s.getsockname() == s.getpeername())
+        return s
+
+    monkeypatch.setattr(services.socket, "create_connection", connect_to_itself)
+    assert not services.listening(services.free_port())
+    assert connected == [True]  # the kernel did connect the probe, to itself
