@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import logging
 import os
 import pwd
 import re
@@ -25,6 +26,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+
+logger = logging.getLogger(__name__)
 
 
 class MissingService(RuntimeError):
@@ -100,10 +103,11 @@ def _as_postgres_user() -> list[str]:
 
 def listening(port: int) -> bool:
     """Whether something listens on 127.0.0.1:`port`. A connect to a port nobody listens
-    on can still succeed: when the kernel picks that same port as the connection's own
-    source port, TCP's simultaneous open connects the socket to itself. A fixture that
-    took that for a server would hand its test a port that refuses connections, so a
-    connection whose two ends are the same address does not count."""
+    on can still succeed if the kernel picks that same port as the probe's source port:
+    TCP's simultaneous open then connects the socket to itself. Linux makes this rare (it
+    prefers even source ports for connect and odd ones for bind to port 0), but a fixture
+    that took it for a server would hand its test a port that refuses connections, so a
+    connection whose two ends are one address does not count."""
     try:
         with socket.create_connection(("127.0.0.1", port), 0.2) as s:
             return bool(s.getsockname() != s.getpeername())
@@ -260,6 +264,14 @@ def serving(
         wait_port(port, proc, what, [], limit=limit, log=log)
         yield proc
     finally:
+        if proc.poll() is not None:
+            # Some tests kill their server on purpose; for the others, a server that died
+            # under a test is why it failed, and pytest shows this with the failure.
+            log.seek(0)
+            tail = log.read()[-4000:].decode(errors="replace")
+            logger.warning(
+                "%s exited (code %s) before its fixture ended:\n%s", what, proc.returncode, tail
+            )
         proc.terminate()
         try:
             proc.wait(timeout=20)
@@ -431,8 +443,6 @@ def envoy_server(
         "--use-dynamic-base-id",
         "-l",
         "warning",
-        "--log-path",
-        str(root / "envoy.log"),
     ]
     with serving(cmd, port, "envoy", root):
         yield port

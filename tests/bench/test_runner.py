@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -267,6 +268,16 @@ def test_http_suite_measures_direct_mitmdump_and_interlock() -> None:
         assert m["notes"]["errors"] == 0
     assert len(result["checks"]) == 4
     assert {tuple(c["series"]) for c in result["curves"]} == {("direct", "mitmdump", "interlock")}
+    # The throughput budget reads the median of alternated rounds, not one pair of phases.
+    by_name = {m["name"]: m for m in result["measurements"]}
+    checks = {c["id"]: c["value"] for c in result["checks"]}
+    for scheme in ("http", "https"):
+        ours, bare = by_name[f"interlock_{scheme}"]["notes"], by_name[f"mitmdump_{scheme}"]["notes"]
+        assert len(ours["round_rps"]) == len(bare["round_rps"]) == 2
+        ratios = [a / b for a, b in zip(ours["round_rps"], bare["round_rps"], strict=True)]
+        assert ours["round_ratios"] == pytest.approx(ratios, abs=0.01)
+        median = statistics.median(ours["round_ratios"])
+        assert checks[f"http.{scheme}_rps_ratio"] == pytest.approx(median, abs=0.002)
 
 
 @pytest.mark.integration
