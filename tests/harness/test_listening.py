@@ -1,4 +1,4 @@
-"""The fixtures' readiness check: a port counts as served only when a server accepts on it."""
+"""The fixtures' ports: each one distinct, and served only when a server accepts on it."""
 
 from __future__ import annotations
 
@@ -37,3 +37,35 @@ def test_a_connection_to_itself_does_not_count(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(services.socket, "create_connection", connect_to_itself)
     assert not services.listening(services.free_port())
     assert connected == [True]  # the kernel did connect the probe, to itself
+
+
+def test_ports_handed_out_are_not_handed_out_again() -> None:
+    # About 14,000 ports to pick from: 300 picks would repeat one (the birthday bound)
+    # if free_port took whatever the kernel returned.
+    ports = [services.free_port() for _ in range(300)]
+    for start in range(len(ports) - services.RECENT_PORTS + 1):
+        window = ports[start : start + services.RECENT_PORTS]
+        assert len(set(window)) == len(window)
+
+
+def test_a_port_the_kernel_returns_again_is_not_handed_out_twice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    given = iter([40001, 40001, 40003])
+
+    class Socket:
+        def __enter__(self) -> Socket:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def bind(self, address: tuple[str, int]) -> None:
+            self.port = next(given)
+
+        def getsockname(self) -> tuple[str, int]:
+            return ("127.0.0.1", self.port)
+
+    monkeypatch.setattr(services.socket, "socket", Socket)
+    monkeypatch.setattr(services, "_recent_ports", services.collections.deque(maxlen=8))
+    assert [services.free_port(), services.free_port()] == [40001, 40003]
