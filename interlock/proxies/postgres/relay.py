@@ -70,6 +70,9 @@ class Downstream:
         self.readies = 0
         """ReadyForQuery messages received since login: the number of the batch (a
         Query, or the messages up to a Sync) the server last finished."""
+        self.last_idle = 0
+        """The number of the last batch that ended outside a transaction block (status
+        I): the portals bound in it or before are gone."""
         self.failed: set[int] = set()
         """Numbers of recent batches in which the server reported an error (the rest of
         an extended-protocol batch is then skipped): what the proxy sent in them may not
@@ -114,6 +117,8 @@ class Downstream:
 
     def _finished(self) -> None:
         self.readies += 1
+        if self.status == "I":
+            self.last_idle = self.readies
         if self._error:
             self.failed.add(self.readies)
             self.failed.discard(self.readies - FAILED_KEPT)

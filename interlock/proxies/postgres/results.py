@@ -147,7 +147,8 @@ class _Execute:
 
 @dataclass(eq=False)
 class _Sync:
-    pass
+    injected: bool = False
+    """A Sync of the proxy's own: its ReadyForQuery is not passed on."""
 
 
 @dataclass(eq=False)
@@ -171,6 +172,9 @@ class ResultTracker:
     """(decision id, labels, value) of labelled values returned since the last take."""
     injected_errors: list[str] = field(default_factory=list)
     """Why queries the proxy sent itself failed (the driver logs and retries them)."""
+    _injected_syncs: int = 0
+    """Syncs of the proxy's own pending: until none is, a ReadyForQuery needs no look
+    at what it ends."""
     _last_result: tuple[MaskPlan, bytes, Origins, Set[int], Mask] | None = None
     """The last simple query's RowDescription, what it was resolved with and to: the same
     statement again (a client repeating it) is not decoded again."""
@@ -193,8 +197,9 @@ class ResultTracker:
     def sent_execute(self, target: Prepared) -> None:
         self._pending.append(_Execute(target))
 
-    def sent_sync(self) -> None:
-        self._pending.append(_Sync())
+    def sent_sync(self, injected: bool = False) -> None:
+        self._pending.append(_Sync(injected))
+        self._injected_syncs += injected
 
     def sent_injected(self, sql: str) -> None:
         self._pending.append(_Injected(sql))
@@ -210,6 +215,8 @@ class ResultTracker:
         if kind in _READ or isinstance(front, _Injected):
             return False
         if kind == _READY:
+            if self._injected_syncs and self._closes_injected():
+                return False
             self._ready()
             return True
         if kind == _DATA_ROW:
@@ -309,7 +316,10 @@ class ResultTracker:
             if noticing is not None and noticing.reads_masked:
                 return m.NoticeResponse(_withheld(msg).fields)
         elif isinstance(msg, m.ReadyForQuery):
-            self._ready()
+            ended = self._ready()
+            if isinstance(ended, _Sync) and ended.injected:
+                self._injected_syncs -= 1
+                return None
         return msg
 
     @staticmethod
@@ -413,14 +423,23 @@ class ResultTracker:
             if isinstance(front, _Describe) and front.target is not None:
                 front.target.describing = False
 
-    def _ready(self) -> None:
-        """ReadyForQuery closes a Query or a Sync batch; unanswered items before it go."""
+    def _ready(self) -> _Item | None:
+        """ReadyForQuery closes a Query or a Sync batch (returned); unanswered items
+        before it go."""
         while self._pending:
             item = self._pending.popleft()
             if isinstance(item, _Describe) and item.target is not None:
                 item.target.describing = False
             if isinstance(item, (_Query, _Sync)):
-                return
+                return item
+        return None
+
+    def _closes_injected(self) -> bool:
+        """Whether the next ReadyForQuery ends a Sync of the proxy's own."""
+        for item in self._pending:
+            if isinstance(item, (_Query, _Sync)):
+                return isinstance(item, _Sync) and item.injected
+        return False
 
 
 _READ = frozenset(b"TENntHRK")

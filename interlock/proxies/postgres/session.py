@@ -54,6 +54,12 @@ READ_ONLY_TRANSACTION = "SET TRANSACTION READ ONLY"
 READ_WRITE_SESSION = "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE"
 """The database's own wall behind a read_only posture (and its removal on restore)."""
 _BIND, _SYNC, _TERMINATE = ord("B"), ord("S"), ord("X")
+_EXECUTE = ord("E")
+_EXTENDED = (m.Parse, m.Bind, m.Describe, m.Execute, m.Close, m.Flush)
+"""They open a batch that Sync ends."""
+MAX_NAME_BYTES = 63
+"""PostgreSQL keys prepared statements and portals on their first NAMEDATALEN-1 bytes:
+two longer names that share them are one name to the server. Longer names are refused."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +132,20 @@ async def drive[T](steps: Steps[T], answer: Callable[[Need], Awaitable[object]])
         steps.close()
 
 
+@dataclass(slots=True)
+class Portal:
+    """A portal as it was bound: the server runs what it was bound to, even if its
+    statement's name is parsed again before the Execute."""
+
+    statement: str
+    prepared: Prepared
+    """Its statement's results (the mask plan, the description)."""
+    decided: Decided | None
+    """Its statement's decision; None: not decided by interlock, so it runs nothing."""
+    batch: int
+    """The batch it was bound in: a transaction that ends after it drops it."""
+
+
 @dataclass(frozen=True, slots=True)
 class Decided:
     """A prepared statement's decision and what it rested on. A decision made at Parse
@@ -172,10 +192,8 @@ class Session:
         self.actions: dict[str, Decided] = {}
         """How each prepared statement was decided: Execute re-checks posture, and
         decides again when what the decision rested on has changed since Parse."""
-        self.portals: dict[str, tuple[str, Prepared, Decided | None]] = {}
-        """Portal -> (its statement's name, that statement's results, and its decision),
-        as they were when it was bound: the server runs what the portal was bound to,
-        even if the name is parsed again before the Execute."""
+        self.portals: dict[str, Portal] = {}
+        """The portals bound through interlock that the server may still hold."""
         self.named: set[str] = set()
         """Statement names the server may hold: every named Parse forwarded, every SQL
         PREPARE. The server refuses to parse such a name again and keeps the old
@@ -185,6 +203,11 @@ class Session:
         """Messages sent upstream that end with a ReadyForQuery (a Query, a Sync): the
         number of the batch the next message belongs to, less one (`Downstream.readies`
         counts the same batches as they end)."""
+        self.in_batch = False
+        """Whether extended-protocol messages were sent since the last Sync or Query. In
+        such a batch an error makes the server skip everything up to Sync, a Query
+        included, which then gets no ReadyForQuery: a Query (the client's, or the
+        proxy's own) goes upstream only after a Sync of the proxy's own."""
         self._unnamed: int | None = None
         """The batch of the last unnamed Parse forwarded, until it is known to have taken
         effect: if its batch failed the server may hold the unnamed statement before it,
@@ -243,7 +266,11 @@ class Session:
             kind, start, end = frame
             if kind == _BIND:
                 # Only its names matter: its statement was decided at Parse.
+                self.in_batch = True
                 portal, statement = bind_names(buf, start + 5, end)
+                if too_long(portal) or too_long(statement):
+                    out.add(self.refused(name_too_long(portal, statement)))
+                    continue
                 if statement == "" and self._unsettled():
                     yield from self._settle(out.take())
                 self.bound(portal, statement)
@@ -252,12 +279,16 @@ class Session:
             if kind == _SYNC:
                 self.results.sent_sync()
                 self.sent_batches += 1
+                self.in_batch = False
                 out.forward(start, end)
                 continue
             msg = decode(bytes((kind,)), bytes(buf[start + 5 : end]))
             if kind == _TERMINATE:
                 out.forward(start, end)
                 return out.take(), True
+            if kind == _EXECUTE and isinstance(msg, m.Execute) and self._waits(msg.portal):
+                # Sent ahead, so the server can finish what the wait is for.
+                yield from self._settle_portal(msg.portal, out.take())
             replaced = yield from self.enforce(msg)
             if replaced is None:
                 out.forward(start, end)
@@ -267,8 +298,27 @@ class Session:
 
     def wall(self) -> bytes:
         """What makes the upstream session match the posture now (b"" when nothing is
-        to be done yet, or nothing at all)."""
+        to be done yet, or nothing at all: it waits for the end of an open batch too)."""
+        if self.in_batch:
+            return b""
         return self._wall() if self.read_only else self._unwall()
+
+    def end_batch(self) -> bytes:
+        """A Sync of the proxy's own, ending the client's open batch before a Query (its
+        ReadyForQuery is not passed on). Without it, a Query after an error in the batch
+        would be skipped by the server with no ReadyForQuery, and every batch counted
+        after it would be off by one."""
+        self.results.sent_sync(injected=True)
+        self.sent_batches += 1
+        self.in_batch = False
+        return m.Sync().encode()
+
+    def refused(self, why: str) -> bytes:
+        """A message that fails on the server in order, its error rewritten into `why`
+        (the rest of the batch is then skipped, as after any error). A named Parse, so
+        neither the unnamed statement nor any of the client's names is touched."""
+        throwaway = f"interlock_refused_{self.nonce}_{self.seq + 1}"
+        return m.Parse(throwaway, self.denial_sql(why), ()).encode()
 
     def _wall(self) -> bytes:
         """The query that makes the upstream session refuse writes itself, sent ahead of
@@ -305,17 +355,23 @@ class Session:
         as it arrived: the decision and enforcement point of every client message."""
         results = self.results
         if isinstance(msg, m.Query):
+            ahead = self.end_batch() if self.in_batch else b""
             sql, plans, _, watches = yield from self._checked(msg.sql)
             results.sent_query(plans, watches)
             self.sent_batches += 1
-            return None if sql is None else m.Query(sql).encode()
+            if sql is None:
+                return ahead + msg.encode() if ahead else None
+            return ahead + m.Query(sql).encode()
+        if isinstance(msg, _EXTENDED):
+            self.in_batch = True
         if isinstance(msg, m.Parse):
+            if too_long(msg.name):
+                return self.refused(name_too_long(msg.name))
             if msg.name in self.named:
                 # The server keeps the statement it has under this name and fails the
                 # Parse; the portal bound next would run the old text.
                 why = f"prepared statement {msg.name!r} was already parsed in this session"
-                throwaway = f"interlock_refused_{self.nonce}_{self.seq + 1}"
-                return m.Parse(throwaway, self.denial_sql(why), ()).encode()
+                return self.refused(why)
             sql, plans, decided, watches = yield from self._checked(msg.sql)
             self.statements[msg.name] = Prepared(
                 plans[0] if plans else ORIGINS_ONLY, watches[0] if watches else None
@@ -331,25 +387,44 @@ class Session:
                 self._unnamed = self.sent_batches + 1
             return None
         if isinstance(msg, m.Bind):
+            if too_long(msg.portal) or too_long(msg.statement):
+                return self.refused(name_too_long(msg.portal, msg.statement))
             if msg.statement == "" and self._unsettled():
                 yield from self._settle(b"")
             self.bound(msg.portal, msg.statement)
         elif isinstance(msg, m.Describe):
+            if too_long(msg.name):
+                return self.refused(name_too_long(msg.name))
             if msg.kind == "S":
                 target = self.statements.get(msg.name)
             else:
-                target = self.portals.get(msg.name, ("", None, None))[1]
+                described = self.portals.get(msg.name)
+                target = described.prepared if described is not None else None
             results.sent_describe(target)
+        elif isinstance(msg, m.Close):
+            if too_long(msg.name):
+                return self.refused(name_too_long(msg.name))
+            # The name stays in `named`: the proxy does not parse it again.
+            if msg.kind == "S":
+                self.statements.pop(msg.name, None)
+                self.actions.pop(msg.name, None)
+            else:
+                self.portals.pop(msg.name, None)
         elif isinstance(msg, m.Execute):
+            if too_long(msg.portal):
+                return self.refused(name_too_long(msg.portal))
+            if self._unsure(msg.portal):
+                yield from self._settle_portal(msg.portal, b"")
             bound = self.portals.get(msg.portal)
             if bound is None:
-                # A portal interlock did not see bound (a cursor DECLAREd in SQL, say):
-                # what it would run was not decided here.
+                # A portal interlock did not see bound (a cursor DECLAREd in SQL, say),
+                # or one its transaction has ended since: what it would run was not
+                # decided here.
                 prepared = Prepared(ORIGINS_ONLY)
                 veto: str | None = f"portal {msg.portal!r} was not bound through interlock"
             else:
-                statement, prepared, decided = bound
-                veto = yield from self._posture_veto(msg.portal, statement, decided)
+                prepared = bound.prepared
+                veto = yield from self._posture_veto(msg.portal, bound.statement, bound.decided)
             if veto is not None:
                 results.sent_execute(prepared)
                 # Fails on the server in order, like any denial; Execute's answer is the error.
@@ -364,11 +439,13 @@ class Session:
         elif isinstance(msg, m.Sync):
             results.sent_sync()
             self.sent_batches += 1
+            self.in_batch = False
         elif isinstance(msg, m.FunctionCall):
+            ahead = self.end_batch() if self.in_batch else b""
             results.sent_query([ORIGINS_ONLY])
             self.sent_batches += 1
             reason = "the function-call protocol message is not allowed"
-            return m.Query(self.denial_sql(reason)).encode()
+            return ahead + m.Query(self.denial_sql(reason)).encode()
         elif isinstance(msg, m.AuthResponse):
             raise ProtocolError("authentication message after login")
         return None
@@ -400,7 +477,34 @@ class Session:
         """Bind: the portal's rows get its statement's plan, and its Execute the
         statement's decision and posture check, as they are now."""
         prepared = self.statements.get(statement) or Prepared(ORIGINS_ONLY)
-        self.portals[portal] = (statement, prepared, self.actions.get(statement))
+        decided = self.actions.get(statement)
+        self.portals[portal] = Portal(statement, prepared, decided, self.sent_batches + 1)
+
+    def _unsure(self, portal: str) -> bool:
+        """Whether `portal` was bound in an earlier batch: a transaction that ended
+        since dropped it, and the server may hold another portal by that name now (a
+        cursor a function opened)."""
+        bound = self.portals.get(portal)
+        return bound is not None and bound.batch <= self.sent_batches
+
+    def _waits(self, portal: str) -> bool:
+        """Whether an Execute of `portal` must wait for the server first (see
+        `_settle_portal`)."""
+        return self._unsure(portal) and self.downstream.readies < self.sent_batches
+
+    def _settle_portal(self, portal: str, pending: bytes) -> Steps[None]:
+        """Before the Execute of a portal from an earlier batch: when the server has not
+        finished the batches before this one, send `pending` and wait for them. Then
+        forget the portal if a transaction ended after its Bind, or if their end is
+        still unknown (the driver could not wait): its Execute runs nothing."""
+        down = self.downstream
+        if down.readies < self.sent_batches:
+            yield Settle(self.sent_batches, pending)
+        bound = self.portals.get(portal)
+        if bound is not None and (
+            down.readies < self.sent_batches or down.last_idle >= bound.batch
+        ):
+            del self.portals[portal]
 
     def _posture_veto(
         self, portal: str, statement: str, decided: Decided | None
@@ -423,8 +527,7 @@ class Session:
             restamped = replace(decided, mode=kept, policy=policy)
             if self.actions.get(statement) is decided:
                 self.actions[statement] = restamped
-            name, prepared, _ = self.portals[portal]
-            self.portals[portal] = (name, prepared, restamped)
+            self.portals[portal].decided = restamped
             if not same:
                 why = f"decided again since it was prepared ({mode.value} mode, policy "
                 why += f"{policy.version[:12]}): "
@@ -485,15 +588,23 @@ class Session:
                 why = f"{refusal} (decision {decision.decision_id})"
                 return self.denial_sql(why), [ORIGINS_ONLY], None, []
             if statement.kind == "declare" and statement.name is not None:
-                # DECLARE itself returns no rows; its FETCHes get the plan.
+                # DECLARE itself returns no rows; its FETCHes get the plan. A protocol
+                # Execute of its name runs the cursor, not what was bound before.
                 self.cursors[statement.name] = plan
+                self.portals.pop(statement.name, None)
                 plan = ORIGINS_ONLY
             elif statement.kind == "prepare" and statement.name is not None:
-                self.named.add(statement.name)  # SQL-level: its decision is not kept
+                # SQL-level: its decision is not kept, so a protocol Bind of the name
+                # is undecided (whatever the name held before, closed or not).
+                self.named.add(statement.name)
+                self.statements.pop(statement.name, None)
+                self.actions.pop(statement.name, None)
             elif statement.kind == "close" and statement.name == "all":
                 self.cursors.clear()
+                self.portals.clear()
             elif statement.kind == "close" and statement.name is not None:
                 self.cursors.pop(statement.name, None)
+                self.portals.pop(statement.name, None)
             plans.append(plan)
         return None, plans, Decided(action, mode, policy, decision.obligations), watches
 
@@ -503,6 +614,19 @@ class Session:
         # Frozen already (once per classification): Action does not freeze it again.
         details = MappingProxyType({"database": self.database, **cls.frozen_details()})
         return Action(self.agent, "postgres", cls.operation, target, details, labels=cls.labels)
+
+
+def too_long(name: str) -> bool:
+    """Whether the server would know `name` by a prefix of it (see MAX_NAME_BYTES)."""
+    return len(name) > MAX_NAME_BYTES // 4 and len(name.encode()) > MAX_NAME_BYTES
+
+
+def name_too_long(*names: str) -> str:
+    longest = max(names, key=lambda n: len(n.encode()))
+    return (
+        f"statement and portal names are limited to {MAX_NAME_BYTES} bytes (the server "
+        f"would know {longest[:20]!r}... by its first {MAX_NAME_BYTES})"
+    )
 
 
 def watch(statement: SqlStatement, decision_id: str) -> Watch | None:

@@ -143,6 +143,24 @@ def test_no_statement_is_forwarded_without_an_allow_decision(msgs: list[Any]) ->
             assert isinstance(following, m.Execute)
             assert (extra.kind, extra.name) == ("P", following.portal)
     sent = [x for x in sent if not isinstance(x, m.Describe)]
+    # The proxy ends an open extended batch with a Sync of its own before a Query (or a
+    # FunctionCall's refusal, a Query): after an error the server would skip the Query.
+    extended = (m.Parse, m.Bind, m.Describe, m.Execute, m.Close, m.Flush)
+    aligned: list[Any] = []
+    open_batch = False
+    at = 0
+    for msg in msgs:
+        if isinstance(msg, (m.Query, m.FunctionCall)) and open_batch:
+            assert isinstance(sent[at], m.Sync), "a Sync of the proxy's own ends the batch"
+            at += 1
+        if isinstance(msg, (m.Query, m.FunctionCall, m.Sync)):
+            open_batch = False
+        elif isinstance(msg, extended):
+            open_batch = True
+        aligned.append(sent[at])
+        at += 1
+    assert at == len(sent)
+    sent = aligned
     assert len(sent) == len(msgs), "one message forwarded per message received"
     forwarded_decided = 0
     for original, out in zip(msgs, sent, strict=True):

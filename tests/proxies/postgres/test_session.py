@@ -124,6 +124,12 @@ def extended(sql: str, name: str = "s1") -> bytes:
     )
 
 
+def in_a_block(s: Session) -> None:
+    """The server's end of the batch sent so far, inside a transaction block (status T):
+    the portals bound in it live on, so an Execute in a later batch may run them."""
+    s.from_server(m.ReadyForQuery("T").encode())
+
+
 def test_an_allowed_read_goes_as_the_bytes_it_came_in_after_one_decision() -> None:
     s = core()
     data = m.Query("select id from orders").encode() + m.Query("select 1").encode()
@@ -170,7 +176,7 @@ def test_bind_and_sync_pass_without_a_decision() -> None:
     data = m.Bind("p1", "s1", (), (), ()).encode() + m.Sync().encode()
     (out, _), needs = run(s.receive(data), allowing)
     assert (out, needs) == (data, [])
-    assert s.portals["p1"][0] == "s1"
+    assert s.portals["p1"].statement == "s1"
 
 
 def test_execute_rechecks_the_posture_read_after_it_arrived() -> None:
@@ -194,6 +200,7 @@ def test_execute_rechecks_the_posture_read_after_it_arrived() -> None:
 def test_a_store_that_cannot_say_the_posture_refuses_the_execute() -> None:
     s = core()
     run(s.receive(extended("select id from orders")), allowing)
+    in_a_block(s)
 
     def answer(need: Need) -> Any:
         if isinstance(need, PostureNow):
@@ -214,6 +221,7 @@ def test_a_changed_mode_or_policy_decides_the_execute_again() -> None:
     stamp = Stamp()
     s = core(stamp)
     run(s.receive(extended("select id from orders")), allowing)
+    in_a_block(s)
     (out, _), needs = run(s.receive(m.Execute("", 0).encode()), allowing)
     assert [type(n) for n in needs] == [PostureNow], "same stamp: no new decision"
     stamp.policy = Policy("v2")  # a reload
@@ -237,6 +245,7 @@ def test_changed_masks_refuse_a_statement_prepared_under_the_old_ones() -> None:
     stamp = Stamp()
     s = core(stamp)
     run(s.receive(extended("select name from payroll")), allowing)
+    in_a_block(s)
     stamp.mode = Mode.SHADOW
 
     def answer(need: Need) -> Any:
@@ -456,6 +465,191 @@ def test_within_one_batch_a_bind_does_not_wait() -> None:
     (out, _), needs = run(s.receive(data), allowing)
     assert Settle not in [type(n) for n in needs]
     assert out.endswith(m.Execute("", 0).encode())
+
+
+def denial(s: Session, out: bytes) -> str:
+    """The reason of the one refusal in `out`."""
+    refused = [x for x in sent(out) if isinstance(x, m.Parse) and "interlock_" in x.sql]
+    assert len(refused) == 1, sent(out)
+    return s.downstream.denials[refused[0].sql.rsplit(".", 1)[1]]
+
+
+def test_a_query_inside_an_open_batch_gets_a_sync_of_the_proxy_s_own_first() -> None:
+    """After an error the server skips everything up to Sync, a Query included, with no
+    ReadyForQuery for it: counted as a batch, it would shift every later one (and the
+    masks of later results) by one. With the proxy's Sync ahead, the Query always runs."""
+    s = core()
+    data = m.Bind("", "nosuch", (), (), ()).encode() + m.Query("select 1").encode()
+    (out, _), _ = run(s.receive(data + m.Sync().encode()), allowing)
+    bind, sync, query, client_sync = sent(out)
+    assert isinstance(bind, m.Bind)
+    assert isinstance(sync, m.Sync)
+    assert isinstance(query, m.Query)
+    assert isinstance(client_sync, m.Sync)
+    assert s.sent_batches == 3
+    # The server: the Bind fails, the proxy's Sync ends the batch, the Query runs, the
+    # client's Sync ends an empty batch.
+    told, _ = s.from_server(
+        m.error('prepared statement "nosuch" does not exist').encode()
+        + m.ReadyForQuery("I").encode()
+        + m.CommandComplete("SELECT 1").encode()
+        + m.ReadyForQuery("I").encode()
+        + m.ReadyForQuery("I").encode()
+    )
+    assert told.count(m.ReadyForQuery("I").encode()) == 2, "the proxy's own is not passed on"
+    assert s.downstream.readies == s.sent_batches
+    assert s.results.idle
+
+
+def test_a_function_call_inside_an_open_batch_is_refused_after_a_sync() -> None:
+    s = core()
+    data = m.Parse("", "select 1", ()).encode() + m.FunctionCall(b"\0\0\0\1").encode()
+    (out, _), _ = run(s.receive(data), allowing)
+    _parse, sync, query = sent(out)
+    assert isinstance(sync, m.Sync)
+    assert isinstance(query, m.Query)
+    assert s.sent_batches == 2
+
+
+def test_the_read_only_wall_waits_for_an_open_batch_to_end() -> None:
+    """Sent inside a batch that failed, the wall's query would be skipped, and the proxy
+    would think it in place."""
+    s = core(read_only=True)
+    s.read_only_applied = True
+    run(s.receive(m.Parse("", "select 1", ()).encode()), allowing)
+    s.read_only_applied = False
+    (out, _), _ = run(s.receive(m.Bind("", "", (), (), ()).encode()), allowing)
+    assert sent(out) == [m.Bind("", "", (), (), ())], "no wall inside the batch"
+    run(s.receive(m.Sync().encode()), allowing)
+    ready(s)
+    (out, _), _ = run(s.receive(m.Query("select 1").encode()), allowing)
+    assert sent(out)[0] == m.Query(READ_ONLY_SESSION)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        m.Parse("n" * 64, "select 1", ()),
+        m.Bind("p" * 64, "", (), (), ()),
+        m.Bind("", "n" * 64, (), (), ()),
+        m.Describe("S", "n" * 64),
+        m.Execute("p" * 64, 0),
+        m.Close("P", "é" * 32),
+    ],
+)
+def test_names_the_server_would_cut_short_are_refused(message: m.Message) -> None:
+    """The server knows a statement or portal by its first 63 bytes: two names that
+    share them would be one name to it and two to the proxy."""
+    s = core()
+    (out, _), needs = run(s.receive(message.encode()), allowing)
+    assert needs == []
+    assert "limited to 63 bytes" in denial(s, out)
+    assert s.portals == {}
+    assert s.statements == {}
+    assert s.named == set()
+
+
+def test_names_of_63_bytes_are_served() -> None:
+    s = core()
+    name = "é" * 31 + "n"
+    data = (
+        m.Parse(name, "select id from orders", ()).encode()
+        + m.Bind(name, name, (), (), ()).encode()
+    )
+    (out, _), _ = run(s.receive(data), allowing)
+    assert [type(x) for x in sent(out)] == [m.Parse, m.Bind]
+    assert s.portals[name].statement == name
+
+
+@pytest.mark.parametrize(
+    "drop",
+    [
+        m.Close("S", "s1").encode() + m.Sync().encode(),
+        m.Sync().encode(),  # a Parse the server failed: the name is free on the server
+    ],
+)
+def test_sql_prepare_of_a_name_leaves_it_undecided(drop: bytes) -> None:
+    """A SQL PREPARE of a name the proxy decided before (closed since, or never created
+    on the server) makes it hold another statement: a protocol Bind of it runs nothing."""
+    s = core()
+    run(s.receive(m.Parse("s1", "select 1", ()).encode() + drop), allowing)
+    run(s.receive(m.Query("prepare s1 as select name from payroll").encode()), allowing)
+    data = m.Bind("", "s1", (), (), ()).encode() + m.Execute("", 0).encode()
+    (out, _), needs = run(s.receive(data), allowing)
+    assert needs == []
+    assert "not decided by interlock" in denial(s, out)
+
+
+@pytest.mark.parametrize(
+    "drop",
+    [
+        m.Close("P", "c"),
+        m.Query("declare c cursor with hold for select name from payroll"),
+        m.Query("close c"),
+        m.Query("close all"),
+    ],
+)
+def test_a_portal_closed_or_named_again_in_sql_runs_nothing(drop: m.Message) -> None:
+    s = core()
+    prepare = m.Parse("s1", "select 1", ()).encode() + m.Bind("c", "s1", (), (), ()).encode()
+    run(s.receive(prepare + m.Sync().encode()), allowing)
+    in_a_block(s)
+    run(
+        s.receive(drop.encode() + (m.Sync().encode() if drop.__class__ is m.Close else b"")),
+        allowing,
+    )
+    in_a_block(s)
+    (out, _), needs = run(s.receive(m.Execute("c", 0).encode()), allowing)
+    assert needs == []
+    assert "not bound through interlock" in denial(s, out)
+
+
+def test_a_portal_outlives_its_batch_only_inside_a_transaction_block() -> None:
+    """Outside a block the Sync commits and the server drops the portal; a cursor a
+    function opens may take its name. Inside one it lives on (JDBC fetches that way)."""
+    for status, runs in (("T", True), ("I", False)):
+        s = core()
+        bound = m.Parse("s1", "select id from orders", ()).encode()
+        bound += m.Bind("c", "s1", (), (), ()).encode() + m.Sync().encode()
+        run(s.receive(bound), allowing)
+        s.from_server(m.ReadyForQuery(status).encode())
+        (out, _), needs = run(s.receive(m.Execute("c", 0).encode()), allowing)
+        assert (PostureNow in [type(n) for n in needs]) is runs
+        assert ("c" in s.portals) is runs
+        if not runs:
+            assert "not bound through interlock" in denial(s, out)
+
+
+def test_an_execute_of_a_portal_from_an_unanswered_batch_waits_for_it() -> None:
+    s = core()
+    first = m.Parse("s1", "select id from orders", ()).encode()
+    first += m.Bind("c", "s1", (), (), ()).encode() + m.Sync().encode()
+    steps = s.receive(first + m.Execute("c", 0).encode())
+    need = next(steps)
+    while not isinstance(need, Settle):
+        need = steps.send(allowing(need))
+    assert (need.batch, need.flush) == (1, first)
+    s.from_server(m.ReadyForQuery("I").encode())  # the batch ended outside a block
+    try:
+        need = steps.send(None)
+        while True:
+            need = steps.send(allowing(need))
+    except StopIteration as done:
+        out, _ = done.value
+    assert "not bound through interlock" in denial(s, out)
+
+
+def test_an_execute_whose_wait_could_not_end_runs_nothing() -> None:
+    """The driver could not wait (the server went away): the portal is not trusted."""
+    s = core()
+    first = m.Parse("s1", "select id from orders", ()).encode()
+    first += m.Bind("c", "s1", (), (), ()).encode() + m.Sync().encode()
+    (out, _), needs = run(
+        s.receive(first + m.Execute("c", 0).encode()),
+        lambda need: None if isinstance(need, Settle) else allowing(need),
+    )
+    assert Settle in [type(n) for n in needs]
+    assert "not bound through interlock" in denial(s, out)
 
 
 SANS_IO = ("session", "relay", "codec", "messages", "results", "copyformat")
