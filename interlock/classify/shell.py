@@ -15,7 +15,10 @@ wrappers would start) and classifies each program. The result carries:
   code), privilege_escalation, shell_escape (vim -c ':!sh', awk system(), find -exec sh),
   destructive_system (rm -rf /, mkfs, shutdown), dev_tcp (bash's /dev/tcp sockets),
   function_definition, code_from_stdin (a shell or interpreter that would read its
-  program from stdin, where no decision sees it).
+  program from stdin, where no decision sees it), hidden_substitution (a command
+  substitution bashlex does not walk), runtime_code (text the shell will evaluate as
+  code later, out of a decision's sight: arithmetic on a variable's value, `${!x}`,
+  `${x@P}`, `trap`, `alias`, `hash -p`, `mapfile -C`, a crontab or an `at` job).
 
 A command bashlex cannot parse (or nests deeper than `MAX_DEPTH`) raises
 `ShellParseError`, and the PEP denies it: what cannot be read cannot be judged.
@@ -35,14 +38,34 @@ from interlock.classify.shellpath import OPAQUE, Paths, Where, is_pattern, resol
 MAX_COMMAND = 16 * 1024
 MAX_DEPTH = 4
 
-SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "fish", "busybox", "rbash"})
+SHELLS = frozenset(
+    {
+        "sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "fish", "busybox", "rbash", "csh",
+        "tcsh", "yash", "posh", "elvish", "xonsh", "nu", "oksh", "loksh",
+    }
+)  # fmt: skip
 INTERPRETERS = frozenset(
     {
         "python", "python2", "python3", "perl", "ruby", "node", "nodejs", "php", "lua",
         "tclsh", "Rscript", "julia", "deno", "bun", "osascript", "pwsh", "powershell",
-        "groovy", "java", "jshell", "irb", "gdb",
+        "groovy", "java", "jshell", "irb", "gdb", "m4", "ed", "red", "dc", "expect",
+        "wish", "guile", "scheme", "racket", "sbcl", "clisp", "ghci", "runghc", "erl",
+        "elixir", "iex", "scala", "kotlin", "swift", "R", "octave", "gnuplot",
     }
 )  # fmt: skip
+RUNTIME_CODE_BUILTINS = frozenset(
+    {"trap", "let", "enable", "bind", "complete", "compgen", "fc", "at", "batch"}
+)
+"""Builtins and programs that keep text to run as code later (or evaluate it as
+arithmetic, which runs the command substitutions in a variable's value)."""
+RUNTIME_CODE_TEXT = re.compile(
+    r"\$\{!"  # ${!x}: the value of the variable named by x
+    r"|\$\{[^}]*@P"  # ${x@P}: expanded as a prompt, substitutions included
+    r"|\$\{#?\w+\[[^\]]*[^\]\d@*\s-][^\]]*\]"  # ${a[x]}: a subscript is arithmetic
+    r"|\$\{#?\w+:(?![-=?+])[^}]*[A-Za-z_$]"  # ${x:i:j}: so are substring offsets
+    r"|\$\["  # $[...]: old arithmetic
+    r"|\w\[[^\]]*[$`]"  # a[$x]=1, unset 'a[$x]', printf -v 'a[$x]'
+)
 INLINE_CODE = {"-c", "-e", "-E", "-r", "--eval", "--command", "-x"}
 AWKS = frozenset({"awk", "gawk", "mawk", "nawk"})
 EDITORS = frozenset({"vi", "vim", "nvim", "ex", "view", "rvim", "vimdiff", "emacs", "nano"})
@@ -132,6 +155,7 @@ DECODERS = frozenset({"base64", "base32", "xxd", "openssl", "rev", "gpg", "uudec
                       "gunzip", "zcat", "printf", "tr"})  # fmt: skip
 LOADER_VARIABLES = re.compile(
     r"^(LD_[A-Z_]+|BASH_ENV|ENV|PROMPT_COMMAND|IFS|PS4|SHELLOPTS|BASHOPTS|PYTHONSTARTUP|"
+    r"POSIXLY_CORRECT|BASH_COMPAT|BASH_LOADABLES_PATH|"
     r"PYTHONPATH|PYTHONINSPECT|PERL5OPT|PERL5LIB|PERLLIB|RUBYOPT|RUBYLIB|NODE_OPTIONS|"
     r"GIT_SSH_COMMAND|GIT_EXTERNAL_DIFF|GIT_PAGER|PAGER|EDITOR|VISUAL|LESSOPEN|"
     r"DYLD_[A-Z_]+|PATH|MANPAGER|SYSTEMD_PAGER|GIT_CONFIG\w*|GIT_EXEC_PATH|GIT_ASKPASS|"
@@ -159,7 +183,7 @@ CHDIR_OPTIONS = {"env": ("-C", "--chdir"), "git": ("-C",), "make": ("-C", "--dir
 # HOME or CDPATH named other than as `$HOME`/`${HOME}`: a command that may set them
 # (`HOME=/etc`, `export CDPATH=/etc`, `for HOME in ...`, `read HOME`) changes what `~`,
 # `$HOME` and `cd` resolve to.
-HOME_CHANGES = re.compile(r"(?<![$\w{])(HOME|CDPATH)\b")
+HOME_CHANGES = re.compile(r"(?<![$\w{])(HOME|CDPATH|OLDPWD|DIRSTACK)\b")
 # Absolute or home-relative paths written in inline code (python -c "open('/etc/x')").
 INLINE_PATH = re.compile(r"(?<![\w.])(?:~|/)[\w.@%+=:,/-]*")
 # Programs that read or change everything under the directories they name: always (None)
@@ -247,6 +271,9 @@ class Analysis:
     paths: Paths = field(default_factory=Paths)
     """The files named, as the target resolves them."""
     substitutions: int = 0
+    command_substitutions: int = 0
+    """`$(...)` and backquotes walked: what `hidden_substitution` compares the text with
+    (a process substitution `<(...)` is not one, and must not make up for one)."""
     path_words: list[tuple[str, str, tuple[str, ...]]] = field(default_factory=list)
     """(word as written, "read", "write" or "link", the words a symbolic link's target
     is relative to), resolved once every `cd` is known."""
@@ -281,8 +308,13 @@ class Analysis:
 
 def _name(word: str) -> str:
     base = os.path.basename(word)
-    # python3.11 -> python3, pip3.12 -> pip3: versioned names run the same thing.
-    return re.sub(r"(\d)\.\d+$", r"\1", base)
+    # python3.11 -> python3, pip3.12 -> pip3: versioned names run the same thing; so do
+    # perl5.36.0, ruby3.1 and gcc-12 (perl, ruby, gcc) when that name is a known one.
+    short = re.sub(r"(\d)\.\d+$", r"\1", base)
+    if short in _KNOWN:
+        return short
+    bare = re.sub(r"[-_.]?\d+(\.\d+)*$", "", base)
+    return bare if bare in _KNOWN else short
 
 
 def _dynamic(node: Any) -> bool:
@@ -337,6 +369,7 @@ class _Walker:
                 self.node(p)
         elif kind in ("commandsubstitution", "processsubstitution"):
             self.out.substitutions += 1
+            self.out.command_substitutions += kind == "commandsubstitution"
             self.node(n.command)
         elif kind in ("for", "while", "until"):
             # A `cd` in here may run any number of times.
@@ -405,6 +438,7 @@ class _Walker:
         for part in getattr(word, "parts", None) or []:
             if part.kind in ("commandsubstitution", "processsubstitution"):
                 self.out.substitutions += 1
+                self.out.command_substitutions += part.kind == "commandsubstitution"
                 self.node(part.command)
 
     def assignment(self, text: str) -> None:
@@ -455,14 +489,31 @@ class _Walker:
             self.chdir_option(args, option)
         if prog == "shopt":
             self.out.expansion_rules = True
-        if prog in ("cd", "pushd"):
+        if self.runtime_code(prog, args):
+            self.out.flags.add("runtime_code")
+            self.out.effects.update(("write", "egress"))
+        if prog in ("cd", "pushd", "popd"):
             target = [a for a in args if not a.startswith(("-", "+")) or a == "-"]
-            if not target:
+            if prog == "popd" or any(re.match(r"^[-+]\d", a) for a in args):
+                self.cd(OPAQUE)  # the directory stack: only known when it runs
+            elif not target:
                 self.cd(None)
-            elif target[0] != "-":  # `cd -`: a directory it was already in
+            elif target[0] == "-":
+                self.cd(OPAQUE)  # `cd -`: $OLDPWD, which the command line can set
+            else:
                 self.cd(_raw(target[0]))
             self.out.classes.add("read")
             return
+        if prog in (".", "source"):
+            # A script run in this shell: like `bash FILE`, its contents are unknown.
+            self.script(args)
+            return
+        if prog == "crontab" and not any(a in ("-l", "-r") for a in args):
+            # A crontab installed: commands that run later, undecided.
+            self.out.flags.add("runtime_code")
+            self.out.effects.update(("write", "egress"))
+        if self.file_list(prog, args):
+            self.out.unread.append(f"{prog}: reads the names of the files it opens when it runs")
         if prog == "script":
             self.out.flags.add("code_from_stdin")
             self.out.effects.update(("write", "egress"))
@@ -525,6 +576,8 @@ class _Walker:
                 self.out.effects.update(("write", "egress"))
             if re.search(r"\bsystem\s*\(|\|\s*getline|\|&|print[^;]*\|", program):
                 self.out.flags.add("shell_escape")
+            if re.search(r"getline[^;}]*<", program) or re.search(r"\bprintf?\b[^;}]*>", program):
+                self.out.unread.append(f"{prog}: its program opens files it names itself")
             self.out.classes.add("read")
             if re.search(r">\s*\"", program):
                 self.out.effects.add("write")
@@ -772,6 +825,44 @@ class _Walker:
                 if value is not None:
                     self.cd(value.removeprefix("="))
 
+    @staticmethod
+    def runtime_code(prog: str, args: list[str]) -> bool:
+        """Whether `prog` keeps text to run later or evaluates it as arithmetic (see
+        RUNTIME_CODE_BUILTINS), by name or by the option that makes it do so."""
+        if prog in RUNTIME_CODE_BUILTINS:
+            return True
+        short = "".join(a[1:] for a in args if a.startswith("-") and not a.startswith("--"))
+        if prog in ("mapfile", "readarray"):
+            return "C" in short
+        if prog == "hash":
+            return "p" in short
+        if prog == "alias":
+            return any("=" in a for a in args)
+        if prog in ("printf", "test", "["):
+            return "v" in short  # the variable named by a value: its subscript is arithmetic
+        if prog in ("declare", "typeset", "local", "readonly"):
+            return any(c in short for c in "in")  # integer (arithmetic) and nameref
+        if prog == "set":
+            return "posix" in args  # aliases expand in a posix-mode script
+        return False
+
+    @staticmethod
+    def file_list(prog: str, args: list[str]) -> bool:
+        """Whether `prog` reads the names of files it opens from a file or stdin
+        (`--files0-from=-`, `tar -T`, `cpio`, `zip -@`): they are not in the command."""
+        if prog in ("cpio", "pax", "afio"):
+            return True
+        if any(
+            re.search(r"files0?-from|pathspec-from-file", a) and not a.endswith("=/dev/null")
+            for a in args
+        ):
+            return True
+        if prog == "tar":
+            first = args[0] if args and not args[0].startswith("-") else ""
+            short = "".join(a[1:] for a in args if a.startswith("-") and not a.startswith("--"))
+            return "T" in first + short
+        return prog == "zip" and "-@" in args
+
     # --- things that run other things ---------------------------------------------------
 
     def git(self, args: list[str]) -> None:
@@ -810,6 +901,10 @@ class _Walker:
                 rest.pop(0)
         if wrapper == "flock" and rest:
             rest.pop(0)  # the lock file
+            if rest and rest[0] in ("-c", "--command"):
+                self.out.classes.add("nested_shell")
+                self.nested(rest[1:2])
+                return
         if wrapper == "xargs" and _name(rest[0] if rest else "echo") not in NOT_PATHS:
             self.out.unread.append("xargs: arguments read when the command runs")
         if wrapper == "xargs" and rest and _name(rest[0]) in SHELLS:
@@ -857,15 +952,19 @@ class _Walker:
             i = args.index("-c")
             self.nested(args[i + 1 : i + 2])
             return
-        scripts = [a for a in args if not a.startswith("-") or a == "-"]
+        self.script([a for a in args if not a.startswith("-") or a == "-"], stdin=True)
+
+    def script(self, scripts: list[str], stdin: bool = False) -> None:
+        """A script run from a file (`bash FILE`, `. FILE`): its contents are unknown
+        here. From stdin, a pipe or a process substitution (`<(...)`, /dev/fd/N), no
+        decision sees it at all."""
         self.out.effects.update(("write", "egress"))
-        if scripts and scripts[0] in STDIN_FILES:
+        if scripts and (scripts[0] in STDIN_FILES or _from_pipe(scripts[0])):
             self.out.flags.add("code_from_stdin")
         elif scripts:
-            # A script file: its contents are unknown here.
             self.out.classes.add("interpreter")
             self.path(scripts[0])
-        else:
+        elif stdin:
             # Commands would arrive on stdin, unseen by any decision.
             self.out.flags.add("code_from_stdin")
 
@@ -939,11 +1038,16 @@ def analyse(command: str, where: Where | None = None) -> Analysis:
     visible = len(re.findall(r"\$\((?!\()", command)) + command.count("`") // 2
     if HOME_CHANGES.search(command):
         out.expansion_rules = True
-    if visible > out.substitutions:
+    if visible > out.command_substitutions:
         out.flags.add("hidden_substitution")
         out.effects.update(("write", "egress"))
-    out.paths = paths = resolve(out.path_words, out.cd_words, where or Where())
+    if RUNTIME_CODE_TEXT.search(command):
+        out.flags.add("runtime_code")
+        out.effects.update(("write", "egress"))
+    where = where or Where()
+    out.paths = paths = resolve(out.path_words, out.cd_words, where)
     paths.unresolved += out.unread
+    paths.unresolved += [f"{t}: {HOMES_REACHED}" for t in paths.trees if _holds_homes(t, where)]
     if out.expansion_rules:
         paths.unresolved.append("shopt, GLOBIGNORE, HOME or CDPATH change how paths expand")
     if paths.unresolved:
@@ -951,3 +1055,44 @@ def analyse(command: str, where: Where | None = None) -> Analysis:
     if paths.expansions:
         out.flags.add("glob")
     return out
+
+
+HOMES_REACHED = "a recursive operation here reaches home directories and their .ssh"
+
+
+def _holds_homes(tree: str, where: Where) -> bool:
+    """Whether a recursive operation on `tree` reaches a home directory: `/`, `/home`,
+    `/root`, or the target user's home or a directory above it. Protected files inside
+    a home (`~/.ssh/...`) have no fixed prefix that the tree could be compared with."""
+    base = tree.rstrip("/") or "/"
+    if base in ("/", "/home", "/root"):
+        return True
+    home = where.home
+    return home is not None and (
+        home.rstrip("/") == base or home.startswith(base.rstrip("/") + "/")
+    )
+
+
+def _from_pipe(word: str) -> bool:
+    """A script read from a pipe or a process substitution, not a file."""
+    raw = _raw(word)
+    return raw.startswith(("<(", ">(")) or str(word).startswith(("/dev/fd/", "/proc/"))
+
+
+_KNOWN = (
+    SHELLS
+    | INTERPRETERS
+    | AWKS
+    | EDITORS
+    | PAGERS
+    | READERS
+    | WRITERS
+    | DESTRUCTIVE
+    | NETWORK
+    | PRIVILEGE
+    | WRAPPERS
+    | NOT_PATHS
+    | RUNTIME_CODE_BUILTINS
+    | DECODERS
+)
+"""Every program name classified by name: what a versioned spelling is reduced to."""

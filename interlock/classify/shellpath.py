@@ -75,7 +75,11 @@ _ANSI_NUMBER = re.compile(r"x[0-9A-Fa-f]{1,2}|u[0-9A-Fa-f]{1,4}|U[0-9A-Fa-f]{1,8
 
 def _ansi_c(raw: str, i: int) -> tuple[str, int] | None:
     """The text of `$'...'` starting at raw[i] (the `$`), and the index after it; None
-    for an escape this does not decode (`\\cX`)."""
+    for what cannot be read the one way every shell would: an escape this does not
+    decode (`\\cX`), a NUL (bash ends the string there, so `/etc/sha$'\\0'dow` is
+    /etc/sha... to it and something else to a reader that keeps the NUL), and an
+    escaped quote (`$'\\''`: dash, which has no `$'...'`, ends the string at it and runs
+    what follows)."""
     out: list[str] = []
     j = i + 2
     while j < len(raw):
@@ -87,6 +91,8 @@ def _ansi_c(raw: str, i: int) -> tuple[str, int] | None:
             j += 1
             continue
         nxt = raw[j + 1 : j + 2]
+        if nxt == "'":
+            return None
         if nxt in _ANSI:
             out.append(_ANSI[nxt])
             j += 2
@@ -95,7 +101,10 @@ def _ansi_c(raw: str, i: int) -> tuple[str, int] | None:
         if not m:
             return None
         digits = m.group()
-        out.append(chr(int(digits, 8) if digits[0].isdigit() else int(digits[1:], 16)))
+        code = int(digits, 8) if digits[0].isdigit() else int(digits[1:], 16)
+        if code == 0 or code > 0x10FFFF:
+            return None
+        out.append(chr(code))
         j = m.end()
     return None
 

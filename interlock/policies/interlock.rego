@@ -243,12 +243,24 @@ any_protected(paths, protocol, table) if {
 	concat("", [p, "/"]) in object.get(table, protocol, [])
 }
 
+# A path with a protected directory anywhere in it (`<protocol>_inside`: "/.ssh/" is
+# every home's .ssh, and every file in it, whatever its name).
+any_protected(paths, protocol, table) if {
+	some s in object.get(table, concat("", [protocol, "_inside"]), [])
+	some p in paths
+	contains(p, s)
+}
+
 # Paths under a protected prefix, ending in a protected suffix, or naming a protected
 # directory itself ("/root/.ssh/" protects "/root/.ssh").
 protected_among(paths, protocol, table) := {p | some p in paths; strings.any_prefix_match(p, object.get(table, protocol, []))} | {p |
 	some p in paths
 	strings.any_suffix_match(p, object.get(table, concat("", [protocol, "_suffixes"]), []))
-} | {p | some p in paths; concat("", [p, "/"]) in object.get(table, protocol, [])}
+} | {p | some p in paths; concat("", [p, "/"]) in object.get(table, protocol, [])} | {p |
+	some s in object.get(table, concat("", [protocol, "_inside"]), [])
+	some p in paths
+	contains(p, s)
+}
 
 # MCP tool arguments and file: resources that name local files (`details.paths`, resolved
 # by the stdio gateway as the server on the same machine resolves them, links followed)
@@ -280,6 +292,11 @@ globs_found(inp, cfg) := {concat("", ["protected path: ", g, " may match ", p]) 
 	some g in inp.action.details.globs
 	some s in object.get(object.get(cfg, "protected_paths", {}), concat("", [inp.action.protocol, "_suffixes"]), [])
 	glob_ends_with(split(g, "/"), split(trim_suffix(s, "/"), "/"))
+} | {concat("", ["protected path: ", g, " may match *", s, "*"]) |
+	some g in inp.action.details.globs
+	some s in object.get(object.get(cfg, "protected_paths", {}), concat("", [inp.action.protocol, "_inside"]), [])
+	some c in split(g, "/")
+	component_match(c, trim(s, "/"))
 }
 
 # A recursive operation (`details.trees`: grep -r, cp -r, tar, find -exec...) on a

@@ -19,6 +19,7 @@ import fnmatch
 import functools
 import hashlib
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
@@ -103,8 +104,30 @@ def shell_action(agent: Agent, target: str, term: str | None) -> Action:
     return Action(agent, "ssh", Operation.EXEC, target, details)
 
 
+LOCALE = re.compile(r"(C|POSIX|[A-Za-z]{2,3}(_[A-Z]{2})?)(\.(UTF-8|utf8))?(@[A-Za-z]+)?")
+"""Locale values passed on: C, POSIX and UTF-8 locales. Under a multibyte encoding
+such as BIG5 or GB18030 a byte of a character can be a backslash to the shell, so the
+command would split differently from how it was read (in UTF-8) and decided."""
+LOCALE_VARIABLES = re.compile(r"LANG|LANGUAGE|LC_[A-Z_]+")
+
+
 def allowed_env(env: Mapping[str, str], patterns: list[str]) -> dict[str, str]:
-    return {k: v for k, v in env.items() if any(fnmatch.fnmatchcase(k, p) for p in patterns)}
+    """The client's environment variables the target gets: those `patterns` allow, a
+    locale variable only with a value that keeps the command's bytes UTF-8 (a locale
+    name without a codeset, `zh_TW`, may default to BIG5: only C and POSIX go bare)."""
+    return {
+        k: v
+        for k, v in env.items()
+        if any(fnmatch.fnmatchcase(k, p) for p in patterns)
+        and (not LOCALE_VARIABLES.fullmatch(k) or _utf8_locale(v))
+    }
+
+
+def _utf8_locale(value: str) -> bool:
+    m = LOCALE.fullmatch(value)
+    if m is None:
+        return False
+    return m.group(1) in ("C", "POSIX") or m.group(3) is not None
 
 
 def _denial_text(decision: Decision) -> bytes:
