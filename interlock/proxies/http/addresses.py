@@ -175,3 +175,16 @@ def blocked(ip: IP, allow: Networks = (), tunnels: bool = False) -> str | None:
 
 def allowed_by(ip: IP, allow: Networks) -> bool:
     return any(ip.version == net.version and ip in net for net in allow)
+
+
+def canonical_host(host: str) -> str:
+    """The address `host` names literally, written one way (dotted-quad IPv4, an
+    IPv4-mapped IPv6 address as its IPv4, other IPv6 compressed, no brackets), or `host`
+    unchanged when it is a DNS name. What the SSRF guard connects to is what a decision
+    (and a threat-intel CIDR) sees: `2130706433`, `0x7f.1`, `127.1` are all `127.0.0.1`."""
+    ip = parse_host(host)
+    if ip is None:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)

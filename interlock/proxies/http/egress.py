@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import json
 from typing import Any
+from urllib.parse import unquote
 
 from mitmproxy import connection, http
 from mitmproxy.proxy.mode_specs import ReverseMode
@@ -27,6 +28,8 @@ from interlock.classify.mcp import confidence_value, tool_call
 from interlock.core.model import Action, Decision, Effect, Operation
 from interlock.core.pdp import PDP
 from interlock.errors import StateError
+from interlock.proxies.http.addresses import canonical_host
+from interlock.proxies.http.answer import refuse
 from interlock.proxies.http.identity import AGENT
 from interlock.proxies.http.llm import tool_calls
 from interlock.proxies.http.tunnel import same_host
@@ -73,7 +76,9 @@ LLM_PATHS = ("/chat/completions", "/responses", "/messages", "/completions")
 
 
 def body_text(message: http.Message) -> str | None:
-    """The body as text when it is textual, else None (binary is not scanned)."""
+    """The whole body as text when it is textual, else None (binary is not scanned). A
+    prefix would let leading padding hide what follows from the decision; a request's
+    text longer than the scan limit is refused (`unscannable`)."""
     ctype = message.headers.get("content-type", "").lower()
     if not message.raw_content or not any(t in ctype for t in TEXTUAL):
         return None
@@ -81,7 +86,31 @@ def body_text(message: http.Message) -> str | None:
         raw = message.get_content(strict=False) or b""
     except ValueError:
         raw = message.raw_content or b""
-    return raw[:MAX_SCAN].decode("utf-8", "replace")
+    return raw.decode("utf-8", "replace")
+
+
+def scan_all(text: str) -> Findings:
+    """`scan` over all of `text`, in overlapping windows of MAX_SCAN characters (a finding
+    up to 4 KiB long that straddles a window edge is whole in the next window)."""
+    if len(text) <= MAX_SCAN:
+        return scan(text)
+    kinds: dict[str, int] = {}
+    for start in range(0, len(text), MAX_SCAN - 4096):
+        for kind, n in scan(text[start : start + MAX_SCAN]).kinds.items():
+            kinds[kind] = kinds.get(kind, 0) + n
+    return Findings(kinds)
+
+
+def unscannable(text: str | None) -> str | None:
+    """Why a request's textual body cannot be decided on: DLP reads about 3 MiB a second
+    (16 MiB of text took 4 to 7 s), so a body is scanned whole up to MAX_SCAN characters
+    and a longer one is refused rather than decided on a prefix."""
+    if text is None or len(text) <= MAX_SCAN:
+        return None
+    return (
+        f"textual body of {len(text)} characters (decoded), more than the {MAX_SCAN} "
+        "that are inspected"
+    )
 
 
 def _json(text: str | None) -> Any:
@@ -115,13 +144,19 @@ def _prompt_text(doc: dict[str, Any]) -> str:
 
 def request_action(flow: http.HTTPFlow, keep_prompts: bool = False) -> Action:
     req = flow.request
-    path = req.path.split("?", 1)[0]
+    raw_path = req.path.split("?", 1)[0]
+    # Servers (Go's net/http, Vault) route on the decoded path, `%2F` included: so do
+    # the path rules here, or `/%761/secret` and `/v1%2fsecret` would be plain egress.
+    path = unquote(raw_path, errors="replace")
+    host = canonical_host(req.host)
     details: dict[str, Any] = {
         "method": req.method,
         "mode": "reverse" if isinstance(flow.client_conn.proxy_mode, ReverseMode) else "forward",
         "scheme": req.scheme,
         "port": req.port,
         "path": path[:2048],
+        **({"raw_path": raw_path[:2048]} if raw_path != path else {}),
+        **({"host_as_sent": req.host[:256]} if host != req.host else {}),
         "query_keys": sorted(set(req.query))[:64],
         "headers": sorted({k.lower() for k in req.headers})[:64],
         "body_bytes": len(req.raw_content or b""),
@@ -132,7 +167,7 @@ def request_action(flow: http.HTTPFlow, keep_prompts: bool = False) -> Action:
     }
     agent = flow.metadata[AGENT]
     text = body_text(req)
-    found = scan(text) if text else Findings()
+    found = scan_all(text) if text else Findings()
     payload = text or ""
     reported = confidence_value(req.headers.pop(CONFIDENCE_HEADER, None))
     if found.kinds:
@@ -141,7 +176,7 @@ def request_action(flow: http.HTTPFlow, keep_prompts: bool = False) -> Action:
     call = tool_call(doc)
     if call is not None:
         flow.metadata[MCP_ID] = call.id
-        details.update(mcp_server=req.host, arguments=sorted(call.arguments)[:64])
+        details.update(mcp_server=host, arguments=sorted(call.arguments)[:64])
         return Action(
             agent,
             "mcp",
@@ -164,9 +199,9 @@ def request_action(flow: http.HTTPFlow, keep_prompts: bool = False) -> Action:
             agent,
             "http",
             Operation.PROMPT,
-            req.host,
+            host,
             details,
-            labels=found.labels | scan(prompt).labels,
+            labels=found.labels | scan_all(prompt).labels,
             prompt_hash=hashlib.sha256(prompt.encode()).hexdigest(),
             prompt_text=prompt if keep_prompts else None,
             confidence=reported,
@@ -177,7 +212,7 @@ def request_action(flow: http.HTTPFlow, keep_prompts: bool = False) -> Action:
             agent,
             "http",
             Operation.SECRET_READ,
-            f"{req.host}{path}",
+            f"{host}{path}",
             details,
             labels=found.labels | {"credentials"},
         )
@@ -185,7 +220,7 @@ def request_action(flow: http.HTTPFlow, keep_prompts: bool = False) -> Action:
         agent,
         "http",
         Operation.EGRESS,
-        req.host,
+        host,
         details,
         labels=found.labels,
         confidence=reported,
@@ -249,13 +284,20 @@ class Egress:
             flow.metadata[AGENT],
             "http",
             Operation.CONNECT,
-            flow.request.host,
+            canonical_host(flow.request.host),
             {"port": flow.request.port, "passthrough": True},
         )
         await self._enforce(flow, action)
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or AGENT not in flow.metadata:
+            return
+        why = unscannable(body_text(flow.request))
+        if why is not None:
+            headers = {"Content-Type": "application/json"}
+            refuse(
+                flow, 413, {"error": "request body too large to inspect", "reason": why}, headers
+            )
             return
         await self._enforce(flow, request_action(flow, self.keep_prompts))
 

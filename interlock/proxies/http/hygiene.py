@@ -33,6 +33,10 @@ _AMBIGUOUS_PATH = re.compile(rb"\\|%(?![0-9A-Fa-f]{2})")
 """Read differently by different servers: a backslash (a separator to some) and a `%`
 that does not start an escape (kept, dropped or refused depending on the server). A
 fragment (`#`) is not part of a request target at all (RFC 9112 3.2)."""
+CONTENT_CODINGS = frozenset({"gzip", "deflate", "br", "zstd", "identity"})
+"""Request Content-Encodings mitmproxy decodes itself, so the decision and DLP read the
+body. For any other name it falls back to Python's codecs (`base64`, `rot13`...), which no
+server shares, and it decodes only one of several codings (`gzip, gzip`)."""
 
 
 def bad_request(flow: http.HTTPFlow, reason: str) -> None:
@@ -65,6 +69,10 @@ def request_problem(
     method = request.data.method
     if len(method) > MAX_METHOD or not _TOKEN.fullmatch(method):
         return f"invalid method {method[:MAX_METHOD]!r}"
+    if method != method.upper():
+        # Methods are case-sensitive (RFC 9110 9.1): the policy reads mitmproxy's
+        # upper-cased `Request.method`, the upstream would receive `get` or `pOsT`.
+        return f"method {method.decode()!r} is not upper-case"
     fields = request.headers.fields
     if len(fields) > max_headers:
         return f"{len(fields)} header fields, more than the limit of {max_headers}"
@@ -75,13 +83,35 @@ def request_problem(
     for part in (request.data.path, request.data.authority):
         if part and not _TARGET.fullmatch(part):
             return "request target with whitespace, control or non-ASCII characters"
+    problem = target_problem(method, request.data.path)
+    if problem is not None:
+        return problem
     path = request.data.path.split(b"?", 1)[0]
     if _AMBIGUOUS_PATH.search(path) or b"#" in request.data.path:
         return "path with a backslash, a fragment or a malformed percent-encoding"
+    if any(not host.isascii() for host in request.headers.get_all("host")):
+        # Python's IDNA mapping folds fullwidth letters, a soft hyphen or a long s into
+        # the destination's name, so the same-host check would pass a Host that goes
+        # upstream as other bytes.
+        return "Host header with non-ASCII characters"
     problem = header_problem(fields)
     if problem is not None:
         return problem
     return framing_problem(request.headers)
+
+
+def target_problem(method: bytes, path: bytes) -> str | None:
+    """A request target that is not origin form (RFC 9112 3.2.1) as mitmproxy sends it:
+    an absolute URL or an authority in an HTTP/2 `:path` reaches the upstream as a request
+    line naming another host, and `//host/x` is a network-path reference to some servers
+    and URL libraries. Only OPTIONS may ask for `*`; a CONNECT has no path."""
+    if method == b"CONNECT":
+        return None
+    if path == b"*":
+        return None if method == b"OPTIONS" else "request target `*` is only for OPTIONS"
+    if not path.startswith(b"/") or path.startswith(b"//"):
+        return f"request path {path[:64].decode(errors='replace')!r} is not origin form"
+    return None
 
 
 def framing_problem(headers: http.Headers) -> str | None:
@@ -99,6 +129,10 @@ def framing_problem(headers: http.Headers) -> str | None:
         return f"unsupported Transfer-Encoding {', '.join(codings)!r}"
     if len(headers.get_all("host")) > 1:
         return "more than one Host header"
+    encodings = headers.get_all("content-encoding")
+    if encodings and (len(encodings) > 1 or encodings[0].strip().lower() not in CONTENT_CODINGS):
+        named = ", ".join(encodings)[:64]
+        return f"unsupported Content-Encoding {named!r} (one of gzip, deflate, br, zstd, identity)"
     upgrade = headers.get("upgrade")
     # `h2c` is what curl offers on plain http; mitmproxy's DisableH2C removes exactly it.
     if upgrade is not None and upgrade.strip().lower() != "websocket" and upgrade != "h2c":

@@ -27,6 +27,7 @@ from mitmproxy.proxy import mode_specs
 from interlock.core.model import Action, Agent, Operation
 from interlock.core.pdp import PDP
 from interlock.core.refusal import FloodLimit, guard_action
+from interlock.proxies.http.addresses import canonical_host
 from interlock.proxies.http.answer import COUNTED, MAX_QUOTED_REASON, REFUSAL
 from interlock.proxies.http.identity import AGENT
 
@@ -184,12 +185,13 @@ class Refusals:
         if flow.response is not None:
             details["status"] = flow.response.status_code
         operation = Operation.CONNECT if connect else Operation.EGRESS
+        target = canonical_host(req.host)
         action: Action | None
         if parser or agent is None:
             if parser:
                 details["parser"] = True
             address = str(flow.client_conn.peername[0])
-            action = self.throttle.action(address, agent, operation, req.host, details)
+            action = self.throttle.action(address, agent, operation, target, details)
         else:
-            action = guard_action(agent, "http", operation, req.host, details)
+            action = guard_action(agent, "http", operation, target, details)
         return None if action is None else (await self.pdp.refuse(action, why)).decision_id

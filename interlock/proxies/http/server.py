@@ -22,6 +22,7 @@ from interlock.core.refusal import FloodLimit, Refusals, guard_action, posture_p
 from interlock.credentials.broker import Broker
 from interlock.identity.jwt import JwtVerifier
 from interlock.identity.registry import AgentRegistry
+from interlock.proxies.http.addresses import canonical_host
 from interlock.proxies.http.deadlines import Deadlines
 from interlock.proxies.http.egress import Egress, request_action
 from interlock.proxies.http.failclosed import guard_all
@@ -125,7 +126,8 @@ class HttpProxy:
             return None
         if flow.request.method == "CONNECT":
             port = {"port": flow.request.port}
-            action = Action(agent, "http", Operation.CONNECT, flow.request.host, port)
+            target = canonical_host(flow.request.host)
+            action = Action(agent, "http", Operation.CONNECT, target, port)
         else:
             action = request_action(flow)
         return (await self.pdp.refuse(action, why)).decision_id

@@ -5,6 +5,9 @@ anything inside the tunnel that names another host is an attempt to be judged as
 destination and talk to another: domain fronting through a CDN, or an SNI that matches a
 pass-through host so the tunnel escapes inspection. Such a TLS handshake is refused (the
 client connection is closed before anything goes upstream) and such a request gets 421.
+A Host, `:authority` or absolute URL must name the destination's port too (the scheme's
+default when it names none): `Host: api:1` would reach the upstream naming a port that
+was not decided.
 
 Pass-through is decided here too, rather than with mitmproxy's `ignore_hosts`: that
 option skips interception when *any* of the CONNECT target, SNI or Host header matches,
@@ -131,26 +134,31 @@ class Tunnels:
             flow.client_conn.proxy_mode, mode_specs.ReverseMode
         ):
             return
-        if flow.request.authority and flow.client_conn.id in self.tunnelled:
+        req = flow.request
+        default = 443 if req.scheme == "https" else 80
+        if req.authority and flow.client_conn.id in self.tunnelled:
             # An absolute-form request inside a tunnel: upstream servers route by the URL,
-            # which must then name the tunnel's destination too.
+            # which must then name the tunnel's destination too, port included.
             try:
-                named, _ = url.parse_authority(flow.request.authority, check=False)
+                named, port = url.parse_authority(req.authority, check=False)
             except ValueError:
-                named = ""
-            if not same_host(named, flow.request.host):
-                misdirected(flow, f"request URL names {named!r}, the tunnel {flow.request.host!r}")
+                named, port = "", None
+            if not same_host(named, req.host) or (port or default) != req.port:
+                misdirected(
+                    flow,
+                    f"request URL names {req.authority!r}, the tunnel {req.host}:{req.port}",
+                )
                 return
-        authority = flow.request.host_header
+        authority = req.host_header
         if not authority:
             return
         try:
-            host, _ = url.parse_authority(authority, check=False)
+            host, port = url.parse_authority(authority, check=False)
         except ValueError:
             misdirected(flow, f"unreadable Host header {authority!r}")
             return
-        if not same_host(host, flow.request.host):
+        if not same_host(host, req.host) or (port or default) != req.port:
             misdirected(
                 flow,
-                f"Host {host!r} does not match the destination {flow.request.host!r}",
+                f"Host {authority!r} does not match the destination {req.host}:{req.port}",
             )

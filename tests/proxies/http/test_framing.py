@@ -154,8 +154,9 @@ async def test_pipelined_http1_requests_are_each_decided_and_arrive_once(rig: Ri
     reader, writer = await tunnel(proxy, f"localhost:{upstream.port}")
     ctx = ssl.create_default_context(cafile=str(proxy.ca_file))
     await writer.start_tls(ctx, server_hostname="localhost")
-    one = b"POST /a HTTP/1.1\r\nHost: localhost\r\nContent-Length: 3\r\n\r\nabc"
-    writer.write(one + b"GET /b HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    host = b"Host: localhost:%d\r\n" % upstream.port
+    one = b"POST /a HTTP/1.1\r\n" + host + b"Content-Length: 3\r\n\r\nabc"
+    writer.write(one + b"GET /b HTTP/1.1\r\n" + host + b"\r\n")
     answers = b""
     while answers.count(b"HTTP/1.1 200") < 2:
         answers += await asyncio.wait_for(reader.read(65536), 15)

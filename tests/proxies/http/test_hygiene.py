@@ -175,7 +175,7 @@ async def test_a_method_is_refused_unless_it_is_a_token(rig: Rig, method: bytes)
     answer = await send(rig, method=method)
     got = upstream.requests[before:]
     token = all((chr(b).isalnum() and b < 0x80) or chr(b) in "!#$%&'*+-.^_`|~" for b in method)
-    if token and len(method) <= 32 and method != b"CONNECT":
+    if token and len(method) <= 32 and method != b"CONNECT" and method == method.upper():
         assert [g.method for g in got] == [method], answer[:200]
         assert len(decided(sink)) == n + 1
     else:

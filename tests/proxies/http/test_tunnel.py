@@ -70,7 +70,8 @@ def tunnel_get(proxy: tuple[str, int], target: str, sni: str, cafile: Path) -> s
         ctx.check_hostname = False  # the SNI under test need not match the certificate
         with ctx.wrap_socket(sock, server_hostname=sni) as tls:
             tls.sendall(
-                f"GET /tunnel HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n".encode()
+                f"GET /tunnel HTTP/1.1\r\nHost: {sni}:{target.rsplit(':', 1)[1]}\r\n"
+                "Connection: close\r\n\r\n".encode()
             )
             out = b""
             while chunk := tls.recv(65536):
