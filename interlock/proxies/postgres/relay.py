@@ -6,7 +6,7 @@ from interlock.proxies.postgres import messages as m
 from interlock.proxies.postgres.codec import BackendReader, decode_backend
 from interlock.proxies.postgres.results import ResultTracker
 
-_READY, _ROW_DESCRIPTION, _ERROR = ord("Z"), ord("T"), ord("E")
+_READY, _ROW_DESCRIPTION, _ERROR, _COPY_IN = ord("Z"), ord("T"), ord("E"), ord("G")
 FAILED_KEPT = 64
 """How many of the latest failed ReadyForQuery numbers `Downstream.failed` keeps."""
 _STATUSES = frozenset(b"ITE")
@@ -70,6 +70,10 @@ class Downstream:
         self.readies = 0
         """ReadyForQuery messages received since login: the number of the batch (a
         Query, or the messages up to a Sync) the server last finished."""
+        self.copy_ins = 0
+        """CopyInResponse messages received: COPY FROM STDIN started on the server."""
+        self.errors = 0
+        """ErrorResponse messages received."""
         self.last_idle = 0
         """The number of the last batch that ended outside a transaction block (status
         I): the portals bound in it or before are gone."""
@@ -95,6 +99,9 @@ class Downstream:
                 self._finished()
             elif kind == _ERROR:
                 self._error = True
+                self.errors += 1
+            elif kind == _COPY_IN:
+                self.copy_ins += 1
             elif kind == _ROW_DESCRIPTION and results.described(bytes(buf[start + 5 : end])):
                 out.forward(start, end)
                 continue
@@ -114,6 +121,11 @@ class Downstream:
             else:
                 out.add(forward.encode())
         return out.take()
+
+    @property
+    def error_open(self) -> bool:
+        """Whether the server reported an error in the batch it has not finished yet."""
+        return self._error
 
     def _finished(self) -> None:
         self.readies += 1

@@ -54,6 +54,7 @@ from interlock.proxies.postgres.results import (
 )
 from interlock.proxies.postgres.scram import MECHANISM, ScramError, ScramServer, Verifier
 from interlock.proxies.postgres.session import (
+    CopyAnswered,
     Decide,
     Need,
     PostureNow,
@@ -656,21 +657,33 @@ class PostgresProxy:
         if isinstance(need, Refuse):
             return await self.pdp.refuse(need.action, need.reason)
         if isinstance(need, Settle):
-            await self._settle(session, need)
+            down = session.core.downstream
+            await self._wait_server(session, need.flush, lambda: down.readies >= need.batch)
+            return None
+        if isinstance(need, CopyAnswered):
+            core = session.core
+            await self._wait_server(session, need.flush, lambda: not core._copy_unanswered())
             return None
         return await self._held(session, need.decision, need.action, need.sql)
 
-    @staticmethod
-    async def _settle(session: _Session, need: Settle) -> None:
-        """Send what came before, then wait for the server to finish `need.batch` (it
-        answers in order, so this costs at most the time the batch takes anyway)."""
-        if need.flush:
-            session.conn.writer.write(need.flush)
+    async def _wait_server(self, session: _Session, flush: bytes, done: Callable[[], bool]) -> None:
+        """Send what came before, then wait until the server's answers make `done` true
+        (it answers in order, so this costs at most the time the work takes anyway). A
+        client that goes away meanwhile ends the wait, and what the server is doing for
+        it is cancelled: nothing reads its socket now, and a session left waiting would
+        keep its transaction and its locks (a backend waiting on a lock does not notice
+        its connection close)."""
+        if flush:
+            session.conn.writer.write(flush)
             await session.conn.writer.drain()
-        down = session.core.downstream
-        while down.readies < need.batch and not (session.closed or session.server_gone):
+        while not (done() or session.closed or session.server_gone):
+            if _closed(session.client_reader):
+                with contextlib.suppress(Exception):
+                    await up.cancel(self.upstream, session.conn.pid, session.conn.key)
+                raise ConnectionError("client went away while its session waited for the server")
             session.progressed.clear()
-            await session.progressed.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(session.progressed.wait(), GONE_POLL_S)
 
     async def _held(
         self, session: _Session, decision: Decision, action: Action, sql: str
@@ -811,8 +824,17 @@ class PostgresProxy:
 async def _client_gone(reader: asyncio.StreamReader | None) -> None:
     """Returns once the client has closed or reset its connection. Polled: StreamReader
     has no public way to await its end without consuming what the client sent."""
-    while reader is None or not (reader.at_eof() or reader.exception() is not None):  # noqa: ASYNC110
+    while not _closed(reader):  # noqa: ASYNC110
         await asyncio.sleep(GONE_POLL_S)
+
+
+def _closed(reader: asyncio.StreamReader | None) -> bool:
+    """Whether the client has closed or reset its connection, even with bytes it sent
+    still unread (`at_eof` waits for those to be read; `_eof` is StreamReader's own
+    record of the end, set by its protocol)."""
+    if reader is None:
+        return False
+    return bool(getattr(reader, "_eof", False)) or reader.exception() is not None
 
 
 def _server_context(config: PostgresConfig) -> ssl.SSLContext | None:

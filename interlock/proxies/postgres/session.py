@@ -20,6 +20,7 @@ the messages around it.
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, replace
@@ -57,6 +58,8 @@ _BIND, _SYNC, _TERMINATE = ord("B"), ord("S"), ord("X")
 _EXECUTE = ord("E")
 _EXTENDED = (m.Parse, m.Bind, m.Describe, m.Execute, m.Close, m.Flush)
 """They open a batch that Sync ends."""
+_COPY_FROM_STDIN = re.compile(r"\bfrom\s+stdin\b", re.IGNORECASE)
+_WITH_HOLD = re.compile(r"(?<!out)\s+hold\b", re.IGNORECASE)
 MAX_NAME_BYTES = 63
 """PostgreSQL keys prepared statements and portals on their first NAMEDATALEN-1 bytes:
 two longer names that share them are one name to the server. Longer names are refused."""
@@ -105,7 +108,16 @@ class Settle:
     flush: bytes
 
 
-Need = Decide | Hold | PostureNow | Refuse | Settle
+@dataclass(frozen=True, slots=True)
+class CopyAnswered:
+    """Send `flush` upstream, then wait until the server has answered the COPY FROM
+    STDIN sent last: it started copying (CopyInResponse), failed, or skipped it (an
+    error earlier in its batch). Answered with None."""
+
+    flush: bytes
+
+
+Need = Decide | Hold | PostureNow | Refuse | Settle | CopyAnswered
 Steps = Generator[Need, Any, _T]
 """What `Session.receive` and its parts yield, are sent, and return."""
 Stamp = Callable[[Action], tuple[CompiledPolicy, Mode]]
@@ -144,6 +156,18 @@ class Portal:
     """Its statement's decision; None: not decided by interlock, so it runs nothing."""
     batch: int
     """The batch it was bound in: a transaction that ends after it drops it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """A SQL cursor declared through the proxy: the plan its FETCHes get."""
+
+    plan: MaskPlan
+    hold: bool
+    """Declared WITH HOLD: it outlives its transaction."""
+    batch: int
+    """The batch its DECLARE was sent in: without HOLD, a transaction that ends after it
+    drops it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,8 +236,17 @@ class Session:
         """The batch of the last unnamed Parse forwarded, until it is known to have taken
         effect: if its batch failed the server may hold the unnamed statement before it,
         or none."""
-        self.cursors: dict[str, MaskPlan] = {}
+        self.cursors: dict[str, Cursor] = {}
         """SQL cursors declared through the proxy, with the plan their rows need."""
+        self.copy_from: tuple[int, int] | None = None
+        """While a COPY FROM STDIN the proxy sent may still be taking the client's data:
+        the server's count of CopyInResponse before it, and its batch. During COPY the
+        server ignores Sync and Flush (no ReadyForQuery), and waits for data, so nothing
+        may wait on it."""
+        self.copy_statements: set[str] = set()
+        """Prepared statements that are a COPY FROM STDIN (their Execute starts one)."""
+        self._copy_in = False
+        """Whether the statement `_checked` last let through holds a COPY FROM STDIN."""
         self.read_only = read_only
         """Whether the upstream session should refuse writes itself (read_only posture)."""
         self.read_only_applied = False
@@ -272,11 +305,22 @@ class Session:
                     out.add(self.refused(name_too_long(portal, statement)))
                     continue
                 if statement == "" and self._unsettled():
-                    yield from self._settle(out.take())
+                    if self.copy_from is None:
+                        yield from self._settle(out.take())
+                    else:
+                        self._settle_unnamed()  # no waiting during COPY: undecided
                 self.bound(portal, statement)
+                self.cursors.pop(portal, None)
                 out.forward(start, end)
                 continue
             if kind == _SYNC:
+                if self._copy_unanswered():
+                    yield from self._copy_answered(out.take())
+                elif self.copy_from is not None:
+                    yield from self._copy_answered(b"")
+                if self._copying():
+                    out.forward(start, end)  # ignored by the server during COPY
+                    continue
                 self.results.sent_sync()
                 self.sent_batches += 1
                 self.in_batch = False
@@ -357,6 +401,8 @@ class Session:
         if isinstance(msg, m.Query):
             ahead = self.end_batch() if self.in_batch else b""
             sql, plans, _, watches = yield from self._checked(msg.sql)
+            if sql is None and self._copy_in:
+                self._copy_started()
             results.sent_query(plans, watches)
             self.sent_batches += 1
             if sql is None:
@@ -381,6 +427,10 @@ class Session:
                 self.actions[msg.name] = decided
             if sql is not None:
                 return m.Parse(msg.name, sql, msg.param_types).encode()
+            if self._copy_in:
+                self.copy_statements.add(msg.name)
+            else:
+                self.copy_statements.discard(msg.name)
             if msg.name:
                 self.named.add(msg.name)
             else:
@@ -390,8 +440,12 @@ class Session:
             if too_long(msg.portal) or too_long(msg.statement):
                 return self.refused(name_too_long(msg.portal, msg.statement))
             if msg.statement == "" and self._unsettled():
-                yield from self._settle(b"")
+                if self.copy_from is None:
+                    yield from self._settle(b"")
+                else:
+                    self._settle_unnamed()
             self.bound(msg.portal, msg.statement)
+            self.cursors.pop(msg.portal, None)
         elif isinstance(msg, m.Describe):
             if too_long(msg.name):
                 return self.refused(name_too_long(msg.name))
@@ -410,6 +464,7 @@ class Session:
                 self.actions.pop(msg.name, None)
             else:
                 self.portals.pop(msg.name, None)
+                self.cursors.pop(msg.name, None)
         elif isinstance(msg, m.Execute):
             if too_long(msg.portal):
                 return self.refused(name_too_long(msg.portal))
@@ -429,6 +484,8 @@ class Session:
                 results.sent_execute(prepared)
                 # Fails on the server in order, like any denial; Execute's answer is the error.
                 return m.Parse("", self.denial_sql(veto)).encode()
+            if bound is not None and bound.statement in self.copy_statements:
+                self._copy_started()
             if prepared.mask is None and not prepared.describing:
                 # The rows would come without a description: ask for it first, so the
                 # server says where each column comes from.
@@ -437,9 +494,14 @@ class Session:
                 return m.Describe("P", msg.portal).encode() + msg.encode()
             results.sent_execute(prepared)
         elif isinstance(msg, m.Sync):
-            results.sent_sync()
-            self.sent_batches += 1
-            self.in_batch = False
+            if self.copy_from is not None:
+                yield from self._copy_answered(b"")
+            if not self._copying():
+                results.sent_sync()
+                self.sent_batches += 1
+                self.in_batch = False
+        elif isinstance(msg, (m.CopyDone, m.CopyFail)):
+            self.copy_from = None
         elif isinstance(msg, m.FunctionCall):
             ahead = self.end_batch() if self.in_batch else b""
             results.sent_query([ORIGINS_ONLY])
@@ -458,7 +520,9 @@ class Session:
 
     def _settle(self, pending: bytes) -> Steps[None]:
         """Before a Bind of the unnamed statement: send `pending`, wait for the end of
-        the batch it was parsed in, and keep it only if that batch did not fail."""
+        the batch it was parsed in, and keep it only if that batch did not fail. (Not
+        during a COPY FROM STDIN: the server waits for data there, so the end is taken
+        as unknown and the statement as undecided.)"""
         yield Settle(self._unnamed or 0, pending)
         self._settle_unnamed()
 
@@ -487,10 +551,48 @@ class Session:
         bound = self.portals.get(portal)
         return bound is not None and bound.batch <= self.sent_batches
 
+    def _copying(self) -> bool:
+        """Whether the server is taking COPY data now (it answered the COPY FROM STDIN
+        with CopyInResponse, and the client has not ended the data)."""
+        if self.copy_from is None:
+            return False
+        started = self.copy_from[0]
+        return self.downstream.copy_ins > started
+
+    def _copy_unanswered(self) -> bool:
+        """Whether the server has not yet answered the COPY FROM STDIN sent last: no
+        CopyInResponse since, its batch not ended, and no error in its batch yet (in the
+        extended protocol that error skips the rest, Execute included, up to the Sync)."""
+        if self.copy_from is None:
+            return False
+        down = self.downstream
+        started, batch = self.copy_from
+        if down.copy_ins > started or down.readies >= batch:
+            return False
+        return not (down.readies == batch - 1 and down.error_open)
+
+    def _copy_started(self) -> None:
+        """The COPY FROM STDIN just let through (a Query, or an Execute of one)."""
+        self.copy_from = (self.downstream.copy_ins, self.sent_batches + 1)
+
+    def _copy_answered(self, pending: bytes) -> Steps[None]:
+        """Before a Sync while a COPY FROM STDIN may be running: whether the server will
+        count it depends on whether the COPY started, so wait for its answer (sent at
+        once: a CopyInResponse or an error). If it failed or was skipped, or its answer
+        could not be waited for, the COPY is taken as not running."""
+        if self._copy_unanswered():
+            yield CopyAnswered(pending)
+        if self.copy_from is not None and self.downstream.copy_ins == self.copy_from[0]:
+            self.copy_from = None
+
     def _waits(self, portal: str) -> bool:
         """Whether an Execute of `portal` must wait for the server first (see
-        `_settle_portal`)."""
-        return self._unsure(portal) and self.downstream.readies < self.sent_batches
+        `_settle_portal`; never during a COPY FROM STDIN, which waits for data)."""
+        return (
+            self._unsure(portal)
+            and self.downstream.readies < self.sent_batches
+            and self.copy_from is None
+        )
 
     def _settle_portal(self, portal: str, pending: bytes) -> Steps[None]:
         """Before the Execute of a portal from an earlier batch: when the server has not
@@ -498,7 +600,7 @@ class Session:
         forget the portal if a transaction ended after its Bind, or if their end is
         still unknown (the driver could not wait): its Execute runs nothing."""
         down = self.downstream
-        if down.readies < self.sent_batches:
+        if down.readies < self.sent_batches and self.copy_from is None:
             yield Settle(self.sent_batches, pending)
         bound = self.portals.get(portal)
         if bound is not None and (
@@ -548,6 +650,7 @@ class Session:
     ) -> Steps[tuple[str | None, list[MaskPlan], Decided | None, list[Watch | None]]]:
         """(None, a mask plan per statement, how it was decided) when `sql` may go
         through; else (the replacement that fails with the denial, [], None)."""
+        self._copy_in = False
         classification = self.classify(sql)
         if not classification.statements:
             return None, [ORIGINS_ONLY], None, []
@@ -575,13 +678,22 @@ class Session:
             if statement.kind == "fetch":
                 # A cursor's rows are masked as its DECLARE said; a cursor interlock did
                 # not see declared (a refcursor from a function, say) is refused.
-                if statement.name not in self.cursors:
+                cursor = self.cursors.get(statement.name or "")
+                if (
+                    cursor is not None
+                    and not cursor.hold
+                    and self.downstream.last_idle >= cursor.batch
+                ):
+                    # Its transaction ended: the server dropped it.
+                    del self.cursors[statement.name or ""]
+                    cursor = None
+                if cursor is None:
                     why = (
                         f"cursor {statement.name!r} was not declared through interlock "
                         f"(decision {decision.decision_id})"
                     )
                     return self.denial_sql(why), [ORIGINS_ONLY], None, []
-                plans.append(self.cursors[statement.name])
+                plans.append(cursor.plan)
                 continue
             plan, refusal = mask_plan(statement, hidden)
             if refusal is not None:
@@ -590,7 +702,8 @@ class Session:
             if statement.kind == "declare" and statement.name is not None:
                 # DECLARE itself returns no rows; its FETCHes get the plan. A protocol
                 # Execute of its name runs the cursor, not what was bound before.
-                self.cursors[statement.name] = plan
+                hold = _WITH_HOLD.search(statement.text) is not None
+                self.cursors[statement.name] = Cursor(plan, hold, self.sent_batches + 1)
                 self.portals.pop(statement.name, None)
                 plan = ORIGINS_ONLY
             elif statement.kind == "prepare" and statement.name is not None:
@@ -605,6 +718,8 @@ class Session:
             elif statement.kind == "close" and statement.name is not None:
                 self.cursors.pop(statement.name, None)
                 self.portals.pop(statement.name, None)
+            elif statement.kind == "copy" and _COPY_FROM_STDIN.search(statement.text):
+                self._copy_in = True
             plans.append(plan)
         return None, plans, Decided(action, mode, policy, decision.obligations), watches
 

@@ -32,6 +32,7 @@ from interlock.proxies.postgres.session import (
     READ_ONLY_SESSION,
     READ_ONLY_TRANSACTION,
     READ_WRITE_SESSION,
+    CopyAnswered,
     Decide,
     Hold,
     Need,
@@ -469,7 +470,7 @@ def test_within_one_batch_a_bind_does_not_wait() -> None:
 
 def denial(s: Session, out: bytes) -> str:
     """The reason of the one refusal in `out`."""
-    refused = [x for x in sent(out) if isinstance(x, m.Parse) and "interlock_" in x.sql]
+    refused = [x for x in sent(out) if isinstance(x, (m.Parse, m.Query)) and "interlock_" in x.sql]
     assert len(refused) == 1, sent(out)
     return s.downstream.denials[refused[0].sql.rsplit(".", 1)[1]]
 
@@ -650,6 +651,56 @@ def test_an_execute_whose_wait_could_not_end_runs_nothing() -> None:
     )
     assert Settle in [type(n) for n in needs]
     assert "not bound through interlock" in denial(s, out)
+
+
+@pytest.mark.parametrize(("declare", "fetched"), [("", False), (" with hold", True)])
+def test_a_cursor_is_fetched_after_its_transaction_only_if_held(
+    declare: str, fetched: bool
+) -> None:
+    """Without HOLD a cursor ends with its transaction, and a function may open another
+    under its name (a refcursor) that the proxy does not see: its FETCH is refused."""
+    s = core()
+    for sql, status in (
+        ("begin", "T"),
+        (f"declare c cursor{declare} for select id from orders", "T"),  # noqa: S608
+        ("commit", "I"),
+    ):
+        run(s.receive(m.Query(sql).encode()), allowing)
+        s.from_server(m.CommandComplete("X").encode() + m.ReadyForQuery(status).encode())
+    (out, _), _ = run(s.receive(m.Query("fetch all from c").encode()), allowing)
+    if fetched:
+        assert sent(out) == [m.Query("fetch all from c")]
+    else:
+        assert "not declared through interlock" in denial(s, out)
+
+
+def test_a_sync_during_copy_data_is_not_counted() -> None:
+    """The server ignores Sync during COPY FROM STDIN: no ReadyForQuery answers it."""
+    s = core()
+    run(s.receive(m.Query("copy orders from stdin").encode()), allowing)
+    s.from_server(m.Raw(b"G", b"\0\0\0").encode())  # CopyInResponse: the COPY started
+    (out, _), needs = run(s.receive(m.Sync().encode() + m.CopyDone().encode()), allowing)
+    assert needs == [], "answered already: no wait"
+    assert sent(out) == [m.Sync(), m.CopyDone()]
+    assert s.sent_batches == 1, "only the Query is a batch"
+    assert s.copy_from is None, "the client ended the data"
+
+
+def test_a_sync_before_the_copy_is_answered_waits_for_the_answer() -> None:
+    s = core()
+    data = m.Query("copy orders from stdin").encode() + m.Sync().encode()
+    steps = s.receive(data)
+    need = next(steps)
+    while not isinstance(need, CopyAnswered):
+        need = steps.send(allowing(need))
+    assert need.flush == m.Query("copy orders from stdin").encode()
+    s.from_server(m.error("relation does not exist").encode() + m.ReadyForQuery("I").encode())
+    try:
+        steps.send(None)
+    except StopIteration as done:
+        out, _ = done.value
+    assert sent(out) == [m.Sync()]
+    assert s.sent_batches == 2, "the COPY failed: the server answers the Sync"
 
 
 SANS_IO = ("session", "relay", "codec", "messages", "results", "copyformat")
