@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -111,6 +112,41 @@ def _strings(value: Any, key: str, out: list[tuple[str, str]]) -> None:
             _strings(item, str(k), out)
 
 
+_URL_EDGES = "".join(chr(c) for c in range(0x21))
+"""What URL parsers strip from both ends of a URL (C0 controls and space, WHATWG)."""
+_ENCODED_SEPARATORS = re.compile(r"%(2f|5c|00)", re.IGNORECASE)
+
+
+def jsonrpc_batch(doc: Any) -> bool:
+    """Whether `doc` is a JSON-RPC batch (an array of calls): servers run each, while a
+    decision is made for one call per request."""
+    return isinstance(doc, list) and any(
+        isinstance(item, dict) and ("method" in item or "jsonrpc" in item) for item in doc
+    )
+
+
+def file_uri_path(value: str) -> str | None:
+    """The absolute path a `file:` URI names, read as the servers' URL parsers read it
+    (WHATWG's, Node's `fileURLToPath`, Python's `urlsplit`), or None when `value` is not
+    one. Leading and trailing controls and spaces are stripped and tabs and newlines
+    removed anywhere (`"\\tfile:///x"` is a file URI to them); a backslash is a
+    separator; dot segments are removed before percent-decoding, `%2e` being a dot. An
+    encoded slash, backslash or NUL is read differently by different parsers (a
+    separator to one, refused by another), so it raises `PathError`."""
+    text = value.strip(_URL_EDGES)
+    text = text.replace("\t", "").replace("\n", "").replace("\r", "")
+    if text[:5].lower() != "file:":
+        return None
+    if _ENCODED_SEPARATORS.search(text):
+        raise PathError(f"file URI with an encoded slash, backslash or NUL: {value[:200]!r}")
+    url = urlsplit(text.replace("\\", "/"))
+    if url.netloc not in ("", "localhost"):
+        raise PathError(f"file URI of another host: {value[:200]!r}")
+    dotted = re.sub(r"%2e", ".", url.path, flags=re.IGNORECASE)
+    folded = posixpath.normpath("/" + dotted.lstrip("/")) if dotted else "/"
+    return "/" + unquote(folded).lstrip("/")
+
+
 def argument_paths(arguments: dict[str, Any], cwd: str, home: str) -> list[str]:
     """Every argument value a local tool server could take as a file path, resolved as it
     would (home expanded, relative to its working directory, `..` collapsed, symbolic
@@ -120,11 +156,9 @@ def argument_paths(arguments: dict[str, Any], cwd: str, home: str) -> list[str]:
     _strings(arguments, "", found)
     paths: list[str] = []
     for key, value in found:
-        if value[:5].lower() == "file:":
-            url = urlsplit(value)
-            if url.netloc not in ("", "localhost"):
-                raise PathError(f"file URI of another host: {value[:200]!r}")
-            value = "/" + unquote(url.path)  # a file URI's path is absolute, "" is "/"
+        uri_path = file_uri_path(value)
+        if uri_path is not None:
+            value = uri_path
         elif not (_PATH_KEY.search(key) or value.startswith("~") or _PATH_SHAPE.fullmatch(value)):
             continue
         if "\x00" in value:
@@ -132,11 +166,15 @@ def argument_paths(arguments: dict[str, Any], cwd: str, home: str) -> list[str]:
         if value == "~" or value.startswith("~/"):
             value = home + value[1:]
         # normpath keeps a leading "//" (POSIX leaves it to the system); Linux reads "/".
-        full = "/" + os.path.normpath(os.path.join(cwd, value)).lstrip("/")
+        joined = os.path.join(cwd, value)
+        full = "/" + os.path.normpath(joined).lstrip("/")
         paths.append(full)
-        real = os.path.realpath(full)
-        if real != full:
-            paths.append(real)
+        # Folded first (as Node's path.resolve does), then links followed; and as the
+        # kernel reads it, a link before `..` followed first (`lnk/../x` is under the
+        # link's target's parent): a server may do either.
+        for real in (os.path.realpath(full), os.path.realpath(joined)):
+            if real != full:
+                paths.append(real)
         if len(paths) > MAX_PATHS:
             raise PathError(f"more than {MAX_PATHS} path arguments")
     return list(dict.fromkeys(paths))

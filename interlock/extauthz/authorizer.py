@@ -21,7 +21,7 @@ from typing import Any
 
 from interlock.approvals.holds import Holds
 from interlock.classify.content import MAX_SCAN, scan
-from interlock.classify.mcp import tool_call
+from interlock.classify.mcp import jsonrpc_batch, tool_call
 from interlock.config import ExtAuthzConfig
 from interlock.core.model import Action, Agent, Decision, Effect, Operation
 from interlock.core.pdp import PDP
@@ -101,6 +101,10 @@ class Authorizer:
             # padded past max_request_bytes would otherwise pass as a plain write).
             return await self._refuse(
                 agent, req, "JSON or form body larger than the proxy forwards for inspection"
+            )
+        if jsonrpc_batch(body.parsed):
+            return await self._refuse(
+                agent, req, "a JSON-RPC batch: interlock decides one call per request"
             )
         action = self._action(agent, req, path, body, sorted(query)[:64])
         if self.config.mode == "opa-envoy":

@@ -40,7 +40,9 @@ def read_body(raw: bytes, headers: Mapping[str, str], max_bytes: int) -> Body:
     if len(raw) > max_bytes:
         raise BadBody(f"body larger than {max_bytes} bytes")
     declared = headers.get("content-length")
-    truncated = False
+    # Envoy says itself when it cut the body (a chunked or HTTP/2 request has no
+    # content-length to compare with); a client cannot clear it, only set it.
+    truncated = headers.get("x-envoy-auth-partial-body", "").strip().lower() == "true"
     if declared is not None:
         try:
             length = int(declared.strip())
@@ -48,7 +50,7 @@ def read_body(raw: bytes, headers: Mapping[str, str], max_bytes: int) -> Body:
             raise BadBody(f"bad content-length {declared[:40]!r}") from exc
         if length < 0:
             raise BadBody("negative content-length")
-        truncated = length > len(raw)
+        truncated = truncated or length > len(raw)
     if not raw:
         return Body(0, truncated)
     ctype = headers.get("content-type", "").lower()

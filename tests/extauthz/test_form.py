@@ -52,6 +52,16 @@ def test_a_truncated_form_is_not_parsed() -> None:
     assert (body.truncated, body.parsed) == (True, None)
 
 
+def test_a_body_envoy_says_it_cut_is_truncated_without_a_content_length() -> None:
+    """A chunked or HTTP/2 request has no content-length to compare the body with; Envoy
+    marks the cut itself (`x-envoy-auth-partial-body`)."""
+    headers = {"content-type": FORM, "x-envoy-auth-partial-body": "true"}
+    body = read_body(b"a=1&card=4111", headers, 1 << 20)
+    assert (body.truncated, body.parsed) == (True, None)
+    whole = read_body(b"a=1", {**headers, "x-envoy-auth-partial-body": "false"}, 1 << 20)
+    assert (whole.truncated, whole.parsed) == (False, {"a": ["1"]})
+
+
 def test_multipart_fields_are_scanned() -> None:
     raw = (
         b'--b\r\nContent-Disposition: form-data; name="n"\r\n\r\ncard 4111 1111 1111 1111\r\n--b--'

@@ -82,6 +82,17 @@ async def test_an_mcp_tool_call_in_the_body_is_decided_as_that_tool(authz: Authz
     assert r.status.code == code_pb2.OK
 
 
+async def test_a_json_rpc_batch_is_refused(authz: Authz) -> None:
+    """An MCP server runs every call of a batch; `tool_call` reads one. Decided as one
+    plain write, a batch could carry a restricted tool past its restriction."""
+    await authz.pdp.store.restrict("coder", ["tool:drop_database"])
+    call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "drop_database"}}
+    headers = {MESH_HEADER: "coder", "content-type": "application/json"}
+    r = await authz.check(check_request("POST", "/mcp", headers, json.dumps([call])))
+    assert r.status.code == code_pb2.PERMISSION_DENIED
+    assert "JSON-RPC batch" in authz.sink.last.decision.reasons[0]
+
+
 @pytest.mark.parametrize(
     ("raw", "decided_on"),
     [

@@ -24,7 +24,7 @@ from interlock.classify.content import (
     InjectionDetector,
     scan,
 )
-from interlock.classify.mcp import confidence_value, tool_call
+from interlock.classify.mcp import confidence_value, jsonrpc_batch, tool_call
 from interlock.core.model import Action, Decision, Effect, Operation
 from interlock.core.pdp import PDP
 from interlock.errors import StateError
@@ -292,12 +292,19 @@ class Egress:
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or AGENT not in flow.metadata:
             return
-        why = unscannable(body_text(flow.request))
+        text = body_text(flow.request)
+        why = unscannable(text)
         if why is not None:
             headers = {"Content-Type": "application/json"}
             refuse(
                 flow, 413, {"error": "request body too large to inspect", "reason": why}, headers
             )
+            return
+        if jsonrpc_batch(_json(text)):
+            # An MCP server runs each call of a batch; a decision is for one call.
+            why = "a JSON-RPC batch: interlock decides one call per request"
+            headers = {"Content-Type": "application/json"}
+            refuse(flow, 400, {"error": "JSON-RPC batch", "reason": why}, headers)
             return
         await self._enforce(flow, request_action(flow, self.keep_prompts))
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from interlock.classify.content import MAX_SCAN, scan
-from interlock.classify.mcp import PathError, argument_paths, confidence_value
+from interlock.classify.mcp import PathError, argument_paths, confidence_value, file_uri_path
 from interlock.core.model import Action, Agent, Operation
 
 MAX_ARGUMENTS = 64
@@ -85,8 +85,8 @@ def action_for(method: str, request: dict[str, Any], agent: Agent, where: Where)
     if method == "resources/read":
         uri = _string(params, "uri")
         # A URI of the server's own scheme names no local file; a file: URI does.
-        local = uri[:5].lower() == "file:"
         try:
+            local = file_uri_path(uri) is not None
             paths = argument_paths({"uri": uri}, where.cwd, where.home) if local else []
         except PathError as exc:
             raise Unreadable(str(exc)) from None

@@ -250,6 +250,17 @@ async def test_a_textual_body_within_the_limit_is_read_to_its_end(rig: Rig) -> N
     assert (record.action.operation, record.action.target) == (Operation.TOOL_CALL, "rm")
 
 
+async def test_a_json_rpc_batch_is_refused(rig: Rig) -> None:
+    """An MCP server runs every call of a batch; a decision is for one call."""
+    proxy, sink, upstream, _ = rig
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "rm"}}
+    body = json.dumps([call]).encode()
+    extra = b"Content-Type: application/json\r\n"
+    answer = await send(proxy, absolute(upstream.port, b"/mcp", b"POST", extra=extra, body=body))
+    refused(sink, answer, b"400", "JSON-RPC batch")
+    assert upstream.requests == []
+
+
 # 5. Percent-encoded paths
 
 

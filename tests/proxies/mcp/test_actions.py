@@ -96,3 +96,59 @@ def test_masked_text_keeps_no_value_of_a_masked_label(
     assert "pii" not in scan(out).labels
     assert all(e not in out for _, e in parts)
     assert masked("meeting at noon", frozenset({"pii"})) == "meeting at noon"
+
+
+@pytest.mark.parametrize(
+    ("uri", "path"),
+    [
+        # URL parsers strip controls and spaces at the ends and tabs and newlines inside.
+        ("\tfile:///home/agent/.ssh/id_rsa", "/home/agent/.ssh/id_rsa"),
+        (" file:///home/agent/.ssh/id_rsa ", "/home/agent/.ssh/id_rsa"),
+        ("fi\nle:///home/agent/.ssh/id_rsa", "/home/agent/.ssh/id_rsa"),
+        # A backslash is a separator to WHATWG parsers (Node's URL).
+        ("file:///etc\\ssh\\sshd_config", "/etc/ssh/sshd_config"),
+        # %2e is a dot: dot segments go before percent-decoding.
+        ("file:///x/%2e%2e/etc/ssh/sshd_config", "/etc/ssh/sshd_config"),
+        ("FILE:///etc/ssh/sshd_config", "/etc/ssh/sshd_config"),
+    ],
+)
+def test_file_uris_are_read_as_url_parsers_read_them(uri: str, path: str) -> None:
+    assert path in argument_paths({"uri": uri}, "/srv/work", "/home/agent")
+    assert path in argument_paths({"anything": uri}, "/srv/work", "/home/agent")
+
+
+@pytest.mark.parametrize(
+    "uri", ["file:///x%2Fy%2Fz/../../etc/ssh/sshd_config", "file:///etc%5cssh", "file:///a%00b"]
+)
+def test_file_uris_with_encoded_separators_are_refused(uri: str) -> None:
+    """A separator to one parser, one segment or an error to another."""
+    with pytest.raises(PathError):
+        argument_paths({"uri": uri}, "/srv/work", "/home/agent")
+
+
+def test_a_link_before_dot_dot_is_also_read_as_the_kernel_reads_it(tmp_path: Path) -> None:
+    """`lnk/../x` is under the link target's parent to open(); folded first, under the
+    working directory. A server may do either, so both are decided."""
+    work = tmp_path / "work"
+    (tmp_path / "etc" / "default").mkdir(parents=True)
+    (tmp_path / "etc" / "ssh").mkdir()
+    work.mkdir()
+    (work / "lnk").symlink_to(tmp_path / "etc" / "default")
+    paths = argument_paths({"path": "lnk/../ssh/sshd_config"}, str(work), "/home/agent")
+    assert str(tmp_path / "etc" / "ssh" / "sshd_config") in paths
+    assert str(work / "ssh" / "sshd_config") in paths
+
+
+@pytest.mark.parametrize(
+    ("doc", "batch"),
+    [
+        ([{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "x"}}], True),
+        ([{"method": "tools/call"}], True),
+        ([1, 2, 3], False),
+        ({"jsonrpc": "2.0", "method": "tools/call"}, False),
+    ],
+)
+def test_json_rpc_batches_are_recognised(doc: object, batch: bool) -> None:
+    from interlock.classify.mcp import jsonrpc_batch
+
+    assert jsonrpc_batch(doc) is batch
