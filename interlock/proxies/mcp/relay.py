@@ -13,6 +13,7 @@ reading of the same bytes).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -136,6 +137,15 @@ def _no_constant(name: str) -> Any:
     raise Malformed(PARSE_ERROR, f"{name} is not JSON")
 
 
+def _finite(text: str) -> float:
+    """A JSON number as a float; one too large for a double (`1e999`) would become
+    infinity, which the relay could only send on as `Infinity`, not JSON."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise Malformed(PARSE_ERROR, f"number {text[:40]} is out of range")
+    return value
+
+
 def _key(value: Any) -> IdKey | None:
     """The id's key, or None when it is not an MCP id (a string or an integer)."""
     if isinstance(value, str):
@@ -151,7 +161,10 @@ def parse(line: bytes) -> dict[str, Any]:
         raise Malformed(INVALID_REQUEST, f"message over {MAX_MESSAGE} bytes")
     try:
         doc = json.loads(
-            line.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant
+            line.decode("utf-8"),
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_no_constant,
+            parse_float=_finite,
         )
     except UnicodeDecodeError:
         raise Malformed(PARSE_ERROR, "message is not UTF-8") from None

@@ -127,3 +127,17 @@ def test_cancelling_a_request_in_decision_tells_the_server_nothing() -> None:
     assert isinstance(decide, Decide)
     relay.forget(decide.key)
     assert relay.allow(decide.key) == []
+
+
+def test_a_number_no_double_holds_is_refused() -> None:
+    """`1e999` would parse to infinity and go on as `Infinity`, which is not JSON: the
+    server would fail on a message the gateway had decided."""
+    import pytest
+
+    from interlock.proxies.mcp.relay import Malformed
+
+    call = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x",'
+    line = call + b'"arguments":{"n":1e999}}}'
+    with pytest.raises(Malformed, match="out of range"):
+        parse(line)
+    assert parse(line.replace(b"1e999", b"1e300"))["params"]["arguments"]["n"] == 1e300
