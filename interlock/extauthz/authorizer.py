@@ -102,6 +102,12 @@ class Authorizer:
             return await self._refuse(
                 agent, req, "JSON or form body larger than the proxy forwards for inspection"
             )
+        if body.text is not None and len(body.text) > MAX_SCAN:
+            # Scanned in part, the rest would pass unseen (a `max_body_bytes` above the
+            # scan limit): refused, as the HTTP proxy refuses it.
+            return await self._refuse(
+                agent, req, f"textual body longer than the {MAX_SCAN} characters inspected"
+            )
         if jsonrpc_batch(body.parsed):
             return await self._refuse(
                 agent, req, "a JSON-RPC batch: interlock decides one call per request"

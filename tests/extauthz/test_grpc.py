@@ -82,6 +82,19 @@ async def test_an_mcp_tool_call_in_the_body_is_decided_as_that_tool(authz: Authz
     assert r.status.code == code_pb2.OK
 
 
+async def test_a_textual_body_longer_than_the_scan_is_refused(authz: Authz) -> None:
+    """With `max_body_bytes` above the DLP scan's limit, the rest would pass unseen."""
+    from interlock.classify.content import MAX_SCAN
+
+    config = authz.authorizer.config
+    authz.authorizer.config = config.model_copy(update={"max_body_bytes": 4 * MAX_SCAN})
+    headers = {MESH_HEADER: "coder", "content-type": "text/plain"}
+    body = " " * MAX_SCAN + "AKIAIOSFODNN7EXAMPLE"
+    r = await authz.check(check_request("POST", "/upload", headers, body))
+    assert r.status.code == code_pb2.PERMISSION_DENIED
+    assert "characters inspected" in authz.sink.last.decision.reasons[0]
+
+
 async def test_a_json_rpc_batch_is_refused(authz: Authz) -> None:
     """An MCP server runs every call of a batch; `tool_call` reads one. Decided as one
     plain write, a batch could carry a restricted tool past its restriction."""
