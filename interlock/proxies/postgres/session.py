@@ -238,11 +238,11 @@ class Session:
         or none."""
         self.cursors: dict[str, Cursor] = {}
         """SQL cursors declared through the proxy, with the plan their rows need."""
-        self.copy_from: tuple[int, int] | None = None
+        self.copy_from: tuple[int, int, int] | None = None
         """While a COPY FROM STDIN the proxy sent may still be taking the client's data:
-        the server's count of CopyInResponse before it, and its batch. During COPY the
-        server ignores Sync and Flush (no ReadyForQuery), and waits for data, so nothing
-        may wait on it."""
+        the server's counts of CopyInResponse and of errors before it, and its batch.
+        During COPY the server ignores Sync and Flush (no ReadyForQuery), and waits for
+        data, so nothing may wait on it."""
         self.copy_statements: set[str] = set()
         """Prepared statements that are a COPY FROM STDIN (their Execute starts one)."""
         self._copy_in = False
@@ -552,12 +552,14 @@ class Session:
         return bound is not None and bound.batch <= self.sent_batches
 
     def _copying(self) -> bool:
-        """Whether the server is taking COPY data now (it answered the COPY FROM STDIN
-        with CopyInResponse, and the client has not ended the data)."""
+        """Whether the server is taking COPY data now: it answered the COPY FROM STDIN
+        with CopyInResponse, the client has not ended the data, and the server has not
+        ended the COPY with an error (bad data) or finished its batch since."""
         if self.copy_from is None:
             return False
-        started = self.copy_from[0]
-        return self.downstream.copy_ins > started
+        started, batch, errors = self.copy_from
+        down = self.downstream
+        return down.copy_ins > started and down.errors == errors and down.readies < batch
 
     def _copy_unanswered(self) -> bool:
         """Whether the server has not yet answered the COPY FROM STDIN sent last: no
@@ -566,14 +568,15 @@ class Session:
         if self.copy_from is None:
             return False
         down = self.downstream
-        started, batch = self.copy_from
+        started, batch, _ = self.copy_from
         if down.copy_ins > started or down.readies >= batch:
             return False
         return not (down.readies == batch - 1 and down.error_open)
 
     def _copy_started(self) -> None:
         """The COPY FROM STDIN just let through (a Query, or an Execute of one)."""
-        self.copy_from = (self.downstream.copy_ins, self.sent_batches + 1)
+        down = self.downstream
+        self.copy_from = (down.copy_ins, self.sent_batches + 1, down.errors)
 
     def _copy_answered(self, pending: bytes) -> Steps[None]:
         """Before a Sync while a COPY FROM STDIN may be running: whether the server will

@@ -686,6 +686,34 @@ def test_a_sync_during_copy_data_is_not_counted() -> None:
     assert s.copy_from is None, "the client ended the data"
 
 
+def test_a_sync_after_the_server_ended_the_copy_with_an_error_is_counted() -> None:
+    """Bad data ends the COPY on the server (an error, then ReadyForQuery), while the
+    client may still be sending: a Sync then is the server's to answer again."""
+    s = core()
+    run(s.receive(m.Query("copy orders from stdin").encode()), allowing)
+    s.from_server(m.Raw(b"G", b"\0\0\0").encode())
+    run(s.receive(m.CopyData(b"not a row\n").encode()), allowing)
+    s.from_server(m.error("invalid input syntax").encode() + m.ReadyForQuery("I").encode())
+    (out, _), _ = run(s.receive(m.Sync().encode()), allowing)
+    assert sent(out) == [m.Sync()]
+    assert s.sent_batches == 2, "the server answers this Sync"
+
+
+def test_a_sync_after_an_error_ends_an_extended_copy_is_counted() -> None:
+    """In the extended protocol the error comes first and the ReadyForQuery only after
+    the client's Sync, which the server then answers."""
+    s = core()
+    copy = m.Parse("", "copy orders from stdin", ()).encode() + m.Bind("", "", (), (), ()).encode()
+    run(s.receive(copy + m.Execute("", 0).encode()), allowing)
+    s.from_server(m.Raw(b"1", b"").encode() + m.Raw(b"2", b"").encode())
+    s.from_server(m.Raw(b"G", b"\0\0\0").encode())
+    run(s.receive(m.CopyData(b"not a row\n").encode()), allowing)
+    s.from_server(m.error("invalid input syntax").encode())
+    (out, _), _ = run(s.receive(m.Sync().encode()), allowing)
+    assert sent(out) == [m.Sync()]
+    assert s.sent_batches == 1, "the server answers this Sync"
+
+
 def test_a_sync_before_the_copy_is_answered_waits_for_the_answer() -> None:
     s = core()
     data = m.Query("copy orders from stdin").encode() + m.Sync().encode()
