@@ -156,6 +156,9 @@ class Portal:
     """Its statement's decision; None: not decided by interlock, so it runs nothing."""
     batch: int
     """The batch it was bound in: a transaction that ends after it drops it."""
+    approved: bool = False
+    """Its run of a statement held for approval was approved (more rows of the same
+    run, after PortalSuspended, need no new answer)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +186,10 @@ class Decided:
     policy: CompiledPolicy
     """The compiled policy it was decided under (compared by identity)."""
     obligations: tuple[Obligation, ...]
+    held: str | None = None
+    """The SQL text a person approved, when the decision was to hold it: the approval is
+    for one run. Its first Bind and Execute use it; every later Bind of the statement
+    (other values for its parameters) is held again."""
 
 
 class Session:
@@ -247,6 +254,8 @@ class Session:
         """Prepared statements that are a COPY FROM STDIN (their Execute starts one)."""
         self._copy_in = False
         """Whether the statement `_checked` last let through holds a COPY FROM STDIN."""
+        self.spent: set[str] = set()
+        """Statements held for approval whose approval a run has used."""
         self.read_only = read_only
         """Whether the upstream session should refuse writes itself (read_only posture)."""
         self.read_only_applied = False
@@ -423,6 +432,7 @@ class Session:
                 plans[0] if plans else ORIGINS_ONLY, watches[0] if watches else None
             )
             self.actions.pop(msg.name, None)
+            self.spent.discard(msg.name)  # a new approval, if any, is for a new run
             if decided is not None:
                 self.actions[msg.name] = decided
             if sql is not None:
@@ -479,7 +489,9 @@ class Session:
                 veto: str | None = f"portal {msg.portal!r} was not bound through interlock"
             else:
                 prepared = bound.prepared
-                veto = yield from self._posture_veto(msg.portal, bound.statement, bound.decided)
+                veto = yield from self._approved(bound)
+                if veto is None:
+                    veto = yield from self._posture_veto(msg.portal, bound.statement, bound.decided)
             if veto is not None:
                 results.sent_execute(prepared)
                 # Fails on the server in order, like any denial; Execute's answer is the error.
@@ -648,6 +660,27 @@ class Session:
             return None
         return posture_veto(action, posture)
 
+    def _approved(self, bound: Portal) -> Steps[str | None]:
+        """Why a run of a statement held for approval may not go, or None. The approval
+        given at Parse covers the first run; a later Bind (other parameter values) is
+        held again, since a person approved one run, not every row it could reach."""
+        decided = bound.decided
+        if decided is None or decided.held is None or bound.approved:
+            return None
+        if bound.statement not in self.spent:
+            self.spent.add(bound.statement)
+            bound.approved = True
+            return None
+        decision: Decision = yield Decide(decided.action)
+        if decision.effect is Effect.APPROVE:
+            verdict: Verdict = yield Hold(decision, decided.action, decided.held)
+            if not verdict.approved:
+                return f"held for approval: {verdict.reason or 'denied'}; {explain(decision)}"
+        elif decision.effect is not Effect.ALLOW:
+            return explain(decision)
+        bound.approved = True
+        return None
+
     def _checked(
         self, sql: str
     ) -> Steps[tuple[str | None, list[MaskPlan], Decided | None, list[Watch | None]]]:
@@ -661,11 +694,13 @@ class Session:
         # Read before deciding: a reload meanwhile makes the stamp old, never too new.
         policy, mode = self.stamp(action)
         decision: Decision = yield Decide(action)
+        held: str | None = None
         if decision.effect is Effect.APPROVE:
             verdict: Verdict = yield Hold(decision, action, sql)
             if not verdict.approved:
                 why = f"held for approval: {verdict.reason or 'denied'}; {explain(decision)}"
                 return self.denial_sql(why), [ORIGINS_ONLY], None, []
+            held = sql
         elif decision.effect is not Effect.ALLOW:
             return self.denial_sql(explain(decision)), [ORIGINS_ONLY], None, []
         hidden = frozenset(
@@ -724,7 +759,8 @@ class Session:
             elif statement.kind == "copy" and _COPY_FROM_STDIN.search(statement.text):
                 self._copy_in = True
             plans.append(plan)
-        return None, plans, Decided(action, mode, policy, decision.obligations), watches
+        decided = Decided(action, mode, policy, decision.obligations, held)
+        return None, plans, decided, watches
 
     def action(self, cls: SqlClassification) -> Action:
         first = cls.statements[0]

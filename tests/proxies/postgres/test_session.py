@@ -731,6 +731,41 @@ def test_a_sync_before_the_copy_is_answered_waits_for_the_answer() -> None:
     assert s.sent_batches == 2, "the COPY failed: the server answers the Sync"
 
 
+def test_an_approval_is_for_one_run_of_a_prepared_statement() -> None:
+    """A person approves `delete from orders where id = $1` once; every later Bind of it
+    (other values) is held again, and more rows of the same run are not."""
+    s = core()
+    holds: list[Hold] = []
+    answers = iter([True, False])
+
+    def answer(need: Need) -> Any:
+        if isinstance(need, Decide):
+            return decision(Effect.APPROVE, "needs a person")
+        if isinstance(need, Hold):
+            holds.append(need)
+            approved = next(answers)
+            return Verdict(approved, "alice" if approved else None, "ok" if approved else "no")
+        return allowing(need)
+
+    def run_with(value: bytes) -> bytes:
+        data = m.Bind("p", "s1", (), (value,), ()).encode() + m.Execute("p", 1).encode()
+        (out, _), _ = run(s.receive(data + m.Sync().encode()), answer)
+        s.from_server(m.ReadyForQuery("T").encode())
+        return out
+
+    run(s.receive(m.Parse("s1", "delete from orders where id = $1", ()).encode()), answer)
+    assert len(holds) == 1, "held at Parse, approved"
+    assert run_with(b"1").endswith(m.Execute("p", 1).encode() + m.Sync().encode())
+    assert len(holds) == 1, "the first run uses that approval"
+    (out, _), _ = run(s.receive(m.Execute("p", 1).encode()), answer)
+    assert out.endswith(m.Execute("p", 1).encode()), "more rows of the same run"
+    assert len(holds) == 1
+    out = run_with(b"2")
+    assert len(holds) == 2, "another run is held again"
+    assert holds[1].sql == "delete from orders where id = $1"
+    assert "held for approval: no" in denial(s, out)
+
+
 SANS_IO = ("session", "relay", "codec", "messages", "results", "copyformat")
 IO_MODULES = {"asyncio", "socket", "ssl", "selectors", "uvloop"}
 
