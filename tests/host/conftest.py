@@ -65,8 +65,10 @@ class Result:
         return self.code != 0 and any(s in self.err for s in TIMEOUTS)
 
 
-TIMEOUTS = ("timeout expired", "timed out", "Timeout was reached")
-"""How psql, ssh and curl say a connection did not open in time."""
+TIMEOUTS = ("timeout expired", "timed out", "Timeout was reached", "Connection timeout after")
+"""How psql, ssh and curl say a connection did not open in time (curl words it one way
+or another depending on the code path that gave up: a CI run met "Connection timeout
+after 1000 ms")."""
 
 
 async def run_as(user: User | None, *argv: str, limit: float = 20) -> Result:
