@@ -143,6 +143,11 @@ def _prompt_text(doc: dict[str, Any]) -> str:
 
 
 def request_action(flow: http.HTTPFlow, keep_prompts: bool = False) -> Action:
+    return action_for(flow, keep_prompts, body_text(flow.request))
+
+
+def action_for(flow: http.HTTPFlow, keep_prompts: bool, text: str | None) -> Action:
+    """`request_action` with the request's body text already read (`body_text`)."""
     req = flow.request
     raw_path = req.path.split("?", 1)[0]
     # Servers (Go's net/http, Vault) route on the decoded path, `%2F` included: so do
@@ -166,7 +171,6 @@ def request_action(flow: http.HTTPFlow, keep_prompts: bool = False) -> Action:
         "content_type": req.headers.get("content-type", "").split(";", 1)[0][:128],
     }
     agent = flow.metadata[AGENT]
-    text = body_text(req)
     found = scan_all(text) if text else Findings()
     payload = text or ""
     reported = confidence_value(req.headers.pop(CONFIDENCE_HEADER, None))
@@ -306,7 +310,8 @@ class Egress:
             headers = {"Content-Type": "application/json"}
             refuse(flow, 400, {"error": "JSON-RPC batch", "reason": why}, headers)
             return
-        await self._enforce(flow, request_action(flow, self.keep_prompts))
+        # The body is decoded once: the checks above and the action read the same text.
+        await self._enforce(flow, action_for(flow, self.keep_prompts, text))
 
     async def response(self, flow: http.HTTPFlow) -> None:
         """Text from outside taints the session; text that tries to steer the agent
