@@ -152,7 +152,14 @@ def wait_port(
         ):
             return
         if time.monotonic() > deadline:
-            raise MissingService(f"{what} did not become ready in {limit:g} s")
+            said = b""
+            if log is not None:
+                log.seek(0)
+                said = log.read()[-4000:]
+            raise MissingService(
+                f"{what} did not become ready in {limit:g} s"
+                + (f"; its stderr:\n{said.decode(errors='replace')}" if said else "")
+            )
         time.sleep(0.1)
 
 
@@ -267,15 +274,17 @@ def serving(
     cwd: Path | None = None,
     limit: float = 30.0,
     env: dict[str, str] | None = None,
+    also: Sequence[int] = (),
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run `cmd` until the context ends, once it listens on `port`; then stop it (killing
-    it if it will not stop) and remove `root`."""
+    """Run `cmd` until the context ends, once it listens on `port` (and on each port of
+    `also`); then stop it (killing it if it will not stop) and remove `root`."""
     # stderr goes to a file, not a pipe: a long-running server that logs would block on
     # a pipe nobody drains.
     log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in the finally below)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, cwd=cwd, env=env)
     try:
-        wait_port(port, proc, what, [], limit=limit, log=log)
+        for p in (port, *also):
+            wait_port(p, proc, what, [], limit=limit, log=log)
         yield proc
     finally:
         if proc.poll() is not None:
@@ -569,8 +578,7 @@ def oidc_provider(accounts: tuple[str, ...] = ("alice",)) -> Iterator[OidcProvid
         "ACCOUNTS": ",".join(accounts),
     }
     cmd = [node, str(OIDC_DIR / "provider.mjs")]
-    with serving(cmd, control_port, "oidc-provider", env=env) as proc:
-        wait_port(op_port, proc, "oidc-provider")
+    with serving(cmd, control_port, "oidc-provider", env=env, also=(op_port,)):
         yield OidcProvider(
             f"http://127.0.0.1:{op_port}",
             f"http://127.0.0.1:{control_port}",

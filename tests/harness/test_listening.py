@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import sys
 
 import pytest
 
@@ -69,3 +70,32 @@ def test_a_port_the_kernel_returns_again_is_not_handed_out_twice(
     monkeypatch.setattr(services.socket, "socket", Socket)
     monkeypatch.setattr(services, "_recent_ports", services.collections.deque(maxlen=8))
     assert [services.free_port(), services.free_port()] == [40001, 40003]
+
+
+def test_a_server_that_never_listens_is_reported_with_what_it_said() -> None:
+    # A fixture server that stays up without listening (once in CI: the OpenID provider)
+    # must say why in the failure, not only that it was not ready.
+    said = "cannot listen: EADDRINUSE"
+    cmd = [sys.executable, "-c", f"import sys, time; print({said!r}, file=sys.stderr, "
+           "flush=True); time.sleep(30)"]  # fmt: skip
+    with (
+        pytest.raises(services.MissingService, match="did not become ready") as failed,
+        services.serving(cmd, services.free_port(), "a quiet server", limit=1.0),
+    ):
+        pass
+    assert said in str(failed.value)
+
+
+def test_a_server_is_served_only_once_it_listens_on_every_port_asked() -> None:
+    with socket.socket() as first:
+        first.bind(("127.0.0.1", 0))
+        first.listen()
+        second = services.free_port()  # nobody listens here
+        cmd = [sys.executable, "-c", "import time; time.sleep(30)"]
+        with (
+            pytest.raises(services.MissingService, match="did not become ready"),
+            services.serving(
+                cmd, first.getsockname()[1], "half a server", limit=1.0, also=(second,)
+            ),  # fmt: skip
+        ):
+            pass
