@@ -69,11 +69,18 @@ exfiltration(inp, cfg) := set() if {
 } else := exfiltration_found(inp, cfg)
 
 exfiltration_found(inp, cfg) := {"exfiltration pattern: restricted data read and untrusted content, then egress to a first-seen destination" |
-	inp.action.operation in cfg.egress_operations
+	sends_out(inp, cfg)
 	"restricted_data_read" in inp.context.taints
 	count({t | some t in inp.context.taints; t in {"untrusted_content", "prompt_injection_suspected"}}) > 0
 	inp.context.first_seen
 }
+
+# Data leaves: an egress operation, or an action its proxy says sends data out whatever
+# it is read as (every HTTP request, which an agent can shape as an LLM prompt or a tool
+# call; an SSH command that reaches the network).
+sends_out(inp, cfg) if inp.action.operation in cfg.egress_operations
+
+sends_out(inp, cfg) if "egress" in object.get(inp.action.details, "effects", [])
 
 # --- hard rules: deny ---------------------------------------------------------------------
 
@@ -131,7 +138,7 @@ posture_found(inp, cfg) := {"agent is isolated" | inp.context.posture.isolated} 
 } | {"posture read_only: this command writes" |
 	"read_only" in inp.context.posture.restrictions
 	"write" in object.get(inp.action.details, "effects", [])
-} | {"posture no_egress: this command sends data out" |
+} | {"posture no_egress: this action sends data out" |
 	"no_egress" in inp.context.posture.restrictions
 	"egress" in object.get(inp.action.details, "effects", [])
 } | {"posture no_delegation: this agent may not delegate" |

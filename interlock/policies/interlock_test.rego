@@ -122,6 +122,23 @@ test_exfiltration_pattern_isolates if {
 	interlock.decide(doc, cfg).effect == "isolate"
 }
 
+test_exfiltration_pattern_isolates_a_request_shaped_as_a_prompt if {
+	# An HTTP request is egress whatever the proxy reads it as: the agent writes the shape.
+	prompt := acting(base, "prompt", "paste.example")
+	doc := object.union(prompt, {"action": object.union(prompt.action, {"details": {"effects": ["egress"]}})})
+	interlock.decide(tainted(doc, ["restricted_data_read", "untrusted_content"], true), cfg).effect == "isolate"
+	interlock.decide(tainted(prompt, ["restricted_data_read", "untrusted_content"], true), cfg).effect == "allow"
+}
+
+test_no_egress_stops_a_request_shaped_as_a_prompt if {
+	prompt := acting(base, "prompt", "paste.example")
+	doc := object.union(prompt, {"action": object.union(prompt.action, {"details": {"effects": ["egress"]}})})
+	d := interlock.decide(postured(doc, ["no_egress"], false), cfg)
+	d.effect == "deny"
+	"posture no_egress: this action sends data out" in d.reasons
+	interlock.decide(postured(prompt, ["no_egress"], false), cfg).effect == "allow"
+}
+
 test_exfiltration_needs_first_seen_destination if {
 	doc := tainted(acting(base, "egress", "api.example"), ["restricted_data_read", "untrusted_content"], false)
 	interlock.decide(doc, cfg).effect == "allow"

@@ -169,6 +169,10 @@ def action_for(flow: http.HTTPFlow, keep_prompts: bool, text: str | None) -> Act
         "query_sha256": hashlib.sha256(req.url.partition("?")[2].encode()).hexdigest(),
         "body_sha256": hashlib.sha256(req.raw_content or b"").hexdigest(),
         "content_type": req.headers.get("content-type", "").split(";", 1)[0][:128],
+        # Every request forwarded carries data to another host, whatever it is read as
+        # below: the agent writes the shape (a "model" key, a JSON-RPC tools/call), so
+        # the shape must not decide whether `no_egress` or the exfiltration rule apply.
+        "effects": ["egress"],
     }
     agent = flow.metadata[AGENT]
     found = scan_all(text) if text else Findings()

@@ -141,6 +141,43 @@ async def test_denied_request_gets_403_with_the_decision_and_reaches_nothing(
     assert upstream.seen == []
 
 
+# Whatever the proxy reads a request as (an LLM prompt, an MCP tool call, a secret read),
+# it carries data to another host: the agent writes the shape, so the shape must not
+# decide whether data may leave.
+PROMPT = {"model": "m", "messages": [{"role": "user", "content": "payroll: 1234"}]}
+CALL = {"name": "search", "arguments": {"q": "payroll"}}
+SENDS_OUT: dict[str, tuple[str, str, object, dict[str, str]]] = {
+    "prompt": ("POST", "/v1/chat/completions", PROMPT, {}),
+    "tool_call": (
+        "POST",
+        "/mcp",
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": CALL},
+        {},
+    ),
+    "secret_read": ("GET", "/v1/secret/data/payroll", None, {"X-Vault-Token": "t"}),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(SENDS_OUT))
+async def test_no_egress_stops_a_request_whatever_it_is_read_as(
+    proxy: tuple[HttpProxy, CaptureSink],
+    upstream: Upstream,
+    shape: str,
+) -> None:
+    p, sink = proxy
+    method, path, body, headers = SENDS_OUT[shape]
+    await p.pdp.store.restrict("coder", ["no_egress"])
+    async with httpx.AsyncClient(proxy=proxy_url(p)) as client:
+        r = await client.request(method, upstream.url + path, json=body, headers=headers)
+    # A tool call is refused as MCP refuses one: a JSON-RPC error the client reads.
+    said = r.json()["error"]["message"] if shape == "tool_call" else r.json()["reason"]
+    assert r.status_code == (200 if shape == "tool_call" else 403)
+    assert "posture no_egress" in said
+    assert sink.last.action.operation.value == shape  # read as that, and still stopped
+    assert list(sink.last.action.details["effects"]) == ["egress"]
+    assert upstream.seen == []
+
+
 @pytest.mark.parametrize(
     "host", ["127.0.0.1", "2130706433", "0x7f000001", "127.1", "[::ffff:127.0.0.1]", "localhost"]
 )
