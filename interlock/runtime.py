@@ -422,7 +422,7 @@ async def run_mcp(config: Config, agent_id: str, argv: list[str], token: str | N
     listeners. The child's exit status is returned."""
     from interlock.approvals.pins import PinStore
     from interlock.proxies.mcp import stdio
-    from interlock.proxies.mcp.actions import Where
+    from interlock.proxies.mcp.actions import Where, server_bases
     from interlock.proxies.mcp.gateway import Gateway
     from interlock.proxies.mcp.relay import Side
 
@@ -439,7 +439,8 @@ async def run_mcp(config: Config, agent_id: str, argv: list[str], token: str | N
     runtime._tasks.append(asyncio.create_task(runtime.policy.watch(config.policy.watch_interval)))
     _approval_channels(runtime, None)
     await _share_approvals(runtime)
-    where = Where(shlex.join(argv), os.getcwd(), str(Path.home()))
+    cwd, home = os.getcwd(), str(Path.home())
+    where = Where(shlex.join(argv), cwd, home, server_bases(argv, cwd, home))
     taint_ttl = float(
         runtime.policy.current.data.get("interlock", {}).get("taint", {}).get("ttl_seconds", 900)
     )

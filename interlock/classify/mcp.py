@@ -11,6 +11,8 @@ import json
 import os
 import posixpath
 import re
+import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -147,11 +149,48 @@ def file_uri_path(value: str) -> str | None:
     return "/" + unquote(folded).lstrip("/")
 
 
-def argument_paths(arguments: dict[str, Any], cwd: str, home: str) -> list[str]:
+def equivalent_path(full: str) -> str | None:
+    """The file `full` (absolute, folded) names to a server that looks names up by their
+    NFC form, or None when that is `full` itself or nothing. server-filesystem does so
+    for a path that does not exist: component by component it takes the entry of that
+    name, else the one entry whose NFC form is the name's (`cafe\u0301` finds `café`,
+    `Keys` finds `\u212aeys`), following links at each step. A link so found leads
+    where the path as written does not: the policy must see where."""
+    if os.path.exists(full):
+        return None
+    current = "/"
+    parts = [part for part in full.split("/") if part]
+    for i, part in enumerate(parts):
+        try:
+            entries = os.listdir(current)
+        except OSError:
+            return None  # the server's lookup fails here too
+        if part not in entries:
+            wanted = unicodedata.normalize("NFC", part)
+            entries = [e for e in entries if unicodedata.normalize("NFC", e) == wanted]
+            if not entries:
+                # Nothing further exists: the rest is appended as asked (a file to create).
+                tail = os.path.join(current, *parts[i:])
+                return tail if tail != full else None
+            if len(entries) > 1:
+                return None  # ambiguous: the server refuses it
+            part = entries[0]
+        current = os.path.realpath(os.path.join(current, part))
+    return current if current != full else None
+
+
+def argument_paths(
+    arguments: dict[str, Any], cwd: str, home: str, bases: Sequence[str] = ()
+) -> list[str]:
     """Every argument value a local tool server could take as a file path, resolved as it
     would (home expanded, relative to its working directory, `..` collapsed, symbolic
     links followed: the server runs on this machine, so the gateway sees the same file
-    system). A value counts when its key says path-like or it looks like a path."""
+    system). A value counts when its key says path-like or it looks like a path.
+
+    A relative path is joined to `bases` too: servers resolve one against directories
+    of their own (server-filesystem against its allowed directories, not its working
+    directory), so each reading is decided. A name a server may match by its Unicode
+    normal form (`equivalent_path`) adds the file it then opens."""
     found: list[tuple[str, str]] = []
     _strings(arguments, "", found)
     paths: list[str] = []
@@ -165,18 +204,19 @@ def argument_paths(arguments: dict[str, Any], cwd: str, home: str) -> list[str]:
             continue  # no system call opens such a path
         if value == "~" or value.startswith("~/"):
             value = home + value[1:]
-        # normpath keeps a leading "//" (POSIX leaves it to the system); Linux reads "/".
-        joined = os.path.join(cwd, value)
-        full = "/" + os.path.normpath(joined).lstrip("/")
-        paths.append(full)
-        # Folded first (as Node's path.resolve does), then links followed; and as the
-        # kernel reads it, a link before `..` followed first (`lnk/../x` is under the
-        # link's target's parent): a server may do either.
-        for real in (os.path.realpath(full), os.path.realpath(joined)):
-            if real != full:
-                paths.append(real)
-        if len(paths) > MAX_PATHS:
-            raise PathError(f"more than {MAX_PATHS} path arguments")
+        for base in dict.fromkeys([cwd] if value.startswith("/") else [cwd, *bases]):
+            # normpath keeps a leading "//" (POSIX leaves it to the system); Linux reads "/".
+            joined = os.path.join(base, value)
+            full = "/" + os.path.normpath(joined).lstrip("/")
+            paths.append(full)
+            # Folded first (as Node's path.resolve does), then links followed; and as the
+            # kernel reads it, a link before `..` followed first (`lnk/../x` is under the
+            # link's target's parent): a server may do either.
+            for real in (os.path.realpath(full), os.path.realpath(joined), equivalent_path(full)):
+                if real is not None and real != full:
+                    paths.append(real)
+            if len(paths) > MAX_PATHS:
+                raise PathError(f"more than {MAX_PATHS} path arguments")
     return list(dict.fromkeys(paths))
 
 

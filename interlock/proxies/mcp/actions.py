@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,26 @@ class Where:
     """Its identity: the command line that starts it."""
     cwd: str
     home: str
+    bases: tuple[str, ...] = ()
+    """Directories the server may resolve a relative path against besides `cwd`: those
+    its command line names and the roots the host reported (server-filesystem joins a
+    relative path to an allowed directory)."""
+
+
+def server_bases(argv: list[str], cwd: str, home: str) -> tuple[str, ...]:
+    """The existing directories named in a server's command line (`DIR`, `--opt DIR`,
+    `--opt=DIR`), as the server resolves them: where its relative paths may lead."""
+    found: list[str] = []
+    for arg in argv[1:]:
+        for word in (arg, arg.partition("=")[2]):
+            if not word or word.startswith("-"):
+                continue
+            if word == "~" or word.startswith("~/"):
+                word = home + word[1:]
+            path = os.path.realpath(os.path.join(cwd, word))
+            if os.path.isdir(path):
+                found.append(path)
+    return tuple(dict.fromkeys(found))
 
 
 def _params(request: dict[str, Any]) -> dict[str, Any]:
@@ -74,7 +95,7 @@ def action_for(method: str, request: dict[str, Any], agent: Agent, where: Where)
         name = _string(params, "name")
         args, text = _arguments(params)
         try:
-            paths = argument_paths(args, where.cwd, where.home)
+            paths = argument_paths(args, where.cwd, where.home, where.bases)
         except PathError as exc:
             raise Unreadable(str(exc)) from None
         details.update(arguments=sorted(args), paths=paths)
@@ -87,7 +108,9 @@ def action_for(method: str, request: dict[str, Any], agent: Agent, where: Where)
         # A URI of the server's own scheme names no local file; a file: URI does.
         try:
             local = file_uri_path(uri) is not None
-            paths = argument_paths({"uri": uri}, where.cwd, where.home) if local else []
+            paths = (
+                argument_paths({"uri": uri}, where.cwd, where.home, where.bases) if local else []
+            )
         except PathError as exc:
             raise Unreadable(str(exc)) from None
         details["paths"] = paths

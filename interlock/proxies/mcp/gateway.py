@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -221,7 +222,9 @@ class Gateway:
 
     async def _decide_one(self, event: Decide) -> None:
         try:
-            action = action_for(event.method, event.request, self.agent, self.where)
+            bases = (*self.where.bases, *self.relay.roots)
+            where = dataclasses.replace(self.where, bases=bases)
+            action = action_for(event.method, event.request, self.agent, where)
         except Unreadable as exc:
             self._deny(event.key, await self.pdp.refuse(self._stub(event.method), str(exc)))
             return

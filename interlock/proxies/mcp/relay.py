@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from interlock.classify.mcp import DECIDED_METHODS, LISTING_METHODS
+from interlock.classify.mcp import DECIDED_METHODS, LISTING_METHODS, PathError, file_uri_path
 
 MAX_MESSAGE = 16 * 1024 * 1024
 """Bytes per line. MCP sets no limit; this bounds memory per message at well above what
@@ -211,8 +211,14 @@ class Relay:
         it answers."""
         self._deciding: dict[IdKey, dict[str, Any]] = {}
         """Host requests waiting for their decision: the server has not seen them."""
-        self._from_server: set[IdKey] = set()
-        """Server requests (sampling, roots, elicitation) the host has not answered."""
+        self._from_server: dict[IdKey, str] = {}
+        """Server requests (sampling, roots, elicitation) the host has not answered, with
+        their methods."""
+        self.roots: list[str] = []
+        """The local directories of every `roots/list` answer the host gave: a server
+        may resolve relative paths against them (server-filesystem makes them its
+        allowed directories), so paths are decided against each (a superset, kept for
+        the session: the server may still use an earlier list)."""
 
     # --- host to server ----------------------------------------------------------------
 
@@ -253,10 +259,23 @@ class Relay:
 
     def _answer_to_server(self, doc: dict[str, Any]) -> list[Event]:
         key = _key(doc["id"])
-        if key not in self._from_server:
+        method = self._from_server.pop(key, None) if key is not None else None
+        if method is None:
             return [Refused(Side.HOST, "answer to no server request in flight dropped")]
-        self._from_server.discard(key)
+        if method == "roots/list":
+            self._note_roots(doc.get("result"))
         return [Send(Side.SERVER, encode(doc))]
+
+    def _note_roots(self, result: Any) -> None:
+        roots = result.get("roots") if isinstance(result, dict) else None
+        for root in roots if isinstance(roots, list) else []:
+            uri = root.get("uri") if isinstance(root, dict) else None
+            try:
+                path = file_uri_path(uri) if isinstance(uri, str) else None
+            except PathError:
+                continue  # not a local directory: nothing relative resolves against it
+            if path is not None and path not in self.roots:
+                self.roots.append(path)
 
     def allow(self, key: IdKey, note: Any = None) -> list[Event]:
         """The decision let the request through: the server gets it now. `note` comes
@@ -292,7 +311,7 @@ class Relay:
             if key in self._from_server or len(self._from_server) >= MAX_PENDING:
                 why = "id already in use, or too many requests in flight"
                 return [Refused(Side.SERVER, why, doc["id"], INVALID_REQUEST)]
-            self._from_server.add(key)
+            self._from_server[key] = doc["method"]
         return [Send(Side.HOST, encode(doc))]
 
     def _answer_to_host(self, doc: dict[str, Any]) -> list[Event]:
