@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import pytest
 from mcp import ClientSession
+from mcp.client.session import ClientRequestContext
 from mcp.client.stdio import stdio_client
 from mcp.shared.exceptions import MCPError
 from mcp.types import ListRootsResult, Root
@@ -68,7 +68,7 @@ async def test_relative_paths_meet_the_roots_the_host_reported(
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
 
-    async def roots(_ctx: Any) -> ListRootsResult:
+    async def roots(context: ClientRequestContext) -> ListRootsResult:
         return ListRootsResult(roots=[Root(uri=FileUrl(root.as_uri()))])
 
     params = setup.gateway([npm_server("mcp-server-filesystem"), str(other)], cwd=elsewhere)
