@@ -52,10 +52,15 @@ class Unidentified:
 
 
 def _host(authority: str) -> str:
+    """The host a request names, as one spelling: lower case, without port, and without
+    the trailing dot of a fully qualified name (Envoy forwards `Payments.Internal.` as
+    sent, and the upstream serves it as `payments.internal`; a rule on that target must
+    meet it)."""
     host = authority.strip().lower()
     if host.startswith("["):
         return host.split("]", 1)[0] + "]"
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    return host.removesuffix(".")
 
 
 class Authorizer:
