@@ -29,6 +29,26 @@ log = logging.getLogger(__name__)
 _WRITE_FLAGS = asyncssh.FXF_WRITE | asyncssh.FXF_APPEND | asyncssh.FXF_CREAT | asyncssh.FXF_TRUNC
 
 
+PRIVILEGE_BITS = 0o6000
+"""Setuid and setgid: a mode with either is `privilege_escalation`, as `chmod u+s` or
+`g+s` is over exec (the file then runs as its owner or group)."""
+
+
+def _attr_details(attrs: SFTPAttrs) -> dict[str, Any]:
+    """What setting `attrs` changes that a policy must see: the mode (setuid or setgid
+    flagged) and a new owner or group. Times and size are not shown: they grant nothing."""
+    details: dict[str, Any] = {}
+    if attrs.permissions is not None:
+        details["mode"] = attrs.permissions & 0o7777
+        if attrs.permissions & PRIVILEGE_BITS:
+            details["flags"] = ["privilege_escalation"]
+    if attrs.uid is not None:
+        details["uid"] = attrs.uid
+    if attrs.gid is not None:
+        details["gid"] = attrs.gid
+    return details
+
+
 def _file(obj: object) -> asyncssh.SFTPClientFile:
     """asyncssh hands back the handle `open` returned, typed as object: ours are the
     target's SFTP files."""
@@ -125,11 +145,14 @@ class ProxySFTP(asyncssh.SFTPServer):
     async def open(self, path: bytes, pflags: int, attrs: SFTPAttrs) -> object:
         p = self._path(path)
         writing = bool(pflags & _WRITE_FLAGS)
+        # A file created is given the mode in `attrs` (setuid included): decided with it.
+        created = _attr_details(attrs) if pflags & asyncssh.FXF_CREAT else {}
         resolved = await self._decide(
             Operation.FILE_WRITE if writing else Operation.FILE_READ,
             p,
             op="open",
             open_flags=pflags,
+            **created,
         )
         client = await self._sftp()
         handle = await client.open(resolved.encode(), pflags, attrs, encoding=None)
@@ -158,10 +181,12 @@ class ProxySFTP(asyncssh.SFTPServer):
         return attrs
 
     async def fsetstat(self, file_obj: object, attrs: SFTPAttrs) -> None:
-        # Changing attributes is a write, even on a handle opened for reading.
+        # Changing attributes is a write, even on a handle opened for reading; on one
+        # opened for writing, a new mode or owner is decided too (the open did not see it).
         path, writing = self._opened.get(id(file_obj), ("", False))
-        if not writing:
-            await self._decide(Operation.FILE_WRITE, path or "/", op="fsetstat")
+        changes = _attr_details(attrs)
+        if not writing or changes:
+            await self._decide(Operation.FILE_WRITE, path or "/", op="fsetstat", **changes)
         await _file(file_obj).setstat(attrs)
 
     async def fsync(self, file_obj: object) -> None:
@@ -197,15 +222,21 @@ class ProxySFTP(asyncssh.SFTPServer):
 
     async def scandir(self, path: bytes) -> AsyncIterator[SFTPName]:
         decided = await self._decide(Operation.FILE_READ, self._path(path), op="list")
-        async for name in (await self._sftp()).scandir(decided):
+        # Asked with bytes, the names come back as bytes, as asyncssh's legacy scp joins
+        # them to the directory's (bytes) path; str names failed `scp -O -r` silently.
+        async for name in (await self._sftp()).scandir(decided.encode()):
             yield name
 
     async def setstat(self, path: bytes, attrs: SFTPAttrs) -> None:
-        decided = await self._decide(Operation.FILE_WRITE, self._path(path), op="setstat")
+        decided = await self._decide(
+            Operation.FILE_WRITE, self._path(path), op="setstat", **_attr_details(attrs)
+        )
         await (await self._sftp()).setstat(decided, attrs)
 
     async def lsetstat(self, path: bytes, attrs: SFTPAttrs) -> None:
-        decided = await self._decide(Operation.FILE_WRITE, self._path(path), False, op="setstat")
+        decided = await self._decide(
+            Operation.FILE_WRITE, self._path(path), False, op="setstat", **_attr_details(attrs)
+        )
         await (await self._sftp()).setstat(decided, attrs, follow_symlinks=False)
 
     async def remove(self, path: bytes) -> None:
@@ -220,18 +251,32 @@ class ProxySFTP(asyncssh.SFTPServer):
         decided = await self._decide(Operation.FILE_WRITE, self._path(path), False, op="rmdir")
         await (await self._sftp()).rmdir(decided)
 
+    async def _pointing(self, link: str, place: str) -> str | None:
+        """Where the symlink `link` points once it is at `place` (renamed or hard-linked
+        there): a relative target is read from `place`'s directory, not the one it is in
+        now (`../x` moved one level up points one level higher). None: not a symlink."""
+        client = await self._sftp()
+        try:
+            if (await client.lstat(link)).type != asyncssh.FILEXFER_TYPE_SYMLINK:
+                return None
+            to = str(await client.readlink(link))
+        except (OSError, asyncssh.Error):
+            return None
+        return await self._absolute(posixpath.join(posixpath.dirname(place), to))
+
     async def _renamed(self, oldpath: bytes, newpath: bytes) -> tuple[str, str]:
-        # Moving a symlink carries what it points to into its new place: the target is
-        # decided with the new name (a link into /etc moved under an allowed root).
-        text = self._path(oldpath)
-        old = await self._decide(Operation.FILE_WRITE, text, False, op="rename_from")
-        pointed = await self._absolute(text)
+        # Moving a symlink carries what it points to into its new place: the target, as
+        # the link will resolve it there, is decided with the new name (a link into /etc
+        # moved under an allowed root, a relative link moved to another directory).
+        old = await self._decide(Operation.FILE_WRITE, self._path(oldpath), False, op="rename_from")
+        text = self._path(newpath)
+        pointed = await self._pointing(old, await self._absolute(text, follow=False))
         new = await self._decide(
             Operation.FILE_WRITE,
-            self._path(newpath),
+            text,
             False,
             op="rename_to",
-            **({"link_targets": [pointed]} if pointed != old else {}),
+            **({"link_targets": [pointed]} if pointed is not None else {}),
         )
         return old, new
 
@@ -244,24 +289,33 @@ class ProxySFTP(asyncssh.SFTPServer):
     async def symlink(self, oldpath: bytes, newpath: bytes) -> None:
         # A symlink is a write of its own name and a way to reach its target later: the
         # target (relative to the link's directory, resolved on the target) is decided
-        # with it, as `link_targets`.
+        # with it, as `link_targets`, and the link is made to that resolved, absolute
+        # path. A relative target (`../x`) would point elsewhere once the link or a
+        # directory above it moves (a rename, over SFTP or exec), undecided.
         text = self._path(oldpath)
+        if not text:
+            # The kernel refuses an empty target; resolved, it would be the directory.
+            raise self._refused(asyncssh.FX_NO_SUCH_FILE, "empty symlink target", newpath)
         new = await self._absolute(self._path(newpath), follow=False)
         target = await self._absolute(posixpath.join(posixpath.dirname(new), text))
         decided = await self._decide(
             Operation.FILE_WRITE, new, False, op="symlink", to=text, link_targets=[target]
         )
-        await (await self._sftp()).symlink(text, decided)
+        await (await self._sftp()).symlink(target, decided)
 
     async def link(self, oldpath: bytes, newpath: bytes) -> None:
         # A hard link is a second name for the file: both names are decided (the file as
         # `link_targets`), so linking a protected file somewhere harmless is refused.
+        # A hard link to a symlink is another symlink: what it points to is read from
+        # the new name's directory.
         text = self._path(oldpath)
         old = await self._decide(Operation.FILE_WRITE, text, False, op="link_from")
-        target = await self._absolute(text)
+        newtext = self._path(newpath)
+        place = await self._absolute(newtext, follow=False)
+        target = await self._pointing(old, place) or await self._absolute(text)
         new = await self._decide(
             Operation.FILE_WRITE,
-            self._path(newpath),
+            newtext,
             False,
             op="link",
             to=text,

@@ -102,3 +102,70 @@ async def test_changing_attributes_through_a_read_handle_is_a_write(
         with pytest.raises(asyncssh.SFTPPermissionDenied):
             await f.chmod(0o777)
     assert target.stat().st_mode & 0o777 == 0o600
+
+
+async def test_setuid_and_new_owners_over_sftp_are_decided_with_the_mode(
+    rig: Rig, tmp_path: Path
+) -> None:
+    """`chmod u+s` is refused over exec; over SFTP the mode is in the decision too: a
+    setstat, a handle's fsetstat (even one opened for writing) and a file created with it."""
+    import asyncssh
+
+    prog = tmp_path / "prog"
+    prog.write_text("x")
+    prog.chmod(0o755)
+    async with await rig.client() as conn, conn.start_sftp_client() as sftp:
+        with pytest.raises(asyncssh.SFTPPermissionDenied):
+            await sftp.chmod(str(prog), 0o4755)
+        with pytest.raises(asyncssh.SFTPPermissionDenied):
+            await sftp.chmod(str(prog), 0o2755)
+        async with sftp.open(str(tmp_path / "up"), "wb") as f:
+            await f.write(b"x")
+            with pytest.raises(asyncssh.SFTPPermissionDenied):
+                await f.chmod(0o4755)
+        with pytest.raises(asyncssh.SFTPPermissionDenied):
+            await sftp.open(str(tmp_path / "new"), "wb", asyncssh.SFTPAttrs(permissions=0o4755))
+        await sftp.chmod(str(prog), 0o700)
+        assert rig.sink.last.action.details["mode"] == 0o700
+        await sftp.chown(str(prog), 0, 0)
+        assert (rig.sink.last.action.details["uid"], rig.sink.last.action.details["gid"]) == (0, 0)
+    assert not (tmp_path / "new").exists()
+    assert prog.stat().st_mode & 0o7777 == 0o700
+    assert (tmp_path / "up").stat().st_mode & 0o6000 == 0
+
+
+async def test_legacy_scp_preserving_a_setuid_mode_is_refused(rig: Rig, tmp_path: Path) -> None:
+    local = tmp_path / "suid"
+    local.write_text("x")
+    local.chmod(0o4755)
+    (tmp_path / "dst").mkdir()
+    r = await run(rig.scp_args("-O", "-p", str(local), f"coder@127.0.0.1:{tmp_path / 'dst'}"))
+    assert r.returncode == 0, r.stderr  # asyncssh's scp reports a failed setstat to no one
+    assert (tmp_path / "dst" / "suid").stat().st_mode & 0o6000 == 0
+    assert "forbidden construct: privilege_escalation" in rig.sink.last.decision.reasons
+
+
+@pytest.mark.parametrize("mode", [[], ["-O"]], ids=["sftp-scp", "legacy-scp"])
+async def test_recursive_scp_download_decides_every_entry(
+    rig: Rig, tmp_path: Path, mode: list[str]
+) -> None:
+    """`scp -r` copies a tree (legacy scp copied nothing, silently, before), and is refused
+    a link to a protected file and a `.ssh` directory inside one (where the transfer
+    stops after a refusal depends on the order the directory lists its entries)."""
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "ok").write_text("ok")
+    (src / "sub" / "ok2").write_text("ok2")
+    out = tmp_path / "out"
+    r = await run(rig.scp_args(*mode, "-r", f"coder@127.0.0.1:{src}", str(out)))
+    assert r.returncode == 0, r.stderr
+    assert (out / "ok").read_text() == "ok"
+    assert (out / "sub" / "ok2").read_text() == "ok2"
+    (src / "sub" / ".ssh").mkdir()
+    (src / "sub" / ".ssh" / "authorized_keys").write_text("KEY")
+    (src / "sh").symlink_to("/etc/shadow")
+    again = tmp_path / "again"
+    r = await run(rig.scp_args(*mode, "-r", f"coder@127.0.0.1:{src}", str(again)))
+    assert r.returncode != 0
+    assert not (again / "sh").exists()
+    assert not (again / "sub" / ".ssh" / "authorized_keys").exists()

@@ -180,3 +180,31 @@ async def test_a_symlink_to_a_protected_file_is_refused_by_default(
             with pytest.raises(asyncssh.SFTPPermissionDenied):
                 await sftp.symlink(target, str(tmp_path / "l"))
     assert not (tmp_path / "l").is_symlink()
+
+
+async def test_a_relative_symlink_moved_elsewhere_is_decided_where_it_lands(
+    rooted: Rig, short: Path
+) -> None:
+    """`../secret.txt` in share/a points into share; renamed or hard-linked into share
+    itself it points out of it, and a command reading the link (exec does not follow
+    links) would read the file outside."""
+    data = short / "share"
+    (short / "secret.txt").write_text("SECRET\n")
+    (data / "a").mkdir()
+    (data / "a" / "l").symlink_to("../secret.txt")  # as a command could have made it
+    async with await rooted.client() as conn, conn.start_sftp_client() as sftp:
+        with pytest.raises(asyncssh.SFTPPermissionDenied):
+            await sftp.rename(str(data / "a" / "l"), str(data / "l"))
+        with pytest.raises(asyncssh.SFTPPermissionDenied):
+            await sftp.link(str(data / "a" / "l"), str(data / "h"))
+        assert sorted(p.name for p in data.iterdir()) == ["a"]
+        refused = rooted.sink.last.action.details
+        assert list(refused["link_targets"]) == [str(short / "secret.txt")]
+        # Made over SFTP, a link points to the absolute path that was decided: moving the
+        # directory it is in does not move what it points to.
+        await sftp.mkdir(str(data / "a" / "b"))
+        await sftp.symlink("../../secret.txt", str(data / "a" / "b" / "m"))
+        assert (data / "a" / "b" / "m").readlink() == data / "secret.txt"
+        await sftp.rename(str(data / "a" / "b"), str(data / "b"))
+    r = await rooted.ssh(f"cat {data}/b/m")
+    assert r.stdout == b""
