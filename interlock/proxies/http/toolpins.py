@@ -58,15 +58,21 @@ def rewrite(text: str, event_stream: bool, keep: Callable[[Tools], Tools]) -> st
             return None
         doc["result"]["tools"] = keep(tools)
         return json.dumps(doc)
+    if "\r" in text.replace("\r\n", "\n"):
+        # A bare CR ends a line to an SSE client (httpx-sse, browsers): lines split
+        # here only at LF would hide an event inside another line.
+        return None
     found = False
     lines = text.split("\n")
     for i, line in enumerate(lines):
-        if not line.startswith("data:"):
-            continue
+        if not line.startswith("data:") or not line[5:].strip():
+            continue  # an empty data line (a priming event) joins as whitespace
         try:
             doc = json.loads(line[5:])
         except ValueError:
-            continue
+            # Part of an event whose data spans several lines, which the client joins:
+            # a listing split that way would reach it unread, next to one that is read.
+            return None
         tools = _listing(doc)
         if tools is not None:
             found = True
@@ -129,8 +135,10 @@ class ToolPins:
             action = change_action(agent, server, change)
             await self.pdp.refuse(action, f"tool held: {change.reason}")
         if body is None:
-            if flow.response.status_code != 200:
-                return  # an HTTP error carries no listing
+            if flow.response.status_code >= 300:
+                # An HTTP error carries no listing; any 2xx can (the SDK's client reads
+                # a 201 or 203 like a 200).
+                return
             why = "tools/list answer unreadable: not pinned, withheld"
             details = {"mcp_server": server, "method": "tools/list"}
             action = Action(agent, "mcp", Operation.TOOL_CALL, "tools/list", details)
