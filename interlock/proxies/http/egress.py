@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import zlib
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, unquote_plus
 
 from mitmproxy import connection, http
 from mitmproxy.proxy.mode_specs import ReverseMode
@@ -75,18 +76,116 @@ TEXTUAL = (
 LLM_PATHS = ("/chat/completions", "/responses", "/messages", "/completions")
 
 
-def body_text(message: http.Message) -> str | None:
-    """The whole body as text when it is textual, else None (binary is not scanned). A
-    prefix would let leading padding hide what follows from the decision; a request's
-    text longer than the scan limit is refused (`unscannable`)."""
+UTF8_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})
+"""Charsets whose text is the UTF-8 the scan reads."""
+BOMS = {
+    b"\x00\x00\xfe\xff": "utf-32-be",
+    b"\xff\xfe\x00\x00": "utf-32-le",
+    b"\xef\xbb\xbf": "utf-8-sig",
+    b"\xfe\xff": "utf-16-be",
+    b"\xff\xfe": "utf-16-le",
+}
+"""Byte order marks, longest first: Python's `json.loads(bytes)` (Starlette's and Flask's
+`request.json`) and WHATWG decoders (Node, browsers) read the text they announce."""
+
+
+def charset(message: http.Message) -> str | None:
+    """The `charset` parameter of the Content-Type, lower-cased, or None."""
+    for param in message.headers.get("content-type", "").split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            return str(value).strip().strip('"').lower()
+    return None
+
+
+def _textual(message: http.Message) -> bool:
     ctype = message.headers.get("content-type", "").lower()
-    if not message.raw_content or not any(t in ctype for t in TEXTUAL):
+    return any(t in ctype for t in TEXTUAL)
+
+
+def _one_stream(raw: bytes, coding: str) -> bool:
+    """Whether `raw` is exactly one complete gzip or zlib stream. mitmproxy decodes the
+    first gzip member (or zlib stream) and drops the rest, while Python's `gzip`, Go's
+    `gzip.Reader`, Node's zlib and aiohttp read every member: a second member would be
+    read upstream and never by the decision or DLP."""
+    wbits = 47 if coding == "gzip" else 15
+    for bits in (wbits, -15) if coding == "deflate" else (wbits,):
+        decompressor = zlib.decompressobj(bits)
+        try:
+            decompressor.decompress(raw)
+            decompressor.flush()
+        except zlib.error:
+            continue
+        return decompressor.eof and not decompressor.unused_data
+    return False
+
+
+def content_problem(message: http.Message) -> str | None:
+    """Why a request body cannot be read as the upstream reads it, or None: a content
+    coding that does not decode whole (mitmproxy then hands back the raw bytes, which the
+    scan reads as noise), a gzip body of several members, and text in a charset other
+    than UTF-8 (a `charset=utf-16` body, a byte order mark, or the NULs of UTF-16 or -32
+    without one: servers decode them, the scan and the JSON reader would not)."""
+    raw = message.raw_content
+    if not raw:
+        return None
+    coding = message.headers.get("content-encoding", "").strip().lower()
+    if coding in ("gzip", "deflate") and not _one_stream(raw, coding):
+        return f"{coding} body that is not exactly one complete stream"
+    try:
+        content = message.get_content(strict=True) or b""
+    except ValueError:
+        return f"body that does not decode as its Content-Encoding {coding!r}"
+    if _textual(message):
+        declared = charset(message)
+        if declared is not None and declared not in UTF8_CHARSETS:
+            return f"textual body in charset {declared[:32]!r} (only UTF-8 is inspected)"
+        if content.startswith(tuple(BOMS)) or b"\x00" in content:
+            return "textual body with a byte order mark or NUL bytes (UTF-16 or UTF-32)"
+        return None
+    # Untyped text is what servers parse as JSON (Starlette, FastAPI), guessing UTF-16
+    # and -32 from its NULs as `json.loads(bytes)` does. A declared binary type (gRPC
+    # frames start with NULs) is left alone.
+    untyped = not message.headers.get("content-type") and _utf8(content)
+    if untyped and (content.startswith(tuple(BOMS)) or json.detect_encoding(content) != "utf-8"):
+        return "untyped body in UTF-16 or UTF-32 (only UTF-8 is inspected)"
+    return None
+
+
+def _utf8(content: bytes) -> bool:
+    try:
+        content.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def body_text(message: http.Message) -> str | None:
+    """The whole body as text, else None (binary is not scanned). Text is what is declared
+    textual or, whatever the Content-Type says, decodes as UTF-8: the type is the
+    sender's claim (`application/octet-stream`, none, `multipart/form-data` or
+    `application/vnd.api+json` carried JSON and keys past the scan), and servers parse
+    JSON whatever it is labelled. It is decoded by its byte order mark or charset as the
+    agent's client reads a response (requests in other charsets are refused first,
+    `content_problem`). A prefix would let leading padding hide what follows from the
+    decision; a request's text longer than the scan limit is refused (`unscannable`)."""
+    if not message.raw_content:
         return None
     try:
         raw = message.get_content(strict=False) or b""
     except ValueError:
         raw = message.raw_content or b""
-    return raw.decode("utf-8", "replace")
+    encoding = next((e for bom, e in BOMS.items() if raw.startswith(bom)), None)
+    encoding = encoding or charset(message) or "utf-8"
+    if not _textual(message):
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    try:
+        return raw.decode(encoding, "replace")
+    except LookupError:
+        return raw.decode("utf-8", "replace")
 
 
 def scan_all(text: str) -> Findings:
@@ -176,6 +275,16 @@ def action_for(flow: http.HTTPFlow, keep_prompts: bool, text: str | None) -> Act
     }
     agent = flow.metadata[AGENT]
     found = scan_all(text) if text else Findings()
+    # Query values and form fields reach servers percent-decoded (`%67hp_...` is a key
+    # to them), and a query is data leaving as much as a body is.
+    decoded = [unquote_plus(req.path.partition("?")[2], errors="replace")]
+    if text and "application/x-www-form-urlencoded" in details["content_type"].lower():
+        decoded.append(unquote_plus(text, errors="replace"))
+    kinds = dict(found.kinds)
+    for part in filter(None, decoded):
+        for kind, n in scan_all(part).kinds.items():
+            kinds[kind] = kinds.get(kind, 0) + n
+    found = Findings(kinds)
     payload = text or ""
     reported = confidence_value(req.headers.pop(CONFIDENCE_HEADER, None))
     if found.kinds:
@@ -299,6 +408,11 @@ class Egress:
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or AGENT not in flow.metadata:
+            return
+        problem = content_problem(flow.request)
+        if problem is not None:
+            headers = {"Content-Type": "application/json"}
+            refuse(flow, 400, {"error": "unreadable request body", "reason": problem}, headers)
             return
         text = body_text(flow.request)
         why = unscannable(text)

@@ -15,7 +15,7 @@ from aiohttp import web
 from interlock.config import AgentConfig, HttpConfig
 from interlock.identity.registry import AgentRegistry
 from interlock.proxies.http.server import HttpProxy
-from interlock.testing import CaptureSink, make_pdp
+from interlock.testing import CaptureSink, make_pdp, serve_app
 
 pytestmark = pytest.mark.integration
 TOKEN = "coder-token-0123456789"
@@ -124,6 +124,35 @@ async def test_an_ordinary_result_is_only_untrusted_content(
         await client.post(base + "/mcp", json=call("search"))
     view = await proxy.pdp.store.view("coder", "k", proxy.pdp.clock())
     assert view.taints == {"untrusted_content"}
+
+
+@pytest.mark.parametrize(
+    ("ctype", "body"),
+    [
+        ("application/octet-stream", INJECTION.encode()),
+        ("", INJECTION.encode()),
+        ("text/plain; charset=utf-16", INJECTION.encode("utf-16")),
+    ],
+    ids=["octet-stream", "untyped", "utf-16"],
+)
+async def test_text_from_outside_taints_whatever_type_it_claims(
+    proxied: tuple[HttpProxy, CaptureSink, str], ctype: str, body: bytes
+) -> None:
+    """The server chooses the Content-Type (and an injecting server chooses it to pass):
+    an agent's client reads the text anyway, so the session is tainted by it."""
+    proxy, _, url = proxied
+
+    async def page(request: web.Request) -> web.Response:
+        answer = web.Response(body=body)
+        answer.headers["Content-Type"] = ctype
+        return answer
+
+    app = web.Application()
+    app.router.add_get("/page", page)
+    async with serve_app(app) as base, httpx.AsyncClient(proxy=url) as client:
+        assert (await client.get(base + "/page")).status_code == 200
+    view = await proxy.pdp.store.view("coder", "k", proxy.pdp.clock())
+    assert view.taints == {"untrusted_content", "prompt_injection_suspected"}
 
 
 async def test_llm_calls_become_prompts_with_a_hash(

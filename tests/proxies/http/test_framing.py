@@ -141,7 +141,9 @@ async def test_any_h2_body_arrives_whole_in_exactly_one_request(
     before, n = len(upstream.requests), len(decided(sink))
     async with h2_client(proxy) as client:
         url = f"https://localhost:{upstream.port}/p"
-        r = await client.request(method, url, content=stream(chunks))
+        # Arbitrary bytes, declared binary: untyped UTF-16-looking text is refused.
+        binary = {"content-type": "application/octet-stream"}
+        r = await client.request(method, url, content=stream(chunks), headers=binary)
     assert r.status_code == 200
     got = upstream.requests[before:]
     assert [(g.method.decode(), g.body) for g in got] == [(method, b"".join(chunks))]
@@ -334,7 +336,7 @@ async def test_any_chunked_http1_body_arrives_whole_in_exactly_one_request(
             (
                 f"POST http://127.0.0.1:{plain.port}/c HTTP/1.1\r\nHost: 127.0.0.1:{plain.port}\r\n"
                 f"Proxy-Authorization: Basic {BASIC}\r\nTransfer-Encoding: chunked\r\n"
-                "Connection: close\r\n\r\n"
+                "Content-Type: application/octet-stream\r\nConnection: close\r\n\r\n"
             ).encode()
             + body
             + b"0\r\n\r\n",

@@ -367,3 +367,94 @@ async def test_an_ipv4_mapped_address_is_decided_as_its_ipv4(rig: Rig) -> None:
     await send(proxy, absolute(upstream.port, authority=named))
     [record] = decided(sink)
     assert record.action.target == "127.0.0.1"
+
+
+# 9. Bodies read as the upstream reads them (review: aiohttp read each of these as a
+# tools/call the decision took for plain egress)
+
+CALL = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "rm"}}
+GITHUB_TOKEN = "ghp_" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8"
+
+
+@pytest.mark.parametrize(
+    ("extra", "body", "reason"),
+    [
+        (
+            b"Content-Type: application/json; charset=utf-16\r\n",
+            json.dumps(CALL).encode("utf-16"),
+            "charset 'utf-16'",
+        ),
+        (
+            b"Content-Type: application/json\r\n",
+            b"\xef\xbb\xbf" + json.dumps(CALL).encode(),
+            "byte order mark",
+        ),
+        (b"", json.dumps(CALL).encode("utf-16-le"), "untyped body in UTF-16"),
+        (
+            b"Content-Type: application/json\r\nContent-Encoding: gzip\r\n",
+            gzip.compress(json.dumps(CALL).encode()[:17])
+            + gzip.compress(json.dumps(CALL).encode()[17:]),
+            "not exactly one complete stream",
+        ),
+        (
+            b"Content-Type: application/json\r\nContent-Encoding: gzip\r\n",
+            gzip.compress(json.dumps(CALL).encode()) + b"more",
+            "not exactly one complete stream",
+        ),
+        (
+            b"Content-Type: application/json\r\nContent-Encoding: deflate\r\n",
+            b"not deflate",
+            "deflate body",
+        ),
+    ],
+    ids=["utf-16 charset", "utf-8 bom", "untyped utf-16", "gzip members", "gzip tail", "bad"],
+)
+async def test_a_body_read_otherwise_upstream_is_refused(
+    rig: Rig, extra: bytes, body: bytes, reason: str
+) -> None:
+    proxy, sink, upstream, _ = rig
+    answer = await send(proxy, absolute(upstream.port, b"/mcp", b"POST", extra=extra, body=body))
+    refused(sink, answer, b"400", reason)
+    assert upstream.requests == []
+
+
+@pytest.mark.parametrize(
+    "ctype",
+    [
+        b"",
+        b"Content-Type: application/octet-stream\r\n",
+        b"Content-Type: application/vnd.x+json\r\n",
+    ],
+    ids=["untyped", "octet-stream", "+json"],
+)
+async def test_text_is_read_whatever_type_it_claims(rig: Rig, ctype: bytes) -> None:
+    """The Content-Type is the sender's claim: JSON labelled binary is still a tool call
+    carrying a key."""
+    proxy, sink, upstream, _ = rig
+    call = {**CALL, "params": {"name": "rm", "arguments": {"k": GITHUB_TOKEN}}}
+    body = json.dumps(call).encode()
+    await send(proxy, absolute(upstream.port, b"/mcp", b"POST", extra=ctype, body=body))
+    [record] = decided(sink)
+    assert (record.action.operation, record.action.target) == (Operation.TOOL_CALL, "rm")
+    assert "credentials" in record.action.labels
+
+
+async def test_a_key_in_a_multipart_field_is_found(rig: Rig) -> None:
+    proxy, sink, upstream, _ = rig
+    body = f"--b\r\nContent-Disposition: form-data; name=k\r\n\r\n{GITHUB_TOKEN}\r\n--b--\r\n"
+    extra = b"Content-Type: multipart/form-data; boundary=b\r\n"
+    await send(proxy, absolute(upstream.port, b"/up", b"POST", extra=extra, body=body.encode()))
+    [record] = decided(sink)
+    assert "credentials" in record.action.labels
+
+
+async def test_percent_encoded_keys_in_query_and_form_are_found(rig: Rig) -> None:
+    proxy, sink, upstream, _ = rig
+    encoded = "".join(f"%{ord(c):02X}" for c in GITHUB_TOKEN)
+    await send(proxy, absolute(upstream.port, f"/q?k={encoded}".encode()))
+    extra = b"Content-Type: application/x-www-form-urlencoded\r\n"
+    form = f"k={encoded}".encode()
+    await send(proxy, absolute(upstream.port, b"/f", b"POST", extra=extra, body=form))
+    in_query, in_form = decided(sink)
+    assert "credentials" in in_query.action.labels
+    assert "credentials" in in_form.action.labels
