@@ -179,12 +179,15 @@ def allowed_by(ip: IP, allow: Networks) -> bool:
 
 def canonical_host(host: str) -> str:
     """The address `host` names literally, written one way (dotted-quad IPv4, an
-    IPv4-mapped IPv6 address as its IPv4, other IPv6 compressed, no brackets), or `host`
-    unchanged when it is a DNS name. What the SSRF guard connects to is what a decision
-    (and a threat-intel CIDR) sees: `2130706433`, `0x7f.1`, `127.1` are all `127.0.0.1`."""
+    IPv4-mapped IPv6 address as its IPv4, other IPv6 compressed, no brackets), or the DNS
+    name as DNS compares names (lower case, without the trailing dot of a fully
+    qualified name). What the SSRF guard connects to is what a decision (and a
+    threat-intel CIDR) sees: `2130706433`, `0x7f.1`, `127.1` are all `127.0.0.1`, and
+    `API.Example.COM.` is `api.example.com`, so a rule naming a host meets every spelling
+    of it. (A non-ASCII name never gets here: the proxy refuses it, `hygiene`.)"""
     ip = parse_host(host)
     if ip is None:
-        return host
+        return host.lower().rstrip(".") or host
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return str(ip.ipv4_mapped)
     return str(ip)

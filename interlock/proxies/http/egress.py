@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import zlib
 from typing import Any
 from urllib.parse import unquote, unquote_plus
@@ -24,6 +25,7 @@ from interlock.classify.content import (
     HeuristicDetector,
     InjectionDetector,
     scan,
+    scan_secrets,
 )
 from interlock.classify.mcp import confidence_value, jsonrpc_batch, tool_call
 from interlock.core.model import Action, Decision, Effect, Operation
@@ -241,6 +243,26 @@ def _prompt_text(doc: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+VAULT_READS = frozenset({"GET", "LIST"})
+"""Vault's and OpenBao's read verbs (LIST lists a path's keys)."""
+VAULT_PATH = re.compile(
+    r"/v1/(?:sys|auth|identity|cubbyhole|secret|kv|transit|database|pki|aws|ssh|totp)/"
+    r"|/v1/[^/]+/(?:data|metadata|creds)/"
+)
+"""Paths only Vault's API has: its system backends and default mounts, and the KV v2
+(`data`, `metadata`) and dynamic-secret (`creds`) paths of any mount."""
+
+
+def _vault_token(req: http.Request, path: str) -> bool:
+    """Whether the request carries a Vault token: `X-Vault-Token`, or (Vault accepts that
+    too) `Authorization: Bearer` on a path only Vault's API has. A Bearer token on any
+    other `/v1/` path is an ordinary API call (`/v1/models`)."""
+    if "x-vault-token" in req.headers:
+        return True
+    scheme = req.headers.get("authorization", "").strip().partition(" ")[0]
+    return scheme.lower() == "bearer" and VAULT_PATH.match(path) is not None
+
+
 def request_action(flow: http.HTTPFlow, keep_prompts: bool = False) -> Action:
     return action_for(flow, keep_prompts, body_text(flow.request))
 
@@ -284,6 +306,14 @@ def action_for(flow: http.HTTPFlow, keep_prompts: bool, text: str | None) -> Act
     for part in filter(None, decoded):
         for kind, n in scan_all(part).kinds.items():
             kinds[kind] = kinds.get(kind, 0) + n
+    # Header values leave too (`X-K: ghp_...`): scanned for keys and tokens, not for
+    # entropy (trace ids and ETags are random by design). Proxy-Authorization is the
+    # agent's own credential to this proxy, which never forwards it.
+    said = "\n".join(
+        v for k in req.headers for v in req.headers.get_all(k) if k.lower() != "proxy-authorization"
+    )
+    for kind, n in scan_secrets(said).kinds.items():
+        kinds[kind] = kinds.get(kind, 0) + n
     found = Findings(kinds)
     payload = text or ""
     reported = confidence_value(req.headers.pop(CONFIDENCE_HEADER, None))
@@ -324,7 +354,7 @@ def action_for(flow: http.HTTPFlow, keep_prompts: bool, text: str | None) -> Act
             confidence=reported,
             payload=payload,
         )
-    if req.method == "GET" and path.startswith("/v1/") and "x-vault-token" in details["headers"]:
+    if req.method in VAULT_READS and path.startswith("/v1/") and _vault_token(req, path):
         return Action(
             agent,
             "http",

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from interlock.proxies.http.addresses import blocked, parse_host, parse_ipv4
+from interlock.proxies.http.addresses import blocked, canonical_host, parse_host, parse_ipv4
 
 
 @pytest.mark.parametrize(
@@ -191,3 +191,26 @@ def test_decimal_and_hex_spellings_agree_with_dotted(n: int) -> None:
     assert parse_ipv4(str(n)) == dotted
     assert parse_ipv4(hex(n)) == dotted
     assert blocked(dotted) == blocked(parse_ipv4(oct(n).replace("0o", "0")) or dotted)
+
+
+@pytest.mark.parametrize(
+    ("host", "target"),
+    [
+        ("api.example.com", "api.example.com"),
+        ("API.Example.COM", "api.example.com"),
+        ("api.example.com.", "api.example.com"),
+        ("LOCALHOST.", "localhost"),
+        ("xn--caf-dma.example", "xn--caf-dma.example"),
+        ("[::FFFF:7F00:1]", "127.0.0.1"),
+    ],
+)
+def test_the_decision_target_is_one_spelling_of_a_host(host: str, target: str) -> None:
+    # A rule (or a trial's deny_egress_hosts) naming a host meets every spelling DNS
+    # treats as that host: case and the trailing dot of a fully qualified name.
+    assert canonical_host(host) == target
+
+
+@given(st.from_regex(r"[a-z][a-z0-9-]{0,10}(\.[a-z][a-z0-9-]{0,10}){0,3}", fullmatch=True))
+def test_every_case_and_trailing_dot_of_a_name_is_one_target(name: str) -> None:
+    spellings = {name, name.upper(), name.title(), name + ".", name.upper() + "."}
+    assert {canonical_host(s) for s in spellings} == {name}

@@ -281,6 +281,28 @@ async def test_a_vault_read_is_classified_on_the_decoded_path(rig: Rig, path: by
     assert record.action.details["raw_path"] == path.decode()
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "auth", "operation"),
+    [
+        (b"GET", b"/v1/secret/data/prod", b"Authorization: Bearer hvs.x", Operation.SECRET_READ),
+        (b"GET", b"/v1/app/creds/ro", b"Authorization: bearer hvs.x", Operation.SECRET_READ),
+        (b"LIST", b"/v1/secret/metadata/", b"X-Vault-Token: hvs.x", Operation.SECRET_READ),
+        (b"GET", b"/v1/models", b"Authorization: Bearer sk-x", Operation.EGRESS),
+        (b"GET", b"/v1/secret/data/prod", b"Authorization: Basic eDp5", Operation.EGRESS),
+    ],
+)
+async def test_a_vault_token_is_recognised_in_either_header(
+    rig: Rig, method: bytes, path: bytes, auth: bytes, operation: Operation
+) -> None:
+    # (review: a Bearer token read a secret from OpenBao as plain egress) Vault takes its
+    # token as Authorization: Bearer too; on a path only Vault's API has, that is a
+    # secret read. An API's own `/v1/models` is not.
+    proxy, sink, upstream, _ = rig
+    await send(proxy, absolute(upstream.port, path, method, extra=auth + b"\r\n"))
+    [record] = decided(sink)
+    assert record.action.operation is operation
+
+
 async def test_an_llm_path_is_classified_decoded(rig: Rig) -> None:
     proxy, sink, upstream, _ = rig
     body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
@@ -359,6 +381,16 @@ async def test_the_decision_target_is_the_canonical_address(rig: Rig, spelling: 
     [record] = decided(sink)
     assert record.action.target == "127.0.0.1"
     assert record.action.details["host_as_sent"] == spelling
+
+
+async def test_a_host_name_is_decided_in_lower_case(rig: Rig) -> None:
+    # (review: `LOCALHOST` was decided as its own target, past a rule naming the host)
+    proxy, sink, upstream, _ = rig
+    answer = await send(proxy, absolute(upstream.port, authority=b"LocalHost:%d" % upstream.port))
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+    [record] = decided(sink)
+    assert record.action.target == "localhost"
+    assert record.action.details["host_as_sent"] == "LocalHost"
 
 
 async def test_an_ipv4_mapped_address_is_decided_as_its_ipv4(rig: Rig) -> None:
@@ -458,3 +490,18 @@ async def test_percent_encoded_keys_in_query_and_form_are_found(rig: Rig) -> Non
     in_query, in_form = decided(sink)
     assert "credentials" in in_query.action.labels
     assert "credentials" in in_form.action.labels
+
+
+async def test_a_key_in_a_header_is_found_and_random_ids_are_not_secrets(rig: Rig) -> None:
+    # (review: `X-K: ghp_...` left with no label) Header values are scanned for keys and
+    # tokens only: trace ids and ETags are random by design and must not read as secrets.
+    proxy, sink, upstream, _ = rig
+    await send(proxy, absolute(upstream.port, extra=f"X-K: {GITHUB_TOKEN}\r\n".encode()))
+    trace = b"traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n"
+    etag = b'If-None-Match: "9f62089a7c1e4b5fa3e6d0c2b4a18e7f3c5d9b2a"\r\n'
+    await send(proxy, absolute(upstream.port, extra=trace + etag))
+    keyed, plain = decided(sink)
+    assert "credentials" in keyed.action.labels
+    assert list(keyed.action.details["dlp"]) == ["github_token"]
+    assert plain.action.labels == frozenset()
+    assert [r.header(b"traceparent") != [] for r in upstream.requests] == [True]  # not held
