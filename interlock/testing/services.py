@@ -362,9 +362,10 @@ def _ssh_keygen(path: Path, comment: str) -> None:
 
 
 @contextlib.contextmanager
-def sshd_server(extra: str = "") -> Iterator[Sshd]:
+def sshd_server(extra: str = "", sftp: bool = True) -> Iterator[Sshd]:
     """OpenSSH's sshd on 127.0.0.1 with throwaway host and client keys, logging in the
-    current user by key only; yields where it listens and how to log in."""
+    current user by key only; yields where it listens and how to log in. Without `sftp`
+    it serves no SFTP subsystem."""
     binary = shutil.which("sshd") or "/usr/sbin/sshd"
     if not os.path.exists(binary) or not shutil.which("ssh-keygen"):
         raise MissingService(
@@ -392,7 +393,8 @@ def sshd_server(extra: str = "") -> Iterator[Sshd]:
         f"PidFile {root / 'sshd.pid'}\nAuthorizedKeysFile {root / 'authorized_keys'}\n"
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
         "PermitRootLogin prohibit-password\nStrictModes no\nAcceptEnv LANG LC_*\n"
-        f"Subsystem sftp {sftp_server}\nLogLevel ERROR\n{extra}"
+        + (f"Subsystem sftp {sftp_server}\n" if sftp else "")
+        + f"LogLevel ERROR\n{extra}"
     )
     if os.geteuid() == 0:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)

@@ -38,6 +38,7 @@ from interlock.credentials.broker import Broker
 from interlock.identity.registry import AgentRegistry
 from interlock.proxies.ssh import connection, session, upstream
 from interlock.proxies.ssh.auth import Keys, Login, parse_login
+from interlock.proxies.ssh.resolve import ResolveError
 from interlock.proxies.ssh.sftp import ProxySFTP
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,8 @@ class Connection(asyncssh.SSHServer):
         self._agent: Agent | None = None
         self._upstream: asyncssh.SSHClientConnection | None = None
         self._upstream_lock = asyncio.Lock()
+        self._resolver: asyncssh.SFTPClient | None = None
+        self._resolver_lock = asyncio.Lock()
         self._authn = "ssh_key"
         self.login_key: asyncssh.SSHKey | None = None
         """The agent key this connection logged in with (None: a CA certificate)."""
@@ -169,6 +172,23 @@ class Connection(asyncssh.SSHServer):
                     target, self.proxy.config.ciphers, self.proxy.credentials
                 )
             return self._upstream
+
+    async def realpath(self, path: str) -> str | None:
+        """`path` as the target resolves it (its SFTP server's realpath: every link
+        followed), or None where it cannot (no such file, not allowed to look). Raises
+        ResolveError when the target cannot be asked. One SFTP channel per connection,
+        opened on first use: a lookup runs no command on the target."""
+        try:
+            async with self._resolver_lock:
+                if self._resolver is None:
+                    self._resolver = await (await self.upstream()).start_sftp_client()
+                sftp = self._resolver
+            return str(await sftp.realpath(path))
+        except asyncssh.SFTPError:
+            return None
+        except (OSError, asyncssh.Error) as exc:
+            self._resolver = None  # a channel that failed is not asked again
+            raise ResolveError(str(exc) or type(exc).__name__) from None
 
     # --- forwarding -----------------------------------------------------------------------
 

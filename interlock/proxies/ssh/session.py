@@ -32,6 +32,7 @@ from interlock.classify.shellpath import Where
 from interlock.core.model import Action, Agent, Decision, Effect, Operation, freeze
 from interlock.core.refusal import guard_action
 from interlock.proxies.ssh.connection import Connection
+from interlock.proxies.ssh.resolve import resolved
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ async def _command(conn: Connection, command: str) -> Action:
         learned = await conn.proxy.where(conn, learn=True)
         if learned.home is not None:
             action, _ = command_action(conn.agent, conn.target_name, command, limit, learned)
-    return action
+    return await resolved(action, conn.realpath)
 
 
 async def handle(process: asyncssh.SSHServerProcess[bytes], conn: Connection) -> None:

@@ -116,8 +116,15 @@ class LoggedSshd:
     log: Path
 
     def commands(self) -> list[str]:
+        """The commands run, without the SFTP servers started for the proxy's path
+        lookups (`proxies/ssh/resolve.py`): a lookup runs no command."""
         data = self.log.read_bytes() if self.log.exists() else b""
-        return [c.decode() for c in data.split(b"\0")[:-1]]
+        ran = [c.decode() for c in data.split(b"\0")[:-1]]
+        return [c for c in ran if not c.endswith("/sftp-server")]
+
+    def sftp_servers(self) -> int:
+        data = self.log.read_bytes() if self.log.exists() else b""
+        return sum(c.endswith(b"/sftp-server") for c in data.split(b"\0")[:-1])
 
 
 @pytest.fixture(scope="session")

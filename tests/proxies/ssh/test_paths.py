@@ -14,6 +14,7 @@ import asyncssh
 import pytest
 
 from interlock.core.model import Effect
+from interlock.testing.services import sshd_server
 from tests.proxies.ssh.conftest import LoggedSshd, Rig, make_rig, rooted_bundle
 
 pytestmark = pytest.mark.integration
@@ -208,3 +209,52 @@ async def test_a_relative_symlink_moved_elsewhere_is_decided_where_it_lands(
         await sftp.rename(str(data / "a" / "b"), str(data / "b"))
     r = await rooted.ssh(f"cat {data}/b/m")
     assert r.stdout == b""
+
+
+async def test_a_link_already_on_the_target_is_decided_where_it_leads(
+    rooted: Rig, logged_sshd: LoggedSshd, short: Path
+) -> None:
+    """Links the agent did not make through the proxy (another process's, an earlier
+    command's, a relative one moved): the target resolves each path of a command before
+    it is decided, so reading through them is reading what they point to."""
+    data = short / "share"
+    (short / "secret.txt").write_text("SECRET\n")
+    (data / "own.txt").write_text("mine\n")
+    (data / "direct").symlink_to(short / "secret.txt")
+    (data / "a").mkdir()
+    (data / "a" / "l").symlink_to("../secret.txt")  # into share, from share/a
+    (data / "a" / "l").rename(data / "moved")  # now ../secret.txt is outside share
+    (data / "dir").symlink_to(short)
+    for command in (
+        f"cat {data}/direct",
+        f"cat {data}/moved",
+        f"cat {data}/dir/secret.txt",
+        f"cd {data} && cat moved",
+        f"cp {data}/own.txt {data}/dir/copy.txt",
+        f"grep -r SECRET {data}/dir",
+    ):
+        await refused_and_never_ran(rooted, logged_sshd, command)
+        resolved = rooted.sink.last.action.details["resolved"]
+        assert any(not p.startswith(f"{data}/") for p in resolved.values()), resolved
+    assert not (short / "copy.txt").exists()
+    r = await rooted.ssh(f"cat {data}/own.txt {data}/nothing-here")
+    assert r.stdout == b"mine\n"  # a path that does not exist resolves to nothing more
+    assert "resolved" not in rooted.sink.last.action.details
+
+
+async def test_a_target_without_sftp_leaves_a_command_with_paths_unresolved(
+    tmp_path: Path,
+) -> None:
+    """No SFTP channel, no lookup: a command naming paths is refused (a link could take
+    it anywhere), one naming none runs."""
+    with sshd_server(sftp=False) as bare:
+        rig = await make_rig(tmp_path, bare)
+        try:
+            r = await rig.ssh("cat /etc/hostname")
+            assert r.returncode == 126, r.stderr
+            details = rig.sink.last.action.details
+            assert "unresolved" in details["flags"]
+            assert "not resolved on the target" in details["resolve_error"]
+            assert (await rig.ssh("true")).returncode == 0
+        finally:
+            await rig.proxy.stop()
