@@ -69,6 +69,9 @@ class Runtime:
     sessions: dict[str, Callable[[], int]] = field(default_factory=dict)
     """Open client sessions per proxy, for metrics."""
     endpoints: dict[str, str] = field(default_factory=dict)
+    listeners: list[tuple[str, int]] = field(default_factory=list)
+    """interlock's own listeners agents must not reach through the HTTP proxy, whatever
+    `allow_networks` opens (the admin API and the approvals page)."""
     source: Path | None = None
     """The config file `up` read (None: embedded defaults), for the banner's commands."""
     readiness: ready.Readiness = field(default_factory=ready.Readiness)
@@ -287,6 +290,7 @@ async def start(runtime: Runtime) -> None:
         await site.start()
         runtime._runners.append(runner)
         bound = runner.addresses[0]
+        runtime.listeners.append((str(bound[0]), int(bound[1])))
         runtime.endpoints["admin"] = f"http://{bound[0]}:{bound[1]}"
         if cfg.approvals.public_url is None:
             _set_public_url(runtime, admin, runtime.endpoints["admin"])
@@ -316,6 +320,7 @@ async def start(runtime: Runtime) -> None:
             runtime.holds,
             runtime.credentials,
             PinStore(cfg.data_dir / cfg.mcp.pins),
+            lambda: runtime.listeners,
         )
         await http_proxy.start()
         runtime._stoppers.append(http_proxy.stop)

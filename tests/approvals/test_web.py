@@ -4,6 +4,7 @@ approves it; plain HTTP clients check the forgery defences, escaping and sign-in
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import re
@@ -22,7 +23,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from interlock.approvals.web import hash_password
 from interlock.config import ApprovalsConfig, WebApprovalsConfig
 from interlock.core.model import Action, Agent, Operation
-from tests.approvals.conftest import OWNER, Rig, RigFactory
+from tests.approvals.conftest import OWNER, TOKEN, Rig, RigFactory
 
 pytestmark = pytest.mark.integration
 PASSWORD = "correct horse battery staple"
@@ -209,3 +210,42 @@ async def test_the_page_is_off_without_users_and_needs_no_api_token(
     async with httpx.AsyncClient(base_url=rig.admin) as c:
         assert (await c.get("/ui/login")).status_code == 404
         assert (await c.get("/v1/approvals")).status_code == 401, "the API still needs its token"
+
+
+async def test_an_agent_cannot_reach_the_page_through_the_proxy_even_with_loopback_allowed(
+    make_rig: RigFactory, users: dict[str, str]
+) -> None:
+    # The rig allows 127.0.0.0/8 (allow_networks), where the admin server listens: the
+    # agent could otherwise guess its owner's password, or lock the owner out by name.
+    rig = await web_rig(make_rig, users)
+    port = rig.admin.rsplit(":", 1)[1]
+    async with httpx.AsyncClient(proxy=rig.proxy, timeout=30) as agent:
+        for base in (rig.admin, f"http://localhost:{port}", f"http://127.0.0.2:{port}"):
+            guess = await agent.post(
+                base + "/ui/login",
+                data={"user": OWNER, "password": "guess"},
+                headers={"Origin": rig.admin},
+            )
+            assert guess.status_code == 403, (base, guess.text)
+            assert "interlock's own" in guess.json()["reason"]
+            assert (await agent.get(base + "/healthz")).status_code == 403
+    async with httpx.AsyncClient(base_url=rig.admin, headers={"Origin": rig.admin}) as owner:
+        signed = await owner.post("/ui/login", data={"user": OWNER, "password": PASSWORD})
+        assert signed.status_code == 303, "the agent's guesses did not lock its owner out"
+
+
+async def test_a_tunnel_to_the_admin_server_is_refused_too(make_rig: RigFactory) -> None:
+    rig = await make_rig()
+    admin = rig.admin.removeprefix("http://")
+    proxy = rig.rt.endpoints["http"].removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(proxy[0], int(proxy[1]))
+    creds = base64.b64encode(f"coder:{TOKEN}".encode()).decode()
+    writer.write(
+        f"CONNECT {admin} HTTP/1.1\r\nHost: {admin}\r\n"
+        f"Proxy-Authorization: Basic {creds}\r\n\r\n".encode()
+    )
+    await writer.drain()
+    head = await reader.read(4096)
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 403"), head
+    assert b"interlock's own listener" in head

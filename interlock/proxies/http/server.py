@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from mitmproxy import connection, http, options
@@ -55,8 +56,11 @@ class HttpProxy:
         holds: Holds | None = None,
         credentials: Broker | None = None,
         pins: PinStore | None = None,
+        own: Callable[[], Iterable[tuple[str, int]]] = lambda: (),
     ) -> None:
         self.config = config
+        self.own = own
+        """interlock's own listeners, which the SSRF guard keeps agents from."""
         self.pins = pins
         """Tool pins: MCP listings pinned and held tools refused (none: not pinned)."""
         self.credentials = credentials
@@ -158,7 +162,11 @@ class HttpProxy:
             ),
             guard_all(Hygiene(self.config.max_header_bytes, self.config.max_headers)),
             guard_all(self.identity),
-            guard_all(SsrfGuard(allow, resolver, self.config.allow_tunnelled_ipv6, self._refused)),
+            guard_all(
+                SsrfGuard(
+                    allow, resolver, self.config.allow_tunnelled_ipv6, self._refused, self.own
+                )
+            ),
             guard_all(tunnels),
             guard_all(Framing()),
             # Before Egress: its response hook must never see an echoed key.

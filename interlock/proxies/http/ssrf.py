@@ -18,7 +18,7 @@ import ipaddress
 import json
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 
 import dns.asyncresolver
@@ -119,6 +119,33 @@ async def check(
     return ips[0]
 
 
+def _local(ip: IP) -> bool:
+    """An address that reaches this host whatever it is bound to (0.0.0.0 connects to
+    loopback)."""
+    return ip.is_loopback or ip.is_unspecified
+
+
+def own_listener(ip: IP, port: int, listeners: Iterable[tuple[str, int]]) -> str | None:
+    """Which of interlock's own listeners `ip`:`port` reaches, or None. `allow_networks`
+    does not open them: an operator who lets agents reach loopback or a private network
+    for some service must not hand them the admin API and the approvals page (where an
+    agent could guess its owner's password, or lock the owner out by name). A listener
+    bound to every address is reached on any local or non-public address of its port."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    for host, bound_port in listeners:
+        if bound_port != port:
+            continue
+        bound = parse_host(host)
+        if bound is None or bound == ip:
+            return f"{host}:{port}"
+        if _local(ip) and (bound.is_loopback or bound.is_unspecified):
+            return f"{host}:{port}"
+        if bound.is_unspecified and blocked(ip) is not None:
+            return f"{host}:{port}"
+    return None
+
+
 def refuse(flow: http.HTTPFlow, reason: str, decision_id: str | None = None) -> None:
     body = {"error": "forbidden destination", "reason": reason}
     if decision_id is not None:
@@ -139,8 +166,11 @@ class SsrfGuard:
         resolver: Resolver | None = None,
         tunnels: bool = False,
         record: Record | None = None,
+        own: Callable[[], Iterable[tuple[str, int]]] = lambda: (),
     ) -> None:
         self.allow = allow
+        self.own = own
+        """interlock's own listeners (the admin server): never reached, allowed or not."""
         self.record = record
         self.resolver: Resolver = resolver or SystemResolver()
         self.tunnels = tunnels
@@ -161,20 +191,26 @@ class SsrfGuard:
             flow.client_conn.proxy_mode, mode_specs.ReverseMode
         ):
             return
-        host = flow.request.host
+        host, port = flow.request.host, flow.request.port
+        key = f"{host} {port}"
         now = time.monotonic()
-        seen = self._recent.get(host)
+        seen = self._recent.get(key)
         if seen is not None and now - seen[0] < VERDICT_TTL_S:
             why = seen[1]
         else:
             try:
                 await check(host, self.allow, self.resolver, self.tunnels)
                 why = None
+                for ip in await self.resolver.resolve(host):
+                    own = own_listener(ip, port, self.own())
+                    if own is not None:
+                        why = f"{host} resolves to {ip}: interlock's own listener {own}"
+                        break
             except SsrfError as exc:
                 why = str(exc)
             if len(self._recent) >= MAX_REMEMBERED:
                 self._recent.clear()
-            self._recent[host] = (now, why)
+            self._recent[key] = (now, why)
         if why is not None:
             refuse(flow, why, await self.record(flow, why) if self.record else None)
 
@@ -190,5 +226,9 @@ class SsrfGuard:
             ip = await check(str(host), self.allow, self.resolver, self.tunnels)
         except SsrfError as exc:
             data.server.error = f"interlock SSRF guard: {exc}"
+            return
+        own = own_listener(ip, int(port), self.own())
+        if own is not None:
+            data.server.error = f"interlock SSRF guard: {host} is interlock's own listener {own}"
             return
         data.server.address = (str(ip), port)

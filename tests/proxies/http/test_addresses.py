@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from interlock.proxies.http.addresses import blocked, canonical_host, parse_host, parse_ipv4
+from interlock.proxies.http.ssrf import own_listener
 
 
 @pytest.mark.parametrize(
@@ -214,3 +215,30 @@ def test_the_decision_target_is_one_spelling_of_a_host(host: str, target: str) -
 def test_every_case_and_trailing_dot_of_a_name_is_one_target(name: str) -> None:
     spellings = {name, name.upper(), name.title(), name + ".", name.upper() + "."}
     assert {canonical_host(s) for s in spellings} == {name}
+
+
+ANY = "0.0.0.0"  # noqa: S104 (an address a listener is bound to, not a bind)
+
+
+@pytest.mark.parametrize(
+    ("listener", "destination", "own"),
+    [
+        (("127.0.0.1", 9180), "127.0.0.1", True),
+        (("127.0.0.1", 9180), "127.0.0.2", True),
+        (("127.0.0.1", 9180), ANY, True),
+        (("127.0.0.1", 9180), "::ffff:127.0.0.1", True),
+        (("127.0.0.1", 9180), "::1", True),
+        ((ANY, 9180), "10.20.0.5", True),
+        (("::", 9180), "192.168.1.9", True),
+        (("10.20.0.5", 9180), "10.20.0.5", True),
+        (("10.20.0.5", 9180), "10.20.0.6", False),
+        ((ANY, 9180), "93.184.216.34", False),
+        (("127.0.0.1", 9180), "10.20.0.5", False),
+    ],
+)
+def test_interlocks_own_listeners_are_recognised(
+    listener: tuple[str, int], destination: str, own: bool
+) -> None:
+    ip = ipaddress.ip_address(destination)
+    assert (own_listener(ip, 9180, [listener]) is not None) is own
+    assert own_listener(ip, 9181, [listener]) is None
