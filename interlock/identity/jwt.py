@@ -135,6 +135,11 @@ class JwtVerifier:
             )
         except jwt.PyJWTError as exc:
             raise IdentityError(f"token rejected: {exc}") from exc
+        except (TypeError, ValueError):
+            # PyJWT raises these, not PyJWTError, for a key of another type than the
+            # header's alg (an ES256 token naming an RSA key's kid): an unauthenticated
+            # client's token is a refusal, never an internal error in the proxy.
+            raise IdentityError(f"token rejected: key {key.key_id!r} does not fit {alg}") from None
         sub = claims["sub"]
         if not isinstance(sub, str) or not sub:
             raise IdentityError("token has no usable sub")

@@ -110,6 +110,8 @@ async def test_act_claim_becomes_the_delegation_chain(jwks_file: Path) -> None:
         (lambda: "x" * 20_000, "too large"),
         (lambda: token({"act": {"sub": 7}}), "malformed act"),
         (lambda: token(exp=None), "exp"),
+        (lambda: token(key=EC_KEY, kid="rsa1", alg="ES256"), "does not fit"),
+        (lambda: token(kid="ec1", alg="RS256"), "does not fit"),
     ],
     ids=[
         "expired",
@@ -123,6 +125,8 @@ async def test_act_claim_becomes_the_delegation_chain(jwks_file: Path) -> None:
         "oversized",
         "bad act",
         "no exp",
+        "ec alg, rsa key",
+        "rsa alg, ec key",
     ],
 )
 async def test_bad_tokens_are_rejected_with_the_reason(
