@@ -73,7 +73,12 @@ class MaskPlan:
         out: set[int] = set()
         for i, f in enumerate(fields):
             if f.table_oid:
-                origin = origins.get((f.table_oid, f.column))
+                if f.column == 0:
+                    # A whole row (`SELECT t FROM payroll t`): the server names the
+                    # table with column 0, and the value holds every column of it.
+                    origin: frozenset[str] | None = _whole_row(origins, f.table_oid)
+                else:
+                    origin = origins.get((f.table_oid, f.column))
                 if origin is not None and (origin & self.hidden or origin - self.decided):
                     # Masked labels, or labels the decision never saw (the parse missed
                     # them): hidden either way.
@@ -84,7 +89,9 @@ class MaskPlan:
             if i < len(parsed):
                 if parsed[i] & self.hidden:
                     out.add(i)
-            elif not f.table_oid and unknown_is_hidden:
+            elif unknown_is_hidden:
+                # Computed, or a relation whose labels were not read (a new one, or a
+                # system view such as pg_stats that holds other columns' values).
                 out.add(i)
         return frozenset(out)
 
@@ -94,6 +101,11 @@ class MaskPlan:
         if self.parsed is not None and len(self.parsed) == columns:
             return frozenset(i for i, labels in enumerate(self.parsed) if labels & self.hidden)
         return frozenset(range(columns)) if self.decided & self.hidden else NO_MASK
+
+
+def _whole_row(origins: Origins, table_oid: int) -> frozenset[str]:
+    """Labels of every column of one relation: what a whole-row value of it carries."""
+    return frozenset().union(*(labels for (oid, _), labels in origins.items() if oid == table_oid))
 
 
 ORIGINS_ONLY = MaskPlan()

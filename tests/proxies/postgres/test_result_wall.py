@@ -31,6 +31,9 @@ ROUTED = [
     'select U&"n\\0061me" from payroll',
     'select "NAME" from (select name as "NAME" from payroll) s',
     "select name::text || '' from payroll",
+    # A whole row: the server names the table with column 0.
+    "select p from payroll p order by p.id",
+    "select o.id, p from payroll p join orders o using (id) order by o.id",
 ]
 
 
@@ -386,3 +389,71 @@ async def test_masked_values_may_not_be_stored_where_they_could_be_read_back(
         assert await owner.fetchval("select to_regclass('leaky')") is None
     finally:
         await owner.close()
+
+
+async def test_statistics_views_are_not_clean_columns(proxied: Proxied) -> None:
+    """pg_stats holds sample values of every column (histogram bounds, most common
+    values): its columns are no table column whose absence of labels means clean."""
+    owner = await asyncpg.connect(proxied.proxy.config.upstream)
+    await owner.execute("analyze payroll")
+    await owner.close()
+    await proxied.proxy.catalog(proxied.proxy.upstream, reload=True)
+
+    def run() -> list[object]:
+        with psycopg.connect(proxied.dsn(), autocommit=True) as conn:
+            return conn.execute(
+                "select attname, histogram_bounds from pg_stats"
+                " where tablename = 'payroll' order by attname"
+            ).fetchall()
+
+    rows = await asyncio.to_thread(run)
+    assert rows, "the statement ran and returned rows"
+    assert not leaked(rows)
+
+
+async def test_views_and_tables_holding_labelled_values_without_naming_the_column(
+    proxied: Proxied,
+) -> None:
+    """Lineage the catalog's column dependencies do not show: a view over whole rows
+    (pg_depend records no column for them), over PostgreSQL's functions that read a table
+    by name or SQL text (pinned: pg_depend records nothing), a partition or inheritance
+    child of a labelled table, a generated column computed from a labelled one."""
+    owner = await asyncpg.connect(proxied.proxy.config.upstream)
+    await owner.execute("""
+        create view rows_json as select id, row_to_json(p) as doc from payroll p;
+        create view rows_text as select p::text as t from payroll p;
+        create materialized view rows_mat as select id, to_jsonb(p) as doc from payroll p;
+        create view rows_xml as select table_to_xml('payroll', true, false, '') as x;
+        create view rows_query as
+            select query_to_xml('select name from payroll', true, false, '') as x;
+        create table payroll_child () inherits (payroll);
+        insert into payroll_child values (3, 'ann', 300);
+        create table orders_shout (id int, name text,
+            shout text generated always as (upper(name)) stored);
+        insert into orders_shout (id, name) values (1, 'x');
+        alter table payroll add column shout text generated always as (name || '!') stored;
+    """)
+    await owner.close()
+    await proxied.proxy.catalog(proxied.proxy.upstream, reload=True)
+
+    def run() -> dict[str, object]:
+        out: dict[str, object] = {}
+        with psycopg.connect(proxied.dsn(), autocommit=True) as conn:
+            for sql in (
+                "select * from rows_json",
+                "select * from rows_text",
+                "select * from rows_mat",
+                "select * from rows_xml",
+                "select * from rows_query",
+                "select name from payroll_child",
+                "select shout from payroll",
+            ):
+                out[sql] = conn.execute(sql).fetchall()
+            out["clean"] = conn.execute("select shout from orders_shout").fetchall()
+        return out
+
+    results = await asyncio.to_thread(run)
+    for sql, rows in results.items():
+        assert rows, sql
+        assert not leaked(rows), (sql, rows)
+    assert results["clean"] == [("X",)], "a generated column of unlabelled ones is clean"

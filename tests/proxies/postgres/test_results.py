@@ -44,10 +44,33 @@ def test_origin_masks_a_column_whatever_the_plan_says() -> None:
 
 def test_computed_columns_of_unknown_lineage_are_masked_when_masked_labels_were_read() -> None:
     plan = MaskPlan(hidden=frozenset({"pii"}), decided=frozenset({"pii"}), parsed=None)
-    t = ResultTracker(ORIGINS)
+    t = ResultTracker(ORIGINS, frozenset({PAYROLL}))
     t.sent_query([plan])
     t.backend(m.RowDescription((field("id", PAYROLL, 1), field("u"))))
     assert values(t.backend(row(b"1", b"x"))) == (b"1", None)
+
+
+def test_columns_of_relations_whose_labels_were_not_read_count_as_unknown() -> None:
+    """A relation the catalog did not read (created since, or a system view such as
+    pg_stats, whose columns hold other columns' values) is no clean source."""
+    plan = MaskPlan(hidden=frozenset({"pii"}), decided=frozenset({"pii"}), parsed=None)
+    stats = 12000
+    t = ResultTracker(ORIGINS, frozenset({PAYROLL}))
+    t.sent_query([plan])
+    t.backend(m.RowDescription((field("id", PAYROLL, 1), field("histogram_bounds", stats, 9))))
+    assert values(t.backend(row(b"1", b"{ann,bob}"))) == (b"1", None)
+
+
+def test_a_whole_row_carries_every_label_of_its_relation() -> None:
+    """`SELECT p FROM payroll p`: the server names the table with column 0."""
+    plan = MaskPlan(hidden=frozenset({"pii"}), decided=frozenset({"pii"}), parsed=None)
+    t = ResultTracker(ORIGINS, frozenset({PAYROLL}))
+    t.sent_query([plan, ORIGINS_ONLY])
+    t.backend(m.RowDescription((field("p", PAYROLL, 0),)))
+    assert values(t.backend(row(b"(1,ann)"))) == (None,)
+    t.backend(m.CommandComplete("SELECT 1"))
+    t.backend(m.RowDescription((field("p", PAYROLL, 0),)))
+    assert values(t.backend(row(b"(1,ann)"))) == (None,), "labels the parse missed"
 
 
 def test_an_exempt_agent_sees_what_was_decided_but_not_what_the_parse_missed() -> None:
