@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from interlock.audit import merkle
-from interlock.audit.checkpoint import NoteSigner, checkpoint_text
+from interlock.audit.checkpoint import CheckpointError, NoteSigner, checkpoint_text, open_checkpoint
 from interlock.audit.record import encode
 from interlock.audit.store import AuditStore
 from interlock.audit.witnessing import Witnesses
@@ -117,6 +117,9 @@ class AuditLog:
         self._idle.set()
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        self._signed: tuple[int, bytes] | None = None
+        """(size, root) of the last checkpoint this log signed, or found signed in the
+        store when it started: every new one must extend it."""
 
     async def start(self) -> None:
         await self.store.open()
@@ -270,13 +273,63 @@ class AuditLog:
         size = await self.store.size()
         if size == self.stats.last_checkpoint_size:
             return None
-        root = merkle.root_from(size, await self.store.nodes(merkle.frontier_keys(size)))
+        try:
+            root = merkle.root_from(size, await self.store.nodes(merkle.frontier_keys(size)))
+            await self._check_extends(size, root)
+        except merkle.ProofError as exc:  # a missing node: the store is damaged
+            raise AuditError(f"not signing a checkpoint at size {size}: {exc}") from exc
         note = await self.signer.sign_note(checkpoint_text(self.origin, size, root))
         if self.witnesses is not None:
             note = await self.witnesses.cosign(self.store, note, size)
         await self.store.add_checkpoint(size, note)
         self.stats.last_checkpoint_size = size
+        self._signed = (size, root)
         return size, note
+
+    async def _check_extends(self, size: int, root: bytes) -> None:
+        """Refuse to sign a tree that does not extend the last one this log signed.
+
+        The root is read from the store, so whoever can write the store (without the
+        key) could otherwise edit signed records, recompute the tree and have the log
+        itself sign the result at its next checkpoint, replacing the checkpoint that
+        would have shown the edit (a restart re-signs the same size). The anchor is the
+        last checkpoint signed in this process, or at the first one, the latest stored
+        one that verifies under the log's own key."""
+        anchor = self._signed
+        if anchor is None:
+            for _, note in reversed(await self.store.checkpoints()):
+                try:
+                    cp = open_checkpoint(note, self.signer.verifier)
+                except CheckpointError:
+                    continue  # not ours (another key, damaged): `verify` reports it
+                if cp.origin == self.origin:
+                    anchor = (cp.size, cp.root)
+                    break
+        if anchor is None:
+            return
+        old, old_root = anchor
+        if old > size:
+            raise AuditError(
+                f"not signing size {size}: a checkpoint of this log covers {old} records "
+                "(the store was truncated or rolled back)"
+            )
+        if old == size:
+            if old_root != root:
+                raise AuditError(
+                    f"not signing size {size}: the stored tree's root differs from the one "
+                    "signed for that size (records or tree nodes were changed)"
+                )
+            return
+        if old == 0:
+            return
+        ranges = merkle.consistency_ranges(old, size)
+        nodes = await self.store.nodes(merkle.plan(ranges))
+        proof = [merkle.range_hash(s, e, nodes) for s, e in ranges]
+        if not merkle.verify_consistency(old, size, old_root, root, proof):
+            raise AuditError(
+                f"not signing size {size}: the stored tree does not extend the checkpoint "
+                f"at size {old} (signed records or tree nodes were changed)"
+            )
 
     async def close(self) -> None:
         """Commit what is queued, write a final checkpoint, stop."""

@@ -16,6 +16,7 @@ from interlock.audit.checkpoint import Signer, load_or_create_key, sign_checkpoi
 from interlock.audit.factory import log_for
 from interlock.audit.sqlite import SqliteStore
 from interlock.config import load_config
+from interlock.errors import AuditError
 from tests.audit.conftest import audit_cli
 from tests.audit.test_log import sample_records
 from tests.audit.test_merkle import mth
@@ -221,3 +222,32 @@ async def test_sqlite_store_can_read_while_tampered(copy: tuple[Path, str, Path]
         assert await store.size() == 50
     finally:
         await store.close()
+
+
+def test_the_log_does_not_sign_a_tree_rewritten_behind_its_back(
+    copy: tuple[Path, str, Path],
+) -> None:
+    """Someone who can write the store but holds no key edits signed records and
+    recomputes every hash; interlock restarts. Its checkpoints read the root from the
+    store: without a check it re-signed size 50 over the edit (replacing the genuine
+    checkpoint) and signed the next size too, and `verify` said ok."""
+    cfg, key, db = copy
+    flip_byte(db)
+    rebuild_tree(db)
+    config = load_config(cfg)
+
+    async def restart_and_grow() -> None:
+        log = log_for(config)
+        await log.start()
+        with pytest.raises(AuditError, match="not signing size 50"):
+            await log.checkpoint()
+        for rec in await sample_records(3):
+            await log.append(rec)
+        with pytest.raises(AuditError, match="does not extend the checkpoint at size 50"):
+            await log.checkpoint()
+        await log.close()  # its final checkpoint is refused too (logged)
+
+    asyncio.run(restart_and_grow())
+    out = verify(cfg, key)
+    assert out.returncode == 1, out.stdout
+    assert "records 0..19 do not match the signed checkpoint at size 20" in out.stdout
