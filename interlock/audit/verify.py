@@ -80,6 +80,11 @@ class Report:
         return lines
 
 
+CLOCK_SKEW_S = 300.0
+"""How far ahead of the verifier's clock (or, for an export, of its newest record) the
+first unsigned record may be dated: clocks of different hosts differ."""
+
+
 def record_time(data: bytes) -> float | None:
     """The epoch time a canonical record states, or None if it states none readable."""
     try:
@@ -297,6 +302,15 @@ class LogVerifier:
             now = record_time(self._last)
         if first_time is None or now is None:
             self.find(signed, "unsigned tail: the first unsigned record states no time")
+            return
+        if first_time > now + CLOCK_SKEW_S:
+            # Its age would read as 0 for as long as the date is ahead: a host that
+            # rewrote the tail (its checkpoints deleted) kept it "young" that way.
+            self.find(
+                signed,
+                f"unsigned tail: the first unsigned record is dated "
+                f"{first_time - now:.0f} s in the future: its age cannot be measured",
+            )
             return
         age = max(0.0, now - first_time)
         self.report.tail_age = age

@@ -254,3 +254,26 @@ def test_an_empty_signed_log_says_so(tmp_path: Path) -> None:
     out = audit_cli("verify", "-c", str(cfg))
     assert out.returncode == 0, out.stdout + out.stderr
     assert "signed: no records (checkpoint at size 0)" in out.stdout
+
+
+def test_a_rewritten_tail_dated_in_the_future_is_not_young(copy: Log) -> None:
+    """Later checkpoints deleted and the tail rewritten: the bound on the unsigned tail
+    measures the first unsigned record's own `time`. Dated ahead, its age read as 0 s and
+    `verify` said ok, for as long as the date stayed ahead."""
+    cfg, key, db = copy
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("DELETE FROM audit_checkpoints WHERE size = 50")
+        rows = conn.execute("SELECT idx, data FROM audit_records WHERE idx >= 20").fetchall()
+        for idx, data in rows:
+            edited = bytes(data).replace(b'"effect":"allow"', b'"effect":"deny"')
+            stamp = edited.index(b'"time":"') + 8
+            edited = edited[:stamp] + b"2099" + edited[stamp + 4 :]
+            conn.execute("UPDATE audit_records SET data = ? WHERE idx = ?", (edited, idx))
+    conn.close()
+    rebuild_tree(db)
+    failed(
+        verify(cfg, key, "--max-unsigned-age", "120"),
+        "record 20: unsigned tail: the first unsigned record is dated",
+        "in the future",
+    )
