@@ -26,7 +26,7 @@ from interlock.core.engine import CompiledPolicy
 from interlock.core.policy import DECISION_ENTRYPOINT
 from interlock.core.result import parse_result
 from interlock.core.signals import RiskModel, score
-from interlock.errors import PolicyError
+from interlock.errors import AuditError, PolicyError
 
 CHUNK = 5000
 Print = Callable[[str], None]
@@ -63,6 +63,13 @@ async def verify_store(
         built: list[tuple[int, int, bytes]] = []
         for r in chunk:
             built += check.feed(r.index, r.data, leaves.get((0, r.index)))
+            named = _decision_id(r.data)
+            if named != r.decision_id:
+                check.find(
+                    r.index,
+                    f"indexed under decision id {r.decision_id!r}, but the record is decision "
+                    f"{named!r} (`audit show` by id would return the wrong record)",
+                )
         await _check_nodes(store, check, built)
     check.gap(size)
     report = check.finish(time.time(), max_age)
@@ -102,6 +109,15 @@ async def _check_nodes(
             check.find(
                 lo, f"records {lo}..{hi} do not match the stored tree (changed or reordered)"
             )
+
+
+def _decision_id(data: bytes) -> object:
+    """The decision id a record states (None if it states none readable)."""
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return None
+    return doc.get("decision_id") if isinstance(doc, dict) else None
 
 
 def _finding(message: str) -> Finding:
@@ -144,6 +160,12 @@ async def show(store: AuditStore, ref: str) -> dict[str, Any] | None:
         rec = await store.find(ref)
     if rec is None:
         return None
+    if not ref.isdigit() and _decision_id(rec.data) != ref:
+        # The store's decision id column is not covered by any hash: only the record is.
+        raise AuditError(
+            f"the store finds {ref} at record {rec.index}, which is decision "
+            f"{_decision_id(rec.data)!r}: its index was changed (run `interlock audit verify`)"
+        )
     out: dict[str, Any] = {
         "index": rec.index,
         "record": json.loads(rec.data),

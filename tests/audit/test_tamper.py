@@ -251,3 +251,25 @@ def test_the_log_does_not_sign_a_tree_rewritten_behind_its_back(
     out = verify(cfg, key)
     assert out.returncode == 1, out.stdout
     assert "records 0..19 do not match the signed checkpoint at size 20" in out.stdout
+
+
+def test_a_changed_decision_id_index_is_detected(copy: tuple[Path, str, Path]) -> None:
+    """The store's decision id column is covered by no hash. Pointed at another record,
+    `audit show ID` returned that record with a valid inclusion proof, and `verify` said
+    ok."""
+    cfg, key, db = copy
+    conn = sqlite3.connect(db)
+    (wanted,) = conn.execute("SELECT decision_id FROM audit_records WHERE idx = 7").fetchone()
+    conn.close()
+    sql(
+        db,
+        "UPDATE audit_records SET decision_id = "
+        "(SELECT decision_id FROM audit_records WHERE idx = 7) WHERE idx = 9",
+        "UPDATE audit_records SET decision_id = 'x' WHERE idx = 7",
+    )
+    out = verify(cfg, key)
+    assert out.returncode == 1, out.stdout
+    assert f"record 9: indexed under decision id '{wanted}', but the record is" in out.stdout
+    shown = cli("show", "-c", str(cfg), wanted)
+    assert shown.returncode != 0, shown.stdout
+    assert "its index was changed" in shown.stderr
