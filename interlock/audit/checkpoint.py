@@ -35,6 +35,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 ED25519 = b"\x01"
 DASH = "\u2014 "
 MAX_NOTE = 64 * 1024
+MAX_SIZE = 2**63 - 1
+"""The largest tree size a checkpoint may state (an int64, as Go's tlog parses it)."""
 
 
 class CheckpointError(ValueError):
@@ -206,12 +208,18 @@ def open_checkpoint(note: str, verifier: Verifier) -> Checkpoint:
     if len(lines) < 3:
         raise CheckpointError("checkpoint needs origin, size and root lines")
     origin, size_s, root_s = lines[:3]
-    if not size_s.isdigit() or (size_s != "0" and size_s.startswith("0")):
-        raise CheckpointError(f"bad tree size {size_s!r}")
+    # ASCII digits only (`str.isdigit` takes '١٢' as 12 and '²', which int() refuses),
+    # within int64 as Go's tlog reads it, so every verifier reads the same size.
+    if (
+        not (size_s.isascii() and size_s.isdigit())
+        or (size_s != "0" and size_s.startswith("0"))
+        or int(size_s) > MAX_SIZE
+    ):
+        raise CheckpointError(f"bad tree size {size_s[:40]!r}")
     try:
         root = base64.b64decode(root_s, validate=True)
     except binascii.Error as exc:
         raise CheckpointError("root hash is not base64") from exc
-    if len(root) != 32:
-        raise CheckpointError("root hash is not 32 bytes")
+    if len(root) != 32 or base64.b64encode(root).decode() != root_s:
+        raise CheckpointError("root hash is not 32 bytes in canonical base64")
     return Checkpoint(origin, int(size_s), root)

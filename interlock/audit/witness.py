@@ -88,6 +88,9 @@ class WitnessState:
             cp = open_checkpoint(note, verifier)
         except CheckpointError as exc:
             return Answer(403, f"{exc}\n")
+        if cp.size == 0 and cp.root != merkle.EMPTY_ROOT:
+            # The empty tree has one root: else two "size 0" trees get cosigned.
+            return Answer(400, "a checkpoint of size 0 must have the empty tree's root\n")
         if old > cp.size:
             return Answer(400, f"old size {old} is past the checkpoint's size {cp.size}\n")
         with self._lock:

@@ -117,3 +117,29 @@ def test_a_non_ed25519_key_file_is_refused(tmp_path: Path) -> None:
     os.chmod(path, 0o600)
     with pytest.raises(CheckpointError, match="not an Ed25519"):
         load_or_create_key(path)
+
+
+def _noncanonical(root: bytes) -> str:
+    """The root in base64 with the unused low bits of its last character set: it decodes
+    to the same bytes."""
+    text = base64.b64encode(root).decode()
+    return text[:-2] + chr(ord(text[-2]) + 1) + "="
+
+
+@pytest.mark.parametrize(
+    ("size", "root"),
+    [
+        ("\u00b2", base64.b64encode(ROOT).decode()),  # isdigit, but int() raised ValueError
+        ("\u0661\u0662", base64.b64encode(ROOT).decode()),  # read as 12; Go's tlog refuses
+        (str(2**63), base64.b64encode(ROOT).decode()),  # past int64
+        ("5", _noncanonical(ROOT)),  # a second spelling of the same checkpoint
+    ],
+    ids=["superscript", "arabic-indic", "past-int64", "non-canonical-root"],
+)
+def test_a_signed_note_every_verifier_would_not_read_alike_is_refused(size: str, root: str) -> None:
+    """Signed by the log's own key (a host that holds it, talking to a witness), these
+    parsed (or raised a bare ValueError, a 500 from the witness) instead of refusing."""
+    assert base64.b64decode(_noncanonical(ROOT)) == ROOT
+    note = SIGNER.sign(f"interlock.test/audit\n{size}\n{root}\n")
+    with pytest.raises(CheckpointError):
+        open_checkpoint(note, SIGNER.verifier)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -267,3 +268,13 @@ def test_a_quorum_of_two_witness_processes_and_one_going_away(tmp_path: Path) ->
         assert verify(cfg, key_a, key_b, quorum=1).returncode == 0
         short = verify(cfg, key_a, key_b)
         assert "cosigned by 1 of the 2 witnesses you trust, 2 required" in short.stdout
+
+
+def test_a_size_zero_checkpoint_has_one_root(witness: WitnessState) -> None:
+    """Two size-0 checkpoints with different roots were both cosigned: the witness vouched
+    for two histories of one size."""
+    for tag in (b"x", b"y"):
+        note = sign_checkpoint(LOG, ORIGIN, 0, hashlib.sha256(tag).digest())
+        assert witness.add_checkpoint(f"old 0\n\n{note}".encode()).status == 400
+    empty = sign_checkpoint(LOG, ORIGIN, 0, merkle.EMPTY_ROOT)
+    assert witness.add_checkpoint(f"old 0\n\n{empty}".encode()).status == 200
