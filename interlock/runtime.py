@@ -242,6 +242,12 @@ def _set_public_url(runtime: Runtime, admin: Admin, url: str) -> None:
         admin.web.public_url = url
 
 
+def authority(host: str, port: int) -> str:
+    """`host:port` as a URL writes it: an IPv6 address in brackets (`http://::1:8080`
+    is no URL, and the approvals page compares it with a browser's Origin)."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
 async def start(runtime: Runtime) -> None:
     """Start listeners and background tasks; fills `runtime.endpoints`."""
     cfg = runtime.config
@@ -291,7 +297,7 @@ async def start(runtime: Runtime) -> None:
         runtime._runners.append(runner)
         bound = runner.addresses[0]
         runtime.listeners.append((str(bound[0]), int(bound[1])))
-        runtime.endpoints["admin"] = f"http://{bound[0]}:{bound[1]}"
+        runtime.endpoints["admin"] = f"http://{authority(bound[0], bound[1])}"
         if cfg.approvals.public_url is None:
             _set_public_url(runtime, admin, runtime.endpoints["admin"])
         if cfg.approvals.web.users:
@@ -325,9 +331,9 @@ async def start(runtime: Runtime) -> None:
         await http_proxy.start()
         runtime._stoppers.append(http_proxy.stop)
         assert http_proxy.address is not None
-        runtime.endpoints["http"] = f"http://{http_proxy.address[0]}:{http_proxy.address[1]}"
+        runtime.endpoints["http"] = f"http://{authority(*http_proxy.address)}"
         for route, gw in zip(cfg.http.reverse, http_proxy.reverse_addresses, strict=True):
-            runtime.endpoints[f"gateway -> {route.upstream}"] = f"http://{gw[0]}:{gw[1]}"
+            runtime.endpoints[f"gateway -> {route.upstream}"] = f"http://{authority(gw[0], gw[1])}"
         runtime.endpoints["ca"] = str(http_proxy.ca_file)
     if cfg.ssh is not None:
         from interlock.proxies.ssh.server import SshProxy
@@ -346,7 +352,7 @@ async def start(runtime: Runtime) -> None:
         runtime.agent_users.append(ssh.prepare_agents)
         runtime.sessions["ssh"] = ssh.open_sessions
         assert ssh.address is not None
-        runtime.endpoints["ssh"] = f"ssh://{ssh.address[0]}:{ssh.address[1]}"
+        runtime.endpoints["ssh"] = f"ssh://{authority(*ssh.address)}"
         runtime.endpoints["ssh host key"] = f"{ssh.host_key_path}.pub"
     if cfg.extauthz is not None:
         await _start_extauthz(runtime)
@@ -391,7 +397,7 @@ async def _start_postgres(runtime: Runtime) -> None:
     runtime.sessions["postgres"] = proxy.open_sessions
     assert proxy.address is not None
     host, port = proxy.address
-    runtime.endpoints["postgres"] = f"postgresql://{host}:{port}"
+    runtime.endpoints["postgres"] = f"postgresql://{authority(host, port)}"
     if slot is not None and runtime.slot is None:
         # The first worker: the others bind the port it bound (it may have been 0).
         listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -538,7 +544,7 @@ async def _start_extauthz(runtime: Runtime) -> None:
         await web.TCPSite(runner, host.strip("[]"), int(port)).start()
         runtime._runners.append(runner)
         bound = runner.addresses[0]
-        runtime.endpoints["ext_authz HTTP"] = f"http://{bound[0]}:{bound[1]}"
+        runtime.endpoints["ext_authz HTTP"] = f"http://{authority(bound[0], bound[1])}"
 
 
 ENABLE_LINES = {
