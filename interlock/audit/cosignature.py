@@ -98,3 +98,8 @@ class Quorum:
     def __post_init__(self) -> None:
         if not 1 <= self.k <= len(self.keys):
             raise CheckpointError(f"a quorum of {self.k} of {len(self.keys)} witnesses")
+        # The name is not in the signed message: one key given twice (or under two
+        # names) would count one witness's cosignature twice towards `k`.
+        publics = [key.public for key in self.keys]
+        if len(set(publics)) != len(publics):
+            raise CheckpointError("a witness key is given more than once")

@@ -19,8 +19,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from interlock.audit import merkle
-from interlock.audit.checkpoint import Signer, load_or_create_key, sign_checkpoint, signatures
-from interlock.audit.cosignature import Cosigner, WitnessKey, cosigned_at
+from interlock.audit.checkpoint import (
+    CheckpointError,
+    Signer,
+    load_or_create_key,
+    sign_checkpoint,
+    signatures,
+)
+from interlock.audit.cosignature import Cosigner, Quorum, WitnessKey, cosigned_at
 from interlock.audit.factory import log_for
 from interlock.audit.witness import SIZE_TYPE, WitnessState
 from interlock.config import load_config
@@ -278,3 +284,15 @@ def test_a_size_zero_checkpoint_has_one_root(witness: WitnessState) -> None:
         assert witness.add_checkpoint(f"old 0\n\n{note}".encode()).status == 400
     empty = sign_checkpoint(LOG, ORIGIN, 0, merkle.EMPTY_ROOT)
     assert witness.add_checkpoint(f"old 0\n\n{empty}".encode()).status == 200
+
+
+def test_one_witness_key_given_twice_is_refused_as_a_quorum() -> None:
+    # (review: the same key twice, or under two names, counted one cosignature twice)
+    private = Ed25519PrivateKey.generate()
+    one = Cosigner("witness.test/a", private).key
+    same = Cosigner("witness.test/b", private).key
+    other = Cosigner("witness.test/c", Ed25519PrivateKey.generate()).key
+    for keys in ((one, one), (one, same)):
+        with pytest.raises(CheckpointError, match="more than once"):
+            Quorum(keys, 2)
+    assert Quorum((one, other), 2).k == 2
