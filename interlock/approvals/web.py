@@ -43,6 +43,11 @@ from interlock.config import WebApprovalsConfig
 log = logging.getLogger(__name__)
 
 COOKIE = "interlock_session"
+DEVICE_COOKIE = "interlock_device"
+"""Set on a browser that signed in as a person: its sign-ins as that person are throttled
+on their own, so guesses by others (by name or from a shared address) cannot lock the
+person out (OWASP's device cookies)."""
+DEVICE_TTL = 30 * 86400.0
 MAX_FAILURES = 5
 """Sign-in attempts per name per minute that may fail before more are refused."""
 MAX_PER_ADDRESS = 20
@@ -95,6 +100,28 @@ class WebApprovals:
     """Recent attempts per name and per client address (`@<address>`), counted before
     the password is checked, so concurrent guesses count too."""
     _dummy: str = field(default_factory=lambda: hash_password(secrets.token_hex(8)))
+    _device_key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+    """Signs device cookies; per process, so a restart forgets every device."""
+
+    def device_cookie(self, user: str, now: float) -> str:
+        """A device cookie for `user`: a random id, the name and an expiry, signed."""
+        body = f"{secrets.token_urlsafe(16)}.{int(now + DEVICE_TTL)}.{user.encode().hex()}"
+        return f"{body}.{self._device_sig(body)}"
+
+    def device(self, request: web.Request, user: str) -> str | None:
+        """The id of the device cookie `request` carries for `user`, if it is one this
+        instance signed and it has not expired; None otherwise."""
+        token, _, sig = request.cookies.get(DEVICE_COOKIE, "").rpartition(".")
+        parts = token.split(".")
+        if len(parts) != 3 or not hmac.compare_digest(sig, self._device_sig(token)):
+            return None
+        device, expires, named = parts
+        if named != user.encode().hex() or not expires.isdigit() or int(expires) <= self.clock():
+            return None
+        return device
+
+    def _device_sig(self, body: str) -> str:
+        return hmac.new(self._device_key, body.encode(), hashlib.sha256).hexdigest()
 
     def prune(self, now: float) -> None:
         """Forget expired sessions and old failures (bounded memory under attack)."""
@@ -199,13 +226,20 @@ async def login(request: web.Request) -> web.StreamResponse:
     user, password = str(form.get("user", ""))[:128], str(form.get("password", ""))[:1024]
     now = state.clock()
     state.prune(now)
-    counters = [
-        (state.failures.setdefault(user, deque(maxlen=MAX_FAILURES)), MAX_FAILURES),
-        (
-            state.failures.setdefault(f"@{request.remote}", deque(maxlen=MAX_PER_ADDRESS)),
-            MAX_PER_ADDRESS,
-        ),
-    ]
+    device = state.device(request, user)
+    # A browser that signed in as this person before is counted on its own: guesses by
+    # name or from its address (a shared reverse proxy's) do not lock it out.
+    counters = (
+        [(state.failures.setdefault(f"#{device}", deque(maxlen=MAX_FAILURES)), MAX_FAILURES)]
+        if device is not None
+        else [
+            (state.failures.setdefault(user, deque(maxlen=MAX_FAILURES)), MAX_FAILURES),
+            (
+                state.failures.setdefault(f"@{request.remote}", deque(maxlen=MAX_PER_ADDRESS)),
+                MAX_PER_ADDRESS,
+            ),
+        ]
+    )
     for recent, limit in counters:
         while recent and recent[0] <= now - 60:
             recent.popleft()
@@ -229,6 +263,11 @@ async def login(request: web.Request) -> web.StreamResponse:
         COOKIE, sid, httponly=True, samesite="Strict", path="/ui",
         secure=state.config.secure_cookies, max_age=int(state.config.session_ttl),
     )  # fmt: skip
+    if device is None:
+        resp.set_cookie(
+            DEVICE_COOKIE, state.device_cookie(user, now), httponly=True, samesite="Strict",
+            path="/ui/login", secure=state.config.secure_cookies, max_age=int(DEVICE_TTL),
+        )  # fmt: skip
     raise resp
 
 

@@ -203,6 +203,41 @@ async def test_wrong_passwords_are_refused_then_throttled(
         assert (await c.get("/ui/approvals")).status_code == 303
 
 
+async def test_guesses_by_others_do_not_lock_out_a_browser_that_signed_in_before(
+    make_rig: RigFactory, users: dict[str, str]
+) -> None:
+    # (review: 5 wrong passwords for a name a minute, or 20 tries from the address a
+    # reverse proxy gives everyone, kept the person out of the page)
+    rig = await web_rig(make_rig, users)
+    headers = {"Origin": rig.admin}
+    async with (
+        httpx.AsyncClient(base_url=rig.admin, headers=headers) as owner,
+        httpx.AsyncClient(base_url=rig.admin, headers=headers) as other,
+        httpx.AsyncClient(base_url=rig.admin, headers=headers) as fresh,
+    ):
+        first = await owner.post("/ui/login", data={"user": OWNER, "password": PASSWORD})
+        assert first.status_code == 303
+        assert "interlock_device" in owner.cookies
+        for i in range(25):  # by name, then from the address everyone shares
+            user = OWNER if i < 5 else f"guess{i}@example.com"
+            assert (
+                await other.post("/ui/login", data={"user": user, "password": "x"})
+            ).status_code in (401, 429)
+        again = await owner.post("/ui/login", data={"user": OWNER, "password": PASSWORD})
+        assert again.status_code == 303, "the browser that signed in before gets in"
+        locked = await fresh.post("/ui/login", data={"user": OWNER, "password": PASSWORD})
+        assert locked.status_code == 429, "a browser never signed in waits out the limit"
+        # The cookie is the owner's: it names no one else, and a forged one counts nothing.
+        assert (
+            await owner.post("/ui/login", data={"user": BOB, "password": "x"})
+        ).status_code == 429
+        cookie = owner.cookies["interlock_device"]
+        forged_cookie = cookie[:-1] + ("1" if cookie.endswith("0") else "0")
+        fresh.cookies.set("interlock_device", forged_cookie, path="/ui/login")
+        forged = await fresh.post("/ui/login", data={"user": OWNER, "password": PASSWORD})
+        assert forged.status_code == 429
+
+
 async def test_the_page_is_off_without_users_and_needs_no_api_token(
     make_rig: RigFactory,
 ) -> None:
