@@ -44,6 +44,9 @@ VOLATILE_HEADERS = frozenset(
 VOLATILE_PREFIXES = ("x-b3-", "x-envoy-", "x-forwarded-", "x-ot-span-context")
 """Headers that differ on every attempt of the same request (not part of its identity)."""
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+METHOD_OVERRIDES = ("x-http-method-override", "x-http-method", "x-method-override")
+"""Headers some frameworks (Express's method-override, ASP.NET, Google's APIs) take as
+the request's real method."""
 
 
 @dataclass(frozen=True)
@@ -243,7 +246,15 @@ class Authorizer:
             "source_principal": req.source_principal[:256],
             "destination_principal": req.destination_principal[:256],
         }
-        operation = Operation.READ if req.method.upper() in READ_METHODS else Operation.WRITE
+        # The method the service may run is the override where it honours one: a GET
+        # that says DELETE in a header is decided as a write, with every method named.
+        overrides = [
+            req.headers[h].strip().upper()[:16] for h in METHOD_OVERRIDES if h in req.headers
+        ]
+        if overrides:
+            details["method_overrides"] = overrides
+        methods = {req.method.upper(), *overrides}
+        operation = Operation.READ if methods <= READ_METHODS else Operation.WRITE
         target = _host(req.host) or "unknown"
         labels: frozenset[str] = frozenset()
         payload = ""

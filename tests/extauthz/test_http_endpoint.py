@@ -45,6 +45,30 @@ async def test_nginx_style_subrequest(authz: Authz) -> None:
     assert action.details["path"] == "/reports/q3"
 
 
+@pytest.mark.parametrize(
+    ("header", "value", "operation"),
+    [
+        ("X-HTTP-Method-Override", "DELETE", "write"),
+        ("X-HTTP-Method", "put", "write"),
+        ("X-Method-Override", "PATCH", "write"),
+        ("X-HTTP-Method-Override", "HEAD", "read"),
+    ],
+)
+async def test_a_method_override_is_decided_as_the_method_it_names(
+    authz: Authz, header: str, value: str, operation: str
+) -> None:
+    # (review: a service that honours the header ran DELETE; the decision saw a GET read)
+    async with httpx.AsyncClient() as client:
+        r = await client.get(
+            f"http://127.0.0.1:{authz.http_port}/",
+            headers={MESH_HEADER: "coder", "X-Original-URI": "/orders/7", header: value},
+        )
+    assert r.status_code == 200
+    action = authz.sink.last.action
+    assert action.operation.value == operation
+    assert list(action.details["method_overrides"]) == [value.upper()]
+
+
 async def test_envoy_http_service_style_request_with_body(prefixed: Authz) -> None:
     await prefixed.pdp.store.restrict("coder", ["tool:shell"])
     call = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "shell"}}

@@ -243,6 +243,9 @@ def _prompt_text(doc: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+METHOD_OVERRIDES = ("x-http-method-override", "x-http-method", "x-method-override")
+"""Headers some frameworks take as the request's real method: policies read
+`details.method_overrides` next to `details.method`."""
 VAULT_READS = frozenset({"GET", "LIST"})
 """Vault's and OpenBao's read verbs (LIST lists a path's keys)."""
 VAULT_PATH = re.compile(
@@ -295,6 +298,10 @@ def action_for(flow: http.HTTPFlow, keep_prompts: bool, text: str | None) -> Act
         # the shape must not decide whether `no_egress` or the exfiltration rule apply.
         "effects": ["egress"],
     }
+    # The method a service may run instead (frameworks that honour these headers).
+    overrides = [req.headers[h].strip().upper()[:16] for h in METHOD_OVERRIDES if h in req.headers]
+    if overrides:
+        details["method_overrides"] = overrides
     agent = flow.metadata[AGENT]
     found = scan_all(text) if text else Findings()
     # Query values and form fields reach servers percent-decoded (`%67hp_...` is a key

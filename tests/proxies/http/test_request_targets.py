@@ -505,3 +505,14 @@ async def test_a_key_in_a_header_is_found_and_random_ids_are_not_secrets(rig: Ri
     assert list(keyed.action.details["dlp"]) == ["github_token"]
     assert plain.action.labels == frozenset()
     assert [r.header(b"traceparent") != [] for r in upstream.requests] == [True]  # not held
+
+
+async def test_a_method_override_header_is_named_in_the_decision(rig: Rig) -> None:
+    # Some services run the method the header names: a policy on methods must see it.
+    proxy, sink, upstream, _ = rig
+    await send(proxy, absolute(upstream.port, extra=b"X-HTTP-Method-Override: delete\r\n"))
+    [record] = decided(sink)
+    assert (record.action.details["method"], list(record.action.details["method_overrides"])) == (
+        "GET",
+        ["DELETE"],
+    )
