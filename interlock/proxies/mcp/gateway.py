@@ -25,6 +25,7 @@ from interlock.errors import StateError
 from interlock.proxies.mcp.actions import Unreadable, Where, action_for, held_text, labels_of
 from interlock.proxies.mcp.relay import (
     DENIED,
+    DESCRIBED,
     INVALID_REQUEST,
     Cancel,
     Decide,
@@ -299,6 +300,8 @@ class Gateway:
             if event.method == "tools/list":
                 if "result" in response:
                     response = await self._pin(response)
+            elif event.method in DESCRIBED:
+                await self._described(event.method, response)
             else:
                 response = await self._scan(event, response)
         except Exception as exc:
@@ -319,6 +322,25 @@ class Gateway:
                 },
             }
         self._run(self.relay.release(response))
+
+    async def _described(self, method: str, response: dict[str, Any]) -> None:
+        """The server's own words to the model (`initialize` instructions, resource and
+        prompt descriptions) that try to steer it taint the session as a tool result
+        that does would (`prompt_injection_suspected`); plain descriptions do not taint
+        it, or every session would start tainted."""
+        text = result_text(response.get("result"))
+        step = MAX_SCAN - 4096
+        reasons: set[str] = set()
+        for start in range(0, max(len(text), 1), step):
+            reasons.update(self.detector.scan(text[start : start + MAX_SCAN]))
+        if not reasons:
+            return
+        until = self.pdp.clock() + self.taint_ttl
+        await self.pdp.store.add_taint(self.agent.id, "prompt_injection_suspected", until, "")
+        log.warning(
+            "mcp %s: %s answer tries to steer the model (%s): session tainted",
+            self.where.server, method, ", ".join(sorted(reasons)),
+        )  # fmt: skip
 
     async def _scan(self, event: Inspect, response: dict[str, Any]) -> dict[str, Any]:
         """Tool results, resources and prompts are text from outside: the session is

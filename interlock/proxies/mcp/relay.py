@@ -32,8 +32,12 @@ INVALID_PARAMS = -32602
 DENIED = -32001
 """Server-defined range of JSON-RPC; the HTTP MCP path answers denials with it too."""
 
-INSPECTED = DECIDED_METHODS | {"tools/list"}
-"""Answers the gateway reads before the host does: results are scanned, listings pinned."""
+DESCRIBED = frozenset({"initialize", "resources/list", "resources/templates/list", "prompts/list"})
+"""Answers whose text the model reads as the server's word (its instructions, what its
+resources and prompts are for): scanned for instructions aimed at the model."""
+INSPECTED = DECIDED_METHODS | {"tools/list"} | DESCRIBED
+"""Answers the gateway reads before the host does: results are scanned, tool listings
+pinned, descriptions scanned."""
 
 IdKey = tuple[str, Any]
 """A JSON-RPC id with its type: 1 and "1" are different requests."""

@@ -5,6 +5,7 @@ shadowing another server's tool of the same owner starts held."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis.asyncio
 from mcp.shared.exceptions import MCPError
 
 from tests.proxies.mcp.conftest import OWNER, ROOT, Setup, session
@@ -98,3 +100,22 @@ async def test_a_tool_shadowing_another_servers_tool_starts_held(
         assert [t.name for t in (await s.list_tools()).tools] == []
         with pytest.raises(MCPError, match="shadows a tool of"):
             await s.call_tool("lookup", {"q": "x"})
+
+
+@pytest.mark.parametrize("steer", [True, False], ids=["steering", "plain"])
+async def test_instructions_that_steer_the_model_taint_the_session(
+    setup: Setup, tmp_path: Path, steer: bool
+) -> None:
+    # (review: initialize instructions and resource or prompt descriptions reached the
+    # model unscanned, while the same text in a tool result tainted the session)
+    argv = [sys.executable, SERVER, str(tmp_path / "server.log"), *(["--steer"] if steer else [])]
+    client = redis.asyncio.Redis.from_url(setup.redis_url)
+    await client.flushdb()  # no taint left by an earlier test of this module's Redis
+    await client.aclose()
+    async with session(setup.gateway(argv)) as s:
+        await s.list_tools()
+        with contextlib.suppress(MCPError):  # held or not, it is decided on the context
+            await s.call_tool("weather", {"q": "today"})
+    call = next(r for r in await setup.audit() if r["action"]["target"] == "weather")
+    taints = call["context"]["taints"]
+    assert ("prompt_injection_suspected" in taints) is steer, taints
