@@ -287,7 +287,25 @@ def verify_bundle(
     quorum: Quorum | None = None,
 ) -> Report:
     """Verify an export with nothing but its files and the verifier key. The unsigned
-    tail's age is measured against the newest record: the export's time is not signed."""
+    tail's age is measured against the newest record: the export's time is not signed.
+    A file that is not what an export writes (a range that is not numbers, a proof that
+    is not base64, a note that is not UTF-8) fails the verification with what was wrong,
+    never with a traceback."""
+    try:
+        return _verify_bundle(target, verifier, origin, since=since, max_age=max_age, quorum=quorum)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OSError) as exc:
+        raise AuditError(f"bundle {target} is malformed: {type(exc).__name__}: {exc}") from None
+
+
+def _verify_bundle(
+    target: Path,
+    verifier: Verifier,
+    origin: str | None,
+    *,
+    since: str | None = None,
+    max_age: float | None = None,
+    quorum: Quorum | None = None,
+) -> Report:
     notes = [p.read_text("utf-8") for p in sorted((target / "checkpoints").glob("*.note"))]
     check = LogVerifier(verifier, notes, origin, since, quorum)
     gaps = [(e["start"], e["end"]) for e in _lines(target / "missing.jsonl")]

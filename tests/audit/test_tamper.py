@@ -207,6 +207,31 @@ def test_export_verifies_offline_and_detects_an_edited_export(
     assert "record 12: inclusion proof in the signed checkpoint fails" in bad.stdout
 
 
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("missing.jsonl", '{"start": "a", "end": 1}\n'),
+        ("missing.jsonl", '{"begin": 1}\n'),
+        ("missing.jsonl", "[1, 2]\n"),
+        ("proofs/inclusion.jsonl", '{"index": 1, "size": 50, "proof": 5}\n'),
+        ("proofs/consistency.jsonl", '{"first": 10}\n'),
+    ],
+)
+def test_a_malformed_export_fails_with_what_was_wrong(
+    copy: tuple[Path, str, Path], tmp_path: Path, name: str, text: str
+) -> None:
+    # (review: a bad missing.jsonl ended in a TypeError traceback)
+    cfg, key, _ = copy
+    bundle = tmp_path / "export"
+    assert cli("export", "-c", str(cfg), str(bundle)).returncode == 0
+    (bundle / name).parent.mkdir(exist_ok=True)
+    (bundle / name).write_text(text)
+    out = cli("verify", "--bundle", str(bundle), "--key", key)
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    assert "is malformed" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_wrong_key_format_is_a_clear_error(copy: tuple[Path, str, Path]) -> None:
     cfg, _, _ = copy
     out = verify(cfg, "not-a-key")
