@@ -183,11 +183,39 @@ def body_text(message: http.Message) -> str | None:
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
-            return None
+            return _multipart_text(message, raw)
     try:
         return raw.decode(encoding, "replace")
     except LookupError:
         return raw.decode("utf-8", "replace")
+
+
+def _multipart_text(message: http.Message, raw: bytes) -> str | None:
+    """The text parts of a multipart body that also carries binary (a form with a file):
+    each part whose content decodes as UTF-8, joined; None when no part does or the body
+    is not multipart. A key typed into a form field next to an uploaded image is still
+    data leaving."""
+    ctype = message.headers.get("content-type", "")
+    if not ctype.lower().lstrip().startswith("multipart/"):
+        return None
+    boundary = next(
+        (
+            value.strip().strip('"')
+            for name, _, value in (p.partition("=") for p in ctype.split(";")[1:])
+            if name.strip().lower() == "boundary"
+        ),
+        "",
+    )
+    if not boundary:
+        return None
+    texts = []
+    for part in raw.split(b"--" + boundary.encode("latin-1", "replace"))[1:]:
+        _, _, content = part.partition(b"\r\n\r\n")
+        try:
+            texts.append(content.removesuffix(b"\r\n").decode("utf-8"))
+        except UnicodeDecodeError:
+            continue  # binary: not scanned, as a binary body is not
+    return "\n".join(texts) if any(texts) else None
 
 
 def scan_all(text: str) -> Findings:

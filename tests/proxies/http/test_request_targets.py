@@ -480,6 +480,22 @@ async def test_a_key_in_a_multipart_field_is_found(rig: Rig) -> None:
     assert "credentials" in record.action.labels
 
 
+async def test_a_key_in_a_form_field_next_to_a_binary_file_is_found(rig: Rig) -> None:
+    # (review: a multipart body with a binary part was not read at all)
+    proxy, sink, upstream, _ = rig
+    body = (
+        b"--b\r\nContent-Disposition: form-data; name=f; filename=x.png\r\n"
+        b"Content-Type: image/png\r\n\r\n\x89PNG\xff\xfe\x00\x01\r\n"
+        b"--b\r\nContent-Disposition: form-data; name=k\r\n\r\n"
+        + GITHUB_TOKEN.encode()
+        + b"\r\n--b--\r\n"
+    )
+    extra = b"Content-Type: multipart/form-data; boundary=b\r\n"
+    await send(proxy, absolute(upstream.port, b"/up", b"POST", extra=extra, body=body))
+    [record] = decided(sink)
+    assert "credentials" in record.action.labels
+
+
 async def test_percent_encoded_keys_in_query_and_form_are_found(rig: Rig) -> None:
     proxy, sink, upstream, _ = rig
     encoded = "".join(f"%{ord(c):02X}" for c in GITHUB_TOKEN)
