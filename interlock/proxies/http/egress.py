@@ -12,7 +12,7 @@ import json
 import re
 import zlib
 from typing import Any
-from urllib.parse import unquote, unquote_plus
+from urllib.parse import parse_qsl, unquote, unquote_plus
 
 from mitmproxy import connection, http
 from mitmproxy.proxy.mode_specs import ReverseMode
@@ -271,6 +271,14 @@ def _prompt_text(doc: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+AUTH_HEADERS = frozenset(
+    {
+        "authorization", "proxy-authorization", "cookie", "x-api-key", "api-key",
+        "x-auth-token", "private-token", "x-vault-token", "x-goog-api-key",
+    }
+)  # fmt: skip
+"""Headers whose job is to carry a credential to the service they are sent to
+(Proxy-Authorization: the agent's own to this proxy, never forwarded)."""
 METHOD_OVERRIDES = ("x-http-method-override", "x-http-method", "x-method-override")
 """Headers some frameworks take as the request's real method: policies read
 `details.method_overrides` next to `details.method`."""
@@ -282,6 +290,26 @@ VAULT_PATH = re.compile(
 )
 """Paths only Vault's API has: its system backends and default mounts, and the KV v2
 (`data`, `metadata`) and dynamic-secret (`creds`) paths of any mount."""
+
+
+CREDENTIAL_PARAMETERS = frozenset(
+    {
+        "key", "api_key", "apikey", "access_token", "token", "auth", "sig", "signature",
+        "x-amz-credential", "x-amz-signature", "x-amz-security-token",
+        "x-goog-credential", "x-goog-signature",
+    }
+)  # fmt: skip
+"""Query parameters that carry a credential to the service the URL names (Google's API
+keys, OAuth's access_token, S3 and GCS presigned URLs)."""
+
+
+def _query_text(query: str) -> str:
+    """The query as servers read it (percent-decoded, `+` a space), without the values
+    of CREDENTIAL_PARAMETERS."""
+    if not query:
+        return ""
+    pairs = parse_qsl(query, keep_blank_values=True, errors="replace")
+    return "\n".join(f"{k}={v}" for k, v in pairs if k.lower() not in CREDENTIAL_PARAMETERS)
 
 
 def _vault_token(req: http.Request, path: str) -> bool:
@@ -333,8 +361,10 @@ def action_for(flow: http.HTTPFlow, keep_prompts: bool, text: str | None) -> Act
     agent = flow.metadata[AGENT]
     found = scan_all(text) if text else Findings()
     # Query values and form fields reach servers percent-decoded (`%67hp_...` is a key
-    # to them), and a query is data leaving as much as a body is.
-    decoded = [unquote_plus(req.path.partition("?")[2], errors="replace")]
+    # to them), and a query is data leaving as much as a body is; a parameter whose job
+    # is the service's own credential (`?key=AIza...`, a presigned URL's signature) is
+    # not, as an Authorization header is not (below).
+    decoded = [_query_text(req.path.partition("?")[2])]
     if text and "application/x-www-form-urlencoded" in details["content_type"].lower():
         decoded.append(unquote_plus(text, errors="replace"))
     kinds = dict(found.kinds)
@@ -342,10 +372,11 @@ def action_for(flow: http.HTTPFlow, keep_prompts: bool, text: str | None) -> Act
         for kind, n in scan_all(part).kinds.items():
             kinds[kind] = kinds.get(kind, 0) + n
     # Header values leave too (`X-K: ghp_...`): scanned for keys and tokens, not for
-    # entropy (trace ids and ETags are random by design). Proxy-Authorization is the
-    # agent's own credential to this proxy, which never forwards it.
+    # entropy (trace ids and ETags are random by design). The headers that carry a
+    # credential to the service it is for are not: labelling every authenticated call
+    # `credentials` would hold them all once the session read anything from outside.
     said = "\n".join(
-        v for k in req.headers for v in req.headers.get_all(k) if k.lower() != "proxy-authorization"
+        v for k in req.headers for v in req.headers.get_all(k) if k.lower() not in AUTH_HEADERS
     )
     for kind, n in scan_secrets(said).kinds.items():
         kinds[kind] = kinds.get(kind, 0) + n

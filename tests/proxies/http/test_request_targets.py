@@ -496,6 +496,18 @@ async def test_a_key_in_a_form_field_next_to_a_binary_file_is_found(rig: Rig) ->
     assert "credentials" in record.action.labels
 
 
+async def test_a_query_parameter_carrying_the_services_own_key_is_not_data(rig: Rig) -> None:
+    # `?key=AIza...` is how Google's APIs take their key, as a header would: labelling it
+    # would hold every such call once the session read anything from outside.
+    proxy, sink, upstream, _ = rig
+    google = "AIza" + "b" * 35
+    await send(proxy, absolute(upstream.port, f"/maps?key={google}&q=x".encode()))
+    await send(proxy, absolute(upstream.port, f"/maps?note={google}".encode()))
+    as_key, as_data = decided(sink)
+    assert as_key.action.labels == frozenset()
+    assert "credentials" in as_data.action.labels
+
+
 async def test_percent_encoded_keys_in_query_and_form_are_found(rig: Rig) -> None:
     proxy, sink, upstream, _ = rig
     encoded = "".join(f"%{ord(c):02X}" for c in GITHUB_TOKEN)
@@ -515,7 +527,8 @@ async def test_a_key_in_a_header_is_found_and_random_ids_are_not_secrets(rig: Ri
     await send(proxy, absolute(upstream.port, extra=f"X-K: {GITHUB_TOKEN}\r\n".encode()))
     trace = b"traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n"
     etag = b'If-None-Match: "9f62089a7c1e4b5fa3e6d0c2b4a18e7f3c5d9b2a"\r\n'
-    await send(proxy, absolute(upstream.port, extra=trace + etag))
+    auth = f"Authorization: Bearer {GITHUB_TOKEN}\r\n".encode()  # the header's own job
+    await send(proxy, absolute(upstream.port, extra=trace + etag + auth))
     keyed, plain = decided(sink)
     assert "credentials" in keyed.action.labels
     assert list(keyed.action.details["dlp"]) == ["github_token"]
