@@ -285,6 +285,11 @@ class Analysis:
     """Words whose text could not be worked out (they make the command unresolved)."""
     expansion_rules: bool = False
     """`shopt` or GLOBIGNORE: globs may match what the default rules would not."""
+    relative_symlinks: bool = False
+    """A symbolic link made with a relative target (or `ln -r`): where it leads depends
+    on where it ends up."""
+    link_commands: int = 0
+    """`ln` commands in the command line."""
 
     def details(self) -> dict[str, Any]:
         """The action details a decision sees: whole, never shortened (the command is
@@ -793,6 +798,9 @@ class _Walker:
         symbolic = "--symbolic" in args or "s" in short
         relative = "--relative" in args or "r" in short
         sources = operands[:-1] or operands
+        self.out.link_commands += 1
+        if symbolic and (relative or any(not _raw(src).startswith("/") for src in sources)):
+            self.out.relative_symlinks = True
         if len(operands) > 1:
             self.path(operands[-1], "write")
         for source in sources:
@@ -1050,6 +1058,11 @@ def analyse(command: str, where: Where | None = None) -> Analysis:
     paths.unresolved += [f"{t}: {HOMES_REACHED}" for t in paths.trees if _holds_homes(t, where)]
     if out.expansion_rules:
         paths.unresolved.append("shopt, GLOBIGNORE, HOME or CDPATH change how paths expand")
+    if out.relative_symlinks and (out.programs & MOVERS or out.link_commands > 1):
+        # Paths are resolved on the target before the command runs; a relative link
+        # this command makes and then moves (`ln -s ../x a/l && mv a/l l && cat l`)
+        # leads somewhere no resolution saw.
+        paths.unresolved.append(RELATIVE_LINK_MOVED)
     if paths.unresolved:
         out.flags.add("unresolved")
     if paths.expansions:
@@ -1058,6 +1071,14 @@ def analyse(command: str, where: Where | None = None) -> Analysis:
 
 
 HOMES_REACHED = "a recursive operation here reaches home directories and their .ssh"
+RELATIVE_LINK_MOVED = (
+    "a relative symbolic link made in a command that also moves, copies or links files: "
+    "where it leads depends on where it ends up"
+)
+MOVERS = frozenset(
+    {"mv", "rename", "cp", "rsync", "install", "tar", "cpio", "pax", "zip", "unzip", "mmv"}
+)
+"""Programs that can move or copy a symbolic link (as a link) to another directory."""
 
 
 def _holds_homes(tree: str, where: Where) -> bool:

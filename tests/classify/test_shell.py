@@ -194,6 +194,29 @@ def test_every_evasion_flag_is_refused_by_the_bundled_policy() -> None:
 
 
 @pytest.mark.parametrize(
+    ("command", "unresolved"),
+    [
+        ("ln -s ../x a/l && mv a/l l && cat l", True),
+        ("ln -s shadow /tmp/l && mv /tmp/l /etc/l", True),
+        ("ln -sr /d/x /d/a/l; cp -a /d/a /e", True),
+        ("ln -s x l; ln l /etc/l", True),
+        ("ln -s ../x a/l; tar cf /tmp/t a", True),
+        ("ln -s a b && cat b", False),
+        ("ln -s /etc/hosts l && mv l m", False),
+        ("mv a b && cp b c", False),
+    ],
+)
+def test_a_relative_link_made_and_moved_in_one_command_is_unresolved(
+    command: str, unresolved: bool
+) -> None:
+    """The target resolves a command's paths before it runs: a relative link the command
+    itself makes and then moves, copies or links elsewhere leads where no resolution saw
+    (review: `ln -s ../x a/l && mv a/l l && cat l` read outside path_roots)."""
+    a = analyse(command, HOME)
+    assert ("unresolved" in a.flags) is unresolved, a.paths.unresolved
+
+
+@pytest.mark.parametrize(
     "command",
     [
         "grep -r BEGIN ~",

@@ -237,6 +237,13 @@ async def test_a_link_already_on_the_target_is_decided_where_it_leads(
         resolved = rooted.sink.last.action.details["resolved"]
         assert any(not p.startswith(f"{data}/") for p in resolved.values()), resolved
     assert not (short / "copy.txt").exists()
+    # Made and moved in one command, before any resolution could see where it leads:
+    await refused_and_never_ran(
+        rooted,
+        logged_sshd,
+        f"ln -s ../secret.txt {data}/a/m && mv {data}/a/m {data} && cat {data}/m",
+    )
+    assert not (data / "m").exists()
     r = await rooted.ssh(f"cat {data}/own.txt {data}/nothing-here")
     assert r.stdout == b"mine\n"  # a path that does not exist resolves to nothing more
     assert "resolved" not in rooted.sink.last.action.details
