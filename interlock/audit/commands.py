@@ -292,68 +292,56 @@ def verify_bundle(
     is not base64, a note that is not UTF-8) fails the verification with what was wrong,
     never with a traceback."""
     try:
-        return _verify_bundle(target, verifier, origin, since=since, max_age=max_age, quorum=quorum)
+        notes = [p.read_text("utf-8") for p in sorted((target / "checkpoints").glob("*.note"))]
+        check = LogVerifier(verifier, notes, origin, since, quorum)
+        gaps = [(e["start"], e["end"]) for e in _lines(target / "missing.jsonl")]
+        records: dict[int, bytes] = {}
+        index = 0
+        with (target / "records.jsonl").open("rb") as f:
+            for line in f:
+                while gaps and gaps[0][0] <= index:
+                    index = max(index, gaps.pop(0)[1])
+                data = line.rstrip(b"\n")
+                records[index] = data
+                check.feed(index, data)
+                index += 1
+        for _, hi in gaps:
+            check.gap(hi)
+        report = check.finish(None, max_age)
+        cps = check.checkpoints
+        for entry in _lines(target / "proofs" / "consistency.jsonl"):
+            a, b = entry["first"], entry["second"]
+            if (
+                a in cps
+                and b in cps
+                and not merkle.verify_consistency(
+                    a, b, cps[a].root, cps[b].root, _unb64(entry["proof"])
+                )
+            ):
+                report.findings.append(_finding(f"consistency proof {a} -> {b} does not verify"))
+        bad_inclusion = None
+        for entry in _lines(target / "proofs" / "inclusion.jsonl"):
+            i, size = entry["index"], entry["size"]
+            cp = cps.get(size)
+            ok = (
+                cp is not None
+                and i in records
+                and merkle.verify_inclusion(
+                    i, size, merkle.leaf_hash(records[i]), _unb64(entry["proof"]), cp.root
+                )
+            )
+            if not ok and bad_inclusion is None:
+                bad_inclusion = i
+        if bad_inclusion is not None:
+            report.findings.insert(
+                0,
+                Finding(
+                    bad_inclusion, "inclusion proof in the signed checkpoint fails (record changed)"
+                ),
+            )
+        return report
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, OSError) as exc:
         raise AuditError(f"bundle {target} is malformed: {type(exc).__name__}: {exc}") from None
-
-
-def _verify_bundle(
-    target: Path,
-    verifier: Verifier,
-    origin: str | None,
-    *,
-    since: str | None = None,
-    max_age: float | None = None,
-    quorum: Quorum | None = None,
-) -> Report:
-    notes = [p.read_text("utf-8") for p in sorted((target / "checkpoints").glob("*.note"))]
-    check = LogVerifier(verifier, notes, origin, since, quorum)
-    gaps = [(e["start"], e["end"]) for e in _lines(target / "missing.jsonl")]
-    records: dict[int, bytes] = {}
-    index = 0
-    with (target / "records.jsonl").open("rb") as f:
-        for line in f:
-            while gaps and gaps[0][0] <= index:
-                index = max(index, gaps.pop(0)[1])
-            data = line.rstrip(b"\n")
-            records[index] = data
-            check.feed(index, data)
-            index += 1
-    for _, hi in gaps:
-        check.gap(hi)
-    report = check.finish(None, max_age)
-    cps = check.checkpoints
-    for entry in _lines(target / "proofs" / "consistency.jsonl"):
-        a, b = entry["first"], entry["second"]
-        if (
-            a in cps
-            and b in cps
-            and not merkle.verify_consistency(
-                a, b, cps[a].root, cps[b].root, _unb64(entry["proof"])
-            )
-        ):
-            report.findings.append(_finding(f"consistency proof {a} -> {b} does not verify"))
-    bad_inclusion = None
-    for entry in _lines(target / "proofs" / "inclusion.jsonl"):
-        i, size = entry["index"], entry["size"]
-        cp = cps.get(size)
-        ok = (
-            cp is not None
-            and i in records
-            and merkle.verify_inclusion(
-                i, size, merkle.leaf_hash(records[i]), _unb64(entry["proof"]), cp.root
-            )
-        )
-        if not ok and bad_inclusion is None:
-            bad_inclusion = i
-    if bad_inclusion is not None:
-        report.findings.insert(
-            0,
-            Finding(
-                bad_inclusion, "inclusion proof in the signed checkpoint fails (record changed)"
-            ),
-        )
-    return report
 
 
 def _lines(path: Path) -> list[dict[str, Any]]:
