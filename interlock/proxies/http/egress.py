@@ -11,8 +11,9 @@ import hashlib
 import json
 import re
 import zlib
+from collections.abc import Iterable
 from typing import Any
-from urllib.parse import parse_qsl, unquote, unquote_plus
+from urllib.parse import unquote, unquote_plus
 
 from mitmproxy import connection, http
 from mitmproxy.proxy.mode_specs import ReverseMode
@@ -273,13 +274,13 @@ def _prompt_text(doc: dict[str, Any]) -> str:
 
 AUTH_HEADERS = frozenset(
     {
-        "authorization", "proxy-authorization", "cookie", "x-api-key", "api-key",
-        "x-auth-token", "private-token", "x-vault-token", "x-goog-api-key",
+        b"authorization", b"proxy-authorization", b"cookie", b"x-api-key", b"api-key",
+        b"x-auth-token", b"private-token", b"x-vault-token", b"x-goog-api-key",
     }
 )  # fmt: skip
 """Headers whose job is to carry a credential to the service they are sent to
 (Proxy-Authorization: the agent's own to this proxy, never forwarded)."""
-METHOD_OVERRIDES = ("x-http-method-override", "x-http-method", "x-method-override")
+METHOD_OVERRIDES = frozenset({b"x-http-method-override", b"x-http-method", b"x-method-override"})
 """Headers some frameworks take as the request's real method: policies read
 `details.method_overrides` next to `details.method`."""
 VAULT_READS = frozenset({"GET", "LIST"})
@@ -292,6 +293,10 @@ VAULT_PATH = re.compile(
 (`data`, `metadata`) and dynamic-secret (`creds`) paths of any mount."""
 
 
+MIN_FINDING = 6
+"""Characters of the shortest text `scan` finds anything in (`a@b.co`)."""
+MIN_SECRET = 15
+"""Characters of the shortest key or token SECRET_PATTERNS match (`xoxb-` and ten)."""
 CREDENTIAL_PARAMETERS = frozenset(
     {
         "key", "api_key", "apikey", "access_token", "token", "auth", "sig", "signature",
@@ -303,13 +308,18 @@ CREDENTIAL_PARAMETERS = frozenset(
 keys, OAuth's access_token, S3 and GCS presigned URLs)."""
 
 
-def _query_text(query: str) -> str:
-    """The query as servers read it (percent-decoded, `+` a space), without the values
-    of CREDENTIAL_PARAMETERS."""
-    if not query:
-        return ""
-    pairs = parse_qsl(query, keep_blank_values=True, errors="replace")
-    return "\n".join(f"{k}={v}" for k, v in pairs if k.lower() not in CREDENTIAL_PARAMETERS)
+def _query_text(pairs: Iterable[tuple[str, str]]) -> str:
+    """The query as servers read it (mitmproxy's parse: percent-decoded, `+` a space),
+    without the values of CREDENTIAL_PARAMETERS; names and values shorter than the
+    shortest finding (an e-mail address `a@b.co`) are left out, so a query of page
+    numbers costs no scan."""
+    words = (
+        w
+        for k, v in pairs
+        for w in ((k, v) if k.lower() not in CREDENTIAL_PARAMETERS else (k,))
+        if len(w) >= MIN_FINDING
+    )
+    return "\n".join(words)
 
 
 def _vault_token(req: http.Request, path: str) -> bool:
@@ -334,6 +344,7 @@ def action_for(flow: http.HTTPFlow, keep_prompts: bool, text: str | None) -> Act
     # the path rules here, or `/%761/secret` and `/v1%2fsecret` would be plain egress.
     path = unquote(raw_path, errors="replace")
     host = canonical_host(req.host)
+    query = req.query.fields  # parsed once: (name, value), percent-decoded
     details: dict[str, Any] = {
         "method": req.method,
         "mode": "reverse" if isinstance(flow.client_conn.proxy_mode, ReverseMode) else "forward",
@@ -342,7 +353,7 @@ def action_for(flow: http.HTTPFlow, keep_prompts: bool, text: str | None) -> Act
         "path": path[:2048],
         **({"raw_path": raw_path[:2048]} if raw_path != path else {}),
         **({"host_as_sent": req.host[:256]} if host != req.host else {}),
-        "query_keys": sorted(set(req.query))[:64],
+        "query_keys": sorted({k for k, _ in query})[:64],
         "headers": sorted({k.lower() for k in req.headers})[:64],
         "body_bytes": len(req.raw_content or b""),
         # The exact request a person approves (query values and body are not recorded).
@@ -354,8 +365,22 @@ def action_for(flow: http.HTTPFlow, keep_prompts: bool, text: str | None) -> Act
         # the shape must not decide whether `no_egress` or the exfiltration rule apply.
         "effects": ["egress"],
     }
-    # The method a service may run instead (frameworks that honour these headers).
-    overrides = [req.headers[h].strip().upper()[:16] for h in METHOD_OVERRIDES if h in req.headers]
+    # One pass over the header fields (mitmproxy's per-name lookups scan them all each):
+    # the method a service may run instead (frameworks that honour these headers), and
+    # the values that leave with the request. The headers that carry a credential to the
+    # service it is for are not data: labelling every authenticated call `credentials`
+    # would hold them all once the session read anything from outside.
+    overrides: list[str] = []
+    said: list[str] = []
+    for name, raw in req.headers.fields:
+        key = name.lower()
+        if key in AUTH_HEADERS:
+            continue
+        value = raw.decode("utf-8", "replace")
+        if key in METHOD_OVERRIDES:
+            overrides.append(value.strip().upper()[:16])
+        if len(value) >= MIN_SECRET:
+            said.append(value)
     if overrides:
         details["method_overrides"] = overrides
     agent = flow.metadata[AGENT]
@@ -364,7 +389,7 @@ def action_for(flow: http.HTTPFlow, keep_prompts: bool, text: str | None) -> Act
     # to them), and a query is data leaving as much as a body is; a parameter whose job
     # is the service's own credential (`?key=AIza...`, a presigned URL's signature) is
     # not, as an Authorization header is not (below).
-    decoded = [_query_text(req.path.partition("?")[2])]
+    decoded = [_query_text(query)]
     if text and "application/x-www-form-urlencoded" in details["content_type"].lower():
         decoded.append(unquote_plus(text, errors="replace"))
     kinds = dict(found.kinds)
@@ -372,13 +397,8 @@ def action_for(flow: http.HTTPFlow, keep_prompts: bool, text: str | None) -> Act
         for kind, n in scan_all(part).kinds.items():
             kinds[kind] = kinds.get(kind, 0) + n
     # Header values leave too (`X-K: ghp_...`): scanned for keys and tokens, not for
-    # entropy (trace ids and ETags are random by design). The headers that carry a
-    # credential to the service it is for are not: labelling every authenticated call
-    # `credentials` would hold them all once the session read anything from outside.
-    said = "\n".join(
-        v for k in req.headers for v in req.headers.get_all(k) if k.lower() not in AUTH_HEADERS
-    )
-    for kind, n in scan_secrets(said).kinds.items():
+    # entropy (trace ids and ETags are random by design).
+    for kind, n in scan_secrets("\n".join(said)).kinds.items():
         kinds[kind] = kinds.get(kind, 0) + n
     found = Findings(kinds)
     payload = text or ""
