@@ -40,6 +40,7 @@ from interlock.approvals.request import (
     summary,
     visible,
 )
+from interlock.core.enforcement import posture_veto
 from interlock.core.model import Action, Agent, Decision, Effect, Operation, Risk, Tier
 from interlock.errors import StateError
 
@@ -161,7 +162,26 @@ class Holds:
         if not await self._record(hold.request, verdict) and verdict.approved:
             # An approval nobody can later prove is not one.
             return Verdict(False, verdict.approver, "the approval could not be audited")
+        if verdict.approved:
+            veto = await self._posture_veto(action)
+            if veto is not None:
+                return Verdict(False, verdict.approver, veto, verdict.channel)
         return verdict
+
+    async def _posture_veto(self, action: Action) -> str | None:
+        """Why the posture in force now forbids `action`, or None. A person approved the
+        action under the posture it was decided in; a restriction or isolation that came
+        while it waited (an operator, another proxy's decision) must still stop it, as it
+        stops every later action. The store unreachable is a refusal (fail closed)."""
+        pdp = self.pdp
+        if pdp is None:
+            return None
+        try:
+            posture = await pdp.store.posture(action.agent.id, pdp.clock())
+        except StateError as exc:
+            return f"posture unknown after approval: {exc}"
+        veto = posture_veto(action, posture)
+        return None if veto is None else f"{veto} (set while the action was held)"
 
     async def wait_in(
         self,
