@@ -48,16 +48,50 @@ def matches(rule: InjectRule, scheme: str, host: str, port: int, path: str) -> b
     return path == prefix or path.startswith(prefix + "/") or not prefix
 
 
+MIN_CORE = 12
+"""Shortest base64 run (of a key inside a longer encoded value) that is redacted: shorter
+ones would match ordinary text by chance, and a key leaves at most 2 bytes outside it."""
+_GO_HTML = {"&": "\\u0026", "<": "\\u003c", ">": "\\u003e"}
+
+
 def forms(secret: str) -> list[bytes]:
-    """The secret as an echo may carry it: as is, JSON-escaped, URL-encoded, base64."""
+    """The secret as an echo may carry it: as is; JSON-escaped (with `/` as `\\/`, as
+    PHP writes it, and `&<>` as `\\u00XX`, as Go does); URL-encoded (either case of hex);
+    base64 and base64url, alone or inside a longer encoded value (the whole header
+    `Bearer <key>` encoded puts the key at any of three alignments)."""
+    escaped = json.dumps(secret)[1:-1]
+    go = "".join(_GO_HTML.get(c, c) for c in escaped)
+    url = quote(secret, safe="")
     found = {
         secret,
-        json.dumps(secret)[1:-1],
+        escaped,
         json.dumps(secret, ensure_ascii=False)[1:-1],
-        quote(secret, safe=""),
-        base64.b64encode(secret.encode()).decode(),
+        escaped.replace("/", "\\/"),
+        go,
+        go.replace("/", "\\/"),
+        url,
+        re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), url),
     }
+    for encoded in _base64_runs(secret.encode()):
+        found.add(encoded)
+        found.add(encoded.translate(_URLSAFE))
     return sorted((f.encode() for f in found if f), key=len, reverse=True)
+
+
+_URLSAFE = str.maketrans("+/", "-_")
+
+
+def _base64_runs(data: bytes) -> set[str]:
+    """base64 of `data` whole, and at each alignment inside a longer value the run of
+    characters that depend on `data` alone (whole groups, less those sharing bits with
+    what comes before)."""
+    runs = {base64.b64encode(data).decode()}
+    for before, skip in ((0, 0), (1, 2), (2, 3)):
+        encoded = base64.b64encode(b"\0" * before + data).decode()
+        run = encoded[skip : (before + len(data)) // 3 * 4]
+        if len(run) >= MIN_CORE:
+            runs.add(run)
+    return runs
 
 
 class Inject:
