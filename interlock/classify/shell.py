@@ -27,6 +27,7 @@ A command bashlex cannot parse (or nests deeper than `MAX_DEPTH`) raises
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -1063,6 +1064,12 @@ def analyse(command: str, where: Where | None = None) -> Analysis:
         # this command makes and then moves (`ln -s ../x a/l && mv a/l l && cat l`)
         # leads somewhere no resolution saw.
         paths.unresolved.append(RELATIVE_LINK_MOVED)
+    elif _independent(out.commands) > 1 and any(_carries(argv) for argv in out.commands):
+        # A link already on the target, moved or copied by this command (`mv a/l l &&
+        # cat l`, `cp -a a/sub c && cat c/l`: a relative link then leads elsewhere) or
+        # checked out or unpacked by it, is where the paths were resolved before it ran
+        # only by chance: what the later commands name cannot be resolved ahead.
+        paths.unresolved.append(LINK_CARRIED)
     if paths.unresolved:
         out.flags.add("unresolved")
     if paths.expansions:
@@ -1079,6 +1086,53 @@ MOVERS = frozenset(
     {"mv", "rename", "cp", "rsync", "install", "tar", "cpio", "pax", "zip", "unzip", "mmv"}
 )
 """Programs that can move or copy a symbolic link (as a link) to another directory."""
+UNPACKERS = frozenset({"tar", "cpio", "pax", "zip", "unzip", "rsync", "git", "patch"})
+"""Programs that make or place links whose targets the command line does not show (an
+archive's, a repository's) or whose destinations it does not say plainly."""
+
+
+def _carries(argv: list[str]) -> bool:
+    """Whether `argv` may put an existing symbolic link in another directory (a relative
+    one then leads elsewhere), or make links from content the text does not show. A move
+    or copy within one directory (`mv a b`) leaves a relative link leading where it did;
+    a symbolic link made by `ln -s` has its target decided (`link_targets`)."""
+    prog = _name(argv[0])
+    args = [a for a in argv[1:] if a != "--"]
+    if prog in UNPACKERS:
+        return True
+    if prog not in MOVERS and prog != "ln":
+        return False
+    flags = [a for a in args if a.startswith("-")]
+    if prog == "ln" and any(
+        a in ("--symbolic", "-s") or (not a.startswith("--") and "s" in a[1:]) for a in flags
+    ):
+        return False  # its target is decided; moved in the same command: RELATIVE_LINK_MOVED
+    if any(a.startswith(("-t", "--target-directory")) for a in flags):
+        return True
+    operands = [a for a in args if not a.startswith("-")]
+    if len(operands) < 2:
+        return False
+    dest = operands[-1]
+    if dest.endswith("/") or posixpath.basename(dest) in (".", "..", ""):
+        return True
+    return any(
+        posixpath.dirname(src.rstrip("/")) != posixpath.dirname(dest) for src in operands[:-1]
+    )
+
+
+LINK_CARRIED = (
+    "a command that moves, copies, links or checks out files runs with others: a link "
+    "it carries can lead the others' paths where no resolution before the run saw"
+)
+
+
+def _independent(commands: list[list[str]]) -> int:
+    """Simple commands that are not the one a wrapper runs (`sudo mv a b` is one)."""
+    count = 0
+    for i, argv in enumerate(commands):
+        if not any(prev[-len(argv) :] == argv for prev in commands[:i] if len(prev) > len(argv)):
+            count += 1
+    return count
 
 
 def _holds_homes(tree: str, where: Where) -> bool:

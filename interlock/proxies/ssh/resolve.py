@@ -18,6 +18,7 @@ bundled policy) with the reason.
 from __future__ import annotations
 
 import asyncio
+import posixpath
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
@@ -54,6 +55,24 @@ def _unresolved(action: Action, why: str) -> Action:
     return replace(action, details=details)
 
 
+async def _deepest(path: str, realpath: Realpath) -> str | None:
+    """`path` as the target resolves it, or, where it does not exist yet, its deepest
+    existing ancestor resolved with the rest appended: `l/x/y/f` with `l` a link to a
+    directory outside is written there once `mkdir -p l/x/y` ran, though the target
+    cannot resolve it before. None: nothing of it resolves."""
+    rest: list[str] = []
+    current = path
+    while True:
+        real = await realpath(current)
+        if real is not None:
+            return posixpath.join(real, *reversed(rest)) if rest else real
+        parent, name = posixpath.split(current)
+        if not name or parent == current:
+            return None
+        rest.append(name)
+        current = parent
+
+
 async def resolved(action: Action, realpath: Realpath) -> Action:
     """`action` with what each of its paths resolves to on the target added next to it
     (or flagged `unresolved` when the target could not be asked)."""
@@ -63,7 +82,7 @@ async def resolved(action: Action, realpath: Realpath) -> Action:
     if len(paths) > MAX_RESOLVED:
         return _unresolved(action, f"more than {MAX_RESOLVED} paths to resolve on the target")
     try:
-        answers = await asyncio.gather(*(realpath(p) for p in paths))
+        answers = await asyncio.gather(*(_deepest(p, realpath) for p in paths))
     except ResolveError as exc:
         return _unresolved(action, f"paths not resolved on the target: {exc}")
     real = {p: r for p, r in zip(paths, answers, strict=True) if r is not None and r != p}
