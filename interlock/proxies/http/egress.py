@@ -141,7 +141,11 @@ def content_problem(message: http.Message) -> str | None:
         return f"body that does not decode as its Content-Encoding {coding!r}"
     if _textual(message):
         declared = charset(message)
-        if declared is not None and declared not in UTF8_CHARSETS:
+        if (
+            declared is not None
+            and declared not in UTF8_CHARSETS
+            and not _ascii_as(content, declared)
+        ):
             return f"textual body in charset {declared[:32]!r} (only UTF-8 is inspected)"
         if content.startswith(tuple(BOMS)) or b"\x00" in content:
             return "textual body with a byte order mark or NUL bytes (UTF-16 or UTF-32)"
@@ -153,6 +157,18 @@ def content_problem(message: http.Message) -> str | None:
     if untyped and (content.startswith(tuple(BOMS)) or json.detect_encoding(content) != "utf-8"):
         return "untyped body in UTF-16 or UTF-32 (only UTF-8 is inspected)"
     return None
+
+
+def _ascii_as(content: bytes, declared: str) -> bool:
+    """Whether `content` is ASCII that `declared` reads as ASCII reads it: then UTF-8 reads
+    it the same (Java's form entities say ISO-8859-1 over pure ASCII; UTF-7, which
+    gives `+` sequences other meanings, does not pass)."""
+    if not content.isascii():
+        return False
+    try:
+        return content.decode(declared) == content.decode("ascii")
+    except (LookupError, UnicodeDecodeError):
+        return False
 
 
 def _utf8(content: bytes) -> bool:
@@ -181,6 +197,12 @@ def body_text(message: http.Message) -> str | None:
     encoding = next((e for bom, e in BOMS.items() if raw.startswith(bom)), None)
     encoding = encoding or charset(message) or "utf-8"
     if not _textual(message):
+        if len(raw) > MAX_SCAN and raw.lstrip()[:1] not in (b"{", b"["):
+            # A large upload its sender calls binary (a log, a CSV, a tar of text) is
+            # forwarded unscanned as binary is: refusing every such upload over the scan
+            # limit would break them, and only JSON is read as an action whatever its
+            # type says.
+            return None
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -275,7 +297,7 @@ def _prompt_text(doc: dict[str, Any]) -> str:
 AUTH_HEADERS = frozenset(
     {
         b"authorization", b"proxy-authorization", b"cookie", b"x-api-key", b"api-key",
-        b"x-auth-token", b"private-token", b"x-vault-token", b"x-goog-api-key",
+        b"x-auth-token", b"private-token", b"x-vault-token", b"x-goog-api-key", b"dpop",
     }
 )  # fmt: skip
 """Headers whose job is to carry a credential to the service they are sent to
@@ -320,6 +342,29 @@ def _query_text(pairs: Iterable[tuple[str, str]]) -> str:
         if len(w) >= MIN_FINDING
     )
     return "\n".join(words)
+
+
+ISSUERS: dict[str, tuple[str, ...]] = {
+    "github_token": ("github.com", "githubusercontent.com", "ghe.com"),
+    "google_api_key": ("googleapis.com", "google.com"),
+    "slack_token": ("slack.com",),
+    "stripe_key": ("stripe.com",),
+    "aws_access_key": ("amazonaws.com", "amazonaws.com.cn"),
+    "private_key": (),
+}
+"""The hosts (and their subdomains) that take each kind of key as their credential. A
+kind not listed (a JWT: any service may issue one) is taken as the service's own."""
+
+
+def _issued_by(host: str, issuers: tuple[str, ...]) -> bool:
+    return any(host == i or host.endswith("." + i) for i in issuers)
+
+
+def _credential_slots(headers: list[str], query: Iterable[tuple[str, str]]) -> list[str]:
+    """Values of the credential headers (`headers`, Proxy-Authorization already left out:
+    it is never forwarded) and of the query's credential parameters: what the scan of
+    the rest leaves out."""
+    return [*headers, *(v for k, v in query if k.lower() in CREDENTIAL_PARAMETERS)]
 
 
 def _vault_token(req: http.Request, path: str) -> bool:
@@ -372,9 +417,12 @@ def action_for(flow: http.HTTPFlow, keep_prompts: bool, text: str | None) -> Act
     # would hold them all once the session read anything from outside.
     overrides: list[str] = []
     said: list[str] = []
+    slots: list[str] = []
     for name, raw in req.headers.fields:
         key = name.lower()
         if key in AUTH_HEADERS:
+            if key != b"proxy-authorization" and len(raw) >= MIN_SECRET:
+                slots.append(raw.decode("utf-8", "replace"))
             continue
         value = raw.decode("utf-8", "replace")
         if key in METHOD_OVERRIDES:
@@ -400,6 +448,13 @@ def action_for(flow: http.HTTPFlow, keep_prompts: bool, text: str | None) -> Act
     # entropy (trace ids and ETags are random by design).
     for kind, n in scan_secrets("\n".join(said)).kinds.items():
         kinds[kind] = kinds.get(kind, 0) + n
+    # A key in a credential slot is the service's own only when the service is the one
+    # that issues that kind of key: a GitHub token in `Cookie:` or `?token=` to any
+    # other host is data leaving (a review sent one to an arbitrary host unlabelled).
+    for kind, n in scan_secrets("\n".join(_credential_slots(slots, query))).kinds.items():
+        issuers = ISSUERS.get(kind)
+        if issuers is not None and not _issued_by(host, issuers):
+            kinds[kind] = kinds.get(kind, 0) + n
     found = Findings(kinds)
     payload = text or ""
     reported = confidence_value(req.headers.pop(CONFIDENCE_HEADER, None))
