@@ -1086,9 +1086,43 @@ MOVERS = frozenset(
     {"mv", "rename", "cp", "rsync", "install", "tar", "cpio", "pax", "zip", "unzip", "mmv"}
 )
 """Programs that can move or copy a symbolic link (as a link) to another directory."""
-UNPACKERS = frozenset({"tar", "cpio", "pax", "zip", "unzip", "rsync", "git", "patch"})
-"""Programs that make or place links whose targets the command line does not show (an
-archive's, a repository's) or whose destinations it does not say plainly."""
+GIT_PLACES = frozenset(
+    {
+        "checkout", "switch", "pull", "merge", "reset", "restore", "clone", "stash", "apply",
+        "am", "rebase", "cherry-pick", "revert", "worktree", "submodule",
+    }
+)  # fmt: skip
+"""git subcommands that write the working tree (and so may place links)."""
+PLACERS = frozenset({"mv", "rename", "cp", "install", "mmv", "ln"})
+"""Programs that put a file (a link among them) where their last operand says."""
+NOT_FILES = frozenset({"cd", "pushd", "popd", "true", "false", ":"})
+"""Builtins that open no file: a command line of `cd` and one other is one command."""
+
+
+def _unpacks(prog: str, args: list[str]) -> bool:
+    """Whether `prog args` places files (links among them) whose targets or places the
+    command line does not show: an archive extracted, a tree synced or patched, a
+    repository's working tree written. Creating an archive or reading a log does not."""
+    if prog in ("rsync", "patch"):
+        return True
+    if prog == "unzip":  # unless it only lists or tests (-l, -t, -v, -Z, -z)
+        return not any(a.startswith("-") and set(a[1:]) & set("ltvZz") for a in args)
+    if prog == "git":
+        return any(a in GIT_PLACES for a in args)
+    letters = {
+        "tar": ("x", ("--extract", "--get")),
+        "cpio": ("i", ("--extract",)),
+        "pax": ("r", ()),
+    }.get(prog)
+    if letters is None:
+        return False
+    letter, long = letters
+    return any(
+        a in long
+        or (a.startswith("-") and not a.startswith("--") and letter in a[1:])
+        or (prog == "tar" and i == 0 and not a.startswith("-") and letter in a)
+        for i, a in enumerate(args)
+    )
 
 
 def _carries(argv: list[str]) -> bool:
@@ -1098,9 +1132,9 @@ def _carries(argv: list[str]) -> bool:
     a symbolic link made by `ln -s` has its target decided (`link_targets`)."""
     prog = _name(argv[0])
     args = [a for a in argv[1:] if a != "--"]
-    if prog in UNPACKERS:
+    if _unpacks(prog, args):
         return True
-    if prog not in MOVERS and prog != "ln":
+    if prog not in PLACERS:
         return False
     flags = [a for a in args if a.startswith("-")]
     if prog == "ln" and any(
@@ -1127,9 +1161,12 @@ LINK_CARRIED = (
 
 
 def _independent(commands: list[list[str]]) -> int:
-    """Simple commands that are not the one a wrapper runs (`sudo mv a b` is one)."""
+    """Simple commands that are not the one a wrapper runs (`sudo mv a b` is one), nor a
+    builtin that opens no file (`cd repo && git pull` is one command)."""
     count = 0
     for i, argv in enumerate(commands):
+        if argv and _name(argv[0]) in NOT_FILES:
+            continue
         if not any(prev[-len(argv) :] == argv for prev in commands[:i] if len(prev) > len(argv)):
             count += 1
     return count

@@ -4,8 +4,10 @@ an sshd whose ForceCommand logs every command it runs: what was refused never ra
 from __future__ import annotations
 
 import asyncio
+import io
 import shutil
 import subprocess
+import tarfile
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -265,3 +267,56 @@ async def test_a_target_without_sftp_leaves_a_command_with_paths_unresolved(
             assert (await rig.ssh("true")).returncode == 0
         finally:
             await rig.proxy.stop()
+
+
+def _tar_with_link(path: Path, name: str, target: Path) -> None:
+    """A tar archive holding one symbolic link (as an agent could upload over SFTP)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo(name)
+        info.type = tarfile.SYMTYPE
+        info.linkname = str(target)
+        tar.addfile(info)
+    path.write_bytes(buf.getvalue())
+
+
+async def test_a_link_a_command_places_and_then_reads_is_refused(
+    rooted: Rig, logged_sshd: LoggedSshd, short: Path
+) -> None:
+    """Paths are resolved before the command runs: a link the command itself extracts,
+    copies or moves into place, then reads or writes through, is where no resolution
+    looked (review: each of these read a file outside path_roots)."""
+    data = short / "share"
+    (short / "x").write_text("SECRET\n")
+    (data / "x").write_text("inside\n")
+    _tar_with_link(data / "t.tar", "l", short / "x")
+    (data / "a" / "sub").mkdir(parents=True)
+    (data / "a" / "sub" / "l").symlink_to("../../x")  # share/x: inside, from where it is
+    (data / "a" / "m").symlink_to("../x")  # share/x too
+    for command in (
+        f"tar -xf {data}/t.tar -C {data} && cat {data}/l",
+        f"cp -a {data}/a/sub {data}/c && cat {data}/c/l",
+        f"mv {data}/a/m {data}/m && cat {data}/m",
+    ):
+        await refused_and_never_ran(rooted, logged_sshd, command)
+        unresolved = rooted.sink.last.action.details["unresolved"]
+        assert any("moves, copies, links or checks out" in u for u in unresolved), unresolved
+    assert not (data / "l").exists()
+    assert not (data / "m").exists()
+    r = await rooted.ssh(f"mv {data}/x {data}/y && cat {data}/y")  # no link moved elsewhere
+    assert r.stdout == b"inside\n", r.stderr
+
+
+async def test_a_write_through_a_link_into_directories_not_made_yet_is_refused(
+    rooted: Rig, logged_sshd: LoggedSshd, short: Path
+) -> None:
+    """A path that does not exist yet resolves through its deepest existing directory:
+    `dir` links out of path_roots, so `dir/x/y/f` is outside too (review: mkdir -p and
+    cp wrote there)."""
+    data = short / "share"
+    (data / "own.txt").write_text("mine\n")
+    (data / "dir").symlink_to(short)  # a link another process made (a cloned repository)
+    await refused_and_never_ran(
+        rooted, logged_sshd, f"mkdir -p {data}/dir/x/y && cp {data}/own.txt {data}/dir/x/y/f"
+    )
+    assert not (short / "x").exists()
