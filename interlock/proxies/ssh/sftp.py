@@ -289,9 +289,10 @@ class ProxySFTP(asyncssh.SFTPServer):
     async def symlink(self, oldpath: bytes, newpath: bytes) -> None:
         # A symlink is a write of its own name and a way to reach its target later: the
         # target (relative to the link's directory, resolved on the target) is decided
-        # with it, as `link_targets`, and the link is made to that resolved, absolute
-        # path. A relative target (`../x`) would point elsewhere once the link or a
-        # directory above it moves (a rename, over SFTP or exec), undecided.
+        # with it, as `link_targets`. It is made as the client asked (a relative target
+        # stays relative: relocatable trees, `current -> releases/x`): where it leads
+        # after a move is decided where it is used, since every path an operation or a
+        # command names is resolved on the target first, links followed.
         text = self._path(oldpath)
         if not text:
             # The kernel refuses an empty target; resolved, it would be the directory.
@@ -301,7 +302,7 @@ class ProxySFTP(asyncssh.SFTPServer):
         decided = await self._decide(
             Operation.FILE_WRITE, new, False, op="symlink", to=text, link_targets=[target]
         )
-        await (await self._sftp()).symlink(target, decided)
+        await (await self._sftp()).symlink(text, decided)
 
     async def link(self, oldpath: bytes, newpath: bytes) -> None:
         # A hard link is a second name for the file: both names are decided (the file as

@@ -203,13 +203,16 @@ async def test_a_relative_symlink_moved_elsewhere_is_decided_where_it_lands(
         assert sorted(p.name for p in data.iterdir()) == ["a"]
         refused = rooted.sink.last.action.details
         assert list(refused["link_targets"]) == [str(short / "secret.txt")]
-        # Made over SFTP, a link points to the absolute path that was decided: moving the
-        # directory it is in does not move what it points to.
+        # Made over SFTP as asked (relative), a link whose directory then moves leads
+        # elsewhere: reading through it is decided where it leads now.
         await sftp.mkdir(str(data / "a" / "b"))
         await sftp.symlink("../../secret.txt", str(data / "a" / "b" / "m"))
-        assert (data / "a" / "b" / "m").readlink() == data / "secret.txt"
+        assert (data / "a" / "b" / "m").readlink() == Path("../../secret.txt")
         await sftp.rename(str(data / "a" / "b"), str(data / "b"))
+        with pytest.raises(asyncssh.SFTPPermissionDenied):
+            await sftp.open(str(data / "b" / "m"))
     r = await rooted.ssh(f"cat {data}/b/m")
+    assert r.returncode == 126, r.stderr
     assert r.stdout == b""
 
 
