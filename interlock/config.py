@@ -394,6 +394,11 @@ class SshTarget(Section):
     cwd: str | None = None
     """Where commands start on the target if not in `home` (a ForceCommand that changes
     directory). It must be where they really start: relative paths are decided on it."""
+    resolve_links: bool = True
+    """Resolve every path a command names on the target (its SFTP server's realpath)
+    before deciding, so links there are followed. A target without SFTP then refuses
+    every command that names a path; false decides such a target's commands on their
+    paths as written (links on it are not followed: docs/ssh.md)."""
 
     @field_validator("home", "cwd")
     @classmethod

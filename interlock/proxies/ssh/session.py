@@ -161,6 +161,8 @@ async def _command(conn: Connection, command: str) -> Action:
         learned = await conn.proxy.where(conn, learn=True)
         if learned.home is not None:
             action, _ = command_action(conn.agent, conn.target_name, command, limit, learned)
+    if not conn.proxy.config.targets[conn.target_name].resolve_links:
+        return action  # the operator's choice for a target without SFTP (docs/ssh.md)
     return await resolved(action, conn.realpath)
 
 

@@ -168,6 +168,7 @@ async def make_rig(
     *,
     bundle: Path | None = None,
     approval_timeout: float = 30.0,
+    resolve_links: bool = True,
 ) -> Rig:
     agent_key = tmp_path / "agent_key"
     await asyncio.to_thread(
@@ -185,6 +186,7 @@ async def make_rig(
                 user=sshd.user,
                 key=sshd.client_key,
                 known_hosts=sshd.known_hosts,
+                resolve_links=resolve_links,
             )
         },
         routes={"coder": "web1"},

@@ -270,6 +270,15 @@ async def test_a_target_without_sftp_leaves_a_command_with_paths_unresolved(
             assert (await rig.ssh("true")).returncode == 0
         finally:
             await rig.proxy.stop()
+        # The operator's choice for such a target: paths decided as written.
+        (tmp_path / "written").mkdir()
+        rig = await make_rig(tmp_path / "written", bare, resolve_links=False)
+        try:
+            r = await rig.ssh("cat /etc/hostname")
+            assert r.returncode == 0, r.stderr
+            assert "resolve_error" not in rig.sink.last.action.details
+        finally:
+            await rig.proxy.stop()
 
 
 def _tar_with_link(path: Path, name: str, target: Path) -> None:
