@@ -63,7 +63,7 @@ def _host(authority: str) -> str:
     if host.startswith("["):
         return host.split("]", 1)[0] + "]"
     host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-    return host.removesuffix(".")
+    return host.rstrip(".")
 
 
 class Authorizer:
