@@ -13,9 +13,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from mitmproxy.test import tflow
 
 from interlock.classify.content import MAX_SCAN
-from interlock.core.model import Operation
+from interlock.core.model import Agent, Operation
+from interlock.proxies.http.egress import AGENT, action_for
 from interlock.proxies.http.server import HttpProxy
 from interlock.testing import CaptureSink
 from interlock.testing.services import self_signed_cert
@@ -496,18 +498,42 @@ async def test_a_key_in_a_form_field_next_to_a_binary_file_is_found(rig: Rig) ->
     assert "credentials" in record.action.labels
 
 
-async def test_a_query_parameter_carrying_the_services_own_key_is_not_data(rig: Rig) -> None:
-    # `?key=AIza...` is how Google's APIs take their key, as a header would: labelling it
-    # would hold every such call once the session read anything from outside.
+async def test_a_key_in_a_credential_parameter_to_another_host_is_data(rig: Rig) -> None:
+    # (review) `?key=` carries a Google key to Google; to any other host (here
+    # 127.0.0.1) it is data leaving like any other parameter.
     proxy, sink, upstream, _ = rig
     google = "AIza" + "b" * 35
     await send(proxy, absolute(upstream.port, f"/maps?key={google}&q=x".encode()))
     await send(proxy, absolute(upstream.port, f"/maps?note={google}".encode()))
     as_key, as_data = decided(sink)
-    # (review) ...but only to Google: to any other host (here 127.0.0.1) the key in
-    # `?key=` is data leaving like any other.
     assert "credentials" in as_key.action.labels
     assert "credentials" in as_data.action.labels
+
+
+@pytest.mark.parametrize(
+    ("host", "path", "header", "labelled"),
+    [
+        ("maps.googleapis.com", "/maps?key=" + "AIza" + "b" * 35, "", False),
+        ("collect.example", "/maps?key=" + "AIza" + "b" * 35, "", True),
+        ("api.github.com", "/user", f"Authorization: token {GITHUB_TOKEN}", False),
+        ("github.com.evil.example", "/user", f"Authorization: token {GITHUB_TOKEN}", True),
+        ("collect.example", "/", f"X-K: {GITHUB_TOKEN}", True),
+    ],
+)
+def test_a_key_in_a_credential_slot_is_the_services_own_only_for_its_issuer(
+    host: str, path: str, header: str, labelled: bool
+) -> None:
+    """In process (no such hosts here): the issuer decides whether a key in a credential
+    slot is the service's own or data leaving; elsewhere a key is always data."""
+    flow = tflow.tflow()
+    flow.request.host, flow.request.port, flow.request.path = host, 443, path
+    flow.request.content = b""
+    if header:
+        name, _, value = header.partition(": ")
+        flow.request.headers[name] = value
+    flow.metadata[AGENT] = Agent("coder")
+    action = action_for(flow, False, None)
+    assert ("credentials" in action.labels) is labelled, action.details.get("dlp")
 
 
 async def test_percent_encoded_keys_in_query_and_form_are_found(rig: Rig) -> None:
@@ -630,7 +656,6 @@ async def test_a_key_sent_to_any_host_in_a_credential_slot(rig: Rig, how: str) -
         path = f"/collect?sig={GITHUB_TOKEN}".encode()
     await send(proxy, absolute(upstream.port, path, extra=extra))
     [record] = decided(sink)
-    print(how, record.action.labels, record.action.details.get("dlp"))
     assert "credentials" in record.action.labels, how
 
 
@@ -644,5 +669,4 @@ async def test_a_dpop_proof_is_not_data(rig: Rig) -> None:
     extra = f"Authorization: DPoP abc\r\nDPoP: {proof}\r\n".encode()
     await send(proxy, absolute(upstream.port, b"/api", extra=extra))
     [record] = decided(sink)
-    print("DPOP", record.action.labels, record.action.details.get("dlp"))
     assert record.action.labels == frozenset()
