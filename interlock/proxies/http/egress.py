@@ -201,8 +201,8 @@ def body_text(message: http.Message) -> str | None:
             # A large upload its sender calls binary (a log, a CSV, a tar of text) is
             # forwarded unscanned as binary is: refusing every such upload over the scan
             # limit would break them, and only JSON is read as an action whatever its
-            # type says.
-            return None
+            # type says. A large form still has its typed fields read (not its files).
+            return _multipart_text(message, raw, files=False)
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -213,11 +213,11 @@ def body_text(message: http.Message) -> str | None:
         return raw.decode("utf-8", "replace")
 
 
-def _multipart_text(message: http.Message, raw: bytes) -> str | None:
+def _multipart_text(message: http.Message, raw: bytes, files: bool = True) -> str | None:
     """The text parts of a multipart body that also carries binary (a form with a file):
-    each part whose content decodes as UTF-8, joined; None when no part does or the body
-    is not multipart. A key typed into a form field next to an uploaded image is still
-    data leaving."""
+    each part whose content decodes as UTF-8 (without `files`, only the parts that are
+    not uploaded files), joined; None when no part does or the body is not multipart. A
+    key typed into a form field next to an uploaded image is still data leaving."""
     ctype = message.headers.get("content-type", "")
     if not ctype.lower().lstrip().startswith("multipart/"):
         return None
@@ -233,7 +233,9 @@ def _multipart_text(message: http.Message, raw: bytes) -> str | None:
         return None
     texts = []
     for part in raw.split(b"--" + boundary.encode("latin-1", "replace"))[1:]:
-        _, _, content = part.partition(b"\r\n\r\n")
+        head, _, content = part.partition(b"\r\n\r\n")
+        if not files and b"filename=" in head.lower():
+            continue
         try:
             texts.append(content.removesuffix(b"\r\n").decode("utf-8"))
         except UnicodeDecodeError:

@@ -536,6 +536,27 @@ def test_a_key_in_a_credential_slot_is_the_services_own_only_for_its_issuer(
     assert ("credentials" in action.labels) is labelled, action.details.get("dlp")
 
 
+@pytest.mark.parametrize("key", [True, False], ids=["key-in-field", "plain"])
+async def test_a_large_form_upload_is_forwarded_and_its_fields_read(rig: Rig, key: bool) -> None:
+    # Over the scan limit, an uploaded file (text or not) is forwarded as binary is; the
+    # form's typed fields are still read.
+    proxy, sink, upstream, _ = rig
+    field = GITHUB_TOKEN if key else "hello"
+    body = (
+        b"--b\r\nContent-Disposition: form-data; name=f; filename=big.csv\r\n\r\n"
+        + b"a,b,c\n" * (MAX_SCAN // 6 + 10)
+        + b"\r\n--b\r\nContent-Disposition: form-data; name=k\r\n\r\n"
+        + field.encode()
+        + b"\r\n--b--\r\n"
+    )
+    extra = b"Content-Type: multipart/form-data; boundary=b\r\n"
+    answer = await send(proxy, absolute(upstream.port, b"/up", b"POST", extra=extra, body=body))
+    [record] = decided(sink)
+    assert ("credentials" in record.action.labels) is key
+    if not key:
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+
+
 async def test_percent_encoded_keys_in_query_and_form_are_found(rig: Rig) -> None:
     proxy, sink, upstream, _ = rig
     encoded = "".join(f"%{ord(c):02X}" for c in GITHUB_TOKEN)
