@@ -1064,7 +1064,7 @@ def analyse(command: str, where: Where | None = None) -> Analysis:
         # this command makes and then moves (`ln -s ../x a/l && mv a/l l && cat l`)
         # leads somewhere no resolution saw.
         paths.unresolved.append(RELATIVE_LINK_MOVED)
-    elif _independent(out.commands) > 1 and any(_carries(argv) for argv in out.commands):
+    elif _places_then_opens(out.commands):
         # A link already on the target, moved or copied by this command (`mv a/l l &&
         # cat l`, `cp -a a/sub c && cat c/l`: a relative link then leads elsewhere) or
         # checked out or unpacked by it, is where the paths were resolved before it ran
@@ -1095,8 +1095,10 @@ GIT_PLACES = frozenset(
 """git subcommands that write the working tree (and so may place links)."""
 PLACERS = frozenset({"mv", "rename", "cp", "install", "mmv", "ln"})
 """Programs that put a file (a link among them) where their last operand says."""
-NOT_FILES = frozenset({"cd", "pushd", "popd", "true", "false", ":"})
-"""Builtins that open no file: a command line of `cd` and one other is one command."""
+NOT_FILES = frozenset({"cd", "pushd", "popd", "true", "false", ":", "pwd", "ls"})
+"""Commands that open no file's content: after a checkout or a copy, `cd` into it and
+`ls` it are not reading through a link it placed (`ls` shows a linked directory's names,
+never a file's bytes)."""
 
 
 def _unpacks(prog: str, args: list[str]) -> bool:
@@ -1160,16 +1162,22 @@ LINK_CARRIED = (
 )
 
 
-def _independent(commands: list[list[str]]) -> int:
-    """Simple commands that are not the one a wrapper runs (`sudo mv a b` is one), nor a
-    builtin that opens no file (`cd repo && git pull` is one command)."""
-    count = 0
-    for i, argv in enumerate(commands):
-        if argv and _name(argv[0]) in NOT_FILES:
-            continue
-        if not any(prev[-len(argv) :] == argv for prev in commands[:i] if len(prev) > len(argv)):
-            count += 1
-    return count
+def _places_then_opens(commands: list[list[str]]) -> bool:
+    """Whether one command places files (`_carries`) and another opens files: not one
+    that opens none (`cd`, `ls`), not git (it stores a working tree's links as links,
+    never following them: `git stash && git pull && git stash pop` is fine), and not the
+    command a wrapper runs (`sudo mv a b` is one command)."""
+    independent = [
+        argv
+        for i, argv in enumerate(commands)
+        if argv
+        and not any(prev[-len(argv) :] == argv for prev in commands[:i] if len(prev) > len(argv))
+    ]
+    carriers = [i for i, argv in enumerate(independent) if _carries(argv)]
+    return bool(carriers) and any(
+        i not in carriers and _name(argv[0]) not in NOT_FILES and _name(argv[0]) != "git"
+        for i, argv in enumerate(independent)
+    )
 
 
 def _holds_homes(tree: str, where: Where) -> bool:
