@@ -13,9 +13,18 @@ import hvac
 import pytest
 
 from interlock.classify.sql import Catalog, SqlClassifier
-from interlock.config import AgentConfig, CredentialsConfig, PostgresConfig, VaultPostgresConfig
+from interlock.config import (
+    AgentConfig,
+    Config,
+    CredentialsConfig,
+    HttpConfig,
+    InjectRule,
+    PostgresConfig,
+    VaultPostgresConfig,
+)
 from interlock.credentials.broker import Broker
 from interlock.proxies.postgres.server import PostgresProxy
+from interlock.runtime import Runtime, build, start
 from interlock.testing import CaptureSink, make_pdp
 from interlock.testing.openbao import OpenBao
 from tests.audit.conftest import fresh_database
@@ -133,3 +142,42 @@ async def vaulted(postgres: Postgres, bao: OpenBao, tmp_path: Path) -> AsyncIter
     yield v
     await v.proxy.stop()
     await v.broker.stop()
+
+
+INJECTING_TOKEN = "coder-token-0123456789"
+"""Agent `coder`'s token to the HTTP proxy `rt` runs."""
+
+
+@pytest.fixture
+async def rt(bao: OpenBao, api: str, injected_key: str, tmp_path: Path) -> AsyncIterator[Runtime]:
+    """interlock with the HTTP proxy injecting `injected_key` (stored in OpenBao) into
+    requests to the test module's own `api` (a loopback upstream under /v1/)."""
+    client = hvac.Client(url=bao.address, token=bao.root_token)
+    await asyncio.to_thread(
+        client.secrets.kv.v2.create_or_update_secret,
+        path="saas", secret={"api_key": injected_key}, mount_point="secret",
+    )  # fmt: skip
+    config = Config(
+        data_dir=tmp_path / "data",
+        audit={"store": f"sqlite:///{tmp_path / 'audit.db'}"},
+        agents={"coder": AgentConfig(token=INJECTING_TOKEN)},
+        http=HttpConfig(listen="127.0.0.1:0", allow_networks=["127.0.0.0/8"]),
+        credentials=CredentialsConfig(
+            address=bao.address,
+            token=bao.root_token,
+            timeout=2,
+            inject=[
+                InjectRule(
+                    host="127.0.0.1",
+                    scheme="http",  # a loopback test API; real rules default to https:443
+                    port=int(api.rsplit(":", 1)[1]),
+                    path_prefix="/v1/",
+                    secret="secret/saas#api_key",
+                )
+            ],
+        ),
+    )
+    runtime = build(config)
+    await start(runtime)
+    yield runtime
+    await runtime.stop()

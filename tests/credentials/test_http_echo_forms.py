@@ -7,24 +7,20 @@ and so is not `base64(secret)`. The key here has `/` and `+`, as AWS-style keys 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
-import hvac
 import pytest
 from aiohttp import web
 
-from interlock.config import AgentConfig, Config, CredentialsConfig, HttpConfig, InjectRule
-from interlock.runtime import Runtime, build, start
+from interlock.runtime import Runtime
 from interlock.testing import serve_app
-from interlock.testing.openbao import OpenBao
+from tests.credentials.conftest import INJECTING_TOKEN
 
 pytestmark = pytest.mark.integration
-TOKEN = "coder-token-0123456789"
+TOKEN = INJECTING_TOKEN
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY+q"
 
 
@@ -46,36 +42,9 @@ async def api() -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def rt(bao: OpenBao, api: str, tmp_path: Path) -> AsyncIterator[Runtime]:
-    client = hvac.Client(url=bao.address, token=bao.root_token)
-    await asyncio.to_thread(
-        client.secrets.kv.v2.create_or_update_secret,
-        path="saas", secret={"api_key": SECRET}, mount_point="secret",
-    )  # fmt: skip
-    config = Config(
-        data_dir=tmp_path / "data",
-        audit={"store": f"sqlite:///{tmp_path / 'audit.db'}"},
-        agents={"coder": AgentConfig(token=TOKEN)},
-        http=HttpConfig(listen="127.0.0.1:0", allow_networks=["127.0.0.0/8"]),
-        credentials=CredentialsConfig(
-            address=bao.address,
-            token=bao.root_token,
-            timeout=2,
-            inject=[
-                InjectRule(
-                    host="127.0.0.1",
-                    scheme="http",
-                    port=int(api.rsplit(":", 1)[1]),
-                    path_prefix="/v1/",
-                    secret="secret/saas#api_key",
-                )
-            ],
-        ),
-    )
-    runtime = build(config)
-    await start(runtime)
-    yield runtime
-    await runtime.stop()
+def injected_key() -> str:
+    """The key `rt` (tests/credentials/conftest.py) stores in OpenBao and injects."""
+    return SECRET
 
 
 def _proxy(rt: Runtime) -> str:

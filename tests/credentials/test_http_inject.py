@@ -11,23 +11,16 @@ from pathlib import Path
 from urllib.parse import quote
 
 import httpx
-import hvac
 import pytest
 from aiohttp import web
 
-from interlock.config import (
-    AgentConfig,
-    Config,
-    CredentialsConfig,
-    HttpConfig,
-    InjectRule,
-)
-from interlock.runtime import Runtime, build, start
+from interlock.runtime import Runtime
 from interlock.testing import serve_app
 from interlock.testing.openbao import OpenBao
+from tests.credentials.conftest import INJECTING_TOKEN
 
 pytestmark = pytest.mark.integration
-TOKEN = "coder-token-0123456789"
+TOKEN = INJECTING_TOKEN
 SECRET = "sk-live-3f9a7c1e5b2d4a6f8e0c"
 
 
@@ -57,36 +50,9 @@ async def api() -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def rt(bao: OpenBao, api: str, tmp_path: Path) -> AsyncIterator[Runtime]:
-    client = hvac.Client(url=bao.address, token=bao.root_token)
-    await asyncio.to_thread(
-        client.secrets.kv.v2.create_or_update_secret,
-        path="saas", secret={"api_key": SECRET}, mount_point="secret",
-    )  # fmt: skip
-    config = Config(
-        data_dir=tmp_path / "data",
-        audit={"store": f"sqlite:///{tmp_path / 'audit.db'}"},
-        agents={"coder": AgentConfig(token=TOKEN)},
-        http=HttpConfig(listen="127.0.0.1:0", allow_networks=["127.0.0.0/8"]),
-        credentials=CredentialsConfig(
-            address=bao.address,
-            token=bao.root_token,
-            timeout=2,
-            inject=[
-                InjectRule(
-                    host="127.0.0.1",
-                    scheme="http",  # a loopback test API; real rules default to https:443
-                    port=int(api.rsplit(":", 1)[1]),
-                    path_prefix="/v1/",
-                    secret="secret/saas#api_key",
-                )
-            ],
-        ),
-    )
-    runtime = build(config)
-    await start(runtime)
-    yield runtime
-    await runtime.stop()
+def injected_key() -> str:
+    """The key `rt` (tests/credentials/conftest.py) stores in OpenBao and injects."""
+    return SECRET
 
 
 def _audit_bytes(directory: Path) -> bytes:
