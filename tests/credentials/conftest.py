@@ -148,6 +148,11 @@ INJECTING_TOKEN = "coder-token-0123456789"
 """Agent `coder`'s token to the HTTP proxy `rt` runs."""
 
 
+def proxy(rt: Runtime) -> str:
+    """The HTTP proxy `rt` runs, with agent `coder`'s credentials in the URL."""
+    return f"http://coder:{INJECTING_TOKEN}@" + rt.endpoints["http"].removeprefix("http://")
+
+
 @pytest.fixture
 async def rt(bao: OpenBao, api: str, injected_key: str, tmp_path: Path) -> AsyncIterator[Runtime]:
     """interlock with the HTTP proxy injecting `injected_key` (stored in OpenBao) into

@@ -17,10 +17,9 @@ from aiohttp import web
 
 from interlock.runtime import Runtime
 from interlock.testing import serve_app
-from tests.credentials.conftest import INJECTING_TOKEN
+from tests.credentials.conftest import proxy
 
 pytestmark = pytest.mark.integration
-TOKEN = INJECTING_TOKEN
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY+q"
 
 
@@ -47,19 +46,15 @@ def injected_key() -> str:
     return SECRET
 
 
-def _proxy(rt: Runtime) -> str:
-    return f"http://coder:{TOKEN}@" + rt.endpoints["http"].removeprefix("http://")
-
-
 async def test_a_json_echo_escaping_slashes_is_redacted(rt: Runtime, api: str) -> None:
-    async with httpx.AsyncClient(proxy=_proxy(rt), timeout=10) as c:
+    async with httpx.AsyncClient(proxy=proxy(rt), timeout=10) as c:
         r = await c.get(api + "/v1/slashes")
     assert r.status_code == 200, r.text
     assert SECRET not in r.json()["seen"], "the agent parsed the key out of the JSON echo"
 
 
 async def test_a_base64_echo_of_the_whole_header_is_redacted(rt: Runtime, api: str) -> None:
-    async with httpx.AsyncClient(proxy=_proxy(rt), timeout=10) as c:
+    async with httpx.AsyncClient(proxy=proxy(rt), timeout=10) as c:
         r = await c.get(api + "/v1/inspect")
     assert r.status_code == 200, r.text
     echoed = r.json()["authorization_b64"]

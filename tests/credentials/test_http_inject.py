@@ -17,10 +17,9 @@ from aiohttp import web
 from interlock.runtime import Runtime
 from interlock.testing import serve_app
 from interlock.testing.openbao import OpenBao
-from tests.credentials.conftest import INJECTING_TOKEN
+from tests.credentials.conftest import proxy
 
 pytestmark = pytest.mark.integration
-TOKEN = INJECTING_TOKEN
 SECRET = "sk-live-3f9a7c1e5b2d4a6f8e0c"
 
 
@@ -58,10 +57,6 @@ def injected_key() -> str:
 def _audit_bytes(directory: Path) -> bytes:
     """The audit database as stored, with its write-ahead log."""
     return b"".join(p.read_bytes() for p in sorted(directory.glob("audit.db*")))
-
-
-def proxy(rt: Runtime) -> str:
-    return f"http://coder:{TOKEN}@" + rt.endpoints["http"].removeprefix("http://")
 
 
 async def test_the_agent_calls_the_api_without_ever_holding_the_key(
