@@ -104,9 +104,11 @@ class Authorizer:
         except (BadPath, BadBody) as exc:
             return await self._refuse(agent, req, str(exc))
         ctype = req.headers.get("content-type", "").lower()
-        if body.truncated and ("json" in ctype or any(t in ctype for t in PARSED)):
+        readable = "json" in ctype or any(t in ctype for t in PARSED) or body.json_like
+        if body.truncated and readable:
             # A JSON or form body cut short by Envoy cannot be read (an MCP tools/call
-            # padded past max_request_bytes would otherwise pass as a plain write).
+            # padded past max_request_bytes would otherwise pass as a plain write), nor
+            # can one that is JSON under another type or none (servers parse it anyway).
             return await self._refuse(
                 agent, req, "JSON or form body larger than the proxy forwards for inspection"
             )
@@ -116,7 +118,7 @@ class Authorizer:
             return await self._refuse(
                 agent, req, f"textual body longer than the {MAX_SCAN} characters inspected"
             )
-        if jsonrpc_batch(body.parsed):
+        if jsonrpc_batch(body.document):
             return await self._refuse(
                 agent, req, "a JSON-RPC batch: interlock decides one call per request"
             )
@@ -275,7 +277,7 @@ class Authorizer:
                     details["dlp"] = sorted(found.kinds)
             if body.text:
                 payload = body.text[:MAX_SCAN]
-            call = tool_call(body.parsed)
+            call = tool_call(body.document)
             if call is not None:
                 details.update(mcp_server=target, arguments=sorted(call.arguments)[:64])
                 return Action(

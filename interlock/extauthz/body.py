@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from interlock.classify.content import MAX_SCAN
 from interlock.extauthz.form import BadForm, boundary, parse_multipart, parse_urlencoded
 
 TEXTUAL = ("json", "text/", "x-www-form-urlencoded", "xml", "javascript")
@@ -33,7 +34,25 @@ class Body:
     """The JSON document for complete `application/json` bodies; name -> list of values
     for complete `application/x-www-form-urlencoded` and `multipart/form-data` ones."""
     text: str | None = None
-    """Textual bodies decoded, for the DLP scan."""
+    """Textual bodies decoded, for the DLP scan; and any other body that decodes as UTF-8
+    (the type is the sender's claim: none, `text/plain` or `application/octet-stream`
+    carry JSON and keys as well), as the HTTP proxy's `body_text` reads it."""
+    document: Any = None
+    """The JSON document the body is, whatever its Content-Type says: what interlock
+    classifies (an MCP `tools/call`, a batch). Servers that read a body as JSON without
+    looking at its type (Starlette's and aiohttp's `request.json()`, Go's
+    `json.NewDecoder`) run a `tools/call` sent as `text/plain` or untyped; `parsed` stays
+    what OPA's plugin gives, for OPA-Envoy policies."""
+
+    @property
+    def json_like(self) -> bool:
+        """Whether the text starts as a JSON object or array does (a cut one cannot be
+        read, and must not pass as a plain write)."""
+        return _json_like(self.text)
+
+
+def _json_like(text: str | None) -> bool:
+    return text is not None and text.lstrip()[:1] in ("{", "[")
 
 
 def read_body(raw: bytes, headers: Mapping[str, str], max_bytes: int) -> Body:
@@ -63,6 +82,13 @@ def read_body(raw: bytes, headers: Mapping[str, str], max_bytes: int) -> Body:
                 raise BadBody("textual body is not UTF-8") from None
             # A cut may fall inside a character; only the tail can be partial.
             text = raw.decode("utf-8", "replace")
+    elif "multipart/form-data" not in ctype:
+        # Not declared textual: read as text if it is (binary is not scanned). A large
+        # upload its sender calls binary is left unscanned, as the HTTP proxy leaves it,
+        # unless it is JSON, which servers read as an action whatever its type says.
+        text = _utf8(raw, truncated)
+        if text is not None and len(text) > MAX_SCAN and not _json_like(text):
+            text = None
     if truncated:
         return Body(len(raw), truncated, None, text)
     parsed = None
@@ -80,4 +106,28 @@ def read_body(raw: bytes, headers: Mapping[str, str], max_bytes: int) -> Body:
         raise BadBody(str(exc)) from exc
     except ValueError as exc:
         raise BadBody(f"malformed JSON body: {exc}"[:200]) from exc
-    return Body(len(raw), truncated, parsed, text)
+    if "application/json" in ctype:
+        document = parsed
+    else:
+        document = None if any(t in ctype for t in PARSED) else _document(text)
+    return Body(len(raw), truncated, parsed, text, document)
+
+
+def _utf8(raw: bytes, truncated: bool) -> str | None:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if truncated and exc.start >= len(raw) - 3:
+            return raw.decode("utf-8", "replace")  # cut inside the last character
+        return None
+
+
+def _document(text: str | None) -> Any:
+    """JSON under another type or none: read for classification, never refused (a text
+    that starts with `{` need not be JSON)."""
+    if not _json_like(text):
+        return None
+    try:
+        return json.loads(text or "")
+    except ValueError:
+        return None

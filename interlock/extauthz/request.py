@@ -39,16 +39,22 @@ class AuthzRequest:
 
 
 def _headers(http: Any) -> tuple[dict[str, str], str | None]:
-    headers = {k.lower(): v for k, v in http.headers.items()}
+    """Repeated names joined with `,` as Envoy joins them in `headers`. The values are
+    gathered first and joined once: joining as they came was quadratic, and 40,000
+    repeats of one name (8 MB) held the event loop, so every other Check, for 12 s."""
+    values: dict[str, list[str]] = {}
+    for k, v in http.headers.items():
+        values.setdefault(k.lower(), []).append(v)
+    bad = None
     for hv in http.header_map.headers:
         # Envoy's `encode_raw_headers` sends values as bytes: they must still be UTF-8.
         try:
             value = hv.raw_value.decode("utf-8") if hv.raw_value else hv.value
         except UnicodeDecodeError:
-            return headers, f"header {hv.key!r} is not UTF-8"
-        name = hv.key.lower()
-        headers[name] = f"{headers[name]},{value}" if name in headers else value
-    return headers, None
+            bad = f"header {hv.key!r} is not UTF-8"
+            break
+        values.setdefault(hv.key.lower(), []).append(value)
+    return {name: ",".join(vs) for name, vs in values.items()}, bad
 
 
 def from_check_bytes(raw: bytes) -> AuthzRequest:
