@@ -82,9 +82,28 @@ class Authorizer:
         self.jwt = jwt
         self.identity_header = (config.identity_header or "").lower() or None
 
-    async def check(self, req: AuthzRequest) -> AuthzResponse:
+    async def check(self, req: AuthzRequest, *, rewrites: bool = True) -> AuthzResponse:
+        """The answer to `req`. Without `rewrites` (the HTTP endpoint: NGINX's
+        auth_request forwards the request as it is), an allow that holds only once a
+        request header is removed or the query changed is refused instead: allowing it
+        would forward what the policy allowed only without (a header it strips)."""
         try:
-            return await self._check(req)
+            r = await self._check(req)
+            if r.allowed and not rewrites:
+                needs = [
+                    *(f"remove header {h}" for h in r.headers_to_remove),
+                    *(f"set query parameter {k}" for k, _ in r.query_parameters_to_set),
+                    *(f"remove query parameter {k}" for k in r.query_parameters_to_remove),
+                ]
+                if needs:
+                    who = await self.identify(req)
+                    agent = who if isinstance(who, Agent) else ANONYMOUS
+                    why = (
+                        f"allowed only if the request is changed ({'; '.join(needs)[:300]}), "
+                        "which this endpoint cannot do"
+                    )
+                    return await self._refuse(agent, req, why)
+            return r
         except Exception as exc:
             log.exception("ext_authz check failed")
             decision = await self.pdp.refuse(

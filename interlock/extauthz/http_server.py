@@ -75,7 +75,7 @@ def make_app(authorizer: Authorizer) -> web.Application:
 
     async def handle(request: web.Request) -> web.StreamResponse:
         req = await to_request(request, prefix, authorizer.config.max_body_bytes)
-        r = await authorizer.check(req)
+        r = await authorizer.check(req, rewrites=False)
         if r.allowed:
             resp = web.Response(status=200)
             for name, value in r.headers + r.response_headers_to_add:

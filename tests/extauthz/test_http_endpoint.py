@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
 
 from interlock.config import ExtAuthzConfig
-from tests.extauthz.conftest import MESH_HEADER, Authz, start_authz
+from tests.extauthz.conftest import MESH_HEADER, Authz, opa_bundle, start_authz
 
 pytestmark = pytest.mark.integration
 
@@ -107,3 +108,38 @@ async def test_an_oversized_body_is_denied(authz: Authz) -> None:
         )
     assert r.status_code == 403
     assert "larger than" in r.json()["reason"]
+
+
+STRIPPING = """package review.strip
+
+import rego.v1
+
+result := {"allowed": true, "request_headers_to_remove": ["x-secret"]}
+"""
+
+
+async def test_an_allow_the_endpoint_cannot_carry_out_is_a_denial(tmp_path: Path) -> None:
+    """NGINX's auth_request forwards the request as it is: an allow on condition that a
+    header is removed (OPA-Envoy's `request_headers_to_remove`, interlock's
+    `strip_header`) or the query changed is refused, audited, with the reason (review:
+    it was a 200, and the upstream received `x-secret`)."""
+    (tmp_path / "strip.rego").write_text(STRIPPING)
+    bundle = opa_bundle(tmp_path, tmp_path / "strip.rego")
+    config = ExtAuthzConfig(
+        grpc_listen="127.0.0.1:0", mode="opa-envoy", decision_path="review/strip/result"
+    )
+    a = await start_authz(config, bundle, (config.decision_path,))
+    try:
+        async with httpx.AsyncClient() as client:
+            r = await client.get(
+                f"http://127.0.0.1:{a.http_port}/",
+                headers={"X-Original-URI": "/public", "x-secret": "s3cr3t"},
+            )
+        assert r.status_code == 403
+        record = a.sink.last
+        assert record.decision.effect.value == "deny"
+        assert "remove header x-secret" in record.decision.reasons[0]
+    finally:
+        await a.holds.close()
+        await a.server.stop(0)
+        await a.runner.cleanup()
