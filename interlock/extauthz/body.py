@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from interlock.classify.content import MAX_SCAN
-from interlock.extauthz.form import BadForm, boundary, parse_multipart, parse_urlencoded
+from interlock.classify.form import BadForm, boundary, parse_multipart, parse_urlencoded
 
 TEXTUAL = ("json", "text/", "x-www-form-urlencoded", "xml", "javascript")
 PARSED = ("application/json", "application/x-www-form-urlencoded", "multipart/form-data")

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from interlock.classify.form import BadForm, parse_multipart, parse_urlencoded
 from interlock.extauthz.body import BadBody, read_body
-from interlock.extauthz.form import BadForm, parse_multipart, parse_urlencoded
 
 FORM = "application/x-www-form-urlencoded"
 # The plugin's own test vectors (envoyauth/request_test.go), bare-LF line endings included.

@@ -28,6 +28,7 @@ from interlock.classify.content import (
     scan,
     scan_secrets,
 )
+from interlock.classify.form import boundary
 from interlock.classify.mcp import confidence_value, jsonrpc_batch, tool_call
 from interlock.core.model import Action, Decision, Effect, Operation
 from interlock.core.pdp import PDP
@@ -221,18 +222,11 @@ def _multipart_text(message: http.Message, raw: bytes, files: bool = True) -> st
     ctype = message.headers.get("content-type", "")
     if not ctype.lower().lstrip().startswith("multipart/"):
         return None
-    boundary = next(
-        (
-            value.strip().strip('"')
-            for name, _, value in (p.partition("=") for p in ctype.split(";")[1:])
-            if name.strip().lower() == "boundary"
-        ),
-        "",
-    )
-    if not boundary:
+    delimiter = boundary(ctype)  # as ext_authz reads it (quoted, RFC 2231)
+    if not delimiter:
         return None
     texts = []
-    for part in raw.split(b"--" + boundary.encode("latin-1", "replace"))[1:]:
+    for part in raw.split(b"--" + delimiter.encode("utf-8", "replace"))[1:]:
         head, _, content = part.partition(b"\r\n\r\n")
         if not files and b"filename=" in head.lower():
             continue
@@ -380,11 +374,13 @@ def _vault_token(req: http.Request, path: str) -> bool:
 
 
 def request_action(flow: http.HTTPFlow, keep_prompts: bool = False) -> Action:
-    return action_for(flow, keep_prompts, body_text(flow.request))
+    text = body_text(flow.request)
+    return action_for(flow, keep_prompts, text, _json(text))
 
 
-def action_for(flow: http.HTTPFlow, keep_prompts: bool, text: str | None) -> Action:
-    """`request_action` with the request's body text already read (`body_text`)."""
+def action_for(flow: http.HTTPFlow, keep_prompts: bool, text: str | None, doc: Any) -> Action:
+    """`request_action` with the request's body already read: its text (`body_text`)
+    and the JSON document that text is (`_json`), parsed once per request."""
     req = flow.request
     raw_path = req.path.split("?", 1)[0]
     # Servers (Go's net/http, Vault) route on the decoded path, `%2F` included: so do
@@ -462,7 +458,6 @@ def action_for(flow: http.HTTPFlow, keep_prompts: bool, text: str | None) -> Act
     reported = confidence_value(req.headers.pop(CONFIDENCE_HEADER, None))
     if found.kinds:
         details["dlp"] = sorted(found.kinds)
-    doc = _json(text)
     call = tool_call(doc)
     if call is not None:
         flow.metadata[MCP_ID] = call.id
@@ -595,14 +590,16 @@ class Egress:
                 flow, 413, {"error": "request body too large to inspect", "reason": why}, headers
             )
             return
-        if jsonrpc_batch(_json(text)):
+        doc = _json(text)
+        if jsonrpc_batch(doc):
             # An MCP server runs each call of a batch; a decision is for one call.
             why = "a JSON-RPC batch: interlock decides one call per request"
             headers = {"Content-Type": "application/json"}
             refuse(flow, 400, {"error": "JSON-RPC batch", "reason": why}, headers)
             return
-        # The body is decoded once: the checks above and the action read the same text.
-        await self._enforce(flow, action_for(flow, self.keep_prompts, text))
+        # The body is decoded and parsed once: the checks above and the action read the
+        # same text and document.
+        await self._enforce(flow, action_for(flow, self.keep_prompts, text, doc))
 
     async def response(self, flow: http.HTTPFlow) -> None:
         """Text from outside taints the session; text that tries to steer the agent

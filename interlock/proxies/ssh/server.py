@@ -322,13 +322,12 @@ class SshProxy:
             known = self._where[name] = Where(target.home, target.user, target.cwd)
         if known.home is None and learn:
             try:
-                upstream = await conn.upstream()
-                async with upstream.start_sftp_client() as sftp:
-                    home = str(await sftp.realpath("."))
-            except (OSError, asyncssh.Error) as exc:
+                # The connection's own SFTP channel, the one its paths are resolved on.
+                home = await conn.realpath(".")
+            except ResolveError as exc:
                 log.warning("target %s: cannot learn its home directory: %s", name, exc)
                 return known
-            if home.startswith("/"):
+            if home is not None and home.startswith("/"):
                 known = self._where[name] = replace(known, home=home)
         return known
 

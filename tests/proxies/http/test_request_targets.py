@@ -532,7 +532,7 @@ def test_a_key_in_a_credential_slot_is_the_services_own_only_for_its_issuer(
         name, _, value = header.partition(": ")
         flow.request.headers[name] = value
     flow.metadata[AGENT] = Agent("coder")
-    action = action_for(flow, False, None)
+    action = action_for(flow, False, None, None)
     assert ("credentials" in action.labels) is labelled, action.details.get("dlp")
 
 
